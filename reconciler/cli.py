@@ -1,0 +1,141 @@
+"""The `reconciler` command: validate, plan, apply, run, status.
+
+Exit codes: 0 done / in sync; 2 bad input (for `plan`: changes pending); 1 other errors
+(for `plan`: also bad input, since 2 already means "changes pending").
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from reconciler import __version__, logs
+from reconciler import desired as desired_file
+from reconciler.engine import FALLBACK_API_VERSION, Engine, connect
+from reconciler.errors import DesiredStateError, EngineUnavailable, LockHeld
+from reconciler.model import DesiredState, describe
+from reconciler.planner import plan
+
+EXIT_OK, EXIT_ERROR, EXIT_INPUT = 0, 1, 2
+EXIT_PENDING = 2
+
+
+def _listen(text: str) -> tuple[str, int] | None:
+    if text in ("", "none", "off"):
+        return None
+    host, _, port = text.rpartition(":")
+    try:
+        return (host.strip("[]") or "127.0.0.1", int(port))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reconciler", description="Keep a Docker host converged on desired_state.yaml."
+    )
+    parser.add_argument("--version", action="version", version=f"reconciler {__version__}")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    parser.add_argument("--log-format", default="auto", choices=["auto", "json", "console"])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in [
+        ("validate", "check the file and exit"),
+        ("plan", "print the actions a pass would take (exit 2 when changes are pending)"),
+        ("apply", "run one pass, then exit"),
+        ("run", "run the daemon"),
+        ("status", "a table of services: desired, running, healthy, restarts, image"),
+    ]:
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("file", nargs="?", default="desired_state.yaml", type=Path)
+        if name == "run":
+            p.add_argument("--interval", type=float, default=5.0, help="seconds between passes")
+            p.add_argument(
+                "--listen",
+                type=_listen,
+                default=("127.0.0.1", 9816),
+                help="HOST:PORT for /metrics, /healthz, /readyz ('off' to disable)",
+            )
+            p.add_argument("--lock-dir", type=Path, default=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    json = {"auto": None, "json": True, "console": False}[args.log_format]
+    logs.configure(args.log_level, json=json)
+    bad_input = EXIT_ERROR if args.command == "plan" else EXIT_INPUT
+    try:
+        desired = desired_file.load(args.file)
+    except DesiredStateError as exc:
+        print(exc, file=sys.stderr)
+        return bad_input
+    if args.command == "validate":
+        services = ", ".join(f"{s.name}×{len(s.replicas)}" for s in desired.services)
+        print(f"{args.file}: valid (project {desired.project}: {services})")
+        return EXIT_OK
+    try:
+        return _COMMANDS[args.command](args, desired)
+    except EngineUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except LockHeld as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+
+
+def _plan(args: argparse.Namespace, desired: DesiredState) -> int:
+    engine = Engine(connect())
+    the_plan = plan(desired, engine.observe(desired.project))
+    for note in the_plan.notes:
+        print(f"# {note}")
+    if not the_plan:
+        print(f"{desired.project}: in sync")
+        return EXIT_OK
+    for step in the_plan.steps:
+        print(describe(step.action))
+    return EXIT_PENDING
+
+
+def _apply(args: argparse.Namespace, desired: DesiredState) -> int:
+    from reconciler.reconcile import Reconciler
+
+    result = Reconciler(Engine(connect())).run_pass(desired, "manual")
+    for note in result.plan.notes:
+        print(f"# {note}")
+    for r in result.results:
+        line = f"{r.outcome:8} {describe(r.action)}"
+        print(line if r.error is None else f"{line}: {r.error}")
+    if not result.results:
+        print(f"{desired.project}: in sync")
+    return EXIT_OK if result.ok else EXIT_ERROR
+
+
+def _run(args: argparse.Namespace, desired: DesiredState) -> int:
+    from reconciler.daemon import Daemon, Options
+
+    opts = Options(
+        path=args.file, interval=args.interval, listen=args.listen, lock_dir=args.lock_dir
+    )
+    try:
+        api = connect()
+    except EngineUnavailable as exc:  # the daemon waits for the engine; it must start anyway
+        structlog.get_logger("reconciler").warning("engine down at start", error=str(exc))
+        api = connect(version=FALLBACK_API_VERSION)
+    return Daemon(opts, desired, api).run()
+
+
+def _status(args: argparse.Namespace, desired: DesiredState) -> int:
+    from reconciler.status import render_status
+
+    print(render_status(desired, Engine(connect())))
+    return EXIT_OK
+
+
+_COMMANDS = {"plan": _plan, "apply": _apply, "run": _run, "status": _status}

@@ -1,0 +1,40 @@
+"""The exceptions reconciler raises; SDK errors are chained as their cause."""
+
+from __future__ import annotations
+
+
+class ReconcilerError(Exception):
+    """Base of every error reconciler raises on purpose."""
+
+
+class DesiredStateError(ReconcilerError):
+    """The desired-state file is missing, malformed or invalid.
+
+    The message names the file, the path inside it and what is wrong.
+    """
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{source}: invalid desired state:\n{lines}")
+
+
+class EngineUnavailable(ReconcilerError):
+    """The Docker engine cannot be reached (retry later)."""
+
+
+class ActionFailed(ReconcilerError):
+    """One action failed; `transient` says whether retrying soon may help."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class NameConflict(ActionFailed):
+    """A container name we need is taken by a container we do not manage."""
+
+
+class LockHeld(ReconcilerError):
+    """Another reconciler already acts on this project."""

@@ -1,0 +1,133 @@
+"""Crash-loop and error back-off bookkeeping (pure: the clock is passed in).
+
+Docker's own rule, per replica: a container that fails within `min_uptime` of its
+start is crash-looping, and each further attempt waits twice as long (capped); one
+that ran longer, or was removed, is healed at once and its back-off starts over.
+Failed actions (a pull that cannot reach a registry, a port already taken) back
+off the same way, so an error is retried, never hot-looped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from reconciler.model import DesiredState, HealPolicy, Observed
+from reconciler.planner import Holds
+
+
+@dataclass(frozen=True, slots=True)
+class LastRun:
+    """When an exited container last started and finished (epoch seconds)."""
+
+    started_at: float
+    finished_at: float
+    exit_code: int | None = None
+
+
+@dataclass(slots=True)
+class _Backoff:
+    failures: int
+    not_before: float
+    reason: str
+    seen_finish: float | None = None  # the exit already counted
+
+
+@dataclass(slots=True)
+class HealingBook:
+    """What the daemon remembers between passes to decide holds; lost on restart by design."""
+
+    backoffs: dict[str, _Backoff] = field(default_factory=dict)
+    unhealthy_since: dict[str, float] = field(default_factory=dict)
+    signalled: dict[str, str] = field(default_factory=dict)
+
+    def holds(
+        self,
+        desired: DesiredState,
+        observed: Observed,
+        last_runs: Mapping[str, LastRun],
+        now: float,
+    ) -> Holds:
+        """Update the book from what is observed now and say what to hold back."""
+        policies = {c.name: (s.heal, c.healthcheck) for s in desired.services for c in s.replicas}
+        present = {c.name for c in observed.containers}
+        for name in [k for k in self.backoffs if k.startswith("container:")]:
+            if name.removeprefix("container:") not in present:
+                del self.backoffs[name]  # removed: healed at once, back-off starts over
+        due: set[str] = set()
+        for c in observed.containers:
+            heal, hc = policies.get(c.name, (HealPolicy(), None))
+            if c.state in ("exited", "dead") and c.name in last_runs:
+                self._exited(f"container:{c.name}", last_runs[c.name], heal)
+            if c.health == "unhealthy":
+                since = self.unhealthy_since.setdefault(c.name, now)
+                grace = heal.unhealthy_grace_s
+                if grace is None:
+                    grace = hc.interval_s if hc else 0.0
+                if now - since >= grace:
+                    due.add(c.name)
+            else:
+                self.unhealthy_since.pop(c.name, None)
+        live_ids = {c.id for c in observed.containers}
+        for cid in [k for k in self.signalled if k not in live_ids]:
+            del self.signalled[cid]
+        held = {k: b.reason for k, b in self.backoffs.items() if b.not_before > now}
+        return Holds(held=held, unhealthy_due=frozenset(due), signalled=dict(self.signalled))
+
+    def _exited(self, key: str, run: LastRun, heal: HealPolicy) -> None:
+        entry = self.backoffs.get(key)
+        if entry is not None and entry.seen_finish == run.finished_at:
+            return  # this exit was already counted
+        ran = run.finished_at - run.started_at
+        if ran >= heal.min_uptime_s:
+            self.backoffs.pop(key, None)
+            return
+        failures = (entry.failures if entry else 0) + 1
+        delay = _delay(heal, failures)
+        self.backoffs[key] = _Backoff(
+            failures,
+            run.finished_at + delay,
+            f"crash-loop back-off {delay:g}s after {failures} quick exit(s), "
+            f"last exit code {run.exit_code}",
+            seen_finish=run.finished_at,
+        )
+
+    def record_failures(
+        self,
+        failed: Iterable[tuple[str, str]],
+        succeeded: Iterable[str],
+        heal: Mapping[str, HealPolicy],
+        now: float,
+    ) -> None:
+        """Back off the keys of failed actions (key, error); clear those that succeeded."""
+        for key in succeeded:
+            entry = self.backoffs.get(key)
+            if entry is not None and entry.seen_finish is None:
+                del self.backoffs[key]
+        for key, error in failed:
+            entry = self.backoffs.get(key)
+            if entry is not None and entry.seen_finish is not None:
+                continue  # a crash-loop back-off already governs this replica
+            failures = (entry.failures if entry else 0) + 1
+            delay = _delay(heal.get(key, HealPolicy()), failures)
+            self.backoffs[key] = _Backoff(failures, now + delay, f"retry in {delay:g}s: {error}")
+
+    def crashlooping(self, now: float) -> dict[str, _Backoff]:
+        """Replicas in crash-loop back-off right now, by container name."""
+        return {
+            k.removeprefix("container:"): b
+            for k, b in self.backoffs.items()
+            if b.seen_finish is not None and b.failures > 1 and b.not_before > now
+        }
+
+    def next_wakeup(self, now: float) -> float | None:
+        """The earliest time a held action or an unhealthy grace falls due."""
+        times = [b.not_before for b in self.backoffs.values() if b.not_before > now]
+        return min(times) if times else None
+
+
+def _delay(heal: HealPolicy, failures: int) -> float:
+    """0 for a first failure (healed at once), then backoff_initial doubling, capped."""
+    if failures <= 1:
+        return 0.0
+    return min(heal.backoff_initial_s * 2 ** (failures - 2), heal.backoff_max_s)

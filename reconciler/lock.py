@@ -1,0 +1,53 @@
+"""One daemon per project: an exclusive flock on a per-project file."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+from pathlib import Path
+
+from reconciler.errors import LockHeld
+
+
+def default_lock_dir() -> Path:
+    """$RUNTIME_DIRECTORY (systemd), else /run/reconciler when writable, else the temp dir."""
+    runtime = os.environ.get("RUNTIME_DIRECTORY")
+    if runtime:
+        return Path(runtime.split(":")[0])
+    run = Path("/run/reconciler")
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+        if os.access(run, os.W_OK):
+            return run
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir())
+
+
+class ProjectLock:
+    """Held for the daemon's lifetime; the kernel releases it if the process dies."""
+
+    def __init__(self, project: str, directory: Path | None = None) -> None:
+        self.path = (directory or default_lock_dir()) / f"reconciler-{project}.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise LockHeld(
+                f"another reconciler (pid {holder}) already manages this project "
+                f"(lock {self.path}); refusing to start a second one"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

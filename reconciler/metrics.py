@@ -1,0 +1,133 @@
+"""Prometheus metrics of the reconciler itself, on an injected registry.
+
+Labels are bounded (service names, action verbs, kinds), never container IDs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+)
+from prometheus_client import (
+    GCCollector as _GC,
+)
+from prometheus_client import (
+    PlatformCollector as _Platform,
+)
+from prometheus_client import (
+    ProcessCollector as _Process,
+)
+
+from reconciler import __version__
+
+HEAL_REASONS = ("exited", "unhealthy", "removed", "dead", "paused", "network")
+
+
+class Metrics:
+    """Every metric the daemon exports; tests pass a fresh CollectorRegistry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True) -> None:
+        self.registry = r = registry if registry is not None else CollectorRegistry()
+        if process:
+            _Process(registry=r)
+            _Platform(registry=r)
+            _GC(registry=r)
+        self.runs = Counter(
+            "reconciler_reconcile_runs", "Reconcile passes, by result.", ["result"], registry=r
+        )
+        self.duration = Histogram(
+            "reconciler_reconcile_duration_seconds",
+            "Wall time of a reconcile pass.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=r,
+        )
+        self.last_success = Gauge(
+            "reconciler_last_success_timestamp_seconds",
+            "Unix time the last successful pass finished.",
+            registry=r,
+        )
+        self.triggers = Counter(
+            "reconciler_reconcile_trigger", "What started a pass.", ["trigger"], registry=r
+        )
+        self.actions = Counter(
+            "reconciler_actions", "Actions executed.", ["action", "kind", "result"], registry=r
+        )
+        self.drift = Gauge(
+            "reconciler_drift",
+            "Objects out of sync at the start of the last pass.",
+            ["kind"],
+            registry=r,
+        )
+        self.replicas = Gauge(
+            "reconciler_service_replicas",
+            "Replicas per service and state.",
+            ["service", "state"],
+            registry=r,
+        )
+        self.heals = Counter(
+            "reconciler_heals",
+            "Heals performed, by service and reason.",
+            ["service", "reason"],
+            registry=r,
+        )
+        self.crashloop = Gauge(
+            "reconciler_crashloop_replicas",
+            "Replicas in crash-loop back-off.",
+            ["service"],
+            registry=r,
+        )
+        self.docker_up = Gauge("reconciler_docker_up", "1 when the engine answers.", registry=r)
+        self.docker_errors = Counter(
+            "reconciler_docker_errors",
+            "Docker API errors, by operation.",
+            ["operation"],
+            registry=r,
+        )
+        self.events = Counter("reconciler_events_received", "Docker events received.", registry=r)
+        self.state_valid = Gauge(
+            "reconciler_desired_state_valid", "1 when the desired-state file is valid.", registry=r
+        )
+        self.reloads = Counter(
+            "reconciler_desired_state_reloads",
+            "Desired-state reloads, by result.",
+            ["result"],
+            registry=r,
+        )
+        self.generation = Gauge(
+            "reconciler_desired_state_generation",
+            "Count of valid desired states loaded; the digest label names the current file.",
+            ["digest"],
+            registry=r,
+        )
+        self.build = Info("reconciler_build", "Version of the reconciler.", registry=r)
+        self.build.info({"version": __version__})
+        self._generation = 0
+        for result in ("success", "error"):
+            self.runs.labels(result)
+        self.docker_up.set(0)
+        self.state_valid.set(0)
+
+    def loaded(self, digest: str) -> None:
+        """A new valid desired state is in force."""
+        self._generation += 1
+        self.generation.clear()
+        self.generation.labels(digest[:12]).set(self._generation)
+        self.state_valid.set(1)
+
+    def set_replicas(self, rows: Iterable[tuple[str, int, int, int]]) -> None:
+        """(service, desired, running, healthy) rows; services gone are dropped."""
+        self.replicas.clear()
+        for service, desired, running, healthy in rows:
+            self.replicas.labels(service, "desired").set(desired)
+            self.replicas.labels(service, "running").set(running)
+            self.replicas.labels(service, "healthy").set(healthy)
+
+    def set_crashloop(self, counts: dict[str, int], services: Iterable[str]) -> None:
+        for service in services:
+            self.crashloop.labels(service).set(counts.get(service, 0))

@@ -1,0 +1,454 @@
+"""Immutable values shared by every layer: rendered specs, observed objects, actions.
+
+The core (planner, healing) works only on these; the Docker adapter converts SDK
+dictionaries into them at the boundary. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+LABEL_MANAGED = "io.reconciler.managed"
+LABEL_PROJECT = "io.reconciler.project"
+LABEL_SERVICE = "io.reconciler.service"
+LABEL_REPLICA = "io.reconciler.replica"
+LABEL_SPEC_HASH = "io.reconciler.spec-hash"
+LABEL_CONFIG_HASH = "io.reconciler.config-hash"
+
+PullPolicy = Literal["missing", "always", "never"]
+ContainerState = Literal["created", "running", "paused", "restarting", "removing", "exited", "dead"]
+Health = Literal["starting", "healthy", "unhealthy"]
+
+
+def ownership_labels(
+    project: str, service: str | None = None, replica: int | None = None
+) -> dict[str, str]:
+    """The labels that mark an object as ours (and which project/service/replica it is)."""
+    labels = {LABEL_MANAGED: "true", LABEL_PROJECT: project}
+    if service is not None:
+        labels[LABEL_SERVICE] = service
+    if replica is not None:
+        labels[LABEL_REPLICA] = str(replica)
+    return labels
+
+
+# --------------------------------------------------------------------------- desired
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkSpec:
+    name: str
+    driver: str = "bridge"
+    internal: bool = False
+    labels: tuple[tuple[str, str], ...] = ()
+    ipam: tuple[tuple[str, str], ...] = ()  # (subnet, gateway) pairs; gateway may be ""
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeSpec:
+    name: str
+    driver: str = "local"
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PortBinding:
+    container_port: int
+    protocol: str = "tcp"
+    host_ip: str = ""
+    host_port: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Healthcheck:
+    test: tuple[str, ...]
+    interval_s: float = 30.0
+    timeout_s: float = 30.0
+    retries: int = 3
+    start_period_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkAttachment:
+    network: str
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSpec:
+    """Everything Docker needs to create one replica; its hash decides drift."""
+
+    name: str
+    project: str
+    service: str
+    replica: int
+    image: str
+    command: tuple[str, ...] | None = None
+    entrypoint: tuple[str, ...] | None = None
+    environment: tuple[str, ...] = ()
+    ports: tuple[PortBinding, ...] = ()
+    binds: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()  # named volumes the binds use
+    networks: tuple[NetworkAttachment, ...] = ()
+    user: str | None = None
+    restart: str = "no"
+    healthcheck: Healthcheck | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    working_dir: str | None = None
+    hostname: str | None = None
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    read_only: bool = False
+    stop_signal: str | None = None
+    stop_grace_s: int | None = None
+    init: bool | None = None
+    network_mode: str | None = None
+    pid: str | None = None
+    config_digests: tuple[tuple[str, str], ...] = ()  # (target, sha256) of declared configs
+    # Configs applied by a signal: not part of the hash, so a change reloads, not recreates.
+    reload_digest: str = field(default="", compare=False)
+    reload_signal: str | None = field(default=None, compare=False)
+    spec_hash: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.spec_hash:
+            unhashed = ("spec_hash", "reload_digest", "reload_signal")
+            payload = {k: v for k, v in asdict(self).items() if k not in unhashed}
+            digest = hashlib.sha256(
+                json.dumps(payload, sort_keys=True, default=list).encode()
+            ).hexdigest()
+            object.__setattr__(self, "spec_hash", digest)
+
+    def all_labels(self) -> dict[str, str]:
+        """User labels plus ownership labels and the spec hash."""
+        labels = dict(self.labels)
+        labels.update(ownership_labels(self.project, self.service, self.replica))
+        labels[LABEL_SPEC_HASH] = self.spec_hash
+        if self.reload_digest:
+            labels[LABEL_CONFIG_HASH] = self.reload_digest
+        return labels
+
+
+@dataclass(frozen=True, slots=True)
+class BuildSpec:
+    context: str
+    dockerfile: str = "Dockerfile"
+
+
+@dataclass(frozen=True, slots=True)
+class HealPolicy:
+    min_uptime_s: float = 10.0
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 300.0
+    unhealthy_grace_s: float | None = None  # None: one healthcheck interval
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    name: str
+    image: str
+    replicas: tuple[ContainerSpec, ...]
+    pull: PullPolicy = "missing"
+    build: BuildSpec | None = None
+    depends_on: tuple[str, ...] = ()
+    state: Literal["running", "stopped"] = "running"
+    heal: HealPolicy = HealPolicy()
+
+    @property
+    def has_healthcheck(self) -> bool:
+        return any(c.healthcheck is not None for c in self.replicas)
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredState:
+    """A validated, rendered desired state: services are in dependency order."""
+
+    project: str
+    networks: tuple[NetworkSpec, ...]
+    volumes: tuple[VolumeSpec, ...]
+    services: tuple[ServiceSpec, ...]
+    source: str = ""
+    digest: str = ""  # sha256 of the file's bytes (and of the config files it mounts)
+    volume_templates: tuple[str, ...] = ()  # names with {replica}, for orphan reporting
+
+    def service(self, name: str) -> ServiceSpec:
+        return next(s for s in self.services if s.name == name)
+
+
+# --------------------------------------------------------------------------- observed
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedContainer:
+    id: str
+    name: str
+    service: str
+    replica: int
+    spec_hash: str
+    state: ContainerState
+    health: Health | None = None
+    exit_code: int | None = None
+    networks: frozenset[str] = frozenset()
+    image: str = ""
+    config_hash: str = ""  # digest of the reload-signal configs it was created with
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedNetwork:
+    name: str
+    id: str
+    owned: bool  # carries our labels for this project
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedVolume:
+    name: str
+    owned: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """The live state of one project, as the engine adapter read it."""
+
+    containers: tuple[ObservedContainer, ...] = ()
+    networks: tuple[ObservedNetwork, ...] = ()
+    volumes: tuple[ObservedVolume, ...] = ()
+    # Networks/volumes labelled with this project (whether or not still desired).
+    project_networks: frozenset[str] = frozenset()
+    project_volumes: frozenset[str] = frozenset()
+
+
+# --------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True, slots=True)
+class CreateNetwork:
+    spec: NetworkSpec
+    project: str
+    verb = "create"
+    kind = "network"
+
+    @property
+    def key(self) -> str:
+        return f"network:{self.spec.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class CreateVolume:
+    spec: VolumeSpec
+    project: str
+    verb = "create"
+    kind = "volume"
+
+    @property
+    def key(self) -> str:
+        return f"volume:{self.spec.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class EnsureImage:
+    """Make the image present as the pull policy says (pull or build)."""
+
+    service: str
+    image: str
+    pull: PullPolicy
+    build: BuildSpec | None = None
+    kind = "image"
+
+    @property
+    def verb(self) -> str:
+        return "build" if self.build else "pull"
+
+    @property
+    def key(self) -> str:
+        return f"image:{self.service}"
+
+
+@dataclass(frozen=True, slots=True)
+class CreateContainer:
+    spec: ContainerSpec
+    reason: str = "missing"
+    verb = "create"
+    kind = "container"
+
+    @property
+    def key(self) -> str:
+        return f"container:{self.spec.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class RecreateContainer:
+    """Remove the old container, create the new one, wait until it is ready."""
+
+    old_id: str
+    spec: ContainerSpec
+    reason: str
+    verb = "recreate"
+    kind = "container"
+
+    @property
+    def key(self) -> str:
+        return f"container:{self.spec.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class StartContainer:
+    id: str
+    name: str
+    service: str
+    reason: str
+    verb = "start"
+    kind = "container"
+
+    @property
+    def key(self) -> str:
+        return f"container:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class RestartContainer:
+    id: str
+    name: str
+    service: str
+    reason: str
+    verb = "restart"
+    kind = "container"
+
+    @property
+    def key(self) -> str:
+        return f"container:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class UnpauseContainer:
+    id: str
+    name: str
+    service: str
+    reason: str = "paused"
+    verb = "unpause"
+    kind = "container"
+
+    @property
+    def key(self) -> str:
+        return f"container:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class StopContainer:
+    id: str
+    name: str
+    service: str
+    reason: str = "state: stopped"
+    verb = "stop"
+    kind = "container"
+
+    @property
+    def key(self) -> str:
+        return f"container:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectNetwork:
+    id: str
+    name: str
+    service: str
+    attachment: NetworkAttachment
+    verb = "connect"
+    kind = "container"
+
+    @property
+    def key(self) -> str:
+        return f"connect:{self.name}:{self.attachment.network}"
+
+
+@dataclass(frozen=True, slots=True)
+class SignalContainer:
+    """Deliver a reload signal after a declared config file changed."""
+
+    id: str
+    name: str
+    service: str
+    signal: str
+    reason: str
+    verb = "signal"
+    kind = "container"
+
+    @property
+    def key(self) -> str:
+        return f"signal:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveContainer:
+    id: str
+    name: str
+    service: str
+    reason: str
+    verb = "remove"
+    kind = "container"
+
+    @property
+    def key(self) -> str:
+        return f"remove:{self.name}"
+
+
+Action = (
+    CreateNetwork
+    | CreateVolume
+    | EnsureImage
+    | CreateContainer
+    | RecreateContainer
+    | StartContainer
+    | RestartContainer
+    | UnpauseContainer
+    | StopContainer
+    | ConnectNetwork
+    | SignalContainer
+    | RemoveContainer
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """An action and the keys of the steps that must succeed before it runs."""
+
+    action: Action
+    after: frozenset[str] = frozenset()
+
+    @property
+    def key(self) -> str:
+        return self.action.key
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    steps: tuple[Step, ...] = ()
+    notes: tuple[str, ...] = ()  # adopted, orphaned, held back: reported, not acted on
+
+    @property
+    def actions(self) -> tuple[Action, ...]:
+        return tuple(s.action for s in self.steps)
+
+    def __bool__(self) -> bool:
+        return bool(self.steps)
+
+
+def describe(action: Action) -> str:
+    """One line for humans: verb, kind, name and reason."""
+    match action:
+        case CreateNetwork(spec=s) | CreateVolume(spec=s):
+            return f"{action.verb} {action.kind} {s.name}"
+        case EnsureImage(service=svc, image=img, pull=pull, build=build):
+            how = f"build from {build.context}" if build else f"pull policy {pull}"
+            return f"ensure image {img} for {svc} ({how})"
+        case CreateContainer(spec=s, reason=r) | RecreateContainer(spec=s, reason=r):
+            return f"{action.verb} container {s.name} ({r})"
+        case ConnectNetwork(name=n, attachment=a):
+            return f"connect container {n} to network {a.network}"
+        case SignalContainer(name=n, signal=sig, reason=r):
+            return f"signal {sig} to container {n} ({r})"
+        case _:
+            return f"{action.verb} container {action.name} ({action.reason})"
