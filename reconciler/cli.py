@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return bad_input
     if args.command == "validate":
-        services = ", ".join(f"{s.name}×{len(s.replicas)}" for s in desired.services)
+        services = ", ".join(f"{s.name} x{len(s.replicas)}" for s in desired.services)
         print(f"{args.file}: valid (project {desired.project}: {services})")
         return EXIT_OK
     try:

@@ -7,6 +7,7 @@ and when a back-off falls due. Events only say "look now"; every pass re-observe
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -18,6 +19,8 @@ from types import FrameType
 
 import docker
 import structlog
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from reconciler import desired as desired_file
@@ -182,10 +185,8 @@ class Daemon:
             if self._running:
                 return  # the running pass loops once more
         when = datetime.now().astimezone() + timedelta(seconds=delay)
-        try:
+        with contextlib.suppress(JobLookupError, SchedulerNotRunningError):  # shutting down
             self.scheduler.modify_job("pass", next_run_time=when, kwargs={"trigger": why})
-        except Exception:  # scheduler shutting down
-            pass
 
     def _pass_job(self, trigger: str) -> None:
         with self._lock:
@@ -208,7 +209,7 @@ class Daemon:
     def _one_pass(self, trigger: str) -> None:
         self.metrics.triggers.labels(trigger).inc()
         try:
-            result = self.reconciler.run_pass(self.desired, trigger)
+            self.reconciler.run_pass(self.desired, trigger)
         except EngineUnavailable as exc:
             self._engine_up = False
             self.metrics.docker_up.set(0)
@@ -359,10 +360,8 @@ class Daemon:
         stream = self._events_stream
         close = getattr(stream, "close", None)
         if close:
-            try:
+            with contextlib.suppress(Exception):
                 close()
-            except Exception:
-                pass
 
     # ------------------------------------------------------------------ health
 

@@ -35,7 +35,7 @@ from reconciler.schema import DesiredStateDef, ServiceDef, VolumeMountDef
 
 REPLICA_PLACEHOLDER = "{replica}"
 _PORT = re.compile(
-    r"^(?:(?P<ip>[0-9.]+|\[[0-9a-fA-F:]+\]):)?(?:(?P<host>\d+(?:-\d+)?):)?"
+    r"^(?:(?P<ip>\d+\.\d+\.\d+\.\d+|\[[0-9a-fA-F:]+\]):)?(?:(?P<host>\d+(?:-\d+)?):)?"
     r"(?P<container>\d+)(?:/(?P<proto>tcp|udp|sctp))?$"
 )
 
@@ -245,6 +245,16 @@ def _mount(vol: str | VolumeMountDef) -> _Mount | None:
 # --------------------------------------------------------------------------- render
 
 
+def tree_digest(path: Path) -> str:
+    """sha256 over a file's bytes, or over every file (name and bytes) under a folder."""
+    if not path.is_dir():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    h = hashlib.sha256()
+    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(item.relative_to(path)).encode() + b"\0" + item.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class _Configs:
     binds: tuple[str, ...]
@@ -351,7 +361,7 @@ class _Renderer:
         for i, c in enumerate(s.configs):
             path = self._path(c.source)
             try:
-                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                digest = tree_digest(path)
             except OSError as exc:
                 self.problems.append(
                     f"services.{name}.configs[{i}].source: cannot read {path}: {exc.strerror}"
@@ -438,6 +448,7 @@ class _Renderer:
             labels=tuple(sorted(_labels(s.labels).items())),
             working_dir=s.working_dir,
             hostname=s.hostname,
+            extra_hosts=tuple(s.extra_hosts),
             cap_add=tuple(s.cap_add),
             cap_drop=tuple(s.cap_drop),
             read_only=s.read_only,

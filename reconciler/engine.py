@@ -288,6 +288,7 @@ class Engine:
             init=spec.init,
             network_mode=network_mode,
             pid_mode=spec.pid,
+            extra_hosts=list(spec.extra_hosts) or None,
         )
         networking = None
         if not spec.network_mode and spec.networks:
@@ -340,9 +341,9 @@ class Engine:
             info = self.inspect(name)
             state = (info or {}).get("State") or {}
             health = (state.get("Health") or {}).get("Status")
-            if state.get("Running") and not state.get("Restarting"):
-                if not healthy or health == "healthy":
-                    return
+            up = state.get("Running") and not state.get("Restarting")
+            if up and (not healthy or health == "healthy"):
+                return
             if info is None or state.get("Status") in ("exited", "dead"):
                 code = state.get("ExitCode")
                 raise ActionFailed(f"{name} did not stay up after (re)creation (exit code {code})")

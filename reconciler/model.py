@@ -99,6 +99,7 @@ class ContainerSpec:
     labels: tuple[tuple[str, str], ...] = ()
     working_dir: str | None = None
     hostname: str | None = None
+    extra_hosts: tuple[str, ...] = ()
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
     read_only: bool = False
@@ -372,6 +373,7 @@ class SignalContainer:
     name: str
     service: str
     signal: str
+    digest: str  # the reload-config digest this signal delivers
     reason: str
     verb = "signal"
     kind = "container"

@@ -79,6 +79,7 @@ def plan(desired: DesiredState, observed: Observed, holds: Holds = NO_HOLDS) -> 
             image_key = image.key
         previous_recreate: str | None = None
         ups: set[str] = set()
+        connects: dict[str, set[str]] = {}
         for action in service_steps:
             after: set[str] = set()
             if isinstance(action, CreateContainer | RecreateContainer):
@@ -93,6 +94,9 @@ def plan(desired: DesiredState, observed: Observed, holds: Holds = NO_HOLDS) -> 
                 previous_recreate = action.key
             if isinstance(action, ConnectNetwork):
                 after |= {f"network:{action.attachment.network}"} & infra_keys
+                connects.setdefault(action.name, set()).add(action.key)
+            elif isinstance(action, StartContainer | UnpauseContainer | RestartContainer):
+                after |= connects.get(action.name, set())
             if not isinstance(action, StopContainer):
                 for dep in svc.depends_on:
                     after |= brought_up.get(dep, set())
@@ -159,16 +163,20 @@ def _service_steps(
             if svc.state == "running":
                 yield CreateContainer(spec, "missing")
             continue
+        if svc.state == "stopped":  # kept down on purpose: stop it, change nothing else
+            if c.state in ("running", "paused", "restarting"):
+                yield StopContainer(c.id, c.name, c.service)
+            continue
         if c.state == "dead":
             yield RecreateContainer(c.id, spec, "dead")
             continue
         if c.spec_hash != spec.spec_hash:
             yield RecreateContainer(c.id, spec, "spec changed")
             continue
-        if svc.state == "stopped":
-            if c.state in ("running", "paused", "restarting"):
-                yield StopContainer(c.id, c.name, c.service)
-            continue
+        if c.state in ("running", "exited", "created", "paused") and spec.network_mode is None:
+            for attachment in spec.networks:
+                if attachment.network not in c.networks:
+                    yield ConnectNetwork(c.id, c.name, c.service, attachment)
         match c.state:
             case "exited":
                 yield StartContainer(c.id, c.name, c.service, f"exited ({c.exit_code})")
@@ -186,14 +194,12 @@ def _running(spec: ContainerSpec, c: ObservedContainer, holds: Holds) -> Iterabl
     if c.health == "unhealthy" and (holds.unhealthy_due is None or c.name in holds.unhealthy_due):
         yield RestartContainer(c.id, c.name, c.service, "unhealthy")
         return
-    if spec.network_mode is None:
-        for attachment in spec.networks:
-            if attachment.network not in c.networks:
-                yield ConnectNetwork(c.id, c.name, c.service, attachment)
     if spec.reload_digest and spec.reload_signal:
         delivered = holds.signalled.get(c.id, c.config_hash)
         if delivered != spec.reload_digest:
-            yield SignalContainer(c.id, c.name, c.service, spec.reload_signal, "config changed")
+            yield SignalContainer(
+                c.id, c.name, c.service, spec.reload_signal, spec.reload_digest, "config changed"
+            )
 
 
 def _infra_deps(spec: ContainerSpec, infra_keys: set[str]) -> set[str]:

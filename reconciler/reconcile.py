@@ -155,10 +155,7 @@ class Reconciler:
         self.book.record_failures(failed, succeeded, policies, now)
         for r in results:
             if isinstance(r.action, SignalContainer) and r.outcome == "success":
-                spec = next(
-                    c for s in desired.services for c in s.replicas if c.name == r.action.name
-                )
-                self.book.signalled[r.action.id] = spec.reload_digest
+                self.book.signalled[r.action.id] = r.action.digest
         self._known |= {c.name for c in observed.containers}
         self._known |= {
             r.action.spec.name

@@ -135,6 +135,7 @@ class ServiceDef(_Model):
     labels: dict[str, str] | list[str] = {}
     working_dir: str | None = None
     hostname: str | None = None
+    extra_hosts: list[str] = []
     cap_add: list[str] = []
     cap_drop: list[str] = []
     read_only: bool = False

@@ -1,0 +1,180 @@
+"""Shared fixtures: a real Docker engine, a local busybox image, uniquely named projects.
+
+Tests that need Docker skip when no engine answers, unless RECONCILER_REQUIRE_DOCKER=1
+(CI), where they fail instead. Every resource a test makes carries the label
+`io.reconciler.test=1` and is removed afterwards, also when the test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+import yaml
+
+TEST_LABEL = "io.reconciler.test"
+OWNER_LABEL = "io.reconciler.test.owner"
+BUSYBOX_IMAGE = "reconciler-test-busybox:1"
+REQUIRE_DOCKER = os.environ.get("RECONCILER_REQUIRE_DOCKER") == "1"
+
+
+def _engine() -> docker.APIClient | None:
+    try:
+        api = docker.from_env(timeout=60).api
+        api.ping()
+        return api
+    except Exception:
+        return None
+
+
+@pytest.fixture(scope="session")
+def api() -> docker.APIClient:
+    """The low-level Docker client; skip (or fail in CI) without an engine."""
+    client = _engine()
+    if client is None:
+        message = "no Docker engine answers (start dockerd, or see .ci/run)"
+        if REQUIRE_DOCKER:
+            pytest.fail(message)
+        pytest.skip(message)
+    return client
+
+
+def build_scratch_image(
+    api: docker.APIClient, tag: str, files: dict[str, Path], extra: str = ""
+) -> str:
+    """Build a FROM-scratch image with busybox plus `files` (image path -> host path)."""
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    if not Path(busybox).exists():
+        pytest.fail("busybox-static is not installed (apt-get install busybox-static)")
+    with tempfile.TemporaryDirectory() as ctx:
+        ctx_path = Path(ctx)
+        shutil.copy(busybox, ctx_path / "busybox")
+        lines = [
+            "FROM scratch",
+            "COPY busybox /bin/busybox",
+            'RUN ["/bin/busybox", "--install", "-s", "/bin"]',
+            'RUN ["/bin/mkdir", "-p", "/tmp", "/etc", "/data"]',
+            'RUN ["/bin/chmod", "1777", "/tmp"]',
+        ]
+        for i, (target, source) in enumerate(files.items()):
+            shutil.copy(source, ctx_path / f"f{i}")
+            lines.append(f"COPY f{i} {target}")
+        lines += [extra, f"LABEL {TEST_LABEL}=1"]
+        (ctx_path / "Dockerfile").write_text("\n".join(lines) + "\n")
+        for chunk in api.build(path=ctx, tag=tag, rm=True, forcerm=True, decode=True):
+            if "error" in chunk:
+                pytest.fail(f"building {tag}: {chunk['error']}")
+    return tag
+
+
+@pytest.fixture(scope="session")
+def busybox_image(api: docker.APIClient) -> str:
+    """A 2 MB busybox image built locally (no registry is reachable)."""
+    return build_scratch_image(api, BUSYBOX_IMAGE, {})
+
+
+def cleanup(api: docker.APIClient, project: str) -> None:
+    """Force-remove every container, network and volume of a test project."""
+    filters = [f"io.reconciler.project={project}", f"{OWNER_LABEL}={project}"]
+    for label in filters:
+        for c in api.containers(all=True, filters={"label": label}):
+            with contextlib.suppress(docker.errors.NotFound):
+                api.remove_container(c["Id"], force=True, v=True)
+    for label in filters:
+        for n in api.networks(filters={"label": label}):
+            with contextlib.suppress(docker.errors.APIError):
+                api.remove_network(n["Id"])
+        for v in api.volumes(filters={"label": label}).get("Volumes") or []:
+            with contextlib.suppress(docker.errors.APIError):
+                api.remove_volume(v["Name"], force=True)
+
+
+@pytest.fixture
+def project(api: docker.APIClient) -> Iterator[str]:
+    """A unique project name; everything labelled with it is removed afterwards."""
+    name = f"t{uuid.uuid4().hex[:10]}"
+    try:
+        yield name
+    finally:
+        cleanup(api, name)
+
+
+def with_test_labels(project: str, doc: dict[str, Any]) -> dict[str, Any]:
+    """Copy of a desired-state dict with the test labels on every service, network, volume."""
+    doc = yaml.safe_load(yaml.safe_dump(doc))
+    doc.setdefault("version", 1)
+    doc["project"] = project
+    labels = {TEST_LABEL: "1", OWNER_LABEL: project}
+    for section in ("services", "networks", "volumes"):
+        for name, body in list((doc.get(section) or {}).items()):
+            body = body or {}
+            body["labels"] = {**labels, **(body.get("labels") or {})}
+            doc[section][name] = body
+    return doc
+
+
+@pytest.fixture
+def write_state(project: str, tmp_path: Path) -> Callable[[dict[str, Any]], Path]:
+    """Write a desired-state file for this test's project (test labels added)."""
+    path = tmp_path / "desired_state.yaml"
+
+    def write(doc: dict[str, Any]) -> Path:
+        text = yaml.safe_dump(with_test_labels(project, doc), sort_keys=False)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)  # atomic, as editors and config management do
+        return path
+
+    return write
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run `python -m reconciler ARGS` and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "reconciler", "--log-format", "json", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 20.0,
+    interval: float = 0.1,
+    what: str = "condition",
+) -> Any:
+    """Poll until `predicate()` is truthy; fail the test with `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def running_names(api: docker.APIClient, project: str) -> list[str]:
+    cs = api.containers(filters={"label": f"io.reconciler.project={project}", "status": "running"})
+    return sorted(c["Names"][0].lstrip("/") for c in cs)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

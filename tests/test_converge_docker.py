@@ -1,0 +1,376 @@
+"""Convergence against the real Docker engine (issue: core)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from reconciler import desired
+from reconciler.engine import Engine
+from reconciler.model import Observed
+from reconciler.planner import plan
+from reconciler.reconcile import Reconciler
+from tests.conftest import OWNER_LABEL, TEST_LABEL, free_port, run_cli, running_names
+from tests.simulator import simulate
+
+pytestmark = pytest.mark.docker
+
+
+class CountingClient:
+    """A real client whose HTTP requests are recorded (method, path)."""
+
+    def __init__(self) -> None:
+        self.api = docker.from_env(timeout=60).api
+        self.calls: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        self.api.hooks["response"].append(self._record)
+
+    def _record(self, response: Any, *args: Any, **kwargs: Any) -> None:
+        with self._lock:
+            self.calls.append((response.request.method, response.request.path_url))
+
+    def writes(self) -> list[tuple[str, str]]:
+        return [c for c in self.calls if c[0] in ("POST", "DELETE", "PUT")]
+
+
+def stack(project: str, image: str, web_replicas: int = 2, **web: Any) -> dict[str, Any]:
+    """db + web replicas; network and volume names carry the project (they are global)."""
+    front, data, www = f"{project}-front", f"{project}-data", f"{project}-www_{{replica}}"
+    return {
+        "networks": {front: {}},
+        "volumes": {data: {}, www: {}},
+        "services": {
+            "db": {
+                "image": image,
+                "command": ["sleep", "100000"],
+                "init": True,
+                "volumes": [f"{data}:/data"],
+                "networks": [front],
+            },
+            "web": {
+                "image": image,
+                "replicas": web_replicas,
+                "init": True,
+                "command": ["httpd", "-f", "-p", "8080"],
+                "depends_on": ["db"],
+                "volumes": [f"{www}:/www"],
+                "networks": [front],
+                **web,
+            },
+        },
+    }
+
+
+def converge(path: Path, reconciler: Reconciler | None = None):
+    rec = reconciler or Reconciler(Engine(docker.from_env().api))
+    result = rec.run_pass(desired.load(path))
+    assert result.ok, [r.error for r in result.errors]
+    return result
+
+
+def test_converge_from_empty_then_second_pass_writes_nothing(
+    api: docker.APIClient, busybox_image: str, project: str, write_state: Callable[..., Path]
+) -> None:
+    """From nothing to the file's containers; the next pass plans nothing and makes no write."""
+    path = write_state(stack(project, busybox_image))
+    converge(path)
+    assert running_names(api, project) == [
+        f"{project}-db-1",
+        f"{project}-web-1",
+        f"{project}-web-2",
+    ]
+    nets = api.networks(names=[f"{project}-front"])
+    assert any(n["Labels"].get("io.reconciler.project") == project for n in nets)
+
+    client = CountingClient()
+    result = Reconciler(Engine(client.api)).run_pass(desired.load(path))
+    assert not result.plan and not result.results
+    assert client.writes() == []
+    assert len(client.calls) == 3  # one list per object kind
+
+
+def test_observe_matches_the_simulator(
+    api: docker.APIClient, busybox_image: str, project: str, write_state: Callable[..., Path]
+) -> None:
+    """Contract: after executing a plan, observe() equals what the engine model predicted."""
+    path = write_state(stack(project, busybox_image))
+    state = desired.load(path)
+    engine = Engine(api)
+    before = engine.observe(project)
+    the_plan = plan(state, before)
+    predicted = simulate(before, the_plan)
+    Reconciler(engine).run_pass(state)
+    after = engine.observe(project)
+
+    def shape(o: Observed) -> set[tuple[Any, ...]]:
+        return {
+            (c.name, c.service, c.replica, c.spec_hash, c.state, c.networks) for c in o.containers
+        }
+
+    assert shape(after) == shape(predicted)
+    assert {n.name for n in after.networks if n.owned} >= {f"{project}-front"}
+    assert {v.name for v in after.volumes if v.owned} >= {
+        f"{project}-data",
+        f"{project}-www_1",
+        f"{project}-www_2",
+    }
+
+
+def test_scale_by_editing_the_file(
+    api: docker.APIClient, busybox_image: str, project: str, write_state: Callable[..., Path]
+) -> None:
+    """Editing replicas 2 -> 4 -> 1 converges each time."""
+    web = lambda n: [f"{project}-web-{i}" for i in range(1, n + 1)]  # noqa: E731
+    for replicas in (2, 4, 1):
+        converge(write_state(stack(project, busybox_image, replicas)))
+        names = [n for n in running_names(api, project) if "-web-" in n]
+        assert names == web(replicas)
+    vols = {
+        v["Name"] for v in api.volumes(filters={"label": f"{OWNER_LABEL}={project}"})["Volumes"]
+    }
+    assert {f"{project}-www_{i}" for i in range(1, 5)} <= vols  # scaling down never removes volumes
+
+
+def test_changed_environment_recreates_one_replica_at_a_time(
+    api: docker.APIClient, busybox_image: str, project: str, write_state: Callable[..., Path]
+) -> None:
+    """A changed variable recreates the replicas, the next only once the previous one runs."""
+    path = write_state(stack(project, busybox_image, 3, environment={"COLOR": "blue"}))
+    converge(path)
+    old = {
+        c["Names"][0]: c["Id"]
+        for c in api.containers(filters={"label": "io.reconciler.service=web"})
+        if project in c["Names"][0]
+    }
+    since = time.time()
+    write_state(stack(project, busybox_image, 3, environment={"COLOR": "green"}))
+    result = converge(path)
+    assert [r.action.verb for r in result.results if r.action.kind == "container"] == [
+        "recreate"
+    ] * 3
+    events = api.events(
+        since=int(since) - 1,
+        until=int(time.time()) + 1,
+        decode=True,
+        filters={"label": f"io.reconciler.project={project}", "event": ["destroy", "start"]},
+    )
+    sequence = [
+        (e["Action"], e["Actor"]["Attributes"]["name"].rsplit("-", 1)[1])
+        for e in events
+        if e["timeNano"] >= since * 1e9
+    ]
+    # destroy 1, start 1, destroy 2, start 2, ... : never two replicas down at once
+    assert sequence == [
+        ("destroy", "1"),
+        ("start", "1"),
+        ("destroy", "2"),
+        ("start", "2"),
+        ("destroy", "3"),
+        ("start", "3"),
+    ]
+    for c in api.containers(filters={"label": f"io.reconciler.project={project}"}):
+        if "-web-" in c["Names"][0]:
+            assert c["Id"] not in old.values()
+            env = api.inspect_container(c["Id"])["Config"]["Env"]
+            assert "COLOR=green" in env
+
+
+def test_removed_container_is_recreated_on_the_next_pass(
+    api: docker.APIClient, busybox_image: str, project: str, write_state: Callable[..., Path]
+) -> None:
+    """docker rm -f of a replica is undone by the next pass; its volume is reused."""
+    path = write_state(stack(project, busybox_image))
+    converge(path)
+    victim = f"{project}-web-2"
+    api.remove_container(victim, force=True)
+    result = converge(path)
+    assert [
+        (r.action.verb, r.action.spec.name) for r in result.results if r.action.kind == "container"
+    ] == [("create", victim)]
+    assert victim in running_names(api, project)
+
+
+def test_unlabelled_container_with_clashing_name_is_left_alone(
+    api: docker.APIClient, busybox_image: str, project: str, write_state: Callable[..., Path]
+) -> None:
+    """A foreign container holding our name is reported, never stopped or removed."""
+    foreign = api.create_container(
+        busybox_image,
+        ["sleep", "100000"],
+        name=f"{project}-web-1",
+        labels={TEST_LABEL: "1", OWNER_LABEL: project},
+    )
+    api.start(foreign["Id"])
+    path = write_state(stack(project, busybox_image))
+    result = Reconciler(Engine(api)).run_pass(desired.load(path))
+    (err,) = result.errors
+    assert err.action.spec.name == f"{project}-web-1"
+    assert "already in use" in (err.error or "")
+    info = api.inspect_container(foreign["Id"])
+    assert info["State"]["Running"] and info["Name"] == f"/{project}-web-1"
+    assert f"{project}-web-2" in running_names(api, project)  # the rest converged
+
+
+def test_unmanaged_network_and_volume_are_adopted(
+    api: docker.APIClient, busybox_image: str, project: str, write_state: Callable[..., Path]
+) -> None:
+    """A network and volume made by hand are used as they are, never relabelled or removed."""
+    labels = {TEST_LABEL: "1", OWNER_LABEL: project}
+    net = api.create_network(f"{project}-hand", labels=labels)
+    api.create_volume(f"{project}-handvol", labels=labels)
+    doc = {
+        "networks": {f"{project}-hand": {}},
+        "volumes": {f"{project}-handvol": {}},
+        "services": {
+            "w": {
+                "image": busybox_image,
+                "command": ["sleep", "100000"],
+                "init": True,
+                "networks": [f"{project}-hand"],
+                "volumes": [f"{project}-handvol:/data"],
+            }
+        },
+    }
+    path = write_state(doc)
+    result = converge(path)
+    assert any("adopted, not owned" in n for n in result.plan.notes)
+    assert api.inspect_network(net["Id"])["Labels"] == labels
+    cid = running_names(api, project)
+    assert cid == [f"{project}-w-1"]
+
+
+def test_pull_failure_is_reported_and_others_converge(
+    api: docker.APIClient, busybox_image: str, project: str, write_state: Callable[..., Path]
+) -> None:
+    """An image that cannot be pulled fails its service only, with Docker's text."""
+    doc = stack(project, busybox_image)
+    doc["services"]["ghost"] = {"image": "registry.invalid/nobody/ghost:1"}
+    path = write_state(doc)
+    result = Reconciler(Engine(api)).run_pass(desired.load(path))
+    errors = {r.action.key: r for r in result.errors}
+    assert errors["image:ghost"].outcome == "error"
+    assert "pull image registry.invalid/nobody/ghost:1" in (errors["image:ghost"].error or "")
+    assert errors[f"container:{project}-ghost-1"].outcome == "skipped"
+    assert len(running_names(api, project)) == 3
+
+
+def test_pull_failure_is_retried_with_backoff(
+    api: docker.APIClient, busybox_image: str, project: str, write_state: Callable[..., Path]
+) -> None:
+    """After a failed pull the next passes hold it back until its back-off expires."""
+    doc = {
+        "services": {
+            "ghost": {
+                "image": "registry.invalid/nobody/ghost:1",
+                "heal": {"backoff_initial": "30s"},
+            }
+        }
+    }
+    path = write_state(doc)
+    rec = Reconciler(Engine(api))
+    state = desired.load(path)
+    first = rec.run_pass(state)
+    second = rec.run_pass(state)
+    third = rec.run_pass(state)
+    assert next(r.action.key for r in first.errors) == "image:ghost"
+    assert next(r.action.key for r in second.errors) == "image:ghost"  # first retry: at once
+    assert not third.results and any("held back" in n for n in third.plan.notes)
+
+
+def test_port_taken_fails_one_replica_only(
+    api: docker.APIClient, busybox_image: str, project: str, write_state: Callable[..., Path]
+) -> None:
+    """A host port already taken fails that replica with Docker's error; others converge."""
+    port = free_port()
+    blocker = api.create_container(
+        busybox_image,
+        ["httpd", "-f", "-p", "80"],
+        ports=[80],
+        host_config=api.create_host_config(port_bindings={80: ("127.0.0.1", port + 1)}),
+        labels={TEST_LABEL: "1", OWNER_LABEL: project},
+        name=f"{project}-blocker",
+    )
+    api.start(blocker["Id"])
+    doc = stack(project, busybox_image, 2, ports=[f"127.0.0.1:{port}-{port + 1}:8080"])
+    result = Reconciler(Engine(api)).run_pass(desired.load(write_state(doc)))
+    (err,) = result.errors
+    assert err.action.spec.name == f"{project}-web-2"
+    assert "port is already allocated" in (err.error or "") or "address already in use" in (
+        err.error or ""
+    )
+    assert f"{project}-web-1" in running_names(api, project)
+
+
+BAD_FILES = {
+    "malformed": ("services:\n  web: {image: [x\n", "malformed YAML"),
+    "negative": (
+        "version: 1\nservices:\n  web: {image: x, replicas: -1}\n",
+        "services.web.replicas: must be >= 0",
+    ),
+    "unknown key": (
+        "version: 1\nservices:\n  web: {image: x, replica: 2}\n",
+        "services.web.replica: unknown key",
+    ),
+    "empty": ("", "refusing"),
+    "no services": ("version: 1\nservices: {}\n", "refusing"),
+    "dangling": (
+        "version: 1\nservices:\n  web: {image: x, depends_on: [db]}\n",
+        "unknown service 'db'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_input_is_refused_and_changes_nothing(
+    case: str,
+    api: docker.APIClient,
+    busybox_image: str,
+    project: str,
+    write_state: Callable[..., Path],
+) -> None:
+    """Every bad input: exit 2, the file and problem named, and nothing on the engine changes."""
+    path = write_state(stack(project, busybox_image))
+    converge(path)
+    before = sorted(
+        (c["Id"], c["State"])
+        for c in api.containers(all=True, filters={"label": f"io.reconciler.project={project}"})
+    )
+    text, message = BAD_FILES[case]
+    path.write_text(text.replace("version: 1", f"version: 1\nproject: {project}"))
+    for command in ("apply", "validate", "status"):
+        proc = run_cli(command, str(path))
+        assert proc.returncode == 2, proc.stderr
+        assert str(path) in proc.stderr and message in proc.stderr
+    assert run_cli("plan", str(path)).returncode == 1
+    after = sorted(
+        (c["Id"], c["State"])
+        for c in api.containers(all=True, filters={"label": f"io.reconciler.project={project}"})
+    )
+    assert after == before
+
+
+def test_missing_file_exit_2(tmp_path: Path) -> None:
+    """A missing file: exit 2 and its name."""
+    proc = run_cli("apply", str(tmp_path / "absent.yaml"))
+    assert proc.returncode == 2 and "absent.yaml" in proc.stderr and "file not found" in proc.stderr
+
+
+def test_cli_plan_and_apply_exit_codes(
+    api: docker.APIClient, busybox_image: str, project: str, write_state: Callable[..., Path]
+) -> None:
+    """plan exits 2 while changes are pending and 0 once apply converged; status shows it."""
+    path = write_state(stack(project, busybox_image))
+    pending = run_cli("plan", str(path))
+    assert pending.returncode == 2 and f"create container {project}-web-1" in pending.stdout
+    assert run_cli("apply", str(path)).returncode == 0
+    synced = run_cli("plan", str(path))
+    assert synced.returncode == 0 and "in sync" in synced.stdout
+    status = run_cli("status", str(path))
+    assert status.returncode == 0
+    assert status.stdout.splitlines()[2].split()[:4] == ["web", "2", "2", "2"]
