@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("file", nargs="?", default="desired_state.yaml", type=Path)
+        if name in ("run", "status"):
+            p.add_argument(
+                "--lock-dir",
+                type=Path,
+                default=None,
+                help="where the daemon keeps its lock and status file",
+            )
         if name == "run":
             p.add_argument("--interval", type=float, default=5.0, help="seconds between passes")
             p.add_argument(
@@ -61,7 +68,6 @@ def build_parser() -> argparse.ArgumentParser:
                 default=("127.0.0.1", 9816),
                 help="HOST:PORT for /metrics, /healthz, /readyz ('off' to disable)",
             )
-            p.add_argument("--lock-dir", type=Path, default=None)
     return parser
 
 
@@ -132,9 +138,11 @@ def _run(args: argparse.Namespace, desired: DesiredState) -> int:
 
 
 def _status(args: argparse.Namespace, desired: DesiredState) -> int:
+    from reconciler.lock import status_path
     from reconciler.status import render_status
 
-    print(render_status(desired, Engine(connect())))
+    status_file = status_path(desired.project, args.lock_dir)
+    print(render_status(desired, Engine(connect()), status_file))
     return EXIT_OK
 
 

@@ -8,6 +8,7 @@ and when a back-off falls due. Events only say "look now"; every pass re-observe
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import threading
@@ -27,7 +28,7 @@ from reconciler import desired as desired_file
 from reconciler.endpoints import serve
 from reconciler.engine import Engine
 from reconciler.errors import DesiredStateError, EngineUnavailable
-from reconciler.lock import ProjectLock
+from reconciler.lock import ProjectLock, status_path
 from reconciler.metrics import Metrics
 from reconciler.model import LABEL_MANAGED, LABEL_PROJECT, DesiredState
 from reconciler.notify import Notifier, watchdog_interval
@@ -226,6 +227,7 @@ class Daemon:
             return
         self._engine_up = True
         self._last_pass_end = time.monotonic()
+        self._write_status()
         wakeup = self.reconciler.book.next_wakeup(time.time())
         if wakeup is not None:
             self._schedule_wakeup(wakeup)
@@ -234,6 +236,21 @@ class Daemon:
             self.notifier.send("READY=1", f"STATUS={self._status_line()}")
         else:
             self.notifier.send(f"STATUS={self._status_line()}")
+
+    def _write_status(self) -> None:
+        """Crash-loop state for `reconciler status` (another process) to read."""
+        path = status_path(self.desired.project, self.options.lock_dir)
+        data = {
+            "project": self.desired.project,
+            "updated_at": time.time(),
+            "crashloop": self.reconciler.book.snapshot(time.time()),
+        }
+        try:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data))
+            tmp.replace(path)
+        except OSError as exc:
+            log.debug("cannot write status file", path=str(path), error=str(exc))
 
     def _schedule_wakeup(self, at: float) -> None:
         when = datetime.fromtimestamp(at).astimezone()
@@ -310,8 +327,10 @@ class Daemon:
             try:
                 stream = self.api.events(decode=True, filters=self._event_filters())
                 self._events_stream = stream
-                delay = 0.5
                 log.info("watching docker events", project=self.desired.project)
+                if delay > 0.5:  # reconnected: whatever happened meanwhile, look now
+                    self.trigger("event")
+                delay = 0.5
                 for event in stream:
                     self.metrics.events.inc()
                     if self._relevant(event):

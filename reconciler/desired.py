@@ -182,6 +182,10 @@ def _check(d: DesiredStateDef) -> Iterable[str]:
                 yield f"{at}.depends_on: unknown service {dep!r}"
         if svc.network_mode and svc.networks:
             yield f"{at}.network_mode: cannot be combined with networks"
+        owner = (svc.network_mode or "").removeprefix("service:")
+        target = d.services.get(owner) if svc.network_mode != owner else None
+        if target is not None and (target.replicas < 1 or target.state != "running"):
+            yield f"{at}.network_mode: service {owner!r} must run at least one replica"
         for net in svc.networks:
             if net not in d.networks:
                 yield f"{at}.networks: network {net!r} is not declared under networks"

@@ -140,6 +140,12 @@ class Engine:
             return None
         return LastRun(started, finished, state.get("ExitCode"))
 
+    def log_tail(self, container_id: str, lines: int = 5) -> list[str]:
+        """The last lines of a container's output (for status; never logged by the daemon)."""
+        with docker_errors(f"logs {container_id[:12]}"):
+            raw = self.api.logs(container_id, tail=lines, stdout=True, stderr=True)
+        return raw.decode(errors="replace").splitlines()[-lines:]
+
     # ------------------------------------------------------------------- execute
 
     def execute(self, action: Action) -> None:
@@ -382,6 +388,7 @@ def _container(c: dict[str, Any]) -> ObservedContainer:
         networks=frozenset(networks) if not mode.startswith("container:") else frozenset(),
         image=c.get("Image", ""),
         config_hash=labels.get(LABEL_CONFIG_HASH, ""),
+        network_target=mode.removeprefix("container:") if mode.startswith("container:") else "",
     )
 
 

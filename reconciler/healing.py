@@ -31,6 +31,7 @@ class _Backoff:
     not_before: float
     reason: str
     seen_finish: float | None = None  # the exit already counted
+    exit_code: int | None = None
 
 
 @dataclass(slots=True)
@@ -38,7 +39,7 @@ class HealingBook:
     """What the daemon remembers between passes to decide holds; lost on restart by design."""
 
     backoffs: dict[str, _Backoff] = field(default_factory=dict)
-    unhealthy_since: dict[str, float] = field(default_factory=dict)
+    unhealthy_due_at: dict[str, float] = field(default_factory=dict)
     signalled: dict[str, str] = field(default_factory=dict)
 
     def holds(
@@ -60,14 +61,14 @@ class HealingBook:
             if c.state in ("exited", "dead") and c.name in last_runs:
                 self._exited(f"container:{c.name}", last_runs[c.name], heal)
             if c.health == "unhealthy":
-                since = self.unhealthy_since.setdefault(c.name, now)
                 grace = heal.unhealthy_grace_s
                 if grace is None:
                     grace = hc.interval_s if hc else 0.0
-                if now - since >= grace:
+                due_at = self.unhealthy_due_at.setdefault(c.name, now + grace)
+                if now >= due_at:
                     due.add(c.name)
             else:
-                self.unhealthy_since.pop(c.name, None)
+                self.unhealthy_due_at.pop(c.name, None)
         live_ids = {c.id for c in observed.containers}
         for cid in [k for k in self.signalled if k not in live_ids]:
             del self.signalled[cid]
@@ -90,6 +91,7 @@ class HealingBook:
             f"crash-loop back-off {delay:g}s after {failures} quick exit(s), "
             f"last exit code {run.exit_code}",
             seen_finish=run.finished_at,
+            exit_code=run.exit_code,
         )
 
     def record_failures(
@@ -120,9 +122,17 @@ class HealingBook:
             if b.seen_finish is not None and b.failures > 1 and b.not_before > now
         }
 
+    def snapshot(self, now: float) -> dict[str, dict[str, object]]:
+        """Replicas in crash-loop back-off, for `reconciler status` (JSON-ready)."""
+        return {
+            name: {"next_attempt": b.not_before, "failures": b.failures, "exit_code": b.exit_code}
+            for name, b in self.crashlooping(now).items()
+        }
+
     def next_wakeup(self, now: float) -> float | None:
         """The earliest time a held action or an unhealthy grace falls due."""
         times = [b.not_before for b in self.backoffs.values() if b.not_before > now]
+        times += [t for t in self.unhealthy_due_at.values() if t > now]
         return min(times) if times else None
 
 

@@ -25,6 +25,11 @@ def default_lock_dir() -> Path:
     return Path(tempfile.gettempdir())
 
 
+def status_path(project: str, directory: Path | None = None) -> Path:
+    """Where the daemon leaves its crash-loop state for `reconciler status`."""
+    return (directory or default_lock_dir()) / f"reconciler-{project}.status.json"
+
+
 class ProjectLock:
     """Held for the daemon's lifetime; the kernel releases it if the process dies."""
 

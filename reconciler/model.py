@@ -195,6 +195,7 @@ class ObservedContainer:
     networks: frozenset[str] = frozenset()
     image: str = ""
     config_hash: str = ""  # digest of the reload-signal configs it was created with
+    network_target: str = ""  # with network_mode container:X, the ID of X it joined
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,8 +67,12 @@ def plan(desired: DesiredState, observed: Observed, holds: Holds = NO_HOLDS) -> 
     images: list[Step] = []
     containers: list[Step] = []
     brought_up: dict[str, set[str]] = {}  # service -> keys of steps that bring it up
+    new_ids: set[str] = set()  # names of containers (re)created by this plan
     for svc in desired.services:
-        service_steps = list(_service_steps(svc, by_name, holds))
+        service_steps = list(_service_steps(svc, by_name, holds, new_ids))
+        new_ids |= {
+            a.spec.name for a in service_steps if isinstance(a, CreateContainer | RecreateContainer)
+        }
         if not service_steps:
             continue
         needs_image = any(isinstance(a, CreateContainer | RecreateContainer) for a in service_steps)
@@ -155,7 +159,7 @@ def _removals(desired: DesiredState, observed: Observed) -> list[Step]:
 
 
 def _service_steps(
-    svc: ServiceSpec, by_name: Mapping[str, ObservedContainer], holds: Holds
+    svc: ServiceSpec, by_name: Mapping[str, ObservedContainer], holds: Holds, new_ids: set[str]
 ) -> Iterable[Action]:
     for spec in svc.replicas:
         c = by_name.get(spec.name)
@@ -172,6 +176,13 @@ def _service_steps(
             continue
         if c.spec_hash != spec.spec_hash:
             yield RecreateContainer(c.id, spec, "spec changed")
+            continue
+        owner = _namespace_owner(spec)
+        if owner and (
+            owner in new_ids or by_name.get(owner) is None or by_name[owner].id != c.network_target
+        ):
+            # Its network namespace belongs to a container that was (or is being) recreated.
+            yield RecreateContainer(c.id, spec, f"network namespace owner {owner} was recreated")
             continue
         if c.state in ("running", "exited", "created", "paused") and spec.network_mode is None:
             for attachment in spec.networks:
@@ -200,6 +211,11 @@ def _running(spec: ContainerSpec, c: ObservedContainer, holds: Holds) -> Iterabl
             yield SignalContainer(
                 c.id, c.name, c.service, spec.reload_signal, spec.reload_digest, "config changed"
             )
+
+
+def _namespace_owner(spec: ContainerSpec) -> str | None:
+    mode = spec.network_mode or ""
+    return mode.removeprefix("container:") if mode.startswith("container:") else None
 
 
 def _infra_deps(spec: ContainerSpec, infra_keys: set[str]) -> set[str]:

@@ -19,6 +19,7 @@ from reconciler.metrics import Metrics
 from reconciler.model import (
     ConnectNetwork,
     CreateContainer,
+    CreateVolume,
     DesiredState,
     Observed,
     Plan,
@@ -66,6 +67,7 @@ class Reconciler:
         self.workers = workers
         self.book = HealingBook()
         self._known: set[str] = set()  # container names seen before: a create is then a heal
+        self._known_volumes: set[str] = set()
 
     def run_pass(self, desired: DesiredState, trigger: str = "manual") -> PassResult:
         """Converge once; raise EngineUnavailable if the engine cannot be read."""
@@ -156,6 +158,25 @@ class Reconciler:
         for r in results:
             if isinstance(r.action, SignalContainer) and r.outcome == "success":
                 self.book.signalled[r.action.id] = r.action.digest
+        for r in results:
+            if (
+                isinstance(r.action, CreateVolume)
+                and r.outcome == "success"
+                and r.action.spec.name in self._known_volumes
+            ):
+                log.warning(
+                    "volume was removed and is recreated EMPTY: its data is gone",
+                    volume=r.action.spec.name,
+                    project=desired.project,
+                )
+        self._known_volumes |= {v.name for v in observed.volumes} & {
+            v.name for v in desired.volumes
+        }
+        self._known_volumes |= {
+            r.action.spec.name
+            for r in results
+            if isinstance(r.action, CreateVolume) and r.outcome == "success"
+        }
         self._known |= {c.name for c in observed.containers}
         self._known |= {
             r.action.spec.name

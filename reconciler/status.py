@@ -1,15 +1,38 @@
-"""`reconciler status`: a table of services, read from the engine (not the hot path)."""
+"""`reconciler status`: a table of services, read from the engine (not the hot path).
+
+Crash-loop back-off lives in the daemon's memory; the daemon leaves it in a small
+JSON file beside its lock, which this reads when it is fresh.
+"""
 
 from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
 
 from reconciler.engine import Engine
 from reconciler.model import DesiredState
 
+STALE_AFTER_S = 300.0
 
-def render_status(desired: DesiredState, engine: Engine) -> str:
+
+def read_crashloops(path: Path) -> dict[str, dict[str, Any]]:
+    """Replicas the running daemon holds in back-off ({} when there is no fresh file)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if time.time() - float(data.get("updated_at", 0)) > STALE_AFTER_S:
+        return {}
+    return dict(data.get("crashloop") or {})
+
+
+def render_status(desired: DesiredState, engine: Engine, status_file: Path | None = None) -> str:
     """service, desired, running, healthy, restarts, image — plus a line per broken replica."""
     observed = engine.observe(desired.project)
     live = {c.name: c for c in observed.containers}
+    loops = read_crashloops(status_file) if status_file else {}
     rows = [("SERVICE", "DESIRED", "RUNNING", "HEALTHY", "RESTARTS", "IMAGE")]
     problems: list[str] = []
     for svc in desired.services:
@@ -24,11 +47,19 @@ def render_status(desired: DesiredState, engine: Engine) -> str:
             if c.state == "running":
                 running += 1
                 healthy += c.health in (None, "healthy")
-            if c.state != "running" or c.health == "unhealthy":
+            loop = loops.get(spec.name)
+            if loop and c.state != "running":
+                at = time.strftime("%H:%M:%S", time.localtime(float(loop["next_attempt"])))
+                problems.append(
+                    f"  {spec.name}: CrashLoopBackOff (next attempt {at}, "
+                    f"last exit code {loop.get('exit_code')}, {loop.get('failures')} quick exits)"
+                )
+                problems.extend(f"    | {line}" for line in engine.log_tail(c.id, 5))
+            elif c.state != "running" or c.health == "unhealthy":
                 state = c.state if c.exit_code is None else f"{c.state} ({c.exit_code})"
-                if c.health == "unhealthy":
-                    state = "unhealthy"
-                problems.append(f"  {spec.name}: {state}")
+                problems.append(
+                    f"  {spec.name}: {'unhealthy' if c.health == 'unhealthy' else state}"
+                )
         rows.append(
             (svc.name, str(len(svc.replicas)), str(running), str(healthy), str(restarts), svc.image)
         )

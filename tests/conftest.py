@@ -8,12 +8,16 @@ Tests that need Docker skip when no engine answers, unless RECONCILER_REQUIRE_DO
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -178,3 +182,104 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class DaemonProcess:
+    """`python -m reconciler run` in the background, its JSON log lines collected."""
+
+    def __init__(self, path: Path, tmp: Path, interval: float = 60.0) -> None:
+        self.port = free_port()
+        self.log_path = tmp / "daemon.log"
+        self.log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "reconciler",
+                "--log-format",
+                "json",
+                "--log-level",
+                "debug",
+                "run",
+                str(path),
+                "--interval",
+                str(interval),
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--lock-dir",
+                str(tmp),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    def lines(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                out.append(json.loads(line))
+        return out
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.lines() if e.get("event") == name]
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except OSError:
+            return 0, ""
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    started: list[DaemonProcess] = []
+
+    def start(path: Path, interval: float = 60.0) -> DaemonProcess:
+        d = DaemonProcess(path, tmp_path, interval)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.stop()
+
+
+def restart_dockerd(down_for: float = 10.0) -> None:
+    """Stop the local dockerd, keep it down `down_for` seconds, start it again the same way."""
+    found = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True)
+    pids = found.stdout.split()
+    if os.geteuid() != 0 or len(pids) != 1:
+        pytest.fail("restarting dockerd needs root and exactly one local dockerd process")
+    pid = int(pids[0])
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stopped = time.monotonic()
+    time.sleep(max(0.0, down_for - (time.monotonic() - stopped)))
+    Path("/var/run/docker.pid").unlink(missing_ok=True)
+    log = open(os.path.join(tempfile.gettempdir(), "dockerd-restarted.log"), "ab")  # noqa: SIM115
+    subprocess.Popen(
+        [a.decode() for a in argv],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    wait_for(_engine, 60, interval=0.5, what="dockerd to answer again")

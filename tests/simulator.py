@@ -33,7 +33,7 @@ from reconciler.model import (
 _ids = itertools.count(1)
 
 
-def container_from(spec: ContainerSpec) -> ObservedContainer:
+def container_from(spec: ContainerSpec, network_target: str = "") -> ObservedContainer:
     """What observe() reports for a freshly created and started container."""
     return ObservedContainer(
         id=f"sim{next(_ids):08d}",
@@ -48,6 +48,7 @@ def container_from(spec: ContainerSpec) -> ObservedContainer:
         else frozenset(),
         image=spec.image,
         config_hash=spec.reload_digest,
+        network_target=network_target,
     )
 
 
@@ -71,7 +72,10 @@ def simulate(observed: Observed, plan: Plan, project: str = "") -> Observed:
             case EnsureImage():
                 pass
             case CreateContainer(spec=spec) | RecreateContainer(spec=spec):
-                containers[spec.name] = container_from(spec)
+                mode = spec.network_mode or ""
+                owner = containers.get(mode.removeprefix("container:"))
+                target = owner.id if mode.startswith("container:") and owner else ""
+                containers[spec.name] = container_from(spec, target)
             case StartContainer(name=n) | RestartContainer(name=n) | UnpauseContainer(name=n):
                 c = containers[n]
                 health = "healthy" if c.health else None

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
 
-from tests.conftest import free_port, running_names, wait_for
+from tests.conftest import DaemonProcess, running_names, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -36,81 +32,6 @@ def simple(project: str, image: str, replicas: int, **extra: Any) -> dict[str, A
             }
         },
     }
-
-
-class DaemonProcess:
-    """`python -m reconciler run` in the background, its JSON log lines collected."""
-
-    def __init__(self, path: Path, tmp: Path, interval: float = 60.0) -> None:
-        self.port = free_port()
-        self.log_path = tmp / "daemon.log"
-        self.log = self.log_path.open("w")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "reconciler",
-                "--log-format",
-                "json",
-                "--log-level",
-                "debug",
-                "run",
-                str(path),
-                "--interval",
-                str(interval),
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--lock-dir",
-                str(tmp),
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-
-    def lines(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_path.read_text().splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                out.append(json.loads(line))
-        return out
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        return [e for e in self.lines() if e.get("event") == name]
-
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-        except OSError:
-            return 0, ""
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        return self.proc.returncode
-
-
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
-    started: list[DaemonProcess] = []
-
-    def start(path: Path, interval: float = 60.0) -> DaemonProcess:
-        d = DaemonProcess(path, tmp_path, interval)
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:
-        d.stop()
 
 
 def web_names(api: docker.APIClient, project: str) -> list[str]:

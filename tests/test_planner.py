@@ -210,6 +210,33 @@ def test_held_steps_and_their_dependents_are_left_out() -> None:
     assert any("held back (retry in 2s)" in n for n in result.notes)
 
 
+def test_network_namespace_sharers_follow_their_owner() -> None:
+    """When a container is recreated, those in its network namespace are recreated after it."""
+    d = state(
+        {
+            "services": {
+                "vpn": {"image": "v:1", "environment": {"V": 1}},
+                "app": {"image": "a:1", "network_mode": "service:vpn"},
+            }
+        }
+    )
+    live = converged(d)
+    assert not plan(d, live)
+    changed = state(
+        {
+            "services": {
+                "vpn": {"image": "v:1", "environment": {"V": 2}},
+                "app": {"image": "a:1", "network_mode": "service:vpn"},
+            }
+        }
+    )
+    steps = {s.key: s for s in plan(changed, live).steps}
+    app = steps["container:p-app-1"]
+    assert isinstance(app.action, RecreateContainer) and "container:p-vpn-1" in app.after
+    removed = replace(live, containers=tuple(c for c in live.containers if c.name != "p-vpn-1"))
+    assert isinstance(plan(d, removed).steps[-1].action, RecreateContainer)
+
+
 def test_stopped_state_stops_and_does_not_create() -> None:
     """state: stopped keeps a service down on purpose."""
     d = state({"services": {"w": {"image": "w:1", "state": "stopped"}}})
@@ -240,6 +267,12 @@ def desired_states(draw: st.DrawFn) -> DesiredState:
             svc["healthcheck"] = {"test": "true", "interval": "1s"}
         if i and draw(st.booleans()):
             svc["depends_on"] = [chosen[draw(st.integers(0, i - 1))]]
+        if i and draw(st.integers(0, 3)) == 0:
+            owner = chosen[draw(st.integers(0, i - 1))]
+            services[owner]["replicas"] = max(1, services[owner]["replicas"])
+            services[owner].pop("state", None)
+            svc["network_mode"] = f"service:{owner}"
+            svc["networks"] = []
         if draw(st.booleans()):
             svc["state"] = "stopped"
         services[name] = svc
@@ -254,12 +287,14 @@ STATES = ["created", "running", "paused", "restarting", "exited", "dead"]
 @st.composite
 def observed_for(draw: st.DrawFn, d: DesiredState) -> Observed:
     """Live states near `d`: missing, drifted, failed, extra and foreign objects."""
-    containers = []
+    containers: list[ObservedContainer] = []
+    containers_by_name: dict[str, ObservedContainer] = {}
     for svc in d.services:
         for spec in svc.replicas:
             if draw(st.booleans()):
                 continue  # missing
-            c = container_from(spec)
+            owner = containers_by_name.get((spec.network_mode or "").removeprefix("container:"))
+            c = container_from(spec, draw(st.sampled_from([owner.id if owner else "", "gone"])))
             c = replace(
                 c,
                 state=draw(st.sampled_from(STATES)),
@@ -268,6 +303,7 @@ def observed_for(draw: st.DrawFn, d: DesiredState) -> Observed:
                 networks=draw(st.sampled_from([c.networks, frozenset()])),
             )
             containers.append(c)
+            containers_by_name[c.name] = c
     for i in range(draw(st.integers(0, 2))):  # leftovers: scaled down or removed services
         svc_name = draw(st.sampled_from(["a", "zz"]))
         containers.append(
