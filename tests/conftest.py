@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +26,8 @@ import docker
 import docker.errors
 import pytest
 import yaml
+
+from tests.enginekit import ImageBuildError, build_scratch_image, remove_labelled
 
 TEST_LABEL = "io.reconciler.test"
 OWNER_LABEL = "io.reconciler.test.owner"
@@ -55,54 +56,19 @@ def api() -> docker.APIClient:
     return client
 
 
-def build_scratch_image(
-    api: docker.APIClient, tag: str, files: dict[str, Path], extra: str = ""
-) -> str:
-    """Build a FROM-scratch image with busybox plus `files` (image path -> host path)."""
-    busybox = shutil.which("busybox") or "/bin/busybox"
-    if not Path(busybox).exists():
-        pytest.fail("busybox-static is not installed (apt-get install busybox-static)")
-    with tempfile.TemporaryDirectory() as ctx:
-        ctx_path = Path(ctx)
-        shutil.copy(busybox, ctx_path / "busybox")
-        lines = [
-            "FROM scratch",
-            "COPY busybox /bin/busybox",
-            'RUN ["/bin/busybox", "--install", "-s", "/bin"]',
-            'RUN ["/bin/mkdir", "-p", "/tmp", "/etc", "/data"]',
-            'RUN ["/bin/chmod", "1777", "/tmp"]',
-        ]
-        for i, (target, source) in enumerate(files.items()):
-            shutil.copy(source, ctx_path / f"f{i}")
-            lines.append(f"COPY f{i} {target}")
-        lines += [extra, f"LABEL {TEST_LABEL}=1"]
-        (ctx_path / "Dockerfile").write_text("\n".join(lines) + "\n")
-        for chunk in api.build(path=ctx, tag=tag, rm=True, forcerm=True, decode=True):
-            if "error" in chunk:
-                pytest.fail(f"building {tag}: {chunk['error']}")
-    return tag
-
-
 @pytest.fixture(scope="session")
 def busybox_image(api: docker.APIClient) -> str:
     """A 2 MB busybox image built locally (no registry is reachable)."""
-    return build_scratch_image(api, BUSYBOX_IMAGE, {})
+    try:
+        return build_scratch_image(api, BUSYBOX_IMAGE)
+    except ImageBuildError as exc:
+        pytest.fail(str(exc))
 
 
 def cleanup(api: docker.APIClient, project: str) -> None:
     """Force-remove every container, network and volume of a test project."""
-    filters = [f"io.reconciler.project={project}", f"{OWNER_LABEL}={project}"]
-    for label in filters:
-        for c in api.containers(all=True, filters={"label": label}):
-            with contextlib.suppress(docker.errors.NotFound):
-                api.remove_container(c["Id"], force=True, v=True)
-    for label in filters:
-        for n in api.networks(filters={"label": label}):
-            with contextlib.suppress(docker.errors.APIError):
-                api.remove_network(n["Id"])
-        for v in api.volumes(filters={"label": label}).get("Volumes") or []:
-            with contextlib.suppress(docker.errors.APIError):
-                api.remove_volume(v["Name"], force=True)
+    for label in (f"io.reconciler.project={project}", f"{OWNER_LABEL}={project}"):
+        remove_labelled(api, label)
 
 
 @pytest.fixture

@@ -1,0 +1,98 @@
+"""Real-engine helpers for the tests and the benchmarks: local images, labelled cleanup.
+
+No registry is reachable here, so images are built FROM scratch: busybox-static gives a
+shell, `httpd`, `nc` and `sleep`; real programs from Debian packages (haproxy,
+prometheus, node-exporter) are packed with the libraries `ldd` lists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import docker
+import docker.errors
+
+TEST_LABEL = "io.reconciler.test"
+_LDD = re.compile(r"(/\S+)")
+
+
+class ImageBuildError(RuntimeError):
+    """A local image could not be built."""
+
+
+def libraries(binary: Path) -> list[Path]:
+    """The shared libraries (and loader) `ldd` lists for `binary`."""
+    out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True).stdout
+    libs = []
+    for line in out.splitlines():
+        m = _LDD.search(line.split("=>")[-1])
+        if m and Path(m.group(1)).exists():
+            libs.append(Path(m.group(1)))
+    return libs
+
+
+def build_scratch_image(
+    api: docker.APIClient,
+    tag: str,
+    files: dict[str, Path] | None = None,
+    *,
+    binaries: Iterable[str | Path] = (),
+    extra: Iterable[str] = (),
+) -> str:
+    """Build `tag` FROM scratch: busybox, `files` (image path -> host path), and `binaries`
+    (host paths, copied to the same path with their libraries), then `extra` lines."""
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        raise ImageBuildError("busybox is not installed (apt-get install busybox-static)")
+    wanted: dict[str, Path] = dict(files or {})
+    for binary in binaries:
+        path = Path(binary)
+        if not path.exists():
+            raise ImageBuildError(f"{path} is not installed")
+        wanted[str(path)] = path
+        for lib in libraries(path):
+            wanted[str(lib)] = lib
+    with tempfile.TemporaryDirectory() as ctx:
+        ctx_path = Path(ctx)
+        shutil.copy(busybox, ctx_path / "busybox")
+        lines = [
+            "FROM scratch",
+            "COPY busybox /bin/busybox",
+            'RUN ["/bin/busybox", "--install", "-s", "/bin"]',
+            'RUN ["/bin/mkdir", "-p", "/tmp", "/etc", "/data"]',
+            'RUN ["/bin/chmod", "1777", "/tmp"]',
+            'RUN ["/bin/sh", "-c", "echo root:x:0:0::/root:/bin/sh > /etc/passwd; '
+            'echo nobody:x:65534:65534::/:/bin/sh >> /etc/passwd; echo root:x:0: > /etc/group"]',
+        ]
+        for i, (target, source) in enumerate(sorted(wanted.items())):
+            name = f"f{i}"
+            if source.is_dir():
+                shutil.copytree(source, ctx_path / name, symlinks=False)
+            else:
+                shutil.copy(source, ctx_path / name)
+            lines.append(f"COPY {name} {target}")
+        lines += [*extra, f"LABEL {TEST_LABEL}=1"]
+        (ctx_path / "Dockerfile").write_text("\n".join(lines) + "\n")
+        for chunk in api.build(path=ctx, tag=tag, rm=True, forcerm=True, decode=True):
+            if "error" in chunk:
+                raise ImageBuildError(f"building {tag}: {chunk['error'].strip()}")
+    return tag
+
+
+def remove_labelled(api: docker.APIClient, label: str) -> None:
+    """Force-remove every container, network and volume carrying `label` (KEY=VALUE)."""
+    for c in api.containers(all=True, filters={"label": label}):
+        with contextlib.suppress(docker.errors.NotFound):
+            api.remove_container(c["Id"], force=True, v=True)
+    for n in api.networks(filters={"label": label}):
+        with contextlib.suppress(docker.errors.APIError):
+            api.remove_network(n["Id"])
+    for v in api.volumes(filters={"label": label}).get("Volumes") or []:
+        with contextlib.suppress(docker.errors.APIError):
+            api.remove_volume(v["Name"], force=True)
