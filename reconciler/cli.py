@@ -22,6 +22,7 @@ from reconciler.planner import plan
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT = 0, 1, 2
 EXIT_PENDING = 2
+DEFAULT_LISTEN = (("127.0.0.1", 9816),)
 
 
 def _listen(text: str) -> tuple[str, int] | None:
@@ -65,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--listen",
                 type=_listen,
-                default=("127.0.0.1", 9816),
-                help="HOST:PORT for /metrics, /healthz, /readyz ('off' to disable)",
+                action="append",
+                help="HOST:PORT for /metrics, /healthz, /readyz; repeat for several, "
+                "'off' for none (default 127.0.0.1:9816)",
             )
     return parser
 
@@ -126,9 +128,8 @@ def _apply(args: argparse.Namespace, desired: DesiredState) -> int:
 def _run(args: argparse.Namespace, desired: DesiredState) -> int:
     from reconciler.daemon import Daemon, Options
 
-    opts = Options(
-        path=args.file, interval=args.interval, listen=args.listen, lock_dir=args.lock_dir
-    )
+    listen = DEFAULT_LISTEN if args.listen is None else tuple(a for a in args.listen if a)
+    opts = Options(path=args.file, interval=args.interval, listen=listen, lock_dir=args.lock_dir)
     try:
         api = connect()
     except EngineUnavailable as exc:  # the daemon waits for the engine; it must start anyway

@@ -56,7 +56,7 @@ VOLUME_EVENTS = ("destroy",)
 class Options:
     path: Path
     interval: float = 5.0
-    listen: tuple[str, int] | None = ("127.0.0.1", 9816)
+    listen: tuple[tuple[str, int], ...] = (("127.0.0.1", 9816),)
     file_poll: float = 1.0
     workers: int = 8
     lock_dir: Path | None = None
@@ -99,12 +99,10 @@ class Daemon:
         """Block until SIGTERM/SIGINT; finish the current pass and return 0."""
         lock = ProjectLock(self.desired.project, self.options.lock_dir)
         lock.acquire()
-        server = None
+        servers = []
         try:
-            if self.options.listen:
-                server = serve(
-                    self.options.listen, self.metrics.registry, self.healthz, self.readyz
-                )
+            for address in self.options.listen:
+                servers.append(serve(address, self.metrics.registry, self.healthz, self.readyz))
             self._install_signals()
             self.scheduler.add_job(
                 self._pass_job,
@@ -152,7 +150,7 @@ class Daemon:
             self._close_events()
             return 0
         finally:
-            if server:
+            for server in servers:
                 server.shutdown()
             lock.release()
 

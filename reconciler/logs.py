@@ -3,9 +3,25 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
+
+SECRET_KEY = re.compile(r"pass|secret|token|credential|api_?key|private", re.IGNORECASE)
+REDACTED = "[redacted]"
+
+
+def redact_secrets(
+    logger: Any, method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A structlog processor: blank the value of any field whose key looks like a secret."""
+    for key in list(event):
+        if SECRET_KEY.search(key):
+            event[key] = REDACTED
+    return event
 
 
 def configure(level: str = "info", *, json: bool | None = None) -> None:
@@ -18,6 +34,7 @@ def configure(level: str = "info", *, json: bool | None = None) -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            redact_secrets,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

@@ -120,7 +120,7 @@ class Reconciler:
             log.info("action", **fields)
         else:
             log.warning("action", error=r.error, **fields)
-        if self.metrics:
+        if self.metrics and r.outcome != "skipped":
             self.metrics.actions.labels(a.verb, a.kind, r.outcome).inc()
             if r.outcome == "error":
                 self.metrics.docker_errors.labels(f"{a.verb}_{a.kind}").inc()
