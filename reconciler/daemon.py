@@ -83,7 +83,7 @@ class Daemon:
         self._running = False
         self._pending: str | None = None
         self._stop = threading.Event()
-        self._file_stamp = _stamp(options.path)
+        self._file_stamp = self._stamps()
         self._last_pass_end: float | None = None
         self._engine_up = False
         self._first_pass_done = False
@@ -102,7 +102,12 @@ class Daemon:
         servers = []
         try:
             for address in self.options.listen:
-                servers.append(serve(address, self.metrics.registry, self.healthz, self.readyz))
+                try:
+                    servers.append(serve(address, self.metrics.registry, self.healthz, self.readyz))
+                except OSError as exc:  # e.g. docker0 not up yet: keep reconciling anyway
+                    log.error(
+                        "cannot serve metrics", address=f"{address[0]}:{address[1]}", error=str(exc)
+                    )
             self._install_signals()
             self.scheduler.add_job(
                 self._pass_job,
@@ -282,8 +287,12 @@ class Daemon:
 
     # ------------------------------------------------------------------ desired state
 
+    def _stamps(self) -> tuple[object, ...]:
+        """Change stamps of the desired-state file and of the config files it mounts."""
+        return (_stamp(self.options.path), *(_tree_stamp(Path(p)) for p in self.desired.watched))
+
     def _watch_file(self) -> None:
-        stamp = _stamp(self.options.path)
+        stamp = self._stamps()
         if stamp != self._file_stamp:
             self._file_stamp = stamp
             self.reload("file")
@@ -299,7 +308,7 @@ class Daemon:
             log.error("desired state rejected; keeping the last good one", error=str(exc))
             return False
         self.metrics.reloads.labels("success").inc()
-        if new.digest != self.desired.digest or _deep_changed(new, self.desired):
+        if new.digest != self.desired.digest:
             if new.project != self.desired.project:
                 log.error(
                     "the project name cannot change while running; restart the daemon",
@@ -403,14 +412,15 @@ class Daemon:
         return (not problems, "; ".join(problems) or "ready")
 
 
+def _tree_stamp(path: Path) -> tuple[object, ...]:
+    if not path.is_dir():
+        return (_stamp(path),)
+    return tuple((str(p), _stamp(p)) for p in sorted(path.rglob("*")))
+
+
 def _stamp(path: Path) -> tuple[int, int, int] | None:
     try:
         st = os.stat(path)
     except OSError:
         return None
     return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
-def _deep_changed(a: DesiredState, b: DesiredState) -> bool:
-    # Config files mounted by services change the rendered specs without changing the file.
-    return a.services != b.services or a.networks != b.networks or a.volumes != b.volumes

@@ -87,7 +87,10 @@ def parse(raw: bytes | str, *, source: str, base_dir: Path) -> DesiredState:
     state = renderer.render()
     if renderer.problems:
         raise DesiredStateError(source, renderer.problems)
-    digest = hashlib.sha256(raw if isinstance(raw, bytes) else raw.encode()).hexdigest()
+    h = hashlib.sha256(raw if isinstance(raw, bytes) else raw.encode())
+    for path, config_digest in sorted(renderer.config_digests.items()):
+        h.update(f"\0{path}={config_digest}".encode())
+    digest = h.hexdigest()  # the file and every config file it mounts
     return DesiredState(
         project=state.project,
         networks=state.networks,
@@ -96,6 +99,7 @@ def parse(raw: bytes | str, *, source: str, base_dir: Path) -> DesiredState:
         source=source,
         digest=digest,
         volume_templates=state.volume_templates,
+        watched=tuple(sorted(renderer.config_digests)),
     )
 
 
@@ -273,6 +277,7 @@ class _Renderer:
     def __init__(self, d: DesiredStateDef, project: str, base_dir: Path) -> None:
         self.d, self.project, self.base_dir = d, project, base_dir
         self.problems: list[str] = []
+        self.config_digests: dict[str, str] = {}
         self.default_network = f"{project}_default"
 
     def render(self) -> DesiredState:
@@ -366,6 +371,7 @@ class _Renderer:
             path = self._path(c.source)
             try:
                 digest = tree_digest(path)
+                self.config_digests[str(path)] = digest
             except OSError as exc:
                 self.problems.append(
                     f"services.{name}.configs[{i}].source: cannot read {path}: {exc.strerror}"

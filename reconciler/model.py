@@ -174,6 +174,7 @@ class DesiredState:
     source: str = ""
     digest: str = ""  # sha256 of the file's bytes (and of the config files it mounts)
     volume_templates: tuple[str, ...] = ()  # names with {replica}, for orphan reporting
+    watched: tuple[str, ...] = ()  # config files/folders services mount (re-read on change)
 
     def service(self, name: str) -> ServiceSpec:
         return next(s for s in self.services if s.name == name)
