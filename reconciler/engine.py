@@ -177,10 +177,13 @@ class Engine:
             case EnsureImage():
                 self._ensure_image(action)
             case CreateContainer(spec=spec):
-                self._create_and_start(spec)
+                self._create(spec)
             case RecreateContainer(old_id=old_id, spec=spec):
                 self._remove(old_id, spec.name, spec.stop_grace_s)
-                self._create_and_start(spec)
+                cid = self._create(spec)
+                with docker_errors(f"start {spec.name}"):
+                    self._call("container_start")
+                    self.api.start(cid)
                 self.wait_ready(
                     spec.name,
                     healthy=spec.healthcheck is not None and spec.healthcheck.test != ("NONE",),
@@ -270,7 +273,8 @@ class Engine:
             if not isinstance(exc.__cause__, docker.errors.NotFound):
                 raise
 
-    def _create_and_start(self, spec: ContainerSpec) -> None:
+    def _create(self, spec: ContainerSpec) -> str:
+        """Create the container and join its networks; return its ID (not started)."""
         api = self.api
         port_bindings: dict[str, list[Any]] = {}
         for p in spec.ports:
@@ -332,13 +336,12 @@ class Engine:
                 host_config=host_config,
                 networking_config=networking,
             )
-        cid = created["Id"]
-        with docker_errors(f"start {spec.name}"):
+        cid: str = created["Id"]
+        with docker_errors(f"connect {spec.name}"):
             for att in spec.networks[1:] if not spec.network_mode else ():
                 self._call("network_connect")
                 api.connect_container_to_network(cid, att.network, aliases=list(att.aliases))
-            self._call("container_start")
-            api.start(cid)
+        return cid
 
     def wait_ready(self, name: str, *, healthy: bool, timeout: float = READY_TIMEOUT_S) -> None:
         """Wait until the container runs (and is healthy when it has a healthcheck)."""

@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 from reconciler.model import DesiredState, HealPolicy, Observed
 from reconciler.planner import Holds
 
+# Docker restarts a crashed container ~0.3 s after it died (then marks it "restarting"
+# during its own back-off): until then an exited container may still be Docker's to restart.
+DOCKER_RESTART_WINDOW_S = 1.0
+
 
 @dataclass(frozen=True, slots=True)
 class LastRun:
@@ -41,6 +45,7 @@ class HealingBook:
     backoffs: dict[str, _Backoff] = field(default_factory=dict)
     unhealthy_due_at: dict[str, float] = field(default_factory=dict)
     signalled: dict[str, str] = field(default_factory=dict)
+    docker_window: dict[str, float] = field(default_factory=dict)  # name -> end of Docker's turn
 
     def holds(
         self,
@@ -50,16 +55,28 @@ class HealingBook:
         now: float,
     ) -> Holds:
         """Update the book from what is observed now and say what to hold back."""
-        policies = {c.name: (s.heal, c.healthcheck) for s in desired.services for c in s.replicas}
+        specs = {c.name: (s.heal, c) for s in desired.services for c in s.replicas}
         present = {c.name for c in observed.containers}
         for name in [k for k in self.backoffs if k.startswith("container:")]:
             if name.removeprefix("container:") not in present:
                 del self.backoffs[name]  # removed: healed at once, back-off starts over
         due: set[str] = set()
+        held: dict[str, str] = {}
         for c in observed.containers:
-            heal, hc = policies.get(c.name, (HealPolicy(), None))
-            if c.state in ("exited", "dead") and c.name in last_runs:
-                self._exited(f"container:{c.name}", last_runs[c.name], heal)
+            heal, spec = specs.get(c.name, (HealPolicy(), None))
+            hc = spec.healthcheck if spec else None
+            run = last_runs.get(c.name)
+            if c.state in ("exited", "dead") and run is not None:
+                self._exited(f"container:{c.name}", run, heal)
+                if (
+                    spec
+                    and docker_will_restart(spec.restart, run)
+                    and now < run.finished_at + (DOCKER_RESTART_WINDOW_S)
+                ):
+                    # Do not fight Docker: its policy restarts a crash within ~0.3 s. Only a
+                    # manual stop leaves it down, and we start that one after the window.
+                    held[f"container:{c.name}"] = "left to Docker's restart policy"
+                    self.docker_window[c.name] = run.finished_at + DOCKER_RESTART_WINDOW_S
             if c.health == "unhealthy":
                 grace = heal.unhealthy_grace_s
                 if grace is None:
@@ -72,7 +89,9 @@ class HealingBook:
         live_ids = {c.id for c in observed.containers}
         for cid in [k for k in self.signalled if k not in live_ids]:
             del self.signalled[cid]
-        held = {k: b.reason for k, b in self.backoffs.items() if b.not_before > now}
+        held |= {k: b.reason for k, b in self.backoffs.items() if b.not_before > now}
+        for name in [n for n, t in self.docker_window.items() if t <= now or n not in present]:
+            del self.docker_window[name]
         return Holds(held=held, unhealthy_due=frozenset(due), signalled=dict(self.signalled))
 
     def _exited(self, key: str, run: LastRun, heal: HealPolicy) -> None:
@@ -133,7 +152,16 @@ class HealingBook:
         """The earliest time a held action or an unhealthy grace falls due."""
         times = [b.not_before for b in self.backoffs.values() if b.not_before > now]
         times += [t for t in self.unhealthy_due_at.values() if t > now]
+        times += [t for t in self.docker_window.values() if t > now]
         return min(times) if times else None
+
+
+def docker_will_restart(policy: str, run: LastRun) -> bool:
+    """Whether Docker's restart policy acts on this exit (unless it was a manual stop)."""
+    name = policy.partition(":")[0]
+    if name in ("always", "unless-stopped"):
+        return True
+    return name == "on-failure" and run.exit_code not in (0, None)
 
 
 def _delay(heal: HealPolicy, failures: int) -> float:

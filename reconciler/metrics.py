@@ -5,6 +5,7 @@ Labels are bounded (service names, action verbs, kinds), never container IDs.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 from prometheus_client import (
@@ -108,6 +109,7 @@ class Metrics:
         self.build = Info("reconciler_build", "Version of the reconciler.", registry=r)
         self.build.info({"version": __version__})
         self._generation = 0
+        self._services: set[str] = set()
         for result in ("success", "error"):
             self.runs.labels(result)
         self.docker_up.set(0)
@@ -121,12 +123,19 @@ class Metrics:
         self.state_valid.set(1)
 
     def set_replicas(self, rows: Iterable[tuple[str, int, int, int]]) -> None:
-        """(service, desired, running, healthy) rows; services gone are dropped."""
-        self.replicas.clear()
+        """(service, desired, running, healthy) rows; series of services gone are dropped."""
+        current = set()
         for service, desired, running, healthy in rows:
+            current.add(service)
             self.replicas.labels(service, "desired").set(desired)
             self.replicas.labels(service, "running").set(running)
             self.replicas.labels(service, "healthy").set(healthy)
+        for service in self._services - current:
+            with contextlib.suppress(KeyError):
+                for state in ("desired", "running", "healthy"):
+                    self.replicas.remove(service, state)
+                self.crashloop.remove(service)
+        self._services = current
 
     def set_crashloop(self, counts: dict[str, int], services: Iterable[str]) -> None:
         for service in services:

@@ -17,6 +17,7 @@ LABEL_SERVICE = "io.reconciler.service"
 LABEL_REPLICA = "io.reconciler.replica"
 LABEL_SPEC_HASH = "io.reconciler.spec-hash"
 LABEL_CONFIG_HASH = "io.reconciler.config-hash"
+JUST_CREATED = "just created"  # the reason of the start that follows a create
 
 PullPolicy = Literal["missing", "always", "never"]
 ContainerState = Literal["created", "running", "paused", "restarting", "removing", "exited", "dead"]
@@ -231,8 +232,14 @@ class Observed:
 class CreateNetwork:
     spec: NetworkSpec
     project: str
+    service = None
+    reason = "missing"
     verb = "create"
     kind = "network"
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
     @property
     def key(self) -> str:
@@ -243,8 +250,14 @@ class CreateNetwork:
 class CreateVolume:
     spec: VolumeSpec
     project: str
+    service = None
+    reason = "missing"
     verb = "create"
     kind = "volume"
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
     @property
     def key(self) -> str:
@@ -260,6 +273,11 @@ class EnsureImage:
     pull: PullPolicy
     build: BuildSpec | None = None
     kind = "image"
+    reason = "needed by a container to create"
+
+    @property
+    def name(self) -> str:
+        return self.image
 
     @property
     def verb(self) -> str:
@@ -272,14 +290,24 @@ class EnsureImage:
 
 @dataclass(frozen=True, slots=True)
 class CreateContainer:
+    """Create (not start) a container: creates run early, starts follow depends_on order."""
+
     spec: ContainerSpec
     reason: str = "missing"
     verb = "create"
     kind = "container"
 
     @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def service(self) -> str:
+        return self.spec.service
+
+    @property
     def key(self) -> str:
-        return f"container:{self.spec.name}"
+        return f"create:{self.spec.name}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +319,14 @@ class RecreateContainer:
     reason: str
     verb = "recreate"
     kind = "container"
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def service(self) -> str:
+        return self.spec.service
 
     @property
     def key(self) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
 from reconciler.model import (
+    JUST_CREATED,
     Action,
     ConnectNetwork,
     ContainerSpec,
@@ -66,50 +67,66 @@ def plan(desired: DesiredState, observed: Observed, holds: Holds = NO_HOLDS) -> 
 
     images: list[Step] = []
     containers: list[Step] = []
-    brought_up: dict[str, set[str]] = {}  # service -> keys of steps that bring it up
-    new_ids: set[str] = set()  # names of containers (re)created by this plan
+    brought_up: dict[str, set[str]] = {}  # service -> keys of the steps that bring it up
+    recreated: set[str] = set()  # names of containers (re)created by this plan
     for svc in desired.services:
-        service_steps = list(_service_steps(svc, by_name, holds, new_ids))
-        new_ids |= {
-            a.spec.name for a in service_steps if isinstance(a, CreateContainer | RecreateContainer)
-        }
-        if not service_steps:
+        actions = list(_service_steps(svc, by_name, holds, recreated))
+        if not actions:
             continue
-        needs_image = any(isinstance(a, CreateContainer | RecreateContainer) for a in service_steps)
+        new = [a for a in actions if isinstance(a, CreateContainer | RecreateContainer)]
+        recreated |= {a.name for a in new}
         image_key = None
-        if needs_image:
+        if new:
             image = EnsureImage(svc.name, svc.image, svc.pull, svc.build)
             images.append(Step(image))
             image_key = image.key
-        previous_recreate: str | None = None
-        ups: set[str] = set()
-        connects: dict[str, set[str]] = {}
-        for action in service_steps:
-            after: set[str] = set()
-            if isinstance(action, CreateContainer | RecreateContainer):
-                after |= _infra_deps(action.spec, infra_keys)
-                after |= removal_keys.get(svc.name, set())
-                if image_key:
-                    after.add(image_key)
-            if isinstance(action, RecreateContainer):
-                # Rolling: one replica of a service at a time.
-                if previous_recreate:
-                    after.add(previous_recreate)
-                previous_recreate = action.key
-            if isinstance(action, ConnectNetwork):
-                after |= {f"network:{action.attachment.network}"} & infra_keys
-                connects.setdefault(action.name, set()).add(action.key)
-            elif isinstance(action, StartContainer | UnpauseContainer | RestartContainer):
-                after |= connects.get(action.name, set())
-            if not isinstance(action, StopContainer):
-                for dep in svc.depends_on:
-                    after |= brought_up.get(dep, set())
-                ups.add(action.key)
-            containers.append(Step(action, frozenset(after)))
-        brought_up[svc.name] = ups
+        deps = set().union(*(brought_up.get(d, set()) for d in svc.depends_on))
+        prerequisites = removal_keys.get(svc.name, set()) | ({image_key} if image_key else set())
+        service_steps = _ordered(actions, infra_keys, prerequisites, deps)
+        containers += service_steps
+        brought_up[svc.name] = {
+            s.key
+            for s in service_steps
+            if not isinstance(s.action, StopContainer | CreateContainer)
+        }
 
     steps = [*infra, *images, *removals, *containers]
     return Plan(steps=_drop_held(steps, holds.held, notes), notes=tuple(notes))
+
+
+def _ordered(
+    actions: list[Action], infra_keys: set[str], prerequisites: set[str], deps: set[str]
+) -> list[Step]:
+    """Steps of one service: what each waits on (infrastructure, its image, removals of the
+    service, the services it depends on, the previous replica's recreate, its reconnects)."""
+    steps = []
+    previous_recreate: str | None = None
+    connects: dict[str, set[str]] = {}
+    created: dict[str, str] = {}
+    for action in actions:
+        after: set[str] = set()
+        if isinstance(action, CreateContainer | RecreateContainer):
+            after |= _infra_deps(action.spec, infra_keys) | prerequisites
+        if isinstance(action, CreateContainer):
+            created[action.name] = action.key
+        if isinstance(action, RecreateContainer):
+            if previous_recreate:  # rolling: one replica of a service at a time
+                after.add(previous_recreate)
+            previous_recreate = action.key
+        if isinstance(action, ConnectNetwork):
+            after |= {f"network:{action.attachment.network}"} & infra_keys
+            connects.setdefault(action.name, set()).add(action.key)
+        elif isinstance(action, StartContainer | UnpauseContainer | RestartContainer):
+            after |= connects.get(action.name, set())
+            if action.name in created:
+                after.add(created[action.name])
+        # Creating needs no running dependency (unless it joins one's network namespace):
+        # only starts wait for depends_on, so every create can run at once.
+        early = isinstance(action, CreateContainer) and not _namespace_owner(action.spec)
+        if not early and not isinstance(action, StopContainer):
+            after |= deps
+        steps.append(Step(action, frozenset(after)))
+    return steps
 
 
 def _networks(desired: DesiredState, observed: Observed, notes: list[str]) -> Iterable[Step]:
@@ -159,13 +176,14 @@ def _removals(desired: DesiredState, observed: Observed) -> list[Step]:
 
 
 def _service_steps(
-    svc: ServiceSpec, by_name: Mapping[str, ObservedContainer], holds: Holds, new_ids: set[str]
+    svc: ServiceSpec, by_name: Mapping[str, ObservedContainer], holds: Holds, recreated: set[str]
 ) -> Iterable[Action]:
     for spec in svc.replicas:
         c = by_name.get(spec.name)
         if c is None:
             if svc.state == "running":
                 yield CreateContainer(spec, "missing")
+                yield StartContainer(spec.name, spec.name, svc.name, JUST_CREATED)
             continue
         if svc.state == "stopped":  # kept down on purpose: stop it, change nothing else
             if c.state in ("running", "paused", "restarting"):
@@ -179,7 +197,9 @@ def _service_steps(
             continue
         owner = _namespace_owner(spec)
         if owner and (
-            owner in new_ids or by_name.get(owner) is None or by_name[owner].id != c.network_target
+            owner in recreated
+            or by_name.get(owner) is None
+            or by_name[owner].id != c.network_target
         ):
             # Its network namespace belongs to a container that was (or is being) recreated.
             yield RecreateContainer(c.id, spec, f"network namespace owner {owner} was recreated")

@@ -17,6 +17,7 @@ from reconciler.engine import Engine
 from reconciler.healing import HealingBook, LastRun
 from reconciler.metrics import Metrics
 from reconciler.model import (
+    JUST_CREATED,
     ConnectNetwork,
     CreateContainer,
     CreateVolume,
@@ -103,15 +104,14 @@ class Reconciler:
 
     def _report(self, r: StepResult) -> None:
         a = r.action
-        name = getattr(a, "name", None) or getattr(getattr(a, "spec", None), "name", None)
-        service = getattr(a, "service", None) or getattr(getattr(a, "spec", None), "service", None)
+        service = a.service
         fields = {
             "service": service,
-            "container": name if a.kind == "container" else None,
-            "object": name if a.kind != "container" else None,
+            "container": a.name if a.kind == "container" else None,
+            "object": a.name if a.kind != "container" else None,
             "action": a.verb,
             "kind": a.kind,
-            "reason": getattr(a, "reason", None),
+            "reason": a.reason,
             "duration_ms": round(r.duration_s * 1000, 1),
             "result": r.outcome,
         }
@@ -130,7 +130,7 @@ class Reconciler:
 
     def _heal_reason(self, r: StepResult) -> str | None:
         match r.action:
-            case StartContainer():
+            case StartContainer(reason=reason) if reason != JUST_CREATED:
                 return "exited"
             case RestartContainer():
                 return "unhealthy"
@@ -151,7 +151,8 @@ class Reconciler:
         policies = {}
         for s in desired.services:
             policies[f"image:{s.name}"] = s.heal
-            policies.update({f"container:{c.name}": s.heal for c in s.replicas})
+            for c in s.replicas:
+                policies[f"container:{c.name}"] = policies[f"create:{c.name}"] = s.heal
         failed = [(r.action.key, r.error or "") for r in results if r.outcome == "error"]
         succeeded = [r.action.key for r in results if r.outcome == "success"]
         self.book.record_failures(failed, succeeded, policies, now)
@@ -194,7 +195,8 @@ class Reconciler:
         if result.ok:
             m.last_success.set(self.clock())
         for kind in ("network", "volume", "image", "container"):
-            m.drift.labels(kind).set(sum(1 for a in result.plan.actions if a.kind == kind))
+            out_of_sync = {a.name for a in result.plan.actions if a.kind == kind}
+            m.drift.labels(kind).set(len(out_of_sync))
         live = {c.name: c for c in result.observed.containers}
         rows = []
         for s in desired.services:

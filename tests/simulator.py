@@ -75,7 +75,10 @@ def simulate(observed: Observed, plan: Plan, project: str = "") -> Observed:
                 mode = spec.network_mode or ""
                 owner = containers.get(mode.removeprefix("container:"))
                 target = owner.id if mode.startswith("container:") and owner else ""
-                containers[spec.name] = container_from(spec, target)
+                c = container_from(spec, target)
+                if isinstance(action, CreateContainer):  # created, started by the next step
+                    c = replace(c, state="created", health=None)
+                containers[spec.name] = c
             case StartContainer(name=n) | RestartContainer(name=n) | UnpauseContainer(name=n):
                 c = containers[n]
                 health = "healthy" if c.health else None

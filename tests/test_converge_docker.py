@@ -191,8 +191,8 @@ def test_removed_container_is_recreated_on_the_next_pass(
     api.remove_container(victim, force=True)
     result = converge(path)
     assert [
-        (r.action.verb, r.action.spec.name) for r in result.results if r.action.kind == "container"
-    ] == [("create", victim)]
+        (r.action.verb, r.action.name) for r in result.results if r.action.kind == "container"
+    ] == [("create", victim), ("start", victim)]
     assert victim in running_names(api, project)
 
 
@@ -209,8 +209,8 @@ def test_unlabelled_container_with_clashing_name_is_left_alone(
     api.start(foreign["Id"])
     path = write_state(stack(project, busybox_image))
     result = Reconciler(Engine(api)).run_pass(desired.load(path))
-    (err,) = result.errors
-    assert err.action.spec.name == f"{project}-web-1"
+    (err,) = [r for r in result.errors if r.outcome == "error"]
+    assert err.action.key == f"create:{project}-web-1"
     assert "already in use" in (err.error or "")
     info = api.inspect_container(foreign["Id"])
     assert info["State"]["Running"] and info["Name"] == f"/{project}-web-1"
@@ -300,7 +300,7 @@ def test_port_taken_fails_one_replica_only(
     doc = stack(project, busybox_image, 2, ports=[f"127.0.0.1:{port}-{port + 1}:8080"])
     result = Reconciler(Engine(api)).run_pass(desired.load(write_state(doc)))
     (err,) = result.errors
-    assert err.action.spec.name == f"{project}-web-2"
+    assert err.action.key == f"container:{project}-web-2"  # the start fails, not the create
     assert "port is already allocated" in (err.error or "") or "address already in use" in (
         err.error or ""
     )

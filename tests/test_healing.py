@@ -93,3 +93,20 @@ def test_failed_actions_back_off_and_clear_on_success() -> None:
     assert "retry in 4s: pull failed" in book.holds(D, Observed(), {}, 3.5).held["image:w"]
     book.record_failures([], ["image:w"], policy, 8.0)
     assert "image:w" not in book.backoffs
+
+
+def test_docker_gets_the_first_turn_with_a_restart_policy() -> None:
+    """An exit under `restart: always` is left to Docker for a moment, then healed by us."""
+    d = state({"services": {"w": {"image": "w:1", "restart": "always"}}})
+    book = HealingBook()
+    run = LastRun(100.0, 200.0, 137)
+    assert "container:p-w-1" in book.holds(d, OBS, {"p-w-1": run}, 200.2).held
+    assert book.next_wakeup(200.2) == 201.0
+    assert "container:p-w-1" not in book.holds(d, OBS, {"p-w-1": run}, 201.1).held
+
+
+def test_on_failure_does_not_restart_a_clean_exit() -> None:
+    """on-failure leaves exit code 0 alone, so there is nothing to wait for."""
+    d = state({"services": {"w": {"image": "w:1", "restart": "on-failure:3"}}})
+    clean = LastRun(100.0, 200.0, 0)
+    assert not HealingBook().holds(d, OBS, {"p-w-1": clean}, 200.1).held

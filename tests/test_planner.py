@@ -58,27 +58,22 @@ _CONVERGED = converged(STACK)
 
 
 def test_from_empty_creates_everything_in_order() -> None:
-    """Networks, volumes, images, then containers in depends_on order."""
+    """Networks, volumes, images, then containers (create, start) in depends_on order."""
     actions = plan(STACK, Observed()).actions
     kinds = [type(a).__name__ for a in actions]
-    assert kinds == [
-        "CreateNetwork",
-        "CreateVolume",
-        "EnsureImage",
-        "EnsureImage",
-        "CreateContainer",
-        "CreateContainer",
-        "CreateContainer",
-    ]
-    creates = [a.spec.name for a in actions if isinstance(a, CreateContainer)]
-    assert creates == ["p-db-1", "p-web-1", "p-web-2"]
+    assert kinds[:4] == ["CreateNetwork", "CreateVolume", "EnsureImage", "EnsureImage"]
+    assert kinds[4:] == ["CreateContainer", "StartContainer"] * 3
+    starts = [a.name for a in actions if isinstance(a, StartContainer)]
+    assert starts == ["p-db-1", "p-web-1", "p-web-2"]
 
 
-def test_web_waits_for_db_and_infrastructure() -> None:
-    """A container step waits for its network, volume, image and its dependencies."""
+def test_creates_run_early_and_starts_wait_for_dependencies() -> None:
+    """Creating waits for network, volume and image; starting waits for its dependencies."""
     steps = {s.key: s for s in plan(STACK, Observed()).steps}
-    assert steps["container:p-db-1"].after == {"network:net", "volume:data", "image:db"}
-    assert steps["container:p-web-1"].after == {"network:net", "image:web", "container:p-db-1"}
+    assert steps["create:p-db-1"].after == {"network:net", "volume:data", "image:db"}
+    assert steps["create:p-web-1"].after == {"network:net", "image:web"}
+    assert steps["container:p-db-1"].after == {"create:p-db-1"}
+    assert steps["container:p-web-1"].after == {"create:p-web-1", "container:p-db-1"}
 
 
 def test_converged_plans_nothing() -> None:
@@ -356,10 +351,12 @@ def test_plan_then_simulate_converges(scenario: tuple[DesiredState, Observed]) -
 def test_never_touches_what_is_not_ours(scenario: tuple[DesiredState, Observed]) -> None:
     """No action names a container we did not observe as ours, or recreates an existing object."""
     d, obs = scenario
+    p = plan(d, obs)
     ours = {c.id for c in obs.containers}
+    ours |= {a.name for a in p.actions if isinstance(a, CreateContainer)}  # started by name
     existing_nets = {n.name for n in obs.networks}
     existing_vols = {v.name for v in obs.volumes}
-    for a in plan(d, obs).actions:
+    for a in p.actions:
         if hasattr(a, "id"):
             assert a.id in ours
         if isinstance(a, RecreateContainer):
