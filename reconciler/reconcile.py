@@ -9,13 +9,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 
 from reconciler.apply import StepResult, apply
 from reconciler.engine import Engine
 from reconciler.healing import HealingBook, LastRun
-from reconciler.metrics import Metrics
 from reconciler.model import (
     JUST_CREATED,
     ConnectNetwork,
@@ -31,6 +31,9 @@ from reconciler.model import (
     UnpauseContainer,
 )
 from reconciler.planner import plan
+
+if TYPE_CHECKING:  # prometheus_client is imported only where metrics are served
+    from reconciler.metrics import Metrics
 
 log = structlog.get_logger("reconciler")
 

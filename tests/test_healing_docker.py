@@ -348,3 +348,30 @@ def test_second_daemon_on_the_same_project_is_refused(
     )
     assert second.returncode == 2
     assert "another reconciler" in second.stderr and str(d.proc.pid) in second.stderr
+
+
+def test_crash_under_restart_always_is_left_to_docker(
+    api: docker.APIClient,
+    busybox_image: str,
+    project: str,
+    write_state: Callable[..., Path],
+    daemon: Callable[..., DaemonProcess],
+) -> None:
+    """A crash Docker restarts by its `always` policy is not restarted by us as well."""
+    d = daemon(write_state(service(project, busybox_image, restart="always")))
+    name, before = converged_with_marker(api, project, d)
+    kill_from_host(api, name)
+    wait_for(
+        lambda: api.inspect_container(name)["RestartCount"] == 1,
+        5,
+        interval=0.02,
+        what="Docker's restart",
+    )
+    time.sleep(1.5)  # past our window: had we raced Docker, a start action would show now
+    heals = [
+        e
+        for e in d.events("action")
+        if e["action"] in ("start", "restart") and e.get("reason") != "just created"
+    ]
+    assert heals == []
+    assert current_run(api, name) not in (None, before)
