@@ -197,17 +197,20 @@ def noop_passes(n: int, trials: int, run: str) -> dict[str, Any]:
         state = desired.load(path)
     client = CountingClient()
     rec = Reconciler(Engine(client.api))
-    first = rec.run_pass(state)
-    assert first.ok, first.errors
-    requests, walls, cpus = [], [], []
-    for _ in range(trials):
-        client.count = 0
-        w0, c0 = time.perf_counter(), time.process_time()
-        result = rec.run_pass(state)
-        walls.append(time.perf_counter() - w0)
-        cpus.append(time.process_time() - c0)
-        requests.append(client.count)
-        assert not result.results
+    try:
+        first = rec.run_pass(state)
+        assert first.ok, first.errors
+        requests, walls, cpus = [], [], []
+        for _ in range(trials):
+            client.count = 0
+            w0, c0 = time.perf_counter(), time.process_time()
+            result = rec.run_pass(state)
+            walls.append(time.perf_counter() - w0)
+            cpus.append(time.process_time() - c0)
+            requests.append(client.count)
+            assert not result.results
+    finally:
+        remove_labelled(client.api, f"{BENCH_LABEL}={run}")
     return {"requests": requests, "wall_s": walls, "cpu_s": cpus}
 
 
@@ -271,6 +274,7 @@ def idle(api: docker.APIClient, n: int, seconds: float, run: str) -> dict[str, f
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
+            remove_labelled(api, f"{BENCH_LABEL}={run}")
     return {
         "cpu_s": cpu1 - cpu0,
         "cpu_percent_of_core": 100 * (cpu1 - cpu0) / seconds,
@@ -335,7 +339,6 @@ def main(argv: list[str] | None = None) -> int:
             for n in map(int, args.noop_sizes.split(","))
         }
         idle_stats = idle(api, 100, args.idle_seconds, run)
-        remove_labelled(api, f"{BENCH_LABEL}={run}")
         scale = scale_up(api, args.trials)
     finally:
         remove_labelled(api, BENCH_LABEL)
