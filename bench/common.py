@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -71,3 +73,27 @@ def _cpus() -> int:
     import os
 
     return os.cpu_count() or 0
+
+
+def start_daemon(path: Path, tmp: Path, interval: float = 5.0) -> subprocess.Popen[bytes]:
+    """`reconciler run` in the background, its output in tmp/daemon.log."""
+    log = open(tmp / "daemon.log", "wb")  # noqa: SIM115
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "reconciler",
+            "--log-level",
+            "warning",
+            "run",
+            str(path),
+            "--interval",
+            str(interval),
+            "--listen",
+            "off",
+            "--lock-dir",
+            str(tmp),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )

@@ -32,7 +32,7 @@ from typing import Any
 import docker
 import yaml
 
-from bench.common import BENCH_LABEL, summary, table, write_json
+from bench.common import BENCH_LABEL, start_daemon, summary, table, write_json
 from reconciler import desired
 from reconciler.engine import Engine
 from reconciler.reconcile import Reconciler
@@ -225,29 +225,6 @@ def proc_stats(pid: int) -> tuple[float, int]:
         if line.startswith("VmHWM:")
     )
     return cpu, int(hwm.split()[1]) * 1024
-
-
-def start_daemon(path: Path, tmp: Path, interval: float = 5.0) -> subprocess.Popen[bytes]:
-    log = open(tmp / "daemon.log", "wb")  # noqa: SIM115
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "reconciler",
-            "--log-level",
-            "warning",
-            "run",
-            str(path),
-            "--interval",
-            str(interval),
-            "--listen",
-            "off",
-            "--lock-dir",
-            str(tmp),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
 
 
 def wait_running(api: docker.APIClient, run: str, count: int, timeout: float = 300) -> float:

@@ -17,8 +17,6 @@ import argparse
 import os
 import random
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -29,7 +27,7 @@ from pathlib import Path
 import docker
 import yaml
 
-from bench.common import BENCH_LABEL, summary, table, write_json
+from bench.common import BENCH_LABEL, start_daemon, summary, table, write_json
 from tests.enginekit import build_scratch_image, remove_labelled
 
 IMAGE = "reconciler-bench-busybox:1"
@@ -147,26 +145,7 @@ def reconciler_trials(
     project = f"bench{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory() as tmp:
         path = daemon_stack(Path(tmp), project, trials, run)
-        log = open(Path(tmp) / "daemon.log", "w")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "reconciler",
-                "--log-level",
-                "warning",
-                "run",
-                str(path),
-                "--interval",
-                "60",
-                "--listen",
-                "off",
-                "--lock-dir",
-                tmp,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        proc = start_daemon(path, Path(tmp), interval=60)
         try:
             wait_running(api, project, trials)
             time.sleep(1.0)  # the event stream is connected
@@ -191,7 +170,6 @@ def reconciler_trials(
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
-            log.close()
             remove_labelled(api, f"io.reconciler.project={project}")
 
 

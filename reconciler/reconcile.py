@@ -89,7 +89,7 @@ class Reconciler:
             log.debug("note", project=desired.project, note=note)
         results = apply(the_plan, self.engine.execute, workers=self.workers, on_result=self._report)
         self._remember(desired, observed, results)
-        if results:
+        if results and self.metrics is not None:  # replica gauges show the state after the pass
             observed = self.engine.observe(desired.project)
         result = PassResult(the_plan, results, time.monotonic() - start, observed)
         self._pass_metrics(desired, result)
