@@ -304,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="7,50,200")
     parser.add_argument("--noop-sizes", default="10,100,200")
     parser.add_argument("--idle-seconds", type=float, default=60.0)
+    parser.add_argument("--out", default="converge", help="bench/results/OUT.json")
     args = parser.parse_args(argv)
     api = docker.from_env(timeout=300).api
     build_scratch_image(api, IMAGE)
@@ -380,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         "idle": idle_stats,
         "scale_up_2_to_20_s": summary(scale) | {"samples": scale},
     }
-    print(f"\nwrote {write_json('converge', report)}")
+    print(f"\nwrote {write_json(args.out, report)}")
     return 0
 
 
