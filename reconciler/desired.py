@@ -419,7 +419,8 @@ class _Renderer:
             if not nets:
                 attachments.append(NetworkAttachment(self.default_network, (name,)))
             for net in nets:
-                extra = nets[net].aliases if isinstance(nets, dict) and nets[net] else []
+                attach = nets.get(net) if isinstance(nets, dict) else None
+                extra = attach.aliases if attach else []
                 attachments.append(NetworkAttachment(net, tuple(dict.fromkeys([name, *extra]))))
         network_mode = s.network_mode
         if network_mode and network_mode.startswith("service:"):

@@ -306,7 +306,7 @@ class Engine:
             networking = api.create_networking_config(
                 {first.network: api.create_endpoint_config(aliases=list(first.aliases))}
             )
-        healthcheck = None
+        healthcheck: dict[str, Any] | None = None
         if spec.healthcheck is not None:
             hc = spec.healthcheck
             healthcheck = {"test": list(hc.test)}

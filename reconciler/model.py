@@ -397,6 +397,7 @@ class ConnectNetwork:
     attachment: NetworkAttachment
     verb = "connect"
     kind = "container"
+    reason = "not attached to a network it belongs on"
 
     @property
     def key(self) -> str:

@@ -63,6 +63,7 @@ def plan(desired: DesiredState, observed: Observed, holds: Holds = NO_HOLDS) -> 
     removals = _removals(desired, observed)
     removal_keys: dict[str, set[str]] = {}
     for step in removals:
+        assert isinstance(step.action, RemoveContainer)
         removal_keys.setdefault(step.action.service, set()).add(step.key)
 
     images: list[Step] = []
