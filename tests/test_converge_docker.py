@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker.errors
 import pytest
 
 from reconciler import desired
@@ -16,7 +18,7 @@ from reconciler.engine import Engine
 from reconciler.model import Observed
 from reconciler.planner import plan
 from reconciler.reconcile import Reconciler
-from tests.conftest import OWNER_LABEL, TEST_LABEL, free_port, run_cli, running_names
+from tests.conftest import OWNER_LABEL, TEST_LABEL, cleanup, free_port, run_cli, running_names
 from tests.simulator import simulate
 
 pytestmark = pytest.mark.docker
@@ -374,3 +376,43 @@ def test_cli_plan_and_apply_exit_codes(
     status = run_cli("status", str(path))
     assert status.returncode == 0
     assert status.stdout.splitlines()[2].split()[:4] == ["web", "2", "2", "2"]
+
+
+def test_build_service_builds_its_image_once(
+    api: docker.APIClient,
+    busybox_image: str,
+    project: str,
+    write_state: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    """A service with `build` gets its image built from the context (relative to the file)."""
+    context = tmp_path / "app"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        f"FROM {busybox_image}\nRUN echo built > /built\nLABEL io.reconciler.test=1\n"
+    )
+    tag = f"reconciler-test-built-{project}:1"
+    doc = {
+        "services": {
+            "app": {
+                "build": {"context": "./app"},
+                "image": tag,
+                "init": True,
+                "command": ["sleep", "100000"],
+            }
+        }
+    }
+    try:
+        result = converge(write_state(doc))
+        assert [r.action.verb for r in result.results if r.action.kind == "image"] == ["build"]
+        exec_id = api.exec_create(f"{project}-app-1", ["cat", "/built"])
+        assert api.exec_start(exec_id).decode().strip() == "built"
+    finally:
+        cleanup_image(api, tag, project)
+
+
+def cleanup_image(api: docker.APIClient, tag: str, project: str) -> None:
+    """Remove the project's containers, then the image they used."""
+    cleanup(api, project)
+    with contextlib.suppress(docker.errors.NotFound):
+        api.remove_image(tag, force=True)

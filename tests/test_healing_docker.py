@@ -375,3 +375,29 @@ def test_crash_under_restart_always_is_left_to_docker(
     ]
     assert heals == []
     assert current_run(api, name) not in (None, before)
+
+
+def test_removed_unused_volume_is_recreated_loudly(
+    api: docker.APIClient,
+    busybox_image: str,
+    project: str,
+    write_state: Callable[..., Path],
+    daemon: Callable[..., DaemonProcess],
+) -> None:
+    """A declared volume removed while unused comes back, with a warning that it is empty."""
+    doc = service(project, busybox_image)
+    spare = f"{project}-spare"
+    doc["volumes"][spare] = {}
+    doc["services"]["app"]["volumes"].append(f"{spare}:/spare")
+    doc["services"]["app"]["state"] = "stopped"  # nothing uses the volume
+    d = daemon(write_state(doc))
+    wait_for(lambda: api.volumes(filters={"name": spare})["Volumes"], 30, what="volume created")
+    wait_for(lambda: d.events("watching docker events"), 10, what="event stream")
+    api.remove_volume(spare)
+    wait_for(
+        lambda: d.events("volume was removed and is recreated EMPTY: its data is gone"),
+        HEAL_BOUND_S,
+        interval=0.05,
+        what="the loud warning",
+    )
+    assert any(v["Name"] == spare for v in api.volumes(filters={"name": spare})["Volumes"])
