@@ -45,9 +45,7 @@ CONTAINER_EVENTS = (
     "destroy",
     "health_status",
     "pause",
-    "create",
-    "start",
-)
+)  # our own creates and starts are not news: a pass made them
 NETWORK_EVENTS = ("destroy", "disconnect")
 VOLUME_EVENTS = ("destroy",)
 
