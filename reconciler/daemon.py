@@ -115,7 +115,6 @@ class Daemon:
                 max_instances=1,
                 coalesce=True,
                 next_run_time=datetime.now().astimezone(),
-                kwargs={"trigger": "interval"},
                 misfire_grace_time=None,
             )
             self.scheduler.add_job(
@@ -188,14 +187,14 @@ class Daemon:
                 return  # the running pass loops once more
         when = datetime.now().astimezone() + timedelta(seconds=delay)
         with contextlib.suppress(JobLookupError, SchedulerNotRunningError):  # shutting down
-            self.scheduler.modify_job("pass", next_run_time=when, kwargs={"trigger": why})
+            self.scheduler.modify_job("pass", next_run_time=when)
 
-    def _pass_job(self, trigger: str) -> None:
+    def _pass_job(self) -> None:
         with self._lock:
             if self._running:
                 return
             self._running = True
-            self._pending = None
+            trigger, self._pending = self._pending or "interval", None
         try:
             while not self._stop.is_set():
                 self._one_pass(trigger)

@@ -128,3 +128,24 @@ def test_bad_file_at_start_exits_2(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert f"{path}: invalid desired state" in proc.stderr
+
+
+def test_passes_after_an_event_are_counted_as_interval_again(
+    api: docker.APIClient,
+    busybox_image: str,
+    project: str,
+    write_state: Callable[..., Path],
+    daemon: Callable[..., DaemonProcess],
+) -> None:
+    """An event-triggered pass does not relabel the periodic passes that follow it."""
+    d = daemon(write_state(simple(project, busybox_image, 1)), interval=1.0)
+    wait_for(lambda: len(web_names(api, project)) == 1, 30, what="converged")
+    wait_for(lambda: d.events("watching docker events"), 10, what="event stream")
+    api.stop(f"{project}-web-1", timeout=1)
+    wait_for(
+        lambda: any(e.get("trigger") == "event" for e in d.events("pass")), 10, what="an event pass"
+    )
+    time.sleep(2.5)
+    triggers = [e["trigger"] for e in d.events("pass")]
+    last_event = max(i for i, t in enumerate(triggers) if t == "event")
+    assert "interval" in triggers[last_event + 1 :], triggers
