@@ -36,7 +36,7 @@ from bench.common import BENCH_LABEL, start_daemon, summary, table, write_json
 from reconciler import desired
 from reconciler.engine import Engine
 from reconciler.reconcile import Reconciler
-from tests.enginekit import build_scratch_image, remove_labelled
+from tests.enginekit import CountingClient, build_scratch_image, remove_labelled
 
 IMAGE = "reconciler-bench-busybox:1"
 
@@ -176,18 +176,6 @@ def cold_converge(api: docker.APIClient, n: int, trials: int) -> dict[str, list[
     return out
 
 
-class CountingClient:
-    """A real low-level client that counts its HTTP requests."""
-
-    def __init__(self) -> None:
-        self.api = docker.from_env(timeout=120).api
-        self.count = 0
-        self.api.hooks["response"].append(self._hook)
-
-    def _hook(self, response: Any, *args: Any, **kwargs: Any) -> None:
-        self.count += 1
-
-
 def noop_passes(n: int, trials: int, run: str) -> dict[str, Any]:
     project = f"np{run}"
     doc = reconciler_doc(project, n, run)
@@ -202,12 +190,12 @@ def noop_passes(n: int, trials: int, run: str) -> dict[str, Any]:
         assert first.ok, first.errors
         requests, walls, cpus = [], [], []
         for _ in range(trials):
-            client.count = 0
+            client.calls.clear()
             w0, c0 = time.perf_counter(), time.process_time()
             result = rec.run_pass(state)
             walls.append(time.perf_counter() - w0)
             cpus.append(time.process_time() - c0)
-            requests.append(client.count)
+            requests.append(len(client.calls))
             assert not result.results
     finally:
         remove_labelled(client.api, f"{BENCH_LABEL}={run}")

@@ -12,8 +12,10 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -96,3 +98,20 @@ def remove_labelled(api: docker.APIClient, label: str) -> None:
     for v in api.volumes(filters={"label": label}).get("Volumes") or []:
         with contextlib.suppress(docker.errors.APIError):
             api.remove_volume(v["Name"], force=True)
+
+
+class CountingClient:
+    """A real low-level client whose HTTP requests are recorded (method, path)."""
+
+    def __init__(self, timeout: int = 120) -> None:
+        self.api = docker.from_env(timeout=timeout).api
+        self.calls: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        self.api.hooks["response"].append(self._record)
+
+    def _record(self, response: Any, *args: Any, **kwargs: Any) -> None:
+        with self._lock:
+            self.calls.append((response.request.method, response.request.path_url))
+
+    def writes(self) -> list[tuple[str, str]]:
+        return [c for c in self.calls if c[0] in ("POST", "DELETE", "PUT")]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,26 +18,10 @@ from reconciler.model import Observed
 from reconciler.planner import plan
 from reconciler.reconcile import Reconciler
 from tests.conftest import OWNER_LABEL, TEST_LABEL, cleanup, free_port, run_cli, running_names
+from tests.enginekit import CountingClient
 from tests.simulator import simulate
 
 pytestmark = pytest.mark.docker
-
-
-class CountingClient:
-    """A real client whose HTTP requests are recorded (method, path)."""
-
-    def __init__(self) -> None:
-        self.api = docker.from_env(timeout=60).api
-        self.calls: list[tuple[str, str]] = []
-        self._lock = threading.Lock()
-        self.api.hooks["response"].append(self._record)
-
-    def _record(self, response: Any, *args: Any, **kwargs: Any) -> None:
-        with self._lock:
-            self.calls.append((response.request.method, response.request.path_url))
-
-    def writes(self) -> list[tuple[str, str]]:
-        return [c for c in self.calls if c[0] in ("POST", "DELETE", "PUT")]
 
 
 def stack(project: str, image: str, web_replicas: int = 2, **web: Any) -> dict[str, Any]:
