@@ -33,9 +33,9 @@ import docker
 import yaml
 
 from bench.common import BENCH_LABEL, start_daemon, summary, table, write_json
-from reconciler import desired
-from reconciler.engine import Engine
-from reconciler.reconcile import Reconciler
+from reconciler.config import loader as desired
+from reconciler.engine.docker_engine import Engine
+from reconciler.runtime.reconcile import Reconciler
 from tests.enginekit import CountingClient, build_scratch_image, remove_labelled
 
 IMAGE = "reconciler-bench-busybox:1"

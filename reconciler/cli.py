@@ -13,12 +13,13 @@ from pathlib import Path
 
 import structlog
 
-from reconciler import __version__, logs
-from reconciler import desired as desired_file
-from reconciler.engine import FALLBACK_API_VERSION, Engine, connect
+from reconciler import __version__
+from reconciler.config import loader as desired_file
+from reconciler.core.model import DesiredState, describe
+from reconciler.core.planner import plan
+from reconciler.engine.docker_engine import FALLBACK_API_VERSION, Engine, connect
 from reconciler.errors import DesiredStateError, EngineUnavailable, LockHeld
-from reconciler.model import DesiredState, describe
-from reconciler.planner import plan
+from reconciler.ops import logs
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT = 0, 1, 2
 EXIT_PENDING = 2
@@ -112,7 +113,7 @@ def _plan(args: argparse.Namespace, desired: DesiredState) -> int:
 
 
 def _apply(args: argparse.Namespace, desired: DesiredState) -> int:
-    from reconciler.reconcile import Reconciler
+    from reconciler.runtime.reconcile import Reconciler
 
     result = Reconciler(Engine(connect())).run_pass(desired, "manual")
     for note in result.plan.notes:
@@ -126,7 +127,7 @@ def _apply(args: argparse.Namespace, desired: DesiredState) -> int:
 
 
 def _run(args: argparse.Namespace, desired: DesiredState) -> int:
-    from reconciler.daemon import Daemon, Options
+    from reconciler.runtime.daemon import Daemon, Options
 
     listen = DEFAULT_LISTEN if args.listen is None else tuple(a for a in args.listen if a)
     opts = Options(path=args.file, interval=args.interval, listen=listen, lock_dir=args.lock_dir)
@@ -139,8 +140,8 @@ def _run(args: argparse.Namespace, desired: DesiredState) -> int:
 
 
 def _status(args: argparse.Namespace, desired: DesiredState) -> int:
-    from reconciler.lock import status_path
-    from reconciler.status import render_status
+    from reconciler.ops.lock import status_path
+    from reconciler.ops.status import render_status
 
     status_file = status_path(desired.project, args.lock_dir)
     print(render_status(desired, Engine(connect()), status_file))

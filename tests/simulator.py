@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import replace
 
-from reconciler.model import (
+from reconciler.core.model import (
     ConnectNetwork,
     ContainerSpec,
     CreateContainer,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 import time
 
-from reconciler.apply import apply
+from reconciler.core.model import Action, Plan, StartContainer, Step
 from reconciler.errors import ActionFailed
-from reconciler.model import Action, Plan, StartContainer, Step
+from reconciler.runtime.executor import apply
 
 
 def start(name: str) -> StartContainer:

@@ -12,11 +12,11 @@ import docker
 import docker.errors
 import pytest
 
-from reconciler import desired
-from reconciler.engine import Engine
-from reconciler.model import Observed
-from reconciler.planner import plan
-from reconciler.reconcile import Reconciler
+from reconciler.config import loader as desired
+from reconciler.core.model import Observed
+from reconciler.core.planner import plan
+from reconciler.engine.docker_engine import Engine
+from reconciler.runtime.reconcile import Reconciler
 from tests.conftest import OWNER_LABEL, TEST_LABEL, cleanup, free_port, run_cli, running_names
 from tests.enginekit import CountingClient
 from tests.simulator import simulate

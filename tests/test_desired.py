@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reconciler import desired
+from reconciler.config import loader as desired
 from reconciler.errors import DesiredStateError
 
 BASE = {"version": 1, "project": "p", "services": {"web": {"image": "busybox:1"}}}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from reconciler.healing import HealingBook, LastRun
-from reconciler.model import HealPolicy, Observed, ObservedContainer
+from reconciler.core.healing import HealingBook, LastRun
+from reconciler.core.model import HealPolicy, Observed, ObservedContainer
 from tests.test_planner import state
 
 D = state(

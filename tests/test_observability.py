@@ -19,11 +19,11 @@ import structlog
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
-from reconciler import desired
-from reconciler.engine import Engine
-from reconciler.logs import REDACTED, redact_secrets
-from reconciler.metrics import Metrics
-from reconciler.reconcile import Reconciler
+from reconciler.config import loader as desired
+from reconciler.engine.docker_engine import Engine
+from reconciler.ops.logs import REDACTED, redact_secrets
+from reconciler.ops.metrics import Metrics
+from reconciler.runtime.reconcile import Reconciler
 from tests.conftest import REQUIRE_DOCKER, DaemonProcess, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

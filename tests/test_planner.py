@@ -10,8 +10,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler import desired
-from reconciler.model import (
+from reconciler.config import loader as desired
+from reconciler.core.model import (
     ConnectNetwork,
     CreateContainer,
     CreateNetwork,
@@ -29,7 +29,7 @@ from reconciler.model import (
     StopContainer,
     UnpauseContainer,
 )
-from reconciler.planner import Holds, plan
+from reconciler.core.planner import Holds, plan
 from tests.simulator import container_from, simulate
 
 

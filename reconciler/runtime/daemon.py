@@ -24,15 +24,15 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from reconciler import desired as desired_file
-from reconciler.endpoints import serve
-from reconciler.engine import Engine
+from reconciler.config import loader as desired_file
+from reconciler.core.model import LABEL_MANAGED, LABEL_PROJECT, DesiredState
+from reconciler.engine.docker_engine import Engine
 from reconciler.errors import DesiredStateError, EngineUnavailable
-from reconciler.lock import ProjectLock, status_path
-from reconciler.metrics import Metrics
-from reconciler.model import LABEL_MANAGED, LABEL_PROJECT, DesiredState
-from reconciler.notify import Notifier, watchdog_interval
-from reconciler.reconcile import Reconciler
+from reconciler.ops.http import serve
+from reconciler.ops.lock import ProjectLock, status_path
+from reconciler.ops.metrics import Metrics
+from reconciler.ops.notify import Notifier, watchdog_interval
+from reconciler.runtime.reconcile import Reconciler
 
 log = structlog.get_logger("reconciler")
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
-from reconciler.model import (
+from reconciler.core.model import (
     JUST_CREATED,
     Action,
     ConnectNetwork,

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reconciler.engine import Engine
-from reconciler.model import DesiredState
+from reconciler.core.model import DesiredState
+from reconciler.engine.docker_engine import Engine
 
 STALE_AFTER_S = 300.0
 

@@ -18,8 +18,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from reconciler.errors import DesiredStateError
-from reconciler.model import (
+from reconciler.config.schema import DesiredStateDef, ServiceDef, VolumeMountDef
+from reconciler.core.model import (
     BuildSpec,
     ContainerSpec,
     DesiredState,
@@ -31,7 +31,7 @@ from reconciler.model import (
     ServiceSpec,
     VolumeSpec,
 )
-from reconciler.schema import DesiredStateDef, ServiceDef, VolumeMountDef
+from reconciler.errors import DesiredStateError
 
 REPLICA_PLACEHOLDER = "{replica}"
 _PORT = re.compile(

@@ -13,10 +13,8 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from reconciler.apply import StepResult, apply
-from reconciler.engine import Engine
-from reconciler.healing import HealingBook, LastRun
-from reconciler.model import (
+from reconciler.core.healing import HealingBook, LastRun
+from reconciler.core.model import (
     JUST_CREATED,
     ConnectNetwork,
     CreateContainer,
@@ -30,10 +28,12 @@ from reconciler.model import (
     StartContainer,
     UnpauseContainer,
 )
-from reconciler.planner import plan
+from reconciler.core.planner import plan
+from reconciler.engine.docker_engine import Engine
+from reconciler.runtime.executor import StepResult, apply
 
 if TYPE_CHECKING:  # prometheus_client is imported only where metrics are served
-    from reconciler.metrics import Metrics
+    from reconciler.ops.metrics import Metrics
 
 log = structlog.get_logger("reconciler")
 

@@ -12,8 +12,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Literal
 
+from reconciler.core.model import Action, Plan, Step
 from reconciler.errors import ActionFailed, EngineUnavailable
-from reconciler.model import Action, Plan, Step
 
 Outcome = Literal["success", "error", "skipped"]
 

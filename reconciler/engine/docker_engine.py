@@ -19,9 +19,8 @@ import docker.errors
 import requests.exceptions
 from docker.utils import parse_repository_tag
 
-from reconciler.errors import ActionFailed, EngineUnavailable, NameConflict
-from reconciler.healing import LastRun
-from reconciler.model import (
+from reconciler.core.healing import LastRun
+from reconciler.core.model import (
     LABEL_CONFIG_HASH,
     LABEL_MANAGED,
     LABEL_PROJECT,
@@ -48,6 +47,7 @@ from reconciler.model import (
     UnpauseContainer,
     ownership_labels,
 )
+from reconciler.errors import ActionFailed, EngineUnavailable, NameConflict
 
 _EXIT = re.compile(r"Exited \((-?\d+)\)")
 _HEALTH = (

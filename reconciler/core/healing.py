@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from reconciler.model import DesiredState, HealPolicy, Observed
-from reconciler.planner import Holds
+from reconciler.core.model import DesiredState, HealPolicy, Observed
+from reconciler.core.planner import Holds
 
 # Docker restarts a crashed container ~0.3 s after it died (then marks it "restarting"
 # during its own back-off): until then an exited container may still be Docker's to restart.
