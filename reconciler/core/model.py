@@ -17,6 +17,7 @@ LABEL_SERVICE = "io.reconciler.service"
 LABEL_REPLICA = "io.reconciler.replica"
 LABEL_SPEC_HASH = "io.reconciler.spec-hash"
 LABEL_CONFIG_HASH = "io.reconciler.config-hash"
+LABEL_REVISION = "io.reconciler.revision"  # the service revision a container was created from
 JUST_CREATED = "just created"  # the reason of the start that follows a create
 
 PullPolicy = Literal["missing", "always", "never"]
@@ -105,7 +106,7 @@ class ContainerSpec:
     cap_drop: tuple[str, ...] = ()
     read_only: bool = False
     stop_signal: str | None = None
-    stop_grace_s: int | None = None
+    stop_grace_s: float | None = None  # None: Docker's default (10 s)
     init: bool | None = None
     network_mode: str | None = None
     pid: str | None = None
@@ -119,6 +120,9 @@ class ContainerSpec:
         if not self.spec_hash:
             unhashed = ("spec_hash", "reload_digest", "reload_signal")
             payload = {k: v for k, v in asdict(self).items() if k not in unhashed}
+            grace = self.stop_grace_s
+            if grace is not None and grace == int(grace):
+                payload["stop_grace_s"] = int(grace)  # 10.0 hashes as 10 did: no mass recreate
             digest = hashlib.sha256(
                 json.dumps(payload, sort_keys=True, default=list).encode()
             ).hexdigest()
@@ -148,6 +152,26 @@ class HealPolicy:
     unhealthy_grace_s: float | None = None  # None: one healthcheck interval
 
 
+UpdateOrder = Literal["stop-first", "start-first"]
+FailureAction = Literal["rollback", "pause", "continue"]
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateConfig:
+    """Swarm's update_config / rollback_config: how replicas are replaced."""
+
+    parallelism: int = 1  # replicas replaced at once; 0 means all at once
+    delay_s: float = 0.0  # between one batch finishing and the next starting
+    order: UpdateOrder = "stop-first"
+    monitor_s: float = 5.0  # a new replica must stay up (and healthy) this long
+    failure_action: FailureAction = "rollback"
+    max_failure_ratio: float = 0.0
+
+
+DEFAULT_UPDATE = UpdateConfig()
+DEFAULT_ROLLBACK = UpdateConfig(failure_action="pause")
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceSpec:
     name: str
@@ -158,6 +182,11 @@ class ServiceSpec:
     depends_on: tuple[str, ...] = ()
     state: Literal["running", "stopped"] = "running"
     heal: HealPolicy = HealPolicy()
+    update: UpdateConfig = DEFAULT_UPDATE
+    rollback: UpdateConfig = DEFAULT_ROLLBACK
+    drain_s: float = 3.0  # a replica leaves DNS this long before it is stopped
+    # Identifies what the file asks of the service's containers, whatever the replica count.
+    revision: str = ""
 
     @property
     def has_healthcheck(self) -> bool:
