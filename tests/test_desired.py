@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from reconciler.config import loader as desired
+from reconciler.core.model import DEFAULT_ROLLBACK, DEFAULT_UPDATE, UpdateConfig
 from reconciler.errors import DesiredStateError
 
 BASE = {"version": 1, "project": "p", "services": {"web": {"image": "busybox:1"}}}
@@ -249,3 +250,183 @@ def test_shipped_desired_state_is_valid() -> None:
     root = Path(__file__).resolve().parent.parent
     state = desired.load(root / "desired_state.yaml")
     assert state.services
+
+
+# ------------------------------------------------------------------- deploy, drain, revision
+
+
+def web(doc: object, base_dir: Path = Path("/srv/app")):
+    return parse(doc, base_dir).service("web")
+
+
+def test_deploy_defaults() -> None:
+    """Without deploy/drain_period a service gets Swarm's defaults and a 3 s drain."""
+    svc = web(BASE)
+    assert svc.update == UpdateConfig() == DEFAULT_UPDATE
+    assert svc.rollback == DEFAULT_ROLLBACK
+    assert svc.rollback.failure_action == "pause"
+    assert (svc.update.order, svc.update.monitor_s, svc.update.parallelism) == ("stop-first", 5, 1)
+    assert svc.drain_s == 3.0
+
+
+def test_update_config_keys_are_parsed() -> None:
+    """Every update_config key renders into ServiceSpec.update, durations in seconds."""
+    cfg = {
+        "parallelism": 0,
+        "delay": "1m30s",
+        "order": "start-first",
+        "monitor": "500ms",
+        "failure_action": "continue",
+        "max_failure_ratio": 0.25,
+    }
+    svc = web(with_service(deploy={"update_config": cfg}))
+    assert svc.update == UpdateConfig(0, 90.0, "start-first", 0.5, "continue", 0.25)
+    assert svc.rollback == DEFAULT_ROLLBACK
+
+
+def test_rollback_config_keys_are_parsed() -> None:
+    """rollback_config takes the same keys and renders into ServiceSpec.rollback."""
+    cfg = {"parallelism": 2, "delay": "2s", "monitor": "10s", "failure_action": "continue"}
+    svc = web(with_service(deploy={"rollback_config": cfg}))
+    assert svc.rollback == UpdateConfig(2, 2.0, "stop-first", 10.0, "continue", 0.0)
+    assert svc.update == DEFAULT_UPDATE
+
+
+def test_deploy_replicas_gives_the_count() -> None:
+    """deploy.replicas is the compose way to give replicas; the same value twice is fine."""
+    assert len(web(with_service(deploy={"replicas": 3})).replicas) == 3
+    assert len(web(with_service(replicas=2, deploy={"replicas": 2})).replicas) == 2
+
+
+def test_replicas_conflicting_with_deploy_replicas() -> None:
+    """replicas and deploy.replicas with different values is an error naming both."""
+    msg = problems(with_service(replicas=2, deploy={"replicas": 3}))
+    assert "services.web.replicas: 2 conflicts with deploy.replicas: 3" in msg
+
+
+def test_deploy_replicas_feeds_the_cross_checks() -> None:
+    """deploy.replicas counts like replicas for the checks (a fixed host port, one replica)."""
+    assert "fixed host port 80 cannot serve 2 replicas" in problems(
+        with_service(deploy={"replicas": 2}, ports=["80:80"])
+    )
+
+
+def test_drain_period_is_parsed() -> None:
+    """drain_period is a duration rendered into ServiceSpec.drain_s."""
+    assert web(with_service(drain_period="1m")).drain_s == 60.0
+    assert web(with_service(drain_period=0)).drain_s == 0.0
+
+
+def test_stop_grace_period_keeps_fractions() -> None:
+    """A 400ms stop grace stays 0.4 s instead of being rounded to 0."""
+    assert web(with_service(stop_grace_period="400ms")).replicas[0].stop_grace_s == 0.4
+    assert web(with_service(stop_grace_period="1m")).replicas[0].stop_grace_s == 60.0
+
+
+def test_start_first_refused_with_host_port() -> None:
+    """start-first would run two replicas side by side on one host port: refused."""
+    msg = problems(
+        with_service(ports=["8080:80"], deploy={"update_config": {"order": "start-first"}})
+    )
+    assert "services.web.deploy.update_config.order: start-first cannot be used with a host" in msg
+    assert "side by side" in msg
+
+
+def test_start_first_refused_with_container_name() -> None:
+    """start-first would need two containers with one container_name: refused."""
+    doc = with_service(container_name="w", deploy={"rollback_config": {"order": "start-first"}})
+    msg = problems(doc)
+    assert "services.web.deploy.rollback_config.order: start-first cannot be used with" in msg
+    assert "container_name 'w'" in msg
+
+
+def test_start_first_allowed_without_host_port() -> None:
+    """A container-only port leaves start-first possible."""
+    doc = with_service(replicas=2, ports=["80"], deploy={"update_config": {"order": "start-first"}})
+    assert web(doc).update.order == "start-first"
+
+
+def test_rollback_config_refuses_rollback() -> None:
+    """A failed rollback cannot roll back: failure_action rollback is refused there."""
+    msg = problems(with_service(deploy={"rollback_config": {"failure_action": "rollback"}}))
+    assert (
+        "services.web.deploy.rollback_config.failure_action: rollback is not allowed in "
+        "rollback_config" in msg
+    )
+
+
+def test_bad_update_config_values() -> None:
+    """Out-of-range and unknown update_config values are reported at their paths."""
+    cfg = {"parallelism": -1, "order": "sideways", "failure_action": "retry"}
+    msg = problems(with_service(deploy={"update_config": {**cfg, "max_failure_ratio": 1.5}}))
+    assert "services.web.deploy.update_config.parallelism: must be >= 0" in msg
+    assert "services.web.deploy.update_config.order: must be one of" in msg
+    assert "services.web.deploy.update_config.failure_action: must be one of" in msg
+    assert "services.web.deploy.update_config.max_failure_ratio: must be <= 1" in msg
+
+
+def test_unknown_deploy_key() -> None:
+    """deploy keys this daemon does not implement are errors, not ignored."""
+    assert "services.web.deploy.mode: unknown key" in problems(with_service(deploy={"mode": "x"}))
+
+
+@pytest.mark.parametrize(
+    ("port", "message"),
+    [
+        ("127.0.0.1:99998-99999:80", "host port 99998 is out of range 1..65535"),
+        ("0:80", "host port 0 is out of range 1..65535"),
+        ("8080:70000", "container port 70000 is out of range 1..65535"),
+        ("9101-9100:80", "host port range 9101-9100 must be ascending"),
+    ],
+)
+def test_ports_out_of_range(port: str, message: str) -> None:
+    """Host and container ports must be in 1..65535 and a host range ascending."""
+    assert f"services.web.ports[0]: {message}" in problems(with_service(ports=[port]))
+
+
+def test_revision_is_a_stable_sha256() -> None:
+    """The same file gives the same 64-hex revision."""
+    one, again = web(BASE).revision, web(BASE).revision
+    assert one == again and len(one) == 64 and int(one, 16) >= 0
+
+
+def test_revision_changes_with_environment() -> None:
+    """A changed environment variable changes the revision; map or list spelling does not."""
+    a = web(with_service(environment={"A": "1"})).revision
+    same = web(with_service(environment=["A=1"])).revision
+    b = web(with_service(environment={"A": "2"})).revision
+    assert a == same != b
+
+
+def test_revision_ignores_replicas_and_rollout_settings() -> None:
+    """Replica count, deploy, heal, drain and state leave the revision alone."""
+    base = web(BASE).revision
+    variants = [
+        with_service(replicas=3),
+        with_service(deploy={"replicas": 4, "update_config": {"parallelism": 2}}),
+        with_service(deploy={"rollback_config": {"failure_action": "continue"}}),
+        with_service(heal={"min_uptime": "1m"}),
+        with_service(drain_period="10s"),
+        with_service(state="stopped"),
+    ]
+    assert {web(doc).revision for doc in variants} == {base}
+
+
+def test_revision_tracks_mounted_config_content(tmp_path: Path) -> None:
+    """A mounted config's content changes the revision, unless applied by reload_signal."""
+    cfg = tmp_path / "app.cfg"
+    cfg.write_text("a")
+    plain = with_service(configs=[{"source": "app.cfg", "target": "/etc/app.cfg"}])
+    sig = with_service(
+        configs=[{"source": "app.cfg", "target": "/etc/app.cfg", "reload_signal": "SIGHUP"}]
+    )
+    p1, s1 = web(plain, tmp_path).revision, web(sig, tmp_path).revision
+    cfg.write_text("b")
+    p2, s2 = web(plain, tmp_path).revision, web(sig, tmp_path).revision
+    assert p1 != p2
+    assert s1 == s2
+
+
+def test_revision_includes_the_project() -> None:
+    """The same service in another project has another revision."""
+    assert web(BASE).revision != web({**BASE, "project": "q"}).revision

@@ -7,6 +7,7 @@ path inside it and what is wrong, all at once, as a `DesiredStateError`.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shlex
 from collections.abc import Iterable, Mapping
@@ -18,7 +19,12 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from reconciler.config.schema import DesiredStateDef, ServiceDef, VolumeMountDef
+from reconciler.config.schema import (
+    DesiredStateDef,
+    ServiceDef,
+    UpdateConfigDef,
+    VolumeMountDef,
+)
 from reconciler.core.model import (
     BuildSpec,
     ContainerSpec,
@@ -29,11 +35,15 @@ from reconciler.core.model import (
     NetworkSpec,
     PortBinding,
     ServiceSpec,
+    UpdateConfig,
     VolumeSpec,
 )
 from reconciler.errors import DesiredStateError
 
 REPLICA_PLACEHOLDER = "{replica}"
+MAX_PORT = 65535
+# Keys that do not change what a service's containers are: left out of its revision.
+_NOT_IN_REVISION = {"replicas", "deploy", "heal", "drain_period", "state", "pull", "depends_on"}
 _PORT = re.compile(
     r"^(?:(?P<ip>\d+\.\d+\.\d+\.\d+|\[[0-9a-fA-F:]+\]):)?(?:(?P<host>\d+(?:-\d+)?):)?"
     r"(?P<container>\d+)(?:/(?P<proto>tcp|udp|sctp))?$"
@@ -144,6 +154,8 @@ def _message(err: Mapping[str, Any]) -> str:
     kind, ctx = err["type"], err.get("ctx") or {}
     if kind == "greater_than_equal":
         return f"must be >= {ctx['ge']}"
+    if kind == "less_than_equal":
+        return f"must be <= {ctx['le']}"
     if kind == "extra_forbidden":
         return "unknown key"
     if kind == "missing":
@@ -179,7 +191,17 @@ def _check(d: DesiredStateDef) -> Iterable[str]:
         at = f"services.{name}"
         if not svc.image and not svc.build:
             yield f"{at}: needs image or build"
-        if svc.container_name and svc.replicas > 1:
+        replicas = svc.replica_count
+        if (
+            "replicas" in svc.model_fields_set
+            and svc.deploy.replicas is not None
+            and svc.deploy.replicas != svc.replicas
+        ):
+            yield (
+                f"{at}.replicas: {svc.replicas} conflicts with deploy.replicas: "
+                f"{svc.deploy.replicas}; give one of them"
+            )
+        if svc.container_name and replicas > 1:
             yield f"{at}.container_name: only allowed with replicas: 1 (names are unique)"
         for dep in _depends(svc):
             if dep not in d.services:
@@ -188,13 +210,15 @@ def _check(d: DesiredStateDef) -> Iterable[str]:
             yield f"{at}.network_mode: cannot be combined with networks"
         owner = (svc.network_mode or "").removeprefix("service:")
         target = d.services.get(owner) if svc.network_mode != owner else None
-        if target is not None and (target.replicas < 1 or target.state != "running"):
+        if target is not None and (target.replica_count < 1 or target.state != "running"):
             yield f"{at}.network_mode: service {owner!r} must run at least one replica"
         for net in svc.networks:
             if net not in d.networks:
                 yield f"{at}.networks: network {net!r} is not declared under networks"
         for i, port in enumerate(svc.ports):
-            yield from _check_port(f"{at}.ports[{i}]", str(port), svc.replicas)
+            yield from _check_port(f"{at}.ports[{i}]", str(port), replicas)
+        for key in ("update_config", "rollback_config"):
+            yield from _check_start_first(f"{at}.deploy.{key}", getattr(svc.deploy, key), svc)
         for i, vol in enumerate(svc.volumes):
             mount = _mount(vol)
             if mount is None:
@@ -211,18 +235,51 @@ def _check(d: DesiredStateDef) -> Iterable[str]:
         yield f"services: depends_on has a cycle: {cycle}"
 
 
+def _check_start_first(at: str, cfg: UpdateConfigDef, svc: ServiceDef) -> Iterable[str]:
+    """start-first runs the old and the new replica side by side: refuse what they cannot share."""
+    if cfg.order != "start-first":
+        return
+    why = "the old and new replica would run side by side"
+    if svc.container_name:
+        yield (
+            f"{at}.order: start-first cannot be used with container_name "
+            f"{svc.container_name!r}: {why} and a container name is unique; use stop-first"
+        )
+    for i, port in enumerate(svc.ports):
+        m = _PORT.match(str(port))
+        if m and m["host"]:
+            yield (
+                f"{at}.order: start-first cannot be used with a host port (ports[{i}] "
+                f"{str(port)!r}): {why} and only one can bind it; use stop-first"
+            )
+            break
+    mode = svc.network_mode or ""
+    if mode == "host" or mode.startswith(("service:", "container:")):
+        yield (
+            f"{at}.order: start-first cannot be used with network_mode {mode}: {why} in one "
+            "network namespace and only one can listen on its ports; use stop-first"
+        )
+
+
 def _check_port(at: str, text: str, replicas: int) -> Iterable[str]:
     m = _PORT.match(text)
     if not m:
         yield f"{at}: cannot parse port {text!r} (expected [IP:]HOST:CONTAINER[/PROTO])"
         return
+    container = int(m["container"])
+    if not 1 <= container <= MAX_PORT:
+        yield f"{at}: container port {container} is out of range 1..{MAX_PORT}"
     host = m["host"]
     if host is None:
         return
     first, _, last = host.partition("-")
+    out = [p for p in (first, last) if p and not 1 <= int(p) <= MAX_PORT]
+    if out:
+        yield f"{at}: host port {int(out[0])} is out of range 1..{MAX_PORT}"
+        return
     size = int(last) - int(first) + 1 if last else 1
     if size < 1:
-        yield f"{at}: host port range {host} is empty"
+        yield f"{at}: host port range {host} must be ascending (LOW-HIGH)"
     elif last and size < replicas:
         yield f"{at}: host port range {host} has {size} ports for {replicas} replicas"
     elif not last and replicas > 1:
@@ -346,7 +403,7 @@ class _Renderer:
         image = s.image or f"{self.project}-{name}"
         configs = self._configs(name, s)
         replicas = tuple(
-            self._container(name, s, image, i, configs) for i in range(1, s.replicas + 1)
+            self._container(name, s, image, i, configs) for i in range(1, s.replica_count + 1)
         )
         heal = HealPolicy(
             s.heal.min_uptime, s.heal.backoff_initial, s.heal.backoff_max, s.heal.unhealthy_grace
@@ -360,7 +417,47 @@ class _Renderer:
             depends_on=tuple(_depends(s)),
             state=s.state,
             heal=heal,
+            update=_update_config(s.deploy.update_config),
+            rollback=_update_config(s.deploy.rollback_config),
+            drain_s=s.drain_period,
+            revision=self._revision(name, s, configs),
         )
+
+    def _revision(self, name: str, s: ServiceDef, configs: _Configs) -> str:
+        """sha256 of what the file asks of the service's containers, whatever their count.
+
+        Replica count, deploy, heal, drain, state, pull and depends_on are left out (they
+        change no container); equivalent spellings (environment as map or list, relative
+        paths) are normalised; the content of the config files it mounts is included,
+        except those applied by reload_signal (as for the spec hash).
+        """
+        body = s.model_dump(mode="json", exclude=_NOT_IN_REVISION)
+        body["environment"] = list(_environment(s.environment))
+        body["labels"] = _labels(s.labels)
+        body["command"], body["entrypoint"] = _argv(s.command), _argv(s.entrypoint)
+        body["ports"] = [str(p) for p in s.ports]
+        body["volumes"] = [self._mount_text(_mount(v)) for v in s.volumes]
+        body["configs"] = [
+            {"source": str(self._path(c.source)), "target": c.target} for c in s.configs
+        ]
+        if s.build is not None:
+            build = body["build"]
+            ctx = build if isinstance(build, str) else build["context"]
+            dockerfile = "Dockerfile" if isinstance(build, str) else build["dockerfile"]
+            body["build"] = {"context": str(self._path(ctx)), "dockerfile": dockerfile}
+        payload = {
+            "project": self.project,
+            "service": name,
+            "definition": body,
+            "config_digests": [list(d) for d in configs.digests],
+        }
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def _mount_text(self, m: _Mount | None) -> str:
+        assert m is not None  # checked
+        source = str(self._path(m.source)) if m.type == "bind" else m.source
+        return f"{source}:{m.target}{':ro' if m.read_only else ''}" if source else m.target
 
     def _configs(self, name: str, s: ServiceDef) -> _Configs:
         binds: list[str] = []
@@ -404,15 +501,11 @@ class _Renderer:
         for vol in s.volumes:
             m = _mount(vol)
             assert m is not None  # checked
-            if m.type == "bind":
-                source = str(self._path(m.source))
-            else:
+            if m.type == "volume" and m.source:
                 source = m.source.replace(REPLICA_PLACEHOLDER, str(replica))
-                if source:
-                    volumes.append(source)
-            binds.append(
-                f"{source}:{m.target}{':ro' if m.read_only else ''}" if source else m.target
-            )
+                volumes.append(source)
+                m = _Mount(m.type, source, m.target, m.read_only)
+            binds.append(self._mount_text(m))
         nets = s.networks
         attachments: list[NetworkAttachment] = []
         if not s.network_mode:
@@ -464,7 +557,7 @@ class _Renderer:
             cap_drop=tuple(s.cap_drop),
             read_only=s.read_only,
             stop_signal=s.stop_signal,
-            stop_grace_s=round(s.stop_grace_period) if s.stop_grace_period is not None else None,
+            stop_grace_s=s.stop_grace_period,  # fractional seconds kept: 400ms is 0.4
             init=s.init,
             network_mode=network_mode,
             pid=s.pid,
@@ -472,6 +565,17 @@ class _Renderer:
             reload_digest=configs.reload_digest,
             reload_signal=configs.reload_signal,
         )
+
+
+def _update_config(c: UpdateConfigDef) -> UpdateConfig:
+    return UpdateConfig(
+        parallelism=c.parallelism,
+        delay_s=c.delay,
+        order=c.order,
+        monitor_s=c.monitor,
+        failure_action=c.failure_action,
+        max_failure_ratio=c.max_failure_ratio,
+    )
 
 
 def _argv(value: str | list[str] | None) -> tuple[str, ...] | None:

@@ -1,7 +1,7 @@
 """The desired-state file format (schema v1) as pydantic models.
 
 Field names follow docker compose so a compose user feels at home. Only the
-shape is checked here; cross-field rules live in `desired.py`.
+shape is checked here; cross-field rules live in `loader.py`.
 """
 
 from __future__ import annotations
@@ -112,6 +112,42 @@ class HealDef(_Model):
     unhealthy_grace: Duration | None = None
 
 
+FailureAction = Literal["rollback", "pause", "continue"]
+
+
+class UpdateConfigDef(_Model):
+    """deploy.update_config, with Swarm's names and defaults."""
+
+    parallelism: int = Field(default=1, ge=0)  # 0: every replica at once
+    delay: Duration = 0.0
+    order: Literal["stop-first", "start-first"] = "stop-first"
+    monitor: Duration = 5.0
+    failure_action: FailureAction = "rollback"
+    max_failure_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class RollbackConfigDef(UpdateConfigDef):
+    """deploy.rollback_config: as update_config, but a failed rollback pauses by default."""
+
+    failure_action: FailureAction = "pause"
+
+    @field_validator("failure_action")
+    @classmethod
+    def _no_rollback_of_a_rollback(cls, value: str) -> str:
+        if value == "rollback":
+            raise ValueError(
+                "rollback is not allowed in rollback_config (a failed rollback has nothing "
+                "to roll back to); use pause or continue"
+            )
+        return value
+
+
+class DeployDef(_Model):
+    replicas: int | None = Field(default=None, ge=0)
+    update_config: UpdateConfigDef = UpdateConfigDef()
+    rollback_config: RollbackConfigDef = RollbackConfigDef()
+
+
 _RESTART = re.compile(r"^(no|always|unless-stopped|on-failure(:\d+)?)$")
 
 
@@ -146,6 +182,15 @@ class ServiceDef(_Model):
     pid: str | None = None
     state: Literal["running", "stopped"] = "running"
     heal: HealDef = HealDef()
+    deploy: DeployDef = DeployDef()
+    drain_period: Duration = 3.0
+
+    @property
+    def replica_count(self) -> int:
+        """replicas, or deploy.replicas when only that is given (a conflict is a _check error)."""
+        if "replicas" not in self.model_fields_set and self.deploy.replicas is not None:
+            return self.deploy.replicas
+        return self.replicas
 
     @field_validator("restart")
     @classmethod
