@@ -21,8 +21,8 @@ from reconciler.core.model import (
     ObservedNetwork,
     ObservedVolume,
     Plan,
-    RecreateContainer,
     RemoveContainer,
+    RenameContainer,
     RestartContainer,
     SignalContainer,
     StartContainer,
@@ -33,8 +33,13 @@ from reconciler.core.model import (
 _ids = itertools.count(1)
 
 
+_HEALTHCHECKED: set[str] = set()  # spec hashes of specs with a healthcheck
+
+
 def container_from(spec: ContainerSpec, network_target: str = "") -> ObservedContainer:
     """What observe() reports for a freshly created and started container."""
+    if spec.healthcheck and spec.healthcheck.test != ("NONE",):
+        _HEALTHCHECKED.add(spec.spec_hash)
     return ObservedContainer(
         id=f"sim{next(_ids):08d}",
         name=spec.name,
@@ -52,7 +57,7 @@ def container_from(spec: ContainerSpec, network_target: str = "") -> ObservedCon
     )
 
 
-def simulate(observed: Observed, plan: Plan, project: str = "") -> Observed:
+def simulate(observed: Observed, plan: Plan, project: str = "", now: float = 0.0) -> Observed:
     """Apply every step of `plan` to `observed`, as the engine would when all succeed."""
     containers = {c.name: c for c in observed.containers}
     networks = {n.name: n for n in observed.networks}
@@ -71,18 +76,24 @@ def simulate(observed: Observed, plan: Plan, project: str = "") -> Observed:
                 project_volumes.add(spec.name)
             case EnsureImage():
                 pass
-            case CreateContainer(spec=spec) | RecreateContainer(spec=spec):
+            case CreateContainer(spec=spec):
                 mode = spec.network_mode or ""
                 owner = containers.get(mode.removeprefix("container:"))
                 target = owner.id if mode.startswith("container:") and owner else ""
-                c = container_from(spec, target)
-                if isinstance(action, CreateContainer):  # created, started by the next step
-                    c = replace(c, state="created", health=None)
-                containers[spec.name] = c
+                c = container_from(spec, target)  # created, started by a later step
+                containers[action.name] = replace(c, name=action.name, state="created", health=None)
             case StartContainer(name=n) | RestartContainer(name=n) | UnpauseContainer(name=n):
                 c = containers[n]
-                health = "healthy" if c.health else None
-                containers[n] = replace(c, state="running", health=health, exit_code=None)
+                hc = c.spec_hash in _HEALTHCHECKED
+                containers[n] = replace(
+                    c,
+                    state="running",
+                    health="healthy" if hc else None,
+                    exit_code=None,
+                    started_at=now,
+                )
+            case RenameContainer(name=n, new_name=new):
+                containers[new] = replace(containers.pop(n), name=new)
             case StopContainer(name=n):
                 containers[n] = replace(containers[n], state="exited", exit_code=0)
             case ConnectNetwork(name=n, attachment=att):

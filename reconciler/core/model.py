@@ -227,6 +227,7 @@ class ObservedContainer:
     image: str = ""
     config_hash: str = ""  # digest of the reload-signal configs it was created with
     network_target: str = ""  # with network_mode container:X, the ID of X it joined
+    started_at: float | None = None  # filled in only for replacements being judged
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,16 +320,21 @@ class EnsureImage:
 
 @dataclass(frozen=True, slots=True)
 class CreateContainer:
-    """Create (not start) a container: creates run early, starts follow depends_on order."""
+    """Create (not start) a container: creates run early, starts follow depends_on order.
+
+    A replacement is created under `as_name` (a temporary name) beside the replica it
+    replaces, so a create Docker refuses leaves the old one untouched.
+    """
 
     spec: ContainerSpec
     reason: str = "missing"
+    as_name: str | None = None
     verb = "create"
     kind = "container"
 
     @property
     def name(self) -> str:
-        return self.spec.name
+        return self.as_name or self.spec.name
 
     @property
     def service(self) -> str:
@@ -336,30 +342,41 @@ class CreateContainer:
 
     @property
     def key(self) -> str:
-        return f"create:{self.spec.name}"
+        return f"create:{self.name}"
 
 
 @dataclass(frozen=True, slots=True)
-class RecreateContainer:
-    """Remove the old container, create the new one, wait until it is ready."""
+class RenameContainer:
+    """Give a replacement its replica's name once the old replica is gone."""
 
-    old_id: str
-    spec: ContainerSpec
-    reason: str
-    verb = "recreate"
+    id: str
+    name: str
+    new_name: str
+    service: str
+    reason: str = "replacement passed"
+    verb = "rename"
     kind = "container"
 
     @property
-    def name(self) -> str:
-        return self.spec.name
+    def key(self) -> str:
+        return f"rename:{self.name}"
 
-    @property
-    def service(self) -> str:
-        return self.spec.service
+
+@dataclass(frozen=True, slots=True)
+class DrainContainer:
+    """Take a replica out of its networks' DNS aliases before it is stopped."""
+
+    id: str
+    name: str
+    service: str
+    networks: tuple[str, ...]
+    reason: str
+    verb = "drain"
+    kind = "container"
 
     @property
     def key(self) -> str:
-        return f"container:{self.spec.name}"
+        return f"drain:{self.name}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,6 +399,7 @@ class RestartContainer:
     name: str
     service: str
     reason: str
+    grace_s: float | None = None
     verb = "restart"
     kind = "container"
 
@@ -410,6 +428,7 @@ class StopContainer:
     name: str
     service: str
     reason: str = "state: stopped"
+    grace_s: float | None = None
     verb = "stop"
     kind = "container"
 
@@ -424,9 +443,10 @@ class ConnectNetwork:
     name: str
     service: str
     attachment: NetworkAttachment
+    reason: str = "not attached to a network it belongs on"
+    reconnect: bool = False  # attached, but without its aliases (drained): attach again
     verb = "connect"
     kind = "container"
-    reason = "not attached to a network it belongs on"
 
     @property
     def key(self) -> str:
@@ -457,6 +477,7 @@ class RemoveContainer:
     name: str
     service: str
     reason: str
+    grace_s: float | None = None
     verb = "remove"
     kind = "container"
 
@@ -470,7 +491,8 @@ Action = (
     | CreateVolume
     | EnsureImage
     | CreateContainer
-    | RecreateContainer
+    | RenameContainer
+    | DrainContainer
     | StartContainer
     | RestartContainer
     | UnpauseContainer
@@ -494,9 +516,23 @@ class Step:
 
 
 @dataclass(frozen=True, slots=True)
+class SlotVerdict:
+    """A replacement that passed or failed its monitor this pass (for the rollout record)."""
+
+    service: str
+    replica: int
+    container: str  # the new container's id
+    passed: bool
+    reason: str = ""
+    tolerated: bool = False  # failed, but within max_failure_ratio (or failure_action continue)
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     steps: tuple[Step, ...] = ()
     notes: tuple[str, ...] = ()  # adopted, orphaned, held back: reported, not acted on
+    wake_at: float | None = None  # a monitor, drain or delay falls due then: look again
+    verdicts: tuple[SlotVerdict, ...] = ()
 
     @property
     def actions(self) -> tuple[Action, ...]:
@@ -514,8 +550,10 @@ def describe(action: Action) -> str:
         case EnsureImage(service=svc, image=img, pull=pull, build=build):
             how = f"build from {build.context}" if build else f"pull policy {pull}"
             return f"ensure image {img} for {svc} ({how})"
-        case CreateContainer(spec=s, reason=r) | RecreateContainer(spec=s, reason=r):
-            return f"{action.verb} container {s.name} ({r})"
+        case CreateContainer(reason=r):
+            return f"create container {action.name} ({r})"
+        case RenameContainer(name=n, new_name=new):
+            return f"rename container {n} to {new}"
         case ConnectNetwork(name=n, attachment=a):
             return f"connect container {n} to network {a.network}"
         case SignalContainer(name=n, signal=sig, reason=r):

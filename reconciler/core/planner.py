@@ -1,8 +1,15 @@
-"""The pure core: `plan(desired, observed) -> Plan`.
+"""The pure core: `plan(desired, observed, holds) -> Plan`.
 
-No Docker, no clock, no I/O. Level-based: the plan depends only on what is
-desired and what is observed now (plus the healing bookkeeping passed in as
-`Holds`), never on remembered events.
+No Docker, no clock, no I/O. Level-based: the plan depends only on what is desired and
+what is observed now, plus the bookkeeping passed in as `Holds` (back-offs, drains, the
+rollout of each service and the time), never on remembered events. Waiting is never done
+here: a plan says when it wants to be looked at again (`Plan.wake_at`).
+
+A replica is a slot (service, replica number). A slot whose container runs another spec is
+replaced through a container under a temporary name: created beside the old one, started
+(after the old one is drained and stopped, for `stop-first`), judged by `rollout.judge`,
+and only then is the old one removed and the new one renamed. A replacement that fails is
+removed and the old one runs again.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
+from reconciler.core import rollout as ro
 from reconciler.core.model import (
     JUST_CREATED,
     Action,
@@ -20,114 +28,168 @@ from reconciler.core.model import (
     CreateNetwork,
     CreateVolume,
     DesiredState,
+    DrainContainer,
     EnsureImage,
     Observed,
     ObservedContainer,
     Plan,
-    RecreateContainer,
     RemoveContainer,
+    RenameContainer,
     RestartContainer,
     ServiceSpec,
     SignalContainer,
+    SlotVerdict,
     StartContainer,
     Step,
     StopContainer,
     UnpauseContainer,
 )
 
+DEFAULT_DRAIN_S = 3.0  # for containers of services gone from the file
+
 
 @dataclass(frozen=True, slots=True)
 class Holds:
-    """What the healing bookkeeping says about this pass (computed outside the core).
+    """What the bookkeeping outside the core says about this pass.
 
-    held: action keys not to run now, with the reason (crash-loop or error backoff).
+    held: action keys not to run now, with the reason (crash-loop or error back-off).
     unhealthy_due: names of unhealthy containers whose grace has run out; None means
         every unhealthy container is due (no grace tracking).
     signalled: container id -> reload-config digest already delivered by a signal.
+    now: the time (epoch seconds) monitors, drains and delays are measured against.
+    ready: services whose replicas all run; None means order starts inside this plan.
+    drained: container id -> when its drain period ends (it has left its DNS aliases).
+    rollouts: service -> its rollout (mode, update or rollback config, failures so far).
     """
 
     held: Mapping[str, str] = field(default_factory=dict)
     unhealthy_due: frozenset[str] | None = None
     signalled: Mapping[str, str] = field(default_factory=dict)
+    now: float = 0.0
+    ready: frozenset[str] | None = None
+    drained: Mapping[str, float] = field(default_factory=dict)
+    rollouts: Mapping[str, ro.Rollout] = field(default_factory=dict)
 
 
 NO_HOLDS = Holds()
 
 
+@dataclass(slots=True)
+class _Pass:
+    """What planning one pass collects beside the steps."""
+
+    holds: Holds
+    ids: Mapping[str, str]  # container name -> id, of every container observed
+    notes: list[str] = field(default_factory=list)
+    wakes: list[float] = field(default_factory=list)
+    verdicts: list[SlotVerdict] = field(default_factory=list)
+
+    def wake(self, at: float | None) -> None:
+        if at is not None:
+            self.wakes.append(at)
+
+
+# An action and the keys of the actions of its own service it must follow.
+_Local = tuple[Action, frozenset[str]]
+
+
 def plan(desired: DesiredState, observed: Observed, holds: Holds = NO_HOLDS) -> Plan:
     """The ordered steps that bring `observed` to `desired`, and notes to report."""
-    notes: list[str] = []
-    infra = list(_networks(desired, observed, notes)) + list(_volumes(desired, observed, notes))
+    p = _Pass(holds, {c.name: c.id for c in observed.containers})
+    infra = list(_networks(desired, observed, p.notes)) + list(_volumes(desired, observed, p.notes))
     infra_keys = {s.key for s in infra}
-    by_name = {c.name: c for c in observed.containers}
-    removals = _removals(desired, observed)
+    services = {s.name: s for s in desired.services}
+    slots: dict[str, dict[int, list[ObservedContainer]]] = {}
+    extra: list[ObservedContainer] = []
+    for c in sorted(observed.containers, key=lambda c: (c.service, c.replica, c.name)):
+        svc = services.get(c.service)
+        if svc is None or not 1 <= c.replica <= len(svc.replicas):
+            extra.append(c)
+        else:
+            slots.setdefault(c.service, {}).setdefault(c.replica, []).append(c)
+    removals = _removals(extra, services, p)
     removal_keys: dict[str, set[str]] = {}
     for step in removals:
-        assert isinstance(step.action, RemoveContainer)
-        removal_keys.setdefault(step.action.service, set()).add(step.key)
+        removal_keys.setdefault(step.action.service or "", set()).add(step.key)
 
     images: list[Step] = []
     containers: list[Step] = []
     brought_up: dict[str, set[str]] = {}  # service -> keys of the steps that bring it up
-    recreated: set[str] = set()  # names of containers (re)created by this plan
     for svc in desired.services:
-        actions = list(_service_steps(svc, by_name, holds, recreated))
-        if not actions:
+        svc_slots = slots.get(svc.name, {})
+        local = _service_steps(svc, svc_slots, p)
+        if holds.ready is not None:
+            local = _gate_on_dependencies(svc, local, holds.ready, p.notes)
+        if not local:
             continue
-        new = [a for a in actions if isinstance(a, CreateContainer | RecreateContainer)]
-        recreated |= {a.name for a in new}
+        creates = [a for a, _ in local if isinstance(a, CreateContainer)]
         image_key = None
-        if new:
+        if creates:
             image = EnsureImage(svc.name, svc.image, svc.pull, svc.build)
             images.append(Step(image))
             image_key = image.key
         deps = set().union(*(brought_up.get(d, set()) for d in svc.depends_on))
         prerequisites = removal_keys.get(svc.name, set()) | ({image_key} if image_key else set())
-        service_steps = _ordered(actions, infra_keys, prerequisites, deps)
+        service_steps = _ordered(local, infra_keys, prerequisites, deps)
         containers += service_steps
         brought_up[svc.name] = {
             s.key
             for s in service_steps
-            if not isinstance(s.action, StopContainer | CreateContainer)
+            if isinstance(s.action, StartContainer | UnpauseContainer | RestartContainer)
         }
 
     steps = [*infra, *images, *removals, *containers]
-    return Plan(steps=_drop_held(steps, holds.held, notes), notes=tuple(notes))
+    future = [t for t in p.wakes if t > holds.now]
+    return Plan(
+        steps=_drop_held(steps, holds.held, p.notes),
+        notes=tuple(p.notes),
+        wake_at=min(future) if future else None,
+        verdicts=tuple(p.verdicts),
+    )
 
 
 def _ordered(
-    actions: list[Action], infra_keys: set[str], prerequisites: set[str], deps: set[str]
+    local: list[_Local], infra_keys: set[str], prerequisites: set[str], deps: set[str]
 ) -> list[Step]:
-    """Steps of one service: what each waits on (infrastructure, its image, removals of the
-    service, the services it depends on, the previous replica's recreate, its reconnects)."""
+    """Steps of one service: what each waits on (its own earlier steps, infrastructure, its
+    image, removals of the service, the services it depends on, its reconnects)."""
     steps = []
-    previous_recreate: str | None = None
     connects: dict[str, set[str]] = {}
-    created: dict[str, str] = {}
-    for action in actions:
-        after: set[str] = set()
-        if isinstance(action, CreateContainer | RecreateContainer):
-            after |= _infra_deps(action.spec, infra_keys) | prerequisites
+    for action, after_local in local:
+        after: set[str] = set(after_local)
         if isinstance(action, CreateContainer):
-            created[action.name] = action.key
-        if isinstance(action, RecreateContainer):
-            if previous_recreate:  # rolling: one replica of a service at a time
-                after.add(previous_recreate)
-            previous_recreate = action.key
+            after |= _infra_deps(action.spec, infra_keys) | prerequisites
         if isinstance(action, ConnectNetwork):
             after |= {f"network:{action.attachment.network}"} & infra_keys
             connects.setdefault(action.name, set()).add(action.key)
         elif isinstance(action, StartContainer | UnpauseContainer | RestartContainer):
             after |= connects.get(action.name, set())
-            if action.name in created:
-                after.add(created[action.name])
         # Creating needs no running dependency (unless it joins one's network namespace):
         # only starts wait for depends_on, so every create can run at once.
         early = isinstance(action, CreateContainer) and not _namespace_owner(action.spec)
-        if not early and not isinstance(action, StopContainer):
+        if isinstance(action, CreateContainer | StartContainer | UnpauseContainer) and not early:
             after |= deps
         steps.append(Step(action, frozenset(after)))
     return steps
+
+
+def _gate_on_dependencies(
+    svc: ServiceSpec, local: list[_Local], ready: frozenset[str], notes: list[str]
+) -> list[_Local]:
+    """Per-service plans: starts (and namespace sharers' creates) wait for dependencies."""
+    waiting = [d for d in svc.depends_on if d not in ready]
+    if not waiting:
+        return local
+    kept = []
+    for action, after in local:
+        gated = isinstance(action, StartContainer | UnpauseContainer) or (
+            isinstance(action, CreateContainer) and _namespace_owner(action.spec)
+        )
+        if gated:
+            notes.append(f"{action.key}: waiting for {', '.join(waiting)} to run")
+        else:
+            kept.append((action, after))
+    return kept
 
 
 def _networks(desired: DesiredState, observed: Observed, notes: list[str]) -> Iterable[Step]:
@@ -158,73 +220,200 @@ def _volumes(desired: DesiredState, observed: Observed, notes: list[str]) -> Ite
             notes.append(f"volume {name}: orphaned (no longer in the file; never removed)")
 
 
-def _removals(desired: DesiredState, observed: Observed) -> list[Step]:
-    services = {s.name: s for s in desired.services}
-    wanted = {c.name for s in desired.services for c in s.replicas}
+def _removals(
+    extra: list[ObservedContainer], services: Mapping[str, ServiceSpec], p: _Pass
+) -> list[Step]:
+    """Containers beyond the replica count or of services gone: drained, then removed."""
     steps = []
-    for c in sorted(observed.containers, key=lambda c: (c.service, c.replica, c.name)):
-        if c.name in wanted:
-            continue
+    for c in extra:
         svc = services.get(c.service)
-        if svc is None:
-            reason = "service removed from the file"
-        elif c.replica > len(svc.replicas):
-            reason = "scaled down"
-        else:
-            reason = "name changed"
-        steps.append(Step(RemoveContainer(c.id, c.name, c.service, reason)))
+        reason = "service removed from the file" if svc is None else "scaled down"
+        drain_s = svc.drain_s if svc else DEFAULT_DRAIN_S
+        grace = _grace(svc.replicas[0]) if svc and svc.replicas else None
+        drain, drained = _drain(c, drain_s, reason, p)
+        steps += [Step(a) for a, _ in drain]
+        if drained:
+            steps.append(Step(RemoveContainer(c.id, c.name, c.service, reason, grace)))
     return steps
 
 
 def _service_steps(
-    svc: ServiceSpec, by_name: Mapping[str, ObservedContainer], holds: Holds, recreated: set[str]
-) -> Iterable[Action]:
-    for spec in svc.replicas:
-        c = by_name.get(spec.name)
-        if c is None:
-            if svc.state == "running":
-                yield CreateContainer(spec, "missing")
-                yield StartContainer(spec.name, spec.name, svc.name, JUST_CREATED)
-            continue
-        if svc.state == "stopped":  # kept down on purpose: stop it, change nothing else
-            if c.state in ("running", "paused", "restarting"):
-                yield StopContainer(c.id, c.name, c.service)
-            continue
-        if c.state == "dead":
-            yield RecreateContainer(c.id, spec, "dead")
-            continue
-        if c.spec_hash != spec.spec_hash:
-            yield RecreateContainer(c.id, spec, "spec changed")
-            continue
-        owner = _namespace_owner(spec)
-        if owner and (
-            owner in recreated
-            or by_name.get(owner) is None
-            or by_name[owner].id != c.network_target
-        ):
-            # Its network namespace belongs to a container that was (or is being) recreated.
-            yield RecreateContainer(c.id, spec, f"network namespace owner {owner} was recreated")
-            continue
-        if c.state in ("running", "exited", "created", "paused") and spec.network_mode is None:
+    svc: ServiceSpec,
+    slots: Mapping[int, list[ObservedContainer]],
+    p: _Pass,
+) -> list[_Local]:
+    holds = p.holds
+    rollout = holds.rollouts.get(svc.name, ro.Rollout())
+    out: list[_Local] = []
+    if svc.state == "stopped":  # kept down on purpose: stop it, change nothing else
+        for spec in svc.replicas:
+            for c in slots.get(spec.replica, ()):
+                if c.state in ("running", "paused", "restarting"):
+                    out.append((StopContainer(c.id, c.name, c.service, grace_s=_grace(spec)), _NO))
+        return out
+
+    classified = [_classify(spec, slots.get(spec.replica, [])) for spec in svc.replicas]
+    in_flight = sum(1 for s in classified if s.new is not None)
+    # A rollout starts replacing running replicas only while every replica is up.
+    all_up = all(s.current is not None or s.new is not None for s in classified) and all(
+        s.current is None or s.current.state in ("running", "restarting") or s.new is not None
+        for s in classified
+    )
+    config = rollout.config
+    budget = (config.parallelism or len(svc.replicas)) - in_flight
+    waiting_reason = f"{in_flight} of parallelism {config.parallelism or 'all'} in flight"
+    if rollout.mode == "paused":
+        budget, waiting_reason = 0, "rollout paused"
+    elif not all_up:
+        budget, waiting_reason = 0, "a replica is down; the rollout waits for it"
+    elif rollout.last_batch_at and holds.now < rollout.last_batch_at + config.delay_s:
+        p.wake(rollout.last_batch_at + config.delay_s)
+        budget, waiting_reason = 0, f"update delay {config.delay_s:g}s"
+
+    for spec, slot in zip(svc.replicas, classified, strict=True):
+        for c in slot.stale:  # replacements of another spec, duplicates: out of the way
+            drain, drained = _drain(c, svc.drain_s, "stale replacement", p)
+            out += drain
+            if drained:
+                out.append((RemoveContainer(c.id, c.name, c.service, "stale", _grace(spec)), _NO))
+        cur, new = slot.current, slot.new
+        if cur is None and new is None:
+            create = CreateContainer(spec, "missing")
+            out.append((create, _NO))
+            out.append(
+                (StartContainer(spec.name, spec.name, svc.name, JUST_CREATED), _keys(create))
+            )
+        elif cur is None and new is not None:  # the old one is gone: finish the replacement
+            rename = RenameContainer(new.id, new.name, spec.name, svc.name)
+            out.append((rename, _NO))
+            if new.state in ("created", "exited"):
+                out.append(
+                    (StartContainer(new.id, spec.name, svc.name, "replacement"), _keys(rename))
+                )
+        elif cur is not None and new is None:
+            owner = _namespace_owner(spec)
+            # Its network namespace belongs to a container that was replaced since.
+            moved = owner is not None and p.ids.get(owner) != cur.network_target
+            if cur.spec_hash == spec.spec_hash and cur.state != "dead" and not moved:
+                out += _heal(spec, cur, holds)
+                continue
+            down = cur.state not in ("running", "restarting") or moved
+            reason = _why_replace(cur, spec, moved)
+            if down and (rollout.mode != "paused" or cur.state == "dead" or moved):
+                out.append((CreateContainer(spec, reason, ro.temp_name(spec)), _NO))
+            elif not down and budget > 0:
+                budget -= 1
+                out.append((CreateContainer(spec, reason, ro.temp_name(spec)), _NO))
+            else:
+                if not down:
+                    p.notes.append(f"{spec.name}: replacement waits ({waiting_reason})")
+                out += _heal(spec, cur, holds)
+        elif cur is not None and new is not None:
+            out += _in_flight(svc, spec, cur, new, rollout, p)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    current: ObservedContainer | None  # the replica as it runs now
+    new: ObservedContainer | None  # its replacement, under the temporary name
+    stale: tuple[ObservedContainer, ...]
+
+
+def _classify(spec: ContainerSpec, containers: list[ObservedContainer]) -> _Slot:
+    temp = ro.temp_name(spec)
+    new = next((c for c in containers if c.name == temp), None)
+    rest = [c for c in containers if c is not new]
+    current = next((c for c in rest if c.name == spec.name), None)
+    if current is None:
+        current = next((c for c in rest if not ro.is_temp_name(c.name)), None)
+    stale = tuple(c for c in rest if c is not current)
+    return _Slot(current, new, stale)
+
+
+def _why_replace(cur: ObservedContainer, spec: ContainerSpec, moved: bool) -> str:
+    if cur.state == "dead":
+        return "dead"
+    if moved:
+        return f"network namespace owner {_namespace_owner(spec)} was recreated"
+    return "spec changed"
+
+
+def _in_flight(
+    svc: ServiceSpec,
+    spec: ContainerSpec,
+    cur: ObservedContainer,
+    new: ObservedContainer,
+    rollout: ro.Rollout,
+    p: _Pass,
+) -> list[_Local]:
+    """A slot with its replacement beside it: start it, judge it, finish or revert."""
+    now = p.holds.now
+    out: list[_Local] = []
+    if new.state == "created":
+        start = StartContainer(new.id, new.name, svc.name, f"replaces {cur.name}")
+        if rollout.config.order == "start-first" or cur.state != "running":
+            return [(start, _NO)]
+        drain, drained = _drain(cur, svc.drain_s, "replaced (stop-first)", p)
+        if not drained:
+            return drain
+        stop = StopContainer(cur.id, cur.name, svc.name, "replaced (stop-first)", _grace(spec))
+        return [(stop, _NO), (start, _keys(stop))]
+    verdict = ro.judge(spec, new, rollout.config, now)
+    if verdict.outcome == "pending":
+        p.wake(verdict.recheck_at)
+        return []
+    tolerated = verdict.outcome == "failed" and ro.tolerated(rollout, len(svc.replicas))
+    p.verdicts.append(
+        SlotVerdict(
+            svc.name, spec.replica, new.id, verdict.outcome == "passed", verdict.reason, tolerated
+        )
+    )
+    if verdict.outcome == "passed" or tolerated:  # keep the new one: retire the old
+        drain, drained = _drain(cur, svc.drain_s, "replaced", p)
+        if not drained:
+            return drain
+        remove = RemoveContainer(cur.id, cur.name, svc.name, "replaced", _grace(spec))
+        rename = RenameContainer(new.id, new.name, spec.name, svc.name)
+        return [(remove, _NO), (rename, _keys(remove))]
+    # Failed: the replacement goes, the old replica runs again (with its aliases back).
+    remove = RemoveContainer(new.id, new.name, svc.name, f"failed: {verdict.reason}", 0.0)
+    out.append((remove, _NO))
+    if cur.state != "running" and cur.state != "dead":
+        rejoin = _rejoin(spec, cur, "the replacement failed")
+        out += [(a, _keys(remove)) for a in rejoin]
+        start = StartContainer(cur.id, cur.name, svc.name, "its replacement failed")
+        out.append((start, _keys(remove, *rejoin)))
+    return out
+
+
+def _heal(spec: ContainerSpec, c: ObservedContainer, holds: Holds) -> list[_Local]:
+    """A replica on its spec: bring it back to running, connected and healthy."""
+    out: list[_Local] = []
+    if c.state in ("running", "exited", "created", "paused") and spec.network_mode is None:
+        if c.id in holds.drained:  # drained for a replacement that did not happen
+            out += [(a, _NO) for a in _rejoin(spec, c, "drained, serving again")]
+        else:
             for attachment in spec.networks:
                 if attachment.network not in c.networks:
-                    yield ConnectNetwork(c.id, c.name, c.service, attachment)
-        match c.state:
-            case "exited":
-                yield StartContainer(c.id, c.name, c.service, f"exited ({c.exit_code})")
-            case "created":
-                yield StartContainer(c.id, c.name, c.service, "created, never started")
-            case "paused":
-                yield UnpauseContainer(c.id, c.name, c.service)
-            case "running":
-                yield from _running(spec, c, holds)
-            case _:  # restarting (Docker is on it) or removing
-                pass
+                    out.append((ConnectNetwork(c.id, c.name, c.service, attachment), _NO))
+    match c.state:
+        case "exited":
+            out.append((StartContainer(c.id, c.name, c.service, f"exited ({c.exit_code})"), _NO))
+        case "created":
+            out.append((StartContainer(c.id, c.name, c.service, "created, never started"), _NO))
+        case "paused":
+            out.append((UnpauseContainer(c.id, c.name, c.service), _NO))
+        case "running":
+            out += [(a, _NO) for a in _running(spec, c, holds)]
+        case _:  # restarting (Docker is on it) or removing
+            pass
+    return out
 
 
 def _running(spec: ContainerSpec, c: ObservedContainer, holds: Holds) -> Iterable[Action]:
     if c.health == "unhealthy" and (holds.unhealthy_due is None or c.name in holds.unhealthy_due):
-        yield RestartContainer(c.id, c.name, c.service, "unhealthy")
+        yield RestartContainer(c.id, c.name, c.service, "unhealthy", _grace(spec))
         return
     if spec.reload_digest and spec.reload_signal:
         delivered = holds.signalled.get(c.id, c.config_hash)
@@ -232,6 +421,43 @@ def _running(spec: ContainerSpec, c: ObservedContainer, holds: Holds) -> Iterabl
             yield SignalContainer(
                 c.id, c.name, c.service, spec.reload_signal, spec.reload_digest, "config changed"
             )
+
+
+def _rejoin(spec: ContainerSpec, c: ObservedContainer, reason: str) -> list[ConnectNetwork]:
+    return [
+        ConnectNetwork(c.id, c.name, c.service, a, reason, reconnect=a.network in c.networks)
+        for a in spec.networks
+        if spec.network_mode is None
+    ]
+
+
+def _drain(
+    c: ObservedContainer, drain_s: float, reason: str, p: _Pass
+) -> tuple[list[_Local], bool]:
+    """Steps that take `c` out of DNS, and whether its drain period is over (stop it now)."""
+    if c.state != "running" or not c.networks or drain_s <= 0:
+        return [], True
+    until = p.holds.drained.get(c.id)
+    if until is None:
+        p.wake(p.holds.now + drain_s)
+        drain = DrainContainer(c.id, c.name, c.service, tuple(sorted(c.networks)), reason)
+        return [(drain, _NO)], False
+    if p.holds.now < until:
+        p.wake(until)
+        p.notes.append(f"{c.name}: draining until {until:.1f}")
+        return [], False
+    return [], True
+
+
+def _grace(spec: ContainerSpec) -> float | None:
+    return spec.stop_grace_s
+
+
+_NO: frozenset[str] = frozenset()
+
+
+def _keys(*actions: Action) -> frozenset[str]:
+    return frozenset(a.key for a in actions)
 
 
 def _namespace_owner(spec: ContainerSpec) -> str | None:
