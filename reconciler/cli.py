@@ -20,6 +20,7 @@ from reconciler.core.planner import plan
 from reconciler.engine.docker_engine import FALLBACK_API_VERSION, Engine, connect
 from reconciler.errors import DesiredStateError, EngineUnavailable, LockHeld
 from reconciler.ops import logs
+from reconciler.runtime.signals import SignalRelay
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT = 0, 1, 2
 EXIT_PENDING = 2
@@ -55,15 +56,35 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("file", nargs="?", default="desired_state.yaml", type=Path)
-        if name in ("run", "status"):
+        if name in ("run", "status", "apply", "plan"):
             p.add_argument(
                 "--lock-dir",
                 type=Path,
                 default=None,
                 help="where the daemon keeps its lock and status file",
             )
+            p.add_argument(
+                "--state-dir",
+                type=Path,
+                default=None,
+                help="where rollout records (the spec a rollback returns to) are kept "
+                "(default $STATE_DIRECTORY, /var/lib/reconciler or ~/.local/state/reconciler)",
+            )
+        if name == "apply":
+            p.add_argument(
+                "--timeout",
+                type=float,
+                default=600.0,
+                help="seconds to wait for rollouts to finish (default 600)",
+            )
         if name == "run":
-            p.add_argument("--interval", type=float, default=5.0, help="seconds between passes")
+            p.add_argument("--interval", type=float, default=5.0, help="seconds between resyncs")
+            p.add_argument(
+                "--pull-timeout", type=float, default=600.0, help="seconds a pull or build may take"
+            )
+            p.add_argument(
+                "--workers", type=int, default=4, help="services reconciled at once (default 4)"
+            )
             p.add_argument(
                 "--listen",
                 type=_listen,
@@ -74,9 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit code."""
+def main(argv: Sequence[str] | None = None, signals: SignalRelay | None = None) -> int:
+    """The CLI; returns the exit code. `signals`: handlers the entry point installed first."""
     args = build_parser().parse_args(argv)
+    if args.command == "run":
+        args.signals = signals or SignalRelay().install()
     json = {"auto": None, "json": True, "console": False}[args.log_format]
     logs.configure(args.log_level, json=json)
     bad_input = EXIT_ERROR if args.command == "plan" else EXIT_INPUT
@@ -100,8 +123,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _plan(args: argparse.Namespace, desired: DesiredState) -> int:
+    import time
+    from dataclasses import replace
+
+    from reconciler.core import rollout as ro
+    from reconciler.core.planner import Holds
+    from reconciler.runtime.state_store import StateStore
+
     engine = Engine(connect())
-    the_plan = plan(desired, engine.observe(desired.project))
+    store = StateStore(desired.project, args.state_dir)
+    services, rollouts = [], {}
+    for svc in desired.services:
+        record = ro.refresh(store.get(svc.name), svc)
+        target, mode = ro.target(svc, record)
+        services.append(target)
+        rollouts[svc.name] = ro.rollout_for(svc, record, mode)
+        if mode == "rolled_back":
+            print(
+                f"# service {svc.name}: revision {svc.revision[:12]} is held as failed "
+                f"({record.failed_reason}); it runs {record.stable_revision[:12]} until the "
+                "file changes the service again"
+            )
+        elif mode == "paused":
+            print(f"# service {svc.name}: rollout paused ({record.paused_reason})")
+    holds = Holds(now=time.time(), rollouts=rollouts)
+    the_plan = plan(
+        replace(desired, services=tuple(services)), engine.observe(desired.project), holds
+    )
     for note in the_plan.notes:
         print(f"# {note}")
     if not the_plan:
@@ -113,38 +161,72 @@ def _plan(args: argparse.Namespace, desired: DesiredState) -> int:
 
 
 def _apply(args: argparse.Namespace, desired: DesiredState) -> int:
-    from reconciler.runtime.reconcile import Reconciler
+    from reconciler.ops.lock import ProjectLock
+    from reconciler.runtime.executor import StepResult
+    from reconciler.runtime.oneshot import apply_once
+    from reconciler.runtime.state_store import StateStore
 
-    result = Reconciler(Engine(connect())).run_pass(desired, "manual")
-    for note in result.plan.notes:
+    def show(r: StepResult) -> None:
+        if r.outcome != "waiting":
+            line = f"{r.outcome:8} {describe(r.action)}"
+            print(line if r.error is None else f"{line}: {r.error}", flush=True)
+
+    lock = ProjectLock(desired.project, args.lock_dir)
+    lock.acquire(role="reconciler apply")
+    try:
+        store = StateStore(desired.project, args.state_dir)
+        applied = apply_once(
+            Engine(connect()), desired, store, timeout_s=args.timeout, on_result=show
+        )
+    finally:
+        lock.release()
+    for note in applied.notes:
         print(f"# {note}")
-    for r in result.results:
-        line = f"{r.outcome:8} {describe(r.action)}"
-        print(line if r.error is None else f"{line}: {r.error}")
-    if not result.results:
+    problems = 0
+    for svc in desired.services:
+        record = store.get(svc.name)
+        if record.failed_revision == svc.revision:
+            print(f"rollout of {svc.name} failed ({record.failed_reason}); rolled back")
+            problems += 1
+        elif record.paused_revision == svc.revision:
+            print(f"rollout of {svc.name} paused ({record.paused_reason})")
+            problems += 1
+    if not applied.settled:
+        print(f"not converged within {args.timeout:g}s (see `reconciler status`)")
+    elif not applied.results and not problems:
         print(f"{desired.project}: in sync")
-    return EXIT_OK if result.ok else EXIT_ERROR
+    return EXIT_OK if applied.ok and not problems else EXIT_ERROR
 
 
 def _run(args: argparse.Namespace, desired: DesiredState) -> int:
     from reconciler.runtime.daemon import Daemon, Options
 
     listen = DEFAULT_LISTEN if args.listen is None else tuple(a for a in args.listen if a)
-    opts = Options(path=args.file, interval=args.interval, listen=listen, lock_dir=args.lock_dir)
+    opts = Options(
+        path=args.file,
+        interval=args.interval,
+        listen=listen,
+        lock_dir=args.lock_dir,
+        state_dir=args.state_dir,
+        pull_timeout=args.pull_timeout,
+        workers=args.workers,
+    )
     try:
         api = connect()
     except EngineUnavailable as exc:  # the daemon waits for the engine; it must start anyway
         structlog.get_logger("reconciler").warning("engine down at start", error=str(exc))
         api = connect(version=FALLBACK_API_VERSION)
-    return Daemon(opts, desired, api).run()
+    return Daemon(opts, desired, api, signals=args.signals).run()
 
 
 def _status(args: argparse.Namespace, desired: DesiredState) -> int:
     from reconciler.ops.lock import status_path
     from reconciler.ops.status import render_status
+    from reconciler.runtime.state_store import StateStore
 
     status_file = status_path(desired.project, args.lock_dir)
-    print(render_status(desired, Engine(connect()), status_file))
+    store = StateStore(desired.project, args.state_dir)
+    print(render_status(desired, Engine(connect()), status_file, store))
     return EXIT_OK
 
 

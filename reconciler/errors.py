@@ -38,3 +38,7 @@ class NameConflict(ActionFailed):
 
 class LockHeld(ReconcilerError):
     """Another reconciler already acts on this project."""
+
+
+class Deferred(ReconcilerError):
+    """Not now, not an error: the step waits for other work (an image pull) and comes back."""

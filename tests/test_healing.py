@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from reconciler.core.healing import HealingBook, LastRun
+from reconciler.core.healing import TRANSIENT_MAX_S, HealingBook, LastRun
 from reconciler.core.model import HealPolicy, Observed, ObservedContainer
 from tests.test_planner import state
 
@@ -84,15 +84,28 @@ def test_unhealthy_grace_defaults_to_one_interval() -> None:
 
 
 def test_failed_actions_back_off_and_clear_on_success() -> None:
-    """A failing pull is retried later and later; a success forgets it."""
+    """A refused request waits from its first failure, later and later; a success forgets it."""
     book = HealingBook()
     policy = {"image:w": HealPolicy(backoff_initial_s=1, backoff_max_s=4)}
-    for now in (0.0, 1.0, 2.0, 3.0):
-        book.record_failures([("image:w", "pull failed")], [], policy, now)
+    book.record_failures([("image:w", "pull failed", False)], [], policy, 0.0)
+    assert book.backoffs["image:w"].not_before == 1.0
+    for now in (1.0, 2.0, 3.0):
+        book.record_failures([("image:w", "pull failed", False)], [], policy, now)
     assert book.backoffs["image:w"].not_before == 3.0 + 4.0
     assert "retry in 4s: pull failed" in book.holds(D, Observed(), {}, 3.5).held["image:w"]
     book.record_failures([], ["image:w"], policy, 8.0)
     assert "image:w" not in book.backoffs
+
+
+def test_transient_errors_are_retried_at_once_then_capped() -> None:
+    """A timeout or a busy engine is retried at once the first time, never beyond the cap."""
+    book = HealingBook()
+    policy = {"container:x": HealPolicy(backoff_initial_s=1, backoff_max_s=600)}
+    book.record_failures([("container:x", "timed out", True)], [], policy, 0.0)
+    assert book.backoffs["container:x"].not_before == 0.0
+    for now in range(1, 20):
+        book.record_failures([("container:x", "timed out", True)], [], policy, float(now))
+    assert book.backoffs["container:x"].not_before == 19.0 + TRANSIENT_MAX_S
 
 
 def test_docker_gets_the_first_turn_with_a_restart_policy() -> None:

@@ -18,6 +18,7 @@ from reconciler.core.planner import Holds
 # Docker restarts a crashed container ~0.3 s after it died (then marks it "restarting"
 # during its own back-off): until then an exited container may still be Docker's to restart.
 DOCKER_RESTART_WINDOW_S = 1.0
+TRANSIENT_MAX_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +95,13 @@ class HealingBook:
             del self.docker_window[name]
         return Holds(held=held, unhealthy_due=frozenset(due), signalled=dict(self.signalled))
 
+    def exit_hold(self, name: str, run: LastRun, heal: HealPolicy, now: float) -> str | None:
+        """Count one replica's exit (the heal fast path); the back-off reason if it must wait."""
+        key = f"container:{name}"
+        self._exited(key, run, heal)
+        entry = self.backoffs.get(key)
+        return entry.reason if entry is not None and entry.not_before > now else None
+
     def _exited(self, key: str, run: LastRun, heal: HealPolicy) -> None:
         entry = self.backoffs.get(key)
         if entry is not None and entry.seen_finish == run.finished_at:
@@ -115,22 +123,29 @@ class HealingBook:
 
     def record_failures(
         self,
-        failed: Iterable[tuple[str, str]],
+        failed: Iterable[tuple[str, str, bool]],
         succeeded: Iterable[str],
         heal: Mapping[str, HealPolicy],
         now: float,
     ) -> None:
-        """Back off the keys of failed actions (key, error); clear those that succeeded."""
+        """Back off the keys of failed actions (key, error, transient); clear those that
+        succeeded. A transient error (the engine busy, a timeout) is retried at once, then
+        after 1 s, 2 s ... up to TRANSIENT_MAX_S; a permanent one (Docker refused the request)
+        waits backoff_initial from its first failure, doubling up to backoff_max."""
         for key in succeeded:
             entry = self.backoffs.get(key)
             if entry is not None and entry.seen_finish is None:
                 del self.backoffs[key]
-        for key, error in failed:
+        for key, error, transient in failed:
             entry = self.backoffs.get(key)
             if entry is not None and entry.seen_finish is not None:
                 continue  # a crash-loop back-off already governs this replica
             failures = (entry.failures if entry else 0) + 1
-            delay = _delay(heal.get(key, HealPolicy()), failures)
+            policy = heal.get(key, HealPolicy())
+            if transient:
+                delay = min(_delay(policy, failures), TRANSIENT_MAX_S)
+            else:
+                delay = _delay(policy, failures + 1)
             self.backoffs[key] = _Backoff(failures, now + delay, f"retry in {delay:g}s: {error}")
 
     def crashlooping(self, now: float) -> dict[str, _Backoff]:

@@ -8,13 +8,17 @@ container. An idle observe is three list calls whatever the project's size.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import docker
+import docker.auth
 import docker.errors
 import requests.exceptions
 from docker.utils import parse_repository_tag
@@ -33,13 +37,14 @@ from reconciler.core.model import (
     CreateContainer,
     CreateNetwork,
     CreateVolume,
+    DrainContainer,
     EnsureImage,
     Observed,
     ObservedContainer,
     ObservedNetwork,
     ObservedVolume,
-    RecreateContainer,
     RemoveContainer,
+    RenameContainer,
     RestartContainer,
     SignalContainer,
     StartContainer,
@@ -55,9 +60,9 @@ _HEALTH = (
     ("(healthy)", "healthy"),
     ("(health: starting)", "starting"),
 )
-READY_TIMEOUT_S = 120.0
-
-
+DEFAULT_GRACE_S = 10.0  # Docker's own stop timeout when a service sets none
+STALL_TIMEOUT_S = 60.0  # a pull or build that sends nothing for this long is cut off
+PROGRESS_EVERY_S = 5.0
 FALLBACK_API_VERSION = "1.41"  # when the engine is down at start there is nothing to negotiate
 
 
@@ -74,6 +79,8 @@ def docker_errors(what: str) -> Iterator[None]:
     """Map SDK exceptions onto ours, keeping Docker's own text."""
     try:
         yield
+    except requests.exceptions.ReadTimeout as exc:  # the engine is there, but slow: retry
+        raise ActionFailed(f"{what}: Docker did not answer in time", transient=True) from exc
     except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
         if isinstance(exc, docker.errors.APIError):
             text = exc.explanation or str(exc)
@@ -87,12 +94,56 @@ def docker_errors(what: str) -> Iterator[None]:
         raise EngineUnavailable(f"{what}: Docker engine unreachable: {exc}") from exc
 
 
+class _Deadline:
+    """A transfer's time limit: closes its HTTP response when the time is up or on cancel."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.expired = self.cancelled = False
+        self._response: Any = None
+        self._timer = threading.Timer(timeout_s, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+        self._last_progress = time.monotonic()
+
+    def attach(self, response: Any) -> None:
+        self._response = response
+
+    def _expire(self) -> None:
+        self.expired = True
+        self._close_response()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self._close_response()
+
+    def check(self) -> None:
+        if self.expired or self.cancelled:
+            raise requests.exceptions.ConnectionError("transfer cut off")
+
+    def due_for_progress(self) -> bool:
+        self.check()
+        if time.monotonic() - self._last_progress < PROGRESS_EVERY_S:
+            return False
+        self._last_progress = time.monotonic()
+        return True
+
+    def _close_response(self) -> None:
+        if self._response is not None:
+            with contextlib.suppress(Exception):
+                self._response.close()
+
+    def close(self) -> None:
+        self._timer.cancel()
+        self._close_response()
+
+
 class Engine:
     """Reads and changes the objects of one project on one Docker engine."""
 
     def __init__(self, api: docker.APIClient, *, on_call: Callable[[str], None] | None = None):
         self.api = api
         self._on_call = on_call or (lambda operation: None)
+        self._transfers: set[_Deadline] = set()
 
     # ------------------------------------------------------------------- observe
 
@@ -121,6 +172,30 @@ class Engine:
             ),
         )
 
+    def exists(self, kind: str, name: str) -> bool:
+        """Whether a network or volume of that exact name exists (one call)."""
+        with docker_errors(f"inspect {kind} {name}"):
+            if kind == "network":
+                return any(n["Name"] == name for n in self.api.networks(names=[name]))
+            try:
+                self.api.inspect_volume(name)
+                return True
+            except docker.errors.NotFound:
+                return False
+
+    def containers(self, project: str) -> tuple[ObservedContainer, ...]:
+        """The project's containers only (one list call)."""
+        with docker_errors("observe containers"):
+            found = self.api.containers(
+                all=True, filters={"label": [f"{LABEL_PROJECT}={project}", f"{LABEL_MANAGED}=true"]}
+            )
+        return tuple(sorted((_container(c) for c in found), key=lambda c: c.name))
+
+    def started_at(self, container_id: str) -> float | None:
+        """When a container last started (one inspect; None when gone or never started)."""
+        state = ((self.inspect(container_id) or {}).get("State")) or {}
+        return _timestamp(state.get("StartedAt"))
+
     def inspect(self, container_id: str) -> dict[str, Any] | None:
         """Full inspect of one container (None when it is gone)."""
         try:
@@ -133,7 +208,10 @@ class Engine:
 
     def last_run(self, container_id: str) -> LastRun | None:
         """Start and finish time of an exited container's last run (one inspect)."""
-        info = self.inspect(container_id)
+        return self.last_run_of(self.inspect(container_id))
+
+    @staticmethod
+    def last_run_of(info: dict[str, Any] | None) -> LastRun | None:
         state = (info or {}).get("State") or {}
         started, finished = _timestamp(state.get("StartedAt")), _timestamp(state.get("FinishedAt"))
         if started is None or finished is None:
@@ -149,7 +227,11 @@ class Engine:
     # ------------------------------------------------------------------- execute
 
     def execute(self, action: Action) -> None:
-        """Run one action; raise ActionFailed/EngineUnavailable with Docker's text."""
+        """Run one action; raise ActionFailed/EngineUnavailable with Docker's text.
+
+        EnsureImage is not run here: pulls and builds are their own work (`ensure_image`).
+        """
+        api = self.api
         match action:
             case CreateNetwork(spec=spec, project=project):
                 labels = dict(spec.labels) | ownership_labels(project)
@@ -161,7 +243,7 @@ class Engine:
                     ipam = docker.types.IPAMConfig(pool_configs=pools)
                 with docker_errors(f"create network {spec.name}"):
                     self._call("network_create")
-                    self.api.create_network(
+                    api.create_network(
                         spec.name,
                         driver=spec.driver,
                         internal=spec.internal,
@@ -173,85 +255,62 @@ class Engine:
                 labels = dict(spec.labels) | ownership_labels(project)
                 with docker_errors(f"create volume {spec.name}"):
                     self._call("volume_create")
-                    self.api.create_volume(spec.name, driver=spec.driver, labels=labels)
-            case EnsureImage():
-                self._ensure_image(action)
+                    api.create_volume(spec.name, driver=spec.driver, labels=labels)
             case CreateContainer(spec=spec):
-                self._create(spec)
-            case RecreateContainer(old_id=old_id, spec=spec):
-                self._remove(old_id, spec.name, spec.stop_grace_s)
-                cid = self._create(spec)
-                with docker_errors(f"start {spec.name}"):
-                    self._call("container_start")
-                    self.api.start(cid)
-                self.wait_ready(
-                    spec.name,
-                    healthy=spec.healthcheck is not None and spec.healthcheck.test != ("NONE",),
-                )
+                self._create(spec, action.name)
             case StartContainer(id=cid, name=name):
                 with docker_errors(f"start {name}"):
                     self._call("container_start")
-                    self.api.start(cid)
-            case RestartContainer(id=cid, name=name):
-                with docker_errors(f"restart {name}"):
-                    self._call("container_restart")
-                    self.api.restart(cid)
+                    api.start(cid)
+            case RestartContainer(id=cid, name=name, grace_s=grace):
+                self._stop(cid, name, grace, restart=True)
             case UnpauseContainer(id=cid, name=name):
                 with docker_errors(f"unpause {name}"):
                     self._call("container_unpause")
-                    self.api.unpause(cid)
-            case StopContainer(id=cid, name=name):
-                with docker_errors(f"stop {name}"):
-                    self._call("container_stop")
-                    self.api.stop(cid)
-            case ConnectNetwork(id=cid, name=name, attachment=att):
+                    api.unpause(cid)
+            case StopContainer(id=cid, name=name, grace_s=grace):
+                self._stop(cid, name, grace)
+            case ConnectNetwork(id=cid, name=name, attachment=att, reconnect=reconnect):
                 with docker_errors(f"connect {name} to {att.network}"):
+                    if reconnect:
+                        self._disconnect(cid, att.network)
                     self._call("network_connect")
-                    self.api.connect_container_to_network(
-                        cid, att.network, aliases=list(att.aliases)
-                    )
+                    api.connect_container_to_network(cid, att.network, aliases=list(att.aliases))
+            case DrainContainer(id=cid, name=name, networks=networks):
+                # Docker cannot drop an alias in place: attach again without our aliases, so
+                # DNS stops naming this replica while it finishes what it serves.
+                with docker_errors(f"drain {name}"):
+                    for net in networks:
+                        self._disconnect(cid, net)
+                        self._call("network_connect")
+                        api.connect_container_to_network(cid, net, aliases=[])
+            case RenameContainer(id=cid, name=name, new_name=new_name):
+                with docker_errors(f"rename {name} to {new_name}"):
+                    self._call("container_rename")
+                    api.rename(cid, new_name)
             case SignalContainer(id=cid, name=name, signal=sig):
                 with docker_errors(f"signal {sig} to {name}"):
                     self._call("container_kill")
-                    self.api.kill(cid, signal=sig)
-            case RemoveContainer(id=cid, name=name):
-                self._remove(cid, name, None)
+                    api.kill(cid, signal=sig)
+            case RemoveContainer(id=cid, name=name, grace_s=grace):
+                self._remove(cid, name, grace)
             case _:
-                raise TypeError(f"unknown action {action!r}")
+                raise TypeError(f"not an engine action: {action!r}")
 
     def _call(self, operation: str) -> None:
         self._on_call(operation)
 
-    def _ensure_image(self, action: EnsureImage) -> None:
-        what = f"image {action.image} for {action.service}"
-        present = self._image_present(action.image)
-        if action.build is not None:
-            if present and action.pull != "always":
-                return
-            with docker_errors(f"build {what}"):
-                self._call("image_build")
-                for chunk in self.api.build(
-                    path=action.build.context,
-                    dockerfile=action.build.dockerfile,
-                    tag=action.image,
-                    rm=True,
-                    decode=True,
-                ):
-                    if "error" in chunk:
-                        raise ActionFailed(f"build {what}: {chunk['error'].strip()}")
-            return
-        if action.pull == "never" or (present and action.pull == "missing"):
-            if not present:
-                raise ActionFailed(f"{what}: not present and pull policy is never")
-            return
-        repo, tag = parse_repository_tag(action.image)
-        with docker_errors(f"pull {what}"):
-            self._call("image_pull")
-            self.api.pull(repo, tag=tag or "latest")
-        if not self._image_present(action.image):
-            raise ActionFailed(f"pull {what}: the pull finished but the image is not present")
+    def _disconnect(self, cid: str, network: str) -> None:
+        self._call("network_disconnect")
+        try:
+            self.api.disconnect_container_from_network(cid, network)
+        except docker.errors.APIError as exc:
+            if exc.status_code not in (403, 404):  # not attached (any more): nothing to undo
+                raise
 
-    def _image_present(self, image: str) -> bool:
+    # ------------------------------------------------------------------- images
+
+    def image_present(self, image: str) -> bool:
         try:
             with docker_errors(f"inspect image {image}"):
                 self.api.inspect_image(image)
@@ -261,20 +320,176 @@ class Engine:
                 return False
             raise
 
-    def _remove(self, cid: str, name: str, grace: int | None) -> None:
+    def ensure_image(
+        self,
+        action: EnsureImage,
+        *,
+        timeout_s: float,
+        progress: Callable[[str], None] = lambda line: None,
+    ) -> None:
+        """Pull or build as the pull policy says, within `timeout_s` (a stalled or slow
+        transfer is cut off, not waited for); `progress` gets a line every few seconds."""
+        what = f"image {action.image} for {action.service}"
+        present = self.image_present(action.image)
+        if action.build is not None:
+            if present and action.pull != "always":
+                return
+            self._build(action, what, timeout_s, progress)
+            return
+        if action.pull == "never" or (present and action.pull == "missing"):
+            if not present:
+                raise ActionFailed(f"{what}: not present and pull policy is never")
+            return
+        self._pull(action.image, what, timeout_s, progress)
+        if not self.image_present(action.image):
+            raise ActionFailed(f"pull {what}: the pull finished but the image is not present")
+
+    def _pull(
+        self, image: str, what: str, timeout_s: float, progress: Callable[[str], None]
+    ) -> None:
+        repo, tag = parse_repository_tag(image)
+        registry, _ = docker.auth.resolve_repository_name(repo)
+        headers = {}
+        header = docker.auth.get_config_header(self.api, registry)
+        if header:
+            headers["X-Registry-Auth"] = header
+        with docker_errors(f"pull {what}"), self._deadline(timeout_s, f"pull {what}") as watch:
+            self._call("image_pull")
+            # docker-py's pull() streams without any timeout: post it ourselves so a stalled
+            # transfer ends (read timeout) and a slow one is closed at the deadline.
+            response = self.api._post(
+                self.api._url("/images/create"),
+                params={"fromImage": repo, "tag": tag or "latest"},
+                headers=headers,
+                stream=True,
+                timeout=(10, STALL_TIMEOUT_S),
+            )
+            watch.attach(response)
+            self.api._raise_for_status(response)
+            layers: dict[str, tuple[int, int]] = {}
+            for chunk in self.api._stream_helper(response, decode=True):
+                if "error" in chunk:
+                    raise ActionFailed(f"pull {what}: {str(chunk['error']).strip()}")
+                detail = chunk.get("progressDetail") or {}
+                if chunk.get("id") and detail.get("total"):
+                    layers[chunk["id"]] = (int(detail.get("current", 0)), int(detail["total"]))
+                if watch.due_for_progress():
+                    done = sum(c for c, _ in layers.values()) / 1e6
+                    total = sum(t for _, t in layers.values()) / 1e6
+                    progress(f"{done:.1f} of {total:.1f} MB")
+
+    def _build(
+        self, action: EnsureImage, what: str, timeout_s: float, progress: Callable[[str], None]
+    ) -> None:
+        assert action.build is not None
+        with docker_errors(f"build {what}"), self._deadline(timeout_s, f"build {what}") as watch:
+            self._call("image_build")
+            for chunk in self.api.build(
+                path=action.build.context,
+                dockerfile=action.build.dockerfile,
+                tag=action.image,
+                rm=True,
+                decode=True,
+                timeout=STALL_TIMEOUT_S,
+            ):
+                if "error" in chunk:
+                    raise ActionFailed(f"build {what}: {chunk['error'].strip()}")
+                watch.check()
+                line = str(chunk.get("stream") or "").strip()
+                if line.startswith("Step ") and watch.due_for_progress():
+                    progress(line)
+
+    @contextmanager
+    def _deadline(self, timeout_s: float, what: str) -> Iterator[_Deadline]:
+        watch = _Deadline(timeout_s)
+        self._transfers.add(watch)
+        try:
+            yield watch
+        except (requests.exceptions.RequestException, docker.errors.DockerException, OSError):
+            if watch.expired or watch.cancelled:
+                why = "cancelled" if watch.cancelled else f"timed out after {timeout_s:g}s"
+                raise ActionFailed(f"{what}: {why}", transient=True) from None
+            raise
+        finally:
+            watch.close()
+            self._transfers.discard(watch)
+
+    def cancel_transfers(self) -> None:
+        """Cut off every pull and build under way (shutdown)."""
+        for watch in list(self._transfers):
+            watch.cancel()
+
+    # ------------------------------------------------------------------- stop
+
+    def _stop(self, cid: str, name: str, grace: float | None, *, restart: bool = False) -> None:
+        """Stop (or restart) with the service's grace, sub-second too; gone counts as done."""
+        grace = DEFAULT_GRACE_S if grace is None else grace
+        verb = "restart" if restart else "stop"
+        try:
+            with docker_errors(f"{verb} {name}"):
+                if grace == int(grace):
+                    # docker-py adds the grace to its HTTP timeout for these two calls.
+                    self._call(f"container_{verb}")
+                    if restart:
+                        self.api.restart(cid, timeout=int(grace))
+                    else:
+                        self.api.stop(cid, timeout=int(grace))
+                    return
+                # Docker takes whole seconds: signal, wait the grace ourselves, then kill.
+                info = self.api.inspect_container(cid)
+                if (info.get("State") or {}).get("Running"):
+                    signal = (info.get("Config") or {}).get("StopSignal") or "SIGTERM"
+                    self._call("container_kill")
+                    self.api.kill(cid, signal=signal)
+                    try:
+                        self._call("container_wait")
+                        self.api.wait(cid, timeout=grace)
+                    except requests.exceptions.RequestException:
+                        with contextlib.suppress(docker.errors.APIError):
+                            self._call("container_kill")
+                            self.api.kill(cid)
+                if restart:
+                    self._call("container_start")
+                    self.api.start(cid)
+        except ActionFailed as exc:
+            if not isinstance(exc.__cause__, docker.errors.NotFound) or restart:
+                raise
+
+    def _remove(self, cid: str, name: str, grace: float | None) -> None:
         """Stop gracefully, then remove; already gone counts as done. Volumes are kept."""
+        self._stop(cid, name, grace)
         try:
             with docker_errors(f"remove {name}"):
-                self._call("container_stop")
-                self.api.stop(cid, timeout=grace)
                 self._call("container_remove")
                 self.api.remove_container(cid, v=False, force=True)
         except ActionFailed as exc:
             if not isinstance(exc.__cause__, docker.errors.NotFound):
                 raise
 
-    def _create(self, spec: ContainerSpec) -> str:
-        """Create the container and join its networks; return its ID (not started)."""
+    @contextmanager
+    def _name_clash(self, name: str) -> Iterator[None]:
+        """Say whose container holds a name we need: a foreign one is left alone for good; one
+        of ours means another reconciler acts on the project (retry soon)."""
+        try:
+            yield
+        except NameConflict as exc:
+            info = self.inspect(name) or {}
+            labels = (info.get("Config") or {}).get("Labels") or {}
+            holder = str(info.get("Id", ""))[:12]
+            if labels.get(LABEL_MANAGED) == "true":
+                raise ActionFailed(
+                    f"create {name}: the name is taken by another reconciler-managed container "
+                    f"({holder}, project {labels.get(LABEL_PROJECT)}): is a second reconciler "
+                    "acting on this project?",
+                    transient=True,
+                ) from exc
+            raise NameConflict(
+                f"create {name}: the name is taken by container {holder}, which reconciler "
+                "does not manage; it is left alone"
+            ) from exc
+
+    def _create(self, spec: ContainerSpec, name: str) -> str:
+        """Create the container as `name` and join its networks; return its ID (not started)."""
         api = self.api
         port_bindings: dict[str, list[Any]] = {}
         for p in spec.ports:
@@ -306,6 +521,7 @@ class Engine:
             networking = api.create_networking_config(
                 {first.network: api.create_endpoint_config(aliases=list(first.aliases))}
             )
+        grace = spec.stop_grace_s
         healthcheck: dict[str, Any] | None = None
         if spec.healthcheck is not None:
             hc = spec.healthcheck
@@ -317,13 +533,13 @@ class Engine:
                     "retries": hc.retries,
                     "start_period": int(hc.start_period_s * 1e9),
                 }
-        with docker_errors(f"create {spec.name}"):
+        with self._name_clash(name), docker_errors(f"create {name}"):
             self._call("container_create")
             created = api.create_container(
                 spec.image,
                 command=list(spec.command) if spec.command is not None else None,
                 entrypoint=list(spec.entrypoint) if spec.entrypoint is not None else None,
-                name=spec.name,
+                name=name,
                 environment=list(spec.environment),
                 labels=spec.all_labels(),
                 ports=[(p.container_port, p.protocol) for p in spec.ports] or None,
@@ -332,35 +548,16 @@ class Engine:
                 hostname=spec.hostname,
                 healthcheck=healthcheck,
                 stop_signal=spec.stop_signal,
-                stop_timeout=spec.stop_grace_s,
+                stop_timeout=None if grace is None else math.ceil(grace),
                 host_config=host_config,
                 networking_config=networking,
             )
         cid: str = created["Id"]
-        with docker_errors(f"connect {spec.name}"):
+        with docker_errors(f"connect {name}"):
             for att in spec.networks[1:] if not spec.network_mode else ():
                 self._call("network_connect")
                 api.connect_container_to_network(cid, att.network, aliases=list(att.aliases))
         return cid
-
-    def wait_ready(self, name: str, *, healthy: bool, timeout: float = READY_TIMEOUT_S) -> None:
-        """Wait until the container runs (and is healthy when it has a healthcheck)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            info = self.inspect(name)
-            state = (info or {}).get("State") or {}
-            health = (state.get("Health") or {}).get("Status")
-            up = state.get("Running") and not state.get("Restarting")
-            if up and (not healthy or health == "healthy"):
-                return
-            if info is None or state.get("Status") in ("exited", "dead"):
-                code = state.get("ExitCode")
-                raise ActionFailed(f"{name} did not stay up after (re)creation (exit code {code})")
-            if time.monotonic() > deadline:
-                raise ActionFailed(
-                    f"{name} not ready after {timeout:.0f}s (health: {health})", transient=True
-                )
-            time.sleep(0.1)
 
 
 def _owned(labels: dict[str, str] | None, project: str) -> bool:

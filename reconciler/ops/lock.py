@@ -37,19 +37,22 @@ class ProjectLock:
         self.path = (directory or default_lock_dir()) / f"reconciler-{project}.lock"
         self._fd: int | None = None
 
-    def acquire(self) -> None:
+    def acquire(self, role: str = "reconciler daemon") -> None:
+        """Take the lock or raise LockHeld naming who holds it (`role` is what we are)."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            text = os.pread(fd, 128, 0).decode(errors="replace").strip()
+            pid, _, holder = text.partition(" ")
             os.close(fd)
             raise LockHeld(
-                f"another reconciler (pid {holder}) already manages this project "
-                f"(lock {self.path}); refusing to start a second one"
+                f"a {holder or 'reconciler'} (pid {pid or 'unknown'}) already acts on this "
+                f"project (lock {self.path}); it applies the file itself: stop it first, "
+                f"or let it converge. Refusing to run a {role} beside it"
             ) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{os.getpid()} {role}\n".encode(), 0)
         self._fd = fd
 
     def release(self) -> None:

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reconciler.core.model import DesiredState
+from reconciler.core import rollout as ro
+from reconciler.core.model import DesiredState, ObservedContainer, ServiceSpec
 from reconciler.engine.docker_engine import Engine
 
 STALE_AFTER_S = 300.0
@@ -28,12 +29,42 @@ def read_crashloops(path: Path) -> dict[str, dict[str, Any]]:
     return dict(data.get("crashloop") or {})
 
 
-def render_status(desired: DesiredState, engine: Engine, status_file: Path | None = None) -> str:
-    """service, desired, running, healthy, restarts, image — plus a line per broken replica."""
+def rollout_state(
+    svc: ServiceSpec, record: ro.RolloutRecord, containers: tuple[ObservedContainer, ...]
+) -> str:
+    """`rolling out 2/3`, `rolled back from <rev>: <reason>`, `paused: <reason>` or `-`."""
+    record = ro.refresh(record, svc)
+    target, mode = ro.target(svc, record)
+    mine = tuple(c for c in containers if c.service == svc.name)
+    done = ro.updated_count(target, mine)
+    if mode == "rolled_back":
+        back = "" if ro.converged(target, mine) else f" ({done}/{len(target.replicas)})"
+        return f"rolled back from {svc.revision[:12]}{back}: {record.failed_reason}"
+    if mode == "paused":
+        return f"paused: {record.paused_reason}"
+    if record.rolling_revision or not ro.converged(target, mine):
+        if any(
+            c.spec_hash != s.spec_hash
+            for s in target.replicas
+            for c in mine
+            if c.replica == s.replica
+        ):
+            return f"rolling out {done}/{len(target.replicas)}"
+    return "-"
+
+
+def render_status(
+    desired: DesiredState,
+    engine: Engine,
+    status_file: Path | None = None,
+    store: Any = None,
+) -> str:
+    """service, desired, running, healthy, restarts, image, rollout — plus a line per broken
+    replica. `store` (a StateStore) gives each service's rollout record."""
     observed = engine.observe(desired.project)
     live = {c.name: c for c in observed.containers}
     loops = read_crashloops(status_file) if status_file else {}
-    rows = [("SERVICE", "DESIRED", "RUNNING", "HEALTHY", "RESTARTS", "IMAGE")]
+    rows = [("SERVICE", "DESIRED", "RUNNING", "HEALTHY", "RESTARTS", "IMAGE", "ROLLOUT")]
     problems: list[str] = []
     for svc in desired.services:
         running = healthy = restarts = 0
@@ -60,8 +91,17 @@ def render_status(desired: DesiredState, engine: Engine, status_file: Path | Non
                 problems.append(
                     f"  {spec.name}: {'unhealthy' if c.health == 'unhealthy' else state}"
                 )
+        record = store.get(svc.name) if store is not None else ro.RolloutRecord()
         rows.append(
-            (svc.name, str(len(svc.replicas)), str(running), str(healthy), str(restarts), svc.image)
+            (
+                svc.name,
+                str(len(svc.replicas)),
+                str(running),
+                str(healthy),
+                str(restarts),
+                svc.image,
+                rollout_state(svc, record, observed.containers),
+            )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [

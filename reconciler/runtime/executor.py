@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from reconciler.core.model import Action, Plan, Step
-from reconciler.errors import ActionFailed, EngineUnavailable
+from reconciler.errors import ActionFailed, Deferred, EngineUnavailable
 
-Outcome = Literal["success", "error", "skipped"]
+Outcome = Literal["success", "error", "skipped", "waiting"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +33,10 @@ def apply(
     *,
     workers: int = 8,
     on_result: Callable[[StepResult], None] | None = None,
+    cancelled: Callable[[], bool] = lambda: False,
 ) -> tuple[StepResult, ...]:
-    """Execute `plan`; return one result per step, in completion order."""
+    """Execute `plan`; return one result per step, in completion order. Once `cancelled()`
+    says so (shutdown), steps not yet started are skipped."""
     steps = {s.key: s for s in plan.steps}
     pending: dict[str, Step] = dict(steps)
     results: dict[str, StepResult] = {}
@@ -54,12 +56,10 @@ def apply(
                 failed = next(
                     (d for d in deps if d in results and results[d].outcome != "success"), None
                 )
-                if failed:
+                if failed or cancelled():
                     del pending[key]
-                    finish(
-                        StepResult(step.action, "skipped", f"skipped: {failed} did not succeed"),
-                        key,
-                    )
+                    why = f"{failed} did not succeed" if failed else "shutting down"
+                    finish(StepResult(step.action, "skipped", f"skipped: {why}"), key)
                 elif all(d in results for d in deps):
                     del pending[key]
                     running[pool.submit(_run, step.action, execute)] = key
@@ -79,6 +79,8 @@ def _run(action: Action, execute: Callable[[Action], None]) -> StepResult:
     start = time.monotonic()
     try:
         execute(action)
+    except Deferred as exc:
+        return StepResult(action, "waiting", str(exc), time.monotonic() - start)
     except EngineUnavailable as exc:
         return StepResult(action, "error", str(exc), time.monotonic() - start, transient=True)
     except ActionFailed as exc:

@@ -1,0 +1,645 @@
+"""Reconciles one key of one project: `resync`, `service:NAME` or `image:NAME`.
+
+Called by the workers of a `WorkQueue` (the daemon, and `reconciler apply`): a key is
+never handled by two workers at once, so each service's bookkeeping is its own. Nothing
+here waits: a rollout monitor, a drain, a back-off or a pull in progress is a requeue
+(`Outcome.requeue_after`). Pulls and builds run under their own keys, with a deadline.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import structlog
+
+from reconciler.core import records
+from reconciler.core import rollout as ro
+from reconciler.core.healing import HealingBook, LastRun, docker_will_restart
+from reconciler.core.model import (
+    JUST_CREATED,
+    LABEL_SPEC_HASH,
+    Action,
+    ConnectNetwork,
+    CreateContainer,
+    CreateNetwork,
+    CreateVolume,
+    DesiredState,
+    DrainContainer,
+    EnsureImage,
+    HealPolicy,
+    Observed,
+    ObservedContainer,
+    Plan,
+    ServiceSpec,
+    SignalContainer,
+    StartContainer,
+    Step,
+    UnpauseContainer,
+)
+from reconciler.core.model import (
+    RestartContainer as _Restart,
+)
+from reconciler.core.planner import Holds, plan
+from reconciler.engine.docker_engine import Engine
+from reconciler.errors import ActionFailed, Deferred, EngineUnavailable
+from reconciler.runtime.executor import StepResult, apply
+from reconciler.runtime.state_store import StateStore
+
+if TYPE_CHECKING:  # prometheus_client is imported only where metrics are served
+    from reconciler.ops.metrics import Metrics
+
+log = structlog.get_logger("reconciler")
+
+RESYNC = "resync"
+DEPENDENCY_RECHECK_S = 1.0
+VERIFY_AFTER_FAST_HEAL_S = 0.5
+
+
+def service_key(name: str) -> str:
+    return f"service:{name}"
+
+
+def image_key(name: str) -> str:
+    return f"image:{name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    requeue_after: float | None = None
+    busy: bool = False  # a rollout, drain, pull or dependency is under way: not settled
+    errors: int = 0
+    actions: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceView:
+    """What `status` shows of a service's rollout."""
+
+    mode: ro.Mode
+    updated: int
+    total: int
+    rolling: bool
+    record: ro.RolloutRecord
+
+
+class Controller:
+    """Keeps one project converged, one key at a time."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        desired: DesiredState,
+        store: StateStore,
+        *,
+        metrics: Metrics | None = None,
+        enqueue: Callable[[str, float], None] = lambda key, delay: None,
+        clock: Callable[[], float] = time.time,
+        workers: int = 16,
+        pull_timeout_s: float = 600.0,
+        cancelled: Callable[[], bool] = lambda: False,
+        on_result: Callable[[StepResult], None] | None = None,
+        on_note: Callable[[str], None] = lambda note: None,
+    ) -> None:
+        self.engine = engine
+        self.desired = desired
+        self.store = store
+        self.metrics = metrics
+        self.enqueue = enqueue
+        self.clock = clock
+        self.workers = workers
+        self.pull_timeout_s = pull_timeout_s
+        self.cancelled = cancelled
+        self.on_result = on_result
+        self.on_note = on_note
+        self.books: dict[str, HealingBook] = {}
+        self._drained: dict[str, dict[str, float]] = {}  # service -> container id -> until
+        self._last_runs: dict[str, LastRun] = {}  # exited container id -> its last run
+        self._started: dict[str, float] = {}  # replacement id -> when it started
+        self._images_ready: dict[str, EnsureImage] = {}  # service -> image made present
+        self._images_wanted: dict[str, EnsureImage] = {}
+        self._hints: dict[str, str] = {}  # service -> id of a replica that just died
+        self._quiet: set[str] = set()  # services whose last reconcile found nothing to do
+        self._known: set[str] = set()  # container names seen: a create is then a heal
+        self._known_volumes: set[str] = set()
+        self._rows: dict[str, tuple[str, int, int, int]] = {}
+        self._drift: dict[str, dict[str, int]] = {}
+        self._lock = threading.Lock()  # for what several keys' workers share (metrics rows)
+        self._infra_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ entry points
+
+    def hint_died(self, service: str, container_id: str) -> None:
+        """A replica died (Docker event): the next reconcile of its service may start it
+        straight away, without a full observe, if nothing else is pending for the service."""
+        self._hints[service] = container_id
+
+    def reconcile(self, key: str, trigger: str = "manual") -> Outcome:
+        """One reconcile of one key; raise EngineUnavailable if the engine cannot be read."""
+        kind, _, name = key.partition(":")
+        start = time.monotonic()
+        try:
+            if kind == "service":
+                outcome = self._service(name)
+            elif kind == "image":
+                outcome = self._image(name)
+            else:
+                outcome = self._resync()
+        except EngineUnavailable:
+            if self.metrics:
+                self.metrics.runs.labels("error").inc()
+            raise
+        level = log.info if outcome.actions or trigger not in ("interval", "backoff") else log.debug
+        level(
+            "pass",
+            project=self.desired.project,
+            key=key,
+            trigger=trigger,
+            actions=outcome.actions,
+            errors=outcome.errors,
+            requeue_s=None if outcome.requeue_after is None else round(outcome.requeue_after, 3),
+            duration_ms=round((time.monotonic() - start) * 1000, 1),
+        )
+        if self.metrics and kind != "image":
+            m = self.metrics
+            m.docker_up.set(1)
+            m.runs.labels("error" if outcome.errors else "success").inc()
+            m.duration.observe(time.monotonic() - start)
+            if not outcome.errors:
+                m.last_success.set(self.clock())
+        return outcome
+
+    # ------------------------------------------------------------------ resync
+
+    def _resync(self) -> Outcome:
+        """Observe the project once; queue every service that has something to do."""
+        desired = self.desired
+        observed = self.engine.observe(desired.project)
+        now = self.clock()
+        drift: dict[str, int] = {}
+        for svc in desired.services:
+            target, mode, rollout = self._target(svc)
+            mine = _containers_of(observed, svc.name)
+            holds = Holds(
+                now=now,
+                drained=dict(self._drained.get(svc.name, {})),
+                rollouts={svc.name: rollout},
+            )
+            p = plan(_restrict(desired, target), replace(observed, containers=mine), holds)
+            for note in p.notes:
+                log.debug("note", project=desired.project, service=svc.name, note=note)
+                self.on_note(note)
+            for a in p.actions:
+                drift[a.kind] = drift.get(a.kind, 0) + 1
+            if p.steps or p.wake_at or svc.name not in self._quiet:
+                self.enqueue(service_key(svc.name), 0.0)
+        wanted = {s.name for s in desired.services}
+        for gone in sorted({c.service for c in observed.containers} - wanted):
+            self.enqueue(service_key(gone), 0.0)
+            drift["container"] = drift.get("container", 0) + 1
+        if self.metrics:
+            for kind in ("network", "volume", "image", "container"):
+                self.metrics.drift.labels(kind).set(drift.get(kind, 0))
+        return Outcome()
+
+    # ------------------------------------------------------------------ services
+
+    def _target(self, svc: ServiceSpec) -> tuple[ServiceSpec, ro.Mode, ro.Rollout]:
+        record = ro.refresh(self.store.get(svc.name), svc)
+        target, mode = ro.target(svc, record)
+        return target, mode, ro.rollout_for(svc, record, mode)
+
+    def _service(self, name: str) -> Outcome:
+        desired = self.desired
+        svc = next((s for s in desired.services if s.name == name), None)
+        hint = self._hints.pop(name, None)
+        if svc is not None and hint and name in self._quiet:
+            fast = self._fast_heal(desired, svc, hint)
+            if fast is not None:
+                return fast
+        now = self.clock()
+        observed = self.engine.observe(desired.project)
+        mine = self._with_start_times(_containers_of(observed, name))
+        book = self.books.setdefault(name, HealingBook())
+        drained = self._drained.setdefault(name, {})
+        for cid in [c for c in drained if c not in {m.id for m in mine}]:
+            del drained[cid]
+
+        if svc is None:  # gone from the file: drain and remove what is left of it
+            sub = DesiredState(desired.project, (), (), ())
+            holds = Holds(now=now, drained=dict(drained))
+            p = plan(sub, replace(observed, containers=mine), holds)
+            results = self._apply(p)
+            self._after(name, results, book, drained, now, {})
+            self._quiet.discard(name)
+            return self._outcome(p, results, book, now)
+
+        record = ro.refresh(self.store.get(name), svc)
+        target, mode = ro.target(svc, record)
+        rollout = ro.rollout_for(svc, record, mode)
+        sub = _restrict(desired, target)
+        sub_observed = replace(observed, containers=mine)
+        last_runs = self._runs(mine)
+        base = book.holds(sub, sub_observed, last_runs, now)
+        holds = replace(
+            base,
+            now=now,
+            ready=_ready(desired, observed),
+            drained=dict(drained),
+            rollouts={name: rollout},
+        )
+        p = plan(sub, sub_observed, holds)
+        for note in p.notes:
+            log.debug("note", project=desired.project, service=name, note=note)
+            self.on_note(note)
+        results = self._apply(p)
+        policies = {f"image:{name}": svc.heal} | {
+            k: svc.heal for c in target.replicas for k in _keys_of(c.name)
+        }
+        self._after(name, results, book, drained, now, policies)
+
+        refusals = tuple(
+            records.Refusal(r.action.name, r.error or "")
+            for r in results
+            if r.outcome == "error" and _is_replacement(r.action)
+        )
+        after = self.engine.containers(desired.project) if results else observed.containers
+        after_mine = tuple(c for c in after if c.service == name)
+        new_record, events = records.advance(
+            record, svc, target, mode, p.verdicts, refusals, after_mine, now
+        )
+        self.store.put(name, new_record)
+        for event in events:
+            self._rollout_event(name, event)
+        self._service_metrics(svc, target, after_mine, new_record)
+        if any(r.outcome == "success" and isinstance(r.action, StartContainer) for r in results):
+            for other in desired.services:  # dependents may start now
+                if name in other.depends_on:
+                    self.enqueue(service_key(other.name), 0.0)
+        outcome = self._outcome(p, results, book, now)
+        if events and events[-1].kind in ("rolled_back", "paused"):
+            return replace(outcome, requeue_after=0.0, busy=True)  # act on the new target now
+        in_flight = any(ro.is_temp_name(c.name) for c in after_mine)
+        if in_flight or (mode != "paused" and not ro.converged(target, after_mine)):
+            outcome = replace(outcome, busy=outcome.busy or in_flight)
+        if not p.steps and p.wake_at is None and not book.next_wakeup(now):
+            self._quiet.add(name)
+        else:
+            self._quiet.discard(name)
+        return outcome
+
+    def _outcome(
+        self, p: Plan, results: tuple[StepResult, ...], book: HealingBook, now: float
+    ) -> Outcome:
+        times = [t for t in (p.wake_at, book.next_wakeup(now)) if t is not None]
+        delay = max(0.0, min(times) - now) if times else None
+        if any(r.outcome == "success" for r in results):
+            delay = 0.0  # level-based: look again at once, the next step may be due now
+        waiting = any(r.outcome == "waiting" for r in results)
+        gated = any("waiting for" in n for n in p.notes)
+        if gated:
+            delay = DEPENDENCY_RECHECK_S if delay is None else min(delay, DEPENDENCY_RECHECK_S)
+        busy = waiting or gated or p.wake_at is not None
+        errors = sum(1 for r in results if r.outcome == "error")
+        actions = sum(1 for r in results if r.outcome != "waiting")
+        return Outcome(delay, busy, errors, actions)
+
+    def _fast_heal(self, desired: DesiredState, svc: ServiceSpec, cid: str) -> Outcome | None:
+        """Start a replica that just died, on one inspect, when it is plainly ours to start:
+        its spec is current, no back-off holds it, Docker's restart policy will not."""
+        info = self.engine.inspect(cid)
+        if info is None:
+            return None
+        name = str(info.get("Name", "")).lstrip("/")
+        state = info.get("State") or {}
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        spec = next((c for c in svc.replicas if c.name == name), None)
+        run = self.engine.last_run_of(info)
+        if (
+            spec is None
+            or svc.state != "running"
+            or state.get("Status") != "exited"
+            or labels.get(LABEL_SPEC_HASH) != spec.spec_hash
+            or run is None
+            or docker_will_restart(spec.restart, run)
+        ):
+            return None
+        book = self.books.setdefault(svc.name, HealingBook())
+        if book.exit_hold(name, run, svc.heal, self.clock()) is not None:
+            return None
+        action = StartContainer(cid, name, svc.name, f"exited ({run.exit_code})")
+        results = self._apply(Plan(steps=(Step(action),)))
+        self._after(svc.name, results, book, self._drained.setdefault(svc.name, {}), 0.0, {})
+        if not results or results[0].outcome != "success":
+            return None
+        return Outcome(VERIFY_AFTER_FAST_HEAL_S, actions=1)
+
+    def _with_start_times(
+        self, containers: tuple[ObservedContainer, ...]
+    ) -> tuple[ObservedContainer, ...]:
+        """Replacements being judged need their start time (one inspect each, remembered)."""
+        out = []
+        for c in containers:
+            if ro.is_temp_name(c.name) and c.state != "created":
+                if c.id not in self._started:
+                    at = self.engine.started_at(c.id)
+                    if at is not None:
+                        self._started[c.id] = at
+                c = replace(c, started_at=self._started.get(c.id))
+            out.append(c)
+        live = {c.id for c in containers}
+        for cid in [k for k in self._started if k not in live and k in self._started]:
+            if not any(cid == c.id for c in containers):
+                self._started.pop(cid, None)
+        return tuple(out)
+
+    def _runs(self, containers: tuple[ObservedContainer, ...]) -> dict[str, LastRun]:
+        """Last runs of exited replicas: one inspect per exit, remembered while it stays so."""
+        runs: dict[str, LastRun] = {}
+        for c in containers:
+            if c.state in ("exited", "dead"):
+                run = self._last_runs.get(c.id)
+                if run is None:
+                    run = self.engine.last_run(c.id)
+                    if run is not None:
+                        self._last_runs[c.id] = run
+                if run is not None:
+                    runs[c.name] = run
+            else:
+                self._last_runs.pop(c.id, None)
+        return runs
+
+    # ------------------------------------------------------------------ images
+
+    def _image(self, service: str) -> Outcome:
+        """Pull or build a service's image (its own key: it never holds up a heal)."""
+        action = self._images_wanted.get(service)
+        if action is None:
+            return Outcome()
+        started = time.monotonic()
+        log.info(
+            "action",
+            service=service,
+            object=action.image,
+            action=action.verb,
+            kind="image",
+            reason=action.reason,
+            result="started",
+        )
+
+        def progress(line: str) -> None:
+            log.info("image progress", service=service, image=action.image, progress=line)
+
+        try:
+            self.engine.ensure_image(action, timeout_s=self.pull_timeout_s, progress=progress)
+        except ActionFailed as exc:
+            result = StepResult(
+                action, "error", str(exc), time.monotonic() - started, exc.transient
+            )
+        else:
+            result = StepResult(action, "success", None, time.monotonic() - started)
+            self._images_ready[service] = action
+        self._images_wanted.pop(service, None)
+        self._report(result)
+        book = self.books.setdefault(service, HealingBook())
+        svc = next((s for s in self.desired.services if s.name == service), None)
+        heal = {action.key: svc.heal} if svc else {}
+        if result.outcome == "error":
+            book.record_failures(
+                [(action.key, result.error or "", result.transient)], [], heal, self.clock()
+            )
+        else:
+            book.record_failures([], [action.key], heal, self.clock())
+        self.enqueue(service_key(service), 0.0)
+        return Outcome(errors=int(result.outcome == "error"), actions=1)
+
+    def _ensure(self, action: EnsureImage) -> None:
+        """The EnsureImage step of a service plan: done when the image is there for this
+        spec; otherwise queue the pull or build and come back when it is over."""
+        if self._images_ready.get(action.service) == action:
+            return
+        if (
+            action.build is None
+            and action.pull == "missing"
+            and self.engine.image_present(action.image)
+        ):
+            self._images_ready[action.service] = action
+            return
+        if action.pull == "never" and action.build is None:
+            self.engine.ensure_image(action, timeout_s=self.pull_timeout_s)
+            return
+        self._images_wanted[action.service] = action
+        self.enqueue(image_key(action.service), 0.0)
+        raise Deferred(f"waiting for the {action.verb} of {action.image}")
+
+    # ------------------------------------------------------------------ apply
+
+    def _execute(self, action: Action) -> None:
+        if isinstance(action, EnsureImage):
+            self._ensure(action)
+        elif isinstance(action, CreateNetwork | CreateVolume):
+            # Services share networks and volumes: one creator at a time, and only once
+            # (Docker lets two networks have one name).
+            with self._infra_lock:
+                if not self.engine.exists(action.kind, action.name):
+                    self.engine.execute(action)
+        else:
+            self.engine.execute(action)
+
+    def _apply(self, p: Plan) -> tuple[StepResult, ...]:
+        if not p.steps:
+            return ()
+        return apply(
+            p,
+            self._execute,
+            workers=self.workers,
+            on_result=self._report,
+            cancelled=self.cancelled,
+        )
+
+    def _after(
+        self,
+        service: str,
+        results: tuple[StepResult, ...],
+        book: HealingBook,
+        drained: dict[str, float],
+        now: float,
+        policies: Mapping[str, HealPolicy],
+    ) -> None:
+        """Bookkeeping after a service's steps: back-offs, drains, signals, known names."""
+        failed = [
+            (r.action.key, r.error or "", r.transient)
+            for r in results
+            if r.outcome == "error" and not _is_replacement(r.action)
+        ]
+        succeeded = [r.action.key for r in results if r.outcome == "success"]
+        book.record_failures(failed, succeeded, policies, now)
+        svc = next((s for s in self.desired.services if s.name == service), None)
+        drain_s = svc.drain_s if svc else 0.0
+        for r in results:
+            a = r.action
+            if r.outcome != "success":
+                continue
+            if isinstance(a, DrainContainer):
+                drained[a.id] = now + drain_s
+            elif isinstance(a, ConnectNetwork) and a.reconnect:
+                drained.pop(a.id, None)
+            elif isinstance(a, SignalContainer):
+                book.signalled[a.id] = a.digest
+            elif isinstance(a, CreateVolume):
+                if a.spec.name in self._known_volumes:
+                    log.warning(
+                        "volume was removed and is recreated EMPTY: its data is gone",
+                        volume=a.spec.name,
+                        project=self.desired.project,
+                    )
+                self._known_volumes.add(a.spec.name)
+            elif isinstance(a, CreateContainer) and a.as_name is None:
+                self._known.add(a.spec.name)
+            elif isinstance(a, StartContainer):
+                self._last_runs.pop(a.id, None)
+
+    def _report(self, r: StepResult) -> None:
+        a = r.action
+        service = a.service
+        fields = {
+            "service": service,
+            "container": a.name if a.kind == "container" else None,
+            "object": a.name if a.kind != "container" else None,
+            "action": a.verb,
+            "kind": a.kind,
+            "reason": a.reason,
+            "duration_ms": round(r.duration_s * 1000, 1),
+            "result": r.outcome,
+        }
+        fields = {k: v for k, v in fields.items() if v is not None}
+        if r.outcome == "success":
+            log.info("action", **fields)
+        elif r.outcome == "waiting":
+            log.info("action", note=r.error, **fields)
+        else:
+            log.warning("action", error=r.error, **fields)
+        if self.on_result:
+            self.on_result(r)
+        if self.metrics and r.outcome in ("success", "error"):
+            self.metrics.actions.labels(a.verb, a.kind, r.outcome).inc()
+            if r.outcome == "error":
+                self.metrics.docker_errors.labels(f"{a.verb}_{a.kind}").inc()
+            reason = self._heal_reason(a)
+            if reason and r.outcome == "success" and service:
+                self.metrics.heals.labels(service, reason).inc()
+
+    def _heal_reason(self, a: Action) -> str | None:
+        match a:
+            case StartContainer(reason=reason) if reason != JUST_CREATED and not (
+                ro.is_temp_name(a.name) or reason.startswith("replaces")
+            ):
+                return "exited"
+            case _Restart():
+                return "unhealthy"
+            case UnpauseContainer():
+                return "paused"
+            case CreateContainer(reason="dead"):
+                return "dead"
+            case CreateContainer(spec=spec, as_name=None) if spec.name in self._known:
+                return "removed"
+            case ConnectNetwork(reconnect=False):
+                return "network"
+        return None
+
+    # ------------------------------------------------------------------ rollouts
+
+    def _rollout_event(self, service: str, event: records.RolloutEvent) -> None:
+        fields = {"service": service, "revision": event.revision[:12]}
+        if event.kind == "started":
+            log.info("rollout started", **fields)
+        elif event.kind == "completed":
+            log.info("rollout completed", **fields)
+        elif event.kind == "rolled_back":
+            log.warning("rollout failed; rolling back", reason=event.reason, **fields)
+        else:
+            log.warning("rollout paused", reason=event.reason, **fields)
+        if self.metrics and event.kind != "started":
+            self.metrics.rollout_finished(service, event.kind)
+
+    def view(self, svc: ServiceSpec, containers: tuple[ObservedContainer, ...]) -> ServiceView:
+        record = ro.refresh(self.store.get(svc.name), svc)
+        target, mode = ro.target(svc, record)
+        mine = tuple(c for c in containers if c.service == svc.name)
+        rolling = bool(record.rolling_revision) or (
+            mode == "rolled_back" and not ro.converged(target, mine)
+        )
+        return ServiceView(
+            mode, ro.updated_count(target, mine), len(target.replicas), rolling, record
+        )
+
+    def _service_metrics(
+        self,
+        svc: ServiceSpec,
+        target: ServiceSpec,
+        containers: tuple[ObservedContainer, ...],
+        record: ro.RolloutRecord,
+    ) -> None:
+        if self.metrics is None:
+            return
+        live = {c.name: c for c in containers}
+        cs = [live[c.name] for c in target.replicas if c.name in live]
+        running = sum(1 for c in cs if c.state == "running")
+        healthy = sum(1 for c in cs if c.state == "running" and c.health in (None, "healthy"))
+        rolling = bool(record.rolling_revision) or (
+            record.failed_revision == svc.revision and not ro.converged(target, containers)
+        )
+        with self._lock:
+            self._rows[svc.name] = (svc.name, len(svc.replicas), running, healthy)
+            wanted = {s.name for s in self.desired.services}
+            rows = [row for name, row in self._rows.items() if name in wanted]
+            self.metrics.set_replicas(rows)
+            self.metrics.set_rollout(svc.name, rolling)
+            loops = sum(
+                1 for _ in self.books.get(svc.name, HealingBook()).crashlooping(self.clock())
+            )
+            self.metrics.crashloop.labels(svc.name).set(loops)
+
+    def crashloops(self) -> dict[str, dict[str, object]]:
+        """Replicas in crash-loop back-off, for `reconciler status` (JSON-ready)."""
+        now = self.clock()
+        out: dict[str, dict[str, object]] = {}
+        for book in list(self.books.values()):
+            out |= book.snapshot(now)
+        return out
+
+
+def _containers_of(observed: Observed, service: str) -> tuple[ObservedContainer, ...]:
+    return tuple(c for c in observed.containers if c.service == service)
+
+
+def _restrict(desired: DesiredState, svc: ServiceSpec) -> DesiredState:
+    """The desired state of one service: it and the networks and volumes it uses."""
+    nets = {a.network for c in svc.replicas for a in c.networks}
+    vols = {v for c in svc.replicas for v in c.volumes}
+    return replace(
+        desired,
+        networks=tuple(n for n in desired.networks if n.name in nets),
+        volumes=tuple(v for v in desired.volumes if v.name in vols),
+        services=(svc,),
+    )
+
+
+def _ready(desired: DesiredState, observed: Observed) -> frozenset[str]:
+    """Services whose every replica runs (what a dependent's start waits for)."""
+    running = {c.name for c in observed.containers if c.state == "running"}
+    return frozenset(s.name for s in desired.services if all(c.name in running for c in s.replicas))
+
+
+def _keys_of(name: str) -> tuple[str, ...]:
+    return (f"container:{name}", f"create:{name}")
+
+
+def _is_replacement(action: Action) -> bool:
+    """A create or start of a replacement: Docker refusing it fails the rollout."""
+    if isinstance(action, CreateContainer):
+        return action.as_name is not None
+    return isinstance(action, StartContainer) and ro.is_temp_name(action.name)

@@ -1,0 +1,46 @@
+"""Signals, caught before anything else happens: SIGTERM/SIGINT ask to stop, SIGHUP asks
+for a reload. The handlers only set flags: a handler may interrupt the main thread anywhere,
+even inside a lock, so it takes none. `pump` turns the flags into events (main thread)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+PUMP_INTERVAL_S = 0.1
+
+
+class SignalRelay:
+    """Install once at start-up (`reconciler run`), before the file is even read."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.reload = threading.Event()
+        self._stop_asked = False
+        self._reload_asked = False
+
+    def install(self) -> SignalRelay:
+        def on_term(signum: int, frame: FrameType | None) -> None:
+            self._stop_asked = True
+
+        def on_hup(signum: int, frame: FrameType | None) -> None:
+            self._reload_asked = True
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+        signal.signal(signal.SIGHUP, on_hup)
+        return self
+
+    def pump(self) -> None:
+        """Deliver what the handlers noted, until a stop is asked (run it in the main thread).
+
+        Many SIGHUPs between two looks are one reload request."""
+        while not self.stop.is_set():
+            if self._reload_asked:
+                self._reload_asked = False
+                self.reload.set()
+            if self._stop_asked:
+                self.stop.set()
+                return
+            self.stop.wait(PUMP_INTERVAL_S)
