@@ -1,4 +1,9 @@
-"""structlog configuration: JSON lines for journald, readable lines on a terminal."""
+"""structlog configuration: JSON lines for journald, readable lines on a terminal.
+
+Our own events go through structlog; records of the standard library's loggers (APScheduler,
+docker, urllib3) go through a `ProcessorFormatter` that renders them with the same renderer,
+timestamp, level and redaction, so stdout carries one format.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import structlog
 
 SECRET_KEY = re.compile(r"pass|secret|token|credential|api_?key|private", re.IGNORECASE)
 REDACTED = "[redacted]"
+FOREIGN_LEVEL = logging.WARNING
 
 
 def redact_secrets(
@@ -24,27 +30,59 @@ def redact_secrets(
     return event
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """The handler `configure` installs on the root logger (found again by its class)."""
+
+
 def configure(level: str = "info", *, json: bool | None = None) -> None:
-    """Log to stdout; JSON when stdout is not a terminal unless `json` says otherwise."""
+    """Log to stdout; JSON when stdout is not a terminal unless `json` says otherwise.
+
+    Safe to call again: the previous stdlib handler is replaced, not duplicated.
+    """
     if json is None:
         json = not sys.stdout.isatty()
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
     )
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             redact_secrets,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            timestamper,
             structlog.processors.format_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        # One write() per line (print() writes the newline separately), so a line of ours
+        # and one from the stdlib handler cannot interleave.
+        logger_factory=structlog.WriteLoggerFactory(sys.stdout),
         cache_logger_on_first_use=False,
     )
-    # APScheduler logs through the standard library: keep its warnings, in the same stream.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(name)s: %(message)s")
+    # APScheduler, docker and urllib3 log through the standard library: keep their warnings,
+    # rendered like ours, in the same stream.
+    handler = _StdoutHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.contextvars.merge_contextvars,
+                structlog.processors.add_log_level,
+                structlog.stdlib.add_logger_name,
+                timestamper,
+                redact_secrets,
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StdoutHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(FOREIGN_LEVEL)
