@@ -22,8 +22,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from reconciler.config import loader as desired
 from reconciler.engine.docker_engine import Engine
 from reconciler.ops.logs import REDACTED, redact_secrets
-from reconciler.ops.metrics import Metrics
-from reconciler.runtime.reconcile import Reconciler
+from reconciler.ops.metrics import ROLLOUT_RESULTS, Metrics
 from tests.conftest import REQUIRE_DOCKER, DaemonProcess, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,7 +109,7 @@ def test_promtool_accepts_rules_and_config(tmp_path: Path) -> None:
         text=True,
     )
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 6 rules found" in rules.stdout
+    assert "SUCCESS: 8 rules found" in rules.stdout
     config = subprocess.run(
         [promtool, "check", "config", "prometheus.yml"],
         cwd=CONFIGS / "prometheus",
@@ -121,7 +120,8 @@ def test_promtool_accepts_rules_and_config(tmp_path: Path) -> None:
 
 
 def test_alert_rules_cover_the_reconciler() -> None:
-    """Alerts: down, passes failing, persistent drift, crash loop, invalid desired state."""
+    """Alerts: down, passes failing, persistent drift, crash loop, invalid desired state,
+    a rollout rolled back or paused."""
     groups = yaml.safe_load((CONFIGS / "prometheus/alert.yml").read_text())["groups"]
     alerts = {r["alert"]: r for g in groups for r in g["rules"]}
     assert {
@@ -130,24 +130,142 @@ def test_alert_rules_cover_the_reconciler() -> None:
         "ReconcilerDriftPersists",
         "ReconcilerCrashLoop",
         "ReconcilerDesiredStateInvalid",
+        "ReconcilerRolloutRolledBack",
+        "ReconcilerRolloutPaused",
     } <= set(alerts)
     assert alerts["ReconcilerDriftPersists"]["for"] == "5m"
+
+
+def test_rollout_alerts_fire_on_a_rollback_or_pause(tmp_path: Path) -> None:
+    """promtool test rules: a rollback (a paused rollout) of a service whose counter series
+    exists at 0 fires its alert with the service named, and it resolves 15 minutes later."""
+    rules = yaml.safe_load((CONFIGS / "prometheus/alert.yml").read_text())
+    by_name = {r["alert"]: r for g in rules["groups"] for r in g["rules"] if "alert" in r}
+
+    def expected(alert: str, service: str, result: str) -> dict[str, Any]:
+        notes = {
+            k: v.replace("{{ $labels.service }}", service)
+            for k, v in by_name[alert]["annotations"].items()
+        }
+        assert "{{" not in "".join(notes.values())
+        labels = {"severity": "warning", "service": service, "result": result}
+        return {"exp_labels": labels, "exp_annotations": notes}
+
+    series = 'reconciler_rollouts_total{{service="{}",result="{}"}}'
+    test = {
+        "rule_files": [str(CONFIGS / "prometheus/alert.yml")],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    # web rolls back at 2m; api pauses at 3m; completed rollouts alert nobody.
+                    {"series": series.format("web", "rolled_back"), "values": "0 0 1x30"},
+                    {"series": series.format("web", "paused"), "values": "0x32"},
+                    {"series": series.format("api", "paused"), "values": "0 0 0 1x30"},
+                    {"series": series.format("api", "completed"), "values": "0 1 2 3x30"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "1m", "alertname": "ReconcilerRolloutRolledBack"},
+                    {
+                        "eval_time": "5m",
+                        "alertname": "ReconcilerRolloutRolledBack",
+                        "exp_alerts": [
+                            expected("ReconcilerRolloutRolledBack", "web", "rolled_back")
+                        ],
+                    },
+                    {
+                        "eval_time": "5m",
+                        "alertname": "ReconcilerRolloutPaused",
+                        "exp_alerts": [expected("ReconcilerRolloutPaused", "api", "paused")],
+                    },
+                    {"eval_time": "25m", "alertname": "ReconcilerRolloutRolledBack"},
+                    {"eval_time": "25m", "alertname": "ReconcilerRolloutPaused"},
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "rollout_test.yml"
+    path.write_text(yaml.safe_dump(test))
+    proc = subprocess.run(
+        [tool("promtool"), "test", "rules", str(path)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_rollout_metrics() -> None:
+    """Rollout series exist at 0 once set_replicas sees a service (so increase() in the alerts
+    counts the first rollback); set_rollout / rollout_finished move them; a service gone
+    loses its in-progress gauge but keeps its counts."""
+    m = Metrics(CollectorRegistry(), process=False)
+    get = m.registry.get_sample_value
+    assert get("reconciler_rollout_in_progress", {"service": "web"}) is None
+    m.set_replicas([("web", 2, 2, 2), ("api", 1, 1, 1)])
+    for result in ROLLOUT_RESULTS:
+        assert get("reconciler_rollouts_total", {"service": "web", "result": result}) == 0
+    assert get("reconciler_rollout_in_progress", {"service": "web"}) == 0
+
+    m.set_rollout("web", True)
+    m.set_replicas([("web", 2, 2, 2), ("api", 1, 1, 1)])  # a pass does not reset it
+    assert get("reconciler_rollout_in_progress", {"service": "web"}) == 1
+    m.rollout_finished("web", "rolled_back")
+    assert get("reconciler_rollouts_total", {"service": "web", "result": "rolled_back"}) == 1
+    assert get("reconciler_rollout_in_progress", {"service": "web"}) == 0
+    with pytest.raises(ValueError):
+        m.rollout_finished("web", "exploded")
+
+    m.set_rollout("web", True)
+    m.set_rollout("batch", True)  # never seen by set_replicas
+    m.set_crashloop({"web": 1}, ["web", "api"])
+    m.set_replicas([("api", 1, 1, 1)])
+    assert get("reconciler_rollout_in_progress", {"service": "web"}) is None
+    assert get("reconciler_rollout_in_progress", {"service": "batch"}) is None
+    assert get("reconciler_service_replicas", {"service": "web", "state": "running"}) is None
+    assert get("reconciler_crashloop_replicas", {"service": "web"}) is None
+    assert get("reconciler_rollout_in_progress", {"service": "api"}) == 0
+    assert get("reconciler_rollouts_total", {"service": "web", "result": "rolled_back"}) == 1
+
+
+def test_promtool_check_metrics_with_and_without_rollouts() -> None:
+    """The exposition passes `promtool check metrics` before any service is known (families
+    without series) and with rollout series."""
+    promtool = tool("promtool")
+    m = Metrics(CollectorRegistry())
+    bodies = [generate_latest(m.registry)]
+    m.set_replicas([("web", 1, 1, 1)])
+    m.set_rollout("web", True)
+    m.rollout_finished("web", "completed")
+    bodies.append(generate_latest(m.registry))
+    assert b'reconciler_rollouts_total{result="completed",service="web"} 1.0' in bodies[1]
+    for body in bodies:
+        check = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True)
+        assert check.returncode == 0, (check.stdout + check.stderr).decode()
 
 
 # ----------------------------------------------------------------- real engine
 
 
 @pytest.mark.docker
-def test_pass_updates_metrics(
-    api: docker.APIClient, busybox_image: str, project: str, write_state: Callable[..., Path]
+def test_reconcile_updates_metrics(
+    api: docker.APIClient,
+    busybox_image: str,
+    project: str,
+    write_state: Callable[..., Path],
+    tmp_path: Path,
 ) -> None:
-    """A pass counts runs, actions, drift and replicas on its registry."""
+    """Reconciling counts runs and actions, sets drift, replicas and the rollout series, and
+    counts a heal, on its registry."""
+    from reconciler.runtime.controller import RESYNC, Controller
+    from reconciler.runtime.oneshot import settle
+    from reconciler.runtime.state_store import StateStore
+
     metrics = Metrics(CollectorRegistry(), process=False)
-    rec = Reconciler(Engine(api), metrics)
     state = desired.load(write_state(small(project, busybox_image)))
-    rec.run_pass(state)
+    store = StateStore(project, tmp_path / "state")
+    controller = Controller(Engine(api), state, store, metrics=metrics)
     get = metrics.registry.get_sample_value
-    assert get("reconciler_reconcile_runs_total", {"result": "success"}) == 1
+    assert settle(controller, timeout_s=60)
+    assert (get("reconciler_reconcile_runs_total", {"result": "success"}) or 0) >= 1
     assert (
         get(
             "reconciler_actions_total",
@@ -155,15 +273,22 @@ def test_pass_updates_metrics(
         )
         == 2
     )
-    assert get("reconciler_drift", {"kind": "container"}) == 2
     assert get("reconciler_service_replicas", {"service": "web", "state": "running"}) == 2
-    api.remove_container(f"{project}-web-1", force=True)
-    rec.run_pass(state)
-    assert get("reconciler_heals_total", {"service": "web", "reason": "removed"}) == 1
-    assert get("reconciler_drift", {"kind": "container"}) == 1
-    rec.run_pass(state)
+    assert get("reconciler_rollouts_total", {"service": "web", "result": "rolled_back"}) == 0
+    assert get("reconciler_rollout_in_progress", {"service": "web"}) == 0
+
+    controller.enqueue = lambda key, delay: None  # settle's queue is shut down
+    controller.reconcile(RESYNC)
     assert get("reconciler_drift", {"kind": "container"}) == 0
-    assert get("reconciler_reconcile_runs_total", {"result": "success"}) == 3
+    api.remove_container(f"{project}-web-1", force=True)
+    controller.reconcile(RESYNC)
+    assert (get("reconciler_drift", {"kind": "container"}) or 0) >= 1  # create (and start)
+    assert settle(controller, timeout_s=60)
+    assert get("reconciler_heals_total", {"service": "web", "reason": "removed"}) == 1
+    assert get("reconciler_service_replicas", {"service": "web", "state": "running"}) == 2
+    controller.enqueue = lambda key, delay: None
+    controller.reconcile(RESYNC)
+    assert get("reconciler_drift", {"kind": "container"}) == 0
 
 
 @pytest.mark.docker
@@ -191,6 +316,8 @@ def test_endpoints_and_promtool_check_metrics(
         "reconciler_desired_state_valid 1.0",
         "process_resident_memory_bytes",
         'reconciler_reconcile_trigger_total{trigger="interval"}',
+        'reconciler_rollouts_total{result="rolled_back",service="web"} 0.0',
+        'reconciler_rollout_in_progress{service="web"} 0.0',
     ):
         assert name in body, name
     check = subprocess.run(

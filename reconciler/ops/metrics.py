@@ -28,6 +28,7 @@ from prometheus_client import (
 from reconciler import __version__
 
 HEAL_REASONS = ("exited", "unhealthy", "removed", "dead", "paused", "network")
+ROLLOUT_RESULTS = ("completed", "rolled_back", "paused")
 
 
 class Metrics:
@@ -83,6 +84,22 @@ class Metrics:
             ["service"],
             registry=r,
         )
+        # No rollout series at construction: the services are not known yet (a family without
+        # series still exports HELP/TYPE, which `promtool check metrics` accepts). set_replicas
+        # creates them at 0 for each service it sees, so that increase() in the alert rules
+        # sees the first rollback of a service (a series born at 1 shows no increase).
+        self.rollouts = Counter(
+            "reconciler_rollouts",
+            "Rollouts finished, by service and result.",
+            ["service", "result"],
+            registry=r,
+        )
+        self.rollout_in_progress = Gauge(
+            "reconciler_rollout_in_progress",
+            "1 while a service is rolling out or rolling back.",
+            ["service"],
+            registry=r,
+        )
         self.docker_up = Gauge("reconciler_docker_up", "1 when the engine answers.", registry=r)
         self.docker_errors = Counter(
             "reconciler_docker_errors",
@@ -110,6 +127,7 @@ class Metrics:
         self.build.info({"version": __version__})
         self._generation = 0
         self._services: set[str] = set()
+        self._rolling: set[str] = set()  # set_rollout's services not yet in set_replicas
         for result in ("success", "error"):
             self.runs.labels(result)
         self.docker_up.set(0)
@@ -123,20 +141,47 @@ class Metrics:
         self.state_valid.set(1)
 
     def set_replicas(self, rows: Iterable[tuple[str, int, int, int]]) -> None:
-        """(service, desired, running, healthy) rows; series of services gone are dropped."""
+        """(service, desired, running, healthy) rows; series of services gone are dropped.
+
+        Also makes the rollout series of each service exist (at 0 unless already set).
+        """
         current = set()
         for service, desired, running, healthy in rows:
             current.add(service)
             self.replicas.labels(service, "desired").set(desired)
             self.replicas.labels(service, "running").set(running)
             self.replicas.labels(service, "healthy").set(healthy)
+            self.rollout_in_progress.labels(service)
+            for result in ROLLOUT_RESULTS:
+                self.rollouts.labels(service, result)
         for service in self._services - current:
-            with contextlib.suppress(KeyError):
-                for state in ("desired", "running", "healthy"):
-                    self.replicas.remove(service, state)
-                self.crashloop.remove(service)
+            for state in ("desired", "running", "healthy"):
+                _drop(self.replicas, service, state)
+            _drop(self.crashloop, service)
+        for service in (self._services | self._rolling) - current:
+            _drop(self.rollout_in_progress, service)
+        self._rolling = set()
         self._services = current
 
     def set_crashloop(self, counts: dict[str, int], services: Iterable[str]) -> None:
         for service in services:
             self.crashloop.labels(service).set(counts.get(service, 0))
+
+    def set_rollout(self, service: str, in_progress: bool) -> None:
+        """Mark `service` as rolling out or back (1) or not (0); dropped with the service."""
+        self.rollout_in_progress.labels(service).set(1 if in_progress else 0)
+        if service not in self._services:
+            self._rolling.add(service)
+
+    def rollout_finished(self, service: str, result: str) -> None:
+        """Count a finished rollout (`result` in ROLLOUT_RESULTS); it is no longer in progress."""
+        if result not in ROLLOUT_RESULTS:
+            raise ValueError(f"rollout result {result!r} is not one of {ROLLOUT_RESULTS}")
+        self.rollouts.labels(service, result).inc()
+        self.set_rollout(service, False)
+
+
+def _drop(metric: Gauge, *labels: str) -> None:
+    """Remove one labelled series; older prometheus_client raise KeyError when it is absent."""
+    with contextlib.suppress(KeyError):
+        metric.remove(*labels)
