@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
 import urllib.parse
 import urllib.request
@@ -21,6 +22,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from reconciler.config import loader as desired
 from reconciler.engine.docker_engine import Engine
+from reconciler.ops.http import serve
 from reconciler.ops.logs import REDACTED, redact_secrets
 from reconciler.ops.metrics import ROLLOUT_RESULTS, Metrics
 from tests.conftest import REQUIRE_DOCKER, DaemonProcess, free_port, wait_for
@@ -240,6 +242,34 @@ def test_promtool_check_metrics_with_and_without_rollouts() -> None:
     for body in bodies:
         check = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True)
         assert check.returncode == 0, (check.stdout + check.stderr).decode()
+
+
+def test_http_endpoints_outlive_half_sent_requests() -> None:
+    """Clients that send half a request line are disconnected after the socket timeout, and
+    /metrics answers while they hang."""
+    metrics = Metrics(CollectorRegistry(), process=False)
+    server = serve(
+        ("127.0.0.1", 0), metrics.registry, lambda: (True, "ok"), lambda: (True, "ok"), timeout=0.5
+    )
+    port = server.server_address[1]
+    slow = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(8)]
+    try:
+        for sock in slow:
+            sock.sendall(b"GET /metr")  # no end of line, ever
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            assert r.status == 200
+            assert b"reconciler_docker_up" in r.read()
+        for sock in slow:
+            try:
+                data = sock.recv(1024)  # blocks until the server closes (or 60s: fail)
+            except ConnectionResetError:
+                data = b""
+            assert data == b"", data
+    finally:
+        for sock in slow:
+            sock.close()
+        server.shutdown()
+        server.server_close()
 
 
 # ----------------------------------------------------------------- real engine

@@ -10,11 +10,24 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 Check = Callable[[], tuple[bool, str]]
 
+# Seconds a connection may sit idle on a read or a write before it is closed: a client that
+# sends half a request, or reads no answer, does not keep its thread and socket forever.
+CONNECTION_TIMEOUT = 5.0
+
 
 def serve(
-    address: tuple[str, int], registry: CollectorRegistry, healthz: Check, readyz: Check
+    address: tuple[str, int],
+    registry: CollectorRegistry,
+    healthz: Check,
+    readyz: Check,
+    *,
+    timeout: float = CONNECTION_TIMEOUT,
 ) -> ThreadingHTTPServer:
-    """Start serving in a daemon thread; call `.shutdown()` to stop."""
+    """Start serving in a daemon thread; call `.shutdown()` to stop.
+
+    Each connection gets its own daemon thread and a socket `timeout`, so a slow or stuck
+    client neither blocks the other scrapes nor keeps the process from exiting.
+    """
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -37,6 +50,7 @@ def serve(
         def log_message(self, format: str, *args: object) -> None:  # scrapes are not news
             pass
 
+    Handler.timeout = timeout  # StreamRequestHandler.setup() applies it to each connection
     server = ThreadingHTTPServer(address, Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
