@@ -35,7 +35,9 @@ import yaml
 from bench.common import BENCH_LABEL, start_daemon, summary, table, write_json
 from reconciler.config import loader as desired
 from reconciler.engine.docker_engine import Engine
-from reconciler.runtime.reconcile import Reconciler
+from reconciler.runtime.controller import RESYNC, Controller
+from reconciler.runtime.oneshot import settle
+from reconciler.runtime.state_store import StateStore
 from tests.enginekit import CountingClient, build_scratch_image, remove_labelled
 
 IMAGE = "reconciler-bench-busybox:1"
@@ -184,21 +186,22 @@ def noop_passes(n: int, trials: int, run: str) -> dict[str, Any]:
         path.write_text(yaml.safe_dump(doc))
         state = desired.load(path)
     client = CountingClient()
-    rec = Reconciler(Engine(client.api))
+    state_dir = tempfile.mkdtemp()
+    rec = Controller(Engine(client.api), state, StateStore(state.project, Path(state_dir)))
     try:
-        first = rec.run_pass(state)
-        assert first.ok, first.errors
+        assert settle(rec, timeout_s=600), "did not converge"
         requests, walls, cpus = [], [], []
-        for _ in range(trials):
+        for _ in range(trials):  # the periodic resync of a converged project
             client.calls.clear()
             w0, c0 = time.perf_counter(), time.process_time()
-            result = rec.run_pass(state)
+            result = rec.reconcile(RESYNC, "interval")
             walls.append(time.perf_counter() - w0)
             cpus.append(time.process_time() - c0)
             requests.append(len(client.calls))
-            assert not result.results
+            assert not result.actions
     finally:
         remove_labelled(client.api, f"{BENCH_LABEL}={run}")
+        shutil.rmtree(state_dir, ignore_errors=True)
     return {"requests": requests, "wall_s": walls, "cpu_s": cpus}
 
 

@@ -42,14 +42,11 @@ def rollout_state(
         return f"rolled back from {svc.revision[:12]}{back}: {record.failed_reason}"
     if mode == "paused":
         return f"paused: {record.paused_reason}"
-    if record.rolling_revision or not ro.converged(target, mine):
-        if any(
-            c.spec_hash != s.spec_hash
-            for s in target.replicas
-            for c in mine
-            if c.replica == s.replica
-        ):
-            return f"rolling out {done}/{len(target.replicas)}"
+    stale = any(
+        c.spec_hash != s.spec_hash for s in target.replicas for c in mine if c.replica == s.replica
+    )
+    if stale and (record.rolling_revision or not ro.converged(target, mine)):
+        return f"rolling out {done}/{len(target.replicas)}"
     return "-"
 
 

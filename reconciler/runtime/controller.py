@@ -181,7 +181,7 @@ class Controller:
         now = self.clock()
         drift: dict[str, int] = {}
         for svc in desired.services:
-            target, mode, rollout = self._target(svc)
+            target, _, rollout = self._target(svc)
             mine = _containers_of(observed, svc.name)
             holds = Holds(
                 now=now,

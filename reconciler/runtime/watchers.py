@@ -110,12 +110,16 @@ class EventWatcher:
                 and action in CONTAINER_EVENTS
             ):
                 self.on_container(attrs.get(LABEL_SERVICE, ""), action, actor.get("ID", ""))
-        elif kind == "network":
-            if action in NETWORK_EVENTS and attrs.get("name") in {n.name for n in desired.networks}:
-                self.on_other()
-        elif kind == "volume":
-            if action in VOLUME_EVENTS and actor.get("ID") in {v.name for v in desired.volumes}:
-                self.on_other()
+        elif (
+            kind == "network"
+            and action in NETWORK_EVENTS
+            and attrs.get("name") in {n.name for n in desired.networks}
+        ) or (
+            kind == "volume"
+            and action in VOLUME_EVENTS
+            and actor.get("ID") in {v.name for v in desired.volumes}
+        ):
+            self.on_other()
 
 
 def stamps(path: Path, watched: tuple[str, ...]) -> tuple[object, ...]:
