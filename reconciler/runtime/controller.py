@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -34,14 +35,12 @@ from reconciler.core.model import (
     Observed,
     ObservedContainer,
     Plan,
+    RestartContainer,
     ServiceSpec,
     SignalContainer,
     StartContainer,
     Step,
     UnpauseContainer,
-)
-from reconciler.core.model import (
-    RestartContainer as _Restart,
 )
 from reconciler.core.planner import Holds, plan
 from reconciler.engine.docker_engine import Engine
@@ -121,7 +120,7 @@ class Controller:
         self._started: dict[str, float] = {}  # replacement id -> when it started
         self._images_ready: dict[str, EnsureImage] = {}  # service -> image made present
         self._images_wanted: dict[str, EnsureImage] = {}
-        self._hints: dict[str, str] = {}  # service -> id of a replica that just died
+        self._hints: dict[str, set[str]] = {}  # service -> ids of replicas that just died
         self._quiet: set[str] = set()  # services whose last reconcile found nothing to do
         self._known: set[str] = set()  # container names seen: a create is then a heal
         self._known_volumes: set[str] = set()
@@ -135,7 +134,7 @@ class Controller:
     def hint_died(self, service: str, container_id: str) -> None:
         """A replica died (Docker event): the next reconcile of its service may start it
         straight away, without a full observe, if nothing else is pending for the service."""
-        self._hints[service] = container_id
+        self._hints.setdefault(service, set()).add(container_id)
 
     def reconcile(self, key: str, trigger: str = "manual") -> Outcome:
         """One reconcile of one key; raise EngineUnavailable if the engine cannot be read."""
@@ -215,9 +214,11 @@ class Controller:
     def _service(self, name: str) -> Outcome:
         desired = self.desired
         svc = next((s for s in desired.services if s.name == name), None)
-        hint = self._hints.pop(name, None)
-        if svc is not None and hint and name in self._quiet:
-            fast = self._fast_heal(desired, svc, hint)
+        hints = self._hints.pop(name, set())
+        if svc is not None and len(hints) == 1 and name in self._quiet:
+            # One replica died and nothing else is pending: start it on one inspect. Several
+            # (a mass failure) take the full path, which starts them all in parallel.
+            fast = self._fast_heal(desired, svc, hints.pop())
             if fast is not None:
                 return fast
         now = self.clock()
@@ -357,20 +358,20 @@ class Controller:
         return tuple(out)
 
     def _runs(self, containers: tuple[ObservedContainer, ...]) -> dict[str, LastRun]:
-        """Last runs of exited replicas: one inspect per exit, remembered while it stays so."""
-        runs: dict[str, LastRun] = {}
+        """Last runs of exited replicas: one inspect per exit (in parallel when a mass failure
+        left many), remembered while the container stays exited."""
+        down = [c for c in containers if c.state in ("exited", "dead")]
         for c in containers:
-            if c.state in ("exited", "dead"):
-                run = self._last_runs.get(c.id)
-                if run is None:
-                    run = self.engine.last_run(c.id)
-                    if run is not None:
-                        self._last_runs[c.id] = run
-                if run is not None:
-                    runs[c.name] = run
-            else:
+            if c.state not in ("exited", "dead"):
                 self._last_runs.pop(c.id, None)
-        return runs
+        missing = [c.id for c in down if c.id not in self._last_runs]
+        if len(missing) > 1:
+            with ThreadPoolExecutor(max_workers=min(8, len(missing))) as pool:
+                found = dict(zip(missing, pool.map(self.engine.last_run, missing), strict=True))
+        else:
+            found = {cid: self.engine.last_run(cid) for cid in missing}
+        self._last_runs.update({cid: run for cid, run in found.items() if run is not None})
+        return {c.name: self._last_runs[c.id] for c in down if c.id in self._last_runs}
 
     # ------------------------------------------------------------------ images
 
@@ -538,7 +539,7 @@ class Controller:
                 ro.is_temp_name(a.name) or reason.startswith("replaces")
             ):
                 return "exited"
-            case _Restart():
+            case RestartContainer():
                 return "unhealthy"
             case UnpauseContainer():
                 return "paused"
