@@ -44,11 +44,13 @@ Latency = Docker's `start` event time minus the time just before the fault, on o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import random
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -83,36 +85,63 @@ HEAL_TIMEOUT_S = 300.0  # a busy heal today can wait for a whole blocked pass (1
 
 class StartWatcher:
     """Collects Docker container events of the bench's containers in the background:
-    `start` times per container id, and every start/create/kill/die/destroy with its labels."""
+    `start` times per container id, and every start/create/kill/die/destroy with its labels.
+
+    Subscribed when made (before any fault). If the stream breaks (dockerd restarted), it
+    reconnects and replays from the last event seen; `breaks` keeps when that happened,
+    since a figure measured across an engine restart means little."""
 
     def __init__(self, api: docker.APIClient, label: str) -> None:
         self.api = api
         self.starts: dict[str, list[float]] = {}
         self.events: list[tuple[float, str, str, dict[str, str]]] = []  # time, action, id, attrs
+        self.breaks: list[float] = []
+        self._seen: set[tuple[int, str, str]] = set()
+        self._closed = threading.Event()
         self._cond = threading.Condition()
-        self._stream = api.events(
-            decode=True,
-            filters={
-                "type": ["container"],
-                "event": ["start", "create", "kill", "die", "destroy"],
-                "label": [label],
-            },
-        )
-        threading.Thread(target=self._run, daemon=True).start()
+        self._filters = {
+            "type": ["container"],
+            "event": ["start", "create", "kill", "die", "destroy"],
+            "label": [label],
+        }
+        self._stream = api.events(decode=True, filters=self._filters)
+        threading.Thread(target=self._run, name="bench-events", daemon=True).start()
 
     def _run(self) -> None:
-        try:
-            for event in self._stream:
-                t = event["timeNano"] / 1e9
-                action = (event.get("Action") or event.get("status") or "").split(":")[0]
-                attrs = (event.get("Actor") or {}).get("Attributes") or {}
-                with self._cond:
-                    self.events.append((t, action, event["id"], attrs))
-                    if action == "start":
-                        self.starts.setdefault(event["id"], []).append(t)
-                    self._cond.notify_all()
-        except Exception:  # closed at the end of the run
-            return
+        last = time.time()
+        while True:
+            try:
+                for event in self._stream:
+                    last = max(last, self._record(event))
+            except Exception:  # closed, or the engine went away
+                pass
+            if self._closed.is_set():
+                return
+            self.breaks.append(time.time())
+            print("  the Docker event stream broke (dockerd restarted?); reconnecting", flush=True)
+            while not self._closed.wait(1.0):
+                try:
+                    self._stream = self.api.events(
+                        decode=True, filters=self._filters, since=f"{last:.9f}"
+                    )
+                    break
+                except Exception:
+                    continue
+
+    def _record(self, event: dict[str, Any]) -> float:
+        t = event["timeNano"] / 1e9
+        action = (event.get("Action") or event.get("status") or "").split(":")[0]
+        attrs = (event.get("Actor") or {}).get("Attributes") or {}
+        key = (event["timeNano"], event["id"], action)
+        with self._cond:
+            if key in self._seen:  # replayed after a reconnect
+                return t
+            self._seen.add(key)
+            self.events.append((t, action, event["id"], attrs))
+            if action == "start":
+                self.starts.setdefault(event["id"], []).append(t)
+            self._cond.notify_all()
+        return t
 
     def first_start_after(
         self, pick: Callable[[str], bool], t0: float, timeout: float = 30
@@ -176,7 +205,9 @@ class StartWatcher:
             return max(self.starts.get(cid, []), default=None)
 
     def close(self) -> None:
-        self._stream.close()
+        self._closed.set()
+        with contextlib.suppress(Exception):
+            self._stream.close()
 
 
 def running_pid(api: docker.APIClient, cid: str) -> int:
@@ -776,6 +807,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pull-mb", type=float, default=30.0, help="busy-b: layer size, MB")
     parser.add_argument("--pull-rate-mb", type=float, default=1.0, help="busy-b: proxy MB/s")
     args = parser.parse_args(argv)
+    # Ctrl-C / SIGTERM unwind through the cleanups (a background shell ignores SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     cases: list[str] = args.cases
     single_trials = args.trials or 20
     busy_trials = args.trials or 10
@@ -890,6 +924,11 @@ def main(argv: list[str] | None = None) -> int:
     print(table(["case (seconds to running again)", "n", "p50", "p95", "min", "max"], rows))
     print()
     print("\n".join(lines))
+    if watcher.breaks:
+        print(
+            f"WARNING the Docker event stream broke {len(watcher.breaks)} time(s) (dockerd "
+            "restarted?): figures measured across it are suspect"
+        )
     for case, error in errors.items():
         print(f"FAILED {case}: {error}")
     path = write_json(
@@ -908,6 +947,7 @@ def main(argv: list[str] | None = None) -> int:
                 for kind, r in busy.items()
             },
             "errors": errors,
+            "event_stream_breaks": watcher.breaks,
         },
     )
     print(f"\nwrote {path}")
