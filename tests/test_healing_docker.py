@@ -417,7 +417,7 @@ def test_second_daemon_on_the_same_project_is_refused(
         timeout=60,
     )
     assert second.returncode == 2
-    assert "another reconciler" in second.stderr and str(d.proc.pid) in second.stderr
+    assert "already acts on this project" in second.stderr and str(d.proc.pid) in second.stderr
 
 
 # How long to keep watching after Docker's restart: past the moment the daemon leaves to
