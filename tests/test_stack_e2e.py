@@ -9,13 +9,15 @@ ports bound to 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import shutil
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +130,29 @@ def backends(n: int = 30) -> tuple[set[str], list[str]]:
     return seen, errors
 
 
+@contextlib.contextmanager
+def steady_load(threads: int) -> Iterator[list[str]]:
+    """Requests through HAProxy from several threads until the block ends; yields failures."""
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            status, body, _ = fetch("http://127.0.0.1:8000/")
+            if status != 200:
+                errors.append(f"{status} {body}")
+
+    workers = [threading.Thread(target=hammer, daemon=True) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    try:
+        yield errors
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(10)
+
+
 def haproxy_servers() -> dict[str, str]:
     """The status of each server slot of the `grafanas` backend, from HAProxy's stats CSV."""
     status, body, _ = fetch("http://127.0.0.1:8404/;csv")
@@ -203,25 +228,23 @@ def test_shipped_stack_end_to_end(
     assert {r["metric"]["instance"] for r in up} == addresses  # ours, both
     haproxy_id = api.inspect_container(haproxy)["Id"]
 
-    # Scale Grafana to 3 by editing the file: served, with no HAProxy restart.
-    write(3)
-    wait_for(lambda: len(backends(30)[0]) == 3, 60, interval=0.2, what="3 replicas via 8000")
-    assert api.inspect_container(haproxy)["Id"] == haproxy_id
+    # Scale Grafana 3 -> 1 three times by editing the file: new replicas are served with no
+    # HAProxy restart; removed ones are drained out of DNS first, so no request fails while
+    # they go, watched until HAProxy itself has dropped them (slots in maintenance).
+    for round_ in range(3):
+        write(3)
+        wait_for(lambda: len(backends(30)[0]) == 3, 60, interval=0.2, what="3 replicas via 8000")
+        assert api.inspect_container(haproxy)["Id"] == haproxy_id
+        with steady_load(threads=6) as errors:  # requests in flight while replicas go
+            write(1)
 
-    # Scale to 1: every request succeeds while replicas go away, watched until HAProxy itself
-    # has dropped the removed ones (its DNS resolution put their slots in maintenance).
-    write(1)
-    errors: list[str] = []
+            def scaled_down() -> bool:
+                live = [n for n, st in haproxy_servers().items() if not st.startswith("MAINT")]
+                return len(grafana_containers(api, project)) == 1 and len(live) == 1
 
-    def scaled_down() -> bool:
-        seen, errs = backends(10)
-        errors.extend(errs)
-        live = [name for name, st in haproxy_servers().items() if not st.startswith("MAINT")]
-        return len(seen) == 1 and len(grafana_containers(api, project)) == 1 and len(live) == 1
-
-    wait_for(scaled_down, 60, interval=0.0, what="HAProxy to serve the one replica left, only")
-    seen, errs = backends(30)
-    assert (len(seen), errs + errors) == (1, [])
+            wait_for(scaled_down, 60, interval=0.2, what="HAProxy to serve the one replica left")
+        seen, errs = backends(30)
+        assert (round_, len(seen), errs + errors) == (round_, 1, [])
 
     # A changed haproxy.cfg is applied by a reload signal: same container, new config.
     cfg = tmp_path / "configs/haproxy/haproxy.cfg"
