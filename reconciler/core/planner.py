@@ -9,7 +9,9 @@ A replica is a slot (service, replica number). A slot whose container runs anoth
 replaced through a container under a temporary name: created beside the old one, started
 (after the old one is drained and stopped, for `stop-first`), judged by `rollout.judge`,
 and only then is the old one removed and the new one renamed. A replacement that fails is
-removed and the old one runs again.
+removed and the old one runs again. No create or rename takes a name a container holds: it
+follows the step that frees the name, or waits (a replica whose name another slot still
+holds is created under its temporary name and renamed later).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from reconciler.core.model import (
     UnpauseContainer,
 )
 
-DEFAULT_DRAIN_S = 3.0  # for containers of services gone from the file
+DEFAULT_DRAIN_S = ro.DEFAULT_DRAIN_S  # for containers of services gone from the file
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,9 @@ class Holds:
     ready: services whose replicas all run; None means order starts inside this plan.
     drained: container id -> when its drain period ends (it has left its DNS aliases).
     rollouts: service -> its rollout (mode, update or rollback config, failures so far).
+    outside: container name -> id of containers observed but left out of `observed` (other
+        services, in a per-service plan): the owners of network namespaces it joins, and
+        names it must not take.
     """
 
     held: Mapping[str, str] = field(default_factory=dict)
@@ -69,6 +74,7 @@ class Holds:
     ready: frozenset[str] | None = None
     drained: Mapping[str, float] = field(default_factory=dict)
     rollouts: Mapping[str, ro.Rollout] = field(default_factory=dict)
+    outside: Mapping[str, str] = field(default_factory=dict)
 
 
 NO_HOLDS = Holds()
@@ -79,7 +85,7 @@ class _Pass:
     """What planning one pass collects beside the steps."""
 
     holds: Holds
-    ids: Mapping[str, str]  # container name -> id, of every container observed
+    ids: Mapping[str, str]  # container name -> id, of every container observed (or outside)
     notes: list[str] = field(default_factory=list)
     wakes: list[float] = field(default_factory=list)
     verdicts: list[SlotVerdict] = field(default_factory=list)
@@ -95,7 +101,7 @@ _Local = tuple[Action, frozenset[str]]
 
 def plan(desired: DesiredState, observed: Observed, holds: Holds = NO_HOLDS) -> Plan:
     """The ordered steps that bring `observed` to `desired`, and notes to report."""
-    p = _Pass(holds, {c.name: c.id for c in observed.containers})
+    p = _Pass(holds, {**holds.outside, **{c.name: c.id for c in observed.containers}})
     infra = list(_networks(desired, observed, p.notes)) + list(_volumes(desired, observed, p.notes))
     infra_keys = {s.key for s in infra}
     services = {s.name: s for s in desired.services}
@@ -138,10 +144,12 @@ def plan(desired: DesiredState, observed: Observed, holds: Holds = NO_HOLDS) -> 
             if isinstance(s.action, StartContainer | UnpauseContainer | RestartContainer)
         }
 
-    steps = [*infra, *images, *removals, *containers]
+    steps, taken = _claim_names([*infra, *images, *removals, *containers], observed, holds)
+    kept = _drop_held(steps, {**holds.held, **taken}, p.notes)
+    needed = set().union(*(s.after for s in kept))  # an image no create is left to wait on
     future = [t for t in p.wakes if t > holds.now]
     return Plan(
-        steps=_drop_held(steps, holds.held, p.notes),
+        steps=tuple(s for s in kept if not isinstance(s.action, EnsureImage) or s.key in needed),
         notes=tuple(p.notes),
         wake_at=min(future) if future else None,
         verdicts=tuple(p.verdicts),
@@ -176,18 +184,23 @@ def _ordered(
 def _gate_on_dependencies(
     svc: ServiceSpec, local: list[_Local], ready: frozenset[str], notes: list[str]
 ) -> list[_Local]:
-    """Per-service plans: starts (and namespace sharers' creates) wait for dependencies."""
+    """Per-service plans: starts (and namespace sharers' creates) wait for dependencies, and
+    so does the stop of an old replica whose replacement's start waits (stop-first)."""
     waiting = [d for d in svc.depends_on if d not in ready]
     if not waiting:
         return local
+
+    def gated(action: Action) -> bool:
+        return isinstance(action, StartContainer | UnpauseContainer) or (
+            isinstance(action, CreateContainer) and _namespace_owner(action.spec) is not None
+        )
+
+    stops = set().union(*(after for action, after in local if gated(action)))
     kept = []
     for action, after in local:
-        gated = isinstance(action, StartContainer | UnpauseContainer) or (
-            isinstance(action, CreateContainer) and _namespace_owner(action.spec)
-        )
-        if gated:
+        if gated(action):
             notes.append(f"{action.key}: waiting for {', '.join(waiting)} to run")
-        else:
+        elif not (isinstance(action, StopContainer) and action.key in stops):
             kept.append((action, after))
     return kept
 
@@ -243,7 +256,7 @@ def _service_steps(
     p: _Pass,
 ) -> list[_Local]:
     holds = p.holds
-    rollout = holds.rollouts.get(svc.name, ro.Rollout())
+    rollout = holds.rollouts.get(svc.name) or ro.Rollout(config=svc.update)
     out: list[_Local] = []
     if svc.state == "stopped":  # kept down on purpose: stop it, change nothing else
         for spec in svc.replicas:
@@ -254,9 +267,14 @@ def _service_steps(
 
     classified = [_classify(spec, slots.get(spec.replica, [])) for spec in svc.replicas]
     in_flight = sum(1 for s in classified if s.new is not None)
-    # A rollout starts replacing running replicas only while every replica is up.
+    # A rollout starts replacing running replicas only while every replica is up; a replica
+    # kept as a tolerated failure (crash-looping on the new spec) does not hold it back, else
+    # failure_action would never come.
     all_up = all(s.current is not None or s.new is not None for s in classified) and all(
-        s.current is None or s.current.state in ("running", "restarting") or s.new is not None
+        s.current is None
+        or s.current.state in ("running", "restarting")
+        or s.new is not None
+        or s.current.id in rollout.failed
         for s in classified
     )
     config = rollout.config
@@ -270,6 +288,7 @@ def _service_steps(
         p.wake(rollout.last_batch_at + config.delay_s)
         budget, waiting_reason = 0, f"update delay {config.delay_s:g}s"
 
+    failed_now: list[str] = []  # replacements of the service judged failed in this pass
     for spec, slot in zip(svc.replicas, classified, strict=True):
         for c in slot.stale:  # replacements of another spec, duplicates: out of the way
             drain, drained = _drain(c, svc.drain_s, "stale replacement", p)
@@ -278,18 +297,23 @@ def _service_steps(
                 out.append((RemoveContainer(c.id, c.name, c.service, "stale", _grace(spec)), _NO))
         cur, new = slot.current, slot.new
         if cur is None and new is None:
-            create = CreateContainer(spec, "missing")
+            # Its name still held by a container of another slot (a container_name that moved
+            # to this service): it serves under the temporary name until that one is gone.
+            as_name = ro.temp_name(spec) if spec.name in p.ids else None
+            if as_name:
+                p.notes.append(f"{spec.name}: name taken, created as {as_name} until it is free")
+            create = CreateContainer(spec, "missing", as_name)
             out.append((create, _NO))
-            out.append(
-                (StartContainer(spec.name, spec.name, svc.name, JUST_CREATED), _keys(create))
-            )
+            start = StartContainer(create.name, create.name, svc.name, JUST_CREATED)
+            out.append((start, _keys(create)))
         elif cur is None and new is not None:  # the old one is gone: finish the replacement
+            # Started first, renamed after: a name still taken holds back only the rename.
             rename = RenameContainer(new.id, new.name, spec.name, svc.name)
-            out.append((rename, _NO))
             if new.state in ("created", "exited"):
-                out.append(
-                    (StartContainer(new.id, spec.name, svc.name, "replacement"), _keys(rename))
-                )
+                start = StartContainer(new.id, new.name, svc.name, "replacement")
+                out += [(start, _NO), (rename, _keys(start))]
+            else:
+                out.append((rename, _NO))
         elif cur is not None and new is None:
             owner = _namespace_owner(spec)
             # Its network namespace belongs to a container that was replaced since.
@@ -308,8 +332,11 @@ def _service_steps(
                 if not down:
                     p.notes.append(f"{spec.name}: replacement waits ({waiting_reason})")
                 out += _heal(spec, cur, holds)
+                if cur.name != spec.name:  # serving under another name: give it the replica's
+                    why = "serving under another name"
+                    out.append((RenameContainer(cur.id, cur.name, spec.name, svc.name, why), _NO))
         elif cur is not None and new is not None:
-            out += _in_flight(svc, spec, cur, new, rollout, p)
+            out += _in_flight(svc, spec, cur, new, rollout, p, failed_now)
     return out
 
 
@@ -321,12 +348,19 @@ class _Slot:
 
 
 def _classify(spec: ContainerSpec, containers: list[ObservedContainer]) -> _Slot:
+    """The replica (under its name, else any other non-temporary one), its replacement (under
+    the target's temporary name), and the rest: replacements of specs since superseded, never
+    judged, go (the replica, even stopped for one of them, is what a failure falls back to).
+    With nothing else left of the replica, such a replacement is the replica (the serving one
+    first): replaced through a judged replacement, or renamed, not removed."""
     temp = ro.temp_name(spec)
     new = next((c for c in containers if c.name == temp), None)
     rest = [c for c in containers if c is not new]
     current = next((c for c in rest if c.name == spec.name), None)
     if current is None:
         current = next((c for c in rest if not ro.is_temp_name(c.name)), None)
+    if current is None:  # only replacements of other specs: the one serving, else any
+        current = next((c for c in rest if c.state == "running"), next(iter(rest), None))
     stale = tuple(c for c in rest if c is not current)
     return _Slot(current, new, stale)
 
@@ -346,8 +380,13 @@ def _in_flight(
     new: ObservedContainer,
     rollout: ro.Rollout,
     p: _Pass,
+    failed_now: list[str],
 ) -> list[_Local]:
-    """A slot with its replacement beside it: start it, judge it, finish or revert."""
+    """A slot with its replacement beside it: start it, judge it, finish or revert.
+
+    `failed_now`: replacements of the service judged failed earlier in this pass; they count
+    against max_failure_ratio with those of earlier passes.
+    """
     now = p.holds.now
     out: list[_Local] = []
     if new.state == "created":
@@ -363,27 +402,44 @@ def _in_flight(
     if verdict.outcome == "pending":
         p.wake(verdict.recheck_at)
         return []
-    tolerated = verdict.outcome == "failed" and ro.tolerated(rollout, len(svc.replicas))
+    failed = verdict.outcome == "failed"
+    tolerated = failed and ro.tolerated(rollout, len(svc.replicas), new.id, len(failed_now))
+    if failed and new.id not in rollout.failed:
+        failed_now.append(new.id)
     p.verdicts.append(
         SlotVerdict(
             svc.name, spec.replica, new.id, verdict.outcome == "passed", verdict.reason, tolerated
         )
     )
-    if verdict.outcome == "passed" or tolerated:  # keep the new one: retire the old
+    # Keep the new one and retire the old, unless a tolerated failure is down while the old
+    # one still serves (start-first): then it goes as a failed one (counted, not kept).
+    keep = verdict.outcome == "passed" or (
+        tolerated and (new.state == "running" or cur.state != "running")
+    )
+    if keep:
         drain, drained = _drain(cur, svc.drain_s, "replaced", p)
         if not drained:
             return drain
         remove = RemoveContainer(cur.id, cur.name, svc.name, "replaced", _grace(spec))
         rename = RenameContainer(new.id, new.name, spec.name, svc.name)
         return [(remove, _NO), (rename, _keys(remove))]
-    # Failed: the replacement goes, the old replica runs again (with its aliases back).
+    # Failed: the replacement goes, the old replica runs again (with its aliases back, also
+    # when it kept running: start-first drains it once its replacement looked good).
     remove = RemoveContainer(new.id, new.name, svc.name, f"failed: {verdict.reason}", 0.0)
     out.append((remove, _NO))
-    if cur.state != "running" and cur.state != "dead":
+    if cur.state == "dead":  # replaced next pass
+        return out
+    rejoin: list[ConnectNetwork] = []
+    if cur.state != "running" or cur.id in p.holds.drained:
         rejoin = _rejoin(spec, cur, "the replacement failed")
         out += [(a, _keys(remove)) for a in rejoin]
-        start = StartContainer(cur.id, cur.name, svc.name, "its replacement failed")
-        out.append((start, _keys(remove, *rejoin)))
+    back: Action | None = None
+    if cur.state in ("exited", "created"):
+        back = StartContainer(cur.id, cur.name, svc.name, "its replacement failed")
+    elif cur.state == "paused":
+        back = UnpauseContainer(cur.id, cur.name, svc.name, "its replacement failed")
+    if back is not None:  # restarting or removing: left to Docker
+        out.append((back, _keys(remove, *rejoin)))
     return out
 
 
@@ -468,6 +524,52 @@ def _namespace_owner(spec: ContainerSpec) -> str | None:
 def _infra_deps(spec: ContainerSpec, infra_keys: set[str]) -> set[str]:
     keys = {f"network:{a.network}" for a in spec.networks} | {f"volume:{v}" for v in spec.volumes}
     return keys & infra_keys
+
+
+def _claim_names(
+    steps: list[Step], observed: Observed, holds: Holds
+) -> tuple[list[Step], dict[str, str]]:
+    """A create or rename waits for its name: after the step of this plan that frees it
+    (removes or renames the container holding it), else it is held back this pass. A create
+    joining another container's network namespace (by name) waits until that name exists."""
+    holders = {name: "a container of another service" for name in holds.outside}
+    holders |= {
+        c.name: f"a container of {c.service} replica {c.replica}" for c in observed.containers
+    }
+    freed: dict[str, str] = {}  # name -> key of the earlier step that frees it
+    claimed: dict[str, str] = {}  # name -> key of the earlier step that takes it
+    held: dict[str, str] = {}
+    out = []
+    for step in steps:
+        action = step.action
+        if isinstance(action, RemoveContainer | RenameContainer):
+            freed[action.name] = step.key
+        name = (
+            action.name
+            if isinstance(action, CreateContainer)
+            else action.new_name
+            if isinstance(action, RenameContainer)
+            else None
+        )
+        if name is None:
+            out.append(step)
+            continue
+        holder = holders.get(name)
+        owner = _namespace_owner(action.spec) if isinstance(action, CreateContainer) else None
+        if owner is not None and not (
+            owner in claimed or (owner in holders and owner not in freed)
+        ):
+            held[step.key] = f"waits for {owner}, whose network namespace it joins"
+        elif name in claimed:
+            held[step.key] = f"name {name} is wanted by {claimed[name]} too"
+        elif holder is not None and name not in freed:
+            held[step.key] = f"name {name} is taken by {holder}"
+        else:
+            claimed[name] = step.key
+            if holder is not None:
+                step = Step(action, step.after | {freed[name]})
+        out.append(step)
+    return out, held
 
 
 def _drop_held(steps: list[Step], held: Mapping[str, str], notes: list[str]) -> tuple[Step, ...]:

@@ -11,14 +11,23 @@ rollback is never rolled back.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
 from reconciler.core.model import (
     DEFAULT_UPDATE,
+    Action,
+    ConnectNetwork,
     ContainerSpec,
+    CreateContainer,
+    DrainContainer,
+    EnsureImage,
     ObservedContainer,
+    RemoveContainer,
     ServiceSpec,
+    SlotVerdict,
+    StartContainer,
     UpdateConfig,
 )
 
@@ -59,6 +68,9 @@ class Rollout:
     config: UpdateConfig = DEFAULT_UPDATE
     failures: int = 0
     last_batch_at: float = 0.0
+    # The failures already counted (RolloutRecord.failures): a replacement judged again on a
+    # later pass (its old replica still draining) stays tolerated, it is not counted twice.
+    failed: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +90,11 @@ def refresh(record: RolloutRecord, svc: ServiceSpec) -> RolloutRecord:
 
 
 def target(svc: ServiceSpec, record: RolloutRecord) -> tuple[ServiceSpec, Mode]:
-    """The service spec to converge on now: the file's, or the stable one after a failure."""
+    """The service spec to converge on now: the file's, or the stable one after a failure.
+
+    A rollback that failed in turn (rollback_config's failure_action pause) stays on the
+    stable spec, paused: it is never rolled forward again, nor rolled back.
+    """
     if record.failed_revision == svc.revision and record.stable:
         stable = record.stable
         replicas = tuple(
@@ -86,22 +102,36 @@ def target(svc: ServiceSpec, record: RolloutRecord) -> tuple[ServiceSpec, Mode]:
         )
         image = replicas[0].image if replicas else svc.image
         rolled = replace(svc, replicas=replicas, image=image, revision=record.stable_revision)
-        return rolled, "rolled_back"
+        return rolled, "paused" if record.paused_revision == svc.revision else "rolled_back"
     if record.paused_revision == svc.revision or record.failed_revision == svc.revision:
         return svc, "paused"
     return svc, "normal"
 
 
 def rollout_for(svc: ServiceSpec, record: RolloutRecord, mode: Mode) -> Rollout:
-    config = svc.rollback if mode == "rolled_back" else svc.update
-    return Rollout(mode, config, len(record.failures), record.last_batch_at)
+    """The planner's view of the rollout; rollback_config applies while the revision is
+    failed (rolling back, or paused after the rollback failed too)."""
+    rolling_back = mode == "rolled_back" or (
+        bool(record.failed_revision) and record.failed_revision == svc.revision
+    )
+    config = svc.rollback if rolling_back else svc.update
+    return Rollout(
+        mode, config, len(record.failures), record.last_batch_at, frozenset(record.failures)
+    )
 
 
-def tolerated(rollout: Rollout, replicas: int) -> bool:
-    """Whether one more failed replica stays within max_failure_ratio."""
+def tolerated(rollout: Rollout, replicas: int, container: str = "", earlier: int = 0) -> bool:
+    """Whether one more failed replica stays within max_failure_ratio.
+
+    `container`: the failed replacement; one counted on an earlier pass stays tolerated.
+    `earlier`: failures judged before it in the same pass (not in `rollout.failures` yet).
+    """
     if rollout.config.failure_action == "continue":
         return True
-    return rollout.failures + 1 <= rollout.config.max_failure_ratio * max(replicas, 1)
+    if container and container in rollout.failed:
+        return True
+    allowed = rollout.config.max_failure_ratio * max(replicas, 1)
+    return rollout.failures + earlier + 1 <= allowed + 1e-9
 
 
 def judge(spec: ContainerSpec, new: ObservedContainer, config: UpdateConfig, now: float) -> Verdict:
@@ -145,3 +175,200 @@ def updated_count(svc: ServiceSpec, containers: tuple[ObservedContainer, ...]) -
     """Replicas already on the target spec (for `rolling out 2/3`)."""
     wanted = {(s.name, s.spec_hash) for s in svc.replicas}
     return sum(1 for c in containers if (c.name, c.spec_hash) in wanted)
+
+
+def rolling(svc: ServiceSpec, containers: Iterable[ObservedContainer]) -> bool:
+    """Some container in a slot of `svc` (a replica, or a replacement beside it) was created
+    from another spec than the slot's: a rollout is under way. A missing, down or dead replica
+    on its spec is healing, not a rollout."""
+    specs = {s.replica: s.spec_hash for s in svc.replicas}
+    return any(
+        c.service == svc.name and c.replica in specs and c.spec_hash != specs[c.replica]
+        for c in containers
+    )
+
+
+# --------------------------------------------------------------------------- records
+
+EventKind = Literal[
+    "started", "failure", "completed", "rolled_back", "paused", "rollback_completed"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutEvent:
+    """What one pass did to a service's rollout, for the log and the metrics.
+
+    started: a rollout of `revision` began. failure: a replacement failed (`reason` says
+    whether it was tolerated). completed, rolled_back, paused: the rollout of `revision`
+    ended so (the `reconciler_rollouts_total` results). rollback_completed: every replica
+    runs the stable revision `revision` again.
+    """
+
+    service: str
+    kind: EventKind
+    revision: str
+    reason: str = ""
+
+
+def record_pass(
+    record: RolloutRecord,
+    svc: ServiceSpec,
+    target_svc: ServiceSpec,
+    mode: Mode,
+    verdicts: Iterable[SlotVerdict],
+    action_failures: Iterable[tuple[Action, str]],
+    containers: Iterable[ObservedContainer],
+    now: float,
+) -> tuple[RolloutRecord, tuple[RolloutEvent, ...]]:
+    """The record of `svc` after one pass, and what to report about it.
+
+    `svc` is the file's service, (`target_svc`, `mode`) what `target()` returned for the
+    pass, `verdicts` the plan's, `action_failures` the actions of the pass Docker refused
+    (with its error), `containers` the observation the pass planned from (the one after its
+    actions works as well), `now` the clock. Other services' entries are ignored.
+
+    - A rollout is under way while a slot runs another spec than the target's (`rolling`):
+      `rolling_revision` is set (event started, except for a rollback) and the failures of a
+      rollout it superseded are forgotten.
+    - A passed verdict sets `last_batch_at` (the delay before the next batch counts from it).
+    - A failed replacement is a failed verdict, or, during a rollout, a refused create or
+      start of a replacement or a refused image. Tolerated ones (the verdict's flag; for
+      refused actions `tolerated()`) are kept in `failures` (a verdict once: it is judged
+      again while its old replica drains; a refused action each time it is refused); they
+      count against max_failure_ratio, and the planner lets the rollout go on past the
+      replicas they kept.
+    - The first failure that is not tolerated, during a rollout that is not paused, applies
+      the failure_action: rollback -> `failed_revision` (target() returns the stable spec;
+      event rolled_back), or, with nothing to roll back to, pause; pause, or a rollback that
+      fails -> `paused_revision` (event paused). Failures outside a rollout are only reported.
+    - Converged on a normal target: the rollout is over (event completed, if one was under
+      way); the target becomes the stable spec (`stable`, `stable_revision`) unless failures
+      were tolerated on the way (they are kept until the next rollout starts: a revision
+      whose replicas failed is not one to roll back to). Converged after a rollback: the
+      rollback is over (event rollback_completed); the failed revision stays held until the
+      file changes the service.
+    """
+    record = refresh(record, svc)
+    events: list[RolloutEvent] = []
+    mine = tuple(c for c in containers if c.service == svc.name)
+    revision = target_svc.revision
+    if mode != "paused" and rolling(target_svc, mine) and record.rolling_revision != revision:
+        record = replace(record, rolling_revision=revision, failures=())
+        if mode == "normal":
+            events.append(RolloutEvent(svc.name, "started", revision))
+    under_way = mode != "paused" and bool(revision) and record.rolling_revision == revision
+
+    judged = [v for v in verdicts if v.service == svc.name]
+    if any(v.passed for v in judged):
+        record = replace(record, last_batch_at=now)
+    failed: list[tuple[str, str, bool | None]] = [
+        (v.container, v.reason or "failed", v.tolerated) for v in judged if not v.passed
+    ]
+    if under_way:
+        failed += [
+            (f"{a.key}@{now:g}#{i}", f"{a.verb} {a.name} refused: {error}", None)
+            for i, (a, error) in enumerate(action_failures)
+            if a.service == svc.name and _replacement_action(a)
+        ]
+    rollout = rollout_for(svc, record, mode)
+    replicas = len(target_svc.replicas)
+    earlier = 0
+    trigger = ""
+    for ident, reason, ok in failed:
+        if ident in record.failures:  # tolerated and counted on an earlier pass
+            continue
+        if ok is None:
+            ok = tolerated(rollout, replicas, ident, earlier)
+        earlier += 1
+        events.append(
+            RolloutEvent(svc.name, "failure", revision, f"{reason}{' (tolerated)' if ok else ''}")
+        )
+        if ok:
+            record = replace(record, failures=(*record.failures, ident))
+        elif not ok and under_way and not trigger:
+            trigger = reason
+    if trigger:
+        return _fail(record, svc, mode, trigger, events)
+
+    if mode != "paused" and converged(target_svc, mine):
+        if mode == "normal":
+            if record.rolling_revision:
+                n = len(record.failures)
+                why = f"with {n} tolerated failure{'s' if n > 1 else ''}" if n else ""
+                events.append(RolloutEvent(svc.name, "completed", revision, why))
+                record = replace(record, rolling_revision="")
+            if not record.failures:  # a revision that failed on the way never becomes stable
+                record = replace(record, stable=target_svc.replicas, stable_revision=revision)
+        elif record.rolling_revision:
+            events.append(RolloutEvent(svc.name, "rollback_completed", revision))
+            record = replace(record, rolling_revision="", failures=())
+    return record, tuple(events)
+
+
+def _fail(
+    record: RolloutRecord, svc: ServiceSpec, mode: Mode, reason: str, events: list[RolloutEvent]
+) -> tuple[RolloutRecord, tuple[RolloutEvent, ...]]:
+    """Apply the failure_action of the rollout under way."""
+    done = replace(record, rolling_revision="", failures=())
+    if mode == "rolled_back":
+        why = f"rollback failed: {reason}"
+        done = replace(done, paused_revision=svc.revision, paused_reason=why)
+        return done, (*events, RolloutEvent(svc.name, "paused", svc.revision, why))
+    can_roll_back = bool(record.stable) and record.stable_revision != svc.revision
+    if svc.update.failure_action == "rollback" and can_roll_back:
+        done = replace(
+            done,
+            failed_revision=svc.revision,
+            failed_reason=reason,
+            rolling_revision=record.stable_revision,
+        )
+        return done, (*events, RolloutEvent(svc.name, "rolled_back", svc.revision, reason))
+    why = reason if svc.update.failure_action == "pause" else f"{reason}; no stable revision"
+    done = replace(done, paused_revision=svc.revision, paused_reason=why)
+    return done, (*events, RolloutEvent(svc.name, "paused", svc.revision, why))
+
+
+def _replacement_action(action: Action) -> bool:
+    """A create or start of a replacement, or an image: refused, the rollout cannot proceed."""
+    if isinstance(action, CreateContainer):
+        return action.as_name is not None
+    if isinstance(action, StartContainer):
+        return is_temp_name(action.name)
+    return isinstance(action, EnsureImage)
+
+
+# --------------------------------------------------------------------------- drains
+
+DEFAULT_DRAIN_S = 3.0  # for containers of services gone from the file
+
+
+def drained_after(
+    drained: Mapping[str, float],
+    results: Iterable[tuple[Action, bool]],
+    drain_s: Mapping[str, float],
+    now: float,
+    alive: Collection[str] | None = None,
+) -> dict[str, float]:
+    """`Holds.drained` after a pass (`results`: each action run, and whether it succeeded).
+
+    A drain that succeeded starts its period (`drain_s` by service; DEFAULT_DRAIN_S for a
+    service gone from the file). A container removed, or connected again without a refused
+    connect (it serves under its aliases again), is forgotten: else the planner would
+    reconnect it on every pass. `alive`: the container ids observed; others are forgotten.
+    """
+    out = dict(drained)
+    rejoined: set[str] = set()
+    refused: set[str] = set()
+    for action, ok in results:
+        if isinstance(action, DrainContainer) and ok:
+            out[action.id] = now + drain_s.get(action.service, DEFAULT_DRAIN_S)
+        elif isinstance(action, RemoveContainer) and ok:
+            out.pop(action.id, None)
+        elif isinstance(action, ConnectNetwork):
+            (rejoined if ok else refused).add(action.id)
+    for cid in rejoined - refused:
+        out.pop(cid, None)
+    if alive is not None:
+        out = {cid: until for cid, until in out.items() if cid in alive}
+    return out
