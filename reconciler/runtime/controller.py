@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from reconciler.core import records
 from reconciler.core import rollout as ro
 from reconciler.core.healing import HealingBook, LastRun, docker_will_restart
 from reconciler.core.model import (
@@ -29,7 +28,6 @@ from reconciler.core.model import (
     CreateNetwork,
     CreateVolume,
     DesiredState,
-    DrainContainer,
     EnsureImage,
     HealPolicy,
     Observed,
@@ -230,16 +228,16 @@ class Controller:
         observed = _without_project_objects(self.engine.observe(desired.project))
         mine = self._with_start_times(_containers_of(observed, name))
         book = self.books.setdefault(name, HealingBook())
-        drained = self._drained.setdefault(name, {})
-        for cid in [c for c in drained if c not in {m.id for m in mine}]:
-            del drained[cid]
+        if name not in self._drained:
+            self._drained[name] = self.store.drains(name)  # a crash must not strand a drain
+        drained = self._drained[name]
 
         if svc is None:  # gone from the file: drain and remove what is left of it
             sub = DesiredState(desired.project, (), (), ())
-            holds = Holds(now=now, drained=dict(drained))
+            holds = Holds(now=now, drained=dict(drained), outside=_outside(observed, name))
             p = plan(sub, replace(observed, containers=mine), holds)
             results = self._apply(p)
-            self._after(name, results, book, drained, now, {})
+            self._after(name, results, book, drained, now, {}, mine)
             self._quiet.discard(name)
             return self._outcome(p, results, book, now)
 
@@ -256,6 +254,7 @@ class Controller:
             ready=_ready(desired, observed),
             drained=dict(drained),
             rollouts={name: rollout},
+            outside=_outside(observed, name),
         )
         p = plan(sub, sub_observed, holds)
         for note in p.notes:
@@ -265,17 +264,13 @@ class Controller:
         policies = {f"image:{name}": svc.heal} | {
             k: svc.heal for c in target.replicas for k in _keys_of(c.name)
         }
-        self._after(name, results, book, drained, now, policies)
+        self._after(name, results, book, drained, now, policies, mine)
 
-        refusals = tuple(
-            records.Refusal(r.action.name, r.error or "")
-            for r in results
-            if r.outcome == "error" and _is_replacement(r.action)
-        )
+        refused = [(r.action, r.error or "") for r in results if r.outcome == "error"]
         after = self.engine.containers(desired.project) if results else observed.containers
         after_mine = tuple(c for c in after if c.service == name)
-        new_record, events = records.advance(
-            record, svc, target, mode, p.verdicts, refusals, after_mine, now
+        new_record, events = ro.record_pass(
+            record, svc, target, mode, p.verdicts, refused, after_mine, now
         )
         self.store.put(name, new_record)
         for event in events:
@@ -343,7 +338,8 @@ class Controller:
             return None
         action = StartContainer(cid, name, svc.name, f"exited ({run.exit_code})")
         results = self._apply(Plan(steps=(Step(action),)))
-        self._after(svc.name, results, book, self._drained.setdefault(svc.name, {}), 0.0, {})
+        drained = self._drained.setdefault(svc.name, {})
+        self._after(svc.name, results, book, drained, self.clock(), {}, None)
         if not results or results[0].outcome != "success":
             return None
         return Outcome(VERIFY_AFTER_FAST_HEAL_S, actions=1)
@@ -479,8 +475,10 @@ class Controller:
         drained: dict[str, float],
         now: float,
         policies: Mapping[str, HealPolicy],
+        observed: tuple[ObservedContainer, ...] | None,
     ) -> None:
-        """Bookkeeping after a service's steps: back-offs, drains, signals, known names."""
+        """Bookkeeping after a service's steps: back-offs, drains, signals, known names.
+        `observed`: the service's containers the steps were planned from (None: unknown)."""
         failed = [
             (r.action.key, r.error or "", r.transient)
             for r in results
@@ -489,16 +487,18 @@ class Controller:
         succeeded = [r.action.key for r in results if r.outcome == "success"]
         book.record_failures(failed, succeeded, policies, now)
         svc = next((s for s in self.desired.services if s.name == service), None)
-        drain_s = svc.drain_s if svc else 0.0
+        drains = {service: svc.drain_s} if svc else {}
+        ran = [(r.action, r.outcome == "success") for r in results if r.outcome != "skipped"]
+        alive = None if observed is None else {c.id for c in observed}
+        kept = ro.drained_after(drained, ran, drains, now, alive)
+        drained.clear()
+        drained.update(kept)
+        self.store.put_drains(service, kept)
         for r in results:
             a = r.action
             if r.outcome != "success":
                 continue
-            if isinstance(a, DrainContainer):
-                drained[a.id] = now + drain_s
-            elif isinstance(a, ConnectNetwork) and a.reconnect:
-                drained.pop(a.id, None)
-            elif isinstance(a, SignalContainer):
+            if isinstance(a, SignalContainer):
                 book.signalled[a.id] = a.digest
             elif isinstance(a, CreateVolume):
                 if a.spec.name in self._known_volumes:
@@ -565,17 +565,22 @@ class Controller:
 
     # ------------------------------------------------------------------ rollouts
 
-    def _rollout_event(self, service: str, event: records.RolloutEvent) -> None:
+    def _rollout_event(self, service: str, event: ro.RolloutEvent) -> None:
         fields = {"service": service, "revision": event.revision[:12]}
-        if event.kind == "started":
-            log.info("rollout started", **fields)
-        elif event.kind == "completed":
-            log.info("rollout completed", **fields)
-        elif event.kind == "rolled_back":
-            log.warning("rollout failed; rolling back", reason=event.reason, **fields)
-        else:
-            log.warning("rollout paused", reason=event.reason, **fields)
-        if self.metrics and event.kind != "started":
+        match event.kind:
+            case "started":
+                log.info("rollout started", **fields)
+            case "completed":
+                log.info("rollout completed", note=event.reason or None, **fields)
+            case "failure":
+                log.warning("rollout: a new replica failed", reason=event.reason, **fields)
+            case "rolled_back":
+                log.warning("rollout failed; rolling back", reason=event.reason, **fields)
+            case "rollback_completed":
+                log.info("rollback completed", **fields)
+            case "paused":
+                log.warning("rollout paused", reason=event.reason, **fields)
+        if self.metrics and event.kind in ("completed", "rolled_back", "paused"):
             self.metrics.rollout_finished(service, event.kind)
 
     def view(self, svc: ServiceSpec, containers: tuple[ObservedContainer, ...]) -> ServiceView:
@@ -627,6 +632,11 @@ class Controller:
 
 def _containers_of(observed: Observed, service: str) -> tuple[ObservedContainer, ...]:
     return tuple(c for c in observed.containers if c.service == service)
+
+
+def _outside(observed: Observed, service: str) -> dict[str, str]:
+    """Names and ids of the other services' containers (names are shared by the engine)."""
+    return {c.name: c.id for c in observed.containers if c.service != service}
 
 
 def _without_project_objects(observed: Observed) -> Observed:

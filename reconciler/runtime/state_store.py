@@ -8,6 +8,7 @@ import os
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 import structlog
 from pydantic import TypeAdapter, ValidationError
@@ -16,6 +17,7 @@ from reconciler.core.rollout import RolloutRecord
 
 log = structlog.get_logger("reconciler")
 _RECORDS = TypeAdapter(dict[str, RolloutRecord])
+_DRAINS = TypeAdapter(dict[str, dict[str, float]])
 
 
 def default_state_dir() -> Path:
@@ -39,20 +41,24 @@ class StateStore:
     """Rollout records of one project; readable by `status` and `plan` while a daemon runs."""
 
     def __init__(self, project: str, directory: Path | None = None) -> None:
-        self.path = (directory or default_state_dir()) / f"{project}.rollouts.json"
+        folder = directory or default_state_dir()
+        self.path = folder / f"{project}.rollouts.json"
+        # Replicas out of DNS (drained) must be let back in by a daemon started after a crash.
+        self.drains_path = folder / f"{project}.drains.json"
         self._lock = threading.Lock()
-        self._records = self._read()
+        self._records = self._read(self.path, _RECORDS)
+        self._drains: dict[str, dict[str, float]] = self._read(self.drains_path, _DRAINS)
 
-    def _read(self) -> dict[str, RolloutRecord]:
+    def _read(self, path: Path, adapter: TypeAdapter[Any]) -> Any:
         try:
-            return _RECORDS.validate_json(self.path.read_bytes())
+            return adapter.validate_json(path.read_bytes())
         except FileNotFoundError:
             return {}
         except (OSError, ValidationError, ValueError) as exc:
             # A damaged record only costs the ability to roll back: say so, start afresh.
             log.error(
                 "rollout records unreadable; starting without",
-                path=str(self.path),
+                path=str(path),
                 error=str(exc)[:300],
             )
             return {}
@@ -70,14 +76,29 @@ class StateStore:
             if self._records.get(service, RolloutRecord()) == record:
                 return
             self._records[service] = record
-            data = _RECORDS.dump_json(self._records)
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".rollouts-")
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.path)
-            except OSError as exc:
-                log.error("cannot save rollout records", path=str(self.path), error=str(exc))
+            _write(self.path, _RECORDS.dump_json(self._records))
+
+    def drains(self, service: str) -> dict[str, float]:
+        with self._lock:
+            return dict(self._drains.get(service, {}))
+
+    def put_drains(self, service: str, drains: dict[str, float]) -> None:
+        with self._lock:
+            if self._drains.get(service, {}) == drains:
+                return
+            self._drains[service] = dict(drains)
+            _write(self.drains_path, _DRAINS.dump_json(self._drains))
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Replace `path` atomically (a crash leaves the old file or the new one, never half)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.error("cannot save state", path=str(path), error=str(exc))
