@@ -54,6 +54,7 @@ log = structlog.get_logger("reconciler")
 RESYNC = "resync"
 DEPENDENCY_RECHECK_S = 1.0
 VERIFY_AFTER_FAST_HEAL_S = 0.5
+HEALTH_RECHECK_S = 1.0
 
 
 def service_key(name: str) -> str:
@@ -291,6 +292,9 @@ class Controller:
         )
         if rolling:
             outcome = replace(outcome, busy=True)
+        if any(c.health == "starting" for c in after_mine):  # look again once it has a verdict
+            again = HEALTH_RECHECK_S if outcome.requeue_after is None else outcome.requeue_after
+            outcome = replace(outcome, busy=True, requeue_after=min(again, HEALTH_RECHECK_S))
         if not p.steps and p.wake_at is None and not book.next_wakeup(now):
             self._quiet.add(name)
         else:
