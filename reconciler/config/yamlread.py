@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ruamel.yaml import YAML
+from ruamel.yaml.composer import Composer
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
@@ -96,6 +97,14 @@ class _CoreResolver(VersionedResolver):
         return super().resolve(kind, value, (False, False))
 
 
+class _Composer(Composer):
+    """An anchor defined again simply names the new node (YAML allows it): no warning."""
+
+    def __init__(self, loader: Any = None) -> None:
+        super().__init__(loader)
+        self.warn_double_anchors = False
+
+
 class YamlError(Exception):
     """The text is not YAML (or is too large or deep to read): one message, maybe a mark."""
 
@@ -140,6 +149,7 @@ def compose(text: str) -> Node | None:
     """The node graph of a single YAML document, or None for an empty stream."""
     yaml = YAML(typ="rt", pure=True)
     yaml.Resolver = _CoreResolver
+    yaml.Composer = _Composer
     yaml.allow_duplicate_keys = True  # reported by `read`, with both lines
     yaml.max_depth = MAX_DEPTH + 1  # type: ignore[attr-defined]
     try:
