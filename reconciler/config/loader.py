@@ -9,6 +9,7 @@ once, as a `DesiredStateError`; no message quotes what a secret-looking variable
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -390,7 +391,7 @@ def _replica_limit(given: int | None, env: Mapping[str, str], report: _Report) -
     text = env.get(ENV_MAX_REPLICAS, "").strip()
     if not text:
         return DEFAULT_MAX_REPLICAS
-    if not text.isdigit() or len(text) > 9:
+    if not re.fullmatch(r"[0-9]{1,9}", text):
         report.add(f"${ENV_MAX_REPLICAS}: must be a whole number (the default is 1000)")
         raise report.error()
     return int(text)
@@ -430,11 +431,16 @@ class _DotEnv:
 
 def _decode_env(content: bytes, name: str, report: _Report) -> str | None:
     try:
-        return content.decode("utf-8").removeprefix("\ufeff")
+        text = content.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         line = content[: exc.start].count(b"\n") + 1
         report.add("not UTF-8 text", mark=Mark(line, 0), file=name)
         return None
+    if "\0" in text:
+        line = text[: text.index("\0")].count("\n") + 1
+        report.add("a NUL character cannot be passed to Docker", mark=Mark(line, 0), file=name)
+        return None
+    return text
 
 
 def _env_value(path: DataPath) -> bool:
@@ -463,6 +469,10 @@ class _Scalars:
 
     def __call__(self, path: DataPath, scalar: Scalar) -> Any:
         text = scalar.text
+        if "\0" in text:
+            self.report.add("a NUL character (\\0) cannot be passed to Docker", path, scalar.mark)
+            self.failed.add(path)
+            return text.replace("\0", "")
         if scalar.tag == STR and "$" in text:
             try:
                 result = interpolate(text, self.lookup, hide_names=_secret_text(path, text))
@@ -545,7 +555,9 @@ class _EnvFiles:
 
 
 def _resolve(base_dir: Path, text: str) -> Path:
-    p = Path(text).expanduser()
+    p = Path(text)
+    with contextlib.suppress(RuntimeError):  # ~user of no such user: left as written
+        p = p.expanduser()
     return p if p.is_absolute() else (base_dir / p).resolve()
 
 
@@ -646,6 +658,13 @@ def _check(d: DesiredStateDef, project: str) -> Iterable[Issue]:
                     (*at, "volumes", i),
                     f"volume {mount.source!r} is not declared under volumes",
                 )
+        for key in ("command", "entrypoint"):
+            value = getattr(svc, key)
+            if isinstance(value, str):
+                try:
+                    shlex.split(value)
+                except ValueError as exc:  # "No closing quotation"
+                    yield Issue((*at, key), f"cannot split into words ({exc}); or give a list")
         if svc.heal.backoff_max < svc.heal.backoff_initial:
             yield Issue((*at, "heal", "backoff_max"), "must be >= backoff_initial")
     graph = {name: _depends(svc) for name, svc in d.services.items()}
@@ -714,8 +733,7 @@ def _check_names(d: DesiredStateDef, project: str) -> Iterable[Issue]:
             other is not None
             and owner != name
             and other.container_name is None
-            and n.isdigit()
-            and str(int(n)) == n
+            and re.fullmatch(r"[1-9][0-9]{0,9}", n) is not None
             and 1 <= int(n) <= other.replica_count
         ):
             yield Issue(

@@ -32,9 +32,13 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("must not be negative")
-        if not math.isfinite(value):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            seconds = math.inf
+        if not math.isfinite(seconds):
             raise ValueError("must be a finite duration such as 10s or 1m30s")
-        return float(value)
+        return seconds
     if isinstance(value, str):
         text = value.strip()
         pos, total = 0, 0.0

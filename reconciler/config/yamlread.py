@@ -147,7 +147,7 @@ OnScalar = Callable[[Path, Scalar], Any]
 
 def compose(text: str) -> Node | None:
     """The node graph of a single YAML document, or None for an empty stream."""
-    yaml = YAML(typ="rt", pure=True)
+    yaml = YAML(typ="safe", pure=True)  # no comment gathering: twice as fast as "rt"
     yaml.Resolver = _CoreResolver
     yaml.Composer = _Composer
     yaml.allow_duplicate_keys = True  # reported by `read`, with both lines
@@ -318,6 +318,8 @@ def _tag_name(tag: str) -> str:
 
 def _describe(exc: MarkedYAMLError) -> str:
     problem, context = exc.problem or "", exc.context or ""
+    if problem.startswith("maximum depth"):  # ruamel's MaxDepthExceededError
+        return f"malformed YAML: nested more than {MAX_DEPTH} levels deep"
     if problem.startswith("but ") and context:
         return f"malformed YAML: {context}, {problem}"
     where = ""
