@@ -3,11 +3,13 @@ limits, secrets never printed, and a fuzz test (the loader raises nothing but it
 
 from __future__ import annotations
 
+import logging
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -599,11 +601,17 @@ def test_secret_values_are_marked_and_never_shown() -> None:
 def test_logs_scrub_marked_secrets(capsys: pytest.CaptureFixture[str]) -> None:
     """A log line quoting a marked value (Docker's error text) shows [redacted] instead."""
     parse(HEAD + "    command: [app, '--token=${API_TOKEN}']\n", env={"API_TOKEN": "s3cr3t-tok"})
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     logs.configure("info", json=True)
     try:
-        logs.structlog.get_logger().error("create failed", error="exec --token=s3cr3t-tok: no")
+        structlog.get_logger().error("create failed", error="exec --token=s3cr3t-tok: no")
     finally:
-        logs.structlog.reset_defaults()
+        for handler in list(root.handlers):
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
+        structlog.reset_defaults()
     out = capsys.readouterr().out
     assert "s3cr3t-tok" not in out and "[redacted]" in out
 

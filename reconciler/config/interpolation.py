@@ -171,7 +171,6 @@ class EnvFile:
 
     values: dict[str, str] = field(default_factory=dict)
     lines: dict[str, int] = field(default_factory=dict)  # variable -> line it was set on
-    secret_values: set[str] = field(default_factory=set)  # what secret-named variables gave
     problems: list[tuple[int, str]] = field(default_factory=list)
 
 
@@ -235,9 +234,6 @@ def parse_env_file(text: str, lookup: Lookup, *, env_first: bool) -> EnvFile:
                 out.problems.append((number, f"{key}: {exc}"))
                 continue
             value = res.value
-            out.secret_values |= res.secret_values
-        if SECRET_NAME.search(key) and value:
-            out.secret_values.add(value)
         out.values[key], out.lines[key] = value, number
     return out
 

@@ -42,6 +42,7 @@ from reconciler.config.yamlread import (
     BOOL,
     NULL,
     STR,
+    Document,
     Mark,
     Scalar,
     YamlError,
@@ -179,12 +180,7 @@ def parse(
     for file, file_digest in sorted(files.items()):
         h.update(f"\0{file}={file_digest}".encode())
     digest = h.hexdigest()  # the file, every config it mounts, .env and every env_file
-    for svc in state.services:
-        for entry in svc.replicas[0].environment if svc.replicas else ():
-            key, _, value = entry.partition("=")
-            if value and SECRET_NAME.search(key):
-                report.secret_values.add(value)
-    report.secret_values |= dotenv.secret_values | env_files.secret_values
+    # What secret-looking variables gave: never printed (environment values never are).
     secrets.mark(report.secret_values)
     return DesiredState(
         project=state.project,
@@ -273,7 +269,7 @@ def dotted(path: DataPath) -> str:
 
 
 def _pydantic_problems(
-    exc: ValidationError, doc: Any, report: _Report, skip: set[DataPath]
+    exc: ValidationError, doc: Document, report: _Report, skip: set[DataPath]
 ) -> None:
     seen: dict[DataPath, tuple[Mark | None, list[str]]] = {}
     for err in exc.errors():
@@ -403,7 +399,6 @@ class _DotEnv:
     def __init__(self, path: Path, env: Mapping[str, str], report: _Report) -> None:
         self.path, self.env = path, env
         self.values: dict[str, str] = {}
-        self.secret_values: set[str] = set()
         self.digest = "absent"
         try:
             content = _read_limited(path, MAX_ENV_FILE_BYTES)
@@ -422,7 +417,7 @@ class _DotEnv:
         parsed = parse_env_file(text, env.get, env_first=True)
         for line, message in parsed.problems:
             report.add(message, mark=Mark(line, 0), file=str(path))
-        self.values, self.secret_values = parsed.values, parsed.secret_values
+        self.values = parsed.values
 
     def lookup(self, name: str) -> str | None:
         value = self.env.get(name)
@@ -502,11 +497,10 @@ class _EnvFiles:
         base_dir: Path,
         lookup: Callable[[str], str | None],
         report: _Report,
-        doc: Any,
+        doc: Document,
     ) -> None:
         self.values: dict[str, dict[str, str]] = {}
         self.digests: dict[str, str] = {}
-        self.secret_values: set[str] = set()
         parsed: dict[Path, dict[str, str] | None] = {}
         for name, svc in d.services.items():
             merged: dict[str, str] = {}
@@ -550,7 +544,6 @@ class _EnvFiles:
         env = parse_env_file(text, lookup, env_first=False)
         for line, message in env.problems:
             report.add(message, mark=Mark(line, 0), file=str(path))
-        self.secret_values |= env.secret_values
         return env.values
 
 
@@ -569,7 +562,7 @@ def _project_from_folder(folder: Path) -> str:
     return name or "default"
 
 
-def _project(d: DesiredStateDef, base_dir: Path, report: _Report, doc: Any) -> str:
+def _project(d: DesiredStateDef, base_dir: Path, report: _Report, doc: Document) -> str:
     """project:, or name: (compose), or the folder's name; lowercase, at most 63 characters."""
     rule = (
         "must be lowercase letters, digits, '-' and '_', starting with a letter or digit, "
