@@ -545,6 +545,15 @@ def test_missing_env_file_names_it_and_its_line(tmp_path: Path) -> None:
     )
 
 
+def test_unreadable_env_file_names_it_and_its_line(tmp_path: Path) -> None:
+    """A folder (or an unreadable file) given as env_file: refused at its line."""
+    (tmp_path / "conf").mkdir()
+    path = write_project(tmp_path, HEAD + "    env_file: conf\n")
+    with pytest.raises(DesiredStateError) as info:
+        loader.load(path)
+    assert f"{path}:5:15: services.web.env_file: env file 'conf' cannot be read" in str(info.value)
+
+
 def test_bad_env_file_line_is_reported_at_its_line(tmp_path: Path) -> None:
     """A line that is not KEY=VALUE: env file and line; the value is never echoed."""
     (tmp_path / "app.env").write_text("A=1\nB=${NOT_SET}\n-bad\n")

@@ -488,6 +488,9 @@ class _Scalars:
         return core_value(scalar.tag, text)
 
 
+_ABSENT = "not found"
+
+
 class _EnvFiles:
     """Each service's env_file entries, read in order (a later file wins)."""
 
@@ -501,7 +504,7 @@ class _EnvFiles:
     ) -> None:
         self.values: dict[str, dict[str, str]] = {}
         self.digests: dict[str, str] = {}
-        parsed: dict[Path, dict[str, str] | None] = {}
+        parsed: dict[Path, dict[str, str] | str] = {}  # the values, or why they cannot be read
         for name, svc in d.services.items():
             merged: dict[str, str] = {}
             entries = [svc.env_file] if isinstance(svc.env_file, str) else svc.env_file
@@ -516,27 +519,24 @@ class _EnvFiles:
                 if path not in parsed:
                     parsed[path] = self._read(path, lookup, report)
                 values = parsed[path]
-                if values is None:
-                    if required:
-                        report.add(f"env file {given!r} not found ({path})", at, doc.mark(at))
-                    continue
-                merged.update(values)
+                if isinstance(values, dict):
+                    merged.update(values)
+                elif values != _ABSENT or required:
+                    report.add(f"env file {given!r} {values} ({path})", at, doc.mark(at))
             self.values[name] = merged
 
     def _read(
         self, path: Path, lookup: Callable[[str], str | None], report: _Report
-    ) -> dict[str, str] | None:
-        self.digests[str(path)] = "absent"
+    ) -> dict[str, str] | str:
+        self.digests[str(path)] = "absent"  # watched: a file created later is noticed
         try:
             content = _read_limited(path, MAX_ENV_FILE_BYTES)
         except FileNotFoundError:
-            return None
+            return _ABSENT
         except _TooLarge:
-            report.add(f"larger than {MAX_ENV_FILE_BYTES // 1024} KiB", file=str(path))
-            return {}
+            return f"is larger than {MAX_ENV_FILE_BYTES // 1024} KiB"
         except OSError as exc:
-            report.add(f"cannot read: {exc.strerror}", file=str(path))
-            return {}
+            return f"cannot be read: {exc.strerror}"
         self.digests[str(path)] = hashlib.sha256(content).hexdigest()
         text = _decode_env(content, str(path), report)
         if text is None:
