@@ -147,7 +147,7 @@ OnScalar = Callable[[Path, Scalar], Any]
 
 def compose(text: str) -> Node | None:
     """The node graph of a single YAML document, or None for an empty stream."""
-    yaml = YAML(typ="safe", pure=True)  # no comment gathering: twice as fast as "rt"
+    yaml = YAML(typ="safe", pure=True)  # no comment gathering: 1.6x as fast as "rt"
     yaml.Resolver = _CoreResolver
     yaml.Composer = _Composer
     yaml.allow_duplicate_keys = True  # reported by `read`, with both lines
@@ -224,7 +224,7 @@ class _Converter:
 
     def _scalar(self, node: ScalarNode, path: Path, mark: Mark) -> Any:
         tag = str(node.tag)
-        if tag == TIMESTAMP:
+        if tag in (TIMESTAMP, MERGE):  # a date stays text; `<<` merges only as a key
             tag = STR
         if tag not in (STR, NULL, BOOL, INT, FLOAT):
             raise YamlError(
