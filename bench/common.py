@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
+import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -75,9 +78,20 @@ def _cpus() -> int:
     return os.cpu_count() or 0
 
 
+@functools.cache
+def run_options() -> frozenset[str]:
+    """The options `reconciler run --help` lists (they change while the runtime evolves)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "reconciler", "run", "--help"], capture_output=True, text=True
+    ).stdout
+    return frozenset(re.findall(r"--[a-z][a-z0-9-]*", out))
+
+
 def start_daemon(path: Path, tmp: Path, interval: float = 5.0) -> subprocess.Popen[bytes]:
-    """`reconciler run` in the background, its output in tmp/daemon.log."""
+    """`reconciler run` in the background, its output in tmp/daemon.log; its lock (and its
+    state, when `run` has `--state-dir`) in tmp."""
     log = open(tmp / "daemon.log", "wb")  # noqa: SIM115
+    state = ["--state-dir", str(tmp)] if "--state-dir" in run_options() else []
     return subprocess.Popen(
         [
             sys.executable,
@@ -93,7 +107,19 @@ def start_daemon(path: Path, tmp: Path, interval: float = 5.0) -> subprocess.Pop
             "off",
             "--lock-dir",
             str(tmp),
+            *state,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+
+
+def stop_daemon(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """SIGTERM, and SIGKILL if it has not stopped within `timeout` (a pass can block)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)

@@ -27,7 +27,7 @@ import docker.errors
 import pytest
 import yaml
 
-from tests.enginekit import ImageBuildError, build_scratch_image, remove_labelled
+from tests.enginekit import EventRecorder, ImageBuildError, build_scratch_image, remove_labelled
 
 TEST_LABEL = "io.reconciler.test"
 OWNER_LABEL = "io.reconciler.test.owner"
@@ -54,6 +54,14 @@ def api() -> docker.APIClient:
             pytest.fail(message)
         pytest.skip(message)
     return client
+
+
+@pytest.fixture(scope="session", autouse=True)
+def state_directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Rollout records of every daemon and CLI the tests start go to a temporary folder."""
+    path = tmp_path_factory.mktemp("state")
+    os.environ["STATE_DIRECTORY"] = str(path)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -150,6 +158,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_pair() -> int:
+    """A port P such that P and P + 1 are both free on 127.0.0.1 right now."""
+    import socket
+
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    pytest.fail("no two consecutive free ports on 127.0.0.1")
+
+
+@pytest.fixture
+def record_events(api: docker.APIClient, project: str) -> Iterator[Callable[..., EventRecorder]]:
+    """Start recording Docker events live (all closed afterwards): call it BEFORE the fault.
+
+    `record_events()` records the container events of this test's project (or of the
+    project given); `record_events(filters={...})` takes Docker's event filters as they are.
+    """
+    recorders: list[EventRecorder] = []
+    default = project
+
+    def record(
+        project: str | None = None, *, filters: dict[str, Any] | None = None
+    ) -> EventRecorder:
+        if filters is None:
+            label = f"io.reconciler.project={project or default}"
+            filters = {"type": ["container"], "label": [label]}
+        recorder = EventRecorder(filters)
+        recorders.append(recorder)
+        return recorder
+
+    yield record
+    for recorder in recorders:
+        recorder.close()
+
+
 class DaemonProcess:
     """`python -m reconciler run` in the background, its JSON log lines collected."""
 
@@ -190,6 +239,37 @@ class DaemonProcess:
     def events(self, name: str) -> list[dict[str, Any]]:
         return [e for e in self.lines() if e.get("event") == name]
 
+    def passes(self) -> list[dict[str, Any]]:
+        """The daemon's log lines, one per finished pass (with `trigger` and `actions`)."""
+        return self.events("pass")
+
+    def forced_pass(self, timeout: float = 60.0) -> dict[str, Any]:
+        """SIGHUP (re-read the file, then a pass) and wait until the pass it asked for has
+        finished; return that pass's log line."""
+        before = sum(p.get("trigger") == "signal" for p in self.passes())
+        self.proc.send_signal(signal.SIGHUP)
+        done = wait_for(
+            lambda: [p for p in self.passes() if p.get("trigger") == "signal"][before:],
+            timeout,
+            what="the pass forced by SIGHUP to finish",
+        )
+        return done[0]
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """The value of sample `name` with `labels` on /metrics now (None when absent)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        status, text = self.get("/metrics")
+        if status != 200:
+            return None
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
+                    return sample.value
+        return None
+
     def get(self, path: str) -> tuple[int, str]:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
@@ -212,7 +292,13 @@ class DaemonProcess:
 
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+def daemon(tmp_path: Path, project: str) -> Iterator[Callable[..., DaemonProcess]]:
+    """Start daemons for this test; each is stopped afterwards.
+
+    It depends on `project` so that its daemons are stopped BEFORE the project's resources
+    are removed (fixtures are torn down in reverse): a daemon still running would heal
+    what the cleanup removes, and leave it behind.
+    """
     started: list[DaemonProcess] = []
 
     def start(path: Path, interval: float = 60.0) -> DaemonProcess:
@@ -225,8 +311,10 @@ def daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
         d.stop()
 
 
-def restart_dockerd(down_for: float = 10.0) -> None:
-    """Stop the local dockerd, keep it down `down_for` seconds, start it again the same way."""
+def restart_dockerd(down_for: float = 10.0, while_down: Callable[[], Any] | None = None) -> None:
+    """Stop the local dockerd, keep it down at least `down_for` seconds (running `while_down`
+    meanwhile, e.g. to watch the daemon notice), then start it again the same way; it is
+    started again also when `while_down` fails."""
     found = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True)
     pids = found.stdout.split()
     if os.geteuid() != 0 or len(pids) != 1:
@@ -234,11 +322,20 @@ def restart_dockerd(down_for: float = 10.0) -> None:
     pid = int(pids[0])
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 60
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    stopped = time.monotonic()
-    time.sleep(max(0.0, down_for - (time.monotonic() - stopped)))
+    try:
+        wait_for(
+            lambda: not Path(f"/proc/{pid}").exists(), 60, interval=0.1, what="dockerd to exit"
+        )
+        stopped = time.monotonic()
+        if while_down is not None:
+            while_down()
+        time.sleep(max(0.0, down_for - (time.monotonic() - stopped)))  # the outage itself
+    finally:
+        if not Path(f"/proc/{pid}").exists():
+            _start_dockerd(argv)
+
+
+def _start_dockerd(argv: list[bytes]) -> None:
     Path("/var/run/docker.pid").unlink(missing_ok=True)
     log = open(os.path.join(tempfile.gettempdir(), "dockerd-restarted.log"), "ab")  # noqa: SIM115
     subprocess.Popen(

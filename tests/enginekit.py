@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -115,3 +116,82 @@ class CountingClient:
 
     def writes(self) -> list[tuple[str, str]]:
         return [c for c in self.calls if c[0] in ("POST", "DELETE", "PUT")]
+
+
+class EventRecorder:
+    """Docker events matching `filters`, recorded live from the moment it is made.
+
+    Subscribe BEFORE injecting a fault: the engine keeps only its last few hundred events
+    (a busy engine overwrites them within seconds), so replaying history afterwards loses
+    events. The subscription also asks for events `since` its own creation time,
+    which covers the instant between the engine answering and it registering the listener.
+    """
+
+    def __init__(self, filters: dict[str, Any], *, timeout: int = 60) -> None:
+        self.api = docker.from_env(timeout=timeout).api
+        self.since = time.time()
+        self._events: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._last_change = time.monotonic()
+        self._stream = self.api.events(since=f"{self.since:.9f}", decode=True, filters=filters)
+        self._thread = threading.Thread(target=self._run, name="event-recorder", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for event in self._stream:
+                with self._lock:
+                    self._events.append(event)
+                    if not _noise(event):
+                        self._last_change = time.monotonic()
+        except Exception:  # the stream was closed
+            return
+
+    def events(
+        self, *, name: str | None = None, actions: Iterable[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Events so far, oldest first; only those of container/object `name` and `actions`
+        (an action like `health_status: healthy` matches `health_status`) when given."""
+        wanted = set(actions) if actions is not None else None
+        with self._lock:
+            out = list(self._events)
+        if name is not None:
+            out = [e for e in out if actor_name(e) == name]
+        if wanted is not None:
+            out = [e for e in out if action(e) in wanted]
+        return out
+
+    def actions(self, *, name: str | None = None) -> list[str]:
+        """The actions of `events(name=...)`, without the exec and health-check noise."""
+        return [action(e) for e in self.events(name=name) if not _noise(e)]
+
+    def quiet_for(self) -> float:
+        """Seconds since the last event (exec and health-check noise aside), or since the
+        recording began: an observation window can end once nothing has happened for a while."""
+        with self._lock:
+            return time.monotonic() - self._last_change
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._stream.close()
+        self._thread.join(timeout=5)
+        with contextlib.suppress(Exception):
+            self.api.close()
+
+
+def _noise(event: dict[str, Any]) -> bool:
+    return action(event).startswith("exec_") or action(event) == "health_status"
+
+
+def action(event: dict[str, Any]) -> str:
+    """An event's action without its detail (`health_status: healthy` -> `health_status`)."""
+    return str(event.get("Action") or event.get("status") or "").split(":")[0]
+
+
+def actor_name(event: dict[str, Any]) -> str | None:
+    """The name of the container, network or volume an event is about."""
+    actor = event.get("Actor") or {}
+    name = (actor.get("Attributes") or {}).get("name")
+    if name is None and event.get("Type") == "volume":
+        name = actor.get("ID")  # a volume's ID is its name
+    return name

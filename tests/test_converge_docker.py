@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,19 @@ from reconciler.config import loader as desired
 from reconciler.core.model import Observed
 from reconciler.core.planner import plan
 from reconciler.engine.docker_engine import Engine
-from reconciler.runtime.reconcile import Reconciler
-from tests.conftest import OWNER_LABEL, TEST_LABEL, cleanup, free_port, run_cli, running_names
-from tests.enginekit import CountingClient
+from reconciler.runtime.controller import RESYNC, Controller, service_key
+from reconciler.runtime.oneshot import Applied, apply_once
+from reconciler.runtime.state_store import StateStore
+from tests.conftest import (
+    OWNER_LABEL,
+    TEST_LABEL,
+    cleanup,
+    free_port_pair,
+    run_cli,
+    running_names,
+    wait_for,
+)
+from tests.enginekit import CountingClient, EventRecorder, action, actor_name
 from tests.simulator import simulate
 
 pytestmark = pytest.mark.docker
@@ -52,11 +61,14 @@ def stack(project: str, image: str, web_replicas: int = 2, **web: Any) -> dict[s
     }
 
 
-def converge(path: Path, reconciler: Reconciler | None = None):
-    rec = reconciler or Reconciler(Engine(docker.from_env().api))
-    result = rec.run_pass(desired.load(path))
-    assert result.ok, [r.error for r in result.errors]
-    return result
+def converge(path: Path, api: docker.APIClient | None = None, *, check: bool = True) -> Applied:
+    """`reconciler apply` in process: the daemon's runtime, until the project settles."""
+    state = desired.load(path)
+    engine = Engine(api or docker.from_env().api)
+    applied = apply_once(engine, state, StateStore(state.project), timeout_s=300)
+    if check:
+        assert applied.ok, [(r.action.key, r.error) for r in applied.errors]
+    return applied
 
 
 def test_converge_from_empty_then_second_pass_writes_nothing(
@@ -74,10 +86,13 @@ def test_converge_from_empty_then_second_pass_writes_nothing(
     assert any(n["Labels"].get("io.reconciler.project") == project for n in nets)
 
     client = CountingClient()
-    result = Reconciler(Engine(client.api)).run_pass(desired.load(path))
-    assert not result.plan and not result.results
+    state = desired.load(path)
+    controller = Controller(Engine(client.api), state, StateStore(project))
+    assert not controller.reconcile(RESYNC).actions
+    assert len(client.calls) == 3  # the periodic look: one list per object kind
+    again = converge(path, client.api)
+    assert not again.results and not plan(state, Engine(api).observe(project))
     assert client.writes() == []
-    assert len(client.calls) == 3  # one list per object kind
 
 
 def test_observe_matches_the_simulator(
@@ -90,7 +105,7 @@ def test_observe_matches_the_simulator(
     before = engine.observe(project)
     the_plan = plan(state, before)
     predicted = simulate(before, the_plan)
-    Reconciler(engine).run_pass(state)
+    converge(path)
     after = engine.observe(project)
 
     def shape(o: Observed) -> set[tuple[Any, ...]]:
@@ -123,40 +138,43 @@ def test_scale_by_editing_the_file(
 
 
 def test_changed_environment_recreates_one_replica_at_a_time(
-    api: docker.APIClient, busybox_image: str, project: str, write_state: Callable[..., Path]
+    api: docker.APIClient,
+    busybox_image: str,
+    project: str,
+    write_state: Callable[..., Path],
+    record_events: Callable[..., EventRecorder],
 ) -> None:
-    """A changed variable recreates the replicas, the next only once the previous one runs."""
-    path = write_state(stack(project, busybox_image, 3, environment={"COLOR": "blue"}))
+    """A changed variable replaces the replicas one at a time: each new one starts only after
+    the old one left, and the next old one goes only once the previous new one passed."""
+    quick = {"drain_period": "0s", "deploy": {"update_config": {"monitor": "1s"}}}
+    path = write_state(stack(project, busybox_image, 3, environment={"COLOR": "blue"}, **quick))
     converge(path)
     old = {
         c["Names"][0]: c["Id"]
         for c in api.containers(filters={"label": "io.reconciler.service=web"})
         if project in c["Names"][0]
     }
-    since = time.time()
-    write_state(stack(project, busybox_image, 3, environment={"COLOR": "green"}))
-    result = converge(path)
-    assert [r.action.verb for r in result.results if r.action.kind == "container"] == [
-        "recreate"
-    ] * 3
-    events = api.events(
-        since=int(since) - 1,
-        until=int(time.time()) + 1,
-        decode=True,
-        filters={"label": f"io.reconciler.project={project}", "event": ["destroy", "start"]},
+    # Recorded live from before the change (Docker's own history is short and shared).
+    rec = record_events(
+        filters={
+            "type": ["container"],
+            "label": [f"io.reconciler.project={project}"],
+            "event": ["stop", "start"],
+        }
     )
-    sequence = [
-        (e["Action"], e["Actor"]["Attributes"]["name"].rsplit("-", 1)[1])
-        for e in events
-        if e["timeNano"] >= since * 1e9
-    ]
-    # destroy 1, start 1, destroy 2, start 2, ... : never two replicas down at once
+    write_state(stack(project, busybox_image, 3, environment={"COLOR": "green"}, **quick))
+    result = converge(path)
+    creates = [r.action.name for r in result.results if r.action.verb == "create"]
+    assert len(creates) == 3 and all("_" in n for n in creates)  # beside the old, as compose
+    wait_for(lambda: len(rec.events()) >= 6, 30, what="the stop and start events")
+    sequence = [(action(e), (actor_name(e) or "").rsplit("-", 1)[1]) for e in rec.events()]
+    # stop old 1, start new 1, stop old 2, ... : never two replicas down at once
     assert sequence == [
-        ("destroy", "1"),
+        ("stop", "1"),
         ("start", "1"),
-        ("destroy", "2"),
+        ("stop", "2"),
         ("start", "2"),
-        ("destroy", "3"),
+        ("stop", "3"),
         ("start", "3"),
     ]
     for c in api.containers(filters={"label": f"io.reconciler.project={project}"}):
@@ -193,10 +211,10 @@ def test_unlabelled_container_with_clashing_name_is_left_alone(
     )
     api.start(foreign["Id"])
     path = write_state(stack(project, busybox_image))
-    result = Reconciler(Engine(api)).run_pass(desired.load(path))
+    result = converge(path, check=False)
     (err,) = [r for r in result.errors if r.outcome == "error"]
     assert err.action.key == f"create:{project}-web-1"
-    assert "already in use" in (err.error or "")
+    assert "which reconciler does not manage" in (err.error or "")
     info = api.inspect_container(foreign["Id"])
     assert info["State"]["Running"] and info["Name"] == f"/{project}-web-1"
     assert f"{project}-web-2" in running_names(api, project)  # the rest converged
@@ -222,12 +240,28 @@ def test_unmanaged_network_and_volume_are_adopted(
             }
         },
     }
+    # A file put in the volume by hand must be there for the service: the same volume.
+    writer = api.create_container(
+        busybox_image,
+        ["sh", "-c", "echo by-hand > /data/marker"],
+        labels=labels,
+        host_config=api.create_host_config(binds=[f"{project}-handvol:/data"]),
+    )
+    api.start(writer["Id"])
+    assert api.wait(writer["Id"], timeout=60)["StatusCode"] == 0
+    api.remove_container(writer["Id"])
     path = write_state(doc)
     result = converge(path)
-    assert any("adopted, not owned" in n for n in result.plan.notes)
+    assert any("adopted, not owned" in n for n in result.notes)
+    assert not [r for r in result.results if r.action.kind in ("network", "volume")]
+    # The same network (by ID), its labels untouched, and the same volume, used as they are.
     assert api.inspect_network(net["Id"])["Labels"] == labels
-    cid = running_names(api, project)
-    assert cid == [f"{project}-w-1"]
+    assert api.inspect_volume(f"{project}-handvol")["Labels"] == labels
+    assert running_names(api, project) == [f"{project}-w-1"]
+    info = api.inspect_container(f"{project}-w-1")
+    assert info["NetworkSettings"]["Networks"][f"{project}-hand"]["NetworkID"] == net["Id"]
+    exec_id = api.exec_create(f"{project}-w-1", ["cat", "/data/marker"])
+    assert api.exec_start(exec_id).decode().strip() == "by-hand"
 
 
 def test_pull_failure_is_reported_and_others_converge(
@@ -237,7 +271,7 @@ def test_pull_failure_is_reported_and_others_converge(
     doc = stack(project, busybox_image)
     doc["services"]["ghost"] = {"image": "registry.invalid/nobody/ghost:1"}
     path = write_state(doc)
-    result = Reconciler(Engine(api)).run_pass(desired.load(path))
+    result = converge(path, check=False)
     errors = {r.action.key: r for r in result.errors}
     assert errors["image:ghost"].outcome == "error"
     assert "pull image registry.invalid/nobody/ghost:1" in (errors["image:ghost"].error or "")
@@ -248,7 +282,8 @@ def test_pull_failure_is_reported_and_others_converge(
 def test_pull_failure_is_retried_with_backoff(
     api: docker.APIClient, busybox_image: str, project: str, write_state: Callable[..., Path]
 ) -> None:
-    """After a failed pull the next passes hold it back until its back-off expires."""
+    """A failed pull is retried at once (the engine answered 5xx: transient), then held back
+    until its back-off expires; the pull is its own work, the service waits for it."""
     doc = {
         "services": {
             "ghost": {
@@ -258,21 +293,33 @@ def test_pull_failure_is_retried_with_backoff(
         }
     }
     path = write_state(doc)
-    rec = Reconciler(Engine(api))
     state = desired.load(path)
-    first = rec.run_pass(state)
-    second = rec.run_pass(state)
-    third = rec.run_pass(state)
-    assert next(r.action.key for r in first.errors) == "image:ghost"
-    assert next(r.action.key for r in second.errors) == "image:ghost"  # first retry: at once
-    assert not third.results and any("held back" in n for n in third.plan.notes)
+    notes: list[str] = []
+    queued: list[str] = []
+    rec = Controller(
+        Engine(api),
+        state,
+        StateStore(project),
+        enqueue=lambda key, delay: queued.append(key),
+        on_note=notes.append,
+    )
+    ghost = service_key("ghost")
+    for attempt in (1, 2):
+        queued.clear()
+        rec.reconcile(ghost)  # the service asks for its image
+        assert queued == ["image:ghost"], attempt
+        assert rec.reconcile("image:ghost").errors == 1  # the pull fails
+    queued.clear()
+    outcome = rec.reconcile(ghost)
+    assert queued == [] and outcome.requeue_after and outcome.requeue_after > 10
+    assert any("image:ghost: held back" in n for n in notes)
 
 
 def test_port_taken_fails_one_replica_only(
     api: docker.APIClient, busybox_image: str, project: str, write_state: Callable[..., Path]
 ) -> None:
     """A host port already taken fails that replica with Docker's error; others converge."""
-    port = free_port()
+    port = free_port_pair()  # port for web-1, port + 1 for web-2 (taken by the blocker)
     blocker = api.create_container(
         busybox_image,
         ["httpd", "-f", "-p", "80"],
@@ -283,7 +330,7 @@ def test_port_taken_fails_one_replica_only(
     )
     api.start(blocker["Id"])
     doc = stack(project, busybox_image, 2, ports=[f"127.0.0.1:{port}-{port + 1}:8080"])
-    result = Reconciler(Engine(api)).run_pass(desired.load(write_state(doc)))
+    result = converge(write_state(doc), check=False)
     (err,) = result.errors
     assert err.action.key == f"container:{project}-web-2"  # the start fails, not the create
     assert "port is already allocated" in (err.error or "") or "address already in use" in (
@@ -386,10 +433,15 @@ def test_build_service_builds_its_image_once(
         }
     }
     try:
-        result = converge(write_state(doc))
+        path = write_state(doc)
+        result = converge(path)
         assert [r.action.verb for r in result.results if r.action.kind == "image"] == ["build"]
         exec_id = api.exec_create(f"{project}-app-1", ["cat", "/built"])
         assert api.exec_start(exec_id).decode().strip() == "built"
+        image_id = api.inspect_image(tag)["Id"]
+        again = converge(path)  # the image is there: not built again
+        assert not again.results
+        assert api.inspect_image(tag)["Id"] == image_id
     finally:
         cleanup_image(api, tag, project)
 

@@ -73,3 +73,17 @@ def test_shutdown_wakes_waiting_workers() -> None:
     assert len(errors) == 1
     with pytest.raises(ShutDown):
         q.get()
+
+
+def test_a_delayed_add_survives_an_immediate_one() -> None:
+    """A key queued now and asked for again later comes back later too (the re-check)."""
+    q = WorkQueue()
+    q.add("a")
+    q.add_after("a", 0.05)
+    assert q.get() == "a"
+    q.done("a")
+    got: list[str] = []
+    t = threading.Thread(target=lambda: got.append(q.get()), daemon=True)
+    t.start()
+    t.join(60)
+    assert got == ["a"]

@@ -179,6 +179,11 @@ class Controller:
         observed = self.engine.observe(desired.project)
         now = self.clock()
         drift: dict[str, int] = {}
+        for note in plan(desired, observed, Holds(now=now)).notes:
+            if "orphaned" in note or "adopted" in note:
+                log.debug("note", project=desired.project, note=note)
+                self.on_note(note)
+        observed = _without_project_objects(observed)  # reported above, once
         for svc in desired.services:
             target, _, rollout = self._target(svc)
             mine = _containers_of(observed, svc.name)
@@ -222,7 +227,7 @@ class Controller:
             if fast is not None:
                 return fast
         now = self.clock()
-        observed = self.engine.observe(desired.project)
+        observed = _without_project_objects(self.engine.observe(desired.project))
         mine = self._with_start_times(_containers_of(observed, name))
         book = self.books.setdefault(name, HealingBook())
         drained = self._drained.setdefault(name, {})
@@ -283,9 +288,14 @@ class Controller:
         outcome = self._outcome(p, results, book, now)
         if events and events[-1].kind in ("rolled_back", "paused"):
             return replace(outcome, requeue_after=0.0, busy=True)  # act on the new target now
-        in_flight = any(ro.is_temp_name(c.name) for c in after_mine)
-        if in_flight or (mode != "paused" and not ro.converged(target, after_mine)):
-            outcome = replace(outcome, busy=outcome.busy or in_flight)
+        # A rollout under way keeps `apply` waiting (a crash loop on the right spec does not).
+        wanted = {s.replica: s.spec_hash for s in target.replicas}
+        rolling = mode != "paused" and any(
+            ro.is_temp_name(c.name) or wanted.get(c.replica, c.spec_hash) != c.spec_hash
+            for c in after_mine
+        )
+        if rolling:
+            outcome = replace(outcome, busy=True)
         if not p.steps and p.wake_at is None and not book.next_wakeup(now):
             self._quiet.add(name)
         else:
@@ -404,7 +414,7 @@ class Controller:
             result = StepResult(action, "success", None, time.monotonic() - started)
             self._images_ready[service] = action
         self._images_wanted.pop(service, None)
-        self._report(result)
+        self._report(result, job=True)
         book = self.books.setdefault(service, HealingBook())
         svc = next((s for s in self.desired.services if s.name == service), None)
         heal = {action.key: svc.heal} if svc else {}
@@ -503,8 +513,10 @@ class Controller:
             elif isinstance(a, StartContainer):
                 self._last_runs.pop(a.id, None)
 
-    def _report(self, r: StepResult) -> None:
+    def _report(self, r: StepResult, *, job: bool = False) -> None:
         a = r.action
+        if isinstance(a, EnsureImage) and not job and r.outcome in ("success", "waiting"):
+            return  # the image was there, or its pull is queued: the pull itself reports
         service = a.service
         fields = {
             "service": service,
@@ -615,6 +627,11 @@ class Controller:
 
 def _containers_of(observed: Observed, service: str) -> tuple[ObservedContainer, ...]:
     return tuple(c for c in observed.containers if c.service == service)
+
+
+def _without_project_objects(observed: Observed) -> Observed:
+    """For one service's plan: orphaned networks and volumes are the resync's to report."""
+    return replace(observed, project_networks=frozenset(), project_volumes=frozenset())
 
 
 def _restrict(desired: DesiredState, svc: ServiceSpec) -> DesiredState:

@@ -36,6 +36,7 @@ from reconciler.runtime.workqueue import ShutDown, WorkQueue
 log = structlog.get_logger("reconciler")
 
 ENGINE_RETRY_S = 2.0
+EVENT_RECHECK_S = 0.5
 STOP_WAIT_S = 35.0  # the longest Docker call we wait for at shutdown (client timeout + margin)
 
 
@@ -233,6 +234,9 @@ class Daemon:
         if action == "die":
             self.controller.hint_died(service, container_id)
         self.enqueue(service_key(service), 0.0, "event")
+        # Docker's container list can lag its own events (a `die` or `pause` still shows
+        # "running" for up to ~0.2 s): look once more a moment later.
+        self.queue.add_after(service_key(service), EVENT_RECHECK_S)
 
     def _engine_ok(self) -> None:
         if not self._engine_up:

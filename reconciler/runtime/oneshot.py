@@ -54,6 +54,8 @@ def apply_once(
     lock = threading.Lock()
 
     def record(r: StepResult) -> None:
+        if r.outcome == "waiting":
+            return
         with lock:
             results.append(r)
         if on_result:
@@ -91,7 +93,7 @@ def settle(controller: Controller, *, timeout_s: float, workers: int = 4) -> boo
             with lock:
                 busy[key] = outcome.busy
             queue.done(key)
-            if outcome.requeue_after is not None and outcome.busy:
+            if outcome.requeue_after is not None and (outcome.busy or outcome.requeue_after == 0):
                 queue.add_after(key, outcome.requeue_after)
 
     for svc in controller.desired.services:

@@ -35,19 +35,19 @@ class WorkQueue:
         if self._shutdown or key in self._dirty:
             return
         self._dirty.add(key)
-        self._due.pop(key, None)
         if key not in self._processing:
             self._queue.append(key)
             self._cond.notify()
 
     def add_after(self, key: str, delay: float) -> None:
-        """Add `key` after `delay` seconds (the earliest of several such requests wins)."""
+        """Add `key` after `delay` seconds (the earliest of several such requests wins; a key
+        queued meanwhile still comes back then)."""
         if delay <= 0:
             self.add(key)
             return
         due = time.monotonic() + delay
         with self._cond:
-            if self._shutdown or key in self._dirty or self._due.get(key, float("inf")) <= due:
+            if self._shutdown or self._due.get(key, float("inf")) <= due:
                 return
             self._due[key] = due
             heapq.heappush(self._delayed, (due, next(self._seq), key))
