@@ -15,6 +15,7 @@ import structlog
 
 from reconciler import __version__
 from reconciler.config import loader as desired_file
+from reconciler.config import secrets
 from reconciler.core.model import DesiredState, describe
 from reconciler.core.planner import plan
 from reconciler.engine.docker_engine import FALLBACK_API_VERSION, Engine, connect
@@ -169,7 +170,8 @@ def _apply(args: argparse.Namespace, desired: DesiredState) -> int:
     def show(r: StepResult) -> None:
         if r.outcome != "waiting":
             line = f"{r.outcome:8} {describe(r.action)}"
-            print(line if r.error is None else f"{line}: {r.error}", flush=True)
+            text = line if r.error is None else f"{line}: {r.error}"
+            print(secrets.redact(text), flush=True)  # Docker's error may quote a secret
 
     lock = ProjectLock(desired.project, args.lock_dir)
     lock.acquire(role="reconciler apply")

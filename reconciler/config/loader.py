@@ -1,30 +1,56 @@
 """Read desired_state.yaml into a validated, rendered `DesiredState`.
 
-The only module that parses YAML. Every problem is reported with the file, the
-path inside it and what is wrong, all at once, as a `DesiredStateError`.
+The only module that reads the file. YAML is read by `yamlread` (ruamel.yaml, YAML 1.2 core
+schema, duplicate keys refused, aliases counted); `${VAR}` is substituted with compose's
+rules from the environment and the `.env` beside the file; env_file contents join the
+environment. Every problem is reported as `file:line:column: path: what is wrong`, all at
+once, as a `DesiredStateError`; no message quotes what a secret-looking variable gave.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
 import shlex
-from collections.abc import Iterable, Mapping
+import stat
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-import yaml
 from pydantic import ValidationError
 
+from reconciler.config import secrets
+from reconciler.config.interpolation import (
+    SECRET_NAME,
+    InterpolationError,
+    interpolate,
+    parse_env_file,
+)
 from reconciler.config.schema import (
+    DEFAULT_MAX_REPLICAS,
     DesiredStateDef,
     ServiceDef,
     UpdateConfigDef,
     VolumeMountDef,
 )
+from reconciler.config.yamlread import (
+    BOOL,
+    NULL,
+    STR,
+    Document,
+    Mark,
+    Scalar,
+    YamlError,
+    compose,
+    core_value,
+    read,
+)
+from reconciler.config.yamlread import Path as DataPath
 from reconciler.core.model import (
     BuildSpec,
     ContainerSpec,
@@ -42,12 +68,22 @@ from reconciler.errors import DesiredStateError
 
 REPLICA_PLACEHOLDER = "{replica}"
 MAX_PORT = 65535
+MAX_FILE_BYTES = 4 * 1024 * 1024  # the desired-state file
+MAX_ENV_FILE_BYTES = 1024 * 1024  # .env and each env_file
+MAX_CONTAINER_NAME = 128
+MAX_PROJECT_NAME = 63
+MAX_DNS_LABEL = 63
+ENV_MAX_REPLICAS = "RECONCILER_MAX_REPLICAS"
 # Keys that do not change what a service's containers are: left out of its revision.
 _NOT_IN_REVISION = {"replicas", "deploy", "heal", "drain_period", "state", "pull", "depends_on"}
 _PORT = re.compile(
-    r"^(?:(?P<ip>\d+\.\d+\.\d+\.\d+|\[[0-9a-fA-F:]+\]):)?(?:(?P<host>\d+(?:-\d+)?):)?"
-    r"(?P<container>\d+)(?:/(?P<proto>tcp|udp|sctp))?$"
+    r"^(?:(?P<ip>[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9a-fA-F:]+\]):)?"
+    r"(?:(?P<host>[0-9]{1,10}(?:-[0-9]{1,10})?):)?"
+    r"(?P<container>[0-9]{1,10})(?:/(?P<proto>tcp|udp|sctp))?$"
 )
+_SERVICE_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
+_PROJECT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
+_CONTAINER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+\Z")  # Docker's rule (2+ characters)
 
 
 def load(path: str | Path) -> DesiredState:
@@ -55,52 +91,97 @@ def load(path: str | Path) -> DesiredState:
     path = Path(path)
     source = str(path)
     try:
-        raw = path.read_bytes()
+        raw = _read_limited(path, MAX_FILE_BYTES)
     except FileNotFoundError:
         raise DesiredStateError(source, ["file not found"]) from None
+    except _TooLarge:
+        raise DesiredStateError(
+            source, [f"the file is larger than {MAX_FILE_BYTES // 1024 // 1024} MiB"]
+        ) from None
     except OSError as exc:
         raise DesiredStateError(source, [f"cannot read: {exc.strerror}"]) from exc
     return parse(raw, source=source, base_dir=path.resolve().parent)
 
 
-def parse(raw: bytes | str, *, source: str, base_dir: Path) -> DesiredState:
-    """Validate and render the text of a desired-state file."""
+def parse(
+    raw: bytes | str,
+    *,
+    source: str,
+    base_dir: Path,
+    environ: Mapping[str, str] | None = None,
+    max_replicas: int | None = None,
+) -> DesiredState:
+    """Validate and render the text of a desired-state file.
+
+    `environ` (default: the process environment) and the `.env` in `base_dir` give `${VAR}`
+    its values, the environment winning. `max_replicas` (default: $RECONCILER_MAX_REPLICAS,
+    else 1000) bounds `replicas`.
+    """
+    env = os.environ if environ is None else environ
+    report = _Report(source)
+    limit = _replica_limit(max_replicas, env, report)
+    text = _decode(raw, report)
     try:
-        data = yaml.safe_load(raw)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise DesiredStateError(source, [f"{where}malformed YAML: {exc.problem}"]) from None
-    except yaml.YAMLError as exc:
-        raise DesiredStateError(source, [f"malformed YAML: {exc}"]) from None
+        node = compose(text)
+    except YamlError as exc:
+        report.add(exc.message, mark=exc.mark)
+        raise report.error() from None
+    if node is None:
+        raise DesiredStateError(
+            source, ["the file is empty; refusing it (it would remove every container)"]
+        )
+    dotenv = _DotEnv(base_dir / ".env", env, report)
+    scalars = _Scalars(dotenv.lookup, report)
+    try:
+        doc = read(node, scalars)
+    except YamlError as exc:
+        report.add(exc.message, mark=exc.mark)
+        raise report.error() from None
+    for path, mark, message in doc.problems:
+        report.add(message, path, mark)
+    data = doc.data
     if data is None:
         raise DesiredStateError(
             source, ["the file is empty; refusing it (it would remove every container)"]
         )
     if not isinstance(data, dict):
-        raise DesiredStateError(
-            source, [f"(top level): must be a mapping, not {type(data).__name__}"]
-        )
+        kind = type(data).__name__
+        report.add(f"(top level): must be a mapping, not {kind}", mark=doc.mark(()))
+        raise report.error()
+    data = _without_extensions(data)
+    definition = None
     try:
-        definition = DesiredStateDef.model_validate(data)
+        definition = DesiredStateDef.model_validate(data, context={"max_replicas": limit})
     except ValidationError as exc:
-        raise DesiredStateError(source, _pydantic_problems(exc, data)) from None
+        _pydantic_problems(exc, doc, report, skip=scalars.failed)
+    if report or definition is None:
+        raise report.error()
     if not definition.services:
-        raise DesiredStateError(
-            source, ["services: no services; refusing it (it would remove every container)"]
+        report.add(
+            "no services; refusing it (it would remove every container)",
+            ("services",),
+            doc.mark(("services",)),
         )
-    project = definition.project or _project_from_folder(base_dir)
-    problems = list(_check(definition))
-    if problems:
-        raise DesiredStateError(source, problems)
-    renderer = _Renderer(definition, project, base_dir)
+        raise report.error()
+    project = _project(definition, base_dir, report, doc)
+    for issue in _check(definition, project):
+        report.add(issue.message, issue.path, doc.mark(issue.at or issue.path))
+    env_files = _EnvFiles(definition, base_dir, dotenv.lookup, report, doc)
+    if report:
+        raise report.error()
+    renderer = _Renderer(definition, project, base_dir, env_files.values)
     state = renderer.render()
-    if renderer.problems:
-        raise DesiredStateError(source, renderer.problems)
-    h = hashlib.sha256(raw if isinstance(raw, bytes) else raw.encode())
-    for path, config_digest in sorted(renderer.config_digests.items()):
-        h.update(f"\0{path}={config_digest}".encode())
-    digest = h.hexdigest()  # the file and every config file it mounts
+    for issue in renderer.problems:
+        report.add(issue.message, issue.path, doc.mark(issue.at or issue.path))
+    if report:
+        raise report.error()
+    files = {**renderer.config_digests, **env_files.digests, str(dotenv.path): dotenv.digest}
+    h = hashlib.sha256(text.encode())
+    for file, file_digest in sorted(files.items()):
+        h.update(f"\0{file}={file_digest}".encode())
+    digest = h.hexdigest()  # the file, every config it mounts, .env and every env_file
+    # What secret-looking variables gave: never printed (environment values never are).
+    secrets.mark(report.secret_values)
     return DesiredState(
         project=state.project,
         networks=state.networks,
@@ -109,35 +190,128 @@ def parse(raw: bytes | str, *, source: str, base_dir: Path) -> DesiredState:
         source=source,
         digest=digest,
         volume_templates=state.volume_templates,
-        watched=tuple(sorted(renderer.config_digests)),
+        watched=tuple(sorted(files)),
+        secrets=frozenset(report.secret_values),
     )
 
 
-# --------------------------------------------------------------------------- errors
+# --------------------------------------------------------------------------- problems
 
 
-def _pydantic_problems(exc: ValidationError, data: Any) -> list[str]:
-    seen: dict[str, list[str]] = {}
+class Issue(NamedTuple):
+    """A problem found on the definition: `path` is shown, `at` (default `path`) is where
+    in the file to point."""
+
+    path: DataPath
+    message: str
+    at: DataPath | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Problem:
+    message: str
+    path: DataPath = ()
+    mark: Mark | None = None
+    file: str | None = None  # None: the desired-state file; else an env file (line only)
+
+
+class _Report:
+    """The problems of one parse, shown as `file:line:column: path: message`."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.items: list[_Problem] = []
+        self.secret_values: set[str] = set()  # never shown, whatever the message
+
+    def add(
+        self,
+        message: str,
+        path: DataPath = (),
+        mark: Mark | None = None,
+        file: str | None = None,
+    ) -> None:
+        self.items.append(_Problem(message, path, mark, file))
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def lines(self) -> list[str]:
+        def order(p: _Problem) -> tuple[int, str, int, int]:
+            line, column = (p.mark.line, p.mark.column) if p.mark else (0, 0)
+            return (p.file is not None, p.file or "", line, column)
+
+        out: list[str] = []
+        hide = [v for v in self.secret_values if len(v) >= secrets.MIN_LENGTH]
+        for p in sorted(self.items, key=order):
+            file = p.file or self.source
+            if p.mark is None:
+                where = f"{p.file}: " if p.file else ""
+            elif p.file is not None or not p.mark.column:
+                where = f"{file}:{p.mark.line}: "
+            else:
+                where = f"{file}:{p.mark.line}:{p.mark.column}: "
+            text = f"{dotted(p.path)}: {p.message}" if p.path else p.message
+            line = secrets.redact(where + text, hide)
+            if line not in out:
+                out.append(line)
+        return out
+
+    def error(self) -> DesiredStateError:
+        return DesiredStateError(self.source, self.lines())
+
+
+def dotted(path: DataPath) -> str:
+    """services.web.ports[0]"""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _pydantic_problems(
+    exc: ValidationError, doc: Document, report: _Report, skip: set[DataPath]
+) -> None:
+    seen: dict[DataPath, tuple[Mark | None, list[str]]] = {}
     for err in exc.errors():
-        path = _data_path(err["loc"], data)
+        path = _data_path(err["loc"], doc.data)
+        if any(path[: len(failed)] == failed for failed in skip):
+            continue  # a ${VAR} that could not be substituted: reported already
+        mark = doc.mark(path, key=err["type"] == "extra_forbidden")
         message = _message(err)
-        seen.setdefault(path, [])
-        if message not in seen[path]:
-            seen[path].append(message)
-    return [f"{path}: {' or '.join(msgs)}" for path, msgs in seen.items()]
+        _, messages = seen.setdefault(path, (mark, []))
+        if message not in messages:
+            messages.append(message)
+    for path, (mark, messages) in seen.items():
+        report.add(" or ".join(messages), path, mark)
 
 
-def _data_path(loc: tuple[Any, ...], data: Any) -> str:
-    """Join the parts of a pydantic location that exist in the data (drops union tags)."""
-    parts: list[str] = []
+def _without_extensions(data: dict[str, Any]) -> dict[str, Any]:
+    """Compose's extension fields (`x-...` keys: a home for anchors) at the top level and in
+    each service, network and volume are ignored."""
+
+    def strip(d: Any) -> Any:
+        if not isinstance(d, dict):
+            return d
+        return {k: v for k, v in d.items() if not k.startswith("x-")}
+
+    out = strip(data)
+    for section in ("services", "networks", "volumes"):
+        if isinstance(out.get(section), dict):
+            out[section] = {k: strip(v) for k, v in out[section].items()}
+    return out
+
+
+def _data_path(loc: tuple[Any, ...], data: Any) -> DataPath:
+    """The parts of a pydantic location that exist in the data (drops union tags)."""
+    parts: list[str | int] = []
     node = data
     for part in loc:
         if isinstance(node, Mapping) and part in node:
             node = node[part]
             parts.append(str(part))
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]
-            parts[-1 if parts else 0 :] = [f"{parts[-1]}[{part}]" if parts else f"[{part}]"]
+            parts.append(part)
         elif (
             isinstance(node, Mapping)
             and isinstance(part, str)
@@ -147,7 +321,7 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> str:
             # A missing required key or an unknown key: name it, stop walking.
             parts.append(part)
             node = None
-    return ".".join(parts) or "(top level)"
+    return tuple(parts)
 
 
 def _message(err: Mapping[str, Any]) -> str:
@@ -166,8 +340,218 @@ def _message(err: Mapping[str, Any]) -> str:
         return f"must match {ctx.get('pattern')}"
     if kind == "value_error":
         return str(ctx.get("error", err["msg"]))
-    msg = str(err["msg"])
+    if kind == "finite_number":
+        return "must be a finite number"
+    msg = str(err["msg"])  # pydantic's messages name the expected type, never the input
     return msg[:1].lower() + msg[1:]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _read_limited(path: Path, limit: int) -> bytes:
+    """A regular file's bytes, at most `limit` (a FIFO or a device is refused, not read)."""
+    with open(path, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise IsADirectoryError(21, "not a regular file")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise _TooLarge
+    return data
+
+
+def _decode(raw: bytes | str, report: _Report) -> str:
+    if isinstance(raw, str):
+        text = raw
+    else:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            before = raw[: exc.start]
+            mark = Mark(before.count(b"\n") + 1, exc.start - (before.rfind(b"\n") + 1) + 1)
+            report.add("the file is not UTF-8 text", mark=mark)
+            raise report.error() from None
+    if len(text) > MAX_FILE_BYTES:
+        report.add(f"the file is larger than {MAX_FILE_BYTES // 1024 // 1024} MiB")
+        raise report.error()
+    return text.removeprefix("\ufeff")
+
+
+def _replica_limit(given: int | None, env: Mapping[str, str], report: _Report) -> int:
+    if given is not None:
+        return given
+    text = env.get(ENV_MAX_REPLICAS, "").strip()
+    if not text:
+        return DEFAULT_MAX_REPLICAS
+    if not re.fullmatch(r"[0-9]{1,9}", text):
+        report.add(f"${ENV_MAX_REPLICAS}: must be a whole number (the default is 1000)")
+        raise report.error()
+    return int(text)
+
+
+class _DotEnv:
+    """The `.env` beside the file: variables for `${VAR}`; the environment wins."""
+
+    def __init__(self, path: Path, env: Mapping[str, str], report: _Report) -> None:
+        self.path, self.env = path, env
+        self.values: dict[str, str] = {}
+        self.digest = "absent"
+        try:
+            content = _read_limited(path, MAX_ENV_FILE_BYTES)
+        except FileNotFoundError:
+            return
+        except _TooLarge:
+            report.add(f"larger than {MAX_ENV_FILE_BYTES // 1024} KiB", file=str(path))
+            return
+        except OSError as exc:
+            report.add(f"cannot read: {exc.strerror}", file=str(path))
+            return
+        self.digest = hashlib.sha256(content).hexdigest()
+        text = _decode_env(content, str(path), report)
+        if text is None:
+            return
+        parsed = parse_env_file(text, env.get, env_first=True)
+        for line, message in parsed.problems:
+            report.add(message, mark=Mark(line, 0), file=str(path))
+        self.values = parsed.values
+
+    def lookup(self, name: str) -> str | None:
+        value = self.env.get(name)
+        return value if value is not None else self.values.get(name)
+
+
+def _decode_env(content: bytes, name: str, report: _Report) -> str | None:
+    try:
+        text = content.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        line = content[: exc.start].count(b"\n") + 1
+        report.add("not UTF-8 text", mark=Mark(line, 0), file=name)
+        return None
+    if "\0" in text:
+        line = text[: text.index("\0")].count("\n") + 1
+        report.add("a NUL character cannot be passed to Docker", mark=Mark(line, 0), file=name)
+        return None
+    return text
+
+
+def _env_value(path: DataPath) -> bool:
+    """services.NAME.environment.KEY (the map form): always text, as written."""
+    return len(path) == 4 and path[0] == "services" and path[2] == "environment"
+
+
+def _secret_text(path: DataPath, text: str) -> bool:
+    """The scalar is itself a secret (DB_PASSWORD: ..., or - DB_PASSWORD=...)."""
+    key = path[-1] if path and isinstance(path[-1], str) else text.partition("=")[0]
+    return bool(SECRET_NAME.search(key))
+
+
+class _Scalars:
+    """Interpolates and types each scalar as `yamlread.read` meets it.
+
+    `${VAR}` is substituted in strings (plain or quoted, never in keys); the result stays a
+    string (the schema takes `"3"` for a count and `"true"` for a flag, as compose does).
+    Environment values are kept as written (`012` stays "012"); other plain scalars get
+    their YAML 1.2 core type.
+    """
+
+    def __init__(self, lookup: Callable[[str], str | None], report: _Report) -> None:
+        self.lookup, self.report = lookup, report
+        self.failed: set[DataPath] = set()
+
+    def __call__(self, path: DataPath, scalar: Scalar) -> Any:
+        text = scalar.text
+        if "\0" in text:
+            self.report.add("a NUL character (\\0) cannot be passed to Docker", path, scalar.mark)
+            self.failed.add(path)
+            return text.replace("\0", "")
+        if scalar.tag == STR and "$" in text:
+            try:
+                result = interpolate(text, self.lookup, hide_names=_secret_text(path, text))
+            except InterpolationError as exc:
+                self.report.add(str(exc), path, scalar.mark)
+                self.failed.add(path)
+                return text
+            if result.secret and result.value:
+                self.report.secret_values.add(result.value)
+            self.report.secret_values |= result.secret_values
+            return result.value
+        if _env_value(path):
+            if scalar.plain and scalar.tag == NULL:
+                return None
+            if scalar.plain and scalar.tag == BOOL:
+                return text.lower()
+            return text
+        return core_value(scalar.tag, text)
+
+
+_ABSENT = "not found"
+
+
+class _EnvFiles:
+    """Each service's env_file entries, read in order (a later file wins)."""
+
+    def __init__(
+        self,
+        d: DesiredStateDef,
+        base_dir: Path,
+        lookup: Callable[[str], str | None],
+        report: _Report,
+        doc: Document,
+    ) -> None:
+        self.values: dict[str, dict[str, str]] = {}
+        self.digests: dict[str, str] = {}
+        parsed: dict[Path, dict[str, str] | str] = {}  # the values, or why they cannot be read
+        for name, svc in d.services.items():
+            merged: dict[str, str] = {}
+            entries = [svc.env_file] if isinstance(svc.env_file, str) else svc.env_file
+            for i, entry in enumerate(entries):
+                given, required = (
+                    (entry, True) if isinstance(entry, str) else (entry.path, entry.required)
+                )
+                at: DataPath = ("services", name, "env_file")
+                if not isinstance(svc.env_file, str):
+                    at = (*at, i)
+                path = _resolve(base_dir, given)
+                if path not in parsed:
+                    parsed[path] = self._read(path, lookup, report)
+                values = parsed[path]
+                if isinstance(values, dict):
+                    merged.update(values)
+                elif values != _ABSENT or required:
+                    report.add(f"env file {given!r} {values} ({path})", at, doc.mark(at))
+            self.values[name] = merged
+
+    def _read(
+        self, path: Path, lookup: Callable[[str], str | None], report: _Report
+    ) -> dict[str, str] | str:
+        self.digests[str(path)] = "absent"  # watched: a file created later is noticed
+        try:
+            content = _read_limited(path, MAX_ENV_FILE_BYTES)
+        except FileNotFoundError:
+            return _ABSENT
+        except _TooLarge:
+            return f"is larger than {MAX_ENV_FILE_BYTES // 1024} KiB"
+        except OSError as exc:
+            return f"cannot be read: {exc.strerror}"
+        self.digests[str(path)] = hashlib.sha256(content).hexdigest()
+        text = _decode_env(content, str(path), report)
+        if text is None:
+            return {}
+        env = parse_env_file(text, lookup, env_first=False)
+        for line, message in env.problems:
+            report.add(message, mark=Mark(line, 0), file=str(path))
+        return env.values
+
+
+def _resolve(base_dir: Path, text: str) -> Path:
+    p = Path(text)
+    with contextlib.suppress(RuntimeError):  # ~user of no such user: left as written
+        p = p.expanduser()
+    return p if p.is_absolute() else (base_dir / p).resolve()
 
 
 # --------------------------------------------------------------------------- rules
@@ -178,6 +562,33 @@ def _project_from_folder(folder: Path) -> str:
     return name or "default"
 
 
+def _project(d: DesiredStateDef, base_dir: Path, report: _Report, doc: Document) -> str:
+    """project:, or name: (compose), or the folder's name; lowercase, at most 63 characters."""
+    rule = (
+        "must be lowercase letters, digits, '-' and '_', starting with a letter or digit, "
+        f"at most {MAX_PROJECT_NAME} characters"
+    )
+    if d.project is not None and d.name is not None and d.project != d.name:
+        report.add(
+            f"conflicts with project: {d.project!r}; give one of them (name: is compose's "
+            "spelling of project:)",
+            ("name",),
+            doc.mark(("name",)),
+        )
+    for key, value in (("project", d.project), ("name", d.name)):
+        if value is not None:
+            if not _PROJECT_NAME.match(value) or len(value) > MAX_PROJECT_NAME:
+                report.add(rule, (key,), doc.mark((key,)))
+            return value
+    project = _project_from_folder(base_dir)
+    if len(project) > MAX_PROJECT_NAME:
+        report.add(
+            f"the folder's name gives a project name of {len(project)} characters (at most "
+            f"{MAX_PROJECT_NAME}): set name: in the file"
+        )
+    return project
+
+
 def _depends(svc: ServiceDef) -> list[str]:
     deps = list(svc.depends_on)
     if svc.network_mode and svc.network_mode.startswith("service:"):
@@ -185,105 +596,237 @@ def _depends(svc: ServiceDef) -> list[str]:
     return deps
 
 
-def _check(d: DesiredStateDef) -> Iterable[str]:
+def _check(d: DesiredStateDef, project: str) -> Iterable[Issue]:
     """Cross-field rules pydantic cannot express on one field."""
+    yield from _check_names(d, project)
+    yield from _check_host_ports(d)
     for name, svc in d.services.items():
-        at = f"services.{name}"
+        at: DataPath = ("services", name)
         if not svc.image and not svc.build:
-            yield f"{at}: needs image or build"
+            yield Issue(at, "needs image or build")
         replicas = svc.replica_count
         if (
             "replicas" in svc.model_fields_set
             and svc.deploy.replicas is not None
             and svc.deploy.replicas != svc.replicas
         ):
-            yield (
-                f"{at}.replicas: {svc.replicas} conflicts with deploy.replicas: "
-                f"{svc.deploy.replicas}; give one of them"
+            yield Issue(
+                (*at, "replicas"),
+                f"{svc.replicas} conflicts with deploy.replicas: {svc.deploy.replicas}; "
+                "give one of them",
             )
         if svc.container_name and replicas > 1:
-            yield f"{at}.container_name: only allowed with replicas: 1 (names are unique)"
-        for dep in _depends(svc):
+            yield Issue((*at, "container_name"), "only allowed with replicas: 1 (names are unique)")
+        for i, dep in enumerate(svc.depends_on):
             if dep not in d.services:
-                yield f"{at}.depends_on: unknown service {dep!r}"
+                where = (*at, "depends_on", i if isinstance(svc.depends_on, list) else dep)
+                yield Issue((*at, "depends_on"), f"unknown service {dep!r}", where)
+        mode = svc.network_mode or ""
+        owner = mode.removeprefix("service:")
+        if mode.startswith("service:") and owner not in d.services:
+            yield Issue((*at, "network_mode"), f"unknown service {owner!r}")
         if svc.network_mode and svc.networks:
-            yield f"{at}.network_mode: cannot be combined with networks"
-        owner = (svc.network_mode or "").removeprefix("service:")
-        target = d.services.get(owner) if svc.network_mode != owner else None
+            yield Issue((*at, "network_mode"), "cannot be combined with networks")
+        target = d.services.get(owner) if mode.startswith("service:") else None
         if target is not None and (target.replica_count < 1 or target.state != "running"):
-            yield f"{at}.network_mode: service {owner!r} must run at least one replica"
-        for net in svc.networks:
+            yield Issue((*at, "network_mode"), f"service {owner!r} must run at least one replica")
+        for i, net in enumerate(svc.networks):
             if net not in d.networks:
-                yield f"{at}.networks: network {net!r} is not declared under networks"
+                where = (*at, "networks", i if isinstance(svc.networks, list) else net)
+                yield Issue(
+                    (*at, "networks"), f"network {net!r} is not declared under networks", where
+                )
         for i, port in enumerate(svc.ports):
-            yield from _check_port(f"{at}.ports[{i}]", str(port), replicas)
+            for message in _check_port(str(port), replicas):
+                yield Issue((*at, "ports", i), message)
         for key in ("update_config", "rollback_config"):
-            yield from _check_start_first(f"{at}.deploy.{key}", getattr(svc.deploy, key), svc)
+            for message in _check_start_first(getattr(svc.deploy, key), svc):
+                yield Issue((*at, "deploy", key, "order"), message)
         for i, vol in enumerate(svc.volumes):
             mount = _mount(vol)
             if mount is None:
-                yield f"{at}.volumes[{i}]: must be SOURCE:TARGET[:ro] or TARGET"
+                yield Issue((*at, "volumes", i), "must be SOURCE:TARGET[:ro] or TARGET")
             elif mount.type == "volume" and mount.source and mount.source not in d.volumes:
-                yield f"{at}.volumes[{i}]: volume {mount.source!r} is not declared under volumes"
+                yield Issue(
+                    (*at, "volumes", i),
+                    f"volume {mount.source!r} is not declared under volumes",
+                )
+        for key in ("command", "entrypoint"):
+            value = getattr(svc, key)
+            if isinstance(value, str):
+                try:
+                    shlex.split(value)
+                except ValueError as exc:  # "No closing quotation"
+                    yield Issue((*at, key), f"cannot split into words ({exc}); or give a list")
         if svc.heal.backoff_max < svc.heal.backoff_initial:
-            yield f"{at}.heal.backoff_max: must be >= backoff_initial"
+            yield Issue((*at, "heal", "backoff_max"), "must be >= backoff_initial")
     graph = {name: _depends(svc) for name, svc in d.services.items()}
     try:
         TopologicalSorter({k: [v for v in vs if v in graph] for k, vs in graph.items()}).prepare()
     except CycleError as exc:
-        cycle = " -> ".join(exc.args[1])
-        yield f"services: depends_on has a cycle: {cycle}"
+        cycle = [str(n) for n in exc.args[1]]
+        yield Issue(
+            ("services",),
+            f"depends_on has a cycle: {' -> '.join(cycle)}",
+            ("services", cycle[0], "depends_on"),
+        )
 
 
-def _check_start_first(at: str, cfg: UpdateConfigDef, svc: ServiceDef) -> Iterable[str]:
+def _check_names(d: DesiredStateDef, project: str) -> Iterable[Issue]:
+    """Service and container names Docker and DNS accept; container names unique."""
+    project_ok = bool(_PROJECT_NAME.match(project)) and len(project) <= MAX_PROJECT_NAME
+    explicit: dict[str, str] = {}  # container_name -> service
+    for name, svc in d.services.items():
+        at: DataPath = ("services", name)
+        if not _SERVICE_NAME.match(name):
+            yield Issue(
+                at,
+                "is not a valid service name: letters, digits, '_', '.' and '-', starting "
+                "with a letter or digit (Docker and DNS accept no other)",
+            )
+        elif any(len(label) > MAX_DNS_LABEL for label in name.split(".")):
+            yield Issue(
+                at, f"a service name is a DNS name: at most {MAX_DNS_LABEL} characters per label"
+            )
+        cn = svc.container_name
+        if cn is not None:
+            where: DataPath = (*at, "container_name")
+            if not _CONTAINER_NAME.match(cn):
+                yield Issue(
+                    where,
+                    f"{cn!r} is not a valid container name: two or more letters, digits, "
+                    "'_', '.' and '-', starting with a letter or digit",
+                )
+            elif len(cn) > MAX_CONTAINER_NAME:
+                yield Issue(where, f"at most {MAX_CONTAINER_NAME} characters")
+            elif cn in explicit:
+                yield Issue(
+                    where,
+                    f"{cn!r} is also the container_name of service {explicit[cn]!r}; "
+                    "container names are unique",
+                )
+            else:
+                explicit[cn] = name
+        elif project_ok and svc.replica_count > 0:
+            longest = f"{project}-{name}-{svc.replica_count}"
+            if len(longest) > MAX_CONTAINER_NAME:
+                yield Issue(
+                    at,
+                    f"its containers would be named like {longest[:40]}...: "
+                    f"{len(longest)} characters, Docker takes at most {MAX_CONTAINER_NAME}; "
+                    "use a shorter service or project name, or container_name",
+                )
+    if not project_ok:
+        return
+    for cn, name in explicit.items():
+        # A generated name is <project>-<service>-<n>: the n after the last '-'.
+        owner, _, n = cn.removeprefix(f"{project}-").rpartition("-")
+        other = d.services.get(owner) if cn.startswith(f"{project}-") else None
+        if (
+            other is not None
+            and owner != name
+            and other.container_name is None
+            and re.fullmatch(r"[1-9][0-9]{0,9}", n) is not None
+            and 1 <= int(n) <= other.replica_count
+        ):
+            yield Issue(
+                ("services", name, "container_name"),
+                f"{cn!r} is the name of replica {n} of service {owner!r}; container names "
+                "are unique: choose another",
+            )
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Two host IPs that cannot both bind one port: equal, or one is a wildcard of the other's
+    family ("" is every address of both families)."""
+    if a == b or not a or not b:
+        return True
+    if (":" in a) != (":" in b):
+        return False
+    return a in ("0.0.0.0", "::") or b in ("0.0.0.0", "::")
+
+
+def _check_host_ports(d: DesiredStateDef) -> Iterable[Issue]:
+    """No two replicas (of any services) on one host port, IP and protocol."""
+    taken: dict[tuple[str, int], list[tuple[str, str, int, int]]] = {}
+    for name, svc in d.services.items():
+        for i, port in enumerate(svc.ports):
+            m = _PORT.match(str(port))
+            if not m or not m["host"]:
+                continue
+            first, _, last = m["host"].partition("-")
+            low, high = int(first), int(last or first)
+            if not 1 <= low <= high <= MAX_PORT:
+                continue  # reported by _check_port
+            ip, proto = (m["ip"] or "").strip("[]"), m["proto"] or "tcp"
+            for replica in range(1, (svc.replica_count if last else 1) + 1):
+                host_port = low + replica - 1
+                if host_port > high or svc.replica_count < 1:
+                    break  # too few ports: reported by _check_port
+                holders = taken.setdefault((proto, host_port), [])
+                clash = next((h for h in holders if _overlap(ip, h[0])), None)
+                if clash is not None:
+                    _, other, j, other_replica = clash
+                    shown = f"{ip}:{host_port}" if ip else str(host_port)
+                    yield Issue(
+                        ("services", name, "ports", i),
+                        f"host port {shown}/{proto} (replica {replica}) is also bound by "
+                        f"service {other!r} (ports[{j}], replica {other_replica}); one "
+                        "host port can serve one container",
+                    )
+                    break
+                holders.append((ip, name, i, replica))
+
+
+def _check_start_first(cfg: UpdateConfigDef, svc: ServiceDef) -> Iterable[str]:
     """start-first runs the old and the new replica side by side: refuse what they cannot share."""
     if cfg.order != "start-first":
         return
     why = "the old and new replica would run side by side"
     if svc.container_name:
         yield (
-            f"{at}.order: start-first cannot be used with container_name "
+            f"start-first cannot be used with container_name "
             f"{svc.container_name!r}: {why} and a container name is unique; use stop-first"
         )
     for i, port in enumerate(svc.ports):
         m = _PORT.match(str(port))
         if m and m["host"]:
             yield (
-                f"{at}.order: start-first cannot be used with a host port (ports[{i}] "
+                f"start-first cannot be used with a host port (ports[{i}] "
                 f"{str(port)!r}): {why} and only one can bind it; use stop-first"
             )
             break
     mode = svc.network_mode or ""
     if mode == "host" or mode.startswith(("service:", "container:")):
         yield (
-            f"{at}.order: start-first cannot be used with network_mode {mode}: {why} in one "
+            f"start-first cannot be used with network_mode {mode}: {why} in one "
             "network namespace and only one can listen on its ports; use stop-first"
         )
 
 
-def _check_port(at: str, text: str, replicas: int) -> Iterable[str]:
+def _check_port(text: str, replicas: int) -> Iterable[str]:
     m = _PORT.match(text)
     if not m:
-        yield f"{at}: cannot parse port {text!r} (expected [IP:]HOST:CONTAINER[/PROTO])"
+        yield f"cannot parse port {text!r} (expected [IP:]HOST:CONTAINER[/PROTO])"
         return
     container = int(m["container"])
     if not 1 <= container <= MAX_PORT:
-        yield f"{at}: container port {container} is out of range 1..{MAX_PORT}"
+        yield f"container port {container} is out of range 1..{MAX_PORT}"
     host = m["host"]
     if host is None:
         return
     first, _, last = host.partition("-")
     out = [p for p in (first, last) if p and not 1 <= int(p) <= MAX_PORT]
     if out:
-        yield f"{at}: host port {int(out[0])} is out of range 1..{MAX_PORT}"
+        yield f"host port {int(out[0])} is out of range 1..{MAX_PORT}"
         return
     size = int(last) - int(first) + 1 if last else 1
     if size < 1:
-        yield f"{at}: host port range {host} must be ascending (LOW-HIGH)"
+        yield f"host port range {host} must be ascending (LOW-HIGH)"
     elif last and size < replicas:
-        yield f"{at}: host port range {host} has {size} ports for {replicas} replicas"
+        yield f"host port range {host} has {size} ports for {replicas} replicas"
     elif not last and replicas > 1:
-        yield f"{at}: fixed host port {host} cannot serve {replicas} replicas; use a range"
+        yield f"fixed host port {host} cannot serve {replicas} replicas; use a range"
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,9 +874,16 @@ class _Configs:
 class _Renderer:
     """Turns a checked definition into per-replica container specs."""
 
-    def __init__(self, d: DesiredStateDef, project: str, base_dir: Path) -> None:
+    def __init__(
+        self,
+        d: DesiredStateDef,
+        project: str,
+        base_dir: Path,
+        env_files: Mapping[str, Mapping[str, str]],
+    ) -> None:
         self.d, self.project, self.base_dir = d, project, base_dir
-        self.problems: list[str] = []
+        self.env_files = env_files  # service -> what its env_file entries set
+        self.problems: list[Issue] = []
         self.config_digests: dict[str, str] = {}
         self.default_network = f"{project}_default"
 
@@ -432,7 +982,8 @@ class _Renderer:
         except those applied by reload_signal (as for the spec hash).
         """
         body = s.model_dump(mode="json", exclude=_NOT_IN_REVISION)
-        body["environment"] = list(_environment(s.environment))
+        body["environment"] = list(_environment(s.environment, self.env_files.get(name, {})))
+        body.pop("env_file", None)  # its content is in environment
         body["labels"] = _labels(s.labels)
         body["command"], body["entrypoint"] = _argv(s.command), _argv(s.entrypoint)
         body["ports"] = [str(p) for p in s.ports]
@@ -471,7 +1022,10 @@ class _Renderer:
                 self.config_digests[str(path)] = digest
             except OSError as exc:
                 self.problems.append(
-                    f"services.{name}.configs[{i}].source: cannot read {path}: {exc.strerror}"
+                    Issue(
+                        ("services", name, "configs", i, "source"),
+                        f"cannot read {path}: {exc.strerror}",
+                    )
                 )
                 continue
             binds.append(f"{path}:{c.target}:ro")
@@ -486,8 +1040,7 @@ class _Renderer:
         return _Configs(tuple(binds), tuple(hashed), reload_digest, signal)
 
     def _path(self, text: str) -> Path:
-        p = Path(text).expanduser()
-        return p if p.is_absolute() else (self.base_dir / p).resolve()
+        return _resolve(self.base_dir, text)
 
     def _container(
         self,
@@ -541,7 +1094,7 @@ class _Renderer:
             image=image,
             command=_argv(s.command),
             entrypoint=_argv(s.entrypoint),
-            environment=_environment(s.environment),
+            environment=_environment(s.environment, self.env_files.get(name, {})),
             ports=tuple(_port(str(p), replica) for p in s.ports),
             binds=tuple(binds),
             volumes=tuple(volumes),
@@ -590,10 +1143,16 @@ def _scalar(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _environment(env: Mapping[str, Any] | list[str]) -> tuple[str, ...]:
+def _environment(
+    env: Mapping[str, Any] | list[str], files: Mapping[str, str] | None = None
+) -> tuple[str, ...]:
+    """KEY=VALUE entries, sorted: env_file's, then environment's over them (as compose)."""
+    merged = {k: f"{k}={v}" for k, v in (files or {}).items()}
     if isinstance(env, list):
-        return tuple(sorted(env))
-    return tuple(sorted(f"{k}={_scalar(v)}" for k, v in env.items()))
+        merged.update((item.partition("=")[0], item) for item in env)
+    else:
+        merged.update((k, f"{k}={_scalar(v)}") for k, v in env.items())
+    return tuple(sorted(merged.values()))
 
 
 def _labels(labels: Mapping[str, str] | list[str]) -> dict[str, str]:

@@ -6,10 +6,20 @@ shape is checked here; cross-field rules live in `loader.py`.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
+
+DEFAULT_MAX_REPLICAS = 1000  # per service; RECONCILER_MAX_REPLICAS changes it
 
 _DURATION = re.compile(r"(?P<n>\d+(?:\.\d+)?)(?P<u>ms|us|ns|h|m|s)")
 _UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
@@ -22,7 +32,13 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("must not be negative")
-        return float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            seconds = math.inf
+        if not math.isfinite(seconds):
+            raise ValueError("must be a finite duration such as 10s or 1m30s")
+        return seconds
     if isinstance(value, str):
         text = value.strip()
         pos, total = 0, 0.0
@@ -31,13 +47,57 @@ def parse_duration(value: Any) -> float:
                 break
             total += float(m["n"]) * _UNIT_S[m["u"]]
             pos = m.end()
-        if text and pos == len(text):
+        if text and pos == len(text) and math.isfinite(total):
             return total
-    raise ValueError(f"must be a duration such as 10s or 1m30s, not {value!r}")
+    # The value is not echoed: it may have been interpolated from a secret.
+    raise ValueError("must be a duration such as 10s, 1m30s or 500ms")
+
+
+def _integer(value: Any) -> Any:
+    """An integer, or its decimal text (what `${VAR}` gives); never true/false or 1.5."""
+    if isinstance(value, bool):
+        raise ValueError("must be an integer, not true/false")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]{1,30}", value.strip()):
+        return int(value)
+    raise ValueError("must be an integer")
+
+
+_TRUE, _FALSE = ("true", "True", "TRUE"), ("false", "False", "FALSE")
+
+
+def _boolean(value: Any) -> Any:
+    """true or false (YAML 1.2: `yes`, `on`, 1 are not booleans); their text from `${VAR}`."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip() in _TRUE + _FALSE:
+        return value.strip() in _TRUE
+    raise ValueError("must be true or false")
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true/false")
+    return value
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+Int = Annotated[int, BeforeValidator(_integer)]
+Bool = Annotated[bool, BeforeValidator(_boolean)]
+Number = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
 Scalar = str | int | float | bool
+
+
+def _replica_limit(value: int | None, info: ValidationInfo) -> int | None:
+    """At most the limit: checked here, before anything makes one spec per replica."""
+    limit = int((info.context or {}).get("max_replicas", DEFAULT_MAX_REPLICAS))
+    if value is not None and value > limit:
+        raise ValueError(
+            f"must be <= {limit} (the limit of replicas per service; "
+            "RECONCILER_MAX_REPLICAS changes it)"
+        )
+    return value
 
 
 class _Model(BaseModel):
@@ -56,7 +116,7 @@ class Ipam(_Model):
 
 class NetworkDef(_Model):
     driver: str = "bridge"
-    internal: bool = False
+    internal: Bool = False
     labels: dict[str, str] = {}
     ipam: Ipam | None = None
 
@@ -75,9 +135,9 @@ class HealthcheckDef(_Model):
     test: str | list[str]
     interval: Duration = 30.0
     timeout: Duration = 30.0
-    retries: int = Field(3, ge=0)
+    retries: Int = Field(3, ge=0)
     start_period: Duration = 0.0
-    disable: bool = False
+    disable: Bool = False
 
 
 class NetworkAttachDef(_Model):
@@ -94,7 +154,7 @@ class VolumeMountDef(_Model):
     type: Literal["volume", "bind"] = "volume"
     source: str
     target: str
-    read_only: bool = False
+    read_only: Bool = False
 
 
 class ConfigMountDef(_Model):
@@ -118,12 +178,12 @@ FailureAction = Literal["rollback", "pause", "continue"]
 class UpdateConfigDef(_Model):
     """deploy.update_config, with Swarm's names and defaults."""
 
-    parallelism: int = Field(default=1, ge=0)  # 0: every replica at once
+    parallelism: Int = Field(default=1, ge=0)  # 0: every replica at once
     delay: Duration = 0.0
     order: Literal["stop-first", "start-first"] = "stop-first"
     monitor: Duration = 5.0
     failure_action: FailureAction = "rollback"
-    max_failure_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+    max_failure_ratio: Number = Field(default=0.0, ge=0.0, le=1.0)
 
 
 class RollbackConfigDef(UpdateConfigDef):
@@ -143,9 +203,18 @@ class RollbackConfigDef(UpdateConfigDef):
 
 
 class DeployDef(_Model):
-    replicas: int | None = Field(default=None, ge=0)
+    replicas: Int | None = Field(default=None, ge=0)
     update_config: UpdateConfigDef = UpdateConfigDef()
     rollback_config: RollbackConfigDef = RollbackConfigDef()
+
+    _limit = field_validator("replicas")(_replica_limit)
+
+
+class EnvFileDef(_Model):
+    """Long syntax of env_file (compose): a file that may be absent with required: false."""
+
+    path: str
+    required: Bool = True
 
 
 _RESTART = re.compile(r"^(no|always|unless-stopped|on-failure(:\d+)?)$")
@@ -155,16 +224,17 @@ class ServiceDef(_Model):
     image: str | None = None
     build: str | BuildDef | None = None
     pull: Literal["missing", "always", "never"] = "missing"
-    replicas: int = Field(1, ge=0)
+    replicas: Int = Field(1, ge=0)
     container_name: str | None = None
     command: str | list[str] | None = None
     entrypoint: str | list[str] | None = None
+    env_file: str | list[str | EnvFileDef] = []
     environment: dict[str, Scalar | None] | list[str] = {}
-    ports: list[str | int] = []
+    ports: list[str | Int] = []
     volumes: list[str | VolumeMountDef] = []
     configs: list[ConfigMountDef] = []
     networks: list[str] | dict[str, NetworkAttachDef | None] = []
-    user: str | int | None = None
+    user: str | Int | None = None
     restart: str = "no"
     healthcheck: HealthcheckDef | None = None
     depends_on: list[str] | dict[str, DependsOnDef] = []
@@ -174,10 +244,10 @@ class ServiceDef(_Model):
     extra_hosts: list[str] = []
     cap_add: list[str] = []
     cap_drop: list[str] = []
-    read_only: bool = False
+    read_only: Bool = False
     stop_signal: str | None = None
     stop_grace_period: Duration | None = None
-    init: bool | None = None
+    init: Bool | None = None
     network_mode: str | None = None
     pid: str | None = None
     state: Literal["running", "stopped"] = "running"
@@ -192,6 +262,8 @@ class ServiceDef(_Model):
             return self.deploy.replicas
         return self.replicas
 
+    _limit = field_validator("replicas")(_replica_limit)
+
     @field_validator("restart")
     @classmethod
     def _restart_policy(cls, value: str) -> str:
@@ -202,7 +274,8 @@ class ServiceDef(_Model):
 
 class DesiredStateDef(_Model):
     version: Literal[1] = 1
-    project: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    project: str | None = None  # its form is checked by the loader (with name and the folder)
+    name: str | None = None  # compose's name for project
     networks: dict[str, NetworkDef | None] = {}
     volumes: dict[str, VolumeDef | None] = {}
     services: dict[str, ServiceDef] = {}

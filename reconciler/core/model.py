@@ -90,7 +90,7 @@ class ContainerSpec:
     image: str
     command: tuple[str, ...] | None = None
     entrypoint: tuple[str, ...] | None = None
-    environment: tuple[str, ...] = ()
+    environment: tuple[str, ...] = field(default=(), repr=False)  # values are never shown
     ports: tuple[PortBinding, ...] = ()
     binds: tuple[str, ...] = ()
     volumes: tuple[str, ...] = ()  # named volumes the binds use
@@ -205,6 +205,8 @@ class DesiredState:
     digest: str = ""  # sha256 of the file's bytes (and of the config files it mounts)
     volume_templates: tuple[str, ...] = ()  # names with {replica}, for orphan reporting
     watched: tuple[str, ...] = ()  # config files/folders services mount (re-read on change)
+    # Values nothing may print: what secret-looking variables interpolated into the file.
+    secrets: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     def service(self, name: str) -> ServiceSpec:
         return next(s for s in self.services if s.name == name)

@@ -15,6 +15,8 @@ from typing import Any
 
 import structlog
 
+from reconciler.config import secrets
+
 SECRET_KEY = re.compile(r"pass|secret|token|credential|api_?key|private", re.IGNORECASE)
 REDACTED = "[redacted]"
 FOREIGN_LEVEL = logging.WARNING
@@ -23,10 +25,15 @@ FOREIGN_LEVEL = logging.WARNING
 def redact_secrets(
     logger: Any, method: str, event: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """A structlog processor: blank the value of any field whose key looks like a secret."""
+    """A structlog processor: blank the value of any field whose key looks like a secret,
+    and every value the loader marked as secret (what a `${DB_PASSWORD}` gave) wherever it
+    appears in a text field (Docker's error text may quote a command line)."""
+    marked = secrets.known()
     for key in list(event):
         if SECRET_KEY.search(key):
             event[key] = REDACTED
+        elif marked and isinstance(event[key], str):
+            event[key] = secrets.redact(event[key])
     return event
 
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from reconciler.config import secrets
 from reconciler.core import rollout as ro
 from reconciler.core.model import DesiredState, ObservedContainer, ServiceSpec
 from reconciler.engine.docker_engine import Engine
@@ -105,4 +106,4 @@ def render_status(
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         for row in rows
     ]
-    return "\n".join(lines + problems)
+    return secrets.redact("\n".join(lines + problems))  # a log tail may quote a secret
