@@ -109,12 +109,12 @@ def test_never_healthy_change_is_rolled_back_and_held_after_a_restart(
     d = daemon(path)
     wait_for(lambda: converged(api, project, "1"), 60, what="3 healthy replicas")
     min_healthy()  # start sampling
-    bad = {"environment": {"REV": "2"}, "healthcheck": {"test": ["CMD", "false"],
-                                                       "interval": "1s", "retries": 2}}
+    bad = {
+        "environment": {"REV": "2"},
+        "healthcheck": {"test": ["CMD", "false"], "interval": "1s", "retries": 2},
+    }
     write_state(stack(project, busybox_image, app=bad))
-    wait_for(
-        lambda: d.events("rollout failed; rolling back"), 60, what="the rollout to fail"
-    )
+    wait_for(lambda: d.events("rollout failed; rolling back"), 60, what="the rollout to fail")
     wait_for(lambda: converged(api, project, "1"), 60, what="the rollback to finish")
     assert min_healthy() >= 2  # parallelism 1: never more than one replica below healthy
     event = d.events("rollout failed; rolling back")[0]
@@ -159,8 +159,11 @@ def test_heal_of_another_service_does_not_wait_for_a_rollout(
     path = write_state(stack(project, busybox_image, app=app))
     d = daemon(path)
     wait_for(lambda: converged(api, project, "1"), 60, what="3 healthy replicas")
-    bad = {**app, "environment": {"REV": "2"},
-           "healthcheck": {"test": ["CMD", "false"], "interval": "1s", "retries": 2}}
+    bad = {
+        **app,
+        "environment": {"REV": "2"},
+        "healthcheck": {"test": ["CMD", "false"], "interval": "1s", "retries": 2},
+    }
     write_state(stack(project, busybox_image, app=bad))
     wait_for(
         lambda: any(c["Names"][0].count("_") for c in containers(api, project, "app")),
@@ -169,9 +172,7 @@ def test_heal_of_another_service_does_not_wait_for_a_rollout(
     )
     events = record_events()
     api.kill(f"{project}-other-1")
-    wait_for(
-        lambda: "start" in events.actions(name=f"{project}-other-1"), 20, what="other healed"
-    )
+    wait_for(lambda: "start" in events.actions(name=f"{project}-other-1"), 20, what="other healed")
     assert not d.events("rollout failed; rolling back")  # still monitoring: it did not wait
 
 
@@ -222,8 +223,11 @@ def test_a_refused_replacement_keeps_the_data_of_the_old_container(
     api.exec_start(exec_id)
     with taken_port() as port:
         write_state(stack(project, busybox_image, app={**one, "ports": [f"127.0.0.1:{port}:8080"]}))
-        wait_for(lambda: d.events("rollout failed; rolling back") or d.events("rollout paused"),
-                 60, what="the rollout to fail")
+        wait_for(
+            lambda: d.events("rollout failed; rolling back") or d.events("rollout paused"),
+            60,
+            what="the rollout to fail",
+        )
     wait_for(lambda: healthy(api, project) == 1, 30, what="the old replica running")
     exec_id = api.exec_create(name, ["cat", "/marker"])
     assert api.exec_start(exec_id).decode().strip() == "precious"
