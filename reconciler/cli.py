@@ -54,10 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
         ("apply", "run one pass, then exit"),
         ("run", "run the daemon"),
         ("status", "a table of services: desired, running, healthy, restarts, image"),
+        ("down", "stop and remove the project's containers and networks (volumes: --volumes)"),
     ]:
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("file", nargs="?", default="desired_state.yaml", type=Path)
-        if name in ("run", "status", "apply", "plan"):
+        if name == "down":
+            p.add_argument(
+                "--volumes",
+                action="store_true",
+                help="also remove the volumes this project created (their data is lost)",
+            )
+        if name in ("run", "status", "apply", "plan", "down"):
             p.add_argument(
                 "--lock-dir",
                 type=Path,
@@ -232,4 +239,31 @@ def _status(args: argparse.Namespace, desired: DesiredState) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"plan": _plan, "apply": _apply, "run": _run, "status": _status}
+def _down(args: argparse.Namespace, desired: DesiredState) -> int:
+    from reconciler.core.planner import plan_down
+    from reconciler.ops.lock import ProjectLock
+    from reconciler.runtime.executor import apply
+
+    lock = ProjectLock(desired.project, args.lock_dir)
+    lock.acquire(role="reconciler down")
+    try:
+        engine = Engine(connect())
+        the_plan = plan_down(desired, engine.observe(desired.project), volumes=args.volumes)
+        results = apply(the_plan, engine.execute)
+    finally:
+        lock.release()
+    for r in results:
+        line = f"{r.outcome:8} {describe(r.action)}"
+        print(line if r.error is None else f"{line}: {r.error}")
+    if not results:
+        print(f"{desired.project}: nothing to remove")
+    return EXIT_OK if all(r.outcome == "success" for r in results) else EXIT_ERROR
+
+
+_COMMANDS = {
+    "plan": _plan,
+    "apply": _apply,
+    "run": _run,
+    "status": _status,
+    "down": _down,
+}

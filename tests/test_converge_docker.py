@@ -451,3 +451,42 @@ def cleanup_image(api: docker.APIClient, tag: str, project: str) -> None:
     cleanup(api, project)
     with contextlib.suppress(docker.errors.NotFound):
         api.remove_image(tag, force=True)
+
+
+def test_down_removes_the_project_but_keeps_volumes_and_adopted_objects(
+    api: docker.APIClient,
+    busybox_image: str,
+    project: str,
+    tmp_path: Path,
+    write_state: Callable[..., Path],
+) -> None:
+    """`reconciler down` removes our containers and networks; volumes stay unless --volumes;
+    a network made by hand (adopted) is never removed; a foreign container is untouched."""
+    labels = {TEST_LABEL: "1", OWNER_LABEL: project}
+    api.create_network(f"{project}-hand", labels=labels)
+    foreign = api.create_container(busybox_image, ["sleep", "1d"], labels=labels)
+    doc = stack(project, busybox_image)
+    doc["networks"][f"{project}-hand"] = {}
+    doc["services"]["db"]["networks"] = [f"{project}-front", f"{project}-hand"]
+    path = write_state(doc)
+    converge(path)
+
+    def ours(kind: str) -> set[str]:
+        found = (
+            api.networks(filters={"label": f"io.reconciler.project={project}"})
+            if kind == "network"
+            else api.volumes(filters={"label": f"io.reconciler.project={project}"})["Volumes"]
+        )
+        return {o["Name"] for o in found or []}
+
+    assert ours("volume") and f"{project}-front" in ours("network")
+    result = run_cli("down", str(path), "--lock-dir", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert running_names(api, project) == []
+    assert not api.containers(all=True, filters={"label": f"io.reconciler.project={project}"})
+    assert ours("network") == set() and ours("volume")  # volumes kept
+    assert api.networks(names=[f"{project}-hand"])  # adopted: not ours to remove
+    assert api.inspect_container(foreign["Id"])  # untouched
+    result = run_cli("down", str(path), "--volumes", "--lock-dir", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ours("volume") == set()

@@ -488,6 +488,36 @@ class RemoveContainer:
         return f"remove:{self.name}"
 
 
+@dataclass(frozen=True, slots=True)
+class RemoveNetwork:
+    """`reconciler down`: a network this project created (never an adopted one)."""
+
+    name: str
+    service = None
+    reason = "down"
+    verb = "remove"
+    kind = "network"
+
+    @property
+    def key(self) -> str:
+        return f"remove-network:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveVolume:
+    """`reconciler down --volumes`: a volume this project created (its data goes with it)."""
+
+    name: str
+    service = None
+    reason = "down --volumes"
+    verb = "remove"
+    kind = "volume"
+
+    @property
+    def key(self) -> str:
+        return f"remove-volume:{self.name}"
+
+
 Action = (
     CreateNetwork
     | CreateVolume
@@ -502,6 +532,8 @@ Action = (
     | ConnectNetwork
     | SignalContainer
     | RemoveContainer
+    | RemoveNetwork
+    | RemoveVolume
 )
 
 
@@ -549,6 +581,8 @@ def describe(action: Action) -> str:
     match action:
         case CreateNetwork(spec=s) | CreateVolume(spec=s):
             return f"{action.verb} {action.kind} {s.name}"
+        case RemoveNetwork(name=n) | RemoveVolume(name=n):
+            return f"remove {action.kind} {n} ({action.reason})"
         case EnsureImage(service=svc, image=img, pull=pull, build=build):
             how = f"build from {build.context}" if build else f"pull policy {pull}"
             return f"ensure image {img} for {svc} ({how})"

@@ -36,6 +36,8 @@ from reconciler.core.model import (
     ObservedContainer,
     Plan,
     RemoveContainer,
+    RemoveNetwork,
+    RemoveVolume,
     RenameContainer,
     RestartContainer,
     ServiceSpec,
@@ -587,3 +589,20 @@ def _drop_held(steps: list[Step], held: Mapping[str, str], notes: list[str]) -> 
         else:
             kept.append(step)
     return tuple(kept)
+
+
+def plan_down(desired: DesiredState, observed: Observed, *, volumes: bool = False) -> Plan:
+    """`reconciler down`: every container of the project (stopped with its service's grace),
+    then the networks it created; its volumes only when asked. Adopted objects stay."""
+    graces = {s.name: _grace(s.replicas[0]) for s in desired.services if s.replicas}
+    removals = [
+        Step(RemoveContainer(c.id, c.name, c.service, "down", graces.get(c.service)))
+        for c in sorted(observed.containers, key=lambda c: c.name)
+    ]
+    after = frozenset(s.key for s in removals)
+    steps = removals + [
+        Step(RemoveNetwork(name), after) for name in sorted(observed.project_networks)
+    ]
+    if volumes:
+        steps += [Step(RemoveVolume(name), after) for name in sorted(observed.project_volumes)]
+    return Plan(steps=tuple(steps))

@@ -44,6 +44,8 @@ from reconciler.core.model import (
     ObservedNetwork,
     ObservedVolume,
     RemoveContainer,
+    RemoveNetwork,
+    RemoveVolume,
     RenameContainer,
     RestartContainer,
     SignalContainer,
@@ -294,6 +296,14 @@ class Engine:
                     api.kill(cid, signal=sig)
             case RemoveContainer(id=cid, name=name, grace_s=grace):
                 self._remove(cid, name, grace)
+            case RemoveNetwork(name=name):
+                with docker_errors(f"remove network {name}"):
+                    self._call("network_remove")
+                    api.remove_network(name)
+            case RemoveVolume(name=name):
+                with docker_errors(f"remove volume {name}"):
+                    self._call("volume_remove")
+                    api.remove_volume(name)
             case _:
                 raise TypeError(f"not an engine action: {action!r}")
 
