@@ -7,6 +7,7 @@ Exit codes: 0 done / in sync; 2 bad input (for `plan`: changes pending); 1 other
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -225,7 +226,12 @@ def _run(args: argparse.Namespace, desired: DesiredState) -> int:
     except EngineUnavailable as exc:  # the daemon waits for the engine; it must start anyway
         structlog.get_logger("reconciler").warning("engine down at start", error=str(exc))
         api = connect(version=FALLBACK_API_VERSION)
-    return Daemon(opts, desired, api, signals=args.signals).run()
+    daemon = Daemon(opts, desired, api, signals=args.signals)
+    code = daemon.run()
+    if daemon.unfinished:  # do not let the interpreter wait for that call's thread at exit
+        sys.stdout.flush()
+        os._exit(code)
+    return code
 
 
 def _status(args: argparse.Namespace, desired: DesiredState) -> int:

@@ -528,3 +528,59 @@ def test_simulated_start_of_a_bad_spec_fails() -> None:
     assert (c.state, c.exit_code) == ("exited", 1)
     (c,) = simulate(Observed(), p, failing={spec.spec_hash: "unhealthy"}).containers
     assert (c.state, c.health) == ("running", "unhealthy")
+
+
+# ----------------------------------------------------------------- review findings
+
+
+def test_an_unhealthy_replica_holds_the_next_batch_back() -> None:
+    """While one replica on the file's spec is unhealthy, no healthy one is taken away."""
+    d1 = state(1, replicas=3, healthcheck=True)
+    live = converged_daemon(d1).observed
+    d2 = state(2, replicas=3, healthcheck=True)
+    # Replica 3 already runs revision 2 but is unhealthy; 1 and 2 run revision 1, healthy.
+    new3 = next(s for s in web(d2).replicas if s.replica == 3)
+    sick = tuple(
+        replace(c, spec_hash=new3.spec_hash, health="unhealthy") if c.replica == 3 else c
+        for c in live.containers
+    )
+    p = plan(d2, replace(live, containers=sick), Holds(now=100.0, unhealthy_due=frozenset()))
+    assert not [a for a in p.actions if isinstance(a, CreateContainer)]
+    assert any("not healthy" in n for n in p.notes)
+
+
+def test_an_unhealthy_replica_of_the_old_spec_is_replaced_at_once() -> None:
+    """A replica that does not serve (unhealthy, old spec) is replaced outside the budget;
+    the healthy one waits until its replacement is up."""
+    d1 = state(1, replicas=2, healthcheck=True)
+    live = converged_daemon(d1).observed
+    sick = tuple(replace(c, health="unhealthy") if c.replica == 2 else c for c in live.containers)
+    d2 = state(2, replicas=2, healthcheck=True)
+    p = plan(d2, replace(live, containers=sick), Holds(now=100.0, unhealthy_due=frozenset()))
+    created = [a for a in p.actions if isinstance(a, CreateContainer)]
+    assert {a.spec.replica for a in created} == {2}
+
+
+def test_a_rollback_never_keeps_replicas_on_the_held_revision() -> None:
+    """Scaled up and changed in one edit, then rolled back: the rollback is the stable spec
+    whole, so the added replica goes rather than running the failed revision."""
+    bigger_bad = state(2, replicas=4)
+    rec = replace(STABLE, failed_revision=web(bigger_bad).revision, failed_reason="boom")
+    target, mode = ro.target(web(bigger_bad), rec)
+    assert mode == "rolled_back"
+    assert target.replicas == STABLE.stable  # 2 replicas, revision 1
+    smaller = state(2, replicas=1)
+    rec = replace(STABLE, failed_revision=web(smaller).revision, failed_reason="boom")
+    assert ro.target(web(smaller), rec)[0].replicas == STABLE.stable[:1]
+
+
+def test_continue_completes_the_rollout_with_its_tolerated_failures() -> None:
+    """failure_action continue: once every replica runs the new spec (crash-looping), the
+    rollout is over and counted, and the failing revision does not become stable."""
+    d = state(2, update={"failure_action": "continue"})
+    new = mine(converged_daemon(d).observed)
+    sick = tuple(replace(c, state="exited", exit_code=1) for c in new)
+    rec = replace(STABLE, rolling_revision=web(d).revision, failures=("a", "b"))
+    rec, events = record(rec, d, sick)
+    assert [k for k, _ in events] == ["completed"] and "2 tolerated" in events[0][1]
+    assert rec.stable_revision == STABLE.stable_revision and not rec.rolling_revision

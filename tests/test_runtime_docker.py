@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -95,3 +96,40 @@ def test_sigterm_ends_the_daemon_with_a_back_off_pending(
         pytest.fail("the daemon did not end after SIGTERM")
     assert code == 0
     assert f"{project}-w-1" in running_names(api, project)  # containers keep running
+
+
+def test_sigterm_during_a_stop_with_a_long_grace_ends_the_daemon(
+    api: docker.APIClient,
+    busybox_image: str,
+    project: str,
+    write_state: Callable[..., Path],
+    daemon: Callable[..., DaemonProcess],
+    record_events: Any,
+) -> None:
+    """A scale-down stopping a replica that ignores SIGTERM with a 10-minute grace: SIGTERM
+    still ends the daemon long before that grace (and systemd's 90 s stop timeout)."""
+    doc = {
+        "services": {
+            "slow": {
+                "image": busybox_image,
+                "command": ["sleep", "1d"],  # PID 1 without init: ignores SIGTERM
+                "replicas": 2,
+                "stop_grace_period": "10m",
+                "drain_period": "0s",
+            }
+        }
+    }
+    path = write_state(doc)
+    d = daemon(path)
+    wait_for(lambda: len(running_names(api, project)) == 2, 60, what="2 replicas")
+    events = record_events()
+    doc["services"]["slow"]["replicas"] = 1
+    write_state(doc)
+    wait_for(lambda: "kill" in events.actions(name=f"{project}-slow-2"), 60, what="the stop")
+    d.proc.send_signal(signal.SIGTERM)
+    try:
+        code = d.proc.wait(timeout=85)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the daemon waited for the 10-minute grace")
+    assert code == 0
+    api.stop(f"{project}-slow-2", timeout=0)  # Docker was still waiting: end it for cleanup

@@ -272,20 +272,21 @@ def _service_steps(
     # A rollout starts replacing running replicas only while every replica is up; a replica
     # kept as a tolerated failure (crash-looping on the new spec) does not hold it back, else
     # failure_action would never come.
+    # "Up" is healthy: an unhealthy or still starting replica holds the next batch back too.
     all_up = all(s.current is not None or s.new is not None for s in classified) and all(
         s.current is None
-        or s.current.state in ("running", "restarting")
+        or (s.current.state in ("running", "restarting") and s.current.health in (None, "healthy"))
         or s.new is not None
         or s.current.id in rollout.failed
         for s in classified
     )
     config = rollout.config
     budget = (config.parallelism or len(svc.replicas)) - in_flight
-    waiting_reason = f"{in_flight} of parallelism {config.parallelism or 'all'} in flight"
+    waiting_reason = f"parallelism {config.parallelism or 'all'} reached"
     if rollout.mode == "paused":
         budget, waiting_reason = 0, "rollout paused"
     elif not all_up:
-        budget, waiting_reason = 0, "a replica is down; the rollout waits for it"
+        budget, waiting_reason = 0, "a replica is down or not healthy; the rollout waits for it"
     elif rollout.last_batch_at and holds.now < rollout.last_batch_at + config.delay_s:
         p.wake(rollout.last_batch_at + config.delay_s)
         budget, waiting_reason = 0, f"update delay {config.delay_s:g}s"
@@ -323,7 +324,8 @@ def _service_steps(
             if cur.spec_hash == spec.spec_hash and cur.state != "dead" and not moved:
                 out += _heal(spec, cur, holds)
                 continue
-            down = cur.state not in ("running", "restarting") or moved
+            # Not serving (exited, dead, unhealthy): replaced at once, outside the budget.
+            down = cur.state not in ("running", "restarting") or cur.health == "unhealthy" or moved
             reason = _why_replace(cur, spec, moved)
             if down and (rollout.mode != "paused" or cur.state == "dead" or moved):
                 out.append((CreateContainer(spec, reason, ro.temp_name(spec)), _NO))

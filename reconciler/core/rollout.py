@@ -97,9 +97,9 @@ def target(svc: ServiceSpec, record: RolloutRecord) -> tuple[ServiceSpec, Mode]:
     """
     if record.failed_revision == svc.revision and record.stable:
         stable = record.stable
-        replicas = tuple(
-            stable[i] if i < len(stable) else spec for i, spec in enumerate(svc.replicas)
-        )
+        # Swarm's rollback returns to the previous spec whole: replicas the failed edit added
+        # have no healthy spec to run, so they go with it (never the held revision).
+        replicas = stable[: len(svc.replicas)]
         image = replicas[0].image if replicas else svc.image
         rolled = replace(svc, replicas=replicas, image=image, revision=record.stable_revision)
         return rolled, "paused" if record.paused_revision == svc.revision else "rolled_back"
@@ -291,7 +291,11 @@ def record_pass(
     if trigger:
         return _fail(record, svc, mode, trigger, events)
 
-    if mode != "paused" and converged(target_svc, mine):
+    # Over when every replica runs the target healthy, or, with failures tolerated on the way
+    # (failure_action continue, max_failure_ratio), once every replica runs it at all.
+    replaced_all = not rolling(target_svc, mine) and not any(is_temp_name(c.name) for c in mine)
+    done = converged(target_svc, mine) or (bool(record.failures) and replaced_all)
+    if mode != "paused" and done:
         if mode == "normal":
             if record.rolling_revision:
                 n = len(record.failures)

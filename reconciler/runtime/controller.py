@@ -115,8 +115,10 @@ class Controller:
         self.on_note = on_note
         self.books: dict[str, HealingBook] = {}
         self._drained: dict[str, dict[str, float]] = {}  # service -> container id -> until
-        self._last_runs: dict[str, LastRun] = {}  # exited container id -> its last run
-        self._started: dict[str, float] = {}  # replacement id -> when it started
+        # Per service (each is touched by its own worker only): exited container id -> its
+        # last run; replacement id -> when it started.
+        self._last_runs: dict[str, dict[str, LastRun]] = {}
+        self._started: dict[str, dict[str, float]] = {}
         self._images_ready: dict[str, EnsureImage] = {}  # service -> image made present
         self._images_wanted: dict[str, EnsureImage] = {}
         self._hints: dict[str, set[str]] = {}  # service -> ids of replicas that just died
@@ -227,7 +229,7 @@ class Controller:
                 return fast
         now = self.clock()
         observed = _without_project_objects(self.engine.observe(desired.project))
-        mine = self._with_start_times(_containers_of(observed, name))
+        mine = self._with_start_times(name, _containers_of(observed, name))
         book = self.books.setdefault(name, HealingBook())
         if name not in self._drained:
             self._drained[name] = self.store.drains(name)  # a crash must not strand a drain
@@ -247,7 +249,7 @@ class Controller:
         rollout = ro.rollout_for(svc, record, mode)
         sub = _restrict(desired, target)
         sub_observed = replace(observed, containers=mine)
-        last_runs = self._runs(mine)
+        last_runs = self._runs(name, mine)
         base = book.holds(sub, sub_observed, last_runs, now)
         holds = replace(
             base,
@@ -267,7 +269,11 @@ class Controller:
         }
         self._after(name, results, book, drained, now, policies, mine)
 
-        refused = [(r.action, r.error or "") for r in results if r.outcome == "error"]
+        # Docker refusing a replacement fails the rollout; a timeout or an engine that went
+        # away for a moment is retried (back-off), never held against the revision.
+        refused = [
+            (r.action, r.error or "") for r in results if r.outcome == "error" and not r.transient
+        ]
         after = self.engine.containers(desired.project) if results else observed.containers
         after_mine = tuple(c for c in after if c.service == name)
         new_record, events = ro.record_pass(
@@ -349,39 +355,40 @@ class Controller:
         return Outcome(VERIFY_AFTER_FAST_HEAL_S, actions=1)
 
     def _with_start_times(
-        self, containers: tuple[ObservedContainer, ...]
+        self, service: str, containers: tuple[ObservedContainer, ...]
     ) -> tuple[ObservedContainer, ...]:
         """Replacements being judged need their start time (one inspect each, remembered)."""
+        known = self._started.setdefault(service, {})  # only this service's worker uses it
         out = []
         for c in containers:
             if ro.is_temp_name(c.name) and c.state != "created":
-                if c.id not in self._started:
+                if c.id not in known:
                     at = self.engine.started_at(c.id)
                     if at is not None:
-                        self._started[c.id] = at
-                c = replace(c, started_at=self._started.get(c.id))
+                        known[c.id] = at
+                c = replace(c, started_at=known.get(c.id))
             out.append(c)
         live = {c.id for c in containers}
-        for cid in [k for k in self._started if k not in live and k in self._started]:
-            if not any(cid == c.id for c in containers):
-                self._started.pop(cid, None)
+        for cid in [k for k in known if k not in live]:
+            del known[cid]
         return tuple(out)
 
-    def _runs(self, containers: tuple[ObservedContainer, ...]) -> dict[str, LastRun]:
+    def _runs(self, service: str, containers: tuple[ObservedContainer, ...]) -> dict[str, LastRun]:
         """Last runs of exited replicas: one inspect per exit (in parallel when a mass failure
         left many), remembered while the container stays exited."""
+        known = self._last_runs.setdefault(service, {})  # only this service's worker uses it
         down = [c for c in containers if c.state in ("exited", "dead")]
-        for c in containers:
-            if c.state not in ("exited", "dead"):
-                self._last_runs.pop(c.id, None)
-        missing = [c.id for c in down if c.id not in self._last_runs]
+        down_ids = {c.id for c in down}
+        for cid in [k for k in known if k not in down_ids]:
+            del known[cid]  # started again, or gone
+        missing = [c.id for c in down if c.id not in known]
         if len(missing) > 1:
             with ThreadPoolExecutor(max_workers=min(8, len(missing))) as pool:
                 found = dict(zip(missing, pool.map(self.engine.last_run, missing), strict=True))
         else:
             found = {cid: self.engine.last_run(cid) for cid in missing}
-        self._last_runs.update({cid: run for cid, run in found.items() if run is not None})
-        return {c.name: self._last_runs[c.id] for c in down if c.id in self._last_runs}
+        known.update({cid: run for cid, run in found.items() if run is not None})
+        return {c.name: known[c.id] for c in down if c.id in known}
 
     # ------------------------------------------------------------------ images
 
@@ -486,7 +493,7 @@ class Controller:
         failed = [
             (r.action.key, r.error or "", r.transient)
             for r in results
-            if r.outcome == "error" and not _is_replacement(r.action)
+            if r.outcome == "error" and (r.transient or not _is_replacement(r.action))
         ]
         succeeded = [r.action.key for r in results if r.outcome == "success"]
         book.record_failures(failed, succeeded, policies, now)
@@ -515,7 +522,7 @@ class Controller:
             elif isinstance(a, CreateContainer) and a.as_name is None:
                 self._known.add(a.spec.name)
             elif isinstance(a, StartContainer):
-                self._last_runs.pop(a.id, None)
+                self._last_runs.get(service, {}).pop(a.id, None)
 
     def _report(self, r: StepResult, *, job: bool = False) -> None:
         a = r.action

@@ -88,6 +88,7 @@ class Daemon:
         self._state_valid = True
         self._first_round: set[str] | None = None  # services not reconciled yet since start
         self._busy = 0
+        self.unfinished = False  # run() returned with a worker still inside a Docker call
         self._reload_trigger = "signal"
         self._triggers: dict[str, str] = {}  # key -> what asked for it first
         self._busy_lock = threading.Lock()
@@ -151,6 +152,9 @@ class Daemon:
             deadline = time.monotonic() + STOP_WAIT_S
             for t in workers:  # let a call under way finish (it has its own timeout)
                 t.join(max(0.0, deadline - time.monotonic()))
+            self.unfinished = any(t.is_alive() for t in workers)
+            if self.unfinished:  # e.g. a stop with a long grace: Docker finishes it without us
+                log.warning("exiting with a Docker call still under way", waited_s=STOP_WAIT_S)
             return 0
         finally:
             for server in servers:
