@@ -37,7 +37,9 @@ mass: 50 replicas (restart `no`) under the daemon, all 50 processes SIGKILLed at
       `min_uptime` both start over after 10 s). Ratio reconciler / Docker (target <= 1).
 
 Latency = Docker's `start` event time minus the time just before the fault, on one clock
-(the event stream is subscribed before any fault). Everything carries `bench<run>` /
+(the event stream is subscribed before any fault). The engine may be shared: a busy or mass
+trial during which dockerd restarted (the event stream broke) is discarded, noted in the
+JSON, and repeated (3 attempts). Everything carries `bench<run>` /
 `bench-<run>` names and the label io.reconciler.bench=<run>, and is removed at the end.
 """
 
@@ -81,6 +83,7 @@ B_MIN_UPTIME = "1s"  # B's heal.min_uptime
 B_SETTLE_S = 1.5  # B has run this long before each kill: every kill is a first failure
 MASS_SETTLE_S = 12.0  # > 10 s: Docker's restart back-off and reconciler's min_uptime reset
 HEAL_TIMEOUT_S = 300.0  # a busy heal today can wait for a whole blocked pass (120 s)
+MAX_ATTEMPTS = 3  # a trial the engine restarted during is repeated (the engine is shared)
 
 
 class StartWatcher:
@@ -467,6 +470,54 @@ def a_converged(
     )
 
 
+class HealTimeout(Exception):
+    """The healed container did not run again within HEAL_TIMEOUT_S."""
+
+
+def engine_up(api: docker.APIClient) -> bool:
+    try:
+        return bool(api.ping())
+    except Exception:
+        return False
+
+
+def wait_engine(api: docker.APIClient, timeout: float = 300) -> None:
+    wait_until(lambda: engine_up(api), timeout, "the Docker engine is back")
+
+
+def guarded_trial(
+    api: docker.APIClient,
+    watcher: StartWatcher,
+    body: Callable[[dict[str, Any]], float],
+    recover: Callable[[], None],
+    what: str,
+    discarded: list[dict[str, Any]],
+) -> tuple[float, dict[str, Any]]:
+    """One trial: `body(note)` returns its figure. A trial during which the engine
+    restarted (the event stream broke; this engine is shared) measures nothing: it is
+    kept in `discarded`, and repeated after `recover()`. A heal timeout is a figure
+    (HEAL_TIMEOUT_S, a lower bound) with note["timeout"]."""
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        breaks = len(watcher.breaks)
+        note: dict[str, Any] = {}
+        value: float | None = None
+        try:
+            value = body(note)
+        except HealTimeout:
+            value, note["timeout"] = HEAL_TIMEOUT_S, True
+            print(f"  {what}: not running again within {HEAL_TIMEOUT_S:.0f} s", flush=True)
+        except (requests.exceptions.ConnectionError, docker.errors.APIError, TimeoutError):
+            if len(watcher.breaks) == breaks and engine_up(api):
+                raise
+        if value is not None and len(watcher.breaks) == breaks:
+            return value, note
+        discarded.append({"trial": what, "attempt": attempt, "value": value, **note})
+        print(f"  {what}: the engine restarted during the trial: discarded, repeated", flush=True)
+        wait_engine(api)
+        recover()
+    raise RuntimeError(f"{what}: the engine restarted during each of {MAX_ATTEMPTS} attempts")
+
+
 class BusyRun:
     """One busy case: its project, file and daemon; B's heal measured idle, then busy."""
 
@@ -482,7 +533,7 @@ class BusyRun:
         self.a = a_service(kind, run)
         self.doc = busy_doc(self.project, run, self.a)
         self.proc: subprocess.Popen[bytes] | None = None
-        self.timeouts = 0
+        self.discarded: list[dict[str, Any]] = []
 
     def write(self, **a_changes: Any) -> float:
         """Write the file with A changed; return the time just before the write."""
@@ -506,10 +557,25 @@ class BusyRun:
         self.wait(lambda: len(service_containers(self.api, self.project, "b")) == 1, 60, "B up")
         time.sleep(1.0)  # the daemon's event stream is connected
 
+    def recover(self) -> None:
+        """After an engine restart: the first file again, A at 3 and healthy, B up."""
+        self.write()
+        self.wait(
+            lambda: a_converged(self.api, self.project, 3, image=self.a["image"]),
+            HEAL_TIMEOUT_S,
+            "A back to its first spec",
+        )
+        self.wait(lambda: len(service_containers(self.api, self.project, "b")) == 1, 60, "B up")
+
     def stop(self) -> None:
         if self.proc is not None:
             stop_daemon(self.proc)
         cleanup(self.api, f"{PROJECT_LABEL}={self.project}")
+
+    def trial(self, body: Callable[[dict[str, Any]], float], what: str) -> tuple[float, dict]:
+        return guarded_trial(
+            self.api, self.watcher, body, self.recover, f"{self.kind} {what}", self.discarded
+        )
 
     def settled_b(self) -> str:
         """B's container id, once B has run B_SETTLE_S (a kill is then a first failure)."""
@@ -530,10 +596,8 @@ class BusyRun:
         t0 = kill_pid(self.api, bid)
         try:
             return self.watcher.first_start_after(lambda c: c == bid, t0, HEAL_TIMEOUT_S)
-        except TimeoutError:
-            self.timeouts += 1
-            print(f"  {self.kind}: B not running again within {HEAL_TIMEOUT_S:.0f} s", flush=True)
-            return HEAL_TIMEOUT_S  # a lower bound, counted in "timeouts"
+        except TimeoutError as exc:
+            raise HealTimeout from exc
 
     def a_states(self) -> dict[str, int]:
         """A's containers by state and health, e.g. {"running/unhealthy": 1, ...}."""
@@ -550,6 +614,73 @@ class BusyRun:
     def is_a(self, attrs: dict[str, str]) -> bool:
         return attrs.get(PROJECT_LABEL) == self.project and attrs.get(SERVICE_LABEL) == "a"
 
+    # ------------------------------------------------------------------ the busy trials
+
+    def never_healthy_rollout(self, note: dict[str, Any], change: int) -> float:
+        """busy-a: a new change of A whose healthcheck never passes; B killed during it."""
+        bid = self.settled_b()
+        hc = {**self.a["healthcheck"], "test": ["CMD", "false"]}
+        te = self.write(healthcheck=hc, environment={"BENCH_ROLLOUT": str(change)})
+        # the rollout started: A's old replica is stopped or a new one is created
+        note["rollout_seen_s"] = _round(
+            self.watcher.first_event_after(
+                lambda act, at: self.is_a(at) and act in ("kill", "create", "destroy"), te, 8
+            )
+        )
+        time.sleep(0.5)
+        return self.heal_b(bid, note)
+
+    def slow_pull(self, note: dict[str, Any], registry: SlowRegistry, ref: str) -> float:
+        """busy-b: A changed to an image that pulls slowly; B killed once 1 MB came in."""
+        assert registry.proxy is not None
+        proxy = registry.proxy
+        bid = self.settled_b()
+        before = proxy.bytes_down
+        te = self.write(image=ref)
+        try:
+            self.wait(lambda: proxy.bytes_down - before >= 1_000_000, 20, "pull started")
+            note["pull_seen_s"] = round(time.time() - te, 3)
+        except TimeoutError:
+            note["pull_seen_s"] = None
+        value = self.heal_b(bid, note)
+        self.wait(
+            lambda: a_converged(self.api, self.project, 3, image=ref),
+            HEAL_TIMEOUT_S,
+            "A on the new image",
+        )
+        note["a_on_new_image_s"] = round(time.time() - te, 3)
+        note["bytes_pulled"] = proxy.bytes_down - before
+        return value
+
+    def long_stop(self, note: dict[str, Any]) -> float:
+        """busy-c: A (ignores SIGTERM, 60 s grace) scaled to 0; B killed during its stop."""
+        bid = self.settled_b()
+        old = {c["Id"] for c in service_containers(self.api, self.project, "a", all=True)}
+        te = self.write(replicas=0)
+        note["stop_seen_s"] = _round(
+            self.watcher.first_event_after(
+                lambda act, at: self.is_a(at) and act == "kill" and at.get("signal") == "15",
+                te,
+                8,
+            )
+        )
+        time.sleep(0.5)
+        value = self.heal_b(bid, note)
+        # how long A's stop really took (SIGTERM -> the last one died)
+        try:
+            died = self.watcher.each_after(old, "die", te, 150)
+            note["a_stop_s"] = round(max(died.values()) - te - (note["stop_seen_s"] or 0.0), 3)
+        except TimeoutError:
+            note["a_stop_s"] = None
+        tr = self.write(replicas=3)
+        self.wait(
+            lambda: a_converged(self.api, self.project, 3, old=old),
+            HEAL_TIMEOUT_S,
+            "A back at 3",
+        )
+        note["a_back_s"] = round(time.time() - tr, 3)
+        return value
+
 
 def busy_case(
     api: docker.APIClient,
@@ -565,92 +696,53 @@ def busy_case(
         br = BusyRun(api, watcher, kind, run, Path(tmp))
         try:
             br.start()
-            idle = [br.heal_b(br.settled_b()) for _ in range(trials)]
+            idle: list[float] = []
+            for i in range(trials):
+                value, _ = br.trial(lambda note: br.heal_b(br.settled_b()), f"idle {i + 1}")
+                idle.append(value)
             print(f"  {kind}: idle p50 {summary(idle)['p50']:.3f} s", flush=True)
             busy: list[float] = []
             notes: list[dict[str, Any]] = []
-            short_stops = 0
+            unused = iter(refs or [])
+            changes = 0
             for i in range(trials):
-                bid = br.settled_b()
-                note: dict[str, Any] = {}
-                if kind == "busy-a":
-                    hc = {**br.a["healthcheck"], "test": ["CMD", "false"]}
-                    te = br.write(healthcheck=hc, environment={"BENCH_ROLLOUT": str(i)})
-                    # the rollout started: A's old replica is stopped or a new one is created
-                    note["rollout_seen_s"] = _round(
-                        watcher.first_event_after(
-                            lambda act, at: br.is_a(at) and act in ("kill", "create", "destroy"),
-                            te,
-                            8,
-                        )
-                    )
-                    time.sleep(0.5)
-                    busy.append(br.heal_b(bid, note))
-                elif kind == "busy-b":
-                    assert registry is not None and registry.proxy is not None and refs
-                    proxy = registry.proxy
-                    before = proxy.bytes_down
-                    te = br.write(image=refs[i])
-                    try:  # the pull is under way: 1 MB of the layer has come through
-                        br.wait(
-                            lambda p=proxy, b0=before: p.bytes_down - b0 >= 1_000_000,
-                            20,
-                            "pull started",
-                        )
-                        note["pull_seen_s"] = round(time.time() - te, 3)
-                    except TimeoutError:
-                        note["pull_seen_s"] = None
-                    busy.append(br.heal_b(bid, note))
-                    br.wait(
-                        lambda ref=refs[i]: a_converged(api, br.project, 3, image=ref),
-                        HEAL_TIMEOUT_S,
-                        "A on the new image",
-                    )
-                    note["a_on_new_image_s"] = round(time.time() - te, 3)
-                    note["bytes_pulled"] = proxy.bytes_down - before
-                else:  # busy-c
-                    old = {c["Id"] for c in service_containers(api, br.project, "a", all=True)}
-                    te = br.write(replicas=0)
-                    note["stop_seen_s"] = _round(
-                        watcher.first_event_after(
-                            lambda act, at: (
-                                br.is_a(at) and act == "kill" and at.get("signal") == "15"
-                            ),
-                            te,
-                            8,
-                        )
-                    )
-                    time.sleep(0.5)
-                    busy.append(br.heal_b(bid, note))
-                    # how long A's stop really took (SIGTERM -> the last one died)
-                    try:
-                        died = watcher.each_after(old, "die", te, 150)
-                        note["a_stop_s"] = round(
-                            max(died.values()) - te - (note["stop_seen_s"] or 0.0), 3
-                        )
-                    except TimeoutError:
-                        note["a_stop_s"] = None
-                    if note["a_stop_s"] is not None and note["a_stop_s"] < 55:
-                        short_stops += 1
-                    tr = br.write(replicas=3)
-                    br.wait(
-                        lambda old=old: a_converged(api, br.project, 3, old=old),
-                        HEAL_TIMEOUT_S,
-                        "A back at 3",
-                    )
-                    note["a_back_s"] = round(time.time() - tr, 3)
-                note["b_heal_s"] = round(busy[-1], 3)
+
+                def body(note: dict[str, Any]) -> float:
+                    nonlocal changes
+                    changes += 1
+                    if kind == "busy-a":
+                        return br.never_healthy_rollout(note, changes)
+                    if kind == "busy-b":
+                        assert registry is not None
+                        ref = next(unused, None)  # never pulled yet: slow
+                        if ref is None:
+                            raise RuntimeError("busy-b: no unpulled image left")
+                        return br.slow_pull(note, registry, ref)
+                    return br.long_stop(note)
+
+                value, note = br.trial(body, f"trial {i + 1}/{trials}")
+                busy.append(value)
+                note["b_heal_s"] = round(value, 3)
                 notes.append(note)
                 print(f"  {kind} trial {i + 1}/{trials}: {note}", flush=True)
-            if short_stops:
-                print(
-                    f"  busy-c: in {short_stops} of {trials} trials A's stop took < 55 s: "
-                    "the 60 s stop_grace_period was not honoured",
-                    flush=True,
-                )
-            result = {"idle": idle, "busy": busy, "notes": notes, "timeouts": br.timeouts}
+            result: dict[str, Any] = {
+                "idle": idle,
+                "busy": busy,
+                "notes": notes,
+                "timeouts": sum(1 for n in notes if n.get("timeout")),
+                "discarded": br.discarded,
+            }
             if kind == "busy-c":
-                result["stops_shorter_than_grace"] = short_stops
+                short = sum(
+                    1 for n in notes if n.get("a_stop_s") is not None and n["a_stop_s"] < 55
+                )
+                result["stops_shorter_than_grace"] = short
+                if short:
+                    print(
+                        f"  busy-c: in {short} of {trials} trials A's stop took < 55 s: "
+                        "the 60 s stop_grace_period was not honoured",
+                        flush=True,
+                    )
             return result
         finally:
             br.stop()
@@ -668,18 +760,20 @@ def busy_b_case(
     size: int,
     rate: float,
 ) -> dict[str, Any]:
-    """busy-b with its registry, proxy and images: made here, removed here."""
+    """busy-b with its registry, proxy and images: made here, removed here. One image per
+    trial (a pulled layer is never slow again), plus spares for repeated trials."""
     with tempfile.TemporaryDirectory(prefix=f"bench-{run}-registry-") as tmp:
         registry = SlowRegistry(Path(tmp), rate=rate)
         with registry:
             try:
                 t = time.monotonic()
+                count = trials + MAX_ATTEMPTS - 1
                 refs = [
                     registry.push_random_image(api, IMAGE, f"bench-{run}-slow", f"t{i}", size)
-                    for i in range(trials)
+                    for i in range(count)
                 ]
                 print(
-                    f"  busy-b: {trials} images pushed in {time.monotonic() - t:.1f} s", flush=True
+                    f"  busy-b: {count} images pushed in {time.monotonic() - t:.1f} s", flush=True
                 )
                 result = busy_case(api, watcher, "busy-b", trials, run, registry, refs)
                 result["pull_bytes"] = size
@@ -692,22 +786,48 @@ def busy_b_case(
 # ---------------------------------------------------------------------- mass failure
 
 
+def all_running(api: docker.APIClient, ids: list[str]) -> bool:
+    running = {c["Id"] for c in api.containers(filters={"id": ids})}
+    return running >= set(ids)
+
+
 def mass_trials(
-    api: docker.APIClient, watcher: StartWatcher, ids: list[str], trials: int
+    api: docker.APIClient,
+    watcher: StartWatcher,
+    ids: list[str],
+    trials: int,
+    what: str,
+    discarded: list[dict[str, Any]],
 ) -> list[float]:
     """SIGKILL all `ids` at once, `trials` times; seconds until all run again."""
-    out = []
-    for _ in range(trials):
+
+    def body(note: dict[str, Any]) -> float:
         last = max((watcher.last_start(c) or time.time() for c in ids), default=time.time())
         time.sleep(max(0.0, last + MASS_SETTLE_S - time.time()))
         t0 = kill_all(api, ids)
-        out.append(watcher.all_started_after(ids, t0, HEAL_TIMEOUT_S))
+        try:
+            took = watcher.all_started_after(ids, t0, HEAL_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise HealTimeout from exc
         time.sleep(0.5)
-    return out
+        return took
+
+    def recover() -> None:
+        wait_until(lambda: all_running(api, ids), HEAL_TIMEOUT_S, f"{what}: all running")
+
+    return [
+        guarded_trial(api, watcher, body, recover, f"{what} {i + 1}/{trials}", discarded)[0]
+        for i in range(trials)
+    ]
 
 
 def mass_reconciler(
-    api: docker.APIClient, watcher: StartWatcher, trials: int, run: str, n: int
+    api: docker.APIClient,
+    watcher: StartWatcher,
+    trials: int,
+    run: str,
+    n: int,
+    discarded: list[dict[str, Any]],
 ) -> list[float]:
     project = f"bench{run}mass"
     with tempfile.TemporaryDirectory(prefix=f"bench-{run}-mass-") as tmp:
@@ -723,14 +843,19 @@ def mass_reconciler(
             )
             time.sleep(1.0)
             ids = sorted(replica_ids(api, project).values())
-            return mass_trials(api, watcher, ids, trials)
+            return mass_trials(api, watcher, ids, trials, "mass reconciler", discarded)
         finally:
             stop_daemon(proc)
             cleanup(api, f"{PROJECT_LABEL}={project}")
 
 
 def mass_docker(
-    api: docker.APIClient, watcher: StartWatcher, trials: int, run: str, n: int
+    api: docker.APIClient,
+    watcher: StartWatcher,
+    trials: int,
+    run: str,
+    n: int,
+    discarded: list[dict[str, Any]],
 ) -> list[float]:
     label = f"{run}-mass"
     try:
@@ -746,7 +871,7 @@ def mass_docker(
             ids.append(c["Id"])
         for cid in ids:
             api.start(cid)
-        return mass_trials(api, watcher, ids, trials)
+        return mass_trials(api, watcher, ids, trials, "mass docker", discarded)
     finally:
         cleanup(api, f"{BENCH_LABEL}={label}")
 
@@ -821,6 +946,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[float]] = {}
     busy: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
+    mass_discarded: list[dict[str, Any]] = []
 
     def attempt(case: str, fn: Callable[[], None]) -> None:
         t = time.monotonic()
@@ -851,9 +977,10 @@ def main(argv: list[str] | None = None) -> int:
         return go
 
     def mass() -> None:
-        n = args.mass_size
-        results[f"mass_reconciler_{n}"] = mass_reconciler(api, watcher, args.mass_trials, run, n)
-        results[f"mass_docker_always_{n}"] = mass_docker(api, watcher, args.mass_trials, run, n)
+        n, k = args.mass_size, args.mass_trials
+        gone = mass_discarded
+        results[f"mass_reconciler_{n}"] = mass_reconciler(api, watcher, k, run, n, gone)
+        results[f"mass_docker_always_{n}"] = mass_docker(api, watcher, k, run, n, gone)
 
     t = single_trials
     plan: dict[str, Callable[[], None]] = {
@@ -924,10 +1051,21 @@ def main(argv: list[str] | None = None) -> int:
     print(table(["case (seconds to running again)", "n", "p50", "p95", "min", "max"], rows))
     print()
     print("\n".join(lines))
+    for kind, r in busy.items():
+        if r.get("discarded"):
+            lines.append(
+                f"{kind}: {len(r['discarded'])} trial(s) discarded and repeated (the engine"
+                " restarted during them)"
+            )
+    if mass_discarded:
+        lines.append(
+            f"mass: {len(mass_discarded)} trial(s) discarded and repeated (the engine restarted)"
+        )
     if watcher.breaks:
         print(
             f"WARNING the Docker event stream broke {len(watcher.breaks)} time(s) (dockerd "
-            "restarted?): figures measured across it are suspect"
+            "restarted?): busy and mass trials across it were repeated; figures of (a)-(d) "
+            "measured across it are suspect"
         )
     for case, error in errors.items():
         print(f"FAILED {case}: {error}")
@@ -946,6 +1084,7 @@ def main(argv: list[str] | None = None) -> int:
                 kind: {k: v for k, v in r.items() if k not in ("idle", "busy")}
                 for kind, r in busy.items()
             },
+            "mass_discarded": mass_discarded,
             "errors": errors,
             "event_stream_breaks": watcher.breaks,
         },
