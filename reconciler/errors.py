@@ -32,6 +32,13 @@ class ActionFailed(ReconcilerError):
         self.transient = transient
 
 
+class EngineSlow(ActionFailed):
+    """Docker did not answer a call in time: retried soon, never held against a revision."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, transient=True)
+
+
 class NameConflict(ActionFailed):
     """A container name we need is taken by a container we do not manage."""
 

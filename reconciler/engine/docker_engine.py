@@ -54,7 +54,7 @@ from reconciler.core.model import (
     UnpauseContainer,
     ownership_labels,
 )
-from reconciler.errors import ActionFailed, EngineUnavailable, NameConflict
+from reconciler.errors import ActionFailed, EngineSlow, EngineUnavailable, NameConflict
 
 _EXIT = re.compile(r"Exited \((-?\d+)\)")
 _HEALTH = (
@@ -82,7 +82,7 @@ def docker_errors(what: str) -> Iterator[None]:
     try:
         yield
     except requests.exceptions.ReadTimeout as exc:  # the engine is there, but slow: retry
-        raise ActionFailed(f"{what}: Docker did not answer in time", transient=True) from exc
+        raise EngineSlow(f"{what}: Docker did not answer in time") from exc
     except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
         if isinstance(exc, docker.errors.APIError):
             text = exc.explanation or str(exc)

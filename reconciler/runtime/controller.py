@@ -272,7 +272,9 @@ class Controller:
         # Docker refusing a replacement fails the rollout; a timeout or an engine that went
         # away for a moment is retried (back-off), never held against the revision.
         refused = [
-            (r.action, r.error or "") for r in results if r.outcome == "error" and not r.transient
+            (r.action, r.error or "")
+            for r in results
+            if r.outcome == "error" and not r.engine_fault
         ]
         after = self.engine.containers(desired.project) if results else observed.containers
         after_mine = tuple(c for c in after if c.service == name)
@@ -493,7 +495,7 @@ class Controller:
         failed = [
             (r.action.key, r.error or "", r.transient)
             for r in results
-            if r.outcome == "error" and (r.transient or not _is_replacement(r.action))
+            if r.outcome == "error" and (r.engine_fault or not _is_replacement(r.action))
         ]
         succeeded = [r.action.key for r in results if r.outcome == "success"]
         book.record_failures(failed, succeeded, policies, now)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from reconciler.core.model import Action, Plan, Step
-from reconciler.errors import ActionFailed, Deferred, EngineUnavailable
+from reconciler.errors import ActionFailed, Deferred, EngineSlow, EngineUnavailable
 
 Outcome = Literal["success", "error", "skipped", "waiting"]
 
@@ -24,7 +24,8 @@ class StepResult:
     outcome: Outcome
     error: str | None = None
     duration_s: float = 0.0
-    transient: bool = False
+    transient: bool = False  # retrying soon may help (back off briefly)
+    engine_fault: bool = False  # the engine was away or too slow: says nothing of the action
 
 
 def apply(
@@ -82,9 +83,12 @@ def _run(action: Action, execute: Callable[[Action], None]) -> StepResult:
     except Deferred as exc:
         return StepResult(action, "waiting", str(exc), time.monotonic() - start)
     except EngineUnavailable as exc:
-        return StepResult(action, "error", str(exc), time.monotonic() - start, transient=True)
+        return StepResult(action, "error", str(exc), time.monotonic() - start, True, True)
     except ActionFailed as exc:
-        return StepResult(action, "error", str(exc), time.monotonic() - start, exc.transient)
+        took = time.monotonic() - start
+        return StepResult(
+            action, "error", str(exc), took, exc.transient, isinstance(exc, EngineSlow)
+        )
     except Exception as exc:  # a bug must not kill the pass; report it as this step's error
         return StepResult(action, "error", f"{type(exc).__name__}: {exc}", time.monotonic() - start)
     return StepResult(action, "success", None, time.monotonic() - start)
