@@ -76,10 +76,13 @@ def advance(
         )
     elif mode == "rolled_back" and ro.converged(target, containers):
         record = replace(record, rolling_revision="")
-    elif mode == "normal" and _replacing(target, containers):
-        if record.rolling_revision != target.revision:
-            events.append(RolloutEvent("started", target.revision))
-            record = replace(record, rolling_revision=target.revision, failures=())
+    elif (
+        mode == "normal"
+        and _replacing(target, containers)
+        and record.rolling_revision != target.revision
+    ):
+        events.append(RolloutEvent("started", target.revision))
+        record = replace(record, rolling_revision=target.revision, failures=())
     return record, tuple(events)
 
 
