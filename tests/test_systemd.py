@@ -21,7 +21,7 @@ from typing import Any
 import docker
 import pytest
 
-from tests.conftest import REQUIRE_DOCKER, DaemonProcess, wait_for
+from tests.conftest import REQUIRE_DOCKER, DaemonProcess, run_cli, wait_for
 
 SYSTEMD = Path(__file__).resolve().parent.parent / "systemd"
 UNIT = SYSTEMD / "reconciler.service"
@@ -128,8 +128,9 @@ def test_verify_reports_a_bad_setting(unit_copy: Path, good: str, bad: str, comp
 
 
 def test_unit_as_systemd_loads_it(unit_copy: Path) -> None:
-    """Type=notify with a watchdog, reload by SIGHUP, bound to docker, a docker-group user,
-    a state directory for rollbacks, and a stop timeout, as parsed by systemd."""
+    """Type=notify with a watchdog, a reload that waits for the daemon, bound to docker, a
+    docker-group user, a state directory for rollbacks, and a stop timeout, as parsed by
+    systemd."""
     unit = unit_dump(unit_copy)
     one = {key: values[-1] for key, values in unit.items()}
     assert one["Type"] == "notify"
@@ -137,7 +138,14 @@ def test_unit_as_systemd_loads_it(unit_copy: Path) -> None:
     assert one["WatchdogSec"] == "1min"
     assert one["Restart"] == "always"
     assert one["TimeoutStopSec"] == "1min 30s"
-    assert shlex.split(one["ExecReload"]) == ["/bin/kill", "-HUP", "\\$MAINPID"]
+    # A reload systemd waits for: `reconciler reload` returns once the daemon has re-read the file.
+    assert shlex.split(one["ExecReload"]) == [
+        shutil.which("reconciler"),
+        "reload",
+        "/etc/reconciler/desired_state.yaml",
+        "--pid",
+        "\\$MAINPID",
+    ]
     assert "docker.service (origin-file)" in unit["BindsTo"]
     assert "docker.service (origin-file)" in unit["After"]
     assert (one["User"], one["Group"], one["SupplementaryGroups"]) == (
@@ -301,3 +309,56 @@ def test_notify_protocol(
 
     assert d.stop() == 0
     assert notify_socket.seen("STOPPING=1")
+
+
+def _reload(path: Path, lock_dir: Path, *args: str) -> tuple[int, list[dict[str, Any]]]:
+    """`reconciler reload` as ExecReload runs it; its exit code and its JSON lines."""
+    proc = run_cli("reload", str(path), "--lock-dir", str(lock_dir), *args, timeout=60)
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    assert not proc.stderr.strip(), proc.stderr  # the journal gets JSON lines only
+    return proc.returncode, lines
+
+
+@pytest.mark.docker
+def test_reload_command_waits_for_the_daemon(
+    busybox_image: str,
+    project: str,
+    tmp_path: Path,
+    write_state: Callable[..., Path],
+    daemon: Callable[..., DaemonProcess],
+) -> None:
+    """`reconciler reload` (the unit's ExecReload) returns once the daemon has applied the file,
+    fails on a file the daemon would reject (the daemon keeps running the last good one), and
+    fails when no daemon holds the project."""
+    web = {"image": busybox_image, "init": True, "command": ["sleep", "100000"]}
+    path = write_state({"services": {"web": web}})
+    d = daemon(path)
+    wait_for(lambda: d.get("/readyz")[0] == 200, 60, what="the daemon to be ready")
+
+    path = write_state({"services": {"web": web, "extra": web}})
+    code, lines = _reload(path, tmp_path)  # no --pid: the holder of the project's lock
+    assert code == 0, lines
+    digest = lines[-1]["digest"]
+    assert lines[-1]["event"] == "reloaded" and digest
+    # Already applied when the command returned, not merely signalled.
+    loaded = [e["digest"] for e in d.events("desired state loaded")]
+    assert digest in loaded, (digest, loaded)
+
+    good = path.read_text()
+    path.write_text(good.replace("services:", "servces:", 1))
+    code, lines = _reload(path, tmp_path, "--pid", str(d.proc.pid))
+    assert code == 2, lines
+    assert "servces" in lines[-1]["error"], lines
+
+    # A rename is refused by the daemon (it says so under its project's name): exit 1 at once.
+    path.write_text(good.replace(f"project: {project}", f"project: {project}x"))
+    code, lines = _reload(path, tmp_path, "--pid", str(d.proc.pid))
+    assert code == 1, lines
+    assert "project name cannot change" in str(lines[-1].get("error")), lines
+    assert d.proc.poll() is None
+
+    path.write_text(good)
+    assert d.stop() == 0
+    code, lines = _reload(path, tmp_path)
+    assert code == 1, lines
+    assert "no daemon" in lines[-1]["event"], lines
