@@ -7,6 +7,7 @@ Exit codes: 0 done / in sync; 2 bad input (for `plan`: changes pending); 1 other
 from __future__ import annotations
 
 import argparse
+import json as jsonlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -117,15 +118,22 @@ def main(argv: Sequence[str] | None = None, signals: SignalRelay | None = None) 
     json = {"auto": None, "json": True, "console": False}[args.log_format]
     logs.configure(args.log_level, json=json)
     bad_input = EXIT_ERROR if args.command == "plan" else EXIT_INPUT
+    # Under systemd (`run`, and `reload` as ExecReload) the journal gets JSON lines only.
+    journal = args.command in ("run", "reload") and (
+        json if json is not None else not sys.stderr.isatty()
+    )
+
+    def error(text: str) -> None:
+        if journal:
+            line = {"event": f"reconciler {args.command} failed", "error": text, "level": "error"}
+            print(jsonlib.dumps(line), file=sys.stderr)
+        else:
+            print(text, file=sys.stderr)
+
     try:
         desired = desired_file.load(args.file)
     except DesiredStateError as exc:
-        if args.command == "reload":  # ExecReload: one JSON line in the journal, like the daemon's
-            structlog.get_logger("reconciler").error(
-                "desired state rejected; the daemon keeps the last good one", error=str(exc)
-            )
-        else:
-            print(exc, file=sys.stderr)
+        error(str(exc))
         return bad_input
     if args.command == "validate":
         services = ", ".join(f"{s.name} x{len(s.replicas)}" for s in desired.services)
@@ -134,10 +142,10 @@ def main(argv: Sequence[str] | None = None, signals: SignalRelay | None = None) 
     try:
         return _COMMANDS[args.command](args, desired)
     except EngineUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        error(f"error: {exc}")
         return EXIT_ERROR
     except LockHeld as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        error(f"error: {exc}")
         return EXIT_INPUT
 
 

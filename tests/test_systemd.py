@@ -25,6 +25,7 @@ from tests.conftest import REQUIRE_DOCKER, DaemonProcess, run_cli, wait_for
 
 SYSTEMD = Path(__file__).resolve().parent.parent / "systemd"
 UNIT = SYSTEMD / "reconciler.service"
+TEMPLATE = SYSTEMD / "reconciler@.service"
 MAX_EXPOSURE = 2.5
 
 # Settings of `systemd-analyze security` (json_field) the unit does not harden, and why. Any
@@ -58,6 +59,17 @@ def unit_copy(tmp_path: Path) -> Path:
     assert script, "the project is not installed (pip install -e '.[test]')"
     text = UNIT.read_text().replace("/usr/local/bin/reconciler", script)
     path = tmp_path / "reconciler.service"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def instance_copy(tmp_path: Path) -> Path:
+    """The template unit as instance `stack`, ExecStart pointing at the installed script."""
+    script = shutil.which("reconciler")
+    assert script, "the project is not installed (pip install -e '.[test]')"
+    text = TEMPLATE.read_text().replace("/usr/local/bin/reconciler", script)
+    path = tmp_path / "reconciler@stack.service"
     path.write_text(text)
     return path
 
@@ -156,6 +168,7 @@ def test_unit_as_systemd_loads_it(unit_copy: Path) -> None:
     assert one["EnvironmentFile"] == "-/etc/reconciler/reconciler.env"  # optional
     assert one["ProtectSystem"] == "strict"  # so these two are the only writable places:
     assert (one["RuntimeDirectory"], one["RuntimeDirectoryMode"]) == ("reconciler", "0750")
+    assert one["RuntimeDirectoryPreserve"] == "yes"  # shared with the reconciler@ instances
     assert (one["StateDirectory"], one["StateDirectoryMode"]) == ("reconciler", "0750")
     assert "/var/lib/reconciler (origin-file)" in unit["RequiresMountsFor"]
 
@@ -220,6 +233,51 @@ def test_unit_exposure_score(unit_copy: Path) -> None:
     """The offline exposure score is at most 2.5 (a fully hardened unit scores about 1.5)."""
     proc = subprocess.run(
         [systemd_analyze(), "security", "--offline=yes", str(unit_copy)],
+        capture_output=True,
+        text=True,
+    )
+    m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", proc.stdout)
+    assert m, proc.stdout + proc.stderr
+    assert float(m.group(1)) <= MAX_EXPOSURE
+
+
+def _settings(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_template_is_the_unit_per_instance() -> None:
+    """reconciler@.service is reconciler.service with /etc/reconciler/%i.yaml and %i.env:
+    every other setting (hardening, watchdog, shared runtime and state directories) the same."""
+    per_instance = {
+        "Description=reconciler %i - self-healing reconciliation daemon for Docker "
+        "(/etc/reconciler/%i.yaml)": "Description=reconciler - self-healing reconciliation "
+        "daemon for Docker",
+    }
+    template = [
+        per_instance.get(line, line)
+        .replace("/etc/reconciler/%i.yaml", "/etc/reconciler/desired_state.yaml")
+        .replace("/etc/reconciler/%i.env", "/etc/reconciler/reconciler.env")
+        for line in _settings(TEMPLATE.read_text())
+    ]
+    assert template == _settings(UNIT.read_text())
+
+
+def test_template_instance_as_systemd_loads_it(instance_copy: Path) -> None:
+    """An instance verifies, reads its own file and options, and shares the runtime and state
+    directories (lock, status and rollout files are per project); its exposure is as low."""
+    proc = verify(instance_copy)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "reconciler@stack.service" not in proc.stderr, proc.stderr
+    unit = unit_dump(instance_copy)
+    one = {key: values[-1] for key, values in unit.items()}
+    script = shutil.which("reconciler")
+    assert shlex.split(one["ExecStart"])[:3] == [script, "run", "/etc/reconciler/stack.yaml"]
+    assert shlex.split(one["ExecReload"])[:3] == [script, "reload", "/etc/reconciler/stack.yaml"]
+    assert one["EnvironmentFile"] == "-/etc/reconciler/stack.env"
+    assert (one["RuntimeDirectory"], one["RuntimeDirectoryPreserve"]) == ("reconciler", "yes")
+    assert one["StateDirectory"] == "reconciler"
+    proc = subprocess.run(
+        [systemd_analyze(), "security", "--offline=yes", str(instance_copy)],
         capture_output=True,
         text=True,
     )
@@ -314,8 +372,8 @@ def test_notify_protocol(
 def _reload(path: Path, lock_dir: Path, *args: str) -> tuple[int, list[dict[str, Any]]]:
     """`reconciler reload` as ExecReload runs it; its exit code and its JSON lines."""
     proc = run_cli("reload", str(path), "--lock-dir", str(lock_dir), *args, timeout=60)
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
-    assert not proc.stderr.strip(), proc.stderr  # the journal gets JSON lines only
+    # The journal gets JSON lines only (stdout and stderr).
+    lines = [json.loads(line) for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     return proc.returncode, lines
 
 
@@ -348,7 +406,7 @@ def test_reload_command_waits_for_the_daemon(
     path.write_text(good.replace("services:", "servces:", 1))
     code, lines = _reload(path, tmp_path, "--pid", str(d.proc.pid))
     assert code == 2, lines
-    assert "servces" in lines[-1]["error"], lines
+    assert "servces" in lines[-1]["error"] and lines[-1]["level"] == "error", lines
 
     # A rename is refused by the daemon (it says so under its project's name): exit 1 at once.
     path.write_text(good.replace(f"project: {project}", f"project: {project}x"))

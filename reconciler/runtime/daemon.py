@@ -322,9 +322,12 @@ class Daemon:
             if trigger == "signal":
                 self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={started_usec}")
             ok = self.reload(trigger)
+            if trigger == "signal":
+                self.notifier.send("READY=1", f"STATUS={self._status_line()}")
             # `reconciler reload` (ExecReload) waits for a reload that started after its
             # SIGHUP: systemd 252 cannot wait for RELOADING=1/READY=1 itself (253's
-            # Type=notify-reload can).
+            # Type=notify-reload can). Written after READY=1, so the new STATUS is in
+            # systemd's queue before ExecReload exits (it reads notifications before SIGCHLD).
             self._last_reload = {
                 "monotonic_usec": started_usec,
                 "trigger": trigger,
@@ -333,8 +336,6 @@ class Daemon:
                 "digest": self.desired.digest,
             }
             self._write_status()
-            if trigger == "signal":
-                self.notifier.send("READY=1", f"STATUS={self._status_line()}")
 
     def reload(self, trigger: str) -> bool:
         """Re-read the file; on error keep the last good state and change nothing."""
