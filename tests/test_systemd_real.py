@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from tests.conftest import REQUIRE_DOCKER, cleanup, wait_for, with_test_labels
+from tests.registrykit import login, pushed_image, running_registry
 
 pytestmark = pytest.mark.docker
 
@@ -517,6 +518,44 @@ def test_two_instances_of_the_template_side_by_side(
     unit.sh("systemctl disable --now reconciler@second reconciler@other")
     for instance in names:
         assert all(json.loads(line) for line in unit.journal(f"reconciler@{instance}.service"))
+
+
+def test_private_registry_login_as_the_readme_says(
+    unit: SystemdHost, api: docker.APIClient, busybox_image: str, tmp_path: Path
+) -> None:
+    """The README's private-registry lines (the `docker login` made outside, the container has
+    no docker command): the hardened daemon reads /etc/reconciler/docker/config.json through
+    DOCKER_CONFIG and the host's engine pulls the private image with it."""
+    project = unit.project
+    with (
+        running_registry() as registry,
+        pushed_image(api, busybox_image, registry, tmp_path) as image,
+    ):
+        for line in readme_block("### Private registries"):
+            if line.startswith("sudo docker ") and " login " in line:
+                outside = tmp_path / "login"
+                outside.mkdir()
+                login(outside, registry)
+                unit.sh(
+                    "umask 077 && cat > /etc/reconciler/docker/config.json",  # as docker login
+                    stdin=(outside / "config.json").read_text(),
+                )
+                continue
+            unit.sh(line.replace("sudo ", ""))
+        pid = wait_for(unit.running, DEADLINE_S, what="restarted")
+        environ = unit.sh(f"tr '\\0' '\\n' < /proc/{pid}/environ").stdout.split()
+        assert "DOCKER_CONFIG=/etc/reconciler/docker" in environ
+        private = {"image": image, "init": True, "command": ["sleep", "100002"]}
+        unit.write(
+            "/etc/reconciler/desired_state.yaml", state(project, busybox_image, private=private)
+        )
+        unit.sh("systemctl reload reconciler")
+        wait_for(lambda: running_id(api, f"{project}-private-1"), DEADLINE_S, what="the pull")
+        journal = "\n".join(unit.journal())
+        assert registry.password not in journal
+        unit.write("/etc/reconciler/desired_state.yaml", state(project, busybox_image))
+        unit.sh("systemctl reload reconciler")
+        wait_for(lambda: not container(api, f"{project}-private-1"), DEADLINE_S, what="removed")
 
 
 def test_stop_is_clean_and_leaves_the_containers_running(
