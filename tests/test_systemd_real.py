@@ -499,6 +499,8 @@ def test_two_instances_of_the_template_side_by_side(
         assert unit.get(f"http://127.0.0.1:{port}/readyz") == 200  # its own NAME.env
         status = unit.sh(f"reconciler status /etc/reconciler/{instance}.yaml").stdout
         assert re.search(r"^web +1 +1 ", status, re.MULTILINE), status  # desired 1, running 1
+        # By hand (root, no --pid): the daemon is found by its project's lock.
+        unit.sh(f"reconciler reload /etc/reconciler/{instance}.yaml")
     assert unit.running()  # the main unit too
     locks = unit.sh("ls /run/reconciler").stdout.split()
     for project in (unit.project, *projects.values()):
