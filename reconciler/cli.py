@@ -1,4 +1,4 @@
-"""The `reconciler` command: validate, plan, apply, run, status.
+"""The `reconciler` command: validate, plan, apply, run, reload, status.
 
 Exit codes: 0 done / in sync; 2 bad input (for `plan`: changes pending); 1 other errors
 (for `plan`: also bad input, since 2 already means "changes pending").
@@ -7,6 +7,7 @@ Exit codes: 0 done / in sync; 2 bad input (for `plan`: changes pending); 1 other
 from __future__ import annotations
 
 import argparse
+import json as jsonlib
 import os
 import sys
 from collections.abc import Sequence
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("plan", "print the actions a pass would take (exit 2 when changes are pending)"),
         ("apply", "run one pass, then exit"),
         ("run", "run the daemon"),
+        ("reload", "make the running daemon re-read the file, and wait until it has"),
         ("status", "a table of services: desired, running, healthy, restarts, image"),
         ("down", "stop and remove the project's containers and networks (volumes: --volumes)"),
     ]:
@@ -65,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="also remove the volumes this project created (their data is lost)",
             )
-        if name in ("run", "status", "apply", "plan", "down"):
+        if name in ("run", "status", "apply", "plan", "down", "reload"):
             p.add_argument(
                 "--lock-dir",
                 type=Path,
@@ -85,6 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
                 type=float,
                 default=600.0,
                 help="seconds to wait for rollouts to finish (default 600)",
+            )
+        if name == "reload":
+            p.add_argument(
+                "--pid",
+                type=int,
+                default=None,
+                help="the daemon's pid (systemd: $MAINPID; default: the holder of the lock)",
+            )
+            p.add_argument(
+                "--timeout",
+                type=float,
+                default=30.0,
+                help="seconds to wait for the daemon to confirm (default 30)",
             )
         if name == "run":
             p.add_argument("--interval", type=float, default=5.0, help="seconds between resyncs")
@@ -112,10 +127,22 @@ def main(argv: Sequence[str] | None = None, signals: SignalRelay | None = None) 
     json = {"auto": None, "json": True, "console": False}[args.log_format]
     logs.configure(args.log_level, json=json)
     bad_input = EXIT_ERROR if args.command == "plan" else EXIT_INPUT
+    # Under systemd (`run`, and `reload` as ExecReload) the journal gets JSON lines only.
+    journal = args.command in ("run", "reload") and (
+        json if json is not None else not sys.stderr.isatty()
+    )
+
+    def error(text: str) -> None:
+        if journal:
+            line = {"event": f"reconciler {args.command} failed", "error": text, "level": "error"}
+            print(jsonlib.dumps(line), file=sys.stderr)
+        else:
+            print(text, file=sys.stderr)
+
     try:
         desired = desired_file.load(args.file)
     except DesiredStateError as exc:
-        print(exc, file=sys.stderr)
+        error(str(exc))
         return bad_input
     if args.command == "validate":
         services = ", ".join(f"{s.name} x{len(s.replicas)}" for s in desired.services)
@@ -124,10 +151,10 @@ def main(argv: Sequence[str] | None = None, signals: SignalRelay | None = None) 
     try:
         return _COMMANDS[args.command](args, desired)
     except EngineUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        error(f"error: {exc}")
         return EXIT_ERROR
     except LockHeld as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        error(f"error: {exc}")
         return EXIT_INPUT
 
 
@@ -234,6 +261,66 @@ def _run(args: argparse.Namespace, desired: DesiredState) -> int:
     return code
 
 
+def _reload(args: argparse.Namespace, desired: DesiredState) -> int:
+    """SIGHUP to the daemon, then wait until a reload that began after it has finished (the
+    status file says so): `systemctl reload` returns once the file is applied, and fails when
+    the daemon rejected it. systemd 252 cannot wait on RELOADING=1/READY=1 by itself."""
+    import json
+    import os
+    import signal
+    import time
+
+    from reconciler.ops.lock import ProjectLock, status_path
+
+    log = structlog.get_logger("reconciler")
+    project = desired.project
+    pid = args.pid
+    if pid is None:
+        held = ProjectLock(project, args.lock_dir).holder()
+        if held is None or held[1] != "reconciler daemon":
+            what = f"only a {held[1]} (pid {held[0]})" if held else "no daemon"
+            log.error(f"nothing to reload: {what} acts on project {project}")
+            return EXIT_ERROR
+        pid = held[0]
+    path = status_path(project, args.lock_dir)
+
+    def last_reload() -> dict[str, object] | None:
+        # The daemon's status file; another project's when the edit renamed the project
+        # (the daemon refuses that, and says so in its status file under the old name).
+        for candidate in (path, *sorted(path.parent.glob("reconciler-*.status.json"))):
+            try:
+                data = json.loads(candidate.read_text())
+            except (OSError, ValueError):
+                continue
+            if data.get("pid") == pid:
+                reload = data.get("reload")
+                return reload if isinstance(reload, dict) else None
+        return None
+
+    asked = time.monotonic_ns() // 1000
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as exc:
+        log.error("cannot signal the daemon", pid=pid, error=str(exc))
+        return EXIT_ERROR
+    deadline = time.monotonic() + args.timeout
+    while not ((done := last_reload()) and int(str(done.get("monotonic_usec", 0))) >= asked):
+        if time.monotonic() > deadline:
+            log.error(
+                "the daemon did not confirm the reload in time",
+                pid=pid,
+                timeout_s=args.timeout,
+                status_file=str(path),
+            )
+            return EXIT_ERROR
+        time.sleep(0.05)
+    if done.get("result") != "success":
+        log.error("reload rejected; the daemon keeps the last good state", error=done.get("error"))
+        return EXIT_ERROR
+    log.info("reloaded", project=project, pid=pid, digest=str(done.get("digest", ""))[:12])
+    return EXIT_OK
+
+
 def _status(args: argparse.Namespace, desired: DesiredState) -> int:
     from reconciler.ops.lock import status_path
     from reconciler.ops.status import render_status
@@ -270,6 +357,7 @@ _COMMANDS = {
     "plan": _plan,
     "apply": _apply,
     "run": _run,
+    "reload": _reload,
     "status": _status,
     "down": _down,
 }

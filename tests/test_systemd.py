@@ -21,10 +21,11 @@ from typing import Any
 import docker
 import pytest
 
-from tests.conftest import REQUIRE_DOCKER, DaemonProcess, wait_for
+from tests.conftest import REQUIRE_DOCKER, DaemonProcess, run_cli, wait_for
 
 SYSTEMD = Path(__file__).resolve().parent.parent / "systemd"
 UNIT = SYSTEMD / "reconciler.service"
+TEMPLATE = SYSTEMD / "reconciler@.service"
 MAX_EXPOSURE = 2.5
 
 # Settings of `systemd-analyze security` (json_field) the unit does not harden, and why. Any
@@ -58,6 +59,17 @@ def unit_copy(tmp_path: Path) -> Path:
     assert script, "the project is not installed (pip install -e '.[test]')"
     text = UNIT.read_text().replace("/usr/local/bin/reconciler", script)
     path = tmp_path / "reconciler.service"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def instance_copy(tmp_path: Path) -> Path:
+    """The template unit as instance `stack`, ExecStart pointing at the installed script."""
+    script = shutil.which("reconciler")
+    assert script, "the project is not installed (pip install -e '.[test]')"
+    text = TEMPLATE.read_text().replace("/usr/local/bin/reconciler", script)
+    path = tmp_path / "reconciler@stack.service"
     path.write_text(text)
     return path
 
@@ -128,8 +140,9 @@ def test_verify_reports_a_bad_setting(unit_copy: Path, good: str, bad: str, comp
 
 
 def test_unit_as_systemd_loads_it(unit_copy: Path) -> None:
-    """Type=notify with a watchdog, reload by SIGHUP, bound to docker, a docker-group user,
-    a state directory for rollbacks, and a stop timeout, as parsed by systemd."""
+    """Type=notify with a watchdog, a reload that waits for the daemon, bound to docker, a
+    docker-group user, a state directory for rollbacks, and a stop timeout, as parsed by
+    systemd."""
     unit = unit_dump(unit_copy)
     one = {key: values[-1] for key, values in unit.items()}
     assert one["Type"] == "notify"
@@ -137,7 +150,14 @@ def test_unit_as_systemd_loads_it(unit_copy: Path) -> None:
     assert one["WatchdogSec"] == "1min"
     assert one["Restart"] == "always"
     assert one["TimeoutStopSec"] == "1min 30s"
-    assert shlex.split(one["ExecReload"]) == ["/bin/kill", "-HUP", "\\$MAINPID"]
+    # A reload systemd waits for: `reconciler reload` returns once the daemon has re-read the file.
+    assert shlex.split(one["ExecReload"]) == [
+        shutil.which("reconciler"),
+        "reload",
+        "/etc/reconciler/desired_state.yaml",
+        "--pid",
+        "\\$MAINPID",
+    ]
     assert "docker.service (origin-file)" in unit["BindsTo"]
     assert "docker.service (origin-file)" in unit["After"]
     assert (one["User"], one["Group"], one["SupplementaryGroups"]) == (
@@ -148,6 +168,7 @@ def test_unit_as_systemd_loads_it(unit_copy: Path) -> None:
     assert one["EnvironmentFile"] == "-/etc/reconciler/reconciler.env"  # optional
     assert one["ProtectSystem"] == "strict"  # so these two are the only writable places:
     assert (one["RuntimeDirectory"], one["RuntimeDirectoryMode"]) == ("reconciler", "0750")
+    assert one["RuntimeDirectoryPreserve"] == "yes"  # shared with the reconciler@ instances
     assert (one["StateDirectory"], one["StateDirectoryMode"]) == ("reconciler", "0750")
     assert "/var/lib/reconciler (origin-file)" in unit["RequiresMountsFor"]
 
@@ -212,6 +233,51 @@ def test_unit_exposure_score(unit_copy: Path) -> None:
     """The offline exposure score is at most 2.5 (a fully hardened unit scores about 1.5)."""
     proc = subprocess.run(
         [systemd_analyze(), "security", "--offline=yes", str(unit_copy)],
+        capture_output=True,
+        text=True,
+    )
+    m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", proc.stdout)
+    assert m, proc.stdout + proc.stderr
+    assert float(m.group(1)) <= MAX_EXPOSURE
+
+
+def _settings(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_template_is_the_unit_per_instance() -> None:
+    """reconciler@.service is reconciler.service with /etc/reconciler/%i.yaml and %i.env:
+    every other setting (hardening, watchdog, shared runtime and state directories) the same."""
+    per_instance = {
+        "Description=reconciler %i - self-healing reconciliation daemon for Docker "
+        "(/etc/reconciler/%i.yaml)": "Description=reconciler - self-healing reconciliation "
+        "daemon for Docker",
+    }
+    template = [
+        per_instance.get(line, line)
+        .replace("/etc/reconciler/%i.yaml", "/etc/reconciler/desired_state.yaml")
+        .replace("/etc/reconciler/%i.env", "/etc/reconciler/reconciler.env")
+        for line in _settings(TEMPLATE.read_text())
+    ]
+    assert template == _settings(UNIT.read_text())
+
+
+def test_template_instance_as_systemd_loads_it(instance_copy: Path) -> None:
+    """An instance verifies, reads its own file and options, and shares the runtime and state
+    directories (lock, status and rollout files are per project); its exposure is as low."""
+    proc = verify(instance_copy)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "reconciler@stack.service" not in proc.stderr, proc.stderr
+    unit = unit_dump(instance_copy)
+    one = {key: values[-1] for key, values in unit.items()}
+    script = shutil.which("reconciler")
+    assert shlex.split(one["ExecStart"])[:3] == [script, "run", "/etc/reconciler/stack.yaml"]
+    assert shlex.split(one["ExecReload"])[:3] == [script, "reload", "/etc/reconciler/stack.yaml"]
+    assert one["EnvironmentFile"] == "-/etc/reconciler/stack.env"
+    assert (one["RuntimeDirectory"], one["RuntimeDirectoryPreserve"]) == ("reconciler", "yes")
+    assert one["StateDirectory"] == "reconciler"
+    proc = subprocess.run(
+        [systemd_analyze(), "security", "--offline=yes", str(instance_copy)],
         capture_output=True,
         text=True,
     )
@@ -301,3 +367,56 @@ def test_notify_protocol(
 
     assert d.stop() == 0
     assert notify_socket.seen("STOPPING=1")
+
+
+def _reload(path: Path, lock_dir: Path, *args: str) -> tuple[int, list[dict[str, Any]]]:
+    """`reconciler reload` as ExecReload runs it; its exit code and its JSON lines."""
+    proc = run_cli("reload", str(path), "--lock-dir", str(lock_dir), *args, timeout=60)
+    # The journal gets JSON lines only (stdout and stderr).
+    lines = [json.loads(line) for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    return proc.returncode, lines
+
+
+@pytest.mark.docker
+def test_reload_command_waits_for_the_daemon(
+    busybox_image: str,
+    project: str,
+    tmp_path: Path,
+    write_state: Callable[..., Path],
+    daemon: Callable[..., DaemonProcess],
+) -> None:
+    """`reconciler reload` (the unit's ExecReload) returns once the daemon has applied the file,
+    fails on a file the daemon would reject (the daemon keeps running the last good one), and
+    fails when no daemon holds the project."""
+    web = {"image": busybox_image, "init": True, "command": ["sleep", "100000"]}
+    path = write_state({"services": {"web": web}})
+    d = daemon(path)
+    wait_for(lambda: d.get("/readyz")[0] == 200, 60, what="the daemon to be ready")
+
+    path = write_state({"services": {"web": web, "extra": web}})
+    code, lines = _reload(path, tmp_path)  # no --pid: the holder of the project's lock
+    assert code == 0, lines
+    digest = lines[-1]["digest"]
+    assert lines[-1]["event"] == "reloaded" and digest
+    # Already applied when the command returned, not merely signalled.
+    loaded = [e["digest"] for e in d.events("desired state loaded")]
+    assert digest in loaded, (digest, loaded)
+
+    good = path.read_text()
+    path.write_text(good.replace("services:", "servces:", 1))
+    code, lines = _reload(path, tmp_path, "--pid", str(d.proc.pid))
+    assert code == 2, lines
+    assert "servces" in lines[-1]["error"] and lines[-1]["level"] == "error", lines
+
+    # A rename is refused by the daemon (it says so under its project's name): exit 1 at once.
+    path.write_text(good.replace(f"project: {project}", f"project: {project}x"))
+    code, lines = _reload(path, tmp_path, "--pid", str(d.proc.pid))
+    assert code == 1, lines
+    assert "project name cannot change" in str(lines[-1].get("error")), lines
+    assert d.proc.poll() is None
+
+    path.write_text(good)
+    assert d.stop() == 0
+    code, lines = _reload(path, tmp_path)
+    assert code == 1, lines
+    assert "no daemon" in lines[-1]["event"], lines

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import re
 import threading
 import time
@@ -21,6 +22,7 @@ import docker
 import docker.auth
 import docker.errors
 import requests.exceptions
+from docker.utils import config as docker_config
 from docker.utils import parse_repository_tag
 
 from reconciler.core.healing import LastRun
@@ -146,6 +148,7 @@ class Engine:
         self.api = api
         self._on_call = on_call or (lambda operation: None)
         self._transfers: set[_Deadline] = set()
+        self._auth_stamp: tuple[str, int, int] | None = None  # the credentials file last read
 
     # ------------------------------------------------------------------- observe
 
@@ -359,6 +362,7 @@ class Engine:
     ) -> None:
         repo, tag = parse_repository_tag(image)
         registry, _ = docker.auth.resolve_repository_name(repo)
+        self._reload_credentials()
         headers = {}
         header = docker.auth.get_config_header(self.api, registry)
         if header:
@@ -387,6 +391,19 @@ class Engine:
                     done = sum(c for c, _ in layers.values()) / 1e6
                     total = sum(t for _, t in layers.values()) / 1e6
                     progress(f"{done:.1f} of {total:.1f} MB")
+
+    def _reload_credentials(self) -> None:
+        """docker-py reads $DOCKER_CONFIG/config.json (or ~/.docker/config.json) once: read it
+        again when it changed (a `docker login` since), so a pull uses the current login."""
+        path = docker_config.find_config_file()
+        try:
+            st = os.stat(path) if path else None
+        except OSError:
+            st = None
+        stamp = (path, st.st_mtime_ns, st.st_size) if path and st else None
+        if stamp != self._auth_stamp:
+            self.api.reload_config()
+            self._auth_stamp = stamp
 
     def _build(
         self, action: EnsureImage, what: str, timeout_s: float, progress: Callable[[str], None]

@@ -55,6 +55,22 @@ class ProjectLock:
         os.pwrite(fd, f"{os.getpid()} {role}\n".encode(), 0)
         self._fd = fd
 
+    def holder(self) -> tuple[int, str] | None:
+        """(pid, role) of the process holding the lock now; None when no one holds it."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid, _, role = os.pread(fd, 128, 0).decode(errors="replace").strip().partition(" ")
+                return (int(pid), role) if pid.isdigit() else None
+            return None  # free: the file is left over from a process that is gone
+        finally:
+            os.close(fd)
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

@@ -10,6 +10,7 @@ have workers of their own. Nothing blocks one service's healing on another's wor
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -90,6 +91,10 @@ class Daemon:
         self._busy = 0
         self.unfinished = False  # run() returned with a worker still inside a Docker call
         self._reload_trigger = "signal"
+        self._hups_served = 0
+        self._reload_error: str | None = None
+        # The last reload, for `reconciler reload` (systemd's ExecReload) to wait on.
+        self._last_reload: dict[str, object] | None = None
         self._triggers: dict[str, str] = {}  # key -> what asked for it first
         self._busy_lock = threading.Lock()
         self.events = EventWatcher(
@@ -262,8 +267,10 @@ class Daemon:
         path = status_path(self.desired.project, self.options.lock_dir)
         data = {
             "project": self.desired.project,
+            "pid": os.getpid(),
             "updated_at": time.time(),
             "crashloop": self.controller.crashloops(),
+            "reload": self._last_reload,
         }
         try:
             tmp = path.with_suffix(".tmp")
@@ -310,11 +317,29 @@ class Daemon:
                 continue
             self.signals.reload.clear()
             trigger, self._reload_trigger = self._reload_trigger, "signal"
+            if self.signals.hups != self._hups_served:
+                # A SIGHUP folded into a file change's reload still gets RELOADING=1/READY=1:
+                # with Type=notify-reload, systemd waits for them after each SIGHUP it sends.
+                self._hups_served = self.signals.hups
+                trigger = "signal"
+            started_usec = time.monotonic_ns() // 1000  # CLOCK_MONOTONIC, as systemd's
             if trigger == "signal":
-                self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
-            self.reload(trigger)
+                self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={started_usec}")
+            ok = self.reload(trigger)
             if trigger == "signal":
                 self.notifier.send("READY=1", f"STATUS={self._status_line()}")
+            # `reconciler reload` (ExecReload) waits for a reload that started after its
+            # SIGHUP: systemd 252 cannot wait for RELOADING=1/READY=1 itself (253's
+            # Type=notify-reload can). Written after READY=1, so the new STATUS is in
+            # systemd's queue before ExecReload exits (it reads notifications before SIGCHLD).
+            self._last_reload = {
+                "monotonic_usec": started_usec,
+                "trigger": trigger,
+                "result": "success" if ok else "error",
+                "error": None if ok else self._reload_error,
+                "digest": self.desired.digest,
+            }
+            self._write_status()
 
     def reload(self, trigger: str) -> bool:
         """Re-read the file; on error keep the last good state and change nothing."""
@@ -324,6 +349,7 @@ class Daemon:
             self.metrics.reloads.labels("error").inc()
             self.metrics.state_valid.set(0)
             self._state_valid = False
+            self._reload_error = str(exc)
             log.error("desired state rejected; keeping the last good one", error=str(exc))
             return False
         self.metrics.reloads.labels("success").inc()
@@ -336,6 +362,10 @@ class Daemon:
                 )
                 self.metrics.state_valid.set(0)
                 self._state_valid = False
+                self._reload_error = (
+                    f"the project name cannot change while running ({self.desired.project} -> "
+                    f"{new.project}); restart the daemon"
+                )
                 return False
             self.controller.desired = new
             self._file_stamp = stamps(self.options.path, new.watched)

@@ -19,6 +19,7 @@ class SignalRelay:
         self.reload = threading.Event()
         self._stop_asked = False
         self._reload_asked = False
+        self.hups = 0  # SIGHUPs delivered as reload requests (a reload may also be a file's)
 
     def install(self) -> SignalRelay:
         def on_term(signum: int, frame: FrameType | None) -> None:
@@ -39,6 +40,7 @@ class SignalRelay:
         while not self.stop.is_set():
             if self._reload_asked:
                 self._reload_asked = False
+                self.hups += 1
                 self.reload.set()
             if self._stop_asked:
                 self.stop.set()
