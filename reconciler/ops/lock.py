@@ -10,19 +10,24 @@ from pathlib import Path
 from reconciler.errors import LockHeld
 
 
-def default_lock_dir() -> Path:
-    """$RUNTIME_DIRECTORY (systemd), else /run/reconciler when writable, else the temp dir."""
-    runtime = os.environ.get("RUNTIME_DIRECTORY")
-    if runtime:
-        return Path(runtime.split(":")[0])
-    run = Path("/run/reconciler")
+def systemd_dir(variable: str, system: Path, fallback: Path) -> Path:
+    """The folder systemd gave us in `variable` (RUNTIME_DIRECTORY, STATE_DIRECTORY), else
+    `system` when we can write there, else `fallback` (an unprivileged user's)."""
+    given = os.environ.get(variable)
+    if given:
+        return Path(given.split(":")[0])
     try:
-        run.mkdir(parents=True, exist_ok=True)
-        if os.access(run, os.W_OK):
-            return run
+        system.mkdir(parents=True, exist_ok=True)
+        if os.access(system, os.W_OK):
+            return system
     except OSError:
         pass
-    return Path(tempfile.gettempdir())
+    return fallback
+
+
+def default_lock_dir() -> Path:
+    """$RUNTIME_DIRECTORY (systemd), else /run/reconciler when writable, else the temp dir."""
+    return systemd_dir("RUNTIME_DIRECTORY", Path("/run/reconciler"), Path(tempfile.gettempdir()))
 
 
 def status_path(project: str, directory: Path | None = None) -> Path:

@@ -14,6 +14,7 @@ import structlog
 from pydantic import TypeAdapter, ValidationError
 
 from reconciler.core.rollout import RolloutRecord
+from reconciler.ops.lock import systemd_dir
 
 log = structlog.get_logger("reconciler")
 _RECORDS = TypeAdapter(dict[str, RolloutRecord])
@@ -23,18 +24,8 @@ _DRAINS = TypeAdapter(dict[str, dict[str, float]])
 def default_state_dir() -> Path:
     """$STATE_DIRECTORY (systemd), else /var/lib/reconciler when writable, else
     $XDG_STATE_HOME/reconciler (~/.local/state/reconciler)."""
-    state = os.environ.get("STATE_DIRECTORY")
-    if state:
-        return Path(state.split(":")[0])
-    system = Path("/var/lib/reconciler")
-    try:
-        system.mkdir(parents=True, exist_ok=True)
-        if os.access(system, os.W_OK):
-            return system
-    except OSError:
-        pass
     home = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(home) / "reconciler"
+    return systemd_dir("STATE_DIRECTORY", Path("/var/lib/reconciler"), Path(home) / "reconciler")
 
 
 class StateStore:
