@@ -50,6 +50,7 @@ import contextlib
 import copy
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -67,7 +68,7 @@ import docker.errors
 import requests
 import yaml
 
-from bench.common import BENCH_LABEL, start_daemon, stop_daemon, summary, table, write_json
+from bench.common import BENCH_LABEL, RESULTS, start_daemon, stop_daemon, summary, table, write_json
 from bench.slowpull import SlowRegistry
 from tests.enginekit import build_scratch_image, remove_labelled
 
@@ -688,21 +689,27 @@ def busy_case(
     kind: str,
     trials: int,
     run: str,
+    out: dict[str, Any],
     registry: SlowRegistry | None = None,
     refs: list[str] | None = None,
 ) -> dict[str, Any]:
-    """B's heal time idle, then while A is busy (`kind`); per-trial notes."""
+    """B's heal time idle, then while A is busy (`kind`), into `out` as they come (so a
+    failed case keeps its trials); per-trial notes. On failure the daemon's log is kept
+    in bench/results."""
+    idle: list[float] = out.setdefault("idle", [])
+    busy: list[float] = out.setdefault("busy", [])
+    notes: list[dict[str, Any]] = out.setdefault("notes", [])
+    out["complete"] = False
     with tempfile.TemporaryDirectory(prefix=f"bench-{run}-{kind}-") as tmp:
         br = BusyRun(api, watcher, kind, run, Path(tmp))
+        out["discarded"] = br.discarded
+        failed = True
         try:
             br.start()
-            idle: list[float] = []
             for i in range(trials):
                 value, _ = br.trial(lambda note: br.heal_b(br.settled_b()), f"idle {i + 1}")
                 idle.append(value)
             print(f"  {kind}: idle p50 {summary(idle)['p50']:.3f} s", flush=True)
-            busy: list[float] = []
-            notes: list[dict[str, Any]] = []
             unused = iter(refs or [])
             changes = 0
             for i in range(trials):
@@ -725,27 +732,33 @@ def busy_case(
                 note["b_heal_s"] = round(value, 3)
                 notes.append(note)
                 print(f"  {kind} trial {i + 1}/{trials}: {note}", flush=True)
-            result: dict[str, Any] = {
-                "idle": idle,
-                "busy": busy,
-                "notes": notes,
-                "timeouts": sum(1 for n in notes if n.get("timeout")),
-                "discarded": br.discarded,
-            }
+            out["timeouts"] = sum(1 for n in notes if n.get("timeout"))
             if kind == "busy-c":
                 short = sum(
                     1 for n in notes if n.get("a_stop_s") is not None and n["a_stop_s"] < 55
                 )
-                result["stops_shorter_than_grace"] = short
+                out["stops_shorter_than_grace"] = short
                 if short:
                     print(
                         f"  busy-c: in {short} of {trials} trials A's stop took < 55 s: "
                         "the 60 s stop_grace_period was not honoured",
                         flush=True,
                     )
-            return result
+            out["complete"] = True
+            failed = False
+            return out
         finally:
             br.stop()
+            if failed:
+                keep_log(Path(tmp) / "daemon.log", f"heal-{run}-{kind}-daemon.log")
+
+
+def keep_log(path: Path, name: str) -> None:
+    """Copy a failed case's daemon log to bench/results (temp dirs are removed)."""
+    with contextlib.suppress(OSError):
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, RESULTS / name)
+        print(f"  kept the daemon log: {RESULTS / name}", flush=True)
 
 
 def _round(value: float | None) -> float | None:
@@ -757,6 +770,7 @@ def busy_b_case(
     watcher: StartWatcher,
     trials: int,
     run: str,
+    out: dict[str, Any],
     size: int,
     rate: float,
 ) -> dict[str, Any]:
@@ -775,10 +789,9 @@ def busy_b_case(
                 print(
                     f"  busy-b: {count} images pushed in {time.monotonic() - t:.1f} s", flush=True
                 )
-                result = busy_case(api, watcher, "busy-b", trials, run, registry, refs)
-                result["pull_bytes"] = size
-                result["proxy_rate_bytes_per_s"] = rate
-                return result
+                out["pull_bytes"] = size
+                out["proxy_rate_bytes_per_s"] = rate
+                return busy_case(api, watcher, "busy-b", trials, run, out, registry, refs)
             finally:
                 retrying(lambda: registry.remove_images(api), "remove the pulled images")
 
@@ -798,8 +811,10 @@ def mass_trials(
     trials: int,
     what: str,
     discarded: list[dict[str, Any]],
+    out: list[float],
 ) -> list[float]:
-    """SIGKILL all `ids` at once, `trials` times; seconds until all run again."""
+    """SIGKILL all `ids` at once, `trials` times; seconds until all run again, appended
+    to `out` as they come."""
 
     def body(note: dict[str, Any]) -> float:
         last = max((watcher.last_start(c) or time.time() for c in ids), default=time.time())
@@ -815,10 +830,11 @@ def mass_trials(
     def recover() -> None:
         wait_until(lambda: all_running(api, ids), HEAL_TIMEOUT_S, f"{what}: all running")
 
-    return [
-        guarded_trial(api, watcher, body, recover, f"{what} {i + 1}/{trials}", discarded)[0]
-        for i in range(trials)
-    ]
+    for i in range(trials):
+        out.append(
+            guarded_trial(api, watcher, body, recover, f"{what} {i + 1}/{trials}", discarded)[0]
+        )
+    return out
 
 
 def mass_reconciler(
@@ -828,11 +844,13 @@ def mass_reconciler(
     run: str,
     n: int,
     discarded: list[dict[str, Any]],
+    out: list[float],
 ) -> list[float]:
     project = f"bench{run}mass"
     with tempfile.TemporaryDirectory(prefix=f"bench-{run}-mass-") as tmp:
         path = daemon_stack(Path(tmp), project, n, run)
         proc = start_daemon(path, Path(tmp), interval=60)
+        failed = True
         try:
             wait_until(
                 lambda: len(replica_ids(api, project)) == n,
@@ -843,10 +861,14 @@ def mass_reconciler(
             )
             time.sleep(1.0)
             ids = sorted(replica_ids(api, project).values())
-            return mass_trials(api, watcher, ids, trials, "mass reconciler", discarded)
+            mass_trials(api, watcher, ids, trials, "mass reconciler", discarded, out)
+            failed = False
+            return out
         finally:
             stop_daemon(proc)
             cleanup(api, f"{PROJECT_LABEL}={project}")
+            if failed:
+                keep_log(Path(tmp) / "daemon.log", f"heal-{run}-mass-daemon.log")
 
 
 def mass_docker(
@@ -856,6 +878,7 @@ def mass_docker(
     run: str,
     n: int,
     discarded: list[dict[str, Any]],
+    out: list[float],
 ) -> list[float]:
     label = f"{run}-mass"
     try:
@@ -871,7 +894,7 @@ def mass_docker(
             ids.append(c["Id"])
         for cid in ids:
             api.start(cid)
-        return mass_trials(api, watcher, ids, trials, "mass docker", discarded)
+        return mass_trials(api, watcher, ids, trials, "mass docker", discarded, out)
     finally:
         cleanup(api, f"{BENCH_LABEL}={label}")
 
@@ -963,24 +986,28 @@ def main(argv: list[str] | None = None) -> int:
 
     def busy_run(kind: str) -> Callable[[], None]:
         def go() -> None:
-            if kind == "busy-b":
-                size = int(args.pull_mb * 1_000_000)
-                rate = args.pull_rate_mb * 1_000_000
-                r = busy_b_case(api, watcher, busy_trials, run, size, rate)
-            else:
-                r = busy_case(api, watcher, kind, busy_trials, run)
+            # filled as trials come: a case that fails keeps what it measured
+            r: dict[str, Any] = {"idle": [], "busy": []}
             key = kind.replace("-", "_")
             busy[kind] = r
             results[f"{key}_idle_b"] = r["idle"]
             results[f"{key}_busy_b"] = r["busy"]
+            if kind == "busy-b":
+                size = int(args.pull_mb * 1_000_000)
+                rate = args.pull_rate_mb * 1_000_000
+                busy_b_case(api, watcher, busy_trials, run, r, size, rate)
+            else:
+                busy_case(api, watcher, kind, busy_trials, run, r)
 
         return go
 
     def mass() -> None:
         n, k = args.mass_size, args.mass_trials
         gone = mass_discarded
-        results[f"mass_reconciler_{n}"] = mass_reconciler(api, watcher, k, run, n, gone)
-        results[f"mass_docker_always_{n}"] = mass_docker(api, watcher, k, run, n, gone)
+        rec = results.setdefault(f"mass_reconciler_{n}", [])
+        mass_reconciler(api, watcher, k, run, n, gone, rec)
+        dock = results.setdefault(f"mass_docker_always_{n}", [])
+        mass_docker(api, watcher, k, run, n, gone, dock)
 
     t = single_trials
     plan: dict[str, Callable[[], None]] = {
@@ -1001,7 +1028,7 @@ def main(argv: list[str] | None = None) -> int:
         for label in (run, f"{run}-poll", f"{run}-mass"):
             cleanup(api, f"{BENCH_LABEL}={label}")
 
-    stats = {k: summary(v) for k, v in results.items()}
+    stats = {k: summary(v) for k, v in results.items() if v}
     p50 = {k: s["p50"] for k, s in stats.items()}
     ratios: dict[str, float] = {}
     lines = []
@@ -1052,6 +1079,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("\n".join(lines))
     for kind, r in busy.items():
+        if not r.get("complete"):
+            lines.append(
+                f"{kind}: INCOMPLETE ({len(r['idle'])} idle, {len(r['busy'])} busy trials of"
+                f" {busy_trials}): see FAILED below"
+            )
         if r.get("discarded"):
             lines.append(
                 f"{kind}: {len(r['discarded'])} trial(s) discarded and repeated (the engine"
