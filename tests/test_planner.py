@@ -908,3 +908,13 @@ def test_plan_is_deterministic_and_dependencies_come_first(
 def test_update_config_default_is_swarms() -> None:
     """The planner's default rollout is Swarm's update_config: one at a time, stop-first."""
     assert ro.Rollout().config == UpdateConfig(1, 0.0, "stop-first", 5.0, "rollback", 0.0)
+
+
+def test_scaled_to_zero_replicas_are_stopped_with_the_services_grace() -> None:
+    """Scaling a service to 0 leaves no replica spec to read the grace from: it comes from
+    the service, not Docker's 10 s default."""
+    one = state({"services": {"w": {"image": "w:1", "stop_grace_period": "60s"}}})
+    live = converged(one)
+    none = state({"services": {"w": {"image": "w:1", "replicas": 0, "stop_grace_period": "60s"}}})
+    (remove,) = plan(none, live, Holds(drained={c.id: 0.0 for c in live.containers})).actions
+    assert isinstance(remove, RemoveContainer) and remove.grace_s == 60.0

@@ -970,6 +970,7 @@ class _Renderer:
             update=_update_config(s.deploy.update_config),
             rollback=_update_config(s.deploy.rollback_config),
             drain_s=s.drain_period,
+            stop_grace_s=s.stop_grace_period,
             revision=self._revision(name, s, configs),
         )
 

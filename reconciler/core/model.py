@@ -185,6 +185,7 @@ class ServiceSpec:
     update: UpdateConfig = DEFAULT_UPDATE
     rollback: UpdateConfig = DEFAULT_ROLLBACK
     drain_s: float = 3.0  # a replica leaves DNS this long before it is stopped
+    stop_grace_s: float | None = None  # also for replicas scaled away (none may be left)
     # Identifies what the file asks of the service's containers, whatever the replica count.
     revision: str = ""
 

@@ -244,7 +244,7 @@ def _removals(
         svc = services.get(c.service)
         reason = "service removed from the file" if svc is None else "scaled down"
         drain_s = svc.drain_s if svc else DEFAULT_DRAIN_S
-        grace = _grace(svc.replicas[0]) if svc and svc.replicas else None
+        grace = svc.stop_grace_s if svc else None
         drain, drained = _drain(c, drain_s, reason, p)
         steps += [Step(a) for a, _ in drain]
         if drained:
@@ -596,7 +596,7 @@ def _drop_held(steps: list[Step], held: Mapping[str, str], notes: list[str]) -> 
 def plan_down(desired: DesiredState, observed: Observed, *, volumes: bool = False) -> Plan:
     """`reconciler down`: every container of the project (stopped with its service's grace),
     then the networks it created; its volumes only when asked. Adopted objects stay."""
-    graces = {s.name: _grace(s.replicas[0]) for s in desired.services if s.replicas}
+    graces = {s.name: s.stop_grace_s for s in desired.services}
     removals = [
         Step(RemoveContainer(c.id, c.name, c.service, "down", graces.get(c.service)))
         for c in sorted(observed.containers, key=lambda c: c.name)
