@@ -272,10 +272,11 @@ def _service_steps(
     # A rollout starts replacing running replicas only while every replica is up; a replica
     # kept as a tolerated failure (crash-looping on the new spec) does not hold it back, else
     # failure_action would never come.
-    # "Up" is healthy: an unhealthy or still starting replica holds the next batch back too.
+    # An unhealthy replica holds the next batch back too (one still starting does not: Docker
+    # gives it a verdict soon, and the new replica's own judge waits for health anyway).
     all_up = all(s.current is not None or s.new is not None for s in classified) and all(
         s.current is None
-        or (s.current.state in ("running", "restarting") and s.current.health in (None, "healthy"))
+        or (s.current.state in ("running", "restarting") and s.current.health != "unhealthy")
         or s.new is not None
         or s.current.id in rollout.failed
         for s in classified
