@@ -73,17 +73,6 @@ class Outcome:
     actions: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class ServiceView:
-    """What `status` shows of a service's rollout."""
-
-    mode: ro.Mode
-    updated: int
-    total: int
-    rolling: bool
-    record: ro.RolloutRecord
-
-
 class Controller:
     """Keeps one project converged, one key at a time."""
 
@@ -595,17 +584,6 @@ class Controller:
                 log.warning("rollout paused", reason=event.reason, **fields)
         if self.metrics and event.kind in ("completed", "rolled_back", "paused"):
             self.metrics.rollout_finished(service, event.kind)
-
-    def view(self, svc: ServiceSpec, containers: tuple[ObservedContainer, ...]) -> ServiceView:
-        record = ro.refresh(self.store.get(svc.name), svc)
-        target, mode = ro.target(svc, record)
-        mine = tuple(c for c in containers if c.service == svc.name)
-        rolling = bool(record.rolling_revision) or (
-            mode == "rolled_back" and not ro.converged(target, mine)
-        )
-        return ServiceView(
-            mode, ro.updated_count(target, mine), len(target.replicas), rolling, record
-        )
 
     def _service_metrics(
         self,
