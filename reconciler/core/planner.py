@@ -272,11 +272,9 @@ def _service_steps(
     # A rollout starts replacing running replicas only while every replica is up; a replica
     # kept as a tolerated failure (crash-looping on the new spec) does not hold it back, else
     # failure_action would never come.
-    # An unhealthy replica holds the next batch back too (one still starting does not: Docker
-    # gives it a verdict soon, and the new replica's own judge waits for health anyway).
     all_up = all(s.current is not None or s.new is not None for s in classified) and all(
         s.current is None
-        or (s.current.state in ("running", "restarting") and s.current.health != "unhealthy")
+        or s.current.state in ("running", "restarting")
         or s.new is not None
         or s.current.id in rollout.failed
         for s in classified
@@ -325,8 +323,7 @@ def _service_steps(
             if cur.spec_hash == spec.spec_hash and cur.state != "dead" and not moved:
                 out += _heal(spec, cur, holds)
                 continue
-            # Not serving (exited, dead, unhealthy): replaced at once, outside the budget.
-            down = cur.state not in ("running", "restarting") or cur.health == "unhealthy" or moved
+            down = cur.state not in ("running", "restarting") or moved
             reason = _why_replace(cur, spec, moved)
             if down and (rollout.mode != "paused" or cur.state == "dead" or moved):
                 out.append((CreateContainer(spec, reason, ro.temp_name(spec)), _NO))
