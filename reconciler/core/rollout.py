@@ -333,13 +333,16 @@ def _fail(
     return done, (*events, RolloutEvent(svc.name, "paused", svc.revision, why))
 
 
-def _replacement_action(action: Action) -> bool:
-    """A create or start of a replacement, or an image: refused, the rollout cannot proceed."""
+def is_replacement(action: Action) -> bool:
+    """A create or start of a replacement: Docker refusing it fails the rollout."""
     if isinstance(action, CreateContainer):
         return action.as_name is not None
-    if isinstance(action, StartContainer):
-        return is_temp_name(action.name)
-    return isinstance(action, EnsureImage)
+    return isinstance(action, StartContainer) and is_temp_name(action.name)
+
+
+def _replacement_action(action: Action) -> bool:
+    """A create or start of a replacement, or an image: refused, the rollout cannot proceed."""
+    return is_replacement(action) or isinstance(action, EnsureImage)
 
 
 # --------------------------------------------------------------------------- drains

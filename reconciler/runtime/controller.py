@@ -484,7 +484,7 @@ class Controller:
         failed = [
             (r.action.key, r.error or "", r.transient)
             for r in results
-            if r.outcome == "error" and (r.engine_fault or not _is_replacement(r.action))
+            if r.outcome == "error" and (r.engine_fault or not ro.is_replacement(r.action))
         ]
         succeeded = [r.action.key for r in results if r.outcome == "success"]
         book.record_failures(failed, succeeded, policies, now)
@@ -655,10 +655,3 @@ def _ready(desired: DesiredState, observed: Observed) -> frozenset[str]:
 
 def _keys_of(name: str) -> tuple[str, ...]:
     return (f"container:{name}", f"create:{name}")
-
-
-def _is_replacement(action: Action) -> bool:
-    """A create or start of a replacement: Docker refusing it fails the rollout."""
-    if isinstance(action, CreateContainer):
-        return action.as_name is not None
-    return isinstance(action, StartContainer) and ro.is_temp_name(action.name)
