@@ -67,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="also remove the volumes this project created (their data is lost)",
             )
+        if name in ("validate", "plan", "apply", "run", "status"):
+            p.add_argument(
+                "--target",
+                choices=["host", "swarm"],
+                default=None,
+                help="the single Docker host (default), or Docker Swarm services "
+                "(default $RECONCILER_TARGET)",
+            )
         if name in ("run", "status", "apply", "plan", "down", "reload"):
             p.add_argument(
                 "--lock-dir",
@@ -139,6 +147,14 @@ def main(argv: Sequence[str] | None = None, signals: SignalRelay | None = None) 
         else:
             print(text, file=sys.stderr)
 
+    target = getattr(args, "target", None) or os.environ.get("RECONCILER_TARGET") or "host"
+    if target == "swarm":
+        from reconciler import swarm_cli
+
+        return swarm_cli.main(args, error, bad_input)
+    if target != "host":
+        error(f"error: RECONCILER_TARGET must be host or swarm, not {target!r}")
+        return EXIT_INPUT
     try:
         desired = desired_file.load(args.file)
     except DesiredStateError as exc:

@@ -49,3 +49,7 @@ class LockHeld(ReconcilerError):
 
 class Deferred(ReconcilerError):
     """Not now, not an error: the step waits for other work (an image pull) and comes back."""
+
+
+class NotASwarmManager(ReconcilerError):
+    """`--target swarm` on an engine that is not in a swarm, or not one of its managers."""

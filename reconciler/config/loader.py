@@ -34,6 +34,7 @@ from reconciler.config.interpolation import (
 from reconciler.config.schema import (
     DEFAULT_MAX_REPLICAS,
     DesiredStateDef,
+    PortDef,
     ServiceDef,
     UpdateConfigDef,
     VolumeMountDef,
@@ -88,6 +89,12 @@ _CONTAINER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+\Z")  # Docker's rule (
 
 def load(path: str | Path) -> DesiredState:
     """Read, validate and render a desired-state file; raise DesiredStateError if bad."""
+    return load_parts(path).state
+
+
+def load_parts(path: str | Path, checks: Checks | None = None) -> Parsed:
+    """`load`, keeping what a target other than the single host renders from (`checks`:
+    that target's own rules, reported with the others)."""
     path = Path(path)
     source = str(path)
     try:
@@ -100,7 +107,7 @@ def load(path: str | Path) -> DesiredState:
         ) from None
     except OSError as exc:
         raise DesiredStateError(source, [f"cannot read: {exc.strerror}"]) from exc
-    return parse(raw, source=source, base_dir=path.resolve().parent)
+    return parse_parts(raw, source=source, base_dir=path.resolve().parent, checks=checks)
 
 
 def parse(
@@ -117,6 +124,21 @@ def parse(
     its values, the environment winning. `max_replicas` (default: $RECONCILER_MAX_REPLICAS,
     else 1000) bounds `replicas`.
     """
+    return parse_parts(
+        raw, source=source, base_dir=base_dir, environ=environ, max_replicas=max_replicas
+    ).state
+
+
+def parse_parts(
+    raw: bytes | str,
+    *,
+    source: str,
+    base_dir: Path,
+    environ: Mapping[str, str] | None = None,
+    max_replicas: int | None = None,
+    checks: Checks | None = None,
+) -> Parsed:
+    """`parse`, returning the definition, document and renderer too (see `load_parts`)."""
     env = os.environ if environ is None else environ
     report = _Report(source)
     limit = _replica_limit(max_replicas, env, report)
@@ -164,7 +186,9 @@ def parse(
         )
         raise report.error()
     project = _project(definition, base_dir, report, doc)
-    for issue in _check(definition, project):
+    for issue in _check(definition, project, single_host=checks is None):
+        report.add(issue.message, issue.path, doc.mark(issue.at or issue.path))
+    for issue in checks(definition, project) if checks else ():
         report.add(issue.message, issue.path, doc.mark(issue.at or issue.path))
     env_files = _EnvFiles(definition, base_dir, dotenv.lookup, report, doc)
     if report:
@@ -182,7 +206,7 @@ def parse(
     digest = h.hexdigest()  # the file, every config it mounts, .env and every env_file
     # What secret-looking variables gave: never printed (environment values never are).
     secrets.mark(report.secret_values)
-    return DesiredState(
+    state = DesiredState(
         project=state.project,
         networks=state.networks,
         volumes=state.volumes,
@@ -193,6 +217,7 @@ def parse(
         watched=tuple(sorted(files)),
         secrets=frozenset(report.secret_values),
     )
+    return Parsed(state, definition, doc, renderer, report, base_dir)
 
 
 # --------------------------------------------------------------------------- problems
@@ -205,6 +230,20 @@ class Issue(NamedTuple):
     path: DataPath
     message: str
     at: DataPath | None = None
+
+
+Checks = Callable[[DesiredStateDef, str], Iterable[Issue]]
+
+
+class Parsed(NamedTuple):
+    """A parse with what made it: for a target that renders the definition its own way."""
+
+    state: DesiredState
+    definition: DesiredStateDef
+    doc: Document
+    renderer: _Renderer
+    report: _Report
+    base_dir: Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -596,10 +635,12 @@ def _depends(svc: ServiceDef) -> list[str]:
     return deps
 
 
-def _check(d: DesiredStateDef, project: str) -> Iterable[Issue]:
-    """Cross-field rules pydantic cannot express on one field."""
+def _check(d: DesiredStateDef, project: str, *, single_host: bool = True) -> Iterable[Issue]:
+    """Cross-field rules pydantic cannot express on one field (`single_host`: also those of
+    host ports, which Swarm's routing mesh shares between replicas)."""
     yield from _check_names(d, project)
-    yield from _check_host_ports(d)
+    if single_host:
+        yield from _check_host_ports(d)
     for name, svc in d.services.items():
         at: DataPath = ("services", name)
         if not svc.image and not svc.build:
@@ -637,7 +678,7 @@ def _check(d: DesiredStateDef, project: str) -> Iterable[Issue]:
                     (*at, "networks"), f"network {net!r} is not declared under networks", where
                 )
         for i, port in enumerate(svc.ports):
-            for message in _check_port(str(port), replicas):
+            for message in _check_port(port_text(port), replicas if single_host else 1):
                 yield Issue((*at, "ports", i), message)
         for key in ("update_config", "rollback_config"):
             for message in _check_start_first(getattr(svc.deploy, key), svc):
@@ -751,7 +792,7 @@ def _check_host_ports(d: DesiredStateDef) -> Iterable[Issue]:
     taken: dict[tuple[str, int], list[tuple[str, str, int, int]]] = {}
     for name, svc in d.services.items():
         for i, port in enumerate(svc.ports):
-            m = _PORT.match(str(port))
+            m = _PORT.match(port_text(port))
             if not m or not m["host"]:
                 continue
             first, _, last = m["host"].partition("-")
@@ -789,11 +830,11 @@ def _check_start_first(cfg: UpdateConfigDef, svc: ServiceDef) -> Iterable[str]:
             f"{svc.container_name!r}: {why} and a container name is unique; use stop-first"
         )
     for i, port in enumerate(svc.ports):
-        m = _PORT.match(str(port))
+        m = _PORT.match(port_text(port))
         if m and m["host"]:
             yield (
                 f"start-first cannot be used with a host port (ports[{i}] "
-                f"{str(port)!r}): {why} and only one can bind it; use stop-first"
+                f"{port_text(port)!r}): {why} and only one can bind it; use stop-first"
             )
             break
     mode = svc.network_mode or ""
@@ -987,7 +1028,7 @@ class _Renderer:
         body.pop("env_file", None)  # its content is in environment
         body["labels"] = _labels(s.labels)
         body["command"], body["entrypoint"] = _argv(s.command), _argv(s.entrypoint)
-        body["ports"] = [str(p) for p in s.ports]
+        body["ports"] = [port_text(p) for p in s.ports]
         body["volumes"] = [self._mount_text(_mount(v)) for v in s.volumes]
         body["configs"] = [
             {"source": str(self._path(c.source)), "target": c.target} for c in s.configs
@@ -1096,7 +1137,7 @@ class _Renderer:
             command=_argv(s.command),
             entrypoint=_argv(s.entrypoint),
             environment=_environment(s.environment, self.env_files.get(name, {})),
-            ports=tuple(_port(str(p), replica) for p in s.ports),
+            ports=tuple(_port(port_text(p), replica) for p in s.ports),
             binds=tuple(binds),
             volumes=tuple(volumes),
             networks=tuple(attachments),
@@ -1160,6 +1201,11 @@ def _labels(labels: Mapping[str, str] | list[str]) -> dict[str, str]:
     if isinstance(labels, list):
         return dict(item.partition("=")[::2] for item in labels)
     return dict(labels)
+
+
+def port_text(port: str | int | PortDef) -> str:
+    """A port entry in the short syntax."""
+    return port.short() if isinstance(port, PortDef) else str(port)
 
 
 def _port(text: str, replica: int) -> PortBinding:

@@ -202,12 +202,66 @@ class RollbackConfigDef(UpdateConfigDef):
         return value
 
 
+class PreferenceDef(_Model):
+    spread: str
+
+
+class PlacementDef(_Model):
+    """deploy.placement (Swarm only: one host has nowhere else to place a replica)."""
+
+    constraints: list[str] = []
+    preferences: list[PreferenceDef] = []
+    max_replicas_per_node: Int | None = Field(default=None, ge=0)
+
+
+class ResourceDef(_Model):
+    cpus: str | Number | None = None
+    memory: str | Int | None = None
+
+
+class ResourcesDef(_Model):
+    """deploy.resources (Swarm only, for now)."""
+
+    limits: ResourceDef = ResourceDef()
+    reservations: ResourceDef = ResourceDef()
+
+
+class RestartPolicyDef(_Model):
+    """deploy.restart_policy (Swarm only; the single host uses `restart` and `heal`)."""
+
+    condition: Literal["none", "on-failure", "any"] = "any"
+    delay: Duration = 5.0
+    max_attempts: Int | None = Field(default=None, ge=0)
+    window: Duration | None = None
+
+
 class DeployDef(_Model):
+    mode: Literal["replicated", "global"] = "replicated"  # global: one replica per node
     replicas: Int | None = Field(default=None, ge=0)
     update_config: UpdateConfigDef = UpdateConfigDef()
     rollback_config: RollbackConfigDef = RollbackConfigDef()
+    placement: PlacementDef = PlacementDef()
+    resources: ResourcesDef = ResourcesDef()
+    restart_policy: RestartPolicyDef | None = None
+    labels: dict[str, str] = {}  # on the Swarm service (not its containers), as compose
 
     _limit = field_validator("replicas")(_replica_limit)
+
+
+class PortDef(_Model):
+    """Long syntax of a port (compose): mode host publishes on the node a task runs on."""
+
+    target: Int = Field(ge=1, le=65535)
+    published: Int | None = Field(default=None, ge=1, le=65535)
+    protocol: Literal["tcp", "udp", "sctp"] = "tcp"
+    mode: Literal["ingress", "host"] = "ingress"
+    host_ip: str | None = None
+
+    def short(self) -> str:
+        """The short syntax of the same port (the single host publishes every port so)."""
+        ip = f"{self.host_ip}:" if self.host_ip else ""
+        host = f"{ip}{self.published}:" if self.published is not None else ""
+        return f"{host}{self.target}/{self.protocol}"
 
 
 class EnvFileDef(_Model):
@@ -230,7 +284,7 @@ class ServiceDef(_Model):
     entrypoint: str | list[str] | None = None
     env_file: str | list[str | EnvFileDef] = []
     environment: dict[str, Scalar | None] | list[str] = {}
-    ports: list[str | Int] = []
+    ports: list[str | Int | PortDef] = []
     volumes: list[str | VolumeMountDef] = []
     configs: list[ConfigMountDef] = []
     networks: list[str] | dict[str, NetworkAttachDef | None] = []
@@ -257,7 +311,10 @@ class ServiceDef(_Model):
 
     @property
     def replica_count(self) -> int:
-        """replicas, or deploy.replicas when only that is given (a conflict is a _check error)."""
+        """replicas, or deploy.replicas when only that is given (a conflict is a _check error);
+        one for deploy.mode global on a single host (one node)."""
+        if self.deploy.mode == "global":
+            return 1
         if "replicas" not in self.model_fields_set and self.deploy.replicas is not None:
             return self.deploy.replicas
         return self.replicas

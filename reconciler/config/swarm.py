@@ -1,0 +1,417 @@
+"""The desired-state file for `--target swarm`: Swarm's own rules, and each service rendered
+into the Swarm API's ServiceSpec (as `docker stack deploy` would make it).
+
+Called by the CLI and the Swarm runtime instead of `loader.load`. Keys Swarm cannot honour
+are errors with their line, reported with every other problem of the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from reconciler.config import loader
+from reconciler.config.loader import Issue, Parsed, _Configs, _mount, port_text
+from reconciler.config.schema import DesiredStateDef, PortDef, ResourceDef, ServiceDef
+from reconciler.core.model import LABEL_SPEC_HASH, ownership_labels
+from reconciler.core.swarm_plan import (
+    STACK_NAMESPACE,
+    SwarmConfig,
+    SwarmDesired,
+    SwarmNetwork,
+    SwarmService,
+    spec_hash,
+)
+
+MAX_CONFIG_BYTES = 500 * 1024  # Swarm refuses a larger config
+MAX_CONFIG_NAME = 64
+NS = 1_000_000_000
+_MEMORY = re.compile(r"^(?P<n>\d+(?:\.\d+)?)\s*(?P<u>[bkmgt]?)b?$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+_RESTART = {"no": "none", "always": "any", "unless-stopped": "any", "on-failure": "on-failure"}
+
+
+def load(path: str | Path) -> SwarmDesired:
+    """Read, validate and render a desired-state file for Swarm; DesiredStateError if bad."""
+    return render(loader.load_parts(path, checks=issues))
+
+
+def parse(
+    raw: bytes | str, *, source: str, base_dir: Path, environ: Mapping[str, str] | None = None
+) -> SwarmDesired:
+    """`load` for a text (tests)."""
+    return render(
+        loader.parse_parts(raw, source=source, base_dir=base_dir, environ=environ, checks=issues)
+    )
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def memory_bytes(value: str | int) -> int:
+    """Bytes from 512m, 1g, 1024k or a plain number (compose's spellings)."""
+    if isinstance(value, int):
+        return value
+    m = _MEMORY.match(value.strip())
+    if not m:
+        raise ValueError(f"cannot read memory {value!r} (e.g. 512M, 1G)")
+    return int(float(m["n"]) * _UNITS[m["u"].lower()])
+
+
+def nano_cpus(value: str | float) -> int:
+    try:
+        cpus = float(value)
+    except ValueError:
+        raise ValueError(f"cannot read cpus {value!r} (e.g. 0.5)") from None
+    if not 0 <= cpus < 1e6:
+        raise ValueError("cpus must be between 0 and the node's CPUs")
+    return int(round(cpus * NS))
+
+
+def issues(d: DesiredStateDef, project: str) -> Iterable[Issue]:
+    """What Swarm cannot honour, key by key."""
+    for name, net in d.networks.items():
+        if net is not None and "driver" in net.model_fields_set and net.driver != "overlay":
+            yield Issue(
+                ("networks", name, "driver"),
+                f"Swarm services attach to overlay networks only, not {net.driver}; "
+                "use driver: overlay (or leave it out) for --target swarm",
+            )
+    for name, s in d.services.items():
+        yield from _service_issues(("services", name), s)
+
+
+def _service_issues(at: tuple[str | int, ...], s: ServiceDef) -> Iterable[Issue]:
+    unsupported = {
+        "container_name": "Swarm names the tasks itself (<project>_<service>.<slot>)",
+        "network_mode": "Swarm tasks join the service's overlay networks",
+        "pid": "Swarm services cannot share a PID namespace",
+        "build": "Swarm does not build: build and push the image, and name it under image",
+    }
+    for key, why in unsupported.items():
+        if getattr(s, key):
+            yield Issue((*at, key), f"not supported with --target swarm: {why}")
+    for i, host in enumerate(s.extra_hosts):
+        if host.partition(":")[2] == "host-gateway":
+            yield Issue(
+                (*at, "extra_hosts", i),
+                "host-gateway is not supported with --target swarm (no single host): "
+                "give an address",
+            )
+    for i, c in enumerate(s.configs):
+        if c.reload_signal:
+            yield Issue(
+                (*at, "configs", i, "reload_signal"),
+                "not supported with --target swarm: a changed config is a new Swarm "
+                "config, and Swarm replaces the tasks (leave reload_signal out)",
+            )
+    for i, port in enumerate(s.ports):
+        if isinstance(port, PortDef):
+            if port.host_ip:
+                yield Issue(
+                    (*at, "ports", i, "host_ip"),
+                    "not supported with --target swarm: Swarm publishes on every address",
+                )
+            continue
+        m = loader._PORT.match(port_text(port))
+        if m and m["ip"]:
+            yield Issue(
+                (*at, "ports", i),
+                "a host IP is not supported with --target swarm: Swarm publishes on every "
+                "address",
+            )
+        elif m and m["host"] and "-" in m["host"]:
+            yield Issue(
+                (*at, "ports", i),
+                "a host port range is not supported with --target swarm: publish one port "
+                "(the routing mesh balances it over the replicas), or use the long syntax "
+                "with mode: host",
+            )
+    deploy = s.deploy
+    if deploy.mode == "global":
+        if "replicas" in s.model_fields_set or deploy.replicas is not None:
+            yield Issue((*at, "replicas"), "cannot be combined with deploy.mode: global")
+        if s.state == "stopped":
+            yield Issue((*at, "state"), "a global service cannot be stopped on Swarm")
+    for kind in ("limits", "reservations"):
+        r: ResourceDef = getattr(deploy.resources, kind)
+        where = (*at, "deploy", "resources", kind)
+        try:
+            if r.cpus is not None:
+                nano_cpus(r.cpus)
+        except ValueError as exc:
+            yield Issue((*where, "cpus"), str(exc))
+        try:
+            if r.memory is not None:
+                memory_bytes(r.memory)
+        except ValueError as exc:
+            yield Issue((*where, "memory"), str(exc))
+
+
+# --------------------------------------------------------------------------- render
+
+
+def _ns(seconds: float) -> int:
+    return int(round(seconds * NS))
+
+
+def _config_name(project: str, rel: str, data: bytes) -> str:
+    """<project>_<file>-<sha256[:12]>: a new name for new content (Swarm configs are
+    immutable), short enough for Swarm's 64 characters."""
+    digest = hashlib.sha256(data).hexdigest()[:12]
+    stem = re.sub(r"[^a-zA-Z0-9_.-]", "-", rel).strip("-.") or "config"
+    room = MAX_CONFIG_NAME - len(project) - len(digest) - 2
+    return f"{project}_{stem[-room:].lstrip('-.')}-{digest}"
+
+
+def render(parsed: Parsed) -> SwarmDesired:
+    """Networks, configs and ServiceSpecs of a parsed file."""
+    d, project = parsed.definition, parsed.state.project
+    report = parsed.report
+    own = {**ownership_labels(project), STACK_NAMESPACE: project}
+    networks: dict[str, SwarmNetwork] = {}
+    for name, n in d.networks.items():
+        labels = {**(n.labels if n else {}), **own}
+        ipam = tuple((c.subnet, c.gateway or "") for c in n.ipam.config) if n and n.ipam else ()
+        networks[name] = SwarmNetwork(
+            f"{project}_{name}",
+            tuple(sorted(labels.items())),
+            internal=bool(n and n.internal),
+            ipam=ipam,
+        )
+    if any(not s.networks for s in d.services.values()) and "default" not in networks:
+        networks["default"] = SwarmNetwork(f"{project}_default", tuple(sorted(own.items())))
+    configs: dict[str, SwarmConfig] = {}
+    services = []
+    for name in (s.name for s in parsed.state.services):  # dependency order, as the host
+        s = d.services[name]
+        refs = []
+        for i, c in enumerate(s.configs):
+            path = parsed.renderer._path(c.source)
+            files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+            for f in files:
+                rel = str(f.relative_to(path)) if path.is_dir() else f.name
+                try:
+                    data = f.read_bytes()
+                except OSError as exc:
+                    report.add(
+                        f"cannot read {f}: {exc.strerror}",
+                        ("services", name, "configs", i, "source"),
+                        parsed.doc.mark(("services", name, "configs", i, "source")),
+                    )
+                    continue
+                if len(data) > MAX_CONFIG_BYTES:
+                    report.add(
+                        f"{f} is larger than Swarm's {MAX_CONFIG_BYTES // 1024} KiB per config",
+                        ("services", name, "configs", i, "source"),
+                        parsed.doc.mark(("services", name, "configs", i, "source")),
+                    )
+                    continue
+                cfg_name = _config_name(project, rel, data)
+                configs[cfg_name] = SwarmConfig(cfg_name, data, tuple(sorted(own.items())))
+                target = f"{c.target.rstrip('/')}/{rel}" if path.is_dir() else c.target
+                refs.append((target, cfg_name))
+        services.append(_service(parsed, name, s, networks, sorted(refs)))
+    if report:
+        raise report.error()
+    return SwarmDesired(
+        project=project,
+        networks=tuple(networks[n] for n in sorted(networks)),
+        configs=tuple(configs[c] for c in sorted(configs)),
+        services=tuple(services),
+        source=parsed.state.source,
+        digest=parsed.state.digest,
+        watched=parsed.state.watched,
+    )
+
+
+def _service(
+    parsed: Parsed,
+    name: str,
+    s: ServiceDef,
+    networks: Mapping[str, SwarmNetwork],
+    configs: list[tuple[str, str]],
+) -> SwarmService:
+    project = parsed.state.project
+    image = s.image or f"{project}-{name}"
+    c = parsed.renderer._container(name, s, image, 1, _Configs((), (), "", None))
+    own = {**ownership_labels(project, name), STACK_NAMESPACE: project}
+    container: dict[str, Any] = {
+        "Image": image,
+        "Labels": {**dict(c.labels), **own},
+        "Env": list(c.environment),
+    }
+    if c.entrypoint is not None:
+        container["Command"] = list(c.entrypoint)
+    if c.command is not None:
+        container["Args"] = list(c.command)
+    optional = {
+        "User": c.user,
+        "Dir": c.working_dir,
+        "Hostname": c.hostname,
+        "StopSignal": c.stop_signal,
+        "Init": c.init,
+        "ReadOnly": c.read_only or None,
+        "CapabilityAdd": list(c.cap_add) or None,
+        "CapabilityDrop": list(c.cap_drop) or None,
+        "Hosts": [f"{ip} {host}" for host, _, ip in (h.partition(":") for h in c.extra_hosts)]
+        or None,
+    }
+    container.update({k: v for k, v in optional.items() if v is not None})
+    if c.stop_grace_s is not None:
+        container["StopGracePeriod"] = _ns(c.stop_grace_s)
+    if c.healthcheck is not None:
+        h = c.healthcheck
+        container["Healthcheck"] = (
+            {"Test": ["NONE"]}
+            if h.test == ("NONE",)
+            else {
+                "Test": list(h.test),
+                "Interval": _ns(h.interval_s),
+                "Timeout": _ns(h.timeout_s),
+                "Retries": h.retries,
+                "StartPeriod": _ns(h.start_period_s),
+            }
+        )
+    mounts = []
+    for vol in s.volumes:
+        m = _mount(vol)
+        assert m is not None  # checked by the loader
+        mount: dict[str, Any] = {"Type": m.type, "Target": m.target}
+        if m.read_only:
+            mount["ReadOnly"] = True
+        if m.type == "bind":
+            mount["Source"] = str(parsed.renderer._path(m.source))
+        elif m.source:
+            vdef = parsed.definition.volumes.get(m.source)
+            # {replica} is the task's slot: each replica keeps its volume on its node.
+            source = m.source.replace(loader.REPLICA_PLACEHOLDER, "{{.Task.Slot}}")
+            mount["Source"] = f"{project}_{source}"
+            mount["VolumeOptions"] = {
+                "Labels": {
+                    **(vdef.labels if vdef else {}),
+                    **ownership_labels(project),
+                    STACK_NAMESPACE: project,
+                },
+                "DriverConfig": {"Name": vdef.driver if vdef else "local"},
+            }
+        mounts.append(mount)
+    if mounts:
+        container["Mounts"] = mounts
+    if configs:
+        container["Configs"] = [
+            {"File": {"Name": target, "UID": "0", "GID": "0", "Mode": 0o444}, "ConfigName": cfg}
+            for target, cfg in configs
+        ]
+    deploy = s.deploy
+    task: dict[str, Any] = {"ContainerSpec": container}
+    resources: dict[str, Any] = {}
+    for kind, key in (("limits", "Limits"), ("reservations", "Reservations")):
+        r: ResourceDef = getattr(deploy.resources, kind)
+        values = {}
+        if r.cpus is not None:
+            values["NanoCPUs"] = nano_cpus(r.cpus)
+        if r.memory is not None:
+            values["MemoryBytes"] = memory_bytes(r.memory)
+        if values:
+            resources[key] = values
+    if resources:
+        task["Resources"] = resources
+    task["RestartPolicy"] = _restart_policy(s)
+    placement: dict[str, Any] = {}
+    if deploy.placement.constraints:
+        placement["Constraints"] = list(deploy.placement.constraints)
+    if deploy.placement.preferences:
+        placement["Preferences"] = [
+            {"Spread": {"SpreadDescriptor": p.spread}} for p in deploy.placement.preferences
+        ]
+    if deploy.placement.max_replicas_per_node is not None:
+        placement["MaxReplicas"] = deploy.placement.max_replicas_per_node
+    if placement:
+        task["Placement"] = placement
+    attached = sorted(networks[n].name for n in s.networks) if s.networks else []
+    if not s.networks:
+        attached = [networks["default"].name]
+    aliases: dict[str, list[str]] = {}
+    if isinstance(s.networks, dict):
+        for n, attach in s.networks.items():
+            aliases[networks[n].name] = list(attach.aliases) if attach else []
+    task["Networks"] = [
+        {"Target": n, "Aliases": list(dict.fromkeys([name, *aliases.get(n, [])]))}
+        for n in attached
+    ]
+    replicas = s.replica_count if s.state == "running" else 0
+    global_mode = deploy.mode == "global"
+    ports = [_port(p) for p in s.ports]
+    spec: dict[str, Any] = {
+        "Name": f"{project}_{name}",
+        "Labels": {**deploy.labels, **own},
+        "TaskTemplate": task,
+        "Mode": {"Global": {}} if global_mode else {"Replicated": {"Replicas": replicas}},
+        "UpdateConfig": _update(deploy.update_config),
+        "RollbackConfig": _update(deploy.rollback_config),
+        "EndpointSpec": {"Mode": "vip", "Ports": ports} if ports else {"Mode": "vip"},
+    }
+    digest = spec_hash(spec)
+    spec["Labels"][LABEL_SPEC_HASH] = digest
+    return SwarmService(
+        name=name,
+        full_name=spec["Name"],
+        spec_json=json.dumps(spec, sort_keys=True),
+        spec_hash=digest,
+        networks=tuple(attached),
+        configs=tuple(sorted({cfg for _, cfg in configs})),
+        global_mode=global_mode,
+        replicas=replicas,
+        has_healthcheck=c.healthcheck is not None and c.healthcheck.test != ("NONE",),
+    )
+
+
+def _restart_policy(s: ServiceDef) -> dict[str, Any]:
+    """deploy.restart_policy; else `restart` when the file gives it; else Swarm's default."""
+    rp = s.deploy.restart_policy
+    if rp is not None:
+        out: dict[str, Any] = {"Condition": rp.condition, "Delay": _ns(rp.delay)}
+        if rp.max_attempts is not None:
+            out["MaxAttempts"] = rp.max_attempts
+        if rp.window is not None:
+            out["Window"] = _ns(rp.window)
+        return out
+    if "restart" in s.model_fields_set:
+        policy, _, attempts = s.restart.partition(":")
+        out = {"Condition": _RESTART[policy], "Delay": _ns(5.0)}
+        if attempts:
+            out["MaxAttempts"] = int(attempts)
+        return out
+    return {"Condition": "any", "Delay": _ns(5.0)}
+
+
+def _update(c: Any) -> dict[str, Any]:
+    return {
+        "Parallelism": c.parallelism,
+        "Delay": _ns(c.delay),
+        "FailureAction": c.failure_action,
+        "Monitor": _ns(c.monitor),
+        "MaxFailureRatio": c.max_failure_ratio,
+        "Order": c.order,
+    }
+
+
+def _port(port: str | int | PortDef) -> dict[str, Any]:
+    if isinstance(port, PortDef):
+        out: dict[str, Any] = {"Protocol": port.protocol, "TargetPort": port.target}
+        if port.published is not None:
+            out["PublishedPort"] = port.published
+        out["PublishMode"] = port.mode
+        return out
+    m = loader._PORT.match(port_text(port))
+    assert m is not None  # checked by the loader
+    out = {"Protocol": m["proto"] or "tcp", "TargetPort": int(m["container"])}
+    if m["host"]:
+        out["PublishedPort"] = int(m["host"])
+    out["PublishMode"] = "ingress"
+    return out

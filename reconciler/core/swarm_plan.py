@@ -1,0 +1,420 @@
+"""Swarm target, pure: desired Swarm objects + observed ones -> the actions that converge them.
+
+The config loader (`config/swarm.py`) renders each service into the Swarm API's ServiceSpec
+(plain JSON); the engine adapter (`engine/swarm_engine.py`) observes services, networks and
+configs into the values below and executes the actions. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.core.model import LABEL_MANAGED, LABEL_PROJECT, LABEL_SPEC_HASH
+
+STACK_NAMESPACE = "com.docker.stack.namespace"  # what `docker stack deploy` labels with
+# Swarm's UpdateStatus.State values after a rollback it started itself.
+ROLLBACK_STATES = frozenset({"rollback_started", "rollback_completed", "rollback_paused"})
+MANUAL_ROLLBACK = "manually requested rollback"
+
+
+def spec_hash(spec: Mapping[str, Any]) -> str:
+    """sha256 of a ServiceSpec as we send it, without the label that carries the hash."""
+    body = json.loads(json.dumps(spec))
+    body.get("Labels", {}).pop(LABEL_SPEC_HASH, None)
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _zero(value: Any) -> bool:
+    """What the engine leaves out of a spec it returns (Go's omitempty)."""
+    if isinstance(value, dict):
+        return all(_zero(v) for v in value.values())
+    return value in (None, 0, False, "", [])
+
+
+def covers(observed: Any, desired: Any) -> bool:
+    """Does the observed spec hold everything the desired one says? Keys Swarm added
+    (defaults) are ignored, keys we send as zero may be missing; lists match item by item."""
+    if isinstance(desired, dict):
+        if not isinstance(observed, dict):
+            return _zero(desired) and observed is None
+        return all(
+            covers(observed[k], v) if k in observed else _zero(v) for k, v in desired.items()
+        )
+    if isinstance(desired, list):
+        return (
+            isinstance(observed, list)
+            and len(observed) == len(desired)
+            and all(covers(o, d) for o, d in zip(observed, desired, strict=True))
+        )
+    return bool(observed == desired)
+
+
+# --------------------------------------------------------------------------- desired
+
+
+@dataclass(frozen=True, slots=True)
+class SwarmNetwork:
+    name: str  # <project>_<network>
+    labels: tuple[tuple[str, str], ...] = ()
+    internal: bool = False
+    attachable: bool = True
+    ipam: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SwarmConfig:
+    """A Swarm config named by its content: a changed file is a new config (rotation)."""
+
+    name: str
+    data: bytes = field(repr=False)
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SwarmService:
+    name: str  # the file's service name
+    full_name: str  # <project>_<service>, as `docker stack deploy` names it
+    spec_json: str  # the ServiceSpec we send, hash label included
+    spec_hash: str
+    networks: tuple[str, ...] = ()  # full names
+    configs: tuple[str, ...] = ()
+    global_mode: bool = False
+    replicas: int = 1
+    has_healthcheck: bool = False
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return dict(json.loads(self.spec_json))
+
+
+@dataclass(frozen=True, slots=True)
+class SwarmDesired:
+    project: str
+    networks: tuple[SwarmNetwork, ...]
+    configs: tuple[SwarmConfig, ...]
+    services: tuple[SwarmService, ...]
+    source: str = ""
+    digest: str = ""
+    watched: tuple[str, ...] = ()
+
+    def service(self, name: str) -> SwarmService:
+        return next(s for s in self.services if s.name == name)
+
+
+# --------------------------------------------------------------------------- observed
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedService:
+    id: str
+    name: str  # full name
+    version: int
+    labels: tuple[tuple[str, str], ...]
+    spec_json: str  # normalised by the adapter: network IDs as names, config IDs dropped
+    update_state: str = ""
+    update_message: str = ""
+    configs_in_use: tuple[str, ...] = ()  # by Spec or PreviousSpec (a rollback needs them)
+    force_update: int = 0
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return dict(json.loads(self.spec_json))
+
+    def label(self, key: str) -> str:
+        return dict(self.labels).get(key, "")
+
+    def owned_by(self, project: str) -> bool:
+        return self.label(LABEL_MANAGED) == "true" and self.label(LABEL_PROJECT) == project
+
+    @property
+    def service(self) -> str:
+        """The file's service name (from our label)."""
+        return self.label("io.reconciler.service")
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedObject:
+    """A network or config: its name, and whether it carries our labels for this project."""
+
+    name: str
+    id: str
+    owned: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SwarmObserved:
+    services: tuple[ObservedService, ...] = ()
+    networks: tuple[ObservedObject, ...] = ()
+    configs: tuple[ObservedObject, ...] = ()
+
+
+# --------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True, slots=True)
+class CreateSwarmNetwork:
+    spec: SwarmNetwork
+    verb = "create"
+    kind = "network"
+    service = None
+    reason = "missing"
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True, slots=True)
+class CreateSwarmConfig:
+    spec: SwarmConfig
+    verb = "create"
+    kind = "config"
+    service = None
+    reason = "missing"
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True, slots=True)
+class CreateService:
+    spec: SwarmService
+    verb = "create"
+    kind = "service"
+    reason = "missing"
+
+    @property
+    def name(self) -> str:
+        return self.spec.full_name
+
+    @property
+    def service(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateService:
+    spec: SwarmService
+    id: str
+    version: int
+    reason: str
+    force_update: int = 0  # kept as it is: a changed ForceUpdate restarts every task
+    verb = "update"
+    kind = "service"
+
+    @property
+    def name(self) -> str:
+        return self.spec.full_name
+
+    @property
+    def service(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveService:
+    id: str
+    name: str
+    service: str
+    reason: str = "no longer in the file"
+    verb = "remove"
+    kind = "service"
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveSwarmConfig:
+    id: str
+    name: str
+    service = None
+    reason = "replaced (no service uses it)"
+    verb = "remove"
+    kind = "config"
+
+
+SwarmAction = (
+    CreateSwarmNetwork
+    | CreateSwarmConfig
+    | CreateService
+    | UpdateService
+    | RemoveService
+    | RemoveSwarmConfig
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SwarmPlan:
+    """Actions in the order they must run: networks and configs, services, then removals."""
+
+    actions: tuple[SwarmAction, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.actions)
+
+
+def describe(action: SwarmAction) -> str:
+    """One line for humans."""
+    return f"{action.verb} {action.kind} {action.name} ({action.reason})"
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def drift(svc: SwarmService, obs: ObservedService) -> str | None:
+    """Why the observed service differs from the desired one (None: it does not)."""
+    if obs.label(LABEL_SPEC_HASH) != svc.spec_hash:
+        return "the file changed it"
+    current, wanted = obs.spec, svc.spec
+    if not covers(current.get("Mode"), wanted.get("Mode")):
+        return "replicas changed by hand"
+    image = current.get("TaskTemplate", {}).get("ContainerSpec", {}).get("Image")
+    if image != wanted["TaskTemplate"]["ContainerSpec"]["Image"]:
+        return "image changed by hand"
+    if not covers(current, wanted):
+        return "changed by hand"
+    return None
+
+
+def rolled_back(obs: ObservedService) -> bool:
+    """Did Swarm roll this service back by itself (a failed update), not by a user's request?"""
+    return obs.update_state in ROLLBACK_STATES and obs.update_message != MANUAL_ROLLBACK
+
+
+def plan(
+    desired: SwarmDesired,
+    observed: SwarmObserved,
+    held: Mapping[str, str] | None = None,
+    only: str | None = None,
+) -> SwarmPlan:
+    """The actions converging `observed` on `desired`.
+
+    `held`: service -> a spec hash Swarm rolled back; while the file asks for that same
+    spec, the service is left as Swarm left it. `only`: plan that one service (and the
+    networks and configs it needs), as a per-service work-queue key does.
+    """
+    held = held or {}
+    project = desired.project
+    services = [s for s in desired.services if only is None or s.name == only]
+    needed_nets = {n for s in services for n in s.networks}
+    needed_configs = {c for s in services for c in s.configs}
+    nets = {n.name: n for n in observed.networks}
+    configs = {c.name: c for c in observed.configs}
+    live = {s.name: s for s in observed.services}
+    actions: list[SwarmAction] = []
+    notes: list[str] = []
+
+    for net in desired.networks:
+        if only is not None and net.name not in needed_nets:
+            continue
+        have = nets.get(net.name)
+        if have is None:
+            actions.append(CreateSwarmNetwork(net))
+        elif not have.owned:
+            notes.append(f"network {net.name} exists without our labels: used as it is")
+    for cfg in desired.configs:
+        if only is not None and cfg.name not in needed_configs:
+            continue
+        have_cfg = configs.get(cfg.name)
+        if have_cfg is None:
+            actions.append(CreateSwarmConfig(cfg))
+        elif not have_cfg.owned:
+            notes.append(f"config {cfg.name} exists without our labels: used as it is")
+
+    for svc in services:
+        obs = live.get(svc.full_name)
+        if obs is None:
+            actions.append(CreateService(svc))
+            continue
+        if not obs.owned_by(project):
+            notes.append(
+                f"service {svc.full_name} exists without our labels for project {project}: "
+                "left alone (remove it or rename ours)"
+            )
+            continue
+        if obs.update_state in ("rollback_started", "rollback_paused") and rolled_back(obs):
+            notes.append(f"service {svc.name}: Swarm is rolling it back ({obs.update_message})")
+            continue
+        why = drift(svc, obs)
+        if why is None:
+            if obs.update_state == "paused":
+                notes.append(f"service {svc.name}: update paused ({obs.update_message})")
+            continue
+        if held.get(svc.name) == svc.spec_hash:
+            notes.append(
+                f"service {svc.name}: Swarm rolled this revision back; held until the file "
+                "changes the service"
+            )
+            continue
+        actions.append(UpdateService(svc, obs.id, obs.version, why, obs.force_update))
+
+    if only is None:
+        wanted = {s.full_name for s in desired.services}
+        for obs in observed.services:
+            if obs.owned_by(project) and obs.name not in wanted:
+                actions.append(RemoveService(obs.id, obs.name, obs.service))
+        # Configs of ours no service uses any more (nor could roll back to), nor the file.
+        in_use = {c for o in observed.services for c in o.configs_in_use}
+        in_use |= {c.name for c in desired.configs}
+        for cfg_obs in observed.configs:
+            if cfg_obs.owned and cfg_obs.name not in in_use:
+                actions.append(RemoveSwarmConfig(cfg_obs.id, cfg_obs.name))
+    return SwarmPlan(tuple(actions), tuple(notes))
+
+
+def failed_revisions(
+    desired: SwarmDesired,
+    observed: SwarmObserved,
+    pushed: Mapping[str, str],
+    held: Mapping[str, str],
+) -> dict[str, str]:
+    """`held` updated from what Swarm did: a service Swarm rolled back by itself holds the
+    spec we had pushed (or, with no record, the file's); a file that changed the service
+    lets it go."""
+    out = dict(held)
+    live = {s.name: s for s in observed.services}
+    for svc in desired.services:
+        if out.get(svc.name) not in (None, svc.spec_hash):
+            del out[svc.name]  # the file moved on: push the new spec
+        obs = live.get(svc.full_name)
+        if obs is None or not obs.owned_by(desired.project) or not rolled_back(obs):
+            continue
+        failed = pushed.get(svc.name) or svc.spec_hash
+        if obs.label(LABEL_SPEC_HASH) != failed and failed == svc.spec_hash:
+            out[svc.name] = failed
+    for name in list(out):
+        if name not in {s.name for s in desired.services}:
+            del out[name]
+    return out
+
+
+def simulate(observed: SwarmObserved, the_plan: SwarmPlan, project: str) -> SwarmObserved:
+    """What the engine would observe after the plan ran (for the convergence property)."""
+    services = {s.name: s for s in observed.services}
+    nets = {n.name: n for n in observed.networks}
+    configs = {c.name: c for c in observed.configs}
+    for a in the_plan.actions:
+        match a:
+            case CreateSwarmNetwork(spec=n):
+                nets[n.name] = ObservedObject(n.name, f"id-{n.name}", True)
+            case CreateSwarmConfig(spec=c):
+                configs[c.name] = ObservedObject(c.name, f"id-{c.name}", True)
+            case CreateService(spec=s) | UpdateService(spec=s):
+                spec = s.spec
+                services[s.full_name] = ObservedService(
+                    id=f"id-{s.full_name}",
+                    name=s.full_name,
+                    version=services[s.full_name].version + 1 if s.full_name in services else 1,
+                    labels=tuple(sorted(spec.get("Labels", {}).items())),
+                    spec_json=s.spec_json,
+                    configs_in_use=s.configs,
+                )
+            case RemoveService(name=n):
+                services.pop(n, None)
+            case RemoveSwarmConfig(name=n):
+                configs.pop(n, None)
+    return SwarmObserved(tuple(services.values()), tuple(nets.values()), tuple(configs.values()))

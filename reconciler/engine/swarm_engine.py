@@ -1,0 +1,241 @@
+"""The Swarm adapter: observe a project's services, networks, configs and tasks into plain
+values (`core.swarm_plan`), and execute Swarm actions. Thin; docker-py's low-level client.
+
+Images are never resolved to digests here (docker-py does not, and API >= 1.30 engines do
+not query a registry themselves): a local image works on a one-node swarm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+import docker.errors
+from docker.types import IPAMConfig, IPAMPool
+
+from reconciler.core.swarm_plan import (
+    CreateService,
+    CreateSwarmConfig,
+    CreateSwarmNetwork,
+    ObservedObject,
+    ObservedService,
+    RemoveService,
+    RemoveSwarmConfig,
+    SwarmAction,
+    SwarmObserved,
+    SwarmService,
+    UpdateService,
+)
+from reconciler.core.model import LABEL_MANAGED, LABEL_PROJECT
+from reconciler.engine.docker_engine import docker_errors
+from reconciler.errors import ActionFailed, NotASwarmManager
+
+RUNNING_STATES = ("starting", "running")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCounts:
+    """Tasks of one service: `desired` are those Swarm wants running, `running` those started
+    (running or still `starting`: waiting for a healthcheck), `healthy` those `running` (a task
+    with a healthcheck becomes running once it passes); `nodes` maps node -> task states."""
+
+    desired: int
+    running: int
+    healthy: int
+    nodes: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
+
+
+def check_manager(api: docker.APIClient) -> None:
+    """Raise NotASwarmManager unless this engine manages a swarm."""
+    with docker_errors("docker info"):
+        info = api.info()
+    swarm = info.get("Swarm") or {}
+    state = swarm.get("LocalNodeState", "inactive")
+    if state != "active":
+        raise NotASwarmManager(
+            f"--target swarm: this Docker engine is not in a swarm (state {state}); run "
+            "`docker swarm init` (or join one as a manager), or leave --target out for the "
+            "single host"
+        )
+    if not swarm.get("ControlAvailable"):
+        raise NotASwarmManager(
+            "--target swarm: this node is a swarm worker; run the reconciler against a "
+            "manager (`docker node promote`, or DOCKER_HOST of a manager)"
+        )
+
+
+def _owned(labels: dict[str, str] | None, project: str) -> bool:
+    labels = labels or {}
+    return labels.get(LABEL_MANAGED) == "true" and labels.get(LABEL_PROJECT) == project
+
+
+class SwarmEngine:
+    def __init__(self, api: docker.APIClient) -> None:
+        self.api = api
+
+    # ------------------------------------------------------------------ observe
+
+    def observe(self, project: str) -> SwarmObserved:
+        """Three list calls: services, networks, configs (names starting with the project's)."""
+        prefix = f"{project}_"
+        with docker_errors("list services"):
+            services = self.api.services(filters={"name": prefix})
+        with docker_errors("list networks"):
+            networks = self.api.networks()
+        with docker_errors("list configs"):
+            configs = self.api.configs(filters={"name": prefix})
+        net_names = {n["Id"]: n["Name"] for n in networks}
+        observed = [
+            self._service(s, net_names) for s in services if s["Spec"]["Name"].startswith(prefix)
+        ]
+        return SwarmObserved(
+            services=tuple(sorted(observed, key=lambda s: s.name)),
+            networks=tuple(
+                ObservedObject(n["Name"], n["Id"], _owned(n.get("Labels"), project))
+                for n in networks
+                if n["Name"].startswith(prefix)
+            ),
+            configs=tuple(
+                ObservedObject(c["Spec"]["Name"], c["ID"], _owned(c["Spec"].get("Labels"), project))
+                for c in configs
+                if c["Spec"]["Name"].startswith(prefix)
+            ),
+        )
+
+    @staticmethod
+    def _service(s: dict[str, Any], net_names: dict[str, str]) -> ObservedService:
+        spec = copy.deepcopy(s["Spec"])
+        task = spec.get("TaskTemplate", {})
+        for n in task.get("Networks") or []:
+            n["Target"] = net_names.get(n.get("Target", ""), n.get("Target"))
+        in_use = set()
+        for body in (spec, s.get("PreviousSpec") or {}):
+            refs = body.get("TaskTemplate", {}).get("ContainerSpec", {}).get("Configs") or []
+            in_use |= {r.get("ConfigName", "") for r in refs}
+        for ref in task.get("ContainerSpec", {}).get("Configs") or []:
+            ref.pop("ConfigID", None)
+        status = s.get("UpdateStatus") or {}
+        return ObservedService(
+            id=s["ID"],
+            name=spec["Name"],
+            version=int(s["Version"]["Index"]),
+            labels=tuple(sorted((spec.get("Labels") or {}).items())),
+            spec_json=json.dumps(spec, sort_keys=True),
+            update_state=status.get("State", ""),
+            update_message=status.get("Message", ""),
+            configs_in_use=tuple(sorted(in_use - {""})),
+            force_update=int(task.get("ForceUpdate") or 0),
+        )
+
+    def tasks(self, services: list[str]) -> dict[str, TaskCounts]:
+        """Task counts per full service name (one tasks call, one nodes call)."""
+        if not services:
+            return {}
+        with docker_errors("list tasks"):
+            tasks = self.api.tasks(filters={"service": services})
+        with docker_errors("list nodes"):
+            nodes = {n["ID"]: n["Description"]["Hostname"] for n in self.api.nodes()}
+        with docker_errors("list services"):
+            ids = {s["ID"]: s["Spec"]["Name"] for s in self.api.services(filters={"name": services})}
+        out: dict[str, TaskCounts] = {}
+        per: dict[str, list[dict[str, Any]]] = {name: [] for name in services}
+        for t in tasks:
+            name = ids.get(t.get("ServiceID", ""))
+            if name in per:
+                per[name].append(t)
+        for name, ts in per.items():
+            live = [t for t in ts if t.get("DesiredState") == "running"]
+            states = [t["Status"]["State"] for t in live]
+            by_node: dict[str, Counter[str]] = {}
+            for t in live:
+                node = nodes.get(t.get("NodeID", ""), t.get("NodeID") or "(unassigned)")
+                by_node.setdefault(node, Counter())[t["Status"]["State"]] += 1
+            out[name] = TaskCounts(
+                desired=len(live),
+                running=sum(s in RUNNING_STATES for s in states),
+                healthy=sum(s == "running" for s in states),
+                nodes=tuple(
+                    (node, tuple(sorted(c.items()))) for node, c in sorted(by_node.items())
+                ),
+            )
+        return out
+
+    # ------------------------------------------------------------------ act
+
+    def execute(self, action: SwarmAction) -> None:
+        """Run one action; ActionFailed (transient or not) or EngineUnavailable if it fails."""
+        what = f"{action.verb} {action.kind} {action.name}"
+        with docker_errors(what):
+            match action:
+                case CreateSwarmNetwork(spec=n):
+                    ipam = None
+                    if n.ipam:
+                        pools = [IPAMPool(subnet=s, gateway=g or None) for s, g in n.ipam]
+                        ipam = IPAMConfig(pool_configs=pools)
+                    self.api.create_network(
+                        n.name,
+                        driver="overlay",
+                        attachable=n.attachable,
+                        internal=n.internal,
+                        labels=dict(n.labels),
+                        ipam=ipam,
+                        check_duplicate=True,
+                        scope="swarm",
+                    )
+                case CreateSwarmConfig(spec=c):
+                    self.api.create_config(c.name, c.data, labels=dict(c.labels))
+                case CreateService(spec=s):
+                    body = self._resolved(s)
+                    self.api.create_service(
+                        body["TaskTemplate"],
+                        name=body["Name"],
+                        labels=body["Labels"],
+                        mode=body["Mode"],
+                        update_config=body["UpdateConfig"],
+                        rollback_config=body["RollbackConfig"],
+                        endpoint_spec=body["EndpointSpec"],
+                    )
+                case UpdateService(spec=s, id=sid, version=version, force_update=force):
+                    body = self._resolved(s)
+                    body["TaskTemplate"]["ForceUpdate"] = force
+                    self.api.update_service(
+                        sid,
+                        version,
+                        task_template=body["TaskTemplate"],
+                        name=body["Name"],
+                        labels=body["Labels"],
+                        mode=body["Mode"],
+                        update_config=body["UpdateConfig"],
+                        rollback_config=body["RollbackConfig"],
+                        endpoint_spec=body["EndpointSpec"],
+                    )
+                case RemoveService(id=sid):
+                    with contextlib.suppress(docker.errors.NotFound):
+                        self.api.remove_service(sid)
+                case RemoveSwarmConfig(id=cid):
+                    with contextlib.suppress(docker.errors.NotFound):
+                        self.api.remove_config(cid)
+
+    def _resolved(self, s: SwarmService) -> dict[str, Any]:
+        """The spec with network names and config names resolved to IDs (Swarm wants IDs)."""
+        body = s.spec
+        task = body["TaskTemplate"]
+        if s.networks:
+            nets = {n["Name"]: n["Id"] for n in self.api.networks(names=list(s.networks))}
+            for n in task.get("Networks", []):
+                if n["Target"] not in nets:
+                    raise ActionFailed(f"network {n['Target']} does not exist", transient=True)
+                n["Target"] = nets[n["Target"]]
+        refs = task["ContainerSpec"].get("Configs") or []
+        if refs:
+            found = {c["Spec"]["Name"]: c["ID"] for c in self.api.configs(filters={"name": list(s.configs)})}
+            for ref in refs:
+                if ref["ConfigName"] not in found:
+                    raise ActionFailed(f"config {ref['ConfigName']} does not exist", transient=True)
+                ref["ConfigID"] = found[ref["ConfigName"]]
+        return body
