@@ -217,6 +217,21 @@ class UpdateService:
 
 
 @dataclass(frozen=True, slots=True)
+class ScaleService:
+    """Only the replica count of a held service (its spec otherwise as Swarm left it)."""
+
+    id: str
+    name: str
+    service: str
+    version: int
+    spec_json: str  # the observed spec with the file's Mode
+    replicas: int
+    reason: str = "replicas changed by hand (revision held)"
+    verb = "scale"
+    kind = "service"
+
+
+@dataclass(frozen=True, slots=True)
 class RemoveService:
     id: str
     name: str
@@ -241,6 +256,7 @@ SwarmAction = (
     | CreateSwarmConfig
     | CreateService
     | UpdateService
+    | ScaleService
     | RemoveService
     | RemoveSwarmConfig
 )
@@ -349,6 +365,19 @@ def plan(
                 f"service {svc.name}: Swarm rolled this revision back; held until the file "
                 "changes the service"
             )
+            current = obs.spec
+            if not covers(current.get("Mode"), svc.spec["Mode"]):
+                current["Mode"] = svc.spec["Mode"]
+                actions.append(
+                    ScaleService(
+                        obs.id,
+                        obs.name,
+                        svc.name,
+                        obs.version,
+                        json.dumps(current, sort_keys=True),
+                        svc.replicas,
+                    )
+                )
             continue
         actions.append(UpdateService(svc, obs.id, obs.version, why, obs.force_update))
 
@@ -412,6 +441,15 @@ def simulate(observed: SwarmObserved, the_plan: SwarmPlan, project: str) -> Swar
                     labels=tuple(sorted(spec.get("Labels", {}).items())),
                     spec_json=s.spec_json,
                     configs_in_use=s.configs,
+                )
+            case ScaleService(name=n, spec_json=body):
+                services[n] = ObservedService(
+                    id=services[n].id,
+                    name=n,
+                    version=services[n].version + 1,
+                    labels=services[n].labels,
+                    spec_json=body,
+                    configs_in_use=services[n].configs_in_use,
                 )
             case RemoveService(name=n):
                 services.pop(n, None)

@@ -26,6 +26,7 @@ from reconciler.core.swarm_plan import (
     ObservedService,
     RemoveService,
     RemoveSwarmConfig,
+    ScaleService,
     SwarmAction,
     SwarmObserved,
     SwarmService,
@@ -133,15 +134,19 @@ class SwarmEngine:
         )
 
     def tasks(self, services: list[str]) -> dict[str, TaskCounts]:
-        """Task counts per full service name (one tasks call, one nodes call)."""
+        """Task counts per full service name (services, tasks and nodes: three calls)."""
+        nodes: dict[str, str] = {}
         if not services:
             return {}
-        with docker_errors("list tasks"):
-            tasks = self.api.tasks(filters={"service": services})
-        with docker_errors("list nodes"):
-            nodes = {n["ID"]: n["Description"]["Hostname"] for n in self.api.nodes()}
         with docker_errors("list services"):
-            ids = {s["ID"]: s["Spec"]["Name"] for s in self.api.services(filters={"name": services})}
+            found = self.api.services(filters={"name": services})
+        ids = {s["ID"]: s["Spec"]["Name"] for s in found if s["Spec"]["Name"] in services}
+        tasks: list[dict[str, Any]] = []
+        if ids:  # (a service that does not exist fails the whole tasks call)
+            with docker_errors("list tasks"):
+                tasks = self.api.tasks(filters={"service": list(ids)})
+            with docker_errors("list nodes"):
+                nodes = {n["ID"]: n["Description"]["Hostname"] for n in self.api.nodes()}
         out: dict[str, TaskCounts] = {}
         per: dict[str, list[dict[str, Any]]] = {name: [] for name in services}
         for t in tasks:
@@ -200,20 +205,13 @@ class SwarmEngine:
                         rollback_config=body["RollbackConfig"],
                         endpoint_spec=body["EndpointSpec"],
                     )
+                case ScaleService(id=sid, version=version, spec_json=text):
+                    body = self._resolve(json.loads(text))
+                    self._update(sid, version, body)
                 case UpdateService(spec=s, id=sid, version=version, force_update=force):
                     body = self._resolved(s)
                     body["TaskTemplate"]["ForceUpdate"] = force
-                    self.api.update_service(
-                        sid,
-                        version,
-                        task_template=body["TaskTemplate"],
-                        name=body["Name"],
-                        labels=body["Labels"],
-                        mode=body["Mode"],
-                        update_config=body["UpdateConfig"],
-                        rollback_config=body["RollbackConfig"],
-                        endpoint_spec=body["EndpointSpec"],
-                    )
+                    self._update(sid, version, body)
                 case RemoveService(id=sid):
                     with contextlib.suppress(docker.errors.NotFound):
                         self.api.remove_service(sid)
@@ -221,19 +219,38 @@ class SwarmEngine:
                     with contextlib.suppress(docker.errors.NotFound):
                         self.api.remove_config(cid)
 
+    def _update(self, sid: str, version: int, body: dict[str, Any]) -> None:
+        self.api.update_service(
+            sid,
+            version,
+            task_template=body["TaskTemplate"],
+            name=body["Name"],
+            labels=body.get("Labels"),
+            mode=body["Mode"],
+            update_config=body.get("UpdateConfig"),
+            rollback_config=body.get("RollbackConfig"),
+            endpoint_spec=body.get("EndpointSpec"),
+        )
+
     def _resolved(self, s: SwarmService) -> dict[str, Any]:
+        return self._resolve(s.spec)
+
+    def _resolve(self, body: dict[str, Any]) -> dict[str, Any]:
         """The spec with network names and config names resolved to IDs (Swarm wants IDs)."""
-        body = s.spec
         task = body["TaskTemplate"]
-        if s.networks:
-            nets = {n["Name"]: n["Id"] for n in self.api.networks(names=list(s.networks))}
+        targets = [n["Target"] for n in task.get("Networks") or []]
+        if targets:
+            nets = {n["Name"]: n["Id"] for n in self.api.networks(names=targets)}
             for n in task.get("Networks", []):
                 if n["Target"] not in nets:
                     raise ActionFailed(f"network {n['Target']} does not exist", transient=True)
                 n["Target"] = nets[n["Target"]]
         refs = task["ContainerSpec"].get("Configs") or []
         if refs:
-            found = {c["Spec"]["Name"]: c["ID"] for c in self.api.configs(filters={"name": list(s.configs)})}
+            wanted = [r["ConfigName"] for r in refs]
+            found = {
+                c["Spec"]["Name"]: c["ID"] for c in self.api.configs(filters={"name": wanted})
+            }
             for ref in refs:
                 if ref["ConfigName"] not in found:
                     raise ActionFailed(f"config {ref['ConfigName']} does not exist", transient=True)
