@@ -1,0 +1,327 @@
+"""The Swarm target's pure parts: the file rendered into ServiceSpecs, Swarm's own rules
+with their lines, and the planner (create, update only on drift, remove, hold)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reconciler.config import swarm as swarm_file
+from reconciler.core import swarm_plan as sp
+from reconciler.errors import DesiredStateError
+
+
+def load(doc: dict[str, Any], tmp_path: Path) -> sp.SwarmDesired:
+    doc = {"version": 1, "project": "demo", **doc}
+    return swarm_file.parse(yaml.safe_dump(doc), source="d.yaml", base_dir=tmp_path, environ={})
+
+
+def spec(desired: sp.SwarmDesired, name: str) -> dict[str, Any]:
+    return desired.service(name).spec
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def test_keys_swarm_cannot_honour_are_refused_all_at_once_with_their_lines(
+    tmp_path: Path,
+) -> None:
+    """container_name, network_mode, a bridge network, a host IP, a port range,
+    reload_signal, replicas with global, host-gateway: one error each, with its line."""
+    text = """\
+project: demo
+networks:
+  front: {driver: bridge}
+services:
+  web:
+    image: busybox:1
+    container_name: foo
+    network_mode: host
+    ports: ["127.0.0.1:80:80", "9100-9101:9100"]
+    configs:
+      - {source: d.yaml, target: /x, reload_signal: SIGHUP}
+  g:
+    image: x
+    deploy: {mode: global}
+    replicas: 2
+    extra_hosts: ["a:host-gateway"]
+"""
+    (tmp_path / "d.yaml").write_text(text)
+    with pytest.raises(DesiredStateError) as err:
+        swarm_file.parse(text, source="d.yaml", base_dir=tmp_path, environ={})
+    lines = err.value.problems
+    assert [line.split(":")[1] for line in lines] == ["3", "7", "8", "9", "9", "11", "15", "16"]
+    assert "container_name: not supported with --target swarm" in lines[1]
+    assert "host-gateway" in lines[-1]
+
+
+def test_a_fixed_port_with_replicas_is_fine_on_swarm(tmp_path: Path) -> None:
+    """The routing mesh shares a published port between replicas (the single host cannot)."""
+    d = load({"services": {"web": {"image": "w", "replicas": 3, "ports": ["8000:80"]}}}, tmp_path)
+    assert spec(d, "web")["EndpointSpec"]["Ports"] == [
+        {"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8000, "PublishMode": "ingress"}
+    ]
+
+
+def test_a_service_renders_as_docker_stack_deploy_would(tmp_path: Path) -> None:
+    """Names <project>_<x>, entrypoint/command as Command/Args, global mode, placement,
+    resources, restart policy, host-mode port, a {replica} volume per task slot."""
+    d = load(
+        {
+            "networks": {"mon": {"driver": "overlay"}},
+            "volumes": {"data_{replica}": {}},
+            "services": {
+                "agent": {
+                    "image": "exporter:1",
+                    "entrypoint": ["/bin/exporter"],
+                    "command": "--path.rootfs=/rootfs",
+                    "networks": {"mon": {"aliases": ["exp"]}},
+                    "ports": [{"target": 9100, "published": 9100, "mode": "host"}],
+                    "volumes": ["data_{replica}:/data", "/:/rootfs:ro"],
+                    "restart": "on-failure:3",
+                    "deploy": {
+                        "mode": "global",
+                        "placement": {
+                            "constraints": ["node.role == manager"],
+                            "preferences": [{"spread": "node.labels.zone"}],
+                        },
+                        "resources": {"limits": {"cpus": "0.5", "memory": "64M"}},
+                        "labels": {"team": "ops"},
+                    },
+                }
+            },
+        },
+        tmp_path,
+    )
+    s = spec(d, "agent")
+    c = s["TaskTemplate"]["ContainerSpec"]
+    assert s["Name"] == "demo_agent" and s["Mode"] == {"Global": {}}
+    assert c["Command"] == ["/bin/exporter"] and c["Args"] == ["--path.rootfs=/rootfs"]
+    assert s["Labels"]["team"] == "ops" and s["Labels"][sp.STACK_NAMESPACE] == "demo"
+    assert "team" not in c["Labels"]
+    assert s["TaskTemplate"]["Networks"] == [{"Target": "demo_mon", "Aliases": ["agent", "exp"]}]
+    assert s["EndpointSpec"]["Ports"][0]["PublishMode"] == "host"
+    assert c["Mounts"][0]["Source"] == "demo_data_{{.Task.Slot}}"
+    assert c["Mounts"][1] == {"Type": "bind", "Target": "/rootfs", "ReadOnly": True, "Source": "/"}
+    assert s["TaskTemplate"]["Placement"] == {
+        "Constraints": ["node.role == manager"],
+        "Preferences": [{"Spread": {"SpreadDescriptor": "node.labels.zone"}}],
+    }
+    assert s["TaskTemplate"]["Resources"] == {
+        "Limits": {"NanoCPUs": 500_000_000, "MemoryBytes": 64 * 1024**2}
+    }
+    assert s["TaskTemplate"]["RestartPolicy"] == {
+        "Condition": "on-failure",
+        "Delay": 5_000_000_000,
+        "MaxAttempts": 3,
+    }
+    assert [n.name for n in d.networks] == ["demo_mon"]
+    assert d.service("agent").global_mode
+
+
+def test_config_names_follow_the_content(tmp_path: Path) -> None:
+    """A folder's files become one Swarm config each, named by their content: new content,
+    new name (and a new spec hash); the same content, the same name and hash."""
+    folder = tmp_path / "cfg"
+    folder.mkdir()
+    (folder / "haproxy.cfg").write_text("a\n")
+    doc = {"services": {"lb": {"image": "h", "configs": [{"source": "cfg", "target": "/etc/h"}]}}}
+    one, same = load(doc, tmp_path), load(doc, tmp_path)
+    assert one == same
+    (name,) = one.service("lb").configs
+    assert name.startswith("demo_haproxy.cfg-")
+    ref = spec(one, "lb")["TaskTemplate"]["ContainerSpec"]["Configs"][0]
+    assert ref["File"]["Name"] == "/etc/h/haproxy.cfg" and ref["ConfigName"] == name
+    (folder / "haproxy.cfg").write_text("b\n")
+    two = load(doc, tmp_path)
+    assert two.service("lb").configs != (name,)
+    assert two.service("lb").spec_hash != one.service("lb").spec_hash
+
+
+def test_the_seed_stack_variant_for_swarm_is_valid() -> None:
+    """desired_state.swarm.yaml (shipped) loads for Swarm: node-exporter global, HAProxy and
+    Prometheus with the tasks.* variants of their configs."""
+    root = Path(__file__).resolve().parent.parent
+    d = swarm_file.load(root / "desired_state.swarm.yaml")
+    assert d.service("node-exporter").global_mode
+    assert d.service("grafana").replicas == 2
+    texts = {c.name: c.data.decode() for c in d.configs}
+    assert any("tasks.grafana" in t for t in texts.values())
+    assert any("tasks.node-exporter" in t for t in texts.values())
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def observed_of(desired: sp.SwarmDesired, **changes: Any) -> sp.SwarmObserved:
+    """What the engine shows once `desired` was applied."""
+    return sp.simulate(sp.SwarmObserved(), sp.plan(desired, sp.SwarmObserved()), desired.project)
+
+
+def two(tmp_path: Path) -> sp.SwarmDesired:
+    return load(
+        {
+            "services": {
+                "web": {"image": "w:1", "replicas": 2},
+                "db": {"image": "d:1"},
+            }
+        },
+        tmp_path,
+    )
+
+
+def test_an_empty_swarm_gets_network_then_services(tmp_path: Path) -> None:
+    """Networks and configs come before the services that use them."""
+    d = two(tmp_path)
+    kinds = [(a.verb, a.kind) for a in sp.plan(d, sp.SwarmObserved()).actions]
+    assert kinds == [("create", "network"), ("create", "service"), ("create", "service")]
+
+
+def with_spec(obs: sp.ObservedService, **edit: Any) -> sp.ObservedService:
+    from dataclasses import replace
+
+    body = obs.spec
+    for path, value in edit.items():
+        node = body
+        keys = path.split("__")
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = value
+    return replace(obs, spec_json=json.dumps(body), labels=tuple(sorted(body["Labels"].items())))
+
+
+def test_equal_specs_are_left_alone_and_swarm_defaults_do_not_count(tmp_path: Path) -> None:
+    """No update when the spec is equal, including fields Swarm adds or leaves out (zeros)."""
+    d = two(tmp_path)
+    o = observed_of(d)
+    web = next(s for s in o.services if s.name == "demo_web")
+    padded = with_spec(web, TaskTemplate__Runtime="container", TaskTemplate__ForceUpdate=0)
+    body = padded.spec
+    del body["UpdateConfig"]["Delay"]  # omitempty: a zero is not shown
+    padded = with_spec(padded, UpdateConfig=body["UpdateConfig"])
+    o = sp.SwarmObserved((padded, *(s for s in o.services if s is not web)), o.networks)
+    assert sp.plan(d, o) == sp.SwarmPlan()
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        ({"Mode": {"Replicated": {"Replicas": 5}}}, "replicas changed by hand"),
+        ({"TaskTemplate__ContainerSpec__Image": "w:2@sha256:ab"}, "image changed by hand"),
+        ({"TaskTemplate__ContainerSpec__Env": ["X=1"]}, "changed by hand"),
+        ({"Labels": {"io.reconciler.managed": "true", "io.reconciler.project": "demo",
+                     "io.reconciler.service": "web", "io.reconciler.spec-hash": "old"}},
+         "the file changed it"),
+    ],
+)
+def test_drift_is_updated_with_its_reason(
+    tmp_path: Path, edit: dict[str, Any], reason: str
+) -> None:
+    """A hand scale, a hand image, any other hand edit, and a file change: one update each."""
+    d = two(tmp_path)
+    o = observed_of(d)
+    web = next(s for s in o.services if s.name == "demo_web")
+    o = sp.SwarmObserved(
+        (with_spec(web, **edit), *(s for s in o.services if s is not web)), o.networks
+    )
+    actions = sp.plan(d, o).actions
+    assert [(a.verb, a.name, a.reason) for a in actions] == [("update", "demo_web", reason)]
+
+
+def test_not_ours_is_never_touched_and_ours_that_left_is_removed(tmp_path: Path) -> None:
+    """A same-named service without our labels is a note; our service gone from the file is
+    removed; another project's service is not seen as ours."""
+    d = two(tmp_path)
+    o = observed_of(d)
+    web = next(s for s in o.services if s.name == "demo_web")
+    foreign = with_spec(web, Labels={"owner": "someone"})
+    extra = with_spec(web, Name="demo_old")
+    from dataclasses import replace
+
+    extra = replace(
+        extra, name="demo_old", labels=tuple({**dict(web.labels), "io.reconciler.service": "old"}.items())
+    )
+    other = replace(web, name="demo_x", labels=(("io.reconciler.managed", "true"),
+                                                ("io.reconciler.project", "other")))
+    o = sp.SwarmObserved(
+        (foreign, extra, other, *(s for s in o.services if s is not web)), o.networks
+    )
+    p = sp.plan(d, o)
+    assert [(a.verb, a.name) for a in p.actions] == [("remove", "demo_old")]
+    assert any("without our labels" in n for n in p.notes)
+
+
+def test_a_rolled_back_revision_is_held_and_released_by_a_file_change(tmp_path: Path) -> None:
+    """Swarm rolled back the spec we pushed: held (no update) while the file asks for it;
+    a file that changes the service lets the new spec through."""
+    d = two(tmp_path)
+    o = observed_of(d)
+    web = next(s for s in o.services if s.name == "demo_web")
+    old = with_spec(web, Labels={**dict(web.labels), "io.reconciler.spec-hash": "previous"})
+    from dataclasses import replace
+
+    old = replace(old, update_state="rollback_completed", update_message="update rolled back")
+    o = sp.SwarmObserved((old, *(s for s in o.services if s is not web)), o.networks)
+    pushed = {"web": d.service("web").spec_hash}
+    held = sp.failed_revisions(d, o, pushed, {})
+    assert held == pushed
+    p = sp.plan(d, o, held)
+    assert not p.actions and any("held" in n for n in p.notes)
+    changed = load({"services": {"web": {"image": "w:2", "replicas": 2}, "db": {"image": "d:1"}}},
+                   tmp_path)
+    assert sp.failed_revisions(changed, o, pushed, held) == {}
+    assert [a.verb for a in sp.plan(changed, o, {}).actions] == ["update"]
+    manual = replace(old, update_message=sp.MANUAL_ROLLBACK)
+    o2 = sp.SwarmObserved((manual,), o.networks)
+    assert sp.failed_revisions(d, o2, pushed, {}) == {}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    replicas=st.lists(st.integers(0, 4), min_size=1, max_size=4),
+    present=st.lists(st.booleans(), min_size=4, max_size=4),
+    scaled=st.lists(st.integers(0, 6), min_size=4, max_size=4),
+    nets=st.booleans(),
+)
+def test_plans_converge_and_only_touch_ours(
+    replicas: list[int], present: list[bool], scaled: list[int], nets: bool
+) -> None:
+    """From any mix of missing and hand-scaled services, one plan converges
+    (plan(d, simulate(o, plan(d, o))) is empty), and no action names a service without
+    our labels."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        d = load(
+            {"services": {f"s{i}": {"image": "i", "replicas": n} for i, n in enumerate(replicas)}},
+            Path(tmp),
+        )
+    full = observed_of(d)
+    services = []
+    for i, s in enumerate(full.services):
+        if not present[i % 4]:
+            continue
+        services.append(with_spec(s, Mode={"Replicated": {"Replicas": scaled[i % 4]}}))
+    from dataclasses import replace
+
+    foreign = replace(full.services[0], name="demo_zz", labels=())
+    o = sp.SwarmObserved((*services, foreign), full.networks if nets else ())
+    p = sp.plan(d, o)
+    assert all(a.name != "demo_zz" for a in p.actions)
+    after = sp.simulate(o, p, d.project)
+    assert sp.plan(d, after).actions == ()
+
+
+def test_covers_ignores_added_keys_and_missing_zeros() -> None:
+    """The comparison Swarm's echo needs: extra keys ignored, zeros may be absent, lists
+    compared item by item."""
+    assert sp.covers({"a": 1, "b": 2}, {"a": 1})
+    assert sp.covers({}, {"a": 0, "b": {"c": False}})
+    assert not sp.covers({"a": [1, 2]}, {"a": [1]})
+    assert not sp.covers({}, {"a": 1})
