@@ -33,8 +33,7 @@ def main(args: argparse.Namespace, error: Callable[[str], None], bad_input: int)
         return bad_input
     if args.command == "validate":
         services = ", ".join(
-            f"{s.name} {'global' if s.global_mode else f'x{s.replicas}'}"
-            for s in desired.services
+            f"{s.name} {'global' if s.global_mode else f'x{s.replicas}'}" for s in desired.services
         )
         print(f"{args.file}: valid for swarm (project {desired.project}: {services})")
         return EXIT_OK

@@ -24,6 +24,7 @@ from reconciler.engine.swarm_engine import SwarmEngine
 from reconciler.ops.metrics import Metrics
 from reconciler.runtime.swarm_runtime import SwarmDaemon, SwarmReconciler, SwarmRecords, apply_once
 from tests.swarmkit import one_node_swarm, remove_project
+from tests.test_stack_e2e import stack_images  # noqa: F401 (a fixture)
 
 TEST = {"io.reconciler.test": "1"}
 
@@ -188,8 +189,9 @@ def test_daemon_corrects_drift_by_hand_through_events(
 
         wait(lambda: value("running") == 2 and value("desired") == 2, 60, "metrics")
         t = time.monotonic()
-        subprocess.run(["docker", "service", "scale", "-d", f"{name}=4"], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["docker", "service", "scale", "-d", f"{name}=4"], check=True, capture_output=True
+        )
         wait(lambda: replicas() == 2, 30, "scale drift corrected")
         figures["scale"] = time.monotonic() - t
 
@@ -247,7 +249,10 @@ def test_changed_config_file_rotates_the_swarm_config(
     )
     rec = reconciler(path, swarm, tmp_path)
     assert apply_once(rec, timeout_s=120).ok
-    first = {c["Spec"]["Name"] for c in swarm.configs(filters={"label": f"io.reconciler.project={sproject}"})}
+    first = {
+        c["Spec"]["Name"]
+        for c in swarm.configs(filters={"label": f"io.reconciler.project={sproject}"})
+    }
     assert len(first) == 1 and next(iter(first)).startswith(f"{sproject}_index.html-")
     (cfg / "index.html").write_text("two\n")
     rec.desired = swarm_file.load(path)
@@ -259,13 +264,19 @@ def test_changed_config_file_rotates_the_swarm_config(
     spec = swarm.inspect_service(f"{sproject}_web")
     names = [c["ConfigName"] for c in spec["Spec"]["TaskTemplate"]["ContainerSpec"]["Configs"]]
     assert names and names[0] not in first
-    live = {c["Spec"]["Name"] for c in swarm.configs(filters={"label": f"io.reconciler.project={sproject}"})}
+    live = {
+        c["Spec"]["Name"]
+        for c in swarm.configs(filters={"label": f"io.reconciler.project={sproject}"})
+    }
     assert first <= live  # PreviousSpec still uses it: kept for a rollback
     # A third content: the first is now neither current nor previous, and goes.
     (cfg / "index.html").write_text("three\n")
     rec.desired = swarm_file.load(path)
     assert apply_once(rec, timeout_s=120).ok
-    live = {c["Spec"]["Name"] for c in swarm.configs(filters={"label": f"io.reconciler.project={sproject}"})}
+    live = {
+        c["Spec"]["Name"]
+        for c in swarm.configs(filters={"label": f"io.reconciler.project={sproject}"})
+    }
     assert not first & live and len(live) == 2
 
 
@@ -301,10 +312,11 @@ def test_a_revision_swarm_rolled_back_is_held_until_the_file_changes(
     assert fresh.records.get("web").failed == fresh.desired.service("web").spec_hash
     # A hand scale resets Swarm's UpdateStatus; the hold stays (it is ours), and only the
     # replica count is put back (the rolled-back spec otherwise stays as Swarm left it).
-    subprocess.run(["docker", "service", "scale", "-d", f"{name}=3"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["docker", "service", "scale", "-d", f"{name}=3"], check=True, capture_output=True
+    )
     assert state() == ""
-    the_plan, done = fresh.run()
+    the_plan, _ = fresh.run()
     assert [sp.describe(a) for a in the_plan.actions] == [
         f"scale service {name} (replicas changed by hand (revision held))"
     ]
@@ -324,7 +336,10 @@ def test_a_revision_swarm_rolled_back_is_held_until_the_file_changes(
 
 
 def test_services_without_our_labels_are_never_touched(
-    swarm: docker.APIClient, swrite: Callable[..., Path], sproject: str, busybox_image: str,
+    swarm: docker.APIClient,
+    swrite: Callable[..., Path],
+    sproject: str,
+    busybox_image: str,
     tmp_path: Path,
 ) -> None:
     """A service named like ours but not labelled ours is reported, neither updated nor
@@ -336,7 +351,7 @@ def test_services_without_our_labels_are_never_touched(
     )
     path = swrite({"services": {"web": web(busybox_image), "gone": web(busybox_image)}})
     rec = reconciler(path, swarm, tmp_path)
-    the_plan, done = rec.run()
+    the_plan, _ = rec.run()
     assert [sp.describe(a) for a in the_plan.actions if a.kind == "service"] == [
         f"create service {sproject}_gone (missing)"
     ]
@@ -351,7 +366,10 @@ def test_services_without_our_labels_are_never_touched(
 
 
 def test_a_removed_service_and_its_network_come_back(
-    swarm: docker.APIClient, swrite: Callable[..., Path], sproject: str, busybox_image: str,
+    swarm: docker.APIClient,
+    swrite: Callable[..., Path],
+    sproject: str,
+    busybox_image: str,
     tmp_path: Path,
 ) -> None:
     """`docker service rm` then `docker network rm` by hand (as a half `stack rm`): apply
@@ -384,3 +402,78 @@ def test_a_removed_service_and_its_network_come_back(
     attached = swarm.inspect_service(f"{sproject}_web")["Spec"]["TaskTemplate"]["Networks"]
     assert attached[0]["Target"] == swarm.inspect_network(net)["Id"]
     assert attached[0]["Aliases"] == ["web"]
+
+
+def test_the_seed_stack_on_a_swarm(
+    swarm: docker.APIClient,
+    sproject: str,
+    tmp_path: Path,
+    stack_images: dict[str, str],  # noqa: F811 (the fixture imported above)
+) -> None:
+    """desired_state.swarm.yaml with stand-in images: HAProxy finds every Grafana task
+    through tasks.grafana (2, then 3 after a file edit, no HAProxy restart), Prometheus
+    finds the node-exporter of each node through tasks.node-exporter (up == 1)."""
+    import shutil
+    import urllib.parse
+    import urllib.request
+
+    from tests.conftest import free_port
+
+    root = Path(__file__).resolve().parent.parent
+    shutil.copytree(root / "configs", tmp_path / "configs")
+    doc = yaml.safe_load((root / "desired_state.swarm.yaml").read_text())
+    doc["project"] = sproject
+    lb, prom, exporter = free_port(), free_port(), free_port()
+    services = doc["services"]
+    for name, body in services.items():
+        body["image"] = stack_images[name]
+        body["labels"] = TEST
+        body["stop_grace_period"] = "2s"
+    services["haproxy"]["ports"] = [{"target": 80, "published": lb, "mode": "host"}]
+    services["prometheus"]["ports"] = [{"target": 9090, "published": prom, "mode": "host"}]
+    services["node-exporter"]["ports"] = [{"target": 9100, "published": exporter, "mode": "host"}]
+    services["grafana"].pop("user")  # the stand-in's files are root's
+    services["grafana"]["healthcheck"]["start_period"] = "1s"
+    services["grafana"]["healthcheck"]["interval"] = "1s"
+    services["grafana"]["deploy"]["update_config"]["monitor"] = "1s"
+    path = tmp_path / "desired_state.swarm.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    rec = reconciler(path, swarm, tmp_path)
+    applied = apply_once(rec, timeout_s=240)
+    assert applied.ok, [(sp.describe(r.action), r.error) for r in applied.results]
+
+    def backends() -> set[str]:
+        seen = set()
+        for _ in range(12):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{lb}/", timeout=3) as r:
+                    seen.add(r.read().decode().strip())
+            except OSError:
+                pass
+        return seen
+
+    wait(lambda: len(backends()) == 2, 90, "HAProxy to reach both Grafana tasks")
+    haproxy_task = swarm.tasks(filters={"service": f"{sproject}_haproxy"})[0]["ID"]
+    services["grafana"]["replicas"] = 3
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    rec.desired = swarm_file.load(path)
+    assert apply_once(rec, timeout_s=240).ok
+    wait(lambda: len(backends()) == 3, 90, "HAProxy to reach the third Grafana task")
+    assert [t["ID"] for t in swarm.tasks(filters={"service": f"{sproject}_haproxy"})] == [
+        haproxy_task
+    ]
+
+    def exporters_up() -> list[Any]:
+        query = urllib.parse.quote('up{job="node-exporter"}')
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{prom}/api/v1/query?query={query}", timeout=3
+            ) as r:
+                result = json.loads(r.read())["data"]["result"]
+        except OSError:
+            return []
+        return [x for x in result if x["value"][1] == "1"]
+
+    nodes = len(swarm.nodes())
+    up = wait(lambda: len(exporters_up()) == nodes and exporters_up(), 120, "node-exporters up")
+    assert len(up) == nodes

@@ -215,9 +215,17 @@ def test_equal_specs_are_left_alone_and_swarm_defaults_do_not_count(tmp_path: Pa
         ({"Mode": {"Replicated": {"Replicas": 5}}}, "replicas changed by hand"),
         ({"TaskTemplate__ContainerSpec__Image": "w:2@sha256:ab"}, "image changed by hand"),
         ({"TaskTemplate__ContainerSpec__Env": ["X=1"]}, "changed by hand"),
-        ({"Labels": {"io.reconciler.managed": "true", "io.reconciler.project": "demo",
-                     "io.reconciler.service": "web", "io.reconciler.spec-hash": "old"}},
-         "the file changed it"),
+        (
+            {
+                "Labels": {
+                    "io.reconciler.managed": "true",
+                    "io.reconciler.project": "demo",
+                    "io.reconciler.service": "web",
+                    "io.reconciler.spec-hash": "old",
+                }
+            },
+            "the file changed it",
+        ),
     ],
 )
 def test_drift_is_updated_with_its_reason(
@@ -245,10 +253,15 @@ def test_not_ours_is_never_touched_and_ours_that_left_is_removed(tmp_path: Path)
     from dataclasses import replace
 
     extra = replace(
-        extra, name="demo_old", labels=tuple({**dict(web.labels), "io.reconciler.service": "old"}.items())
+        extra,
+        name="demo_old",
+        labels=tuple({**dict(web.labels), "io.reconciler.service": "old"}.items()),
     )
-    other = replace(web, name="demo_x", labels=(("io.reconciler.managed", "true"),
-                                                ("io.reconciler.project", "other")))
+    other = replace(
+        web,
+        name="demo_x",
+        labels=(("io.reconciler.managed", "true"), ("io.reconciler.project", "other")),
+    )
     o = sp.SwarmObserved(
         (foreign, extra, other, *(s for s in o.services if s is not web)), o.networks
     )
@@ -273,8 +286,9 @@ def test_a_rolled_back_revision_is_held_and_released_by_a_file_change(tmp_path: 
     assert held == pushed
     p = sp.plan(d, o, held)
     assert not p.actions and any("held" in n for n in p.notes)
-    changed = load({"services": {"web": {"image": "w:2", "replicas": 2}, "db": {"image": "d:1"}}},
-                   tmp_path)
+    changed = load(
+        {"services": {"web": {"image": "w:2", "replicas": 2}, "db": {"image": "d:1"}}}, tmp_path
+    )
     assert sp.failed_revisions(changed, o, pushed, held) == {}
     assert [a.verb for a in sp.plan(changed, o, {}).actions] == ["update"]
     manual = replace(old, update_message=sp.MANUAL_ROLLBACK)
@@ -325,3 +339,28 @@ def test_covers_ignores_added_keys_and_missing_zeros() -> None:
     assert sp.covers({}, {"a": 0, "b": {"c": False}})
     assert not sp.covers({"a": [1, 2]}, {"a": [1]})
     assert not sp.covers({}, {"a": 1})
+
+
+def test_an_engine_outside_a_swarm_or_a_worker_is_a_clear_error() -> None:
+    """`docker info` of an engine not in a swarm, of a worker, of a manager."""
+    from reconciler.engine.swarm_engine import swarm_problem
+
+    outside = swarm_problem({"Swarm": {"LocalNodeState": "inactive"}})
+    assert outside and "not in a swarm" in outside and "docker swarm init" in outside
+    worker = swarm_problem({"Swarm": {"LocalNodeState": "active", "ControlAvailable": False}})
+    assert worker and "worker" in worker
+    assert swarm_problem({"Swarm": {"LocalNodeState": "active", "ControlAvailable": True}}) is None
+
+
+def test_validate_target_swarm_from_the_environment(tmp_path: Path, monkeypatch: Any) -> None:
+    """RECONCILER_TARGET=swarm makes `validate` apply Swarm's rules (exit 2, the line)."""
+    from reconciler.cli import main
+
+    path = tmp_path / "d.yaml"
+    path.write_text("project: demo\nservices:\n  web:\n    image: x\n    container_name: yy\n")
+    assert main(["validate", str(path)]) == 0
+    monkeypatch.setenv("RECONCILER_TARGET", "swarm")
+    assert main(["validate", str(path)]) == 2
+    path.write_text("project: demo\nservices:\n  web:\n    image: x\n")
+    assert main(["validate", str(path)]) == 0
+    assert main(["validate", "--target", "host", str(path)]) == 0

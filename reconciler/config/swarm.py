@@ -69,7 +69,7 @@ def nano_cpus(value: str | float) -> int:
         raise ValueError(f"cannot read cpus {value!r} (e.g. 0.5)") from None
     if not 0 <= cpus < 1e6:
         raise ValueError("cpus must be between 0 and the node's CPUs")
-    return int(round(cpus * NS))
+    return round(cpus * NS)
 
 
 def issues(d: DesiredStateDef, project: str) -> Iterable[Issue]:
@@ -121,8 +121,7 @@ def _service_issues(at: tuple[str | int, ...], s: ServiceDef) -> Iterable[Issue]
         if m and m["ip"]:
             yield Issue(
                 (*at, "ports", i),
-                "a host IP is not supported with --target swarm: Swarm publishes on every "
-                "address",
+                "a host IP is not supported with --target swarm: Swarm publishes on every address",
             )
         elif m and m["host"] and "-" in m["host"]:
             yield Issue(
@@ -156,7 +155,7 @@ def _service_issues(at: tuple[str | int, ...], s: ServiceDef) -> Iterable[Issue]
 
 
 def _ns(seconds: float) -> int:
-    return int(round(seconds * NS))
+    return round(seconds * NS)
 
 
 def _config_name(project: str, rel: str, data: bytes) -> str:
@@ -341,8 +340,7 @@ def _service(
         for n, attach in s.networks.items():
             aliases[networks[n].name] = list(attach.aliases) if attach else []
     task["Networks"] = [
-        {"Target": n, "Aliases": list(dict.fromkeys([name, *aliases.get(n, [])]))}
-        for n in attached
+        {"Target": n, "Aliases": list(dict.fromkeys([name, *aliases.get(n, [])]))} for n in attached
     ]
     replicas = s.replica_count if s.state == "running" else 0
     global_mode = deploy.mode == "global"

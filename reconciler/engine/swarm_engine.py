@@ -18,6 +18,7 @@ import docker
 import docker.errors
 from docker.types import IPAMConfig, IPAMPool
 
+from reconciler.core.model import LABEL_MANAGED, LABEL_PROJECT
 from reconciler.core.swarm_plan import (
     CreateService,
     CreateSwarmConfig,
@@ -32,7 +33,6 @@ from reconciler.core.swarm_plan import (
     SwarmService,
     UpdateService,
 )
-from reconciler.core.model import LABEL_MANAGED, LABEL_PROJECT
 from reconciler.engine.docker_engine import docker_errors
 from reconciler.errors import ActionFailed, NotASwarmManager
 
@@ -55,19 +55,27 @@ def check_manager(api: docker.APIClient) -> None:
     """Raise NotASwarmManager unless this engine manages a swarm."""
     with docker_errors("docker info"):
         info = api.info()
+    problem = swarm_problem(info)
+    if problem:
+        raise NotASwarmManager(problem)
+
+
+def swarm_problem(info: dict[str, Any]) -> str | None:
+    """What keeps `--target swarm` from working on an engine with this `docker info`."""
     swarm = info.get("Swarm") or {}
-    state = swarm.get("LocalNodeState", "inactive")
+    state = swarm.get("LocalNodeState") or "inactive"
     if state != "active":
-        raise NotASwarmManager(
+        return (
             f"--target swarm: this Docker engine is not in a swarm (state {state}); run "
             "`docker swarm init` (or join one as a manager), or leave --target out for the "
             "single host"
         )
     if not swarm.get("ControlAvailable"):
-        raise NotASwarmManager(
-            "--target swarm: this node is a swarm worker; run the reconciler against a "
-            "manager (`docker node promote`, or DOCKER_HOST of a manager)"
+        return (
+            "--target swarm: this node is a swarm worker, not a manager; run the reconciler "
+            "against a manager (`docker node promote`, or DOCKER_HOST of a manager)"
         )
+    return None
 
 
 def _owned(labels: dict[str, str] | None, project: str) -> bool:
@@ -248,9 +256,7 @@ class SwarmEngine:
         refs = task["ContainerSpec"].get("Configs") or []
         if refs:
             wanted = [r["ConfigName"] for r in refs]
-            found = {
-                c["Spec"]["Name"]: c["ID"] for c in self.api.configs(filters={"name": wanted})
-            }
+            found = {c["Spec"]["Name"]: c["ID"] for c in self.api.configs(filters={"name": wanted})}
             for ref in refs:
                 if ref["ConfigName"] not in found:
                     raise ActionFailed(f"config {ref['ConfigName']} does not exist", transient=True)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from reconciler.config import swarm as swarm_file
 from reconciler.core import swarm_plan as sp
-from reconciler.engine.swarm_engine import SwarmEngine, TaskCounts, check_manager
+from reconciler.engine.swarm_engine import SwarmEngine, TaskCounts
 from reconciler.errors import ActionFailed, DesiredStateError, EngineUnavailable
 from reconciler.ops.http import serve
 from reconciler.ops.lock import ProjectLock
@@ -155,7 +155,9 @@ class SwarmReconciler:
             if isinstance(action, sp.CreateService | sp.UpdateService):
                 needs = set(action.spec.networks) | set(action.spec.configs)
             if needs & failed_prereq:
-                done.results.append(Result(action, "skipped", "a network or config it needs failed"))
+                done.results.append(
+                    Result(action, "skipped", "a network or config it needs failed")
+                )
                 continue
             try:
                 self.engine.execute(action)
@@ -172,7 +174,9 @@ class SwarmReconciler:
             if isinstance(action, sp.CreateService | sp.UpdateService):
                 done.settling = True
                 rec = self.records.get(action.spec.name)
-                self.records.put(action.spec.name, rec.model_copy(update={"pushed": action.spec.spec_hash}))
+                self.records.put(
+                    action.spec.name, rec.model_copy(update={"pushed": action.spec.spec_hash})
+                )
         return the_plan, done
 
     def _count(self, action: sp.SwarmAction, result: str) -> None:
@@ -354,8 +358,7 @@ class SwarmDaemon:
                 only = key.removeprefix("service:") if key.startswith("service:") else None
                 if only is not None and only not in {s.name for s in self.desired.services}:
                     only = None  # a service that left the file: the resync removes it
-                the_plan, done = self.reconciler.run(only)
-                self.metrics.triggers.labels("event" if only else "interval")
+                _, done = self.reconciler.run(only)
                 self.reconciler.export(done.drift if only is None else None)
                 self._engine_up = True
                 self.metrics.docker_up.set(1)
@@ -364,7 +367,9 @@ class SwarmDaemon:
                 if not errors:
                     self.metrics.last_success.set(time.time())
                 if errors:
-                    self.queue.add_after(key, RETRY_S if any(r.transient for r in errors) else self.interval)
+                    self.queue.add_after(
+                        key, RETRY_S if any(r.transient for r in errors) else self.interval
+                    )
                 elif done.settling:
                     self.queue.add_after(key, 1.0)  # Swarm is updating: watch it finish
                 if only is None and not self._ready:
@@ -391,6 +396,7 @@ class SwarmDaemon:
         while not self.signals.stop.wait(self.file_poll):
             if time.monotonic() >= next_resync:
                 next_resync = time.monotonic() + self.interval
+                self.metrics.triggers.labels("interval").inc()
                 self.queue.add(RESYNC)
             stamp = stamps(self.path, self.desired.watched)
             if stamp != self._stamp:
