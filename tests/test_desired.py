@@ -367,7 +367,19 @@ def test_bad_update_config_values() -> None:
 
 def test_unknown_deploy_key() -> None:
     """deploy keys this daemon does not implement are errors, not ignored."""
-    assert "services.web.deploy.mode: unknown key" in problems(with_service(deploy={"mode": "x"}))
+    found = problems(with_service(deploy={"endpoint_mode": "dnsrr"}))
+    assert "services.web.deploy.endpoint_mode: unknown key" in found
+
+
+def test_swarm_only_deploy_keys_are_errors_on_the_single_host() -> None:
+    """placement, resources, restart_policy, deploy.labels: Swarm's (not implemented on one
+    host); deploy.mode global is one replica on one host."""
+    found = problems(
+        with_service(deploy={"placement": {"constraints": ["node.role == manager"]}})
+    )
+    assert "services.web.deploy.placement: only with --target swarm" in found
+    state = parse(with_service(deploy={"mode": "global"}))
+    assert len(state.service("web").replicas) == 1
 
 
 @pytest.mark.parametrize(

@@ -699,6 +699,13 @@ def _check(d: DesiredStateDef, project: str, *, single_host: bool = True) -> Ite
                     shlex.split(value)
                 except ValueError as exc:  # "No closing quotation"
                     yield Issue((*at, key), f"cannot split into words ({exc}); or give a list")
+        for key in ("placement", "resources", "restart_policy", "labels"):
+            if single_host and key in svc.deploy.model_fields_set:
+                yield Issue(
+                    (*at, "deploy", key),
+                    "only with --target swarm (the single host does not implement it; "
+                    "see `restart` and `heal` for restarts)",
+                )
         if svc.heal.backoff_max < svc.heal.backoff_initial:
             yield Issue((*at, "heal", "backoff_max"), "must be >= backoff_initial")
     graph = {name: _depends(svc) for name, svc in d.services.items()}
