@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="also remove the volumes this project created (their data is lost)",
             )
-        if name in ("validate", "plan", "apply", "run", "status"):
+        if name in ("validate", "plan", "apply", "run", "status", "reload", "down"):
             p.add_argument(
                 "--target",
                 choices=["host", "swarm"],

@@ -12,7 +12,13 @@ from reconciler.config import swarm as swarm_file
 from reconciler.core import swarm_plan as sp
 from reconciler.engine.docker_engine import connect
 from reconciler.engine.swarm_engine import SwarmEngine, TaskCounts, check_manager
-from reconciler.errors import DesiredStateError, EngineUnavailable, LockHeld, NotASwarmManager
+from reconciler.errors import (
+    ActionFailed,
+    DesiredStateError,
+    EngineUnavailable,
+    LockHeld,
+    NotASwarmManager,
+)
 from reconciler.runtime.swarm_runtime import (
     Result,
     SwarmDaemon,
@@ -38,6 +44,8 @@ def main(args: argparse.Namespace, error: Callable[[str], None], bad_input: int)
         print(f"{args.file}: valid for swarm (project {desired.project}: {services})")
         return EXIT_OK
     try:
+        if args.command == "reload":  # a signal and a file: no Docker call
+            return _reload(args, desired, None)
         api = connect()
         check_manager(api)
         return _COMMANDS[args.command](args, desired, api)
@@ -160,4 +168,41 @@ def _status(args: argparse.Namespace, desired: sp.SwarmDesired, api: object) -> 
     return EXIT_OK
 
 
-_COMMANDS = {"plan": _plan, "apply": _apply, "run": _run, "status": _status}
+def _reload(args: argparse.Namespace, desired: sp.SwarmDesired, api: object) -> int:
+    """As for the single host: SIGHUP, then wait for the daemon's status file."""
+    from reconciler.cli import _reload as reload_daemon
+
+    return reload_daemon(args, desired)  # type: ignore[arg-type]  # uses .project only
+
+
+def _down(args: argparse.Namespace, desired: sp.SwarmDesired, api: object) -> int:
+    from reconciler.ops.lock import ProjectLock
+
+    lock = ProjectLock(desired.project, args.lock_dir)
+    lock.acquire(role="reconciler down")
+    try:
+        engine = SwarmEngine(api)  # type: ignore[arg-type]
+        the_plan = sp.plan_down(desired, engine.observe(desired.project))
+        failed = 0
+        for action in the_plan.actions:
+            try:
+                engine.execute(action)
+                print(f"{'success':8} {sp.describe(action)}")
+            except ActionFailed as exc:
+                failed += 1
+                print(f"{'error':8} {sp.describe(action)}: {exc}")
+    finally:
+        lock.release()
+    if not the_plan.actions:
+        print(f"{desired.project}: nothing to remove")
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+_COMMANDS = {
+    "plan": _plan,
+    "apply": _apply,
+    "run": _run,
+    "status": _status,
+    "reload": _reload,
+    "down": _down,
+}

@@ -477,3 +477,56 @@ def test_the_seed_stack_on_a_swarm(
     nodes = len(swarm.nodes())
     up = wait(lambda: len(exporters_up()) == nodes and exporters_up(), 120, "node-exporters up")
     assert len(up) == nodes
+
+
+def test_cli_run_reload_and_down_on_swarm(
+    swarm: docker.APIClient,
+    swrite: Callable[..., Path],
+    sproject: str,
+    busybox_image: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`reconciler run` with RECONCILER_TARGET=swarm: /metrics reports the tasks; `reconciler
+    reload` applies an edit; a bad file is refused by both (the service stays); SIGTERM
+    ends it with 0; `down` removes our services, configs and networks."""
+    from tests.conftest import DaemonProcess, run_cli, wait_for
+
+    monkeypatch.setenv("RECONCILER_TARGET", "swarm")
+    path = swrite({"services": {"web": web(busybox_image, replicas=2)}})
+    daemon = DaemonProcess(path, tmp_path, interval=600)
+    name = f"{sproject}_web"
+    try:
+        wait_for(
+            lambda: (
+                daemon.metric("reconciler_service_replicas", service="web", state="running") == 2
+            ),
+            90,
+            what="2 running tasks on /metrics",
+        )
+        assert daemon.metric("reconciler_service_replicas", service="web", state="desired") == 2
+        path = swrite({"services": {"web": web(busybox_image, replicas=3)}})
+        done = run_cli("reload", str(path), "--lock-dir", str(tmp_path), "--timeout", "60")
+        assert done.returncode == 0, done.stderr
+        wait(lambda: running(swarm, name) == 3, 90, "3 tasks")
+        doc = yaml.safe_load(path.read_text())
+        doc["services"]["web"]["container_name"] = "nope"
+        path.write_text(yaml.safe_dump(doc))
+        bad = run_cli("reload", str(path), "--lock-dir", str(tmp_path), "--timeout", "60")
+        assert bad.returncode == 2 and "container_name" in bad.stderr  # refused up front
+        daemon.proc.send_signal(__import__("signal").SIGHUP)  # the daemon refuses it too
+        wait_for(lambda: daemon.events("desired state rejected; keeping the last good one"), 30)
+        assert swarm.inspect_service(name)["Spec"]["Mode"]["Replicated"]["Replicas"] == 3
+    finally:
+        daemon.proc.send_signal(__import__("signal").SIGTERM)
+        assert daemon.proc.wait(40) == 0
+        daemon.log.close()
+    swrite({"services": {"web": web(busybox_image, replicas=3)}})
+    down = run_cli("down", str(path), "--lock-dir", str(tmp_path), timeout=120)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert f"remove service {name}" in down.stdout
+    assert f"remove network {sproject}_default" in down.stdout
+    label = f"io.reconciler.project={sproject}"
+    assert not swarm.services(filters={"label": label})
+    # (the engine lists a removed overlay network a few seconds longer)
+    wait(lambda: not swarm.networks(filters={"label": label}), 60, "the network gone")

@@ -251,6 +251,18 @@ class RemoveSwarmConfig:
     kind = "config"
 
 
+@dataclass(frozen=True, slots=True)
+class RemoveSwarmNetwork:
+    """`reconciler down --target swarm`: a network this project created."""
+
+    id: str
+    name: str
+    service = None
+    reason = "down"
+    verb = "remove"
+    kind = "network"
+
+
 SwarmAction = (
     CreateSwarmNetwork
     | CreateSwarmConfig
@@ -259,6 +271,7 @@ SwarmAction = (
     | ScaleService
     | RemoveService
     | RemoveSwarmConfig
+    | RemoveSwarmNetwork
 )
 
 
@@ -395,6 +408,19 @@ def plan(
     return SwarmPlan(tuple(actions), tuple(notes))
 
 
+def plan_down(desired: SwarmDesired, observed: SwarmObserved) -> SwarmPlan:
+    """`docker stack rm` for our objects only: services, then configs and networks."""
+    project = desired.project
+    actions: list[SwarmAction] = [
+        RemoveService(s.id, s.name, s.service, "down")
+        for s in observed.services
+        if s.owned_by(project)
+    ]
+    actions += [RemoveSwarmConfig(c.id, c.name) for c in observed.configs if c.owned]
+    actions += [RemoveSwarmNetwork(n.id, n.name) for n in observed.networks if n.owned]
+    return SwarmPlan(tuple(actions))
+
+
 def failed_revisions(
     desired: SwarmDesired,
     observed: SwarmObserved,
@@ -455,4 +481,6 @@ def simulate(observed: SwarmObserved, the_plan: SwarmPlan, project: str) -> Swar
                 services.pop(n, None)
             case RemoveSwarmConfig(name=n):
                 configs.pop(n, None)
+            case RemoveSwarmNetwork(name=n):
+                nets.pop(n, None)
     return SwarmObserved(tuple(services.values()), tuple(nets.values()), tuple(configs.values()))

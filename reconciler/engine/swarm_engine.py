@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from reconciler.core.swarm_plan import (
     ObservedService,
     RemoveService,
     RemoveSwarmConfig,
+    RemoveSwarmNetwork,
     ScaleService,
     SwarmAction,
     SwarmObserved,
@@ -226,6 +228,22 @@ class SwarmEngine:
                 case RemoveSwarmConfig(id=cid):
                     with contextlib.suppress(docker.errors.NotFound):
                         self.api.remove_config(cid)
+                case RemoveSwarmNetwork(id=nid):
+                    self._remove_network(nid)
+
+    def _remove_network(self, nid: str, wait_s: float = 30.0) -> None:
+        """A network is in use until the removed services' tasks are gone: retry a while."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                self.api.remove_network(nid)
+                return
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def _update(self, sid: str, version: int, body: dict[str, Any]) -> None:
         self.api.update_service(

@@ -9,6 +9,8 @@ SIGHUP that reload. Tasks are Swarm's to heal; we keep the services equal to the
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +26,7 @@ from reconciler.core import swarm_plan as sp
 from reconciler.engine.swarm_engine import SwarmEngine, TaskCounts
 from reconciler.errors import ActionFailed, DesiredStateError, EngineUnavailable
 from reconciler.ops.http import serve
-from reconciler.ops.lock import ProjectLock
+from reconciler.ops.lock import ProjectLock, status_path
 from reconciler.ops.metrics import Metrics
 from reconciler.ops.notify import Notifier
 from reconciler.runtime.signals import SignalRelay
@@ -294,6 +296,7 @@ class SwarmDaemon:
         self._engine_up = False
         self._ready = False
         self._last_end: float | None = None
+        self._reload_error: str | None = None
         self.metrics.loaded(desired.digest)
 
     @property
@@ -437,7 +440,33 @@ class SwarmDaemon:
             if not self.signals.reload.wait(0.5):
                 continue
             self.signals.reload.clear()
-            self.reload()
+            started_usec = time.monotonic_ns() // 1000
+            ok = self.reload()
+            # `reconciler reload` (the unit's ExecReload) waits for this line.
+            self._write_status(
+                {
+                    "monotonic_usec": started_usec,
+                    "result": "success" if ok else "error",
+                    "error": None if ok else self._reload_error,
+                    "digest": self.desired.digest,
+                }
+            )
+
+    def _write_status(self, reload: dict[str, object]) -> None:
+        path = status_path(self.desired.project, self.lock_dir)
+        data = {
+            "project": self.desired.project,
+            "pid": os.getpid(),
+            "target": "swarm",
+            "updated_at": time.time(),
+            "reload": reload,
+        }
+        try:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data))
+            tmp.replace(path)
+        except OSError as exc:
+            log.debug("cannot write status file", path=str(path), error=str(exc))
 
     def reload(self) -> bool:
         """Re-read the file; a bad one changes nothing (the last good state stays)."""
@@ -447,11 +476,13 @@ class SwarmDaemon:
             self.metrics.reloads.labels("error").inc()
             self.metrics.state_valid.set(0)
             log.error("desired state rejected; keeping the last good one", error=str(exc))
+            self._reload_error = str(exc)
             return False
         self.metrics.reloads.labels("success").inc()
         if new.project != self.desired.project:
             log.error("the project name cannot change while running; restart the daemon")
             self.metrics.state_valid.set(0)
+            self._reload_error = "the project name cannot change while running"
             return False
         if new.digest != self.desired.digest:
             self.reconciler.desired = new
