@@ -37,6 +37,7 @@ from reconciler.runtime.workqueue import ShutDown, WorkQueue
 log = structlog.get_logger("reconciler")
 RESYNC = "resync"
 RETRY_S = 2.0
+SETTLE_S = 1.0
 SWARM_EVENTS = ("service", "node", "config", "network")
 
 
@@ -187,7 +188,10 @@ class SwarmReconciler:
 
     def converged(self) -> bool:
         """Every service runs as many tasks as it should (past their healthchecks)."""
-        counts = self.tasks()
+        return self.settled(self.tasks())
+
+    def settled(self, counts: dict[str, TaskCounts]) -> bool:
+        """`converged` on task counts already read."""
         for svc in self.desired.services:
             c = counts.get(svc.full_name, TaskCounts(0, 0, 0))
             want = c.desired if svc.global_mode else svc.replicas
@@ -362,7 +366,10 @@ class SwarmDaemon:
                 if only is not None and only not in {s.name for s in self.desired.services}:
                     only = None  # a service that left the file: the resync removes it
                 _, done = self.reconciler.run(only)
-                self.reconciler.export(done.drift if only is None else None)
+                counts = self.reconciler.export(done.drift if only is None else None)
+                # Swarm moves and restarts tasks without events we can follow: while they
+                # are not where the file wants them, look again soon (metrics stay true).
+                done.settling = done.settling or not self.reconciler.settled(counts)
                 self._engine_up = True
                 self.metrics.docker_up.set(1)
                 errors = [r for r in done.results if r.outcome == "error"]
@@ -374,7 +381,7 @@ class SwarmDaemon:
                         key, RETRY_S if any(r.transient for r in errors) else self.interval
                     )
                 elif done.settling:
-                    self.queue.add_after(key, 1.0)  # Swarm is updating: watch it finish
+                    self.queue.add_after(key, SETTLE_S)  # Swarm is at work: watch it finish
                 if only is None and not self._ready:
                     self._ready = True
                     self.notifier.send("READY=1", f"STATUS={self.desired.project}: converging")
