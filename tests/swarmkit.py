@@ -56,6 +56,9 @@ def remove_project(api: docker.APIClient, project: str) -> None:
     for c in api.configs(filters={"label": label}):
         with contextlib.suppress(docker.errors.APIError):
             api.remove_config(c["ID"])
+    for c in api.secrets(filters={"label": label}):
+        with contextlib.suppress(docker.errors.APIError):
+            api.remove_secret(c["ID"])
     for n in api.networks(filters={"label": label}):
         for _ in range(20):
             try:

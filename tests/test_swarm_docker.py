@@ -530,3 +530,48 @@ def test_cli_run_reload_and_down_on_swarm(
     assert not swarm.services(filters={"label": label})
     # (the engine lists a removed overlay network a few seconds longer)
     wait(lambda: not swarm.networks(filters={"label": label}), 60, "the network gone")
+
+
+def test_a_secret_reaches_the_task_and_rotates_when_its_file_is_rewritten(
+    swarm: docker.APIClient,
+    swrite: Callable[..., Path],
+    sproject: str,
+    busybox_image: str,
+    tmp_path: Path,
+) -> None:
+    """The secret's file is in the task at /run/secrets/<target>; a rewritten file is a new
+    Swarm secret and a rolling update; the first one goes once nothing can roll back to it."""
+    import os
+
+    secret = tmp_path / "token.txt"
+    secret.write_text("first-token\n")
+    doc = {
+        "secrets": {"token": {"file": str(secret)}},
+        "services": {"web": web(busybox_image, secrets=["token"])},
+    }
+    path = swrite(doc)
+    rec = reconciler(path, swarm, tmp_path)
+    assert apply_once(rec, timeout_s=120).ok
+    label = f"com.docker.swarm.service.name={sproject}_web"
+
+    def content() -> str:
+        for c in swarm.containers(filters={"label": label, "status": "running"}):
+            run = swarm.exec_create(c["Id"], ["cat", "/run/secrets/token"])
+            return swarm.exec_start(run["Id"]).decode().strip()
+        return ""
+
+    assert wait(content, 60, "the secret in the task") == "first-token"
+    names = []
+    for value in ("second-token", "third-token"):
+        secret.write_text(value + "\n")
+        st = secret.stat()
+        os.utime(secret, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+        rec.desired = swarm_file.load(path)
+        names.append(rec.desired.secrets[0].name)
+        assert apply_once(rec, timeout_s=120).ok
+        wait(lambda v=value: content() == v, 60, f"{value} in the task")  # type: ignore[misc]
+    live = {
+        s["Spec"]["Name"]
+        for s in swarm.secrets(filters={"label": f"io.reconciler.project={sproject}"})
+    }
+    assert live == set(names)  # the current one and the one a rollback would need

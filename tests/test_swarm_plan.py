@@ -364,3 +364,57 @@ def test_validate_target_swarm_from_the_environment(tmp_path: Path, monkeypatch:
     path.write_text("project: demo\nservices:\n  web:\n    image: x\n")
     assert main(["validate", str(path)]) == 0
     assert main(["validate", "--target", "host", str(path)]) == 0
+
+
+def test_secrets_are_named_by_the_files_stamp_never_their_content(tmp_path: Path) -> None:
+    """A secret mounts at /run/secrets/<target>; its Swarm name changes when the file is
+    rewritten and carries nothing of the content; its value appears in no repr."""
+    import os
+
+    secret = tmp_path / "db_password.txt"
+    secret.write_text("hunter2-very-secret\n")
+    doc = {
+        "secrets": {"db_password": {"file": "db_password.txt"}},
+        "services": {
+            "app": {
+                "image": "a",
+                "secrets": [
+                    "db_password",
+                    {"source": "db_password", "target": "pw", "mode": 0o400},
+                ],
+            }
+        },
+    }
+    one = load(doc, tmp_path)
+    (sec,) = one.secrets
+    assert sec.name.startswith("demo_db_password-")
+    import hashlib
+
+    assert hashlib.sha256(secret.read_bytes()).hexdigest()[:12] not in sec.name
+    refs = spec(one, "app")["TaskTemplate"]["ContainerSpec"]["Secrets"]
+    assert [(r["File"]["Name"], r["File"]["Mode"], r["SecretName"]) for r in refs] == [
+        ("db_password", 0o444, sec.name),
+        ("pw", 0o400, sec.name),
+    ]
+    assert "hunter2" not in repr(one) and "hunter2" not in one.service("app").spec_json
+    assert load(doc, tmp_path) == one  # untouched: the same name and spec
+    secret.write_text("hunter3-very-secret\n")
+    st = secret.stat()
+    os.utime(secret, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    two = load(doc, tmp_path)
+    assert two.secrets[0].name != sec.name
+    assert two.service("app").spec_hash != one.service("app").spec_hash
+    assert str(secret) in two.watched and two.digest != one.digest
+
+
+def test_secrets_undeclared_or_on_a_single_host_are_errors(tmp_path: Path) -> None:
+    """A service's secret must be declared under secrets; the single host refuses them."""
+    from reconciler.config import loader
+
+    text = "project: demo\nservices:\n  app:\n    image: a\n    secrets: [nope]\n"
+    with pytest.raises(DesiredStateError) as err:
+        swarm_file.parse(text, source="d.yaml", base_dir=tmp_path, environ={})
+    assert "d.yaml:5:15: services.app.secrets[0]: secret 'nope' is not declared" in str(err.value)
+    with pytest.raises(DesiredStateError) as err:
+        loader.parse(text, source="d.yaml", base_dir=tmp_path, environ={})
+    assert "services.app.secrets: only with --target swarm" in str(err.value)

@@ -77,6 +77,8 @@ MAX_DNS_LABEL = 63
 ENV_MAX_REPLICAS = "RECONCILER_MAX_REPLICAS"
 # Keys that do not change what a service's containers are: left out of its revision.
 _NOT_IN_REVISION = {"replicas", "deploy", "heal", "drain_period", "state", "pull", "depends_on"}
+# (secrets: Swarm only, refused on one host; left out so that adding the key changed no revision)
+_NOT_IN_REVISION |= {"secrets"}
 _PORT = re.compile(
     r"^(?:(?P<ip>[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9a-fA-F:]+\]):)?"
     r"(?:(?P<host>[0-9]{1,10}(?:-[0-9]{1,10})?):)?"
@@ -699,6 +701,15 @@ def _check(d: DesiredStateDef, project: str, *, single_host: bool = True) -> Ite
                     shlex.split(value)
                 except ValueError as exc:  # "No closing quotation"
                     yield Issue((*at, key), f"cannot split into words ({exc}); or give a list")
+        if single_host and svc.secrets:
+            yield Issue(
+                (*at, "secrets"),
+                "only with --target swarm (on a single host, mount the file under configs)",
+            )
+        for i, ref in enumerate(svc.secrets):
+            name = ref if isinstance(ref, str) else ref.source
+            if name not in d.secrets:
+                yield Issue((*at, "secrets", i), f"secret {name!r} is not declared under secrets")
         for key in ("placement", "resources", "restart_policy", "labels"):
             if single_host and key in svc.deploy.model_fields_set:
                 yield Issue(

@@ -165,6 +165,22 @@ class ConfigMountDef(_Model):
     reload_signal: str | None = None
 
 
+class SecretMountDef(_Model):
+    """Long syntax of a service's secret (Swarm): mounted at /run/secrets/<target>."""
+
+    source: str
+    target: str | None = None
+    uid: str = "0"
+    gid: str = "0"
+    mode: Int = Field(default=0o444, ge=0, le=0o777)
+
+
+class SecretDef(_Model):
+    """A top-level secret: its value is the content of `file` (never shown)."""
+
+    file: str
+
+
 class HealDef(_Model):
     min_uptime: Duration = 10.0
     backoff_initial: Duration = 1.0
@@ -287,6 +303,7 @@ class ServiceDef(_Model):
     ports: list[str | Int | PortDef] = []
     volumes: list[str | VolumeMountDef] = []
     configs: list[ConfigMountDef] = []
+    secrets: list[str | SecretMountDef] = []  # Swarm only
     networks: list[str] | dict[str, NetworkAttachDef | None] = []
     user: str | Int | None = None
     restart: str = "no"
@@ -335,4 +352,5 @@ class DesiredStateDef(_Model):
     name: str | None = None  # compose's name for project
     networks: dict[str, NetworkDef | None] = {}
     volumes: dict[str, VolumeDef | None] = {}
+    secrets: dict[str, SecretDef] = {}  # Swarm only
     services: dict[str, ServiceDef] = {}

@@ -15,14 +15,22 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.config import loader
+from reconciler.config import secrets as redact
 from reconciler.config.loader import Issue, Parsed, _Configs, _mount, port_text
-from reconciler.config.schema import DesiredStateDef, PortDef, ResourceDef, ServiceDef
+from reconciler.config.schema import (
+    DesiredStateDef,
+    PortDef,
+    ResourceDef,
+    SecretMountDef,
+    ServiceDef,
+)
 from reconciler.core.model import LABEL_SPEC_HASH, ownership_labels
 from reconciler.core.swarm_plan import (
     STACK_NAMESPACE,
     SwarmConfig,
     SwarmDesired,
     SwarmNetwork,
+    SwarmSecret,
     SwarmService,
     spec_hash,
 )
@@ -185,6 +193,29 @@ def render(parsed: Parsed) -> SwarmDesired:
     if any(not s.networks for s in d.services.values()) and "default" not in networks:
         networks["default"] = SwarmNetwork(f"{project}_default", tuple(sorted(own.items())))
     configs: dict[str, SwarmConfig] = {}
+    secret_names: dict[str, SwarmSecret] = {}  # file's name -> secret
+    secret_files: list[str] = []
+    for key, sdef in d.secrets.items():
+        path = parsed.renderer._path(sdef.file)
+        at = ("secrets", key, "file")
+        try:
+            data, st = path.read_bytes(), path.stat()
+        except OSError as exc:
+            report.add(f"cannot read {path}: {exc.strerror}", at, parsed.doc.mark(at))
+            continue
+        if len(data) > MAX_CONFIG_BYTES:
+            report.add(
+                f"{path} is larger than Swarm's {MAX_CONFIG_BYTES // 1024} KiB per secret",
+                at,
+                parsed.doc.mark(at),
+            )
+            continue
+        text = data.decode("utf-8", "replace").strip()
+        redact.mark([text, data.decode("utf-8", "replace")])  # never printed, should it leak
+        secret_files.append(str(path))
+        stamp = f"{path}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}".encode()
+        name = _config_name(project, key, stamp)
+        secret_names[key] = SwarmSecret(name, data, tuple(sorted(own.items())))
     services = []
     for name in (s.name for s in parsed.state.services):  # dependency order, as the host
         s = d.services[name]
@@ -214,7 +245,12 @@ def render(parsed: Parsed) -> SwarmDesired:
                 configs[cfg_name] = SwarmConfig(cfg_name, data, tuple(sorted(own.items())))
                 target = f"{c.target.rstrip('/')}/{rel}" if path.is_dir() else c.target
                 refs.append((target, cfg_name))
-        services.append(_service(parsed, name, s, networks, sorted(refs)))
+        secret_refs = []
+        for ref in s.secrets:
+            key = ref if isinstance(ref, str) else ref.source
+            if key in secret_names:
+                secret_refs.append((ref, secret_names[key].name))
+        services.append(_service(parsed, name, s, networks, sorted(refs), secret_refs))
     if report:
         raise report.error()
     return SwarmDesired(
@@ -222,9 +258,14 @@ def render(parsed: Parsed) -> SwarmDesired:
         networks=tuple(networks[n] for n in sorted(networks)),
         configs=tuple(configs[c] for c in sorted(configs)),
         services=tuple(services),
+        secrets=tuple(secret_names[k] for k in sorted(secret_names)),
         source=parsed.state.source,
-        digest=parsed.state.digest,
-        watched=parsed.state.watched,
+        # The file's digest, and each secret's name (its change stamp): a rewritten secret
+        # file is a new desired state.
+        digest=hashlib.sha256(
+            "\0".join([parsed.state.digest, *(s.name for s in secret_names.values())]).encode()
+        ).hexdigest(),
+        watched=tuple(sorted({*parsed.state.watched, *secret_files})),
     )
 
 
@@ -234,6 +275,7 @@ def _service(
     s: ServiceDef,
     networks: Mapping[str, SwarmNetwork],
     configs: list[tuple[str, str]],
+    secrets: list[tuple[str | SecretMountDef, str]],
 ) -> SwarmService:
     project = parsed.state.project
     image = s.image or f"{project}-{name}"
@@ -306,6 +348,18 @@ def _service(
             {"File": {"Name": target, "UID": "0", "GID": "0", "Mode": 0o444}, "ConfigName": cfg}
             for target, cfg in configs
         ]
+    if secrets:
+        refs = []
+        for ref, swarm_name in secrets:
+            sm = SecretMountDef(source=ref) if isinstance(ref, str) else ref
+            target = sm.target or sm.source
+            refs.append(
+                {
+                    "File": {"Name": target, "UID": sm.uid, "GID": sm.gid, "Mode": sm.mode},
+                    "SecretName": swarm_name,
+                }
+            )
+        container["Secrets"] = refs
     deploy = s.deploy
     task: dict[str, Any] = {"ContainerSpec": container}
     resources: dict[str, Any] = {}
@@ -363,6 +417,7 @@ def _service(
         spec_hash=digest,
         networks=tuple(attached),
         configs=tuple(sorted({cfg for _, cfg in configs})),
+        secrets=tuple(sorted({sec for _, sec in secrets})),
         global_mode=global_mode,
         replicas=replicas,
         has_healthcheck=c.healthcheck is not None and c.healthcheck.test != ("NONE",),

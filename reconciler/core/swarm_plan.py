@@ -75,6 +75,16 @@ class SwarmConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SwarmSecret:
+    """A Swarm secret: named by the file's change stamp, never by its content (a name must
+    not help anyone guess a short secret); a rewritten file is a new secret."""
+
+    name: str
+    data: bytes = field(repr=False)
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class SwarmService:
     name: str  # the file's service name
     full_name: str  # <project>_<service>, as `docker stack deploy` names it
@@ -82,6 +92,7 @@ class SwarmService:
     spec_hash: str
     networks: tuple[str, ...] = ()  # full names
     configs: tuple[str, ...] = ()
+    secrets: tuple[str, ...] = ()
     global_mode: bool = False
     replicas: int = 1
     has_healthcheck: bool = False
@@ -97,6 +108,7 @@ class SwarmDesired:
     networks: tuple[SwarmNetwork, ...]
     configs: tuple[SwarmConfig, ...]
     services: tuple[SwarmService, ...]
+    secrets: tuple[SwarmSecret, ...] = ()
     source: str = ""
     digest: str = ""
     watched: tuple[str, ...] = ()
@@ -118,6 +130,7 @@ class ObservedService:
     update_state: str = ""
     update_message: str = ""
     configs_in_use: tuple[str, ...] = ()  # by Spec or PreviousSpec (a rollback needs them)
+    secrets_in_use: tuple[str, ...] = ()
     force_update: int = 0
 
     @property
@@ -150,6 +163,7 @@ class SwarmObserved:
     services: tuple[ObservedService, ...] = ()
     networks: tuple[ObservedObject, ...] = ()
     configs: tuple[ObservedObject, ...] = ()
+    secrets: tuple[ObservedObject, ...] = ()
 
 
 # --------------------------------------------------------------------------- actions
@@ -173,6 +187,19 @@ class CreateSwarmConfig:
     spec: SwarmConfig
     verb = "create"
     kind = "config"
+    service = None
+    reason = "missing"
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True, slots=True)
+class CreateSwarmSecret:
+    spec: SwarmSecret
+    verb = "create"
+    kind = "secret"
     service = None
     reason = "missing"
 
@@ -252,6 +279,16 @@ class RemoveSwarmConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RemoveSwarmSecret:
+    id: str
+    name: str
+    service = None
+    reason = "replaced (no service uses it)"
+    verb = "remove"
+    kind = "secret"
+
+
+@dataclass(frozen=True, slots=True)
 class RemoveSwarmNetwork:
     """`reconciler down --target swarm`: a network this project created."""
 
@@ -266,11 +303,13 @@ class RemoveSwarmNetwork:
 SwarmAction = (
     CreateSwarmNetwork
     | CreateSwarmConfig
+    | CreateSwarmSecret
     | CreateService
     | UpdateService
     | ScaleService
     | RemoveService
     | RemoveSwarmConfig
+    | RemoveSwarmSecret
     | RemoveSwarmNetwork
 )
 
@@ -331,6 +370,8 @@ def plan(
     services = [s for s in desired.services if only is None or s.name == only]
     needed_nets = {n for s in services for n in s.networks}
     needed_configs = {c for s in services for c in s.configs}
+    needed_secrets = {c for s in services for c in s.secrets}
+    secrets = {c.name: c for c in observed.secrets}
     nets = {n.name: n for n in observed.networks}
     configs = {c.name: c for c in observed.configs}
     live = {s.name: s for s in observed.services}
@@ -353,6 +394,11 @@ def plan(
             actions.append(CreateSwarmConfig(cfg))
         elif not have_cfg.owned:
             notes.append(f"config {cfg.name} exists without our labels: used as it is")
+    for sec in desired.secrets:
+        if only is not None and sec.name not in needed_secrets:
+            continue
+        if sec.name not in secrets:
+            actions.append(CreateSwarmSecret(sec))
 
     for svc in services:
         obs = live.get(svc.full_name)
@@ -405,6 +451,11 @@ def plan(
         for cfg_obs in observed.configs:
             if cfg_obs.owned and cfg_obs.name not in in_use:
                 actions.append(RemoveSwarmConfig(cfg_obs.id, cfg_obs.name))
+        used = {c for o in observed.services for c in o.secrets_in_use}
+        used |= {c.name for c in desired.secrets}
+        for sec_obs in observed.secrets:
+            if sec_obs.owned and sec_obs.name not in used:
+                actions.append(RemoveSwarmSecret(sec_obs.id, sec_obs.name))
     return SwarmPlan(tuple(actions), tuple(notes))
 
 
@@ -417,6 +468,7 @@ def plan_down(desired: SwarmDesired, observed: SwarmObserved) -> SwarmPlan:
         if s.owned_by(project)
     ]
     actions += [RemoveSwarmConfig(c.id, c.name) for c in observed.configs if c.owned]
+    actions += [RemoveSwarmSecret(c.id, c.name) for c in observed.secrets if c.owned]
     actions += [RemoveSwarmNetwork(n.id, n.name) for n in observed.networks if n.owned]
     return SwarmPlan(tuple(actions))
 
@@ -452,12 +504,17 @@ def simulate(observed: SwarmObserved, the_plan: SwarmPlan, project: str) -> Swar
     services = {s.name: s for s in observed.services}
     nets = {n.name: n for n in observed.networks}
     configs = {c.name: c for c in observed.configs}
+    secrets = {c.name: c for c in observed.secrets}
     for a in the_plan.actions:
         match a:
             case CreateSwarmNetwork(spec=n):
                 nets[n.name] = ObservedObject(n.name, f"id-{n.name}", True)
             case CreateSwarmConfig(spec=c):
                 configs[c.name] = ObservedObject(c.name, f"id-{c.name}", True)
+            case CreateSwarmSecret(spec=c):
+                secrets[c.name] = ObservedObject(c.name, f"id-{c.name}", True)
+            case RemoveSwarmSecret(name=n):
+                secrets.pop(n, None)
             case CreateService(spec=s) | UpdateService(spec=s):
                 spec = s.spec
                 services[s.full_name] = ObservedService(
@@ -467,6 +524,7 @@ def simulate(observed: SwarmObserved, the_plan: SwarmPlan, project: str) -> Swar
                     labels=tuple(sorted(spec.get("Labels", {}).items())),
                     spec_json=s.spec_json,
                     configs_in_use=s.configs,
+                    secrets_in_use=s.secrets,
                 )
             case ScaleService(name=n, spec_json=body):
                 services[n] = ObservedService(
@@ -476,6 +534,7 @@ def simulate(observed: SwarmObserved, the_plan: SwarmPlan, project: str) -> Swar
                     labels=services[n].labels,
                     spec_json=body,
                     configs_in_use=services[n].configs_in_use,
+                    secrets_in_use=services[n].secrets_in_use,
                 )
             case RemoveService(name=n):
                 services.pop(n, None)
@@ -483,4 +542,9 @@ def simulate(observed: SwarmObserved, the_plan: SwarmPlan, project: str) -> Swar
                 configs.pop(n, None)
             case RemoveSwarmNetwork(name=n):
                 nets.pop(n, None)
-    return SwarmObserved(tuple(services.values()), tuple(nets.values()), tuple(configs.values()))
+    return SwarmObserved(
+        tuple(services.values()),
+        tuple(nets.values()),
+        tuple(configs.values()),
+        tuple(secrets.values()),
+    )

@@ -24,11 +24,13 @@ from reconciler.core.swarm_plan import (
     CreateService,
     CreateSwarmConfig,
     CreateSwarmNetwork,
+    CreateSwarmSecret,
     ObservedObject,
     ObservedService,
     RemoveService,
     RemoveSwarmConfig,
     RemoveSwarmNetwork,
+    RemoveSwarmSecret,
     ScaleService,
     SwarmAction,
     SwarmObserved,
@@ -100,6 +102,8 @@ class SwarmEngine:
             networks = self.api.networks()
         with docker_errors("list configs"):
             configs = self.api.configs(filters={"name": prefix})
+        with docker_errors("list secrets"):
+            secrets = self.api.secrets(filters={"name": prefix})
         net_names = {n["Id"]: n["Name"] for n in networks}
         observed = [
             self._service(s, net_names) for s in services if s["Spec"]["Name"].startswith(prefix)
@@ -116,6 +120,11 @@ class SwarmEngine:
                 for c in configs
                 if c["Spec"]["Name"].startswith(prefix)
             ),
+            secrets=tuple(
+                ObservedObject(c["Spec"]["Name"], c["ID"], _owned(c["Spec"].get("Labels"), project))
+                for c in secrets
+                if c["Spec"]["Name"].startswith(prefix)
+            ),
         )
 
     @staticmethod
@@ -124,12 +133,14 @@ class SwarmEngine:
         task = spec.get("TaskTemplate", {})
         for n in task.get("Networks") or []:
             n["Target"] = net_names.get(n.get("Target", ""), n.get("Target"))
-        in_use = set()
+        in_use: dict[str, set[str]] = {"Configs": set(), "Secrets": set()}
         for body in (spec, s.get("PreviousSpec") or {}):
-            refs = body.get("TaskTemplate", {}).get("ContainerSpec", {}).get("Configs") or []
-            in_use |= {r.get("ConfigName", "") for r in refs}
-        for ref in task.get("ContainerSpec", {}).get("Configs") or []:
-            ref.pop("ConfigID", None)
+            for kind, names in in_use.items():
+                refs = body.get("TaskTemplate", {}).get("ContainerSpec", {}).get(kind) or []
+                names |= {r.get(f"{kind[:-1]}Name", "") for r in refs}
+        for kind in in_use:
+            for ref in task.get("ContainerSpec", {}).get(kind) or []:
+                ref.pop(f"{kind[:-1]}ID", None)
         status = s.get("UpdateStatus") or {}
         return ObservedService(
             id=s["ID"],
@@ -139,7 +150,8 @@ class SwarmEngine:
             spec_json=json.dumps(spec, sort_keys=True),
             update_state=status.get("State", ""),
             update_message=status.get("Message", ""),
-            configs_in_use=tuple(sorted(in_use - {""})),
+            configs_in_use=tuple(sorted(in_use["Configs"] - {""})),
+            secrets_in_use=tuple(sorted(in_use["Secrets"] - {""})),
             force_update=int(task.get("ForceUpdate") or 0),
         )
 
@@ -204,6 +216,11 @@ class SwarmEngine:
                     )
                 case CreateSwarmConfig(spec=c):
                     self.api.create_config(c.name, c.data, labels=dict(c.labels))
+                case CreateSwarmSecret(spec=sec):
+                    self.api.create_secret(sec.name, sec.data, labels=dict(sec.labels))
+                case RemoveSwarmSecret(id=sid):
+                    with contextlib.suppress(docker.errors.NotFound):
+                        self.api.remove_secret(sid)
                 case CreateService(spec=s):
                     body = self._resolved(s)
                     self.api.create_service(
@@ -271,12 +288,16 @@ class SwarmEngine:
                 if n["Target"] not in nets:
                     raise ActionFailed(f"network {n['Target']} does not exist", transient=True)
                 n["Target"] = nets[n["Target"]]
-        refs = task["ContainerSpec"].get("Configs") or []
-        if refs:
-            wanted = [r["ConfigName"] for r in refs]
-            found = {c["Spec"]["Name"]: c["ID"] for c in self.api.configs(filters={"name": wanted})}
+        for kind, listing in (("Config", self.api.configs), ("Secret", self.api.secrets)):
+            refs = task["ContainerSpec"].get(f"{kind}s") or []
+            if not refs:
+                continue
+            wanted = [r[f"{kind}Name"] for r in refs]
+            found = {c["Spec"]["Name"]: c["ID"] for c in listing(filters={"name": wanted})}
             for ref in refs:
-                if ref["ConfigName"] not in found:
-                    raise ActionFailed(f"config {ref['ConfigName']} does not exist", transient=True)
-                ref["ConfigID"] = found[ref["ConfigName"]]
+                if ref[f"{kind}Name"] not in found:
+                    raise ActionFailed(
+                        f"{kind.lower()} {ref[f'{kind}Name']} does not exist", transient=True
+                    )
+                ref[f"{kind}ID"] = found[ref[f"{kind}Name"]]
         return body

@@ -156,7 +156,7 @@ class SwarmReconciler:
         for action in the_plan.actions:
             needs = set()
             if isinstance(action, sp.CreateService | sp.UpdateService):
-                needs = set(action.spec.networks) | set(action.spec.configs)
+                needs = {*action.spec.networks, *action.spec.configs, *action.spec.secrets}
             if needs & failed_prereq:
                 done.results.append(
                     Result(action, "skipped", "a network or config it needs failed")
@@ -166,7 +166,9 @@ class SwarmReconciler:
                 self.engine.execute(action)
             except ActionFailed as exc:
                 done.results.append(Result(action, "error", str(exc), exc.transient))
-                if isinstance(action, sp.CreateSwarmNetwork | sp.CreateSwarmConfig):
+                if isinstance(
+                    action, sp.CreateSwarmNetwork | sp.CreateSwarmConfig | sp.CreateSwarmSecret
+                ):
                     failed_prereq.add(action.name)
                 log.error("action failed", action=sp.describe(action), error=str(exc))
                 self._count(action, "error")
