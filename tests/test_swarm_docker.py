@@ -17,6 +17,7 @@ import docker
 import docker.errors
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
 from reconciler.config import swarm as swarm_file
 from reconciler.core import swarm_plan as sp
@@ -157,8 +158,6 @@ def test_daemon_corrects_drift_by_hand_through_events(
     """With a resync far away (600 s), Swarm's events alone bring back a hand `service
     scale`, `service update --image`, and a `service rm` followed by a network rm; the
     metrics report replicas from the tasks."""
-    from prometheus_client import CollectorRegistry
-
     swarm.tag(busybox_image, f"{busybox_image.split(':')[0]}", "other")
     other = f"{busybox_image.split(':')[0]}:other"
     path = swrite({"services": {"web": web(busybox_image, replicas=2)}})
@@ -294,6 +293,7 @@ def test_a_revision_swarm_rolled_back_is_held_until_the_file_changes(
     good = web(busybox_image, deploy=deploy)
     path = swrite({"services": {"web": good}})
     rec = reconciler(path, swarm, tmp_path)
+    rec.metrics = Metrics(CollectorRegistry(), process=False)
     assert apply_once(rec, timeout_s=120).ok
     bad = {**good, "command": ["sh", "-c", "sleep 1; exit 3"]}
     path = swrite({"services": {"web": bad}})
@@ -305,7 +305,12 @@ def test_a_revision_swarm_rolled_back_is_held_until_the_file_changes(
 
     applied = apply_once(rec, timeout_s=120)
     wait(lambda: state() == "rollback_completed", 120, "Swarm's rollback")
+    rolled = rec.metrics.registry.get_sample_value(  # type: ignore[union-attr]
+        "reconciler_rollouts_total", {"service": "web", "result": "rolled_back"}
+    )
+    assert rolled == 1
     fresh = reconciler(path, swarm, tmp_path)  # a restarted daemon: the record persists
+    fresh.metrics = Metrics(CollectorRegistry(), process=False)
     the_plan, _ = fresh.run()
     assert not the_plan.actions, the_plan
     assert any("held" in n for n in the_plan.notes), the_plan.notes
@@ -333,6 +338,10 @@ def test_a_revision_swarm_rolled_back_is_held_until_the_file_changes(
     env = swarm.inspect_service(name)["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"]
     assert env == ["FIXED=1"]
     assert not fresh.records.get("web").failed
+    completed = fresh.metrics.registry.get_sample_value(
+        "reconciler_rollouts_total", {"service": "web", "result": "completed"}
+    )
+    assert completed == 1
 
 
 def test_services_without_our_labels_are_never_touched(

@@ -113,6 +113,7 @@ class SwarmReconciler:
         self.records = records
         self.metrics = metrics
         self._lock = threading.Lock()  # one pass at a time may record its judgement
+        self._update_states: dict[str, str] = {}  # Swarm's UpdateStatus.State, last seen
 
     def held(self, observed: sp.SwarmObserved) -> dict[str, str]:
         """Judge Swarm's rollbacks against our records (and persist what changed)."""
@@ -150,6 +151,7 @@ class SwarmReconciler:
         done.settling = any(
             s.update_state in ("updating", "rollback_started") for s in observed.services
         )
+        self._rollout_metrics(observed, only)
         if not act:
             return the_plan, done
         failed_prereq: set[str] = set()
@@ -183,6 +185,26 @@ class SwarmReconciler:
                     action.spec.name, rec.model_copy(update={"pushed": action.spec.spec_hash})
                 )
         return the_plan, done
+
+    def _rollout_metrics(self, observed: sp.SwarmObserved, only: str | None) -> None:
+        """reconciler_rollout_in_progress while Swarm updates or rolls back a service;
+        reconciler_rollouts_total{result} when it finishes (rolled_back: see `held`)."""
+        if self.metrics is None:
+            return
+        live = {s.name: s for s in observed.services}
+        for svc in self.desired.services:
+            if only is not None and svc.name != only:
+                continue
+            obs = live.get(svc.full_name)
+            state = obs.update_state if obs is not None else ""
+            before = self._update_states.get(svc.name, "")
+            self._update_states[svc.name] = state
+            self.metrics.set_rollout(svc.name, state in ("updating", "rollback_started"))
+            if state != before and before in ("updating", "rollback_started"):
+                if state == "completed":
+                    self.metrics.rollout_finished(svc.name, "completed")
+                elif state == "paused":
+                    self.metrics.rollout_finished(svc.name, "paused")
 
     def _count(self, action: sp.SwarmAction, result: str) -> None:
         if self.metrics:
