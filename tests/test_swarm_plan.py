@@ -418,3 +418,24 @@ def test_secrets_undeclared_or_on_a_single_host_are_errors(tmp_path: Path) -> No
     with pytest.raises(DesiredStateError) as err:
         loader.parse(text, source="d.yaml", base_dir=tmp_path, environ={})
     assert "services.app.secrets: only with --target swarm" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("kind", "action", "name", "key"),
+    [
+        ("service", "update", "demo_web", "service:web"),
+        ("service", "remove", "other_web", None),
+        ("node", "update", "", "resync"),
+        ("config", "remove", "demo_a.txt-0123", "resync"),
+        ("network", "destroy", "demo_default", "resync"),
+        ("network", "connect", "demo_default", None),  # a container joining: not news
+        ("network", "destroy", "someone_else", None),
+    ],
+)
+def test_which_events_wake_which_key(kind: str, action: str, name: str, key: str | None) -> None:
+    """Our services' events wake their key; nodes, our configs and a removed network of ours
+    wake the project; other projects' objects and container attachments wake nothing."""
+    from reconciler.runtime.swarm_runtime import event_key
+
+    event = {"Type": kind, "Action": action, "Actor": {"Attributes": {"name": name}}}
+    assert event_key(event, "demo_") == key

@@ -38,7 +38,7 @@ log = structlog.get_logger("reconciler")
 RESYNC = "resync"
 RETRY_S = 2.0
 SETTLE_S = 1.0
-SWARM_EVENTS = ("service", "node", "config", "network")
+SWARM_EVENTS = ("service", "node", "config", "secret", "network")
 
 
 class SwarmRecord(BaseModel):
@@ -288,6 +288,26 @@ def apply_once(
 # --------------------------------------------------------------------------- daemon
 
 
+def event_key(event: dict[str, object], prefix: str) -> str | None:
+    """The work-queue key a Docker event asks for: one of our services, the project (a node
+    came, went or changed; one of our networks or configs went), or none (someone else's)."""
+    kind = event.get("Type")
+    actor = event.get("Actor")
+    attributes = actor.get("Attributes") if isinstance(actor, dict) else None
+    name = str((attributes or {}).get("name", ""))
+    if kind == "node":
+        return RESYNC
+    if not name.startswith(prefix):
+        return None
+    if kind == "service":
+        return f"service:{name.removeprefix(prefix)}"
+    if kind in ("config", "secret") or (
+        kind == "network" and event.get("Action") in ("destroy", "remove")
+    ):
+        return RESYNC
+    return None
+
+
 class SwarmDaemon:
     """Keeps one project's Swarm services equal to the file until stopped."""
 
@@ -450,12 +470,9 @@ class SwarmDaemon:
                     if self.signals.stop.is_set():
                         break
                     self.metrics.events.inc()
-                    name = ((event.get("Actor") or {}).get("Attributes") or {}).get("name", "")
-                    if event.get("Type") == "service" and name.startswith(prefix):
-                        self.queue.add(f"service:{name.removeprefix(prefix)}")
-                        self.metrics.triggers.labels("event").inc()
-                    elif event.get("Type") != "service":
-                        self.queue.add(RESYNC)
+                    key = event_key(event, prefix)
+                    if key is not None:
+                        self.queue.add(key)
                         self.metrics.triggers.labels("event").inc()
             except Exception as exc:  # the stream broke: reconnect (the resync covers the gap)
                 log.debug("event stream lost", error=str(exc))
