@@ -252,6 +252,12 @@ def _removals(
     return steps
 
 
+def _serving(c: ObservedContainer) -> bool:
+    """Up as far as a rollout is concerned: running and not unhealthy, or being restarted by
+    Docker (its health is the last run's, so it is not read)."""
+    return c.state == "restarting" or (c.state == "running" and c.health != "unhealthy")
+
+
 def _service_steps(
     svc: ServiceSpec,
     slots: Mapping[int, list[ObservedContainer]],
@@ -268,13 +274,30 @@ def _service_steps(
         return out
 
     classified = [_classify(spec, slots.get(spec.replica, [])) for spec in svc.replicas]
-    in_flight = sum(1 for s in classified if s.new is not None)
+    # A replacement whose old replica is gone, that serves and waits only for its name (held
+    # by a container of another service, which may never let it go) is the replica now, not
+    # a batch in flight: it must not hold the rollout of the other replicas back forever.
+    own = {c.id for containers in slots.values() for c in containers}
+    in_flight = sum(
+        1
+        for spec, s in zip(svc.replicas, classified, strict=True)
+        if s.new is not None
+        and not (
+            s.current is None
+            and _serving(s.new)
+            and s.new.health != "starting"
+            and p.ids.get(spec.name, "") not in ("", *own)
+        )
+    )
     # A rollout starts replacing running replicas only while every replica is up; a replica
     # kept as a tolerated failure (crash-looping on the new spec) does not hold it back, else
     # failure_action would never come.
+    # An unhealthy replica holds the next batch back too (one still starting does not: Docker
+    # gives it a verdict soon, and the new replica's own judge waits for health anyway; one
+    # Docker is restarting is left to Docker).
     all_up = all(s.current is not None or s.new is not None for s in classified) and all(
         s.current is None
-        or s.current.state in ("running", "restarting")
+        or _serving(s.current)
         or s.new is not None
         or s.current.id in rollout.failed
         for s in classified
@@ -323,7 +346,8 @@ def _service_steps(
             if cur.spec_hash == spec.spec_hash and cur.state != "dead" and not moved:
                 out += _heal(spec, cur, holds)
                 continue
-            down = cur.state not in ("running", "restarting") or moved
+            # Not serving (exited, dead, unhealthy): replaced at once, outside the budget.
+            down = not _serving(cur) or moved
             reason = _why_replace(cur, spec, moved)
             if down and (rollout.mode != "paused" or cur.state == "dead" or moved):
                 out.append((CreateContainer(spec, reason, ro.temp_name(spec)), _NO))
