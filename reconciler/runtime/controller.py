@@ -111,6 +111,12 @@ class Controller:
         self._images_ready: dict[str, EnsureImage] = {}  # service -> image made present
         self._images_wanted: dict[str, EnsureImage] = {}
         self._hints: dict[str, set[str]] = {}  # service -> ids of replicas that just died
+        # Fast heals run beside their service's key (each its own container, each a start
+        # of a replica on its current spec); the service's full reconcile waits for them.
+        self._healing: dict[str, set[str]] = {}  # service -> ids being started
+        self._deferred: set[str] = set()  # services whose reconcile waited for fast heals
+        self._book_locks: dict[str, threading.Lock] = {}
+        self._heal_pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="heal")
         self._quiet: set[str] = set()  # services whose last reconcile found nothing to do
         self._known: set[str] = set()  # container names seen: a create is then a heal
         self._known_volumes: set[str] = set()
@@ -124,7 +130,12 @@ class Controller:
     def hint_died(self, service: str, container_id: str) -> None:
         """A replica died (Docker event): the next reconcile of its service may start it
         straight away, without a full observe, if nothing else is pending for the service."""
-        self._hints.setdefault(service, set()).add(container_id)
+        with self._lock:
+            self._hints.setdefault(service, set()).add(container_id)
+
+    def close(self) -> None:
+        """Fast heals not started yet are dropped (the daemon is stopping)."""
+        self._heal_pool.shutdown(wait=False, cancel_futures=True)
 
     def reconcile(self, key: str, trigger: str = "manual") -> Outcome:
         """One reconcile of one key; raise EngineUnavailable if the engine cannot be read."""
@@ -209,13 +220,20 @@ class Controller:
     def _service(self, name: str) -> Outcome:
         desired = self.desired
         svc = next((s for s in desired.services if s.name == name), None)
-        hints = self._hints.pop(name, set())
-        if svc is not None and len(hints) == 1 and name in self._quiet:
-            # One replica died and nothing else is pending: start it on one inspect. Several
-            # (a mass failure) take the full path, which starts them all in parallel.
-            fast = self._fast_heal(desired, svc, hints.pop())
-            if fast is not None:
-                return fast
+        with self._lock:
+            hints = self._hints.pop(name, set())
+            healing = self._healing.setdefault(name, set())
+            if svc is not None and hints and name in self._quiet:
+                # Replicas died and nothing else is pending: each is started on one inspect,
+                # in parallel and without waiting for the others (a mass failure comes back
+                # as fast as Docker brings back its own).
+                for cid in sorted(hints - healing):
+                    healing.add(cid)
+                    self._heal_pool.submit(self._fast_heal_job, desired, svc, cid)
+                return Outcome(busy=True)
+            if healing:  # the full reconcile waits for the fast heals under way
+                self._deferred.add(name)
+                return Outcome(busy=True)
         now = self.clock()
         observed = _without_project_objects(self.engine.observe(desired.project))
         mine = self._with_start_times(name, _containers_of(observed, name))
@@ -314,12 +332,31 @@ class Controller:
         actions = sum(1 for r in results if r.outcome != "waiting")
         return Outcome(delay, busy, errors, actions)
 
-    def _fast_heal(self, desired: DesiredState, svc: ServiceSpec, cid: str) -> Outcome | None:
+    def _fast_heal_job(self, desired: DesiredState, svc: ServiceSpec, cid: str) -> None:
+        """A fast heal on the heal pool; then its service is looked at again (at once when
+        it was not plainly ours to start, or its reconcile waited for it)."""
+        started = False
+        try:
+            started = not self.cancelled() and self._fast_heal(desired, svc, cid)
+        except Exception as exc:  # an engine fault: the full reconcile takes over
+            log.warning("fast heal failed", service=svc.name, container=cid[:12], error=str(exc))
+        with self._lock:
+            healing = self._healing.get(svc.name, set())
+            healing.discard(cid)
+            waited = not healing and svc.name in self._deferred
+            if waited:
+                self._deferred.discard(svc.name)
+            if not started:
+                self._quiet.discard(svc.name)
+        now = not started or waited
+        self.enqueue(service_key(svc.name), 0.0 if now else VERIFY_AFTER_FAST_HEAL_S)
+
+    def _fast_heal(self, desired: DesiredState, svc: ServiceSpec, cid: str) -> bool:
         """Start a replica that just died, on one inspect, when it is plainly ours to start:
         its spec is current, no back-off holds it, Docker's restart policy will not."""
         info = self.engine.inspect(cid)
         if info is None:
-            return None
+            return False
         name = str(info.get("Name", "")).lstrip("/")
         state = info.get("State") or {}
         labels = (info.get("Config") or {}).get("Labels") or {}
@@ -333,17 +370,22 @@ class Controller:
             or run is None
             or docker_will_restart(spec.restart, run)
         ):
-            return None
-        book = self.books.setdefault(svc.name, HealingBook())
-        if book.exit_hold(name, run, svc.heal, self.clock()) is not None:
-            return None
+            return False
+        with self._book_lock(svc.name):
+            book = self.books.setdefault(svc.name, HealingBook())
+            if book.exit_hold(name, run, svc.heal, self.clock()) is not None:
+                return False
         action = StartContainer(cid, name, svc.name, f"exited ({run.exit_code})")
         results = self._apply(Plan(steps=(Step(action),)))
-        drained = self._drained.setdefault(svc.name, {})
-        self._after(svc.name, results, book, drained, self.clock(), {}, None)
-        if not results or results[0].outcome != "success":
-            return None
-        return Outcome(VERIFY_AFTER_FAST_HEAL_S, actions=1)
+        with self._book_lock(svc.name):
+            drained = self._drained.setdefault(svc.name, {})
+            self._after(svc.name, results, book, drained, self.clock(), {}, None)
+        return bool(results) and results[0].outcome == "success"
+
+    def _book_lock(self, service: str) -> threading.Lock:
+        """Fast heals of one service run side by side: their bookkeeping takes turns."""
+        with self._lock:
+            return self._book_locks.setdefault(service, threading.Lock())
 
     def _with_start_times(
         self, service: str, containers: tuple[ObservedContainer, ...]

@@ -38,6 +38,9 @@ log = structlog.get_logger("reconciler")
 
 ENGINE_RETRY_S = 2.0
 EVENT_RECHECK_S = 0.5
+# A network or volume event asks for a resync a moment later, so a burst (every replica
+# that dies leaves its networks: 50 `disconnect`s in a mass failure) is one resync.
+RESYNC_COALESCE_S = 0.25
 STOP_WAIT_S = 35.0  # the longest Docker call we wait for at shutdown (client timeout + margin)
 
 
@@ -101,7 +104,7 @@ class Daemon:
             api,
             lambda: self.controller.desired,
             on_container=self._on_container_event,
-            on_other=lambda: self.enqueue(RESYNC, 0.0, "event"),
+            on_other=lambda: self.enqueue(RESYNC, RESYNC_COALESCE_S, "event"),
             on_event=self.metrics.events.inc,
             stop=self.signals.stop,
         )
@@ -152,6 +155,7 @@ class Daemon:
             self.queue.shut_down()
             self.images.shut_down()
             self.engine.cancel_transfers()
+            self.controller.close()
             self.events.close()
             self.scheduler.shutdown(wait=False)
             deadline = time.monotonic() + STOP_WAIT_S
