@@ -163,11 +163,13 @@ def _plan(args: argparse.Namespace, desired: DesiredState) -> int:
     from dataclasses import replace
 
     from reconciler.core import rollout as ro
+    from reconciler.core.images import pin_all
     from reconciler.core.planner import Holds
     from reconciler.runtime.state_store import StateStore
 
     engine = Engine(connect())
     store = StateStore(desired.project, args.state_dir)
+    desired = pin_all(desired, engine.local_digest)  # a followed tag runs pinned to a digest
     services, rollouts = [], {}
     for svc in desired.services:
         record = ro.refresh(store.get(svc.name), svc)

@@ -306,8 +306,8 @@ class EnsureImage:
     image: str
     pull: PullPolicy
     build: BuildSpec | None = None
+    reason: str = "needed by a container to create"
     kind = "image"
-    reason = "needed by a container to create"
 
     @property
     def name(self) -> str:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from reconciler.core import images as im
 from reconciler.core import rollout as ro
 from reconciler.core.healing import HealingBook, LastRun, docker_will_restart
 from reconciler.core.model import (
@@ -90,6 +91,8 @@ class Controller:
         cancelled: Callable[[], bool] = lambda: False,
         on_result: Callable[[StepResult], None] | None = None,
         on_note: Callable[[str], None] = lambda note: None,
+        follow_tags: bool = False,
+        on_pulled: Callable[[str, str], None] = lambda service, image_id: None,
     ) -> None:
         self.engine = engine
         self.desired = desired
@@ -102,6 +105,12 @@ class Controller:
         self.cancelled = cancelled
         self.on_result = on_result
         self.on_note = on_note
+        # Periodic pull_policy: ask the registry on schedule (the daemon; `apply` only pins).
+        self.follow_tags = follow_tags
+        self.on_pulled = on_pulled  # (service, image id) after each pull (--prune-images)
+        self._pins: dict[str, str | None] = {}  # service -> its tag's local digest
+        self._tags: dict[str, im.TagCheck] = {}  # service -> the last look at its tag
+        self._updating: dict[str, str] = {}  # service -> new digest pulled, rollout to come
         self.books: dict[str, HealingBook] = {}
         self._drained: dict[str, dict[str, float]] = {}  # service -> container id -> until
         # Per service (each is touched by its own worker only): exited container id -> its
@@ -174,7 +183,10 @@ class Controller:
                 log.debug("note", project=desired.project, note=note)
                 self.on_note(note)
         observed = _without_project_objects(observed)  # reported above, once
-        for svc in desired.services:
+        for svc in map(self._pinned, desired.services):
+            if self.follow_tags and im.follows(svc):
+                due = self._tags.get(svc.name, im.TagCheck()).next_at
+                self.enqueue(image_key(svc.name), max(0.0, due - now))
             target, _, rollout = self._target(svc)
             mine = _containers_of(observed, svc.name)
             holds = Holds(
@@ -208,7 +220,7 @@ class Controller:
 
     def _service(self, name: str) -> Outcome:
         desired = self.desired
-        svc = next((s for s in desired.services if s.name == name), None)
+        svc = next((self._pinned(s) for s in desired.services if s.name == name), None)
         hints = self._hints.pop(name, set())
         if svc is not None and len(hints) == 1 and name in self._quiet:
             # One replica died and nothing else is pending: start it on one inspect. Several
@@ -273,6 +285,7 @@ class Controller:
         self.store.put(name, new_record)
         for event in events:
             self._rollout_event(name, event)
+            self._image_update_event(name, event)
         self._service_metrics(svc, target, after_mine, new_record)
         if any(r.outcome == "success" and isinstance(r.action, StartContainer) for r in results):
             for other in desired.services:  # dependents may start now
@@ -387,7 +400,7 @@ class Controller:
         """Pull or build a service's image (its own key: it never holds up a heal)."""
         action = self._images_wanted.get(service)
         if action is None:
-            return Outcome()
+            return self._check_tag(service) if self.follow_tags else Outcome()
         started = time.monotonic()
         log.info(
             "action",
@@ -411,6 +424,7 @@ class Controller:
         else:
             result = StepResult(action, "success", None, time.monotonic() - started)
             self._images_ready[service] = action
+            self._pulled(service, action.image)
         self._images_wanted.pop(service, None)
         self._report(result, job=True)
         book = self.books.setdefault(service, HealingBook())
@@ -424,6 +438,110 @@ class Controller:
             book.record_failures([], [action.key], heal, self.clock())
         self.enqueue(service_key(service), 0.0)
         return Outcome(errors=int(result.outcome == "error"), actions=1)
+
+    def _pinned(self, svc: ServiceSpec) -> ServiceSpec:
+        """A service that follows its tag, pinned to the digest the tag has locally (looked up
+        once, again after each pull or check of it)."""
+        if not im.follows(svc):
+            return svc
+        if svc.name not in self._pins:
+            self._pins[svc.name] = self.engine.local_digest(svc.image)
+        return im.pin(svc, self._pins[svc.name] or "")
+
+    def _pulled(self, service: str, image: str) -> None:
+        self._pins.pop(service, None)
+        image_id = self.engine.image_id(image)
+        if image_id:
+            self.on_pulled(service, image_id)
+
+    def _check_tag(self, service: str) -> Outcome:
+        """Ask the registry for the tag's digest (no layers); pull when it moved, then let the
+        service roll out to it. A registry that fails changes nothing and is asked again
+        with back-off."""
+        svc = next((s for s in self.desired.services if s.name == service), None)
+        if svc is None or not im.follows(svc) or svc.pull_every_s is None:
+            self._tags.pop(service, None)
+            return Outcome()
+        every, now = svc.pull_every_s, self.clock()
+        check = self._tags.get(service, im.TagCheck())
+        if now < check.next_at:
+            return Outcome(requeue_after=check.next_at - now)
+        try:
+            newest = self.engine.registry_digest(svc.image)
+            local = self.engine.local_digest(svc.image)
+            self._pins.pop(service, None)  # re-read: someone may have pulled it meanwhile
+            if newest and newest != local:
+                log.info(
+                    "image tag moved; pulling",
+                    service=service,
+                    image=svc.image,
+                    running=local,
+                    newest=newest,
+                )
+                pull = EnsureImage(service, svc.image, "always", reason="the tag moved")
+                self._image_job(pull)
+                self._updating[service] = newest
+                self.enqueue(service_key(service), 0.0)
+                result = None
+            else:
+                result = "unchanged"
+                log.debug("image tag unchanged", service=service, image=svc.image, digest=newest)
+        except ActionFailed as exc:
+            check = im.failed(check, now, every, str(exc))
+            self._tags[service] = check
+            log.warning(
+                "image check failed; what runs is left alone",
+                service=service,
+                image=svc.image,
+                error=str(exc),
+                retry_s=round(check.next_at - now, 3),
+            )
+            self._count_update(service, "error")
+            return Outcome(requeue_after=check.next_at - now, errors=1)
+        self._tags[service] = im.checked(check, now, every, newest)
+        if result:
+            self._count_update(service, result)
+        return Outcome(requeue_after=every)
+
+    def _image_job(self, action: EnsureImage) -> None:
+        """Pull for a followed tag on this (image) worker; raise ActionFailed."""
+        started = time.monotonic()
+
+        def progress(line: str) -> None:
+            log.info("image progress", service=action.service, image=action.image, progress=line)
+
+        try:
+            self.engine.ensure_image(action, timeout_s=self.pull_timeout_s, progress=progress)
+        except ActionFailed as exc:
+            self._report(
+                StepResult(action, "error", str(exc), time.monotonic() - started, exc.transient),
+                job=True,
+            )
+            raise
+        self._report(StepResult(action, "success", None, time.monotonic() - started), job=True)
+        self._pulled(action.service, action.image)
+
+    def _image_update_event(self, service: str, event: ro.RolloutEvent) -> None:
+        """The end of the rollout a moved tag started: updated, rolled_back or paused."""
+        if service in self._updating and event.kind in ("completed", "rolled_back", "paused"):
+            self._updating.pop(service, None)
+            self._count_update(service, "updated" if event.kind == "completed" else event.kind)
+
+    def _count_update(self, service: str, result: str) -> None:
+        if self.metrics:
+            self.metrics.image_updates.labels(service, result).inc()
+
+    def tags(self) -> dict[str, dict[str, object]]:
+        """The followed tags, for `reconciler status` (JSON-ready)."""
+        return {
+            name: {
+                "newest": c.newest,
+                "checked_at": c.checked_at,
+                "next_at": c.next_at,
+                "error": c.error or None,
+            }
+            for name, c in list(self._tags.items())
+        }
 
     def _ensure(self, action: EnsureImage) -> None:
         """The EnsureImage step of a service plan: done when the image is there for this

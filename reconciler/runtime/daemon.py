@@ -81,6 +81,7 @@ class Daemon:
             enqueue=self.enqueue,
             pull_timeout_s=options.pull_timeout,
             cancelled=self.signals.stop.is_set,
+            follow_tags=True,
         )
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self._file_stamp = stamps(options.path, desired.watched)
@@ -270,6 +271,7 @@ class Daemon:
             "pid": os.getpid(),
             "updated_at": time.time(),
             "crashloop": self.controller.crashloops(),
+            "images": self.controller.tags(),
             "reload": self._last_reload,
         }
         try:
