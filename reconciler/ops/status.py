@@ -83,7 +83,11 @@ def render_status(
     live = {c.name: c for c in observed.containers}
     loops = read_crashloops(status_file) if status_file else {}
     tags = read_crashloops(status_file, "images") if status_file else {}
-    pinned = {s.name: s for s in im.pin_all(desired, engine.local_digest).services}
+    if any(im.follows(s) for s in desired.services):
+        desired_now = im.pin_all(desired, engine.local_digest)  # followed tags run pinned
+    else:
+        desired_now = desired
+    pinned = {s.name: s for s in desired_now.services}
     rows = [("SERVICE", "DESIRED", "RUNNING", "HEALTHY", "RESTARTS", "IMAGE", "ROLLOUT")]
     problems: list[str] = []
     for svc in desired.services:

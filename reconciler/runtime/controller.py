@@ -275,7 +275,7 @@ class Controller:
         refused = [
             (r.action, r.error or "")
             for r in results
-            if r.outcome == "error" and not r.engine_fault
+            if r.outcome == "error" and not r.engine_fault and not _image_gone(r)
         ]
         after = self.engine.containers(desired.project) if results else observed.containers
         after_mine = tuple(c for c in after if c.service == name)
@@ -616,6 +616,8 @@ class Controller:
         self.store.put_drains(service, kept)
         for r in results:
             a = r.action
+            if _image_gone(r):  # removed behind our back: make it present again next pass
+                self._images_ready.pop(service, None)
             if r.outcome != "success":
                 continue
             if isinstance(a, SignalContainer):
@@ -769,6 +771,16 @@ def _ready(desired: DesiredState, observed: Observed) -> frozenset[str]:
     """Services whose every replica runs (what a dependent's start waits for)."""
     running = {c.name for c in observed.containers if c.state == "running"}
     return frozenset(s.name for s in desired.services if all(c.name in running for c in s.replicas))
+
+
+def _image_gone(r: StepResult) -> bool:
+    """A create Docker refused because its image is not there (removed since it was made
+    present): the image is made present again; the spec is not at fault."""
+    return (
+        r.outcome == "error"
+        and isinstance(r.action, CreateContainer)
+        and "No such image" in (r.error or "")
+    )
 
 
 def _keys_of(name: str) -> tuple[str, ...]:
