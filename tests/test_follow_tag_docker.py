@@ -47,6 +47,7 @@ class Pusher:
         self.config.mkdir()
         login(self.config, replace(registry, address=f"localhost:{port}"))
         self.ids: list[str] = []
+        self.sources: list[str] = []
 
     def push(self, healthy: bool) -> str:
         """Build a new image (with /healthy or without), push it as the tag; its digest."""
@@ -55,6 +56,7 @@ class Pusher:
         if healthy:
             lines.append('RUN ["/bin/touch", "/healthy"]')
         source = f"reconciler-test-follow-src:{marker[:12]}"
+        self.sources.append(source)
         for chunk in self.api.build(
             fileobj=io.BytesIO("\n".join(lines).encode()), tag=source, rm=True, decode=True
         ):
@@ -68,6 +70,12 @@ class Pusher:
         # image races in the engine, which can delete what the pull just tagged.
         self.api.remove_image(f"{self._remote}:t")
         return str(digests[0].partition("@")[2])
+
+    def untag_sources(self) -> None:
+        """Leave the pushed images with the names the daemon pulled them by only."""
+        for source in self.sources:
+            with contextlib.suppress(docker.errors.NotFound):
+                self.api.remove_image(source)
 
     def cleanup(self) -> None:
         for ref in [self.followed, *self.ids]:  # by id: the sources, and what was pulled
@@ -97,6 +105,29 @@ def running_digests(api: docker.APIClient, project: str) -> list[str]:
     return sorted(str(c["Image"]).partition("@")[2] for c in cs if c["State"] == "running")
 
 
+def following(p: Pusher) -> dict[str, Any]:
+    """Two replicas of the followed tag, checked every 2 s, healthy when /healthy exists."""
+    return {
+        "services": {
+            "app": {
+                "image": p.followed,
+                "pull_policy": "every_2s",
+                "replicas": 2,
+                "init": True,
+                "command": ["sleep", "100000"],
+                "healthcheck": {
+                    "test": ["CMD", "test", "-f", "/healthy"],
+                    "interval": "1s",
+                    "retries": 2,
+                },
+                "drain_period": "0s",
+                "stop_grace_period": "1s",
+                "deploy": {"update_config": {"monitor": "1s"}},
+            }
+        }
+    }
+
+
 def events(d: DaemonProcess, name: str, **fields: Any) -> list[dict[str, Any]]:
     return [e for e in d.events(name) if all(e.get(k) == v for k, v in fields.items())]
 
@@ -116,27 +147,7 @@ def test_a_moving_tag_is_rolled_out_rolled_back_held_and_left_alone_when_the_reg
     p, registry, stop_registry = pusher
     login(docker_config, registry)
     v1 = p.push(healthy=True)
-    path = write_state(
-        {
-            "services": {
-                "app": {
-                    "image": p.followed,
-                    "pull_policy": "every_2s",
-                    "replicas": 2,
-                    "init": True,
-                    "command": ["sleep", "100000"],
-                    "healthcheck": {
-                        "test": ["CMD", "test", "-f", "/healthy"],
-                        "interval": "1s",
-                        "retries": 2,
-                    },
-                    "drain_period": "0s",
-                    "stop_grace_period": "1s",
-                    "deploy": {"update_config": {"monitor": "1s"}},
-                }
-            }
-        }
-    )
+    path = write_state(following(p))
     d = daemon(path)
     wait_for(lambda: running_digests(api, project) == [v1, v1], DEADLINE_S, what="v1 to run")
 
@@ -208,3 +219,41 @@ def test_a_moving_tag_is_rolled_out_rolled_back_held_and_left_alone_when_the_reg
     )
     assert after == ids
     assert running_digests(api, project) == [v4, v4]
+    assert not d.events("image pruned")  # --prune-images is off by default
+
+
+def test_prune_images_removes_what_the_daemon_pulled_and_nothing_uses_keeping_the_previous(
+    pusher: tuple[Pusher, Registry, Callable[[], None]],
+    api: docker.APIClient,
+    busybox_image: str,
+    project: str,
+    docker_config: Path,
+    write_state: Callable[..., Path],
+    daemon: Callable[..., DaemonProcess],
+) -> None:
+    """With --prune-images, after the tag moved v1 -> v2 -> v3, v1 (pulled by the daemon,
+    used by no container) is removed; v2 (the previous one) and v3 stay, and so does every
+    image the daemon did not pull."""
+    p, registry, _ = pusher
+    login(docker_config, registry)
+    v1 = p.push(healthy=True)
+    d = daemon(write_state(following(p)), extra=("--prune-images",))
+    wait_for(lambda: running_digests(api, project) == [v1, v1], DEADLINE_S, what="v1 to run")
+    v2 = p.push(healthy=True)
+    wait_for(lambda: running_digests(api, project) == [v2, v2], DEADLINE_S, what="v2 to run")
+    v3 = p.push(healthy=True)
+    wait_for(lambda: running_digests(api, project) == [v3, v3], DEADLINE_S, what="v3 to run")
+    p.untag_sources()  # as if pulled from elsewhere: only the daemon's names are left
+
+    def gone(image_id: str) -> bool:
+        try:
+            api.inspect_image(image_id)
+        except docker.errors.NotFound:
+            return True
+        return False
+
+    wait_for(lambda: gone(p.ids[0]), DEADLINE_S, what="v1 to be pruned")
+    assert events(d, "image pruned", service="app")
+    assert not gone(p.ids[1]) and not gone(p.ids[2])
+    assert api.inspect_image(busybox_image)
+    assert running_digests(api, project) == [v3, v3]

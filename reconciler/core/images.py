@@ -53,6 +53,7 @@ def pin_all(desired: DesiredState, digest: Callable[[str], str | None]) -> Desir
 class TagCheck:
     """What the daemon knows of one followed tag (kept in memory; a restart checks at once)."""
 
+    image: str = ""  # the tag asked about
     next_at: float = 0.0  # when to ask the registry again
     checked_at: float | None = None  # the last answer
     newest: str = ""  # the tag's digest in the registry then
@@ -62,7 +63,7 @@ class TagCheck:
 
 def checked(check: TagCheck, now: float, every_s: float, newest: str) -> TagCheck:
     """The registry answered: next look one period on."""
-    return TagCheck(now + every_s, now, newest, 0, "")
+    return TagCheck(check.image, now + every_s, now, newest, 0, "")
 
 
 def failed(check: TagCheck, now: float, every_s: float, error: str) -> TagCheck:

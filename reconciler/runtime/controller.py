@@ -45,6 +45,7 @@ from reconciler.core.planner import Holds, plan
 from reconciler.engine.docker_engine import Engine
 from reconciler.errors import ActionFailed, Deferred, EngineUnavailable
 from reconciler.runtime.executor import StepResult, apply
+from reconciler.runtime.image_ledger import ImageLedger
 from reconciler.runtime.state_store import StateStore
 
 if TYPE_CHECKING:  # prometheus_client is imported only where metrics are served
@@ -92,7 +93,7 @@ class Controller:
         on_result: Callable[[StepResult], None] | None = None,
         on_note: Callable[[str], None] = lambda note: None,
         follow_tags: bool = False,
-        on_pulled: Callable[[str, str], None] = lambda service, image_id: None,
+        ledger: ImageLedger | None = None,
     ) -> None:
         self.engine = engine
         self.desired = desired
@@ -107,8 +108,9 @@ class Controller:
         self.on_note = on_note
         # Periodic pull_policy: ask the registry on schedule (the daemon; `apply` only pins).
         self.follow_tags = follow_tags
-        self.on_pulled = on_pulled  # (service, image id) after each pull (--prune-images)
-        self._pins: dict[str, str | None] = {}  # service -> its tag's local digest
+        self.ledger = ledger  # --prune-images: the images pulled, to remove once unused
+        self._prune_wanted: set[str] = set()
+        self._pins: dict[str, tuple[str, str | None]] = {}  # service -> (tag, local digest)
         self._tags: dict[str, im.TagCheck] = {}  # service -> the last look at its tag
         self._updating: dict[str, str] = {}  # service -> new digest pulled, rollout to come
         self.books: dict[str, HealingBook] = {}
@@ -185,7 +187,8 @@ class Controller:
         observed = _without_project_objects(observed)  # reported above, once
         for svc in map(self._pinned, desired.services):
             if self.follow_tags and im.follows(svc):
-                due = self._tags.get(svc.name, im.TagCheck()).next_at
+                check = self._tags.get(svc.name, im.TagCheck())
+                due = check.next_at if check.image == im.unpinned(svc.image) else 0.0
                 self.enqueue(image_key(svc.name), max(0.0, due - now))
             target, _, rollout = self._target(svc)
             mine = _containers_of(observed, svc.name)
@@ -398,6 +401,9 @@ class Controller:
 
     def _image(self, service: str) -> Outcome:
         """Pull or build a service's image (its own key: it never holds up a heal)."""
+        if service in self._prune_wanted:
+            self._prune_wanted.discard(service)
+            self._prune(service)
         action = self._images_wanted.get(service)
         if action is None:
             return self._check_tag(service) if self.follow_tags else Outcome()
@@ -444,15 +450,19 @@ class Controller:
         once, again after each pull or check of it)."""
         if not im.follows(svc):
             return svc
-        if svc.name not in self._pins:
-            self._pins[svc.name] = self.engine.local_digest(svc.image)
-        return im.pin(svc, self._pins[svc.name] or "")
+        tag, digest = self._pins.get(svc.name, ("", None))
+        if tag != svc.image:  # not looked up yet, or the file names another tag now
+            digest = self.engine.local_digest(svc.image)
+            self._pins[svc.name] = (svc.image, digest)
+        return im.pin(svc, digest or "")
 
     def _pulled(self, service: str, image: str) -> None:
         self._pins.pop(service, None)
-        image_id = self.engine.image_id(image)
-        if image_id:
-            self.on_pulled(service, image_id)
+        if self.ledger is not None:
+            image_id = self.engine.image_id(image)
+            if image_id:
+                self.ledger.add(service, image_id)
+            self._prune(service)
 
     def _check_tag(self, service: str) -> Outcome:
         """Ask the registry for the tag's digest (no layers); pull when it moved, then let the
@@ -464,6 +474,8 @@ class Controller:
             return Outcome()
         every, now = svc.pull_every_s, self.clock()
         check = self._tags.get(service, im.TagCheck())
+        if check.image != svc.image:  # another tag since: ask at once
+            check = im.TagCheck(image=svc.image)
         if now < check.next_at:
             return Outcome(requeue_after=check.next_at - now)
         try:
@@ -480,7 +492,8 @@ class Controller:
                 )
                 pull = EnsureImage(service, svc.image, "always", reason="the tag moved")
                 self._image_job(pull)
-                self._updating[service] = newest
+                if local is not None:  # a new digest of what ran (not the first pull)
+                    self._updating[service] = newest
                 self.enqueue(service_key(service), 0.0)
                 result = None
             else:
@@ -499,6 +512,7 @@ class Controller:
             self._count_update(service, "error")
             return Outcome(requeue_after=check.next_at - now, errors=1)
         self._tags[service] = im.checked(check, now, every, newest)
+        self._prune(service)
         if result:
             self._count_update(service, result)
         return Outcome(requeue_after=every)
@@ -521,8 +535,32 @@ class Controller:
         self._report(StepResult(action, "success", None, time.monotonic() - started), job=True)
         self._pulled(action.service, action.image)
 
+    def _prune(self, service: str) -> None:
+        """--prune-images: remove the images pulled for `service` that no container (anyone's)
+        uses, except what its tag names now, what a rollback returns to, and the last two
+        pulled (the previous one stays for a rollback by hand). Never forced."""
+        ids = self.ledger.of(service) if self.ledger is not None else []
+        if len(ids) <= 2 or self.ledger is None:
+            return
+        svc = next((s for s in self.desired.services if s.name == service), None)
+        stable = self.store.get(service).stable
+        refs = [im.unpinned(svc.image)] if svc else []
+        keep = self.engine.images_in_use() | set(ids[-2:])
+        keep |= {self.engine.image_id(ref) or "" for ref in refs + [c.image for c in stable[:1]]}
+        for image_id in ids:
+            if image_id in keep:
+                continue
+            if self.engine.remove_image(image_id):
+                self.ledger.forget(service, image_id)
+                log.info("image pruned", service=service, image=image_id[:19])
+            else:
+                log.debug("image not pruned (Docker refused)", service=service, image=image_id)
+
     def _image_update_event(self, service: str, event: ro.RolloutEvent) -> None:
         """The end of the rollout a moved tag started: updated, rolled_back or paused."""
+        if self.ledger is not None and event.kind in ("completed", "rollback_completed"):
+            self._prune_wanted.add(service)  # the old image may be unused now
+            self.enqueue(image_key(service), 0.0)
         if service in self._updating and event.kind in ("completed", "rolled_back", "paused"):
             self._updating.pop(service, None)
             self._count_update(service, "updated" if event.kind == "completed" else event.kind)

@@ -29,6 +29,7 @@ from reconciler.ops.lock import ProjectLock, status_path
 from reconciler.ops.metrics import Metrics
 from reconciler.ops.notify import Notifier, watchdog_interval
 from reconciler.runtime.controller import RESYNC, Controller, Outcome, service_key
+from reconciler.runtime.image_ledger import ImageLedger
 from reconciler.runtime.signals import SignalRelay
 from reconciler.runtime.state_store import StateStore
 from reconciler.runtime.watchers import EventWatcher, stamps
@@ -52,6 +53,7 @@ class Options:
     lock_dir: Path | None = None
     state_dir: Path | None = None
     pull_timeout: float = 600.0
+    prune_images: bool = False  # remove images this daemon pulled once nothing uses them
 
 
 class Daemon:
@@ -82,6 +84,9 @@ class Daemon:
             pull_timeout_s=options.pull_timeout,
             cancelled=self.signals.stop.is_set,
             follow_tags=True,
+            ledger=ImageLedger(desired.project, options.state_dir)
+            if options.prune_images
+            else None,
         )
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self._file_stamp = stamps(options.path, desired.watched)
