@@ -199,7 +199,7 @@ def test_a_moving_tag_is_rolled_out_rolled_back_held_and_left_alone_when_the_reg
     v4 = p.push(healthy=True)
     wait_for(lambda: running_digests(api, project) == [v4, v4], DEADLINE_S, what="v4 rolled out")
     wait_for(
-        lambda: len(events(d, "rollout completed", service="app")) == 2,  # v2's, then v4's
+        lambda: len(events(d, "rollout completed", service="app")) >= 2,  # v2's, then v4's
         DEADLINE_S,
         what="v4's rollout to complete",
     )
