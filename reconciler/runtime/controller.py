@@ -487,7 +487,7 @@ class Controller:
                     "image tag moved; pulling",
                     service=service,
                     image=svc.image,
-                    running=local,
+                    local=local,
                     newest=newest,
                 )
                 pull = EnsureImage(service, svc.image, "always", reason="the tag moved")
