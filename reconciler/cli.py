@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "--workers", type=int, default=4, help="services reconciled at once (default 4)"
             )
             p.add_argument(
+                "--prune-images",
+                action="store_true",
+                help="remove images this daemon pulled once no container uses them (keeping "
+                "each service's previous one); off by default: others on the host may want them",
+            )
+            p.add_argument(
                 "--listen",
                 type=_listen,
                 action="append",
@@ -163,11 +169,13 @@ def _plan(args: argparse.Namespace, desired: DesiredState) -> int:
     from dataclasses import replace
 
     from reconciler.core import rollout as ro
+    from reconciler.core.images import pin_all
     from reconciler.core.planner import Holds
     from reconciler.runtime.state_store import StateStore
 
     engine = Engine(connect())
     store = StateStore(desired.project, args.state_dir)
+    desired = pin_all(desired, engine.local_digest)  # a followed tag runs pinned to a digest
     services, rollouts = [], {}
     for svc in desired.services:
         record = ro.refresh(store.get(svc.name), svc)
@@ -247,6 +255,7 @@ def _run(args: argparse.Namespace, desired: DesiredState) -> int:
         state_dir=args.state_dir,
         pull_timeout=args.pull_timeout,
         workers=args.workers,
+        prune_images=args.prune_images,
     )
     try:
         api = connect()

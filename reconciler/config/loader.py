@@ -37,6 +37,7 @@ from reconciler.config.schema import (
     ServiceDef,
     UpdateConfigDef,
     VolumeMountDef,
+    parse_pull_policy,
 )
 from reconciler.config.yamlread import (
     BOOL,
@@ -75,7 +76,10 @@ MAX_PROJECT_NAME = 63
 MAX_DNS_LABEL = 63
 ENV_MAX_REPLICAS = "RECONCILER_MAX_REPLICAS"
 # Keys that do not change what a service's containers are: left out of its revision.
-_NOT_IN_REVISION = {"replicas", "deploy", "heal", "drain_period", "state", "pull", "depends_on"}
+_NOT_IN_REVISION = {"replicas", "deploy", "heal", "drain_period", "state", "depends_on"} | {
+    "pull",
+    "pull_policy",
+}
 _PORT = re.compile(
     r"^(?:(?P<ip>[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9a-fA-F:]+\]):)?"
     r"(?:(?P<host>[0-9]{1,10}(?:-[0-9]{1,10})?):)?"
@@ -615,6 +619,7 @@ def _check(d: DesiredStateDef, project: str) -> Iterable[Issue]:
                 f"{svc.replicas} conflicts with deploy.replicas: {svc.deploy.replicas}; "
                 "give one of them",
             )
+        yield from _check_pull_policy(svc, at)
         if svc.container_name and replicas > 1:
             yield Issue((*at, "container_name"), "only allowed with replicas: 1 (names are unique)")
         for i, dep in enumerate(svc.depends_on):
@@ -669,6 +674,21 @@ def _check(d: DesiredStateDef, project: str) -> Iterable[Issue]:
             ("services",),
             f"depends_on has a cycle: {' -> '.join(cycle)}",
             ("services", cycle[0], "depends_on"),
+        )
+
+
+def _check_pull_policy(svc: ServiceDef, at: DataPath) -> Iterable[Issue]:
+    if svc.pull_policy is None:
+        return
+    if "pull" in svc.model_fields_set:
+        yield Issue((*at, "pull_policy"), "give pull_policy (compose's name) or pull, not both")
+    policy = svc.pull_policy.strip()
+    if policy == "build" and svc.build is None:
+        yield Issue((*at, "pull_policy"), "build needs a build: section to build from")
+    if parse_pull_policy(policy)[1] is not None and svc.build is not None:
+        yield Issue(
+            (*at, "pull_policy"),
+            f"{policy} follows a tag in a registry; a service with build: has none to follow",
         )
 
 
@@ -958,11 +978,13 @@ class _Renderer:
         heal = HealPolicy(
             s.heal.min_uptime, s.heal.backoff_initial, s.heal.backoff_max, s.heal.unhealthy_grace
         )
+        pull, every = parse_pull_policy(s.pull_policy) if s.pull_policy else (s.pull, None)
         return ServiceSpec(
             name=name,
             image=image,
             replicas=replicas,
-            pull=s.pull,
+            pull=pull,
+            pull_every_s=every,
             build=build,
             depends_on=tuple(_depends(s)),
             state=s.state,

@@ -53,6 +53,42 @@ def parse_duration(value: Any) -> float:
     raise ValueError("must be a duration such as 10s, 1m30s or 500ms")
 
 
+PULL_EVERY_MIN_S = 1.0
+_PERIODS = {"daily": 86400.0, "weekly": 7 * 86400.0}
+
+
+def parse_pull_policy(value: str) -> tuple[Literal["missing", "always", "never"], float | None]:
+    """compose's pull_policy -> (what a create does, how often the tag is checked or None).
+
+    always, missing (if_not_present), never; build (rebuild on every create); daily, weekly
+    and every_<duration> (`every_5m`, `every_12h`) follow the tag: missing at create, then
+    the registry is asked on that schedule.
+    """
+    text = value.strip()
+    if text in ("always", "never", "missing"):
+        return text, None  # type: ignore[return-value]
+    if text == "if_not_present":
+        return "missing", None
+    if text == "build":
+        return "always", None
+    if text in _PERIODS:
+        return "missing", _PERIODS[text]
+    if text.startswith("every_"):
+        try:
+            seconds = parse_duration(text.removeprefix("every_"))
+        except ValueError:
+            seconds = -1.0
+        if seconds < PULL_EVERY_MIN_S:
+            raise ValueError(
+                f"every_<duration> needs a duration of at least {PULL_EVERY_MIN_S:g}s, "
+                "such as every_5m or every_12h"
+            )
+        return "missing", seconds
+    raise ValueError(
+        "must be always, missing, never, build, daily, weekly or every_<duration> (every_5m)"
+    )
+
+
 def _integer(value: Any) -> Any:
     """An integer, or its decimal text (what `${VAR}` gives); never true/false or 1.5."""
     if isinstance(value, bool):
@@ -224,6 +260,7 @@ class ServiceDef(_Model):
     image: str | None = None
     build: str | BuildDef | None = None
     pull: Literal["missing", "always", "never"] = "missing"
+    pull_policy: str | None = None  # compose's name; parse_pull_policy
     replicas: Int = Field(1, ge=0)
     container_name: str | None = None
     command: str | list[str] | None = None
@@ -263,6 +300,13 @@ class ServiceDef(_Model):
         return self.replicas
 
     _limit = field_validator("replicas")(_replica_limit)
+
+    @field_validator("pull_policy")
+    @classmethod
+    def _pull_policy(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_pull_policy(value)
+        return value
 
     @field_validator("restart")
     @classmethod

@@ -178,6 +178,7 @@ class ServiceSpec:
     image: str
     replicas: tuple[ContainerSpec, ...]
     pull: PullPolicy = "missing"
+    pull_every_s: float | None = None  # follow the tag: ask the registry this often
     build: BuildSpec | None = None
     depends_on: tuple[str, ...] = ()
     state: Literal["running", "stopped"] = "running"
@@ -305,8 +306,8 @@ class EnsureImage:
     image: str
     pull: PullPolicy
     build: BuildSpec | None = None
+    reason: str = "needed by a container to create"
     kind = "image"
-    reason = "needed by a container to create"
 
     @property
     def name(self) -> str:

@@ -333,6 +333,55 @@ class Engine:
                 return False
             raise
 
+    def local_digest(self, image: str) -> str | None:
+        """The registry digest the local `image` (a tag) was pulled or pushed as; None when
+        the image is absent or never came from a registry."""
+        try:
+            with docker_errors(f"inspect image {image}"):
+                info = self.api.inspect_image(image)
+        except ActionFailed as exc:
+            if isinstance(exc.__cause__, docker.errors.NotFound):
+                return None
+            raise
+        repo, _ = parse_repository_tag(image.partition("@")[0])
+        digests = [str(d).partition("@") for d in info.get("RepoDigests") or []]
+        mine = [dg for name, _, dg in digests if name == repo] or [dg for _, _, dg in digests]
+        return mine[0] if mine else None
+
+    def registry_digest(self, image: str) -> str:
+        """The digest the registry gives `image` (a tag) now, with the credentials a pull would
+        use, without pulling a layer (the engine's distribution inspect: one manifest HEAD)."""
+        self._reload_credentials()
+        with docker_errors(f"ask the registry for {image}"):
+            self._call("distribution_inspect")
+            found = self.api.inspect_distribution(image)
+        return str((found.get("Descriptor") or {}).get("digest") or "")
+
+    def image_id(self, image: str) -> str | None:
+        try:
+            with docker_errors(f"inspect image {image}"):
+                return str(self.api.inspect_image(image)["Id"])
+        except ActionFailed as exc:
+            if isinstance(exc.__cause__, docker.errors.NotFound):
+                return None
+            raise
+
+    def images_in_use(self) -> set[str]:
+        """IDs of the images any container on the engine (anyone's) was created from."""
+        with docker_errors("list containers"):
+            return {str(c.get("ImageID")) for c in self.api.containers(all=True)}
+
+    def remove_image(self, image_id: str) -> bool:
+        """Remove an unused image (never forced: one a container uses, or tagged by several
+        names, stays); False when Docker refused."""
+        try:
+            with docker_errors(f"remove image {image_id[:19]}"):
+                self._call("image_remove")
+                self.api.remove_image(image_id)
+            return True
+        except ActionFailed as exc:
+            return isinstance(exc.__cause__, docker.errors.NotFound)
+
     def ensure_image(
         self,
         action: EnsureImage,

@@ -100,6 +100,14 @@ class Metrics:
             ["service"],
             registry=r,
         )
+        self.image_updates = Counter(
+            "reconciler_image_updates",
+            "Looks at followed tags (periodic pull_policy), by service and result: unchanged, "
+            "error (registry or pull failed), updated, rolled_back, paused (the new digest's "
+            "rollout).",
+            ["service", "result"],
+            registry=r,
+        )
         self.docker_up = Gauge("reconciler_docker_up", "1 when the engine answers.", registry=r)
         self.docker_errors = Counter(
             "reconciler_docker_errors",

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from reconciler.core import images as im
 from reconciler.core import rollout as ro
 from reconciler.core.healing import HealingBook, LastRun, docker_will_restart
 from reconciler.core.model import (
@@ -44,6 +45,7 @@ from reconciler.core.planner import Holds, plan
 from reconciler.engine.docker_engine import Engine
 from reconciler.errors import ActionFailed, Deferred, EngineUnavailable
 from reconciler.runtime.executor import StepResult, apply
+from reconciler.runtime.image_ledger import ImageLedger
 from reconciler.runtime.state_store import StateStore
 
 if TYPE_CHECKING:  # prometheus_client is imported only where metrics are served
@@ -90,6 +92,8 @@ class Controller:
         cancelled: Callable[[], bool] = lambda: False,
         on_result: Callable[[StepResult], None] | None = None,
         on_note: Callable[[str], None] = lambda note: None,
+        follow_tags: bool = False,
+        ledger: ImageLedger | None = None,
     ) -> None:
         self.engine = engine
         self.desired = desired
@@ -102,6 +106,13 @@ class Controller:
         self.cancelled = cancelled
         self.on_result = on_result
         self.on_note = on_note
+        # Periodic pull_policy: ask the registry on schedule (the daemon; `apply` only pins).
+        self.follow_tags = follow_tags
+        self.ledger = ledger  # --prune-images: the images pulled, to remove once unused
+        self._prune_wanted: set[str] = set()
+        self._pins: dict[str, tuple[str, str | None]] = {}  # service -> (tag, local digest)
+        self._tags: dict[str, im.TagCheck] = {}  # service -> the last look at its tag
+        self._updating: dict[str, str] = {}  # service -> new digest pulled, rollout to come
         self.books: dict[str, HealingBook] = {}
         self._drained: dict[str, dict[str, float]] = {}  # service -> container id -> until
         # Per service (each is touched by its own worker only): exited container id -> its
@@ -185,7 +196,11 @@ class Controller:
                 log.debug("note", project=desired.project, note=note)
                 self.on_note(note)
         observed = _without_project_objects(observed)  # reported above, once
-        for svc in desired.services:
+        for svc in map(self._pinned, desired.services):
+            if self.follow_tags and im.follows(svc):
+                check = self._tags.get(svc.name, im.TagCheck())
+                due = check.next_at if check.image == im.unpinned(svc.image) else 0.0
+                self.enqueue(image_key(svc.name), max(0.0, due - now))
             target, _, rollout = self._target(svc)
             mine = _containers_of(observed, svc.name)
             holds = Holds(
@@ -219,7 +234,7 @@ class Controller:
 
     def _service(self, name: str) -> Outcome:
         desired = self.desired
-        svc = next((s for s in desired.services if s.name == name), None)
+        svc = next((self._pinned(s) for s in desired.services if s.name == name), None)
         with self._lock:
             hints = self._hints.pop(name, set())
             healing = self._healing.setdefault(name, set())
@@ -281,7 +296,7 @@ class Controller:
         refused = [
             (r.action, r.error or "")
             for r in results
-            if r.outcome == "error" and not r.engine_fault
+            if r.outcome == "error" and not r.engine_fault and not _image_gone(r)
         ]
         after = self.engine.containers(desired.project) if results else observed.containers
         after_mine = tuple(c for c in after if c.service == name)
@@ -291,6 +306,7 @@ class Controller:
         self.store.put(name, new_record)
         for event in events:
             self._rollout_event(name, event)
+            self._image_update_event(name, event)
         self._service_metrics(svc, target, after_mine, new_record)
         if any(r.outcome == "success" and isinstance(r.action, StartContainer) for r in results):
             for other in desired.services:  # dependents may start now
@@ -427,9 +443,12 @@ class Controller:
 
     def _image(self, service: str) -> Outcome:
         """Pull or build a service's image (its own key: it never holds up a heal)."""
+        if service in self._prune_wanted:
+            self._prune_wanted.discard(service)
+            self._prune(service)
         action = self._images_wanted.get(service)
         if action is None:
-            return Outcome()
+            return self._check_tag(service) if self.follow_tags else Outcome()
         started = time.monotonic()
         log.info(
             "action",
@@ -453,6 +472,7 @@ class Controller:
         else:
             result = StepResult(action, "success", None, time.monotonic() - started)
             self._images_ready[service] = action
+            self._pulled(service, action.image)
         self._images_wanted.pop(service, None)
         self._report(result, job=True)
         book = self.books.setdefault(service, HealingBook())
@@ -466,6 +486,142 @@ class Controller:
             book.record_failures([], [action.key], heal, self.clock())
         self.enqueue(service_key(service), 0.0)
         return Outcome(errors=int(result.outcome == "error"), actions=1)
+
+    def _pinned(self, svc: ServiceSpec) -> ServiceSpec:
+        """A service that follows its tag, pinned to the digest the tag has locally (looked up
+        once, again after each pull or check of it)."""
+        if not im.follows(svc):
+            return svc
+        tag, digest = self._pins.get(svc.name, ("", None))
+        if tag != svc.image:  # not looked up yet, or the file names another tag now
+            digest = self.engine.local_digest(svc.image)
+            self._pins[svc.name] = (svc.image, digest)
+        return im.pin(svc, digest or "")
+
+    def _pulled(self, service: str, image: str) -> None:
+        self._pins.pop(service, None)
+        if self.ledger is not None:
+            image_id = self.engine.image_id(image)
+            if image_id:
+                self.ledger.add(service, image_id)
+            self._prune(service)
+
+    def _check_tag(self, service: str) -> Outcome:
+        """Ask the registry for the tag's digest (no layers); pull when it moved, then let the
+        service roll out to it. A registry that fails changes nothing and is asked again
+        with back-off."""
+        svc = next((s for s in self.desired.services if s.name == service), None)
+        if svc is None or not im.follows(svc) or svc.pull_every_s is None:
+            self._tags.pop(service, None)
+            return Outcome()
+        every, now = svc.pull_every_s, self.clock()
+        check = self._tags.get(service, im.TagCheck())
+        if check.image != svc.image:  # another tag since: ask at once
+            check = im.TagCheck(image=svc.image)
+        if now < check.next_at:
+            return Outcome(requeue_after=check.next_at - now)
+        try:
+            newest = self.engine.registry_digest(svc.image)
+            local = self.engine.local_digest(svc.image)
+            self._pins.pop(service, None)  # re-read: someone may have pulled it meanwhile
+            if newest and newest != local:
+                log.info(
+                    "image tag moved; pulling",
+                    service=service,
+                    image=svc.image,
+                    local=local,
+                    newest=newest,
+                )
+                pull = EnsureImage(service, svc.image, "always", reason="the tag moved")
+                self._image_job(pull)
+                if local is not None:  # a new digest of what ran (not the first pull)
+                    self._updating[service] = newest
+                self.enqueue(service_key(service), 0.0)
+                result = None
+            else:
+                result = "unchanged"
+                log.debug("image tag unchanged", service=service, image=svc.image, digest=newest)
+        except ActionFailed as exc:
+            check = im.failed(check, now, every, str(exc))
+            self._tags[service] = check
+            log.warning(
+                "image check failed; what runs is left alone",
+                service=service,
+                image=svc.image,
+                error=str(exc),
+                retry_s=round(check.next_at - now, 3),
+            )
+            self._count_update(service, "error")
+            return Outcome(requeue_after=check.next_at - now, errors=1)
+        self._tags[service] = im.checked(check, now, every, newest)
+        self._prune(service)
+        if result:
+            self._count_update(service, result)
+        return Outcome(requeue_after=every)
+
+    def _image_job(self, action: EnsureImage) -> None:
+        """Pull for a followed tag on this (image) worker; raise ActionFailed."""
+        started = time.monotonic()
+
+        def progress(line: str) -> None:
+            log.info("image progress", service=action.service, image=action.image, progress=line)
+
+        try:
+            self.engine.ensure_image(action, timeout_s=self.pull_timeout_s, progress=progress)
+        except ActionFailed as exc:
+            self._report(
+                StepResult(action, "error", str(exc), time.monotonic() - started, exc.transient),
+                job=True,
+            )
+            raise
+        self._report(StepResult(action, "success", None, time.monotonic() - started), job=True)
+        self._pulled(action.service, action.image)
+
+    def _prune(self, service: str) -> None:
+        """--prune-images: remove the images pulled for `service` that no container (anyone's)
+        uses, except what its tag names now, what a rollback returns to, and the last two
+        pulled (the previous one stays for a rollback by hand). Never forced."""
+        ids = self.ledger.of(service) if self.ledger is not None else []
+        if len(ids) <= 2 or self.ledger is None:
+            return
+        svc = next((s for s in self.desired.services if s.name == service), None)
+        stable = self.store.get(service).stable
+        refs = [im.unpinned(svc.image)] if svc else []
+        keep = self.engine.images_in_use() | set(ids[-2:])
+        keep |= {self.engine.image_id(ref) or "" for ref in refs + [c.image for c in stable[:1]]}
+        for image_id in ids:
+            if image_id in keep:
+                continue
+            if self.engine.remove_image(image_id):
+                self.ledger.forget(service, image_id)
+                log.info("image pruned", service=service, image=image_id[:19])
+            else:
+                log.debug("image not pruned (Docker refused)", service=service, image=image_id)
+
+    def _image_update_event(self, service: str, event: ro.RolloutEvent) -> None:
+        """The end of the rollout a moved tag started: updated, rolled_back or paused."""
+        if self.ledger is not None and event.kind in ("completed", "rollback_completed"):
+            self._prune_wanted.add(service)  # the old image may be unused now
+            self.enqueue(image_key(service), 0.0)
+        if service in self._updating and event.kind in ("completed", "rolled_back", "paused"):
+            self._updating.pop(service, None)
+            self._count_update(service, "updated" if event.kind == "completed" else event.kind)
+
+    def _count_update(self, service: str, result: str) -> None:
+        if self.metrics:
+            self.metrics.image_updates.labels(service, result).inc()
+
+    def tags(self) -> dict[str, dict[str, object]]:
+        """The followed tags, for `reconciler status` (JSON-ready)."""
+        return {
+            name: {
+                "newest": c.newest,
+                "checked_at": c.checked_at,
+                "next_at": c.next_at,
+                "error": c.error or None,
+            }
+            for name, c in list(self._tags.items())
+        }
 
     def _ensure(self, action: EnsureImage) -> None:
         """The EnsureImage step of a service plan: done when the image is there for this
@@ -540,6 +696,8 @@ class Controller:
         self.store.put_drains(service, kept)
         for r in results:
             a = r.action
+            if _image_gone(r):  # removed behind our back: make it present again next pass
+                self._images_ready.pop(service, None)
             if r.outcome != "success":
                 continue
             if isinstance(a, SignalContainer):
@@ -693,6 +851,16 @@ def _ready(desired: DesiredState, observed: Observed) -> frozenset[str]:
     """Services whose every replica runs (what a dependent's start waits for)."""
     running = {c.name for c in observed.containers if c.state == "running"}
     return frozenset(s.name for s in desired.services if all(c.name in running for c in s.replicas))
+
+
+def _image_gone(r: StepResult) -> bool:
+    """A create Docker refused because its image is not there (removed since it was made
+    present): the image is made present again; the spec is not at fault."""
+    return (
+        r.outcome == "error"
+        and isinstance(r.action, CreateContainer)
+        and "No such image" in (r.error or "")
+    )
 
 
 def _keys_of(name: str) -> tuple[str, ...]:

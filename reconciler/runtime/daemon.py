@@ -29,6 +29,7 @@ from reconciler.ops.lock import ProjectLock, status_path
 from reconciler.ops.metrics import Metrics
 from reconciler.ops.notify import Notifier, watchdog_interval
 from reconciler.runtime.controller import RESYNC, Controller, Outcome, service_key
+from reconciler.runtime.image_ledger import ImageLedger
 from reconciler.runtime.signals import SignalRelay
 from reconciler.runtime.state_store import StateStore
 from reconciler.runtime.watchers import EventWatcher, stamps
@@ -55,6 +56,7 @@ class Options:
     lock_dir: Path | None = None
     state_dir: Path | None = None
     pull_timeout: float = 600.0
+    prune_images: bool = False  # remove images this daemon pulled once nothing uses them
 
 
 class Daemon:
@@ -84,6 +86,10 @@ class Daemon:
             enqueue=self.enqueue,
             pull_timeout_s=options.pull_timeout,
             cancelled=self.signals.stop.is_set,
+            follow_tags=True,
+            ledger=ImageLedger(desired.project, options.state_dir)
+            if options.prune_images
+            else None,
         )
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self._file_stamp = stamps(options.path, desired.watched)
@@ -274,6 +280,7 @@ class Daemon:
             "pid": os.getpid(),
             "updated_at": time.time(),
             "crashloop": self.controller.crashloops(),
+            "images": self.controller.tags(),
             "reload": self._last_reload,
         }
         try:
