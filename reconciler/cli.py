@@ -19,7 +19,7 @@ from reconciler import __version__
 from reconciler.config import loader as desired_file
 from reconciler.config import secrets
 from reconciler.core.model import DesiredState, describe
-from reconciler.core.planner import plan
+from reconciler.core.planner import EXTERNAL_MISSING, plan
 from reconciler.engine.docker_engine import FALLBACK_API_VERSION, Engine, connect
 from reconciler.errors import DesiredStateError, EngineUnavailable, LockHeld
 from reconciler.ops import logs
@@ -188,12 +188,22 @@ def _plan(args: argparse.Namespace, desired: DesiredState) -> int:
     )
     for note in the_plan.notes:
         print(f"# {note}")
+    if _external_missing(the_plan.notes):
+        return EXIT_ERROR
     if not the_plan:
         print(f"{desired.project}: in sync")
         return EXIT_OK
     for step in the_plan.steps:
         print(describe(step.action))
     return EXIT_PENDING
+
+
+def _external_missing(notes: Sequence[str]) -> int:
+    """How many external networks/volumes are missing (an error: never ours to create)."""
+    missing = [n for n in notes if EXTERNAL_MISSING in n]
+    for note in missing:
+        print(f"error: {note.partition(':')[0]} is declared external but does not exist")
+    return len(missing)
 
 
 def _apply(args: argparse.Namespace, desired: DesiredState) -> int:
@@ -228,6 +238,7 @@ def _apply(args: argparse.Namespace, desired: DesiredState) -> int:
         elif record.paused_revision == svc.revision:
             print(f"rollout of {svc.name} paused ({record.paused_reason})")
             problems += 1
+    problems += _external_missing(applied.notes)
     if not applied.settled:
         print(f"not converged within {args.timeout:g}s (see `reconciler status`)")
     elif not applied.results and not problems:
