@@ -116,6 +116,20 @@ def build_parser() -> argparse.ArgumentParser:
                 help="HOST:PORT for /metrics, /healthz, /readyz; repeat for several, "
                 "'off' for none (default 127.0.0.1:9816)",
             )
+    imp = sub.add_parser(
+        "import",
+        help="write a desired-state file from a compose file",
+        description="Convert a compose file (version 2, 3.x or none) into a desired-state "
+        "file; volumes and networks keep compose's names so their data is adopted.",
+    )
+    imp.add_argument("compose_file", type=Path)
+    imp.add_argument("--project", default=None, help="project name (default: compose's)")
+    imp.add_argument("-o", "--output", type=Path, default=None, help="file to write (stdout)")
+    imp.add_argument(
+        "--drop-unsupported",
+        action="store_true",
+        help="leave out the keys reconciler cannot carry (listed as warnings) instead of failing",
+    )
     return parser
 
 
@@ -139,6 +153,8 @@ def main(argv: Sequence[str] | None = None, signals: SignalRelay | None = None) 
         else:
             print(text, file=sys.stderr)
 
+    if args.command == "import":
+        return _import(args)
     try:
         desired = desired_file.load(args.file)
     except DesiredStateError as exc:
@@ -362,6 +378,55 @@ def _down(args: argparse.Namespace, desired: DesiredState) -> int:
     if not results:
         print(f"{desired.project}: nothing to remove")
     return EXIT_OK if all(r.outcome == "success" for r in results) else EXIT_ERROR
+
+
+def _import(args: argparse.Namespace) -> int:
+    from reconciler.config.compose_import import compose_environment, import_compose
+
+    out_dir = (args.output.parent if args.output else Path.cwd()).resolve()
+    try:
+        result = import_compose(
+            args.compose_file,
+            output_dir=out_dir,
+            project=args.project,
+            drop_unsupported=args.drop_unsupported,
+        )
+    except DesiredStateError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_INPUT
+    source = str(args.compose_file)
+    for f in result.unsupported:
+        kind = "warning: dropped" if args.drop_unsupported else "error"
+        print(f"{kind}: {f.show(source)}", file=sys.stderr)
+    if result.unsupported and not args.drop_unsupported:
+        print(
+            f"{len(result.unsupported)} key(s) cannot be carried; nothing written "
+            "(--drop-unsupported leaves them out)",
+            file=sys.stderr,
+        )
+        return EXIT_INPUT
+    target = str(args.output or "<stdout>")
+    try:  # what the daemon would say of the file (the compose folder's .env gives ${VAR})
+        desired_file.parse(
+            result.text,
+            source=target,
+            base_dir=out_dir,
+            environ=compose_environment(args.compose_file.resolve().parent),
+        )
+    except DesiredStateError as exc:
+        print(str(exc), file=sys.stderr)
+        print("the converted file does not validate; nothing written", file=sys.stderr)
+        return EXIT_INPUT
+    for f in result.converted:
+        print(f"converted: {f.show(source)}", file=sys.stderr)
+    if args.output is None:
+        sys.stdout.write(result.text)
+    else:
+        tmp = args.output.with_name(f".{args.output.name}.tmp")
+        tmp.write_text(result.text)
+        tmp.replace(args.output)
+        print(f"wrote {args.output} (project {result.project})", file=sys.stderr)
+    return EXIT_OK
 
 
 _COMMANDS = {

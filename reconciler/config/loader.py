@@ -644,7 +644,7 @@ def _check(d: DesiredStateDef, project: str) -> Iterable[Issue]:
         if target is not None and (target.replica_count < 1 or target.state != "running"):
             yield Issue((*at, "network_mode"), f"service {owner!r} must run at least one replica")
         for i, net in enumerate(svc.networks):
-            if net not in d.networks:
+            if net not in d.networks and net != "default":  # compose's, made if not declared
                 where = (*at, "networks", i if isinstance(svc.networks, list) else net)
                 yield Issue(
                     (*at, "networks"), f"network {net!r} is not declared under networks", where
@@ -951,7 +951,7 @@ class _Renderer:
         self.env_files = env_files  # service -> what its env_file entries set
         self.problems: list[Issue] = []
         self.config_digests: dict[str, str] = {}
-        self.default_network = f"{project}_default"
+        self.default_network = self.network_name("default")
 
     def render(self) -> DesiredState:
         order = TopologicalSorter({n: _depends(s) for n, s in self.d.services.items()})
@@ -960,7 +960,11 @@ class _Renderer:
         )
         networks = [self._network(name, n) for name, n in self.d.networks.items()]
         if (
-            any(not s.networks and not s.network_mode for s in self.d.services.values())
+            any(
+                (not s.networks and not s.network_mode) or "default" in s.networks
+                for s in self.d.services.values()
+            )
+            and "default" not in self.d.networks
             and self.default_network not in self.d.networks
         ):
             networks.append(NetworkSpec(name=self.default_network))
@@ -1009,9 +1013,12 @@ class _Renderer:
         }
 
     def network_name(self, key: str) -> str:
-        """The Docker name of a network of the file: its name:, else its key."""
+        """The Docker name of a network of the file: its name:, else its key (`default` is
+        compose's default network, `<project>_default`)."""
         n = self.d.networks.get(key)
-        return n.name if n is not None and n.name else key
+        if n is not None and n.name:
+            return n.name
+        return f"{self.project}_default" if key == "default" else key
 
     def volume_name(self, key: str) -> str:
         """The Docker name of a volume of the file: its name:, else its key."""
@@ -1020,7 +1027,7 @@ class _Renderer:
 
     def _network(self, name: str, n: Any) -> NetworkSpec:
         if n is None:
-            return NetworkSpec(name=name)
+            return NetworkSpec(name=self.network_name(name))
         ipam = tuple((c.subnet, c.gateway or "") for c in n.ipam.config) if n.ipam else ()
         labels = tuple(sorted(n.labels.items()))
         return NetworkSpec(self.network_name(name), n.driver, n.internal, labels, ipam, n.external)
