@@ -10,8 +10,9 @@ import argparse
 import json as jsonlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -20,10 +21,14 @@ from reconciler.config import loader as desired_file
 from reconciler.config import secrets
 from reconciler.core.model import DesiredState, describe
 from reconciler.core.planner import EXTERNAL_MISSING, plan
+from reconciler.core.takeover import clashes
 from reconciler.engine.docker_engine import FALLBACK_API_VERSION, Engine, connect
 from reconciler.errors import DesiredStateError, EngineUnavailable, LockHeld
 from reconciler.ops import logs
 from reconciler.runtime.signals import SignalRelay
+
+if TYPE_CHECKING:
+    from reconciler.runtime.executor import StepResult
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT = 0, 1, 2
 EXIT_PENDING = 2
@@ -80,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
                 default=None,
                 help="where rollout records (the spec a rollback returns to) are kept "
                 "(default $STATE_DIRECTORY, /var/lib/reconciler or ~/.local/state/reconciler)",
+            )
+        if name in ("apply", "run"):
+            p.add_argument(
+                "--take-over-compose",
+                action="store_true",
+                help="first replace the containers of the compose project of the same name "
+                "with ours, service by service (volumes and networks adopted with their data)",
             )
         if name == "apply":
             p.add_argument(
@@ -204,6 +216,8 @@ def _plan(args: argparse.Namespace, desired: DesiredState) -> int:
     )
     for note in the_plan.notes:
         print(f"# {note}")
+    for line in clashes(desired, engine.others(desired.project)):
+        print(f"# {line}")
     if _external_missing(the_plan.notes):
         return EXIT_ERROR
     if not the_plan:
@@ -224,7 +238,6 @@ def _external_missing(notes: Sequence[str]) -> int:
 
 def _apply(args: argparse.Namespace, desired: DesiredState) -> int:
     from reconciler.ops.lock import ProjectLock
-    from reconciler.runtime.executor import StepResult
     from reconciler.runtime.oneshot import apply_once
     from reconciler.runtime.state_store import StateStore
 
@@ -237,12 +250,16 @@ def _apply(args: argparse.Namespace, desired: DesiredState) -> int:
     lock = ProjectLock(desired.project, args.lock_dir)
     lock.acquire(role="reconciler apply")
     try:
+        engine = Engine(connect())
+        if args.take_over_compose and not _take_over(engine, desired, show):
+            return EXIT_ERROR
         store = StateStore(desired.project, args.state_dir)
-        applied = apply_once(
-            Engine(connect()), desired, store, timeout_s=args.timeout, on_result=show
-        )
+        applied = apply_once(engine, desired, store, timeout_s=args.timeout, on_result=show)
+        held = clashes(desired, engine.others(desired.project))
     finally:
         lock.release()
+    for line in held:
+        print(f"# {line}")
     for note in applied.notes:
         print(f"# {note}")
     problems = 0
@@ -260,6 +277,45 @@ def _apply(args: argparse.Namespace, desired: DesiredState) -> int:
     elif not applied.results and not problems:
         print(f"{desired.project}: in sync")
     return EXIT_OK if applied.ok and not problems else EXIT_ERROR
+
+
+def _take_over(
+    engine: Engine,
+    desired: DesiredState,
+    show: Callable[[StepResult], None],
+    *,
+    log: bool = False,
+) -> bool:
+    """Replace the compose project's containers with ours (`--take-over-compose`)."""
+    from reconciler.core.takeover import plan_takeover
+    from reconciler.runtime.executor import apply
+
+    logger = structlog.get_logger("reconciler")
+    the_plan = plan_takeover(
+        desired, engine.observe(desired.project), engine.others(desired.project)
+    )
+    for note in the_plan.notes:
+        if log:
+            logger.info("take over compose", project=desired.project, note=note)
+        else:
+            print(f"# {note}")
+    results = apply(the_plan, engine.execute)
+    for r in results:
+        show(r)
+        if log:
+            logger.info(
+                "action", verb=r.action.verb, name=r.action.name, outcome=r.outcome, error=r.error
+            )
+    failed = [r for r in results if r.outcome != "success"]
+    if failed:
+        text = (
+            f"taking over compose project {desired.project} stopped: {len(failed)} step(s) failed"
+        )
+        if log:
+            logger.error(text)
+        else:
+            print(text)
+    return not failed
 
 
 def _run(args: argparse.Namespace, desired: DesiredState) -> int:
@@ -280,6 +336,17 @@ def _run(args: argparse.Namespace, desired: DesiredState) -> int:
     except EngineUnavailable as exc:  # the daemon waits for the engine; it must start anyway
         structlog.get_logger("reconciler").warning("engine down at start", error=str(exc))
         api = connect(version=FALLBACK_API_VERSION)
+    if args.take_over_compose:
+        from reconciler.ops.lock import ProjectLock
+
+        lock = ProjectLock(desired.project, args.lock_dir)
+        lock.acquire(role="reconciler run --take-over-compose")
+        try:
+            taken = _take_over(Engine(api), desired, lambda r: None, log=True)
+        finally:
+            lock.release()  # the daemon takes it again at once
+        if not taken:
+            return EXIT_ERROR
     daemon = Daemon(opts, desired, api, signals=args.signals)
     code = daemon.run()
     if daemon.unfinished:  # do not let the interpreter wait for that call's thread at exit
@@ -355,7 +422,10 @@ def _status(args: argparse.Namespace, desired: DesiredState) -> int:
 
     status_file = status_path(desired.project, args.lock_dir)
     store = StateStore(desired.project, args.state_dir)
-    print(render_status(desired, Engine(connect()), status_file, store))
+    engine = Engine(connect())
+    print(render_status(desired, engine, status_file, store))
+    for line in clashes(desired, engine.others(desired.project)):
+        print(f"note: {line}")
     return EXIT_OK
 
 

@@ -57,6 +57,7 @@ from reconciler.core.model import (
     UnpauseContainer,
     ownership_labels,
 )
+from reconciler.core.takeover import COMPOSE_PROJECT, COMPOSE_SERVICE, ForeignContainer
 from reconciler.errors import ActionFailed, EngineSlow, EngineUnavailable, NameConflict
 
 _EXIT = re.compile(r"Exited \((-?\d+)\)")
@@ -196,6 +197,34 @@ class Engine:
                 all=True, filters={"label": [f"{LABEL_PROJECT}={project}", f"{LABEL_MANAGED}=true"]}
             )
         return tuple(sorted((_container(c) for c in found), key=lambda c: c.name))
+
+    def others(self, project: str) -> tuple[ForeignContainer, ...]:
+        """Every container that is not this project's (one list call): who holds what."""
+        with docker_errors("observe other containers"):
+            found = self.api.containers(all=True)
+        out = []
+        for c in found:
+            labels = c.get("Labels") or {}
+            ours = labels.get(LABEL_MANAGED) == "true"
+            if ours and labels.get(LABEL_PROJECT) == project:
+                continue
+            ports = frozenset(
+                (str(p.get("IP", "")), int(p["PublicPort"]), str(p.get("Type", "tcp")))
+                for p in c.get("Ports") or ()
+                if p.get("PublicPort")
+            )
+            out.append(
+                ForeignContainer(
+                    id=c["Id"],
+                    name=(c.get("Names") or ["/" + c["Id"][:12]])[0].lstrip("/"),
+                    state=c.get("State", ""),
+                    compose_project=labels.get(COMPOSE_PROJECT, ""),
+                    compose_service=labels.get(COMPOSE_SERVICE, ""),
+                    reconciler_project=labels.get(LABEL_PROJECT, "") if ours else "",
+                    host_ports=ports,
+                )
+            )
+        return tuple(sorted(out, key=lambda c: c.name))
 
     def started_at(self, container_id: str) -> float | None:
         """When a container last started (one inspect; None when gone or never started)."""
