@@ -208,6 +208,20 @@ def test_bad_expose_tmpfs_ulimit_and_healthy_without_healthcheck() -> None:
     assert "services.web.tmpfs[0]: must be an absolute path" in msg
     assert "services.web.ulimits.nofile: soft must be <= hard" in msg
     assert "services.web.depends_on.db.condition: service 'db' has no healthcheck" in msg
+    assert "at most 1024 exposed ports" in problems(web(expose=["1-2000"]))
+
+
+def test_a_job_replacement_passes_by_exiting_0() -> None:
+    """A service_completed_successfully dependency is judged by its exit code, not by running."""
+    from reconciler.core import rollout as ro
+
+    spec = parse(web()).service("web").replicas[0]
+    done = ObservedContainer("n", "x", "web", 1, spec.spec_hash, "exited", exit_code=0)
+    config = ro.UpdateConfig()
+    assert ro.judge(spec, done, config, 0.0, job=True).outcome == "passed"
+    assert ro.judge(spec, done, config, 0.0).outcome == "failed"
+    failed = ObservedContainer("n", "x", "web", 1, spec.spec_hash, "exited", exit_code=3)
+    assert ro.judge(spec, failed, config, 0.0, job=True).outcome == "failed"
 
 
 def test_named_and_external_networks_and_volumes() -> None:

@@ -76,6 +76,7 @@ MAX_ENV_FILE_BYTES = 1024 * 1024  # .env and each env_file
 MAX_CONTAINER_NAME = 128
 MAX_PROJECT_NAME = 63
 MAX_DNS_LABEL = 63
+MAX_EXPOSED = 1024  # ports `expose` may list per service (each is in every replica's spec)
 ENV_MAX_REPLICAS = "RECONCILER_MAX_REPLICAS"
 # Keys that do not change what a service's containers are: left out of its revision.
 _NOT_IN_REVISION = {
@@ -708,6 +709,7 @@ def _check_compose_keys(d: DesiredStateDef, name: str, svc: ServiceDef) -> Itera
                 (*at, key),
                 f"conflicts with deploy.resources ({long}); give one of them (as compose)",
             )
+    exposed = 0
     for i, entry in enumerate(svc.expose):
         m = re.fullmatch(r"([0-9]{1,5})(?:-([0-9]{1,5}))?(?:/(tcp|udp|sctp))?", str(entry))
         low, high = (int(m[1]), int(m[2] or m[1])) if m else (0, 0)
@@ -716,6 +718,11 @@ def _check_compose_keys(d: DesiredStateDef, name: str, svc: ServiceDef) -> Itera
                 (*at, "expose", i),
                 f"must be PORT[/PROTO] or LOW-HIGH[/PROTO], ports 1..{MAX_PORT}",
             )
+            continue
+        exposed += high - low + 1
+        if exposed > MAX_EXPOSED:
+            yield Issue((*at, "expose", i), f"at most {MAX_EXPOSED} exposed ports per service")
+            break
     for i, entry in enumerate(_words(svc.tmpfs)):
         if not entry.startswith("/"):
             where = (*at, "tmpfs") if isinstance(svc.tmpfs, str) else (*at, "tmpfs", i)
@@ -1046,8 +1053,10 @@ class _Renderer:
             build = BuildSpec(str(self._path(ctx)), dockerfile)
         image = s.image or f"{self.project}-{name}"
         configs = self._configs(name, s)
+        options = _options(s)  # once: the same for every replica
         replicas = tuple(
-            self._container(name, s, image, i, configs) for i in range(1, s.replica_count + 1)
+            self._container(name, s, image, i, configs, options)
+            for i in range(1, s.replica_count + 1)
         )
         heal = HealPolicy(
             s.heal.min_uptime, s.heal.backoff_initial, s.heal.backoff_max, s.heal.unhealthy_grace
@@ -1170,6 +1179,7 @@ class _Renderer:
         image: str,
         replica: int,
         configs: _Configs,
+        options: RuntimeOptions,
     ) -> ContainerSpec:
         binds, volumes = list(configs.binds), []
         for vol in s.volumes:
@@ -1238,7 +1248,7 @@ class _Renderer:
             network_mode=network_mode,
             pid=s.pid,
             config_digests=configs.digests,
-            options=_options(s),
+            options=options,
             reload_digest=configs.reload_digest,
             reload_signal=configs.reload_signal,
         )

@@ -409,7 +409,7 @@ def _in_flight(
             return drain
         stop = StopContainer(cur.id, cur.name, svc.name, "replaced (stop-first)", _grace(spec))
         return [(stop, _NO), (start, _keys(stop))]
-    verdict = ro.judge(spec, new, rollout.config, now)
+    verdict = ro.judge(spec, new, rollout.config, now, svc.job)
     if verdict.outcome == "pending":
         p.wake(verdict.recheck_at)
         return []
