@@ -323,6 +323,7 @@ def test_created_container_carries_every_key(
                 "command": ["sleep", "600"],
                 "labels": {**ALL_KEYS["labels"], TEST_LABEL: "1", OWNER_LABEL: project},
                 "network_mode": "none",
+                "volumes": [{"type": "tmpfs", "target": "/cache", "tmpfs": {"size": "1m"}}],
             }
         },
     }
@@ -336,7 +337,7 @@ def test_created_container_carries_every_key(
     assert (host["Memory"], host["MemoryReservation"]) == (64 * 2**20, 32 * 2**20)
     assert host["PidsLimit"] == 50
     assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-file": "3", "max-size": "1m"}}
-    assert host["Tmpfs"] == {"/run": "size=1m", "/scratch": ""}
+    assert host["Tmpfs"] == {"/run": "size=1m", "/scratch": "", "/cache": f"size={2**20}"}
     assert sorted((u["Name"], u["Soft"], u["Hard"]) for u in host["Ulimits"]) == [
         ("nofile", 1024, 2048),
         ("nproc", 512, 512),
@@ -449,3 +450,15 @@ def test_plan_and_apply_fail_on_a_missing_external_network(
         assert f"error: network {project}_absent is declared external" in result.stdout
     assert not api.networks(names=[f"{project}_absent"])
     assert not api.containers(all=True, filters={"name": f"{project}-web"})
+
+
+def test_long_syntax_tmpfs_volume_is_a_tmpfs_mount() -> None:
+    """volumes: [{type: tmpfs, target, tmpfs: {size, mode}}] is Tmpfs, not a bind."""
+    vol = {"type": "tmpfs", "target": "/cache", "tmpfs": {"size": "1m", "mode": 1777}}
+    spec = parse(web(volumes=[vol, "/srv:/srv"])).service("web").replicas[0]
+    assert spec.options.tmpfs == (("/cache", f"size={2**20},mode=1777"),)
+    assert spec.binds == ("/srv:/srv",)
+    assert "a tmpfs mount takes no source" in problems(web(volumes=[{**vol, "source": "x"}]))
+    assert "a bind mount needs a source" in problems(
+        web(volumes=[{"type": "bind", "target": "/x"}])
+    )

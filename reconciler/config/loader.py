@@ -660,6 +660,10 @@ def _check(d: DesiredStateDef, project: str) -> Iterable[Issue]:
             mount = _mount(vol)
             if mount is None:
                 yield Issue((*at, "volumes", i), "must be SOURCE:TARGET[:ro] or TARGET")
+            elif mount.type == "bind" and not mount.source:
+                yield Issue((*at, "volumes", i), "a bind mount needs a source")
+            elif mount.type == "tmpfs" and mount.source:
+                yield Issue((*at, "volumes", i, "source"), "a tmpfs mount takes no source")
             elif mount.type == "volume" and mount.source and mount.source not in d.volumes:
                 yield Issue(
                     (*at, "volumes", i),
@@ -912,7 +916,7 @@ class _Mount:
 
 def _mount(vol: str | VolumeMountDef) -> _Mount | None:
     if isinstance(vol, VolumeMountDef):
-        return _Mount(vol.type, vol.source, vol.target, vol.read_only)
+        return _Mount(vol.type, vol.source or "", vol.target, vol.read_only)
     parts = vol.split(":")
     if len(parts) == 1:
         return _Mount("volume", "", parts[0], False)  # anonymous volume
@@ -1134,6 +1138,8 @@ class _Renderer:
     def _mount_text(self, m: _Mount | None, named: bool = False) -> str:
         """SOURCE:TARGET[:ro] for Docker (`named`: the volume source is its Docker name)."""
         assert m is not None  # checked
+        if m.type == "tmpfs":
+            return f"tmpfs:{m.target}{':ro' if m.read_only else ''}"
         if m.type == "bind":
             source = str(self._path(m.source))
         else:
@@ -1185,6 +1191,8 @@ class _Renderer:
         for vol in s.volumes:
             m = _mount(vol)
             assert m is not None  # checked
+            if m.type == "tmpfs":
+                continue  # RuntimeOptions.tmpfs
             if m.type == "volume" and m.source:
                 source = self.volume_name(m.source).replace(REPLICA_PLACEHOLDER, str(replica))
                 volumes.append(source)
@@ -1330,6 +1338,15 @@ def _options(s: ServiceDef) -> RuntimeOptions:
     for entry in _words(s.tmpfs):
         path, _, opts = entry.partition(":")
         tmpfs.append((path, opts))
+    for vol in s.volumes:  # long syntax, type: tmpfs
+        if isinstance(vol, VolumeMountDef) and vol.type == "tmpfs":
+            t = vol.tmpfs
+            opts_list = ["ro"] if vol.read_only else []
+            if t is not None and t.size is not None:
+                opts_list.append(f"size={t.size}")
+            if t is not None and t.mode is not None:
+                opts_list.append(f"mode={t.mode}")
+            tmpfs.append((vol.target, ",".join(opts_list)))
     ulimits = []
     for name, value in sorted(s.ulimits.items()):
         soft, hard = (value, value) if isinstance(value, int) else (value.soft, value.hard)

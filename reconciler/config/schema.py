@@ -191,13 +191,19 @@ class DependsOnDef(_Model):
     )
 
 
-class VolumeMountDef(_Model):
-    """Long syntax of a service volume."""
+class TmpfsMountDef(_Model):
+    size: Bytes | None = None
+    mode: Int | None = None  # octal digits as written: 1777
 
-    type: Literal["volume", "bind"] = "volume"
-    source: str
+
+class VolumeMountDef(_Model):
+    """Long syntax of a service volume (`type: tmpfs` is a tmpfs mount, as `tmpfs:`)."""
+
+    type: Literal["volume", "bind", "tmpfs"] = "volume"
+    source: str | None = None  # required for bind; a volume without one is anonymous
     target: str
     read_only: Bool = False
+    tmpfs: TmpfsMountDef | None = None
 
 
 class ConfigMountDef(_Model):
