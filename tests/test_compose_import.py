@@ -246,3 +246,35 @@ def test_a_file_without_version_and_the_project_flag(tmp_path: Path) -> None:
     result = import_compose(compose, output_dir=tmp_path, project="blog")
     assert result.text.startswith("version: 1\nproject: blog\n")
     assert "name: blog_v" in result.text
+
+
+def test_import_raises_only_its_own_error_on_any_input(tmp_path: Path) -> None:
+    """Arbitrary bytes and mutations of a compose file: an Imported or a DesiredStateError."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from reconciler.errors import DesiredStateError
+
+    lines = SEED.splitlines()
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        st.one_of(
+            st.binary(max_size=300),
+            st.lists(st.integers(0, len(lines) - 1), max_size=6).map(
+                lambda drop: "\n".join(ln for i, ln in enumerate(lines) if i not in drop).encode()
+            ),
+            st.tuples(st.integers(0, len(SEED)), st.text(max_size=20)).map(
+                lambda t: (SEED[: t[0]] + t[1] + SEED[t[0] :]).encode()
+            ),
+        )
+    )
+    def check(raw: bytes) -> None:
+        path = tmp_path / "fuzz.yml"
+        path.write_bytes(raw)
+        try:
+            import_compose(path, output_dir=tmp_path, drop_unsupported=True)
+        except DesiredStateError:
+            pass
+
+    check()

@@ -94,6 +94,8 @@ def import_compose(
         doc = yaml.load(raw.decode("utf-8", errors="strict"))
     except (YAMLError, UnicodeDecodeError) as exc:
         raise DesiredStateError(source, [f"cannot read as YAML: {exc}"]) from None
+    except RecursionError:
+        raise DesiredStateError(source, ["nested too deeply"]) from None
     if not isinstance(doc, CommentedMap) or not isinstance(doc.get("services"), CommentedMap):
         raise DesiredStateError(source, ["not a compose file: no services mapping"])
     conv = _Converter(doc, path.resolve().parent, output_dir.resolve(), project)
@@ -106,7 +108,10 @@ def import_compose(
         for parent, key, _ in reversed(unsupported):
             del parent[key]
     out = io.StringIO()
-    yaml.dump(doc, out)
+    try:
+        yaml.dump(doc, out)
+    except (YAMLError, RecursionError) as exc:
+        raise DesiredStateError(source, [f"cannot write the result: {exc}"]) from None
     converted = sorted(conv.converted, key=lambda f: (f.line, f.column))
     return Imported(out.getvalue(), conv.project, found, converted)
 
