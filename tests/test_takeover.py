@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import textwrap
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import docker
@@ -25,7 +26,14 @@ from reconciler.core.model import (
     StopContainer,
 )
 from reconciler.core.takeover import ForeignContainer, clashes, plan_takeover
-from tests.conftest import OWNER_LABEL, TEST_LABEL, free_port, run_cli, wait_for
+from tests.conftest import (
+    OWNER_LABEL,
+    TEST_LABEL,
+    DaemonProcess,
+    free_port,
+    run_cli,
+    wait_for,
+)
 
 FILE = """
 project: shop
@@ -242,6 +250,72 @@ def test_take_over_a_running_compose_project(
             == project
         )
         assert run_cli("plan", str(state)).returncode == 0  # in sync; no clash left
+    finally:
+        for c in api.containers(all=True, filters={"label": f"{OWNER_LABEL}={project}"}):
+            with contextlib.suppress(docker.errors.APIError):
+                api.remove_container(c["Id"], force=True)
+        _compose(compose_dir, project, "down", "-v")
+
+
+@pytest.mark.docker
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="apt-get install docker-compose")
+def test_run_takes_over_at_start(
+    api: docker.APIClient,
+    busybox_image: str,
+    project: str,
+    tmp_path: Path,
+    daemon: Callable[..., DaemonProcess],
+) -> None:
+    """`run --take-over-compose`: the daemon replaces compose's container before its first
+    pass and serves the volume's data on the same host port."""
+    port = free_port()
+    labels = yaml.safe_dump({TEST_LABEL: "1", OWNER_LABEL: project}, default_flow_style=True)
+    compose_dir = tmp_path / "compose"
+    compose_dir.mkdir()
+    (compose_dir / "docker-compose.yml").write_text(
+        textwrap.dedent(
+            f"""\
+            services:
+              web:
+                image: {busybox_image}
+                command: ["httpd", "-f", "-p", "80", "-h", "/data"]
+                ports: ["127.0.0.1:{port}:80"]
+                volumes: [data:/data]
+                labels: {labels.strip()}
+            volumes:
+              data:
+                labels: {labels.strip()}
+            """
+        )
+    )
+    try:
+        assert _compose(compose_dir, project, "up", "-d").returncode == 0
+        exec_id = api.exec_create(f"{project}_web_1", ["sh", "-c", "echo from-compose > /data/f"])
+        api.exec_start(exec_id)
+        state = tmp_path / "state.yaml"
+        imported = run_cli(
+            "import",
+            str(compose_dir / "docker-compose.yml"),
+            "--project",
+            project,
+            "-o",
+            str(state),
+        )
+        assert imported.returncode == 0, imported.stderr
+        d = daemon(state, interval=2.0, extra=("--take-over-compose",))
+        wait_for(
+            lambda: (
+                not api.containers(
+                    all=True, filters={"label": f"com.docker.compose.project={project}"}
+                )
+            ),
+            timeout=60,
+            what="compose's container removed",
+        )
+        got = wait_for(lambda: _get(port, "/f"), timeout=60, what="our web serving")
+        assert got == "from-compose\n"
+        assert any(e["note"].startswith("service web") for e in d.events("take over compose"))
+        assert d.proc.poll() is None  # the daemon runs on
     finally:
         for c in api.containers(all=True, filters={"label": f"{OWNER_LABEL}={project}"}):
             with contextlib.suppress(docker.errors.APIError):
