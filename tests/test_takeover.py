@@ -285,9 +285,13 @@ def test_run_takes_over_at_start(
             volumes:
               data:
                 labels: {labels.strip()}
+            networks:
+              default:
+                labels: {labels.strip()}
             """
         )
     )
+    d: DaemonProcess | None = None
     try:
         assert _compose(compose_dir, project, "up", "-d").returncode == 0
         exec_id = api.exec_create(f"{project}_web_1", ["sh", "-c", "echo from-compose > /data/f"])
@@ -317,6 +321,8 @@ def test_run_takes_over_at_start(
         assert any(e["note"].startswith("service web") for e in d.events("take over compose"))
         assert d.proc.poll() is None  # the daemon runs on
     finally:
+        if d is not None:
+            d.stop()  # before removing: it would heal what is removed
         for c in api.containers(all=True, filters={"label": f"{OWNER_LABEL}={project}"}):
             with contextlib.suppress(docker.errors.APIError):
                 api.remove_container(c["Id"], force=True)
