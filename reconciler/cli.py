@@ -10,8 +10,9 @@ import argparse
 import json as jsonlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -19,11 +20,15 @@ from reconciler import __version__
 from reconciler.config import loader as desired_file
 from reconciler.config import secrets
 from reconciler.core.model import DesiredState, describe
-from reconciler.core.planner import plan
+from reconciler.core.planner import EXTERNAL_MISSING, plan
+from reconciler.core.takeover import clashes
 from reconciler.engine.docker_engine import FALLBACK_API_VERSION, Engine, connect
 from reconciler.errors import DesiredStateError, EngineUnavailable, LockHeld
 from reconciler.ops import logs
 from reconciler.runtime.signals import SignalRelay
+
+if TYPE_CHECKING:
+    from reconciler.runtime.executor import StepResult
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT = 0, 1, 2
 EXIT_PENDING = 2
@@ -81,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
                 help="where rollout records (the spec a rollback returns to) are kept "
                 "(default $STATE_DIRECTORY, /var/lib/reconciler or ~/.local/state/reconciler)",
             )
+        if name in ("apply", "run"):
+            p.add_argument(
+                "--take-over-compose",
+                action="store_true",
+                help="first replace the containers of the compose project of the same name "
+                "with ours, service by service (volumes and networks adopted with their data)",
+            )
         if name == "apply":
             p.add_argument(
                 "--timeout",
@@ -122,6 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
                 help="HOST:PORT for /metrics, /healthz, /readyz; repeat for several, "
                 "'off' for none (default 127.0.0.1:9816)",
             )
+    imp = sub.add_parser(
+        "import",
+        help="write a desired-state file from a compose file",
+        description="Convert a compose file (version 2, 3.x or none) into a desired-state "
+        "file; volumes and networks keep compose's names so their data is adopted.",
+    )
+    imp.add_argument("compose_file", type=Path)
+    imp.add_argument("--project", default=None, help="project name (default: compose's)")
+    imp.add_argument("-o", "--output", type=Path, default=None, help="file to write (stdout)")
+    imp.add_argument(
+        "--drop-unsupported",
+        action="store_true",
+        help="leave out the keys reconciler cannot carry (listed as warnings) instead of failing",
+    )
     return parser
 
 
@@ -145,6 +171,8 @@ def main(argv: Sequence[str] | None = None, signals: SignalRelay | None = None) 
         else:
             print(text, file=sys.stderr)
 
+    if args.command == "import":
+        return _import(args)
     try:
         desired = desired_file.load(args.file)
     except DesiredStateError as exc:
@@ -196,6 +224,10 @@ def _plan(args: argparse.Namespace, desired: DesiredState) -> int:
     )
     for note in the_plan.notes:
         print(f"# {note}")
+    for line in clashes(desired, engine.others(desired.project)):
+        print(f"# {line}")
+    if _external_missing(the_plan.notes):
+        return EXIT_ERROR
     if not the_plan:
         print(f"{desired.project}: in sync")
         return EXIT_OK
@@ -204,9 +236,16 @@ def _plan(args: argparse.Namespace, desired: DesiredState) -> int:
     return EXIT_PENDING
 
 
+def _external_missing(notes: Sequence[str]) -> int:
+    """How many external networks/volumes are missing (an error: never ours to create)."""
+    missing = [n for n in notes if EXTERNAL_MISSING in n]
+    for note in missing:
+        print(f"error: {note.partition(':')[0]} is declared external but does not exist")
+    return len(missing)
+
+
 def _apply(args: argparse.Namespace, desired: DesiredState) -> int:
     from reconciler.ops.lock import ProjectLock
-    from reconciler.runtime.executor import StepResult
     from reconciler.runtime.oneshot import apply_once
     from reconciler.runtime.state_store import StateStore
 
@@ -219,12 +258,16 @@ def _apply(args: argparse.Namespace, desired: DesiredState) -> int:
     lock = ProjectLock(desired.project, args.lock_dir)
     lock.acquire(role="reconciler apply")
     try:
+        engine = Engine(connect())
+        if args.take_over_compose and not _take_over(engine, desired, show):
+            return EXIT_ERROR
         store = StateStore(desired.project, args.state_dir)
-        applied = apply_once(
-            Engine(connect()), desired, store, timeout_s=args.timeout, on_result=show
-        )
+        applied = apply_once(engine, desired, store, timeout_s=args.timeout, on_result=show)
+        held = clashes(desired, engine.others(desired.project))
     finally:
         lock.release()
+    for line in held:
+        print(f"# {line}")
     for note in applied.notes:
         print(f"# {note}")
     problems = 0
@@ -236,11 +279,51 @@ def _apply(args: argparse.Namespace, desired: DesiredState) -> int:
         elif record.paused_revision == svc.revision:
             print(f"rollout of {svc.name} paused ({record.paused_reason})")
             problems += 1
+    problems += _external_missing(applied.notes)
     if not applied.settled:
         print(f"not converged within {args.timeout:g}s (see `reconciler status`)")
     elif not applied.results and not problems:
         print(f"{desired.project}: in sync")
     return EXIT_OK if applied.ok and not problems else EXIT_ERROR
+
+
+def _take_over(
+    engine: Engine,
+    desired: DesiredState,
+    show: Callable[[StepResult], None],
+    *,
+    log: bool = False,
+) -> bool:
+    """Replace the compose project's containers with ours (`--take-over-compose`)."""
+    from reconciler.core.takeover import plan_takeover
+    from reconciler.runtime.executor import apply
+
+    logger = structlog.get_logger("reconciler")
+    the_plan = plan_takeover(
+        desired, engine.observe(desired.project), engine.others(desired.project)
+    )
+    for note in the_plan.notes:
+        if log:
+            logger.info("take over compose", project=desired.project, note=note)
+        else:
+            print(f"# {note}")
+    results = apply(the_plan, engine.execute)
+    for r in results:
+        show(r)
+        if log:
+            logger.info(
+                "action", verb=r.action.verb, name=r.action.name, outcome=r.outcome, error=r.error
+            )
+    failed = [r for r in results if r.outcome != "success"]
+    if failed:
+        text = (
+            f"taking over compose project {desired.project} stopped: {len(failed)} step(s) failed"
+        )
+        if log:
+            logger.error(text)
+        else:
+            print(text)
+    return not failed
 
 
 def _run(args: argparse.Namespace, desired: DesiredState) -> int:
@@ -262,6 +345,17 @@ def _run(args: argparse.Namespace, desired: DesiredState) -> int:
     except EngineUnavailable as exc:  # the daemon waits for the engine; it must start anyway
         structlog.get_logger("reconciler").warning("engine down at start", error=str(exc))
         api = connect(version=FALLBACK_API_VERSION)
+    if args.take_over_compose:
+        from reconciler.ops.lock import ProjectLock
+
+        lock = ProjectLock(desired.project, args.lock_dir)
+        lock.acquire(role="reconciler run --take-over-compose")
+        try:
+            taken = _take_over(Engine(api), desired, lambda r: None, log=True)
+        finally:
+            lock.release()  # the daemon takes it again at once
+        if not taken:
+            return EXIT_ERROR
     daemon = Daemon(opts, desired, api, signals=args.signals)
     code = daemon.run()
     if daemon.unfinished:  # do not let the interpreter wait for that call's thread at exit
@@ -337,7 +431,10 @@ def _status(args: argparse.Namespace, desired: DesiredState) -> int:
 
     status_file = status_path(desired.project, args.lock_dir)
     store = StateStore(desired.project, args.state_dir)
-    print(render_status(desired, Engine(connect()), status_file, store))
+    engine = Engine(connect())
+    print(render_status(desired, engine, status_file, store))
+    for line in clashes(desired, engine.others(desired.project)):
+        print(f"note: {line}")
     return EXIT_OK
 
 
@@ -360,6 +457,55 @@ def _down(args: argparse.Namespace, desired: DesiredState) -> int:
     if not results:
         print(f"{desired.project}: nothing to remove")
     return EXIT_OK if all(r.outcome == "success" for r in results) else EXIT_ERROR
+
+
+def _import(args: argparse.Namespace) -> int:
+    from reconciler.config.compose_import import compose_environment, import_compose
+
+    out_dir = (args.output.parent if args.output else Path.cwd()).resolve()
+    try:
+        result = import_compose(
+            args.compose_file,
+            output_dir=out_dir,
+            project=args.project,
+            drop_unsupported=args.drop_unsupported,
+        )
+    except DesiredStateError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_INPUT
+    source = str(args.compose_file)
+    for f in result.unsupported:
+        kind = "warning: dropped" if args.drop_unsupported else "error"
+        print(f"{kind}: {f.show(source)}", file=sys.stderr)
+    if result.unsupported and not args.drop_unsupported:
+        print(
+            f"{len(result.unsupported)} key(s) cannot be carried; nothing written "
+            "(--drop-unsupported leaves them out)",
+            file=sys.stderr,
+        )
+        return EXIT_INPUT
+    target = str(args.output or "<stdout>")
+    try:  # what the daemon would say of the file (the compose folder's .env gives ${VAR})
+        desired_file.parse(
+            result.text,
+            source=target,
+            base_dir=out_dir,
+            environ=compose_environment(args.compose_file.resolve().parent),
+        )
+    except DesiredStateError as exc:
+        print(str(exc), file=sys.stderr)
+        print("the converted file does not validate; nothing written", file=sys.stderr)
+        return EXIT_INPUT
+    for f in result.converted:
+        print(f"converted: {f.show(source)}", file=sys.stderr)
+    if args.output is None:
+        sys.stdout.write(result.text)
+    else:
+        tmp = args.output.with_name(f".{args.output.name}.tmp")
+        tmp.write_text(result.text)
+        tmp.replace(args.output)
+        print(f"wrote {args.output} (project {result.project})", file=sys.stderr)
+    return EXIT_OK
 
 
 _COMMANDS = {

@@ -118,11 +118,46 @@ def _number(value: Any) -> Any:
     return value
 
 
+_BYTES = re.compile(r"(?P<n>[0-9]+(?:\.[0-9]+)?)\s*(?P<u>[kmgtp]?)(?:i?b)?", re.IGNORECASE)
+
+
+def parse_bytes(value: Any) -> int:
+    """Bytes from an integer or compose's `512m`, `1g`, `1.5gb`, `100k` (powers of 1024)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a size such as 512m or 1g, not true/false")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    if isinstance(value, str):
+        m = _BYTES.fullmatch(value.strip())
+        if m:
+            power = " kmgtp".index(m["u"].lower() or " ")
+            size = float(m["n"]) * 1024**power
+            if size < 2**63:
+                return int(size)
+    raise ValueError("must be a size such as 512m, 1g or a number of bytes")
+
+
+def _cpus(value: Any) -> Any:
+    """A number of CPUs: 0.5, 2, or their text ("0.5", as compose writes it)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number of CPUs such as 0.5, not true/false")
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            raise ValueError("must be a number of CPUs such as 0.5") from None
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+Bytes = Annotated[int, BeforeValidator(parse_bytes)]
 Int = Annotated[int, BeforeValidator(_integer)]
 Bool = Annotated[bool, BeforeValidator(_boolean)]
 Number = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
 Scalar = str | int | float | bool
+Cpus = Annotated[float, BeforeValidator(_cpus), Field(gt=0, allow_inf_nan=False)]
 
 
 def _replica_limit(value: int | None, info: ValidationInfo) -> int | None:
@@ -155,11 +190,16 @@ class NetworkDef(_Model):
     internal: Bool = False
     labels: dict[str, str] = {}
     ipam: Ipam | None = None
+    name: str | None = None  # the Docker name (default: the key)
+    external: Bool = False  # made elsewhere: used, never created nor removed
 
 
 class VolumeDef(_Model):
     driver: str = "local"
     labels: dict[str, str] = {}
+    driver_opts: dict[str, Scalar] = {}
+    name: str | None = None  # the Docker name (default: the key)
+    external: Bool = False  # made elsewhere: used, never created nor removed
 
 
 class BuildDef(_Model):
@@ -173,6 +213,7 @@ class HealthcheckDef(_Model):
     timeout: Duration = 30.0
     retries: Int = Field(3, ge=0)
     start_period: Duration = 0.0
+    start_interval: Duration | None = None  # Docker API >= 1.44 (engine 25); older drop it
     disable: Bool = False
 
 
@@ -181,16 +222,24 @@ class NetworkAttachDef(_Model):
 
 
 class DependsOnDef(_Model):
-    condition: Literal["service_started", "service_healthy"] = "service_started"
+    condition: Literal["service_started", "service_healthy", "service_completed_successfully"] = (
+        "service_started"
+    )
+
+
+class TmpfsMountDef(_Model):
+    size: Bytes | None = None
+    mode: Int | None = None  # octal digits as written: 1777
 
 
 class VolumeMountDef(_Model):
-    """Long syntax of a service volume."""
+    """Long syntax of a service volume (`type: tmpfs` is a tmpfs mount, as `tmpfs:`)."""
 
-    type: Literal["volume", "bind"] = "volume"
-    source: str
+    type: Literal["volume", "bind", "tmpfs"] = "volume"
+    source: str | None = None  # required for bind; a volume without one is anonymous
     target: str
     read_only: Bool = False
+    tmpfs: TmpfsMountDef | None = None
 
 
 class ConfigMountDef(_Model):
@@ -238,8 +287,57 @@ class RollbackConfigDef(UpdateConfigDef):
         return value
 
 
+class ResourceDef(_Model):
+    """deploy.resources.limits / .reservations."""
+
+    cpus: Cpus | None = None
+    memory: Bytes | None = None
+    pids: Int | None = Field(default=None, ge=-1)
+
+
+class ReservationDef(_Model):
+    cpus: Cpus | None = None  # a Swarm scheduling hint: no effect on one engine (as compose)
+    memory: Bytes | None = None
+
+
+class ResourcesDef(_Model):
+    limits: ResourceDef = ResourceDef()
+    reservations: ReservationDef = ReservationDef()
+
+
+class LoggingDef(_Model):
+    driver: str | None = None
+    options: dict[str, Scalar | None] = {}
+
+
+class UlimitDef(_Model):
+    soft: Int
+    hard: Int
+
+
+class PortDef(_Model):
+    """Long syntax of a service port."""
+
+    target: Int
+    published: str | Int | None = None
+    host_ip: str | None = None
+    protocol: Literal["tcp", "udp", "sctp"] = "tcp"
+    mode: Literal["host", "ingress"] = "ingress"  # ingress is Swarm's: one engine binds host
+    name: str | None = None
+    app_protocol: str | None = None
+
+    def text(self) -> str:
+        """The short syntax it means: [IP:][HOST:]CONTAINER/PROTO."""
+        ip = self.host_ip or ""
+        if ":" in ip:
+            ip = f"[{ip}]"
+        host = "" if self.published in (None, "") else f"{self.published}:"
+        return f"{ip + ':' if ip else ''}{host}{self.target}/{self.protocol}"
+
+
 class DeployDef(_Model):
     replicas: Int | None = Field(default=None, ge=0)
+    resources: ResourcesDef = ResourcesDef()
     update_config: UpdateConfigDef = UpdateConfigDef()
     rollback_config: RollbackConfigDef = RollbackConfigDef()
 
@@ -267,7 +365,7 @@ class ServiceDef(_Model):
     entrypoint: str | list[str] | None = None
     env_file: str | list[str | EnvFileDef] = []
     environment: dict[str, Scalar | None] | list[str] = {}
-    ports: list[str | Int] = []
+    ports: list[str | Int | PortDef] = []
     volumes: list[str | VolumeMountDef] = []
     configs: list[ConfigMountDef] = []
     networks: list[str] | dict[str, NetworkAttachDef | None] = []
@@ -275,10 +373,10 @@ class ServiceDef(_Model):
     restart: str = "no"
     healthcheck: HealthcheckDef | None = None
     depends_on: list[str] | dict[str, DependsOnDef] = []
-    labels: dict[str, str] | list[str] = {}
+    labels: dict[str, Scalar | None] | list[str] = {}
     working_dir: str | None = None
     hostname: str | None = None
-    extra_hosts: list[str] = []
+    extra_hosts: list[str] | dict[str, str | list[str]] = []
     cap_add: list[str] = []
     cap_drop: list[str] = []
     read_only: Bool = False
@@ -291,15 +389,35 @@ class ServiceDef(_Model):
     heal: HealDef = HealDef()
     deploy: DeployDef = DeployDef()
     drain_period: Duration = 3.0
+    # compose keys of issue #10 (resources, logging, terminal, DNS): RuntimeOptions
+    scale: Int | None = Field(default=None, ge=0)
+    expose: list[str | Int] = []
+    cpus: Cpus | None = None
+    mem_limit: Bytes | None = None
+    mem_reservation: Bytes | None = None
+    pids_limit: Int | None = Field(default=None, ge=-1)
+    shm_size: Bytes | None = None
+    logging: LoggingDef | None = None
+    tmpfs: str | list[str] = []
+    ulimits: dict[str, Int | UlimitDef] = {}
+    sysctls: dict[str, Scalar] | list[str] = {}
+    stdin_open: Bool = False
+    tty: Bool = False
+    dns: str | list[str] = []
+    dns_search: str | list[str] = []
+    group_add: list[str | Int] = []
 
     @property
     def replica_count(self) -> int:
-        """replicas, or deploy.replicas when only that is given (a conflict is a _check error)."""
-        if "replicas" not in self.model_fields_set and self.deploy.replicas is not None:
-            return self.deploy.replicas
+        """replicas, or deploy.replicas or scale when only that is given (a conflict is a
+        _check error)."""
+        if "replicas" not in self.model_fields_set:
+            for given in (self.deploy.replicas, self.scale):
+                if given is not None:
+                    return given
         return self.replicas
 
-    _limit = field_validator("replicas")(_replica_limit)
+    _limit = field_validator("replicas", "scale")(_replica_limit)
 
     @field_validator("pull_policy")
     @classmethod

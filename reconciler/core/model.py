@@ -47,6 +47,7 @@ class NetworkSpec:
     internal: bool = False
     labels: tuple[tuple[str, str], ...] = ()
     ipam: tuple[tuple[str, str], ...] = ()  # (subnet, gateway) pairs; gateway may be ""
+    external: bool = False  # made by someone else: never created nor removed, must exist
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,8 @@ class VolumeSpec:
     name: str
     driver: str = "local"
     labels: tuple[tuple[str, str], ...] = ()
+    driver_opts: tuple[tuple[str, str], ...] = ()
+    external: bool = False  # made by someone else: never created nor removed, must exist
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,41 @@ class Healthcheck:
     timeout_s: float = 30.0
     retries: int = 3
     start_period_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeOptions:
+    """Compose's resource, logging and terminal keys (issue #10): HostConfig/Config fields.
+
+    Only the fields that differ from their default enter the spec hash, so a file that sets
+    none of them keeps the hash it had before they existed (no mass recreate on upgrade).
+    """
+
+    expose: tuple[str, ...] = ()  # "80/tcp"
+    cpus: float | None = None  # NanoCpus / 1e9
+    mem_limit: int | None = None  # bytes
+    mem_reservation: int | None = None  # bytes
+    pids_limit: int | None = None
+    shm_size: int | None = None  # bytes
+    log_driver: str | None = None
+    log_options: tuple[tuple[str, str], ...] = ()
+    tmpfs: tuple[tuple[str, str], ...] = ()  # (path, mount options)
+    ulimits: tuple[tuple[str, int, int], ...] = ()  # (name, soft, hard)
+    sysctls: tuple[tuple[str, str], ...] = ()
+    stdin_open: bool = False
+    tty: bool = False
+    dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    group_add: tuple[str, ...] = ()
+    health_start_interval_s: float | None = None  # API >= 1.44; older engines drop it
+
+    def hashed(self) -> dict[str, object]:
+        """The fields set to something other than their default."""
+        default = _DEFAULT_OPTIONS
+        return {k: v for k, v in asdict(self).items() if v != getattr(default, k)}
+
+
+_DEFAULT_OPTIONS = RuntimeOptions()
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +149,7 @@ class ContainerSpec:
     network_mode: str | None = None
     pid: str | None = None
     config_digests: tuple[tuple[str, str], ...] = ()  # (target, sha256) of declared configs
+    options: RuntimeOptions = _DEFAULT_OPTIONS  # compose keys of issue #10
     # Configs applied by a signal: not part of the hash, so a change reloads, not recreates.
     reload_digest: str = field(default="", compare=False)
     reload_signal: str | None = field(default=None, compare=False)
@@ -120,6 +159,11 @@ class ContainerSpec:
         if not self.spec_hash:
             unhashed = ("spec_hash", "reload_digest", "reload_signal")
             payload = {k: v for k, v in asdict(self).items() if k not in unhashed}
+            options = self.options.hashed()
+            if options:
+                payload["options"] = options
+            else:
+                del payload["options"]  # unset: the hash files had before these keys
             grace = self.stop_grace_s
             if grace is not None and grace == int(grace):
                 payload["stop_grace_s"] = int(grace)  # 10.0 hashes as 10 did: no mass recreate
@@ -181,6 +225,9 @@ class ServiceSpec:
     pull_every_s: float | None = None  # follow the tag: ask the registry this often
     build: BuildSpec | None = None
     depends_on: tuple[str, ...] = ()
+    # depends_on conditions other than service_started, as (service, condition).
+    conditions: tuple[tuple[str, DependsCondition], ...] = ()
+    job: bool = False  # another waits for it to complete: a replica that exited 0 is done
     state: Literal["running", "stopped"] = "running"
     heal: HealPolicy = HealPolicy()
     update: UpdateConfig = DEFAULT_UPDATE
@@ -193,6 +240,25 @@ class ServiceSpec:
     @property
     def has_healthcheck(self) -> bool:
         return any(c.healthcheck is not None for c in self.replicas)
+
+    def waits_for(self) -> tuple[str, ...]:
+        """What each dependency must be before this service starts (`ready_token`s)."""
+        conditions = dict(self.conditions)
+        return tuple(ready_token(d, conditions.get(d, "service_started")) for d in self.depends_on)
+
+
+DependsCondition = Literal["service_started", "service_healthy", "service_completed_successfully"]
+
+
+def ready_token(service: str, condition: DependsCondition) -> str:
+    """`web` (its replicas run), `web:healthy` or `web:completed` (all exited 0)."""
+    match condition:
+        case "service_healthy":
+            return f"{service}:healthy"
+        case "service_completed_successfully":
+            return f"{service}:completed"
+        case _:
+            return service
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,12 +50,14 @@ from reconciler.core.model import (
     RemoveVolume,
     RenameContainer,
     RestartContainer,
+    RuntimeOptions,
     SignalContainer,
     StartContainer,
     StopContainer,
     UnpauseContainer,
     ownership_labels,
 )
+from reconciler.core.takeover import COMPOSE_PROJECT, COMPOSE_SERVICE, ForeignContainer
 from reconciler.errors import ActionFailed, EngineSlow, EngineUnavailable, NameConflict
 
 _EXIT = re.compile(r"Exited \((-?\d+)\)")
@@ -196,6 +198,34 @@ class Engine:
             )
         return tuple(sorted((_container(c) for c in found), key=lambda c: c.name))
 
+    def others(self, project: str) -> tuple[ForeignContainer, ...]:
+        """Every container that is not this project's (one list call): who holds what."""
+        with docker_errors("observe other containers"):
+            found = self.api.containers(all=True)
+        out = []
+        for c in found:
+            labels = c.get("Labels") or {}
+            ours = labels.get(LABEL_MANAGED) == "true"
+            if ours and labels.get(LABEL_PROJECT) == project:
+                continue
+            ports = frozenset(
+                (str(p.get("IP", "")), int(p["PublicPort"]), str(p.get("Type", "tcp")))
+                for p in c.get("Ports") or ()
+                if p.get("PublicPort")
+            )
+            out.append(
+                ForeignContainer(
+                    id=c["Id"],
+                    name=(c.get("Names") or ["/" + c["Id"][:12]])[0].lstrip("/"),
+                    state=c.get("State", ""),
+                    compose_project=labels.get(COMPOSE_PROJECT, ""),
+                    compose_service=labels.get(COMPOSE_SERVICE, ""),
+                    reconciler_project=labels.get(LABEL_PROJECT, "") if ours else "",
+                    host_ports=ports,
+                )
+            )
+        return tuple(sorted(out, key=lambda c: c.name))
+
     def started_at(self, container_id: str) -> float | None:
         """When a container last started (one inspect; None when gone or never started)."""
         state = ((self.inspect(container_id) or {}).get("State")) or {}
@@ -260,7 +290,12 @@ class Engine:
                 labels = dict(spec.labels) | ownership_labels(project)
                 with docker_errors(f"create volume {spec.name}"):
                     self._call("volume_create")
-                    api.create_volume(spec.name, driver=spec.driver, labels=labels)
+                    api.create_volume(
+                        spec.name,
+                        driver=spec.driver,
+                        driver_opts=dict(spec.driver_opts) or None,
+                        labels=labels,
+                    )
             case CreateContainer(spec=spec):
                 self._create(spec, action.name)
             case StartContainer(id=cid, name=name):
@@ -590,6 +625,7 @@ class Engine:
             network_mode=network_mode,
             pid_mode=spec.pid,
             extra_hosts=list(spec.extra_hosts) or None,
+            **_host_options(spec.options),
         )
         networking = None
         if not spec.network_mode and spec.networks:
@@ -609,16 +645,20 @@ class Engine:
                     "retries": hc.retries,
                     "start_period": int(hc.start_period_s * 1e9),
                 }
+        opts = spec.options
         with self._name_clash(name), docker_errors(f"create {name}"):
             self._call("container_create")
-            created = api.create_container(
+            config = api.create_container_config(
                 spec.image,
                 command=list(spec.command) if spec.command is not None else None,
                 entrypoint=list(spec.entrypoint) if spec.entrypoint is not None else None,
-                name=name,
-                environment=list(spec.environment),
+                # as create_container does (use_config_proxy): proxies from config.json
+                environment=api._proxy_configs.inject_proxy_environment(list(spec.environment))
+                or None,
                 labels=spec.all_labels(),
-                ports=[(p.container_port, p.protocol) for p in spec.ports] or None,
+                ports=_exposed(spec) or None,
+                stdin_open=opts.stdin_open,
+                tty=opts.tty,
                 user=spec.user,
                 working_dir=spec.working_dir,
                 hostname=spec.hostname,
@@ -628,12 +668,51 @@ class Engine:
                 host_config=host_config,
                 networking_config=networking,
             )
+            if healthcheck is not None and opts.health_start_interval_s is not None:
+                # docker-py knows no StartInterval (API 1.44): set it on the request itself;
+                # an engine older than 25 (API < 1.44) ignores the field.
+                config["Healthcheck"]["StartInterval"] = int(opts.health_start_interval_s * 1e9)
+            created = api.create_container_from_config(config, name)
         cid: str = created["Id"]
         with docker_errors(f"connect {name}"):
             for att in spec.networks[1:] if not spec.network_mode else ():
                 self._call("network_connect")
                 api.connect_container_to_network(cid, att.network, aliases=list(att.aliases))
         return cid
+
+
+def _exposed(spec: ContainerSpec) -> list[tuple[int, str]]:
+    """Published ports and `expose`: Config.ExposedPorts."""
+    ports = [(p.container_port, p.protocol) for p in spec.ports]
+    for entry in spec.options.expose:
+        port, _, proto = entry.partition("/")
+        ports.append((int(port), proto))
+    return list(dict.fromkeys(ports))
+
+
+def _host_options(o: RuntimeOptions) -> dict[str, Any]:
+    """HostConfig arguments of compose's resource, logging and DNS keys (unset: omitted)."""
+    args: dict[str, Any] = {
+        "mem_limit": o.mem_limit,
+        "mem_reservation": o.mem_reservation,
+        "nano_cpus": round(o.cpus * 1e9) if o.cpus is not None else None,
+        "pids_limit": o.pids_limit,
+        "shm_size": o.shm_size,
+        "tmpfs": dict(o.tmpfs) or None,
+        "sysctls": dict(o.sysctls) or None,
+        "dns": list(o.dns) or None,
+        "dns_search": list(o.dns_search) or None,
+        "group_add": list(o.group_add) or None,
+        "ulimits": [
+            docker.types.Ulimit(name=n, soft=soft, hard=hard) for n, soft, hard in o.ulimits
+        ]
+        or None,
+    }
+    if o.log_driver is not None or o.log_options:
+        args["log_config"] = docker.types.LogConfig(
+            type=o.log_driver or "", config=dict(o.log_options)
+        )
+    return {k: v for k, v in args.items() if v is not None}
 
 
 def _owned(labels: dict[str, str] | None, project: str) -> bool:

@@ -385,6 +385,7 @@ class Controller:
             or labels.get(LABEL_SPEC_HASH) != spec.spec_hash
             or run is None
             or docker_will_restart(spec.restart, run)
+            or (svc.job and run.exit_code == 0)  # a job that completed: done
         ):
             return False
         with self._book_lock(svc.name):
@@ -848,9 +849,20 @@ def _restrict(desired: DesiredState, svc: ServiceSpec) -> DesiredState:
 
 
 def _ready(desired: DesiredState, observed: Observed) -> frozenset[str]:
-    """Services whose every replica runs (what a dependent's start waits for)."""
-    running = {c.name for c in observed.containers if c.state == "running"}
-    return frozenset(s.name for s in desired.services if all(c.name in running for c in s.replicas))
+    """What a dependent's start waits for (`ready_token`s): services whose every replica
+    runs (`web`), runs healthy or without a healthcheck (`web:healthy`), exited 0
+    (`web:completed`)."""
+    seen = {c.name: c for c in observed.containers}
+    out: set[str] = set()
+    for s in desired.services:
+        mine = [seen.get(c.name) for c in s.replicas]
+        if all(c is not None and c.state == "running" for c in mine):
+            out.add(s.name)
+            if all(c is not None and c.health in (None, "healthy") for c in mine):
+                out.add(f"{s.name}:healthy")
+        if all(c is not None and c.state == "exited" and c.exit_code == 0 for c in mine):
+            out.add(f"{s.name}:completed")
+    return frozenset(out)
 
 
 def _image_gone(r: StepResult) -> bool:
