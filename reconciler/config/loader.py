@@ -17,7 +17,7 @@ import re
 import shlex
 import stat
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -57,6 +57,7 @@ from reconciler.core.model import (
     DesiredState,
     HealPolicy,
     Healthcheck,
+    HostAccess,
     NetworkAttachment,
     NetworkSpec,
     PortBinding,
@@ -76,6 +77,11 @@ MAX_DNS_LABEL = 63
 ENV_MAX_REPLICAS = "RECONCILER_MAX_REPLICAS"
 # Keys that do not change what a service's containers are: left out of its revision.
 _NOT_IN_REVISION = {"replicas", "deploy", "heal", "drain_period", "state", "pull", "depends_on"}
+# Keys added after revisions were first recorded: left out of a revision when not given.
+_ADDED_KEYS = ("privileged", "devices", "ipc", "uts", "userns_mode", "security_opt", "secrets")
+# Keys the host policy judges (core.policy): their lines are kept for its messages.
+_POLICY_KEYS = ("privileged", "devices", "cap_add", "pid", "ipc", "uts", "userns_mode")
+_POLICY_KEYS += ("network_mode", "security_opt", "volumes")
 _PORT = re.compile(
     r"^(?:(?P<ip>[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9a-fA-F:]+\]):)?"
     r"(?:(?P<host>[0-9]{1,10}(?:-[0-9]{1,10})?):)?"
@@ -186,13 +192,34 @@ def parse(
         project=state.project,
         networks=state.networks,
         volumes=state.volumes,
-        services=state.services,
+        services=tuple(_with_access(svc, definition, base_dir, doc) for svc in state.services),
         source=source,
         digest=digest,
         volume_templates=state.volume_templates,
         watched=tuple(sorted(files)),
         secrets=frozenset(report.secret_values),
     )
+
+
+def _with_access(
+    svc: ServiceSpec, d: DesiredStateDef, base_dir: Path, doc: Document
+) -> ServiceSpec:
+    """The service with what it asks of the host (for core.policy): its `volumes:` binds as
+    real host paths (symlinks resolved, as mount(2) does) and the line of each judged key."""
+    s = d.services[svc.name]
+    lines = []
+    for key in _POLICY_KEYS:
+        mark = doc.mark(("services", svc.name, key), key=True)
+        if key in s.model_fields_set and mark is not None:
+            lines.append((key, mark.line))
+    binds = []
+    for i, vol in enumerate(s.volumes):
+        m = _mount(vol)
+        if m is not None and m.type == "bind":
+            mark = doc.mark(("services", svc.name, "volumes", i))
+            real = os.path.realpath(_resolve(base_dir, m.source))
+            binds.append((real, m.read_only, mark.line if mark else 0))
+    return replace(svc, access=HostAccess(tuple(binds), tuple(lines)))
 
 
 # --------------------------------------------------------------------------- problems
@@ -982,7 +1009,8 @@ class _Renderer:
         paths) are normalised; the content of the config files it mounts is included,
         except those applied by reload_signal (as for the spec hash).
         """
-        body = s.model_dump(mode="json", exclude=_NOT_IN_REVISION)
+        added = {k for k in _ADDED_KEYS if k not in s.model_fields_set}
+        body = s.model_dump(mode="json", exclude=_NOT_IN_REVISION | added)
         body["environment"] = list(_environment(s.environment, self.env_files.get(name, {})))
         body.pop("env_file", None)  # its content is in environment
         body["labels"] = _labels(s.labels)
@@ -1115,6 +1143,12 @@ class _Renderer:
             init=s.init,
             network_mode=network_mode,
             pid=s.pid,
+            privileged=s.privileged,
+            devices=tuple(s.devices),
+            ipc=s.ipc,
+            uts=s.uts,
+            userns_mode=s.userns_mode,
+            security_opt=tuple(s.security_opt),
             config_digests=configs.digests,
             reload_digest=configs.reload_digest,
             reload_signal=configs.reload_signal,

@@ -250,6 +250,13 @@ class ServiceDef(_Model):
     init: Bool | None = None
     network_mode: str | None = None
     pid: str | None = None
+    # Host power: judged by the host policy (core.policy) before anything is created.
+    privileged: Bool = False
+    devices: list[str] = []
+    ipc: str | None = None
+    uts: str | None = None
+    userns_mode: str | None = None
+    security_opt: list[str] = []
     state: Literal["running", "stopped"] = "running"
     heal: HealDef = HealDef()
     deploy: DeployDef = DeployDef()

@@ -80,6 +80,41 @@ class NetworkAttachment:
 
 
 @dataclass(frozen=True, slots=True)
+class SecretMount:
+    """A compose file-based secret: `source` (a root-only copy on the host) is bind-mounted
+    read-only at `target`; `digest` (sha256 of the content) puts a change in the spec hash."""
+
+    name: str
+    source: str
+    target: str
+    digest: str
+
+
+_ADDED_DEFAULTS: dict[str, object] = {
+    "privileged": False,
+    "devices": (),
+    "ipc": None,
+    "uts": None,
+    "userns_mode": None,
+    "security_opt": (),
+    "secrets": (),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class HostAccess:
+    """What a service's file entry asks of the host beyond its ContainerSpec, for core.policy:
+    the bind mounts of `volumes:` (configs and secrets are ours, not judged) and where each
+    key is in the file."""
+
+    binds: tuple[tuple[str, bool, int], ...] = ()  # (host path, read-only, line)
+    lines: tuple[tuple[str, int], ...] = ()  # (key, line)
+
+    def line(self, key: str) -> int:
+        return dict(self.lines).get(key, 0)
+
+
+@dataclass(frozen=True, slots=True)
 class ContainerSpec:
     """Everything Docker needs to create one replica; its hash decides drift."""
 
@@ -110,6 +145,14 @@ class ContainerSpec:
     init: bool | None = None
     network_mode: str | None = None
     pid: str | None = None
+    # Host power (what core.policy judges); left out of the hash at their defaults.
+    privileged: bool = False
+    devices: tuple[str, ...] = ()  # HOST[:CONTAINER[:PERMS]]
+    ipc: str | None = None
+    uts: str | None = None
+    userns_mode: str | None = None
+    security_opt: tuple[str, ...] = ()
+    secrets: tuple[SecretMount, ...] = ()  # files under /run/secrets (digests, never values)
     config_digests: tuple[tuple[str, str], ...] = ()  # (target, sha256) of declared configs
     # Configs applied by a signal: not part of the hash, so a change reloads, not recreates.
     reload_digest: str = field(default="", compare=False)
@@ -120,6 +163,9 @@ class ContainerSpec:
         if not self.spec_hash:
             unhashed = ("spec_hash", "reload_digest", "reload_signal")
             payload = {k: v for k, v in asdict(self).items() if k not in unhashed}
+            for key, default in _ADDED_DEFAULTS.items():  # keys added later: hashes unchanged
+                if payload.get(key) == default:
+                    del payload[key]
             grace = self.stop_grace_s
             if grace is not None and grace == int(grace):
                 payload["stop_grace_s"] = int(grace)  # 10.0 hashes as 10 did: no mass recreate
@@ -188,6 +234,7 @@ class ServiceSpec:
     stop_grace_s: float | None = None  # also for replicas scaled away (none may be left)
     # Identifies what the file asks of the service's containers, whatever the replica count.
     revision: str = ""
+    access: HostAccess = field(default=HostAccess(), compare=False)  # for core.policy
 
     @property
     def has_healthcheck(self) -> bool:
@@ -208,6 +255,8 @@ class DesiredState:
     watched: tuple[str, ...] = ()  # config files/folders services mount (re-read on change)
     # Values nothing may print: what secret-looking variables interpolated into the file.
     secrets: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
+    # Services the host policy denies (core.policy.enforce): never created nor touched.
+    denied: frozenset[str] = field(default=frozenset(), compare=False)
 
     def service(self, name: str) -> ServiceSpec:
         return next(s for s in self.services if s.name == name)

@@ -541,6 +541,13 @@ class Engine:
             network_mode=network_mode,
             pid_mode=spec.pid,
             extra_hosts=list(spec.extra_hosts) or None,
+            # Host power: only what the host policy allowed reaches here (core.policy).
+            privileged=spec.privileged,
+            devices=list(spec.devices) or None,
+            ipc_mode=spec.ipc,
+            uts_mode=spec.uts,
+            userns_mode=spec.userns_mode,
+            security_opt=list(spec.security_opt) or None,
         )
         networking = None
         if not spec.network_mode and spec.networks:

@@ -175,6 +175,8 @@ class Controller:
                 self.on_note(note)
         observed = _without_project_objects(observed)  # reported above, once
         for svc in desired.services:
+            if svc.name in desired.denied:
+                continue  # the host policy denies it: never created nor touched
             target, _, rollout = self._target(svc)
             mine = _containers_of(observed, svc.name)
             holds = Holds(
@@ -210,6 +212,8 @@ class Controller:
         desired = self.desired
         svc = next((s for s in desired.services if s.name == name), None)
         hints = self._hints.pop(name, set())
+        if name in desired.denied:  # the host policy denies it (reported at load)
+            return Outcome()
         if svc is not None and len(hints) == 1 and name in self._quiet:
             # One replica died and nothing else is pending: start it on one inspect. Several
             # (a mass failure) take the full path, which starts them all in parallel.

@@ -21,7 +21,10 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from reconciler.config import loader as desired_file
+from reconciler.config import policy_file, strict_modes
 from reconciler.core.model import DesiredState
+from reconciler.core.policy import DEFAULT as DEFAULT_POLICY
+from reconciler.core.policy import Denial, Policy, enforce
 from reconciler.engine.docker_engine import Engine
 from reconciler.errors import DesiredStateError, EngineUnavailable
 from reconciler.ops.http import serve
@@ -52,6 +55,8 @@ class Options:
     lock_dir: Path | None = None
     state_dir: Path | None = None
     pull_timeout: float = 600.0
+    policy: Path | None = None  # the host policy file (None: the default path)
+    strict_modes: bool = True  # refuse inputs others can write (config.strict_modes)
 
 
 class Daemon:
@@ -64,8 +69,10 @@ class Daemon:
         api: docker.APIClient,
         metrics: Metrics | None = None,
         signals: SignalRelay | None = None,
+        policy: Policy | None = None,
     ) -> None:
         self.options = options
+        self.policy = policy or DEFAULT_POLICY
         self.api = api
         self.metrics = metrics or Metrics()
         self.signals = signals or SignalRelay()
@@ -83,7 +90,7 @@ class Daemon:
             cancelled=self.signals.stop.is_set,
         )
         self.scheduler = BackgroundScheduler(timezone="UTC")
-        self._file_stamp = stamps(options.path, desired.watched)
+        self._file_stamp = self._stamps(desired)
         self._last_end: float | None = None
         self._engine_up = False
         self._state_valid = True
@@ -106,6 +113,9 @@ class Daemon:
             stop=self.signals.stop,
         )
         self.metrics.loaded(desired.digest)
+        desired, denials = enforce(desired, self.policy)
+        self.controller.desired = desired
+        self._count_denials(denials)
         self.metrics.reloads.labels("success")
         self.metrics.reloads.labels("error")
 
@@ -300,8 +310,12 @@ class Daemon:
 
     # ------------------------------------------------------------------ desired state
 
+    def _stamps(self, desired: DesiredState) -> tuple[object, ...]:
+        policy = self.options.policy or policy_file.DEFAULT_PATH
+        return stamps(self.options.path, (*desired.watched, str(policy)))
+
     def _watch_file(self) -> None:
-        stamp = stamps(self.options.path, self.desired.watched)
+        stamp = self._stamps(self.desired)
         if stamp != self._file_stamp:
             self._file_stamp = stamp
             self._reload_trigger = "file"
@@ -341,19 +355,46 @@ class Daemon:
             }
             self._write_status()
 
+    def _count_denials(self, denials: tuple[Denial, ...]) -> None:
+        for d in denials:
+            self.metrics.policy_denials.labels(d.service, d.rule).inc()
+            log.error(
+                "denied by the host policy",
+                service=d.service,
+                rule=d.rule,
+                error=d.message(str(self.options.path), self.policy),
+            )
+
+    def _load(self) -> tuple[DesiredState, Policy, tuple[Denial, ...]]:
+        """The file, checked (StrictModes) and judged by the policy (read again too)."""
+        new = desired_file.load(self.options.path)
+        policy = policy_file.load(self.options.policy)
+        if self.options.strict_modes:
+            inputs = [self.options.path, *new.watched]
+            strict_modes.check(
+                [*inputs, self.options.policy or policy_file.DEFAULT_PATH],
+                source=str(self.options.path),
+            )
+        new, denials = enforce(new, policy)
+        return new, policy, denials
+
     def reload(self, trigger: str) -> bool:
         """Re-read the file; on error keep the last good state and change nothing."""
         try:
-            new = desired_file.load(self.options.path)
+            new, policy, denials = self._load()
         except DesiredStateError as exc:
             self.metrics.reloads.labels("error").inc()
             self.metrics.state_valid.set(0)
             self._state_valid = False
             self._reload_error = str(exc)
-            log.error("desired state rejected; keeping the last good one", error=str(exc))
+            log.error(
+                "desired state rejected; keeping the last good one",
+                file=exc.source,
+                error=str(exc),
+            )
             return False
         self.metrics.reloads.labels("success").inc()
-        if new.digest != self.desired.digest:
+        if new.digest != self.desired.digest or policy != self.policy:
             if new.project != self.desired.project:
                 log.error(
                     "the project name cannot change while running; restart the daemon",
@@ -367,9 +408,10 @@ class Daemon:
                     f"{new.project}); restart the daemon"
                 )
                 return False
-            self.controller.desired = new
-            self._file_stamp = stamps(self.options.path, new.watched)
+            self.controller.desired, self.policy = new, policy
+            self._file_stamp = self._stamps(new)
             self.metrics.loaded(new.digest)
+            self._count_denials(denials)
             log.info("desired state loaded", file=str(self.options.path), digest=new.digest[:12])
         self._state_valid = True
         self.metrics.state_valid.set(1)
