@@ -80,8 +80,8 @@ _NOT_IN_REVISION = {"replicas", "deploy", "heal", "drain_period", "state", "pull
 # Keys added after revisions were first recorded: left out of a revision when not given.
 _ADDED_KEYS = ("privileged", "devices", "ipc", "uts", "userns_mode", "security_opt", "secrets")
 # Keys the host policy judges (core.policy): their lines are kept for its messages.
-_POLICY_KEYS = ("privileged", "devices", "cap_add", "pid", "ipc", "uts", "userns_mode")
-_POLICY_KEYS += ("network_mode", "security_opt", "volumes")
+_POLICY_KEYS: tuple[str, ...] = ("privileged", "devices", "cap_add", "pid", "ipc", "uts")
+_POLICY_KEYS += ("userns_mode", "network_mode", "security_opt", "volumes")
 _PORT = re.compile(
     r"^(?:(?P<ip>[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9a-fA-F:]+\]):)?"
     r"(?:(?P<host>[0-9]{1,10}(?:-[0-9]{1,10})?):)?"

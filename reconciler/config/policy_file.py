@@ -7,7 +7,8 @@ is root on the host). The CLI and the daemon's reloader call `load`.
     allow:
       - rule: host_path            # one of core.policy.RULES
         services: [node-exporter]
-        paths: [/, /proc, /sys]    # host_path, devices; capabilities: cap_add; options: security_opt
+        paths: [/, /proc, /sys]    # host_path, devices (capabilities: cap_add; options:
+                                   # security_opt)
         read_only: true            # host_path: the default; false also allows read-write
 """
 

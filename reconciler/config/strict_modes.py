@@ -35,9 +35,7 @@ def trusted_uids() -> frozenset[int]:
     return frozenset({0, os.geteuid()})
 
 
-def check(
-    paths: Iterable[str | Path], *, source: str, uids: frozenset[int] | None = None
-) -> None:
+def check(paths: Iterable[str | Path], *, source: str, uids: frozenset[int] | None = None) -> None:
     """Raise InsecureInput listing every unsafe path among `paths` (absent ones are skipped:
     the loader reports those)."""
     found = problems(paths, uids=uids)
@@ -110,8 +108,7 @@ def _entry(
         if is_parent and mode & stat.S_ISVTX and st.st_uid == 0:
             return None  # /tmp: others cannot replace what is not theirs
         return (
-            f"{what} is writable by group or others; refusing it "
-            f"(StrictModes: chmod go-w {path})"
+            f"{what} is writable by group or others; refusing it (StrictModes: chmod go-w {path})"
         )
     return None
 

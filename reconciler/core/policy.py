@@ -29,8 +29,10 @@ RULES = (
 )
 # Docker's default capability set: adding one of these grants nothing new.
 SAFE_CAPS = frozenset(
-    "CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE NET_RAW "
-    "SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP".split()
+    {
+        *("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP"),
+        *("NET_BIND_SERVICE", "NET_RAW", "SYS_CHROOT", "MKNOD", "AUDIT_WRITE", "SETFCAP"),
+    }
 )
 # Host paths a bind mount may not reach (itself, below it, or a folder above it).
 PROTECTED_PATHS = (
@@ -46,7 +48,12 @@ PROTECTED_PATHS = (
     "/var/run/docker.sock",
     "/run/containerd",
 )
-_UNCONFINED = {"seccomp=unconfined", "apparmor=unconfined", "label=disable", "systempaths=unconfined"}
+_UNCONFINED = {
+    "seccomp=unconfined",
+    "apparmor=unconfined",
+    "label=disable",
+    "systempaths=unconfined",
+}
 _HOST_MODES = (
     ("pid", "host_pid"),
     ("ipc", "host_ipc"),

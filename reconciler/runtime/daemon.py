@@ -370,7 +370,7 @@ class Daemon:
         new = desired_file.load(self.options.path)
         policy = policy_file.load(self.options.policy)
         if self.options.strict_modes:
-            inputs = [self.options.path, *new.watched]
+            inputs: list[str | Path] = [self.options.path, *new.watched]
             strict_modes.check(
                 [*inputs, self.options.policy or policy_file.DEFAULT_PATH],
                 source=str(self.options.path),
