@@ -256,3 +256,71 @@ def test_protected_is_about_the_whole_path(parts: list[str]) -> None:
     for p in parts:
         hit = policy.protected(p)
         assert (hit is None) == (p in ("/srv", "/home"))
+
+
+def test_configs_and_secrets_outside_the_files_folder_are_judged(tmp_path: Path) -> None:
+    """A config or secret from outside the desired state's folder is a host bind: /etc is
+    denied (read-only included) unless the policy allows it."""
+    d = _state(
+        tmp_path,
+        "  a:\n    image: x\n    configs: [{source: /etc, target: /c}]\n"
+        "  b:\n    image: x\n    secrets: [s]\n"
+        "secrets:\n  s: {file: /etc/hostname}\n",
+    )
+    _, found = policy.enforce(d)
+    assert {(x.service, x.key, x.rule) for x in found} == {
+        ("a", "configs", "host_path"),
+        ("b", "secrets", "host_path"),
+    }
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+SECRET = "s3cr3t-hunter2-value"
+
+
+def _secret_state(tmp_path: Path, value: str = SECRET, ref: str = "[db_password]") -> Path:
+    _write(tmp_path / "db_password.txt", value, 0o600)
+    return _write(
+        tmp_path / "d.yaml",
+        "version: 1\nproject: sec\n"
+        "secrets:\n  db_password: {file: ./db_password.txt}\n"
+        f"services:\n  db:\n    image: busybox\n    secrets: {ref}\n",
+    )
+
+
+def test_secret_is_a_read_only_file_never_a_value(tmp_path: Path) -> None:
+    """A secret becomes a mount at /run/secrets/NAME; its value is nowhere in the spec, its
+    repr, its labels, the plan's words or the desired state's digest."""
+    from reconciler.core.model import CreateContainer, describe
+
+    d = loader.load(_secret_state(tmp_path))
+    [spec] = d.services[0].replicas
+    [mount] = spec.secrets
+    assert mount.target == "/run/secrets/db_password"
+    assert mount.source == str(tmp_path / "db_password.txt")
+    assert SECRET not in repr(spec) and SECRET not in repr(d)
+    assert SECRET not in str(spec.all_labels()) and SECRET not in str(spec.environment)
+    assert mount.digest not in repr(spec)
+    assert SECRET not in describe(CreateContainer(spec))
+    assert SECRET in d.secrets  # marked: the log processor and the CLI redact it
+
+
+def test_secret_content_change_is_a_pending_change(tmp_path: Path) -> None:
+    """A new content changes the spec hash and the revision (a digest, never the value)."""
+    first = loader.load(_secret_state(tmp_path)).services[0]
+    second = loader.load(_secret_state(tmp_path, "another-value")).services[0]
+    assert first.replicas[0].spec_hash != second.replicas[0].spec_hash
+    assert first.revision != second.revision
+    assert str(tmp_path / "db_password.txt") in loader.load(_secret_state(tmp_path)).watched
+
+
+def test_secret_long_form_and_errors(tmp_path: Path) -> None:
+    """Long form: target relative to /run/secrets or absolute; an undeclared secret is an
+    error naming the line."""
+    d = loader.load(_secret_state(tmp_path, ref="[{source: db_password, target: pw}]"))
+    assert d.services[0].replicas[0].secrets[0].target == "/run/secrets/pw"
+    with pytest.raises(DesiredStateError) as err:
+        loader.load(_secret_state(tmp_path, ref="[nope]"))
+    assert ":8:" in str(err.value) and "secret 'nope' is not declared" in str(err.value)

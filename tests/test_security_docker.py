@@ -113,3 +113,40 @@ def test_daemon_refuses_an_unsafe_reload_and_keeps_the_last_good_state(
     # Denied: neither recreated with SYS_ADMIN nor removed; `good` still runs.
     assert sorted(running_names(api, project)) == before
     assert d.stop() == 0
+
+
+def test_secret_reaches_the_container_only_as_a_read_only_file(
+    api: docker.APIClient,
+    busybox_image: str,
+    project: str,
+    tmp_path: Path,
+    write_state: Callable[..., Path],
+) -> None:
+    """The container reads the secret at /run/secrets/NAME (read-only); `docker inspect`, our
+    output and `plan` never contain it; a new content is a pending change."""
+    value = f"pw-{project}-correct-horse"
+    (tmp_path / "pw.txt").write_text(value)
+    (tmp_path / "pw.txt").chmod(0o600)
+    doc = two(project, busybox_image, secrets=["pw"])
+    doc["secrets"] = {"pw": {"file": str(tmp_path / "pw.txt")}}
+    path = write_state(doc)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\n")
+    applied = run_cli("apply", str(path), "--policy", str(policy), "--lock-dir", str(tmp_path))
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    name = f"{project}-bad-1"
+
+    def run(*cmd: str) -> str:
+        exec_id = api.exec_create(name, list(cmd))["Id"]
+        return api.exec_start(exec_id).decode()
+
+    assert run("cat", "/run/secrets/pw") == value
+    assert "Read-only file system" in run("sh", "-c", "echo x > /run/secrets/pw 2>&1")
+    info = api.inspect_container(name)
+    assert value not in str(info) and value not in str(api.containers(all=True))
+    assert value not in applied.stdout + applied.stderr
+
+    (tmp_path / "pw.txt").write_text(value + "-rotated")
+    plan = run_cli("plan", str(path), "--policy", str(policy))
+    assert plan.returncode == 2 and f"{project}-bad-1" in plan.stdout
+    assert value not in plan.stdout + plan.stderr

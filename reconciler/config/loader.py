@@ -34,6 +34,7 @@ from reconciler.config.interpolation import (
 from reconciler.config.schema import (
     DEFAULT_MAX_REPLICAS,
     DesiredStateDef,
+    SecretRefDef,
     ServiceDef,
     UpdateConfigDef,
     VolumeMountDef,
@@ -61,6 +62,7 @@ from reconciler.core.model import (
     NetworkAttachment,
     NetworkSpec,
     PortBinding,
+    SecretMount,
     ServiceSpec,
     UpdateConfig,
     VolumeSpec,
@@ -71,6 +73,8 @@ REPLICA_PLACEHOLDER = "{replica}"
 MAX_PORT = 65535
 MAX_FILE_BYTES = 4 * 1024 * 1024  # the desired-state file
 MAX_ENV_FILE_BYTES = 1024 * 1024  # .env and each env_file
+MAX_SECRET_BYTES = 1024 * 1024  # each secrets: file
+SECRETS_DIR = "/run/secrets"
 MAX_CONTAINER_NAME = 128
 MAX_PROJECT_NAME = 63
 MAX_DNS_LABEL = 63
@@ -187,7 +191,7 @@ def parse(
         h.update(f"\0{file}={file_digest}".encode())
     digest = h.hexdigest()  # the file, every config it mounts, .env and every env_file
     # What secret-looking variables gave: never printed (environment values never are).
-    secrets.mark(report.secret_values)
+    secrets.mark(report.secret_values | renderer.secret_values)
     return DesiredState(
         project=state.project,
         networks=state.networks,
@@ -197,7 +201,7 @@ def parse(
         digest=digest,
         volume_templates=state.volume_templates,
         watched=tuple(sorted(files)),
-        secrets=frozenset(report.secret_values),
+        secrets=frozenset(report.secret_values | renderer.secret_values),
     )
 
 
@@ -218,7 +222,17 @@ def _with_access(
         if m is not None and m.type == "bind":
             mark = doc.mark(("services", svc.name, "volumes", i))
             real = os.path.realpath(_resolve(base_dir, m.source))
-            binds.append((real, m.read_only, mark.line if mark else 0))
+            binds.append((real, m.read_only, "volumes", mark.line if mark else 0))
+    # Configs and secrets are read-only binds too: inside the file's own folder they are
+    # inputs (StrictModes checked them); elsewhere they are judged as host paths.
+    home = os.path.realpath(base_dir)
+    files = [("configs", i, c.source) for i, c in enumerate(s.configs)]
+    files += [("secrets", i, d.secrets[_secret_ref(r)[0]].file) for i, r in enumerate(s.secrets)]
+    for key, i, source in files:
+        real = os.path.realpath(_resolve(base_dir, source))
+        if not real.startswith(home.rstrip("/") + "/"):
+            mark = doc.mark(("services", svc.name, key, i))
+            binds.append((real, True, key, mark.line if mark else 0))
     return replace(svc, access=HostAccess(tuple(binds), tuple(lines)))
 
 
@@ -663,6 +677,7 @@ def _check(d: DesiredStateDef, project: str) -> Iterable[Issue]:
                 yield Issue(
                     (*at, "networks"), f"network {net!r} is not declared under networks", where
                 )
+        yield from _check_secrets(d, name, svc)
         for i, port in enumerate(svc.ports):
             for message in _check_port(str(port), replicas):
                 yield Issue((*at, "ports", i), message)
@@ -697,6 +712,26 @@ def _check(d: DesiredStateDef, project: str) -> Iterable[Issue]:
             f"depends_on has a cycle: {' -> '.join(cycle)}",
             ("services", cycle[0], "depends_on"),
         )
+
+
+def _check_secrets(d: DesiredStateDef, name: str, svc: ServiceDef) -> Iterable[Issue]:
+    targets: set[str] = set()
+    for i, ref in enumerate(svc.secrets):
+        at: DataPath = ("services", name, "secrets", i)
+        source, target = _secret_ref(ref)
+        if source not in d.secrets:
+            yield Issue(at, f"secret {source!r} is not declared under secrets")
+        if target in targets:
+            yield Issue(at, f"two secrets at {target}")
+        targets.add(target)
+
+
+def _secret_ref(ref: str | SecretRefDef) -> tuple[str, str]:
+    """(secret name, path in the container): /run/secrets/NAME unless a target is given."""
+    if isinstance(ref, str):
+        return ref, f"{SECRETS_DIR}/{ref}"
+    target = ref.target or ref.source
+    return ref.source, target if target.startswith("/") else f"{SECRETS_DIR}/{target}"
 
 
 def _check_names(d: DesiredStateDef, project: str) -> Iterable[Issue]:
@@ -912,6 +947,7 @@ class _Renderer:
         self.env_files = env_files  # service -> what its env_file entries set
         self.problems: list[Issue] = []
         self.config_digests: dict[str, str] = {}
+        self.secret_values: set[str] = set()
         self.default_network = f"{project}_default"
 
     def render(self) -> DesiredState:
@@ -979,8 +1015,10 @@ class _Renderer:
             build = BuildSpec(str(self._path(ctx)), dockerfile)
         image = s.image or f"{self.project}-{name}"
         configs = self._configs(name, s)
+        mounts = self._secrets(name, s)
         replicas = tuple(
-            self._container(name, s, image, i, configs) for i in range(1, s.replica_count + 1)
+            self._container(name, s, image, i, configs, mounts)
+            for i in range(1, s.replica_count + 1)
         )
         heal = HealPolicy(
             s.heal.min_uptime, s.heal.backoff_initial, s.heal.backoff_max, s.heal.unhealthy_grace
@@ -998,10 +1036,35 @@ class _Renderer:
             rollback=_update_config(s.deploy.rollback_config),
             drain_s=s.drain_period,
             stop_grace_s=s.stop_grace_period,
-            revision=self._revision(name, s, configs),
+            revision=self._revision(name, s, configs, mounts),
         )
 
-    def _revision(self, name: str, s: ServiceDef, configs: _Configs) -> str:
+    def _secrets(self, name: str, s: ServiceDef) -> tuple[SecretMount, ...]:
+        """Each secret as a read-only bind of its file; the content only as a digest."""
+        out = []
+        for i, ref in enumerate(s.secrets):
+            source, target = _secret_ref(ref)
+            path = self._path(self.d.secrets[source].file)
+            try:
+                content = _read_limited(path, MAX_SECRET_BYTES)
+            except _TooLarge:
+                message = f"secret file {path} is larger than {MAX_SECRET_BYTES // 1024} KiB"
+                self.problems.append(Issue(("services", name, "secrets", i), message))
+                continue
+            except OSError as exc:
+                message = f"cannot read secret file {path}: {exc.strerror}"
+                self.problems.append(Issue(("services", name, "secrets", i), message))
+                continue
+            digest = hashlib.sha256(b"reconciler-secret\0" + content).hexdigest()
+            self.config_digests[str(path)] = digest  # watched: a change is a reload
+            with contextlib.suppress(UnicodeDecodeError):
+                self.secret_values.add(content.decode().strip())  # never printed
+            out.append(SecretMount(source, str(path), target, digest))
+        return tuple(out)
+
+    def _revision(
+        self, name: str, s: ServiceDef, configs: _Configs, mounts: tuple[SecretMount, ...] = ()
+    ) -> str:
         """sha256 of what the file asks of the service's containers, whatever their count.
 
         Replica count, deploy, heal, drain, state, pull and depends_on are left out (they
@@ -1031,6 +1094,8 @@ class _Renderer:
             "definition": body,
             "config_digests": [list(d) for d in configs.digests],
         }
+        if mounts:  # a content change is a new revision (the digest, never the value)
+            payload["secret_digests"] = [[m.target, m.digest] for m in mounts]
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -1078,6 +1143,7 @@ class _Renderer:
         image: str,
         replica: int,
         configs: _Configs,
+        mounts: tuple[SecretMount, ...] = (),
     ) -> ContainerSpec:
         binds, volumes = list(configs.binds), []
         for vol in s.volumes:
@@ -1149,6 +1215,7 @@ class _Renderer:
             uts=s.uts,
             userns_mode=s.userns_mode,
             security_opt=tuple(s.security_opt),
+            secrets=mounts,
             config_digests=configs.digests,
             reload_digest=configs.reload_digest,
             reload_signal=configs.reload_signal,

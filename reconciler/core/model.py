@@ -87,7 +87,7 @@ class SecretMount:
     name: str
     source: str
     target: str
-    digest: str
+    digest: str = field(repr=False)
 
 
 _ADDED_DEFAULTS: dict[str, object] = {
@@ -104,10 +104,10 @@ _ADDED_DEFAULTS: dict[str, object] = {
 @dataclass(frozen=True, slots=True)
 class HostAccess:
     """What a service's file entry asks of the host beyond its ContainerSpec, for core.policy:
-    the bind mounts of `volumes:` (configs and secrets are ours, not judged) and where each
-    key is in the file."""
+    its bind mounts as real host paths (configs and secrets inside the file's own folder are
+    inputs, not judged) and where each key is in the file."""
 
-    binds: tuple[tuple[str, bool, int], ...] = ()  # (host path, read-only, line)
+    binds: tuple[tuple[str, bool, str, int], ...] = ()  # (host path, read-only, key, line)
     lines: tuple[tuple[str, int], ...] = ()  # (key, line)
 
     def line(self, key: str) -> int:

@@ -133,13 +133,13 @@ def denials(svc: ServiceSpec, policy: Policy = DEFAULT) -> tuple[Denial, ...]:
         norm = opt.strip().replace(":", "=", 1)
         if norm in _UNCONFINED:
             deny("security_opt", "security_opt", f"security_opt {norm}", norm)
-    for path, read_only, at in svc.access.binds:
+    for path, read_only, key, at in svc.access.binds:
         hit = protected(path)
         if hit is not None:
             mode = "read-only" if read_only else "read-write"
             if not _allowed(policy, "host_path", svc.name, path, read_only):
                 detail = f"bind mount of {path} ({mode}; reaches {hit})"
-                out.append(Denial(svc.name, "host_path", "volumes", at, detail))
+                out.append(Denial(svc.name, "host_path", key, at, detail))
     return tuple(out)
 
 

@@ -530,8 +530,10 @@ class Engine:
             "MaximumRetryCount": int(retries or 0),
         }
         network_mode = spec.network_mode or (spec.networks[0].network if spec.networks else None)
+        # Secrets: their files bind-mounted read-only (the content never passes through us).
+        binds = [*spec.binds, *(f"{m.source}:{m.target}:ro" for m in spec.secrets)]
         host_config = api.create_host_config(
-            binds=list(spec.binds) or None,
+            binds=binds or None,
             port_bindings=port_bindings or None,
             restart_policy=restart,
             cap_add=list(spec.cap_add) or None,
