@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reconciler.config import loader, policy_file, strict_modes
@@ -324,3 +324,72 @@ def test_secret_long_form_and_errors(tmp_path: Path) -> None:
     with pytest.raises(DesiredStateError) as err:
         loader.load(_secret_state(tmp_path, ref="[nope]"))
     assert ":8:" in str(err.value) and "secret 'nope' is not declared" in str(err.value)
+
+
+# --------------------------------------------------------------------------- hostile input
+
+
+def test_not_utf8_names_the_byte_offset() -> None:
+    """Bytes that are not UTF-8 are refused with their line, column and byte offset."""
+    with pytest.raises(
+        DesiredStateError, match=r"x\.yaml:2:4: the file is not UTF-8 text \(byte 8\)"
+    ):
+        loader.parse(b"a: 1\nb: \xff\n", source="x.yaml", base_dir=Path("/srv"))
+
+
+def test_many_values_are_refused_while_composing() -> None:
+    """A file of many small values is refused once it passes MAX_NODES (before any walk)."""
+    from reconciler.config.yamlread import MAX_NODES
+
+    text = "services:\n  web:\n    image: x\n    extra_hosts:\n" + "    - 1\n" * (MAX_NODES + 5)
+    with pytest.raises(DesiredStateError, match=f"more than {MAX_NODES} values"):
+        loader.parse(text, source="x.yaml", base_dir=Path("/srv"))
+
+
+def test_too_large_file_is_refused(tmp_path: Path) -> None:
+    """Past MAX_FILE_BYTES the file is not even parsed."""
+    f = _write(tmp_path / "d.yaml", SMALL + "#" * loader.MAX_FILE_BYTES)
+    with pytest.raises(DesiredStateError, match="larger than 1 MiB"):
+        loader.load(f)
+
+
+_SHIPPED_LINES = (ROOT / "desired_state.yaml").read_text().split("\n")
+
+
+@st.composite
+def _shipped_mutation(draw: st.DrawFn) -> bytes:
+    lines = list(_SHIPPED_LINES)
+    for _ in range(draw(st.integers(1, 5))):
+        i = draw(st.integers(0, len(lines) - 1))
+        op = draw(st.sampled_from(["delete", "duplicate", "insert", "bytes"]))
+        if op == "delete":
+            del lines[i]
+        elif op == "duplicate":
+            lines.insert(i, lines[i])
+        elif op == "insert":
+            extra = draw(st.sampled_from(["privileged: true", "  - /:/h", "*a", "&a [", "<<: *a"]))
+            lines.insert(i, " " * draw(st.integers(0, 8)) + extra)
+        else:
+            lines[i] += draw(st.binary(max_size=4)).decode("latin-1")
+    data = "\n".join(lines).encode("utf-8", "surrogatepass")
+    return data + draw(st.binary(max_size=3))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_shipped_mutation())
+def test_fuzz_shipped_file_through_load_and_policy(
+    tmp_path_factory: pytest.TempPathFactory, raw: bytes
+) -> None:
+    """Mutations of the shipped file (lines, bytes, anchors, host-power keys): `load` gives a
+    valid state the policy can judge, or our own error; never anything else."""
+    folder = tmp_path_factory.mktemp("fuzz")
+    (folder / "configs").symlink_to(ROOT / "configs")
+    f = folder / "desired_state.yaml"
+    f.write_bytes(raw)
+    try:
+        d = loader.load(f)
+    except DesiredStateError as exc:
+        assert str(exc).startswith(f"{f}: invalid desired state:\n")
+        return
+    policy.enforce(d)
+    policy.enforce(d, policy_file.load(ROOT / "configs" / "policy.yaml"))

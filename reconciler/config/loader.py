@@ -71,7 +71,7 @@ from reconciler.errors import DesiredStateError
 
 REPLICA_PLACEHOLDER = "{replica}"
 MAX_PORT = 65535
-MAX_FILE_BYTES = 4 * 1024 * 1024  # the desired-state file
+MAX_FILE_BYTES = 1024 * 1024  # the desired-state file (its compose stops at MAX_NODES too)
 MAX_ENV_FILE_BYTES = 1024 * 1024  # .env and each env_file
 MAX_SECRET_BYTES = 1024 * 1024  # each secrets: file
 SECRETS_DIR = "/run/secrets"
@@ -414,7 +414,7 @@ def _decode(raw: bytes | str, report: _Report) -> str:
         except UnicodeDecodeError as exc:
             before = raw[: exc.start]
             mark = Mark(before.count(b"\n") + 1, exc.start - (before.rfind(b"\n") + 1) + 1)
-            report.add("the file is not UTF-8 text", mark=mark)
+            report.add(f"the file is not UTF-8 text (byte {exc.start})", mark=mark)
             raise report.error() from None
     if len(text) > MAX_FILE_BYTES:
         report.add(f"the file is larger than {MAX_FILE_BYTES // 1024 // 1024} MiB")
