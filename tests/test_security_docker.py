@@ -150,3 +150,60 @@ def test_secret_reaches_the_container_only_as_a_read_only_file(
     plan = run_cli("plan", str(path), "--policy", str(policy))
     assert plan.returncode == 2 and f"{project}-bad-1" in plan.stdout
     assert value not in plan.stdout + plan.stderr
+
+
+@pytest.mark.parametrize("pause", [0.3, 4.0])
+def test_two_step_edit_removes_nothing(
+    api: docker.APIClient,
+    busybox_image: str,
+    project: str,
+    tmp_path: Path,
+    daemon: Callable[..., DaemonProcess],
+    pause: float,
+) -> None:
+    """A 3-service file truncated and rewritten in two steps (first service, a pause, the
+    rest), as `echo > file` and some editors do: no container is removed or recreated."""
+    import time
+
+    import yaml
+
+    from tests.conftest import with_test_labels
+
+    net = f"{project}-net"
+    base = {"image": busybox_image, "init": True, "command": ["sleep", "100000"]}
+    doc = {
+        "version": 1,
+        "project": project,
+        "networks": {net: {}},
+        "services": {n: {**base, "networks": [net]} for n in ("s1", "s2", "s3")},
+    }
+    text = yaml.safe_dump(with_test_labels(project, doc), sort_keys=False)
+    cut = text.index("  s2:\n")
+    path = tmp_path / "desired_state.yaml"
+    path.write_text(text)
+    (tmp_path / "policy.yaml").write_text("version: 1\n")
+    d = daemon(path, interval=3600.0, extra=("--policy", str(tmp_path / "policy.yaml")))
+    wait_for(lambda: d.get("/readyz")[0] == 200, 60, what="ready")
+    ids = sorted(
+        c["Id"] for c in api.containers(filters={"label": f"io.reconciler.project={project}"})
+    )
+    assert len(ids) == 3
+
+    with path.open("w") as f:  # truncate, first part
+        f.write(text[:cut])
+    time.sleep(pause)
+    with path.open("a") as f:  # the rest
+        f.write(text[cut:])
+    wait_for(
+        lambda: (d.metric("reconciler_desired_state_reloads_total", result="success") or 0) >= 1,
+        DEADLINE_S,
+        what="a reload",
+    )
+    time.sleep(7.0)  # past removal_settle (5 s): whatever would happen has happened
+    label = {"label": f"io.reconciler.project={project}"}
+    assert sorted(c["Id"] for c in api.containers(filters=label)) == ids
+    assert not [e for e in d.lines() if e.get("event") == "action" and e.get("action") == "remove"]
+    if pause >= 2.0:  # the file watch (every 1 s) saw the first part: held, not applied
+        assert d.events(
+            "services missing from a file that just changed; reading it again before removing them"
+        )

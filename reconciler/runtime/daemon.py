@@ -55,6 +55,11 @@ class Options:
     lock_dir: Path | None = None
     state_dir: Path | None = None
     pull_timeout: float = 600.0
+    # Two-step edits (`echo > file`, an editor's truncate-then-write): a file is read once it
+    # has stayed unchanged for `settle`; services it no longer lists are removed only once it
+    # has not changed for `removal_settle` (it is read again then).
+    settle: float = 0.3
+    removal_settle: float = 5.0
     policy: Path | None = None  # the host policy file (None: the default path)
     strict_modes: bool = True  # refuse inputs others can write (config.strict_modes)
 
@@ -378,8 +383,48 @@ class Daemon:
         new, denials = enforce(new, policy)
         return new, policy, denials
 
+    def _wait_stable(self) -> None:
+        """Until the inputs look the same on two looks `settle` apart (at most 10 looks)."""
+        before = self._stamps(self.desired)
+        for _ in range(10):
+            if self.signals.stop.wait(self.options.settle):
+                return
+            now = self._stamps(self.desired)
+            if now == before:
+                return
+            before = now
+
+    def _file_age(self) -> float:
+        try:
+            return max(0.0, time.time() - self.options.path.stat().st_mtime)
+        except OSError:
+            return 0.0
+
+    def _hold_removals(self, new: DesiredState) -> bool:
+        """True when `new` drops services and the file changed too recently to trust that:
+        it is read again once it has been still for `removal_settle`."""
+        gone = {s.name for s in self.desired.services} - {s.name for s in new.services}
+        wait = self.options.removal_settle - self._file_age()
+        if not gone or wait <= 0:
+            return False
+        log.info(
+            "services missing from a file that just changed; reading it again before "
+            "removing them",
+            services=sorted(gone),
+            retry_in_s=round(wait, 2),
+        )
+        timer = threading.Timer(wait + 0.05, self._reload_later)
+        timer.daemon = True
+        timer.start()
+        return True
+
+    def _reload_later(self) -> None:
+        self._reload_trigger = "file"
+        self.signals.reload.set()
+
     def reload(self, trigger: str) -> bool:
         """Re-read the file; on error keep the last good state and change nothing."""
+        self._wait_stable()
         try:
             new, policy, denials = self._load()
         except DesiredStateError as exc:
@@ -393,6 +438,8 @@ class Daemon:
                 error=str(exc),
             )
             return False
+        if self._hold_removals(new):
+            return True  # the last good state stays until the file is read again
         self.metrics.reloads.labels("success").inc()
         if new.digest != self.desired.digest or policy != self.policy:
             if new.project != self.desired.project:
