@@ -17,7 +17,7 @@ import structlog
 
 from reconciler import __version__
 from reconciler.config import loader as desired_file
-from reconciler.config import policy_file, secrets, strict_modes
+from reconciler.config import policy_file, secrets, strict_modes, web_config
 from reconciler.core.model import DesiredState, describe
 from reconciler.core.planner import plan
 from reconciler.core.policy import Denial, enforce
@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
                 help="HOST:PORT for /metrics, /healthz, /readyz; repeat for several, "
                 "'off' for none (default 127.0.0.1:9816)",
             )
+            p.add_argument(
+                "--web-config-file",
+                type=Path,
+                default=None,
+                help="TLS and basic auth for those endpoints (Prometheus exporter-toolkit format)",
+            )
     return parser
 
 
@@ -153,10 +159,12 @@ def main(argv: Sequence[str] | None = None, signals: SignalRelay | None = None) 
         else:
             print(text, file=sys.stderr)
 
+    web_path = getattr(args, "web_config_file", None)
     try:
         desired = desired_file.load(args.file)
         policy_path = getattr(args, "policy", None)
         policy = policy_file.load(policy_path) if hasattr(args, "policy") else None
+        args.web = web_config.load(web_path) if web_path else None
     except DesiredStateError as exc:
         error(str(exc))
         return bad_input
@@ -166,6 +174,8 @@ def main(argv: Sequence[str] | None = None, signals: SignalRelay | None = None) 
         inputs = [args.file, *desired.watched]
         if hasattr(args, "policy"):
             inputs.append(policy_path or policy_file.DEFAULT_PATH)
+        if args.web is not None:
+            inputs += [web_path, *args.web.files]
         insecure = strict_modes.problems(inputs)
         if insecure and args.command in ("run", "apply"):
             error(str(strict_modes.InsecureInput(str(args.file), insecure)))
@@ -289,6 +299,7 @@ def _run(args: argparse.Namespace, desired: DesiredState) -> int:
         workers=args.workers,
         policy=args.policy,
         strict_modes=not args.no_strict_modes,
+        web=args.web,
     )
     try:
         api = connect()

@@ -22,6 +22,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from reconciler.config import loader as desired_file
 from reconciler.config import policy_file, strict_modes
+from reconciler.config.web_config import WebConfig
 from reconciler.core.model import DesiredState
 from reconciler.core.policy import DEFAULT as DEFAULT_POLICY
 from reconciler.core.policy import Denial, Policy, enforce
@@ -61,6 +62,7 @@ class Options:
     settle: float = 0.3
     removal_settle: float = 5.0
     policy: Path | None = None  # the host policy file (None: the default path)
+    web: WebConfig | None = None  # TLS and basic auth for the endpoints
     strict_modes: bool = True  # refuse inputs others can write (config.strict_modes)
 
 
@@ -139,7 +141,15 @@ class Daemon:
         try:
             for address in self.options.listen:
                 try:
-                    servers.append(serve(address, self.metrics.registry, self.healthz, self.readyz))
+                    servers.append(
+                        serve(
+                            address,
+                            self.metrics.registry,
+                            self.healthz,
+                            self.readyz,
+                            web=self.options.web,
+                        )
+                    )
                 except OSError as exc:  # e.g. docker0 not up yet: keep reconciling anyway
                     log.error(
                         "cannot serve metrics", address=f"{address[0]}:{address[1]}", error=str(exc)
@@ -408,8 +418,7 @@ class Daemon:
         if not gone or wait <= 0:
             return False
         log.info(
-            "services missing from a file that just changed; reading it again before "
-            "removing them",
+            "services missing from a file that just changed; reading it again before removing them",
             services=sorted(gone),
             retry_in_s=round(wait, 2),
         )
