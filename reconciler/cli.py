@@ -181,17 +181,21 @@ def main(argv: Sequence[str] | None = None, signals: SignalRelay | None = None) 
             error(str(strict_modes.InsecureInput(str(args.file), insecure)))
             return EXIT_INPUT
         for line in insecure:
-            print(f"warning: {line}", file=sys.stderr)
+            if journal:
+                structlog.get_logger("reconciler").warning("input not safe", problem=line)
+            else:
+                print(f"warning: {line}", file=sys.stderr)
     denials: tuple[Denial, ...] = ()
     if policy is not None:
         desired, denials = enforce(desired, policy)
-        for d in denials:
+        for d in denials if args.command != "run" else ():  # the daemon logs its own
             print(f"denied: {d.message(desired.source, policy)}", file=sys.stderr)
         args.policy_obj = policy
     if args.command == "validate":
         services = ", ".join(f"{s.name} x{len(s.replicas)}" for s in desired.services)
         if denials:
-            print(f"{args.file}: valid, but the host policy denies: {', '.join(desired.denied)}")
+            denied = ", ".join(sorted(desired.denied))
+            print(f"{args.file}: valid, but the host policy denies: {denied}")
             return EXIT_INPUT
         print(f"{args.file}: valid (project {desired.project}: {services})")
         return EXIT_OK
