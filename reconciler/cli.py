@@ -18,9 +18,10 @@ import structlog
 
 from reconciler import __version__
 from reconciler.config import loader as desired_file
-from reconciler.config import secrets
+from reconciler.config import policy_file, secrets, strict_modes, web_config
 from reconciler.core.model import DesiredState, describe
 from reconciler.core.planner import EXTERNAL_MISSING, plan
+from reconciler.core.policy import Denial, enforce
 from reconciler.core.takeover import clashes
 from reconciler.engine.docker_engine import FALLBACK_API_VERSION, Engine, connect
 from reconciler.errors import DesiredStateError, EngineUnavailable, LockHeld
@@ -66,6 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("file", nargs="?", default="desired_state.yaml", type=Path)
+        if name in ("validate", "plan", "apply", "run"):
+            p.add_argument(
+                "--policy",
+                type=Path,
+                default=None,
+                help="the host policy: what services may ask of the host "
+                f"(default {policy_file.DEFAULT_PATH}; absent: deny all that is root on the host)",
+            )
+        p.add_argument(
+            "--no-strict-modes",
+            action="store_true",
+            help="accept input files others can write (development only; says so loudly)",
+        )
         if name == "down":
             p.add_argument(
                 "--volumes",
@@ -134,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
                 help="HOST:PORT for /metrics, /healthz, /readyz; repeat for several, "
                 "'off' for none (default 127.0.0.1:9816)",
             )
+            p.add_argument(
+                "--web-config-file",
+                type=Path,
+                default=None,
+                help="TLS and basic auth for those endpoints (Prometheus exporter-toolkit format)",
+            )
     imp = sub.add_parser(
         "import",
         help="write a desired-state file from a compose file",
@@ -173,13 +193,44 @@ def main(argv: Sequence[str] | None = None, signals: SignalRelay | None = None) 
 
     if args.command == "import":
         return _import(args)
+    web_path = getattr(args, "web_config_file", None)
     try:
         desired = desired_file.load(args.file)
+        policy_path = getattr(args, "policy", None)
+        policy = policy_file.load(policy_path) if hasattr(args, "policy") else None
+        args.web = web_config.load(web_path) if web_path else None
     except DesiredStateError as exc:
         error(str(exc))
         return bad_input
+    if args.no_strict_modes:
+        structlog.get_logger("reconciler").warning(strict_modes.warn_off())
+    else:
+        inputs = [args.file, *desired.watched]
+        if hasattr(args, "policy"):
+            inputs.append(policy_path or policy_file.DEFAULT_PATH)
+        if args.web is not None:
+            inputs += [web_path, *args.web.files]
+        insecure = strict_modes.problems(inputs)
+        if insecure and args.command in ("run", "apply"):
+            error(str(strict_modes.InsecureInput(str(args.file), insecure)))
+            return EXIT_INPUT
+        for line in insecure:
+            if journal:
+                structlog.get_logger("reconciler").warning("input not safe", problem=line)
+            else:
+                print(f"warning: {line}", file=sys.stderr)
+    denials: tuple[Denial, ...] = ()
+    if policy is not None:
+        desired, denials = enforce(desired, policy)
+        for d in denials if args.command != "run" else ():  # the daemon logs its own
+            print(f"denied: {d.message(desired.source, policy)}", file=sys.stderr)
+        args.policy_obj = policy
     if args.command == "validate":
         services = ", ".join(f"{s.name} x{len(s.replicas)}" for s in desired.services)
+        if denials:
+            denied = ", ".join(sorted(desired.denied))
+            print(f"{args.file}: valid, but the host policy denies: {denied}")
+            return EXIT_INPUT
         print(f"{args.file}: valid (project {desired.project}: {services})")
         return EXIT_OK
     try:
@@ -219,9 +270,12 @@ def _plan(args: argparse.Namespace, desired: DesiredState) -> int:
         elif mode == "paused":
             print(f"# service {svc.name}: rollout paused ({record.paused_reason})")
     holds = Holds(now=time.time(), rollouts=rollouts)
-    the_plan = plan(
-        replace(desired, services=tuple(services)), engine.observe(desired.project), holds
-    )
+    observed = engine.observe(desired.project)
+    if desired.denied:  # denied by the host policy (shown above): neither created nor removed
+        services = [s for s in services if s.name not in desired.denied]
+        kept = tuple(c for c in observed.containers if c.service not in desired.denied)
+        observed = replace(observed, containers=kept)
+    the_plan = plan(replace(desired, services=tuple(services)), observed, holds)
     for note in the_plan.notes:
         print(f"# {note}")
     for line in clashes(desired, engine.others(desired.project)):
@@ -270,7 +324,7 @@ def _apply(args: argparse.Namespace, desired: DesiredState) -> int:
         print(f"# {line}")
     for note in applied.notes:
         print(f"# {note}")
-    problems = 0
+    problems = len(desired.denied)  # each was shown as "denied: ..."
     for svc in desired.services:
         record = store.get(svc.name)
         if record.failed_revision == svc.revision:
@@ -339,6 +393,9 @@ def _run(args: argparse.Namespace, desired: DesiredState) -> int:
         pull_timeout=args.pull_timeout,
         workers=args.workers,
         prune_images=args.prune_images,
+        policy=args.policy,
+        strict_modes=not args.no_strict_modes,
+        web=args.web,
     )
     try:
         api = connect()
@@ -356,7 +413,7 @@ def _run(args: argparse.Namespace, desired: DesiredState) -> int:
             lock.release()  # the daemon takes it again at once
         if not taken:
             return EXIT_ERROR
-    daemon = Daemon(opts, desired, api, signals=args.signals)
+    daemon = Daemon(opts, desired, api, signals=args.signals, policy=args.policy_obj)
     code = daemon.run()
     if daemon.unfinished:  # do not let the interpreter wait for that call's thread at exit
         sys.stdout.flush()

@@ -17,7 +17,7 @@ import re
 import shlex
 import stat
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -36,6 +36,7 @@ from reconciler.config.schema import (
     DesiredStateDef,
     PortDef,
     ResourcesDef,
+    SecretRefDef,
     ServiceDef,
     UpdateConfigDef,
     VolumeMountDef,
@@ -60,10 +61,12 @@ from reconciler.core.model import (
     DesiredState,
     HealPolicy,
     Healthcheck,
+    HostAccess,
     NetworkAttachment,
     NetworkSpec,
     PortBinding,
     RuntimeOptions,
+    SecretMount,
     ServiceSpec,
     UpdateConfig,
     VolumeSpec,
@@ -72,8 +75,10 @@ from reconciler.errors import DesiredStateError
 
 REPLICA_PLACEHOLDER = "{replica}"
 MAX_PORT = 65535
-MAX_FILE_BYTES = 4 * 1024 * 1024  # the desired-state file
+MAX_FILE_BYTES = 1024 * 1024  # the desired-state file (its compose stops at MAX_NODES too)
 MAX_ENV_FILE_BYTES = 1024 * 1024  # .env and each env_file
+MAX_SECRET_BYTES = 1024 * 1024  # each secrets: file
+SECRETS_DIR = "/run/secrets"
 MAX_CONTAINER_NAME = 128
 MAX_PROJECT_NAME = 63
 MAX_DNS_LABEL = 63
@@ -91,6 +96,11 @@ _NOT_IN_REVISION = {
     "pull_policy",
     "depends_on",
 }
+# Keys added after revisions were first recorded: left out of a revision when not given.
+_ADDED_KEYS = ("privileged", "devices", "ipc", "uts", "userns_mode", "security_opt", "secrets")
+# Keys the host policy judges (core.policy): their lines are kept for its messages.
+_POLICY_KEYS: tuple[str, ...] = ("privileged", "devices", "cap_add", "pid", "ipc", "uts")
+_POLICY_KEYS += ("userns_mode", "network_mode", "security_opt", "volumes")
 _PORT = re.compile(
     r"^(?:(?P<ip>[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9a-fA-F:]+\]):)?"
     r"(?:(?P<host>[0-9]{1,10}(?:-[0-9]{1,10})?):)?"
@@ -196,18 +206,49 @@ def parse(
         h.update(f"\0{file}={file_digest}".encode())
     digest = h.hexdigest()  # the file, every config it mounts, .env and every env_file
     # What secret-looking variables gave: never printed (environment values never are).
-    secrets.mark(report.secret_values)
+    secrets.mark(report.secret_values | renderer.secret_values)
     return DesiredState(
         project=state.project,
         networks=state.networks,
         volumes=state.volumes,
-        services=state.services,
+        services=tuple(_with_access(svc, definition, base_dir, doc) for svc in state.services),
         source=source,
         digest=digest,
         volume_templates=state.volume_templates,
         watched=tuple(sorted(files)),
-        secrets=frozenset(report.secret_values),
+        secrets=frozenset(report.secret_values | renderer.secret_values),
     )
+
+
+def _with_access(
+    svc: ServiceSpec, d: DesiredStateDef, base_dir: Path, doc: Document
+) -> ServiceSpec:
+    """The service with what it asks of the host (for core.policy): its `volumes:` binds as
+    real host paths (symlinks resolved, as mount(2) does) and the line of each judged key."""
+    s = d.services[svc.name]
+    lines = []
+    for key in _POLICY_KEYS:
+        mark = doc.mark(("services", svc.name, key), key=True)
+        if key in s.model_fields_set and mark is not None:
+            lines.append((key, mark.line))
+    binds = []
+    for i, vol in enumerate(s.volumes):
+        m = _mount(vol)
+        if m is not None and m.type == "bind":
+            mark = doc.mark(("services", svc.name, "volumes", i))
+            real = os.path.realpath(_resolve(base_dir, m.source))
+            binds.append((real, m.read_only, "volumes", mark.line if mark else 0))
+    # Configs and secrets are read-only binds too: inside the file's own folder they are
+    # inputs (StrictModes checked them); elsewhere they are judged as host paths.
+    home = os.path.realpath(base_dir)
+    files = [("configs", i, c.source) for i, c in enumerate(s.configs)]
+    files += [("secrets", i, d.secrets[_secret_ref(r)[0]].file) for i, r in enumerate(s.secrets)]
+    for key, i, source in files:
+        real = os.path.realpath(_resolve(base_dir, source))
+        if not real.startswith(home.rstrip("/") + "/"):
+            mark = doc.mark(("services", svc.name, key, i))
+            binds.append((real, True, key, mark.line if mark else 0))
+    return replace(svc, access=HostAccess(tuple(binds), tuple(lines)))
 
 
 # --------------------------------------------------------------------------- problems
@@ -388,7 +429,7 @@ def _decode(raw: bytes | str, report: _Report) -> str:
         except UnicodeDecodeError as exc:
             before = raw[: exc.start]
             mark = Mark(before.count(b"\n") + 1, exc.start - (before.rfind(b"\n") + 1) + 1)
-            report.add("the file is not UTF-8 text", mark=mark)
+            report.add(f"the file is not UTF-8 text (byte {exc.start})", mark=mark)
             raise report.error() from None
     if len(text) > MAX_FILE_BYTES:
         report.add(f"the file is larger than {MAX_FILE_BYTES // 1024 // 1024} MiB")
@@ -653,6 +694,7 @@ def _check(d: DesiredStateDef, project: str) -> Iterable[Issue]:
                 yield Issue(
                     (*at, "networks"), f"network {net!r} is not declared under networks", where
                 )
+        yield from _check_secrets(d, name, svc)
         for i, port in enumerate(svc.ports):
             for message in _check_port(port_text(port), replicas):
                 yield Issue((*at, "ports", i), message)
@@ -765,6 +807,26 @@ def _check_compose_keys(d: DesiredStateDef, name: str, svc: ServiceDef) -> Itera
                     f"service {dep!r} has no healthcheck to wait for; give it one or use "
                     "service_started",
                 )
+
+
+def _check_secrets(d: DesiredStateDef, name: str, svc: ServiceDef) -> Iterable[Issue]:
+    targets: set[str] = set()
+    for i, ref in enumerate(svc.secrets):
+        at: DataPath = ("services", name, "secrets", i)
+        source, target = _secret_ref(ref)
+        if source not in d.secrets:
+            yield Issue(at, f"secret {source!r} is not declared under secrets")
+        if target in targets:
+            yield Issue(at, f"two secrets at {target}")
+        targets.add(target)
+
+
+def _secret_ref(ref: str | SecretRefDef) -> tuple[str, str]:
+    """(secret name, path in the container): /run/secrets/NAME unless a target is given."""
+    if isinstance(ref, str):
+        return ref, f"{SECRETS_DIR}/{ref}"
+    target = ref.target or ref.source
+    return ref.source, target if target.startswith("/") else f"{SECRETS_DIR}/{target}"
 
 
 def _check_names(d: DesiredStateDef, project: str) -> Iterable[Issue]:
@@ -980,6 +1042,7 @@ class _Renderer:
         self.env_files = env_files  # service -> what its env_file entries set
         self.problems: list[Issue] = []
         self.config_digests: dict[str, str] = {}
+        self.secret_values: set[str] = set()
         self.default_network = self.network_name("default")
 
     def render(self) -> DesiredState:
@@ -1075,9 +1138,10 @@ class _Renderer:
             build = BuildSpec(str(self._path(ctx)), dockerfile)
         image = s.image or f"{self.project}-{name}"
         configs = self._configs(name, s)
+        mounts = self._secrets(name, s)
         options = _options(s)  # once: the same for every replica
         replicas = tuple(
-            self._container(name, s, image, i, configs, options)
+            self._container(name, s, image, i, configs, options, mounts)
             for i in range(1, s.replica_count + 1)
         )
         heal = HealPolicy(
@@ -1109,10 +1173,35 @@ class _Renderer:
             rollback=_update_config(s.deploy.rollback_config),
             drain_s=s.drain_period,
             stop_grace_s=s.stop_grace_period,
-            revision=self._revision(name, s, configs),
+            revision=self._revision(name, s, configs, mounts),
         )
 
-    def _revision(self, name: str, s: ServiceDef, configs: _Configs) -> str:
+    def _secrets(self, name: str, s: ServiceDef) -> tuple[SecretMount, ...]:
+        """Each secret as a read-only bind of its file; the content only as a digest."""
+        out = []
+        for i, ref in enumerate(s.secrets):
+            source, target = _secret_ref(ref)
+            path = self._path(self.d.secrets[source].file)
+            try:
+                content = _read_limited(path, MAX_SECRET_BYTES)
+            except _TooLarge:
+                message = f"secret file {path} is larger than {MAX_SECRET_BYTES // 1024} KiB"
+                self.problems.append(Issue(("services", name, "secrets", i), message))
+                continue
+            except OSError as exc:
+                message = f"cannot read secret file {path}: {exc.strerror}"
+                self.problems.append(Issue(("services", name, "secrets", i), message))
+                continue
+            digest = hashlib.sha256(b"reconciler-secret\0" + content).hexdigest()
+            self.config_digests[str(path)] = digest  # watched: a change is a reload
+            with contextlib.suppress(UnicodeDecodeError):
+                self.secret_values.add(content.decode().strip())  # never printed
+            out.append(SecretMount(source, str(path), target, digest))
+        return tuple(out)
+
+    def _revision(
+        self, name: str, s: ServiceDef, configs: _Configs, mounts: tuple[SecretMount, ...] = ()
+    ) -> str:
         """sha256 of what the file asks of the service's containers, whatever their count.
 
         Replica count, deploy, heal, drain, state, pull and depends_on are left out (they
@@ -1120,7 +1209,8 @@ class _Renderer:
         paths) are normalised; the content of the config files it mounts is included,
         except those applied by reload_signal (as for the spec hash).
         """
-        body = s.model_dump(mode="json", exclude=_NOT_IN_REVISION)
+        added = {k for k in _ADDED_KEYS if k not in s.model_fields_set}
+        body = s.model_dump(mode="json", exclude=_NOT_IN_REVISION | added)
         body["environment"] = list(_environment(s.environment, self.env_files.get(name, {})))
         body.pop("env_file", None)  # its content is in environment
         body["labels"] = _labels(s.labels)
@@ -1152,6 +1242,8 @@ class _Renderer:
             "definition": body,
             "config_digests": [list(d) for d in configs.digests],
         }
+        if mounts:  # a content change is a new revision (the digest, never the value)
+            payload["secret_digests"] = [[m.target, m.digest] for m in mounts]
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -1206,6 +1298,7 @@ class _Renderer:
         replica: int,
         configs: _Configs,
         options: RuntimeOptions,
+        mounts: tuple[SecretMount, ...] = (),
     ) -> ContainerSpec:
         binds, volumes = list(configs.binds), []
         for vol in s.volumes:
@@ -1275,6 +1368,13 @@ class _Renderer:
             init=s.init,
             network_mode=network_mode,
             pid=s.pid,
+            privileged=s.privileged,
+            devices=tuple(s.devices),
+            ipc=s.ipc,
+            uts=s.uts,
+            userns_mode=s.userns_mode,
+            security_opt=tuple(s.security_opt),
+            secrets=mounts,
             config_digests=configs.digests,
             options=options,
             reload_digest=configs.reload_digest,

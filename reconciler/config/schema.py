@@ -250,6 +250,20 @@ class ConfigMountDef(_Model):
     reload_signal: str | None = None
 
 
+class SecretDef(_Model):
+    """A file-based secret (compose): its content reaches containers only as a file."""
+
+    file: str
+
+
+class SecretRefDef(_Model):
+    """Long syntax of a service's secret: `target` under /run/secrets (or absolute). The file
+    is bind-mounted as it is on the host, so compose's uid/gid/mode are not offered."""
+
+    source: str
+    target: str | None = None
+
+
 class HealDef(_Model):
     min_uptime: Duration = 10.0
     backoff_initial: Duration = 1.0
@@ -385,6 +399,14 @@ class ServiceDef(_Model):
     init: Bool | None = None
     network_mode: str | None = None
     pid: str | None = None
+    # Host power: judged by the host policy (core.policy) before anything is created.
+    privileged: Bool = False
+    devices: list[str] = []
+    ipc: str | None = None
+    uts: str | None = None
+    userns_mode: str | None = None
+    security_opt: list[str] = []
+    secrets: list[str | SecretRefDef] = []
     state: Literal["running", "stopped"] = "running"
     heal: HealDef = HealDef()
     deploy: DeployDef = DeployDef()
@@ -441,3 +463,4 @@ class DesiredStateDef(_Model):
     networks: dict[str, NetworkDef | None] = {}
     volumes: dict[str, VolumeDef | None] = {}
     services: dict[str, ServiceDef] = {}
+    secrets: dict[str, SecretDef] = {}

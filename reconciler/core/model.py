@@ -118,6 +118,41 @@ class NetworkAttachment:
 
 
 @dataclass(frozen=True, slots=True)
+class SecretMount:
+    """A compose file-based secret: `source` (a root-only copy on the host) is bind-mounted
+    read-only at `target`; `digest` (sha256 of the content) puts a change in the spec hash."""
+
+    name: str
+    source: str
+    target: str
+    digest: str = field(repr=False)
+
+
+_ADDED_DEFAULTS: dict[str, object] = {
+    "privileged": False,
+    "devices": (),
+    "ipc": None,
+    "uts": None,
+    "userns_mode": None,
+    "security_opt": (),
+    "secrets": (),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class HostAccess:
+    """What a service's file entry asks of the host beyond its ContainerSpec, for core.policy:
+    its bind mounts as real host paths (configs and secrets inside the file's own folder are
+    inputs, not judged) and where each key is in the file."""
+
+    binds: tuple[tuple[str, bool, str, int], ...] = ()  # (host path, read-only, key, line)
+    lines: tuple[tuple[str, int], ...] = ()  # (key, line)
+
+    def line(self, key: str) -> int:
+        return dict(self.lines).get(key, 0)
+
+
+@dataclass(frozen=True, slots=True)
 class ContainerSpec:
     """Everything Docker needs to create one replica; its hash decides drift."""
 
@@ -148,6 +183,14 @@ class ContainerSpec:
     init: bool | None = None
     network_mode: str | None = None
     pid: str | None = None
+    # Host power (what core.policy judges); left out of the hash at their defaults.
+    privileged: bool = False
+    devices: tuple[str, ...] = ()  # HOST[:CONTAINER[:PERMS]]
+    ipc: str | None = None
+    uts: str | None = None
+    userns_mode: str | None = None
+    security_opt: tuple[str, ...] = ()
+    secrets: tuple[SecretMount, ...] = ()  # files under /run/secrets (digests, never values)
     config_digests: tuple[tuple[str, str], ...] = ()  # (target, sha256) of declared configs
     options: RuntimeOptions = _DEFAULT_OPTIONS  # compose keys of issue #10
     # Configs applied by a signal: not part of the hash, so a change reloads, not recreates.
@@ -164,6 +207,9 @@ class ContainerSpec:
                 payload["options"] = options
             else:
                 del payload["options"]  # unset: the hash files had before these keys
+            for key, default in _ADDED_DEFAULTS.items():  # keys added later: hashes unchanged
+                if payload.get(key) == default:
+                    del payload[key]
             grace = self.stop_grace_s
             if grace is not None and grace == int(grace):
                 payload["stop_grace_s"] = int(grace)  # 10.0 hashes as 10 did: no mass recreate
@@ -236,6 +282,7 @@ class ServiceSpec:
     stop_grace_s: float | None = None  # also for replicas scaled away (none may be left)
     # Identifies what the file asks of the service's containers, whatever the replica count.
     revision: str = ""
+    access: HostAccess = field(default=HostAccess(), compare=False)  # for core.policy
 
     @property
     def has_healthcheck(self) -> bool:
@@ -275,6 +322,8 @@ class DesiredState:
     watched: tuple[str, ...] = ()  # config files/folders services mount (re-read on change)
     # Values nothing may print: what secret-looking variables interpolated into the file.
     secrets: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
+    # Services the host policy denies (core.policy.enforce): never created nor touched.
+    denied: frozenset[str] = field(default=frozenset(), compare=False)
 
     def service(self, name: str) -> ServiceSpec:
         return next(s for s in self.services if s.name == name)

@@ -614,8 +614,10 @@ class Engine:
             "MaximumRetryCount": int(retries or 0),
         }
         network_mode = spec.network_mode or (spec.networks[0].network if spec.networks else None)
+        # Secrets: their files bind-mounted read-only (the content never passes through us).
+        binds = [*spec.binds, *(f"{m.source}:{m.target}:ro" for m in spec.secrets)]
         host_config = api.create_host_config(
-            binds=list(spec.binds) or None,
+            binds=binds or None,
             port_bindings=port_bindings or None,
             restart_policy=restart,
             cap_add=list(spec.cap_add) or None,
@@ -626,6 +628,13 @@ class Engine:
             pid_mode=spec.pid,
             extra_hosts=list(spec.extra_hosts) or None,
             **_host_options(spec.options),
+            # Host power: only what the host policy allowed reaches here (core.policy).
+            privileged=spec.privileged,
+            devices=list(spec.devices) or None,
+            ipc_mode=spec.ipc,
+            uts_mode=spec.uts,
+            userns_mode=spec.userns_mode,
+            security_opt=list(spec.security_opt) or None,
         )
         networking = None
         if not spec.network_mode and spec.networks:

@@ -131,6 +131,12 @@ class Metrics:
             ["digest"],
             registry=r,
         )
+        self.policy_denials = Counter(
+            "reconciler_policy_denials",
+            "Services denied by the host policy, by service and rule (once per state loaded).",
+            ["service", "rule"],
+            registry=r,
+        )
         self.build = Info("reconciler_build", "Version of the reconciler.", registry=r)
         self.build.info({"version": __version__})
         self._generation = 0

@@ -197,6 +197,8 @@ class Controller:
                 self.on_note(note)
         observed = _without_project_objects(observed)  # reported above, once
         for svc in map(self._pinned, desired.services):
+            if svc.name in desired.denied:
+                continue  # the host policy denies it: never created nor touched
             if self.follow_tags and im.follows(svc):
                 check = self._tags.get(svc.name, im.TagCheck())
                 due = check.next_at if check.image == im.unpinned(svc.image) else 0.0
@@ -238,6 +240,8 @@ class Controller:
         with self._lock:
             hints = self._hints.pop(name, set())
             healing = self._healing.setdefault(name, set())
+            if name in desired.denied:  # the host policy denies it (reported at load)
+                return Outcome()
             if svc is not None and hints and name in self._quiet:
                 # Replicas died and nothing else is pending: each is started on one inspect,
                 # in parallel and without waiting for the others (a mass failure comes back
