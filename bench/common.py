@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import platform
 import re
 import signal
@@ -98,7 +99,7 @@ def start_daemon(path: Path, tmp: Path, interval: float = 5.0) -> subprocess.Pop
             "-m",
             "reconciler",
             "--log-level",
-            "warning",
+            os.environ.get("BENCH_LOG_LEVEL", "warning"),
             "run",
             str(path),
             "--interval",

@@ -36,6 +36,9 @@ mass: 50 replicas (restart `no`) under the daemon, all 50 processes SIGKILLed at
       Every replica has run 12 s before a kill (Docker's back-off and reconciler's
       `min_uptime` both start over after 10 s). Ratio reconciler / Docker (target <= 1).
 
+BENCH_LOG_LEVEL=info keeps the daemon's log lines (default: warnings only); BENCH_KEEP_LOGS=1
+copies the mass case's daemon log to bench/results even when it passed.
+
 Latency = Docker's `start` event time minus the time just before the fault, on one clock
 (the event stream is subscribed before any fault). The engine may be shared: a busy or mass
 trial during which dockerd restarted (the event stream broke) is discarded, noted in the
@@ -867,7 +870,7 @@ def mass_reconciler(
         finally:
             stop_daemon(proc)
             cleanup(api, f"{PROJECT_LABEL}={project}")
-            if failed:
+            if failed or os.environ.get("BENCH_KEEP_LOGS"):
                 keep_log(Path(tmp) / "daemon.log", f"heal-{run}-mass-daemon.log")
 
 

@@ -10,20 +10,26 @@ import argparse
 import json as jsonlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from reconciler import __version__
 from reconciler.config import loader as desired_file
-from reconciler.config import secrets
+from reconciler.config import policy_file, secrets, strict_modes, web_config
 from reconciler.core.model import DesiredState, describe
-from reconciler.core.planner import plan
+from reconciler.core.planner import EXTERNAL_MISSING, plan
+from reconciler.core.policy import Denial, enforce
+from reconciler.core.takeover import clashes
 from reconciler.engine.docker_engine import FALLBACK_API_VERSION, Engine, connect
 from reconciler.errors import DesiredStateError, EngineUnavailable, LockHeld
 from reconciler.ops import logs
 from reconciler.runtime.signals import SignalRelay
+
+if TYPE_CHECKING:
+    from reconciler.runtime.executor import StepResult
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT = 0, 1, 2
 EXIT_PENDING = 2
@@ -61,6 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("file", nargs="?", default="desired_state.yaml", type=Path)
+        if name in ("validate", "plan", "apply", "run"):
+            p.add_argument(
+                "--policy",
+                type=Path,
+                default=None,
+                help="the host policy: what services may ask of the host "
+                f"(default {policy_file.DEFAULT_PATH}; absent: deny all that is root on the host)",
+            )
+        p.add_argument(
+            "--no-strict-modes",
+            action="store_true",
+            help="accept input files others can write (development only; says so loudly)",
+        )
         if name == "down":
             p.add_argument(
                 "--volumes",
@@ -88,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
                 default=None,
                 help="where rollout records (the spec a rollback returns to) are kept "
                 "(default $STATE_DIRECTORY, /var/lib/reconciler or ~/.local/state/reconciler)",
+            )
+        if name in ("apply", "run"):
+            p.add_argument(
+                "--take-over-compose",
+                action="store_true",
+                help="first replace the containers of the compose project of the same name "
+                "with ours, service by service (volumes and networks adopted with their data)",
             )
         if name == "apply":
             p.add_argument(
@@ -118,12 +144,38 @@ def build_parser() -> argparse.ArgumentParser:
                 "--workers", type=int, default=4, help="services reconciled at once (default 4)"
             )
             p.add_argument(
+                "--prune-images",
+                action="store_true",
+                help="remove images this daemon pulled once no container uses them (keeping "
+                "each service's previous one); off by default: others on the host may want them",
+            )
+            p.add_argument(
                 "--listen",
                 type=_listen,
                 action="append",
                 help="HOST:PORT for /metrics, /healthz, /readyz; repeat for several, "
                 "'off' for none (default 127.0.0.1:9816)",
             )
+            p.add_argument(
+                "--web-config-file",
+                type=Path,
+                default=None,
+                help="TLS and basic auth for those endpoints (Prometheus exporter-toolkit format)",
+            )
+    imp = sub.add_parser(
+        "import",
+        help="write a desired-state file from a compose file",
+        description="Convert a compose file (version 2, 3.x or none) into a desired-state "
+        "file; volumes and networks keep compose's names so their data is adopted.",
+    )
+    imp.add_argument("compose_file", type=Path)
+    imp.add_argument("--project", default=None, help="project name (default: compose's)")
+    imp.add_argument("-o", "--output", type=Path, default=None, help="file to write (stdout)")
+    imp.add_argument(
+        "--drop-unsupported",
+        action="store_true",
+        help="leave out the keys reconciler cannot carry (listed as warnings) instead of failing",
+    )
     return parser
 
 
@@ -147,6 +199,9 @@ def main(argv: Sequence[str] | None = None, signals: SignalRelay | None = None) 
         else:
             print(text, file=sys.stderr)
 
+    if args.command == "import":
+        return _import(args)
+    web_path = getattr(args, "web_config_file", None)
     target = getattr(args, "target", None) or os.environ.get("RECONCILER_TARGET") or "host"
     if target == "swarm":
         from reconciler import swarm_cli
@@ -157,11 +212,41 @@ def main(argv: Sequence[str] | None = None, signals: SignalRelay | None = None) 
         return EXIT_INPUT
     try:
         desired = desired_file.load(args.file)
+        policy_path = getattr(args, "policy", None)
+        policy = policy_file.load(policy_path) if hasattr(args, "policy") else None
+        args.web = web_config.load(web_path) if web_path else None
     except DesiredStateError as exc:
         error(str(exc))
         return bad_input
+    if args.no_strict_modes:
+        structlog.get_logger("reconciler").warning(strict_modes.warn_off())
+    else:
+        inputs = [args.file, *desired.watched]
+        if hasattr(args, "policy"):
+            inputs.append(policy_path or policy_file.DEFAULT_PATH)
+        if args.web is not None:
+            inputs += [web_path, *args.web.files]
+        insecure = strict_modes.problems(inputs)
+        if insecure and args.command in ("run", "apply"):
+            error(str(strict_modes.InsecureInput(str(args.file), insecure)))
+            return EXIT_INPUT
+        for line in insecure:
+            if journal:
+                structlog.get_logger("reconciler").warning("input not safe", problem=line)
+            else:
+                print(f"warning: {line}", file=sys.stderr)
+    denials: tuple[Denial, ...] = ()
+    if policy is not None:
+        desired, denials = enforce(desired, policy)
+        for d in denials if args.command != "run" else ():  # the daemon logs its own
+            print(f"denied: {d.message(desired.source, policy)}", file=sys.stderr)
+        args.policy_obj = policy
     if args.command == "validate":
         services = ", ".join(f"{s.name} x{len(s.replicas)}" for s in desired.services)
+        if denials:
+            denied = ", ".join(sorted(desired.denied))
+            print(f"{args.file}: valid, but the host policy denies: {denied}")
+            return EXIT_INPUT
         print(f"{args.file}: valid (project {desired.project}: {services})")
         return EXIT_OK
     try:
@@ -179,11 +264,13 @@ def _plan(args: argparse.Namespace, desired: DesiredState) -> int:
     from dataclasses import replace
 
     from reconciler.core import rollout as ro
+    from reconciler.core.images import pin_all
     from reconciler.core.planner import Holds
     from reconciler.runtime.state_store import StateStore
 
     engine = Engine(connect())
     store = StateStore(desired.project, args.state_dir)
+    desired = pin_all(desired, engine.local_digest)  # a followed tag runs pinned to a digest
     services, rollouts = [], {}
     for svc in desired.services:
         record = ro.refresh(store.get(svc.name), svc)
@@ -199,11 +286,18 @@ def _plan(args: argparse.Namespace, desired: DesiredState) -> int:
         elif mode == "paused":
             print(f"# service {svc.name}: rollout paused ({record.paused_reason})")
     holds = Holds(now=time.time(), rollouts=rollouts)
-    the_plan = plan(
-        replace(desired, services=tuple(services)), engine.observe(desired.project), holds
-    )
+    observed = engine.observe(desired.project)
+    if desired.denied:  # denied by the host policy (shown above): neither created nor removed
+        services = [s for s in services if s.name not in desired.denied]
+        kept = tuple(c for c in observed.containers if c.service not in desired.denied)
+        observed = replace(observed, containers=kept)
+    the_plan = plan(replace(desired, services=tuple(services)), observed, holds)
     for note in the_plan.notes:
         print(f"# {note}")
+    for line in clashes(desired, engine.others(desired.project)):
+        print(f"# {line}")
+    if _external_missing(the_plan.notes):
+        return EXIT_ERROR
     if not the_plan:
         print(f"{desired.project}: in sync")
         return EXIT_OK
@@ -212,9 +306,16 @@ def _plan(args: argparse.Namespace, desired: DesiredState) -> int:
     return EXIT_PENDING
 
 
+def _external_missing(notes: Sequence[str]) -> int:
+    """How many external networks/volumes are missing (an error: never ours to create)."""
+    missing = [n for n in notes if EXTERNAL_MISSING in n]
+    for note in missing:
+        print(f"error: {note.partition(':')[0]} is declared external but does not exist")
+    return len(missing)
+
+
 def _apply(args: argparse.Namespace, desired: DesiredState) -> int:
     from reconciler.ops.lock import ProjectLock
-    from reconciler.runtime.executor import StepResult
     from reconciler.runtime.oneshot import apply_once
     from reconciler.runtime.state_store import StateStore
 
@@ -227,15 +328,19 @@ def _apply(args: argparse.Namespace, desired: DesiredState) -> int:
     lock = ProjectLock(desired.project, args.lock_dir)
     lock.acquire(role="reconciler apply")
     try:
+        engine = Engine(connect())
+        if args.take_over_compose and not _take_over(engine, desired, show):
+            return EXIT_ERROR
         store = StateStore(desired.project, args.state_dir)
-        applied = apply_once(
-            Engine(connect()), desired, store, timeout_s=args.timeout, on_result=show
-        )
+        applied = apply_once(engine, desired, store, timeout_s=args.timeout, on_result=show)
+        held = clashes(desired, engine.others(desired.project))
     finally:
         lock.release()
+    for line in held:
+        print(f"# {line}")
     for note in applied.notes:
         print(f"# {note}")
-    problems = 0
+    problems = len(desired.denied)  # each was shown as "denied: ..."
     for svc in desired.services:
         record = store.get(svc.name)
         if record.failed_revision == svc.revision:
@@ -244,11 +349,51 @@ def _apply(args: argparse.Namespace, desired: DesiredState) -> int:
         elif record.paused_revision == svc.revision:
             print(f"rollout of {svc.name} paused ({record.paused_reason})")
             problems += 1
+    problems += _external_missing(applied.notes)
     if not applied.settled:
         print(f"not converged within {args.timeout:g}s (see `reconciler status`)")
     elif not applied.results and not problems:
         print(f"{desired.project}: in sync")
     return EXIT_OK if applied.ok and not problems else EXIT_ERROR
+
+
+def _take_over(
+    engine: Engine,
+    desired: DesiredState,
+    show: Callable[[StepResult], None],
+    *,
+    log: bool = False,
+) -> bool:
+    """Replace the compose project's containers with ours (`--take-over-compose`)."""
+    from reconciler.core.takeover import plan_takeover
+    from reconciler.runtime.executor import apply
+
+    logger = structlog.get_logger("reconciler")
+    the_plan = plan_takeover(
+        desired, engine.observe(desired.project), engine.others(desired.project)
+    )
+    for note in the_plan.notes:
+        if log:
+            logger.info("take over compose", project=desired.project, note=note)
+        else:
+            print(f"# {note}")
+    results = apply(the_plan, engine.execute)
+    for r in results:
+        show(r)
+        if log:
+            logger.info(
+                "action", verb=r.action.verb, name=r.action.name, outcome=r.outcome, error=r.error
+            )
+    failed = [r for r in results if r.outcome != "success"]
+    if failed:
+        text = (
+            f"taking over compose project {desired.project} stopped: {len(failed)} step(s) failed"
+        )
+        if log:
+            logger.error(text)
+        else:
+            print(text)
+    return not failed
 
 
 def _run(args: argparse.Namespace, desired: DesiredState) -> int:
@@ -263,13 +408,28 @@ def _run(args: argparse.Namespace, desired: DesiredState) -> int:
         state_dir=args.state_dir,
         pull_timeout=args.pull_timeout,
         workers=args.workers,
+        prune_images=args.prune_images,
+        policy=args.policy,
+        strict_modes=not args.no_strict_modes,
+        web=args.web,
     )
     try:
         api = connect()
     except EngineUnavailable as exc:  # the daemon waits for the engine; it must start anyway
         structlog.get_logger("reconciler").warning("engine down at start", error=str(exc))
         api = connect(version=FALLBACK_API_VERSION)
-    daemon = Daemon(opts, desired, api, signals=args.signals)
+    if args.take_over_compose:
+        from reconciler.ops.lock import ProjectLock
+
+        lock = ProjectLock(desired.project, args.lock_dir)
+        lock.acquire(role="reconciler run --take-over-compose")
+        try:
+            taken = _take_over(Engine(api), desired, lambda r: None, log=True)
+        finally:
+            lock.release()  # the daemon takes it again at once
+        if not taken:
+            return EXIT_ERROR
+    daemon = Daemon(opts, desired, api, signals=args.signals, policy=args.policy_obj)
     code = daemon.run()
     if daemon.unfinished:  # do not let the interpreter wait for that call's thread at exit
         sys.stdout.flush()
@@ -344,7 +504,10 @@ def _status(args: argparse.Namespace, desired: DesiredState) -> int:
 
     status_file = status_path(desired.project, args.lock_dir)
     store = StateStore(desired.project, args.state_dir)
-    print(render_status(desired, Engine(connect()), status_file, store))
+    engine = Engine(connect())
+    print(render_status(desired, engine, status_file, store))
+    for line in clashes(desired, engine.others(desired.project)):
+        print(f"note: {line}")
     return EXIT_OK
 
 
@@ -367,6 +530,55 @@ def _down(args: argparse.Namespace, desired: DesiredState) -> int:
     if not results:
         print(f"{desired.project}: nothing to remove")
     return EXIT_OK if all(r.outcome == "success" for r in results) else EXIT_ERROR
+
+
+def _import(args: argparse.Namespace) -> int:
+    from reconciler.config.compose_import import compose_environment, import_compose
+
+    out_dir = (args.output.parent if args.output else Path.cwd()).resolve()
+    try:
+        result = import_compose(
+            args.compose_file,
+            output_dir=out_dir,
+            project=args.project,
+            drop_unsupported=args.drop_unsupported,
+        )
+    except DesiredStateError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_INPUT
+    source = str(args.compose_file)
+    for f in result.unsupported:
+        kind = "warning: dropped" if args.drop_unsupported else "error"
+        print(f"{kind}: {f.show(source)}", file=sys.stderr)
+    if result.unsupported and not args.drop_unsupported:
+        print(
+            f"{len(result.unsupported)} key(s) cannot be carried; nothing written "
+            "(--drop-unsupported leaves them out)",
+            file=sys.stderr,
+        )
+        return EXIT_INPUT
+    target = str(args.output or "<stdout>")
+    try:  # what the daemon would say of the file (the compose folder's .env gives ${VAR})
+        desired_file.parse(
+            result.text,
+            source=target,
+            base_dir=out_dir,
+            environ=compose_environment(args.compose_file.resolve().parent),
+        )
+    except DesiredStateError as exc:
+        print(str(exc), file=sys.stderr)
+        print("the converted file does not validate; nothing written", file=sys.stderr)
+        return EXIT_INPUT
+    for f in result.converted:
+        print(f"converted: {f.show(source)}", file=sys.stderr)
+    if args.output is None:
+        sys.stdout.write(result.text)
+    else:
+        tmp = args.output.with_name(f".{args.output.name}.tmp")
+        tmp.write_text(result.text)
+        tmp.replace(args.output)
+        print(f"wrote {args.output} (project {result.project})", file=sys.stderr)
+    return EXIT_OK
 
 
 _COMMANDS = {

@@ -202,7 +202,9 @@ def record_events(api: docker.APIClient, project: str) -> Iterator[Callable[...,
 class DaemonProcess:
     """`python -m reconciler run` in the background, its JSON log lines collected."""
 
-    def __init__(self, path: Path, tmp: Path, interval: float = 60.0) -> None:
+    def __init__(
+        self, path: Path, tmp: Path, interval: float = 60.0, extra: tuple[str, ...] = ()
+    ) -> None:
         self.port = free_port()
         self.log_path = tmp / "daemon.log"
         self.log = self.log_path.open("w")
@@ -223,6 +225,7 @@ class DaemonProcess:
                 f"127.0.0.1:{self.port}",
                 "--lock-dir",
                 str(tmp),
+                *extra,
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -301,8 +304,8 @@ def daemon(tmp_path: Path, project: str) -> Iterator[Callable[..., DaemonProcess
     """
     started: list[DaemonProcess] = []
 
-    def start(path: Path, interval: float = 60.0) -> DaemonProcess:
-        d = DaemonProcess(path, tmp_path, interval)
+    def start(path: Path, interval: float = 60.0, extra: tuple[str, ...] = ()) -> DaemonProcess:
+        d = DaemonProcess(path, tmp_path, interval, extra)
         started.append(d)
         return d
 

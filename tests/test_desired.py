@@ -372,7 +372,7 @@ def test_unknown_deploy_key() -> None:
 
 
 def test_swarm_only_deploy_keys_are_errors_on_the_single_host() -> None:
-    """placement, resources, restart_policy, deploy.labels: Swarm's (not implemented on one
+    """placement, restart_policy, deploy.labels: Swarm's (not implemented on one
     host); deploy.mode global is one replica on one host."""
     found = problems(with_service(deploy={"placement": {"constraints": ["node.role == manager"]}}))
     assert "services.web.deploy.placement: only with --target swarm" in found

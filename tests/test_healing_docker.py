@@ -153,6 +153,43 @@ def test_fault_is_healed_fast_and_data_survives(
     assert actions_on(d, name, after=mark), "healed, but not by the reconciler"
 
 
+def test_mass_failure_every_replica_is_started_once_on_its_events(
+    api: docker.APIClient,
+    busybox_image: str,
+    project: str,
+    write_state: Callable[..., Path],
+    daemon: Callable[..., DaemonProcess],
+    record_events: Callable[..., EventRecorder],
+) -> None:
+    """All replicas SIGKILLed at once come back (fast heals side by side, none waiting for
+    another's start): the same containers, each started exactly once by us, none created."""
+    n = 8
+    state = service(project, busybox_image, replicas=n)
+    d = daemon(write_state(state), interval=RESYNC_S)
+    names = [f"{project}-app-{i}" for i in range(1, n + 1)]
+    wait_for(lambda: all(container_id(api, nm) for nm in names), 120, what=f"{n} running")
+    wait_for(lambda: d.events("watching docker events"), 30, what="event stream")
+    before = {nm: current_run(api, nm) for nm in names}
+    mark = len(d.events("action"))
+    rec = record_events(project)
+    for nm in names:
+        kill_from_host(api, nm)
+
+    def all_back() -> bool:
+        return all((r := current_run(api, nm)) and r != before[nm] for nm in names)
+
+    wait_for(all_back, HEAL_DEADLINE_S * 2, interval=0.05, what=f"{n} replicas running again")
+    assert {nm: container_id(api, nm) for nm in names} == {
+        nm: r[0] for nm, r in before.items() if r
+    }
+    # No second start, no replacement afterwards: watched until the project is quiet.
+    wait_for(lambda: rec.quiet_for() >= QUIET_S, 60, what=f"{QUIET_S} s without an event")
+    assert all(rec.actions(name=nm).count("start") == 1 for nm in names), rec.actions()
+    starts = Counter(e["container"] for e in d.events("action")[mark:] if e["action"] == "start")
+    assert starts == Counter(names), starts
+    assert not [e for e in d.events("action")[mark:] if e["action"] == "create"]
+
+
 def test_docker_kill_with_restart_always_is_healed(
     api: docker.APIClient,
     busybox_image: str,

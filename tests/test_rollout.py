@@ -533,6 +533,58 @@ def test_simulated_start_of_a_bad_spec_fails() -> None:
 # ----------------------------------------------------------------- review findings
 
 
+def test_an_unhealthy_replica_holds_the_next_batch_back() -> None:
+    """While one replica on the file's spec is unhealthy, no healthy one is taken away."""
+    d1 = state(1, replicas=3, healthcheck=True)
+    live = converged_daemon(d1).observed
+    d2 = state(2, replicas=3, healthcheck=True)
+    # Replica 3 already runs revision 2 but is unhealthy; 1 and 2 run revision 1, healthy.
+    new3 = next(s for s in web(d2).replicas if s.replica == 3)
+    sick = tuple(
+        replace(c, spec_hash=new3.spec_hash, health="unhealthy") if c.replica == 3 else c
+        for c in live.containers
+    )
+    p = plan(d2, replace(live, containers=sick), Holds(now=100.0, unhealthy_due=frozenset()))
+    assert not [a for a in p.actions if isinstance(a, CreateContainer)]
+    assert any("not healthy" in n for n in p.notes)
+
+
+def test_an_unhealthy_replica_of_the_old_spec_is_replaced_at_once() -> None:
+    """A replica that does not serve (unhealthy, old spec) is replaced outside the budget;
+    the healthy one waits until its replacement is up."""
+    d1 = state(1, replicas=2, healthcheck=True)
+    live = converged_daemon(d1).observed
+    sick = tuple(replace(c, health="unhealthy") if c.replica == 2 else c for c in live.containers)
+    d2 = state(2, replicas=2, healthcheck=True)
+    p = plan(d2, replace(live, containers=sick), Holds(now=100.0, unhealthy_due=frozenset()))
+    created = [a for a in p.actions if isinstance(a, CreateContainer)]
+    assert {a.spec.replica for a in created} == {2}
+
+
+def test_a_replacement_waiting_for_a_name_another_service_holds_does_not_stall_the_rest() -> None:
+    """Replica 1's replacement serves, its old one is gone, but its name is held by a container
+    of another service (which may keep it forever): the rollout goes on with replica 2."""
+    d1 = state(1, replicas=2)
+    live = converged_daemon(d1).observed
+    d2 = state(2, replicas=2)
+    one, two = sorted(web(d2).replicas, key=lambda s: s.replica)
+    squatter = replace(
+        next(c for c in live.containers if c.replica == 1),
+        id="squatter",
+        service="other",
+        spec_hash="x",
+    )
+    containers = tuple(
+        replace(c, id="new1", name=ro.temp_name(one), spec_hash=one.spec_hash)
+        if c.replica == 1 and c.service == SERVICE
+        else c
+        for c in live.containers
+    )
+    p = plan(d2, replace(live, containers=(*containers, squatter)), Holds(now=100.0))
+    created = [a for a in p.actions if isinstance(a, CreateContainer)]
+    assert [a.spec.replica for a in created] == [two.replica]
+
+
 def test_a_rollback_never_keeps_replicas_on_the_held_revision() -> None:
     """Scaled up and changed in one edit, then rolled back: the rollback is the stable spec
     whole, so the added replica goes rather than running the failed revision."""

@@ -196,7 +196,8 @@ def test_shipped_stack_end_to_end(
         tmp.replace(path)
 
     write(2)
-    daemon(path, interval=5.0)
+    # The shipped policy grants node-exporter its read-only host binds (README, "Security model").
+    daemon(path, interval=5.0, extra=("--policy", str(tmp_path / "configs" / "policy.yaml")))
     haproxy = f"{project}-haproxy-1"
     wait_for(
         lambda: len(api.containers(filters={"label": f"io.reconciler.project={project}"})) == 6,

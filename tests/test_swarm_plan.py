@@ -380,7 +380,7 @@ def test_secrets_are_named_by_the_files_stamp_never_their_content(tmp_path: Path
                 "image": "a",
                 "secrets": [
                     "db_password",
-                    {"source": "db_password", "target": "pw", "mode": 0o400},
+                    {"source": "db_password", "target": "pw"},
                 ],
             }
         },
@@ -394,7 +394,7 @@ def test_secrets_are_named_by_the_files_stamp_never_their_content(tmp_path: Path
     refs = spec(one, "app")["TaskTemplate"]["ContainerSpec"]["Secrets"]
     assert [(r["File"]["Name"], r["File"]["Mode"], r["SecretName"]) for r in refs] == [
         ("db_password", 0o444, sec.name),
-        ("pw", 0o400, sec.name),
+        ("pw", 0o444, sec.name),
     ]
     assert "hunter2" not in repr(one) and "hunter2" not in one.service("app").spec_json
     assert load(doc, tmp_path) == one  # untouched: the same name and spec
@@ -407,17 +407,26 @@ def test_secrets_are_named_by_the_files_stamp_never_their_content(tmp_path: Path
     assert str(secret) in two.watched and two.digest != one.digest
 
 
-def test_secrets_undeclared_or_on_a_single_host_are_errors(tmp_path: Path) -> None:
-    """A service's secret must be declared under secrets; the single host refuses them."""
-    from reconciler.config import loader
-
+def test_secrets_undeclared_are_errors(tmp_path: Path) -> None:
+    """A service's secret must be declared under secrets."""
     text = "project: demo\nservices:\n  app:\n    image: a\n    secrets: [nope]\n"
     with pytest.raises(DesiredStateError) as err:
         swarm_file.parse(text, source="d.yaml", base_dir=tmp_path, environ={})
-    assert "d.yaml:5:15: services.app.secrets[0]: secret 'nope' is not declared" in str(err.value)
+    assert "secret 'nope' is not declared under secrets" in str(err.value)
+
+
+def test_keys_swarm_does_not_render_are_refused_not_dropped(tmp_path: Path) -> None:
+    """privileged, devices, tmpfs, ulimits...: an error each for --target swarm (never
+    silently left out of the service)."""
+    text = (
+        "project: demo\nservices:\n  app:\n    image: a\n    privileged: true\n"
+        "    ulimits: {nofile: {soft: 1, hard: 2}}\n"
+    )
     with pytest.raises(DesiredStateError) as err:
-        loader.parse(text, source="d.yaml", base_dir=tmp_path, environ={})
-    assert "services.app.secrets: only with --target swarm" in str(err.value)
+        swarm_file.parse(text, source="d.yaml", base_dir=tmp_path, environ={})
+    problems = err.value.problems
+    assert any("services.app.privileged: not supported with --target swarm" in p for p in problems)
+    assert any("services.app.ulimits: not supported with --target swarm" in p for p in problems)
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import re
 import shlex
 import stat
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -35,9 +35,12 @@ from reconciler.config.schema import (
     DEFAULT_MAX_REPLICAS,
     DesiredStateDef,
     PortDef,
+    ResourcesDef,
+    SecretRefDef,
     ServiceDef,
     UpdateConfigDef,
     VolumeMountDef,
+    parse_pull_policy,
 )
 from reconciler.config.yamlread import (
     BOOL,
@@ -58,9 +61,12 @@ from reconciler.core.model import (
     DesiredState,
     HealPolicy,
     Healthcheck,
+    HostAccess,
     NetworkAttachment,
     NetworkSpec,
     PortBinding,
+    RuntimeOptions,
+    SecretMount,
     ServiceSpec,
     UpdateConfig,
     VolumeSpec,
@@ -69,16 +75,32 @@ from reconciler.errors import DesiredStateError
 
 REPLICA_PLACEHOLDER = "{replica}"
 MAX_PORT = 65535
-MAX_FILE_BYTES = 4 * 1024 * 1024  # the desired-state file
+MAX_FILE_BYTES = 1024 * 1024  # the desired-state file (its compose stops at MAX_NODES too)
 MAX_ENV_FILE_BYTES = 1024 * 1024  # .env and each env_file
+MAX_SECRET_BYTES = 1024 * 1024  # each secrets: file
+SECRETS_DIR = "/run/secrets"
 MAX_CONTAINER_NAME = 128
 MAX_PROJECT_NAME = 63
 MAX_DNS_LABEL = 63
+MAX_EXPOSED = 1024  # ports `expose` may list per service (each is in every replica's spec)
 ENV_MAX_REPLICAS = "RECONCILER_MAX_REPLICAS"
 # Keys that do not change what a service's containers are: left out of its revision.
-_NOT_IN_REVISION = {"replicas", "deploy", "heal", "drain_period", "state", "pull", "depends_on"}
-# (secrets: Swarm only, refused on one host; left out so that adding the key changed no revision)
-_NOT_IN_REVISION |= {"secrets"}
+_NOT_IN_REVISION = {
+    "replicas",
+    "scale",
+    "deploy",
+    "heal",
+    "drain_period",
+    "state",
+    "pull",
+    "pull_policy",
+    "depends_on",
+}
+# Keys added after revisions were first recorded: left out of a revision when not given.
+_ADDED_KEYS = ("privileged", "devices", "ipc", "uts", "userns_mode", "security_opt", "secrets")
+# Keys the host policy judges (core.policy): their lines are kept for its messages.
+_POLICY_KEYS: tuple[str, ...] = ("privileged", "devices", "cap_add", "pid", "ipc", "uts")
+_POLICY_KEYS += ("userns_mode", "network_mode", "security_opt", "volumes")
 _PORT = re.compile(
     r"^(?:(?P<ip>[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9a-fA-F:]+\]):)?"
     r"(?:(?P<host>[0-9]{1,10}(?:-[0-9]{1,10})?):)?"
@@ -207,19 +229,50 @@ def parse_parts(
         h.update(f"\0{file}={file_digest}".encode())
     digest = h.hexdigest()  # the file, every config it mounts, .env and every env_file
     # What secret-looking variables gave: never printed (environment values never are).
-    secrets.mark(report.secret_values)
+    secrets.mark(report.secret_values | renderer.secret_values)
     state = DesiredState(
         project=state.project,
         networks=state.networks,
         volumes=state.volumes,
-        services=state.services,
+        services=tuple(_with_access(svc, definition, base_dir, doc) for svc in state.services),
         source=source,
         digest=digest,
         volume_templates=state.volume_templates,
         watched=tuple(sorted(files)),
-        secrets=frozenset(report.secret_values),
+        secrets=frozenset(report.secret_values | renderer.secret_values),
     )
     return Parsed(state, definition, doc, renderer, report, base_dir)
+
+
+def _with_access(
+    svc: ServiceSpec, d: DesiredStateDef, base_dir: Path, doc: Document
+) -> ServiceSpec:
+    """The service with what it asks of the host (for core.policy): its `volumes:` binds as
+    real host paths (symlinks resolved, as mount(2) does) and the line of each judged key."""
+    s = d.services[svc.name]
+    lines = []
+    for key in _POLICY_KEYS:
+        mark = doc.mark(("services", svc.name, key), key=True)
+        if key in s.model_fields_set and mark is not None:
+            lines.append((key, mark.line))
+    binds = []
+    for i, vol in enumerate(s.volumes):
+        m = _mount(vol)
+        if m is not None and m.type == "bind":
+            mark = doc.mark(("services", svc.name, "volumes", i))
+            real = os.path.realpath(_resolve(base_dir, m.source))
+            binds.append((real, m.read_only, "volumes", mark.line if mark else 0))
+    # Configs and secrets are read-only binds too: inside the file's own folder they are
+    # inputs (StrictModes checked them); elsewhere they are judged as host paths.
+    home = os.path.realpath(base_dir)
+    files = [("configs", i, c.source) for i, c in enumerate(s.configs)]
+    files += [("secrets", i, d.secrets[_secret_ref(r)[0]].file) for i, r in enumerate(s.secrets)]
+    for key, i, source in files:
+        real = os.path.realpath(_resolve(base_dir, source))
+        if not real.startswith(home.rstrip("/") + "/"):
+            mark = doc.mark(("services", svc.name, key, i))
+            binds.append((real, True, key, mark.line if mark else 0))
+    return replace(svc, access=HostAccess(tuple(binds), tuple(lines)))
 
 
 # --------------------------------------------------------------------------- problems
@@ -414,7 +467,7 @@ def _decode(raw: bytes | str, report: _Report) -> str:
         except UnicodeDecodeError as exc:
             before = raw[: exc.start]
             mark = Mark(before.count(b"\n") + 1, exc.start - (before.rfind(b"\n") + 1) + 1)
-            report.add("the file is not UTF-8 text", mark=mark)
+            report.add(f"the file is not UTF-8 text (byte {exc.start})", mark=mark)
             raise report.error() from None
     if len(text) > MAX_FILE_BYTES:
         report.add(f"the file is larger than {MAX_FILE_BYTES // 1024 // 1024} MiB")
@@ -658,6 +711,8 @@ def _check(d: DesiredStateDef, project: str, *, single_host: bool = True) -> Ite
                 f"{svc.replicas} conflicts with deploy.replicas: {svc.deploy.replicas}; "
                 "give one of them",
             )
+        yield from _check_pull_policy(svc, at)
+        yield from _check_compose_keys(d, name, svc)
         if svc.container_name and replicas > 1:
             yield Issue((*at, "container_name"), "only allowed with replicas: 1 (names are unique)")
         for i, dep in enumerate(svc.depends_on):
@@ -674,11 +729,12 @@ def _check(d: DesiredStateDef, project: str, *, single_host: bool = True) -> Ite
         if target is not None and (target.replica_count < 1 or target.state != "running"):
             yield Issue((*at, "network_mode"), f"service {owner!r} must run at least one replica")
         for i, net in enumerate(svc.networks):
-            if net not in d.networks:
+            if net not in d.networks and net != "default":  # compose's, made if not declared
                 where = (*at, "networks", i if isinstance(svc.networks, list) else net)
                 yield Issue(
                     (*at, "networks"), f"network {net!r} is not declared under networks", where
                 )
+        yield from _check_secrets(d, name, svc)
         for i, port in enumerate(svc.ports):
             for message in _check_port(port_text(port), replicas if single_host else 1):
                 yield Issue((*at, "ports", i), message)
@@ -689,6 +745,10 @@ def _check(d: DesiredStateDef, project: str, *, single_host: bool = True) -> Ite
             mount = _mount(vol)
             if mount is None:
                 yield Issue((*at, "volumes", i), "must be SOURCE:TARGET[:ro] or TARGET")
+            elif mount.type == "bind" and not mount.source:
+                yield Issue((*at, "volumes", i), "a bind mount needs a source")
+            elif mount.type == "tmpfs" and mount.source:
+                yield Issue((*at, "volumes", i, "source"), "a tmpfs mount takes no source")
             elif mount.type == "volume" and mount.source and mount.source not in d.volumes:
                 yield Issue(
                     (*at, "volumes", i),
@@ -701,16 +761,7 @@ def _check(d: DesiredStateDef, project: str, *, single_host: bool = True) -> Ite
                     shlex.split(value)
                 except ValueError as exc:  # "No closing quotation"
                     yield Issue((*at, key), f"cannot split into words ({exc}); or give a list")
-        if single_host and svc.secrets:
-            yield Issue(
-                (*at, "secrets"),
-                "only with --target swarm (on a single host, mount the file under configs)",
-            )
-        for i, ref in enumerate(svc.secrets):
-            name = ref if isinstance(ref, str) else ref.source
-            if name not in d.secrets:
-                yield Issue((*at, "secrets", i), f"secret {name!r} is not declared under secrets")
-        for key in ("placement", "resources", "restart_policy", "labels"):
+        for key in ("placement", "restart_policy", "labels"):
             if single_host and key in svc.deploy.model_fields_set:
                 yield Issue(
                     (*at, "deploy", key),
@@ -729,6 +780,100 @@ def _check(d: DesiredStateDef, project: str, *, single_host: bool = True) -> Ite
             f"depends_on has a cycle: {' -> '.join(cycle)}",
             ("services", cycle[0], "depends_on"),
         )
+
+
+def _check_pull_policy(svc: ServiceDef, at: DataPath) -> Iterable[Issue]:
+    if svc.pull_policy is None:
+        return
+    if "pull" in svc.model_fields_set:
+        yield Issue((*at, "pull_policy"), "give pull_policy (compose's name) or pull, not both")
+    policy = svc.pull_policy.strip()
+    if policy == "build" and svc.build is None:
+        yield Issue((*at, "pull_policy"), "build needs a build: section to build from")
+    if parse_pull_policy(policy)[1] is not None and svc.build is not None:
+        yield Issue(
+            (*at, "pull_policy"),
+            f"{policy} follows a tag in a registry; a service with build: has none to follow",
+        )
+
+
+def _check_compose_keys(d: DesiredStateDef, name: str, svc: ServiceDef) -> Iterable[Issue]:
+    """scale, resources, expose and depends_on conditions (compose's rules)."""
+    at: DataPath = ("services", name)
+    if svc.scale is not None:
+        for other, value in (("replicas", svc.replicas), ("deploy.replicas", svc.deploy.replicas)):
+            given = "replicas" in svc.model_fields_set if other == "replicas" else value is not None
+            if given and value != svc.scale:
+                yield Issue(
+                    (*at, "scale"), f"{svc.scale} conflicts with {other}: {value}; give one of them"
+                )
+    limits = svc.deploy.resources.limits
+    pairs = (
+        ("cpus", svc.cpus, limits.cpus),
+        ("mem_limit", svc.mem_limit, limits.memory),
+        ("pids_limit", svc.pids_limit, limits.pids),
+        ("mem_reservation", svc.mem_reservation, svc.deploy.resources.reservations.memory),
+    )
+    for key, short, long in pairs:
+        if short is not None and long is not None and short != long:
+            yield Issue(
+                (*at, key),
+                f"conflicts with deploy.resources ({long}); give one of them (as compose)",
+            )
+    exposed = 0
+    for i, entry in enumerate(svc.expose):
+        m = re.fullmatch(r"([0-9]{1,5})(?:-([0-9]{1,5}))?(?:/(tcp|udp|sctp))?", str(entry))
+        low, high = (int(m[1]), int(m[2] or m[1])) if m else (0, 0)
+        if not m or not 1 <= low <= high <= MAX_PORT:
+            yield Issue(
+                (*at, "expose", i),
+                f"must be PORT[/PROTO] or LOW-HIGH[/PROTO], ports 1..{MAX_PORT}",
+            )
+            continue
+        exposed += high - low + 1
+        if exposed > MAX_EXPOSED:
+            yield Issue((*at, "expose", i), f"at most {MAX_EXPOSED} exposed ports per service")
+            break
+    for i, entry in enumerate(_words(svc.tmpfs)):
+        if not entry.startswith("/"):
+            where = (*at, "tmpfs") if isinstance(svc.tmpfs, str) else (*at, "tmpfs", i)
+            yield Issue(where, "must be an absolute path in the container, [:OPTIONS]")
+    for key, u in svc.ulimits.items():
+        if not isinstance(u, int) and u.soft > u.hard:
+            yield Issue((*at, "ulimits", key), "soft must be <= hard")
+    if isinstance(svc.depends_on, dict):
+        for dep, cond in svc.depends_on.items():
+            target = d.services.get(dep)
+            if (
+                cond.condition == "service_healthy"
+                and target is not None
+                and (target.healthcheck is None or target.healthcheck.disable)
+            ):
+                yield Issue(
+                    (*at, "depends_on", dep, "condition"),
+                    f"service {dep!r} has no healthcheck to wait for; give it one or use "
+                    "service_started",
+                )
+
+
+def _check_secrets(d: DesiredStateDef, name: str, svc: ServiceDef) -> Iterable[Issue]:
+    targets: set[str] = set()
+    for i, ref in enumerate(svc.secrets):
+        at: DataPath = ("services", name, "secrets", i)
+        source, target = _secret_ref(ref)
+        if source not in d.secrets:
+            yield Issue(at, f"secret {source!r} is not declared under secrets")
+        if target in targets:
+            yield Issue(at, f"two secrets at {target}")
+        targets.add(target)
+
+
+def _secret_ref(ref: str | SecretRefDef) -> tuple[str, str]:
+    """(secret name, path in the container): /run/secrets/NAME unless a target is given."""
+    if isinstance(ref, str):
+        return ref, f"{SECRETS_DIR}/{ref}"
+    target = ref.target or ref.source
+    return ref.source, target if target.startswith("/") else f"{SECRETS_DIR}/{target}"
 
 
 def _check_names(d: DesiredStateDef, project: str) -> Iterable[Issue]:
@@ -898,7 +1043,7 @@ class _Mount:
 
 def _mount(vol: str | VolumeMountDef) -> _Mount | None:
     if isinstance(vol, VolumeMountDef):
-        return _Mount(vol.type, vol.source, vol.target, vol.read_only)
+        return _Mount(vol.type, vol.source or "", vol.target, vol.read_only)
     parts = vol.split(":")
     if len(parts) == 1:
         return _Mount("volume", "", parts[0], False)  # anonymous volume
@@ -944,7 +1089,8 @@ class _Renderer:
         self.env_files = env_files  # service -> what its env_file entries set
         self.problems: list[Issue] = []
         self.config_digests: dict[str, str] = {}
-        self.default_network = f"{project}_default"
+        self.secret_values: set[str] = set()
+        self.default_network = self.network_name("default")
 
     def render(self) -> DesiredState:
         order = TopologicalSorter({n: _depends(s) for n, s in self.d.services.items()})
@@ -953,7 +1099,11 @@ class _Renderer:
         )
         networks = [self._network(name, n) for name, n in self.d.networks.items()]
         if (
-            any(not s.networks and not s.network_mode for s in self.d.services.values())
+            any(
+                (not s.networks and not s.network_mode) or "default" in s.networks
+                for s in self.d.services.values()
+            )
+            and "default" not in self.d.networks
             and self.default_network not in self.d.networks
         ):
             networks.append(NetworkSpec(name=self.default_network))
@@ -962,8 +1112,13 @@ class _Renderer:
         for name, vdef in self.d.volumes.items():
             driver = vdef.driver if vdef else "local"
             labels = tuple(sorted((vdef.labels if vdef else {}).items()))
+            opts = tuple(
+                sorted((k, _scalar(v)) for k, v in (vdef.driver_opts if vdef else {}).items())
+            )
+            external = bool(vdef and vdef.external)
+            docker_name = self.volume_name(name)
             if REPLICA_PLACEHOLDER in name:
-                templates.append(name)
+                templates.append(docker_name)
                 used = {
                     c.replica
                     for s in services
@@ -971,11 +1126,17 @@ class _Renderer:
                     if name in self._templates_of(s.name)
                 }
                 volumes.extend(
-                    VolumeSpec(name.replace(REPLICA_PLACEHOLDER, str(i)), driver, labels)
+                    VolumeSpec(
+                        docker_name.replace(REPLICA_PLACEHOLDER, str(i)),
+                        driver,
+                        labels,
+                        opts,
+                        external,
+                    )
                     for i in sorted(used)
                 )
             else:
-                volumes.append(VolumeSpec(name, driver, labels))
+                volumes.append(VolumeSpec(docker_name, driver, labels, opts, external))
         return DesiredState(
             project=self.project,
             networks=tuple(networks),
@@ -990,12 +1151,25 @@ class _Renderer:
             m.source for m in mounts if m and m.type == "volume" and REPLICA_PLACEHOLDER in m.source
         }
 
-    @staticmethod
-    def _network(name: str, n: Any) -> NetworkSpec:
+    def network_name(self, key: str) -> str:
+        """The Docker name of a network of the file: its name:, else its key (`default` is
+        compose's default network, `<project>_default`)."""
+        n = self.d.networks.get(key)
+        if n is not None and n.name:
+            return n.name
+        return f"{self.project}_default" if key == "default" else key
+
+    def volume_name(self, key: str) -> str:
+        """The Docker name of a volume of the file: its name:, else its key."""
+        v = self.d.volumes.get(key)
+        return v.name if v is not None and v.name else key
+
+    def _network(self, name: str, n: Any) -> NetworkSpec:
         if n is None:
-            return NetworkSpec(name=name)
+            return NetworkSpec(name=self.network_name(name))
         ipam = tuple((c.subnet, c.gateway or "") for c in n.ipam.config) if n.ipam else ()
-        return NetworkSpec(name, n.driver, n.internal, tuple(sorted(n.labels.items())), ipam)
+        labels = tuple(sorted(n.labels.items()))
+        return NetworkSpec(self.network_name(name), n.driver, n.internal, labels, ipam, n.external)
 
     def _service(self, name: str, s: ServiceDef) -> ServiceSpec:
         build = None
@@ -1011,29 +1185,70 @@ class _Renderer:
             build = BuildSpec(str(self._path(ctx)), dockerfile)
         image = s.image or f"{self.project}-{name}"
         configs = self._configs(name, s)
+        mounts = self._secrets(name, s)
+        options = _options(s)  # once: the same for every replica
         replicas = tuple(
-            self._container(name, s, image, i, configs) for i in range(1, s.replica_count + 1)
+            self._container(name, s, image, i, configs, options, mounts)
+            for i in range(1, s.replica_count + 1)
         )
         heal = HealPolicy(
             s.heal.min_uptime, s.heal.backoff_initial, s.heal.backoff_max, s.heal.unhealthy_grace
         )
+        pull, every = parse_pull_policy(s.pull_policy) if s.pull_policy else (s.pull, None)
         return ServiceSpec(
             name=name,
             image=image,
             replicas=replicas,
-            pull=s.pull,
+            pull=pull,
+            pull_every_s=every,
             build=build,
             depends_on=tuple(_depends(s)),
+            conditions=tuple(
+                (dep, c.condition)
+                for dep, c in (s.depends_on.items() if isinstance(s.depends_on, dict) else ())
+                if c.condition != "service_started"
+            ),
+            job=any(
+                isinstance(o.depends_on, dict)
+                and o.depends_on.get(name) is not None
+                and o.depends_on[name].condition == "service_completed_successfully"
+                for o in self.d.services.values()
+            ),
             state=s.state,
             heal=heal,
             update=_update_config(s.deploy.update_config),
             rollback=_update_config(s.deploy.rollback_config),
             drain_s=s.drain_period,
             stop_grace_s=s.stop_grace_period,
-            revision=self._revision(name, s, configs),
+            revision=self._revision(name, s, configs, mounts),
         )
 
-    def _revision(self, name: str, s: ServiceDef, configs: _Configs) -> str:
+    def _secrets(self, name: str, s: ServiceDef) -> tuple[SecretMount, ...]:
+        """Each secret as a read-only bind of its file; the content only as a digest."""
+        out = []
+        for i, ref in enumerate(s.secrets):
+            source, target = _secret_ref(ref)
+            path = self._path(self.d.secrets[source].file)
+            try:
+                content = _read_limited(path, MAX_SECRET_BYTES)
+            except _TooLarge:
+                message = f"secret file {path} is larger than {MAX_SECRET_BYTES // 1024} KiB"
+                self.problems.append(Issue(("services", name, "secrets", i), message))
+                continue
+            except OSError as exc:
+                message = f"cannot read secret file {path}: {exc.strerror}"
+                self.problems.append(Issue(("services", name, "secrets", i), message))
+                continue
+            digest = hashlib.sha256(b"reconciler-secret\0" + content).hexdigest()
+            self.config_digests[str(path)] = digest  # watched: a change is a reload
+            with contextlib.suppress(UnicodeDecodeError):
+                self.secret_values.add(content.decode().strip())  # never printed
+            out.append(SecretMount(source, str(path), target, digest))
+        return tuple(out)
+
+    def _revision(
+        self, name: str, s: ServiceDef, configs: _Configs, mounts: tuple[SecretMount, ...] = ()
+    ) -> str:
         """sha256 of what the file asks of the service's containers, whatever their count.
 
         Replica count, deploy, heal, drain, state, pull and depends_on are left out (they
@@ -1041,12 +1256,24 @@ class _Renderer:
         paths) are normalised; the content of the config files it mounts is included,
         except those applied by reload_signal (as for the spec hash).
         """
-        body = s.model_dump(mode="json", exclude=_NOT_IN_REVISION)
+        added = {k for k in _ADDED_KEYS if k not in s.model_fields_set}
+        body = s.model_dump(mode="json", exclude=_NOT_IN_REVISION | added)
         body["environment"] = list(_environment(s.environment, self.env_files.get(name, {})))
         body.pop("env_file", None)  # its content is in environment
         body["labels"] = _labels(s.labels)
         body["command"], body["entrypoint"] = _argv(s.command), _argv(s.entrypoint)
         body["ports"] = [port_text(p) for p in s.ports]
+        for key, default in _OPTION_DEFAULTS.items():  # unset: the revision files had before
+            if body.get(key) == default:
+                body.pop(key, None)
+        body["extra_hosts"] = list(_extra_hosts(s.extra_hosts))
+        renamed = {k: self.network_name(k) for k in s.networks if self.network_name(k) != k}
+        if renamed:  # a network's name: changes what the containers join
+            body["network_names"] = renamed
+        if s.deploy.resources != ResourcesDef():  # deploy is left out, its resources are not
+            body["resources"] = s.deploy.resources.model_dump(mode="json")
+        if body.get("healthcheck") and body["healthcheck"].get("start_interval") is None:
+            body["healthcheck"].pop("start_interval", None)
         body["volumes"] = [self._mount_text(_mount(v)) for v in s.volumes]
         body["configs"] = [
             {"source": str(self._path(c.source)), "target": c.target} for c in s.configs
@@ -1062,12 +1289,20 @@ class _Renderer:
             "definition": body,
             "config_digests": [list(d) for d in configs.digests],
         }
+        if mounts:  # a content change is a new revision (the digest, never the value)
+            payload["secret_digests"] = [[m.target, m.digest] for m in mounts]
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
-    def _mount_text(self, m: _Mount | None) -> str:
+    def _mount_text(self, m: _Mount | None, named: bool = False) -> str:
+        """SOURCE:TARGET[:ro] for Docker (`named`: the volume source is its Docker name)."""
         assert m is not None  # checked
-        source = str(self._path(m.source)) if m.type == "bind" else m.source
+        if m.type == "tmpfs":
+            return f"tmpfs:{m.target}{':ro' if m.read_only else ''}"
+        if m.type == "bind":
+            source = str(self._path(m.source))
+        else:
+            source = m.source if named else self.volume_name(m.source)
         return f"{source}:{m.target}{':ro' if m.read_only else ''}" if source else m.target
 
     def _configs(self, name: str, s: ServiceDef) -> _Configs:
@@ -1109,16 +1344,20 @@ class _Renderer:
         image: str,
         replica: int,
         configs: _Configs,
+        options: RuntimeOptions,
+        mounts: tuple[SecretMount, ...] = (),
     ) -> ContainerSpec:
         binds, volumes = list(configs.binds), []
         for vol in s.volumes:
             m = _mount(vol)
             assert m is not None  # checked
+            if m.type == "tmpfs":
+                continue  # RuntimeOptions.tmpfs
             if m.type == "volume" and m.source:
-                source = m.source.replace(REPLICA_PLACEHOLDER, str(replica))
+                source = self.volume_name(m.source).replace(REPLICA_PLACEHOLDER, str(replica))
                 volumes.append(source)
                 m = _Mount(m.type, source, m.target, m.read_only)
-            binds.append(self._mount_text(m))
+            binds.append(self._mount_text(m, named=True))
         nets = s.networks
         attachments: list[NetworkAttachment] = []
         if not s.network_mode:
@@ -1127,7 +1366,9 @@ class _Renderer:
             for net in nets:
                 attach = nets.get(net) if isinstance(nets, dict) else None
                 extra = attach.aliases if attach else []
-                attachments.append(NetworkAttachment(net, tuple(dict.fromkeys([name, *extra]))))
+                attachments.append(
+                    NetworkAttachment(self.network_name(net), tuple(dict.fromkeys([name, *extra])))
+                )
         network_mode = s.network_mode
         if network_mode and network_mode.startswith("service:"):
             target = network_mode.removeprefix("service:")
@@ -1165,7 +1406,7 @@ class _Renderer:
             labels=tuple(sorted(_labels(s.labels).items())),
             working_dir=s.working_dir,
             hostname=s.hostname,
-            extra_hosts=tuple(s.extra_hosts),
+            extra_hosts=_extra_hosts(s.extra_hosts),
             cap_add=tuple(s.cap_add),
             cap_drop=tuple(s.cap_drop),
             read_only=s.read_only,
@@ -1174,7 +1415,15 @@ class _Renderer:
             init=s.init,
             network_mode=network_mode,
             pid=s.pid,
+            privileged=s.privileged,
+            devices=tuple(s.devices),
+            ipc=s.ipc,
+            uts=s.uts,
+            userns_mode=s.userns_mode,
+            security_opt=tuple(s.security_opt),
+            secrets=mounts,
             config_digests=configs.digests,
+            options=options,
             reload_digest=configs.reload_digest,
             reload_signal=configs.reload_signal,
         )
@@ -1215,15 +1464,108 @@ def _environment(
     return tuple(sorted(merged.values()))
 
 
-def _labels(labels: Mapping[str, str] | list[str]) -> dict[str, str]:
+def _labels(labels: Mapping[str, Any] | list[str]) -> dict[str, str]:
+    """Label values as text: `3` is "3", `true` "true", empty "" (as compose)."""
     if isinstance(labels, list):
         return dict(item.partition("=")[::2] for item in labels)
-    return dict(labels)
+    return {k: _scalar(v) for k, v in labels.items()}
 
 
 def port_text(port: str | int | PortDef) -> str:
-    """A port entry in the short syntax."""
-    return port.short() if isinstance(port, PortDef) else str(port)
+    """A port entry in the short syntax (the long one converted)."""
+    return port.text() if isinstance(port, PortDef) else str(port)
+
+
+def _extra_hosts(hosts: list[str] | Mapping[str, str | list[str]]) -> tuple[str, ...]:
+    """HOST:IP entries; the map form (`host: ip` or a list of IPs) as compose writes it."""
+    if isinstance(hosts, list):
+        return tuple(hosts)
+    out: list[str] = []
+    for host, ips in hosts.items():
+        out += [f"{host}:{ip}" for ip in ([ips] if isinstance(ips, str) else ips)]
+    return tuple(out)
+
+
+def _words(value: str | list[str]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _expose(entry: str | int) -> tuple[str, ...]:
+    """`80`, `80/udp`, `8000-8002` -> ("80/tcp",) ... (checked by _check_expose)."""
+    text, _, proto = str(entry).partition("/")
+    low, _, high = text.partition("-")
+    return tuple(f"{p}/{proto or 'tcp'}" for p in range(int(low), int(high or low) + 1))
+
+
+def _options(s: ServiceDef) -> RuntimeOptions:
+    """The compose keys that become HostConfig/Config fields (RuntimeOptions)."""
+    limits, reservations = s.deploy.resources.limits, s.deploy.resources.reservations
+    log = s.logging
+    tmpfs = []
+    for entry in _words(s.tmpfs):
+        path, _, opts = entry.partition(":")
+        tmpfs.append((path, opts))
+    for vol in s.volumes:  # long syntax, type: tmpfs
+        if isinstance(vol, VolumeMountDef) and vol.type == "tmpfs":
+            t = vol.tmpfs
+            opts_list = ["ro"] if vol.read_only else []
+            if t is not None and t.size is not None:
+                opts_list.append(f"size={t.size}")
+            if t is not None and t.mode is not None:
+                opts_list.append(f"mode={t.mode}")
+            tmpfs.append((vol.target, ",".join(opts_list)))
+    ulimits = []
+    for name, value in sorted(s.ulimits.items()):
+        soft, hard = (value, value) if isinstance(value, int) else (value.soft, value.hard)
+        ulimits.append((name, soft, hard))
+    sysctls = (
+        dict(item.partition("=")[::2] for item in s.sysctls)
+        if isinstance(s.sysctls, list)
+        else {k: _scalar(v) for k, v in s.sysctls.items()}
+    )
+    start_interval = s.healthcheck.start_interval if s.healthcheck else None
+    return RuntimeOptions(
+        expose=tuple(dict.fromkeys(p for e in s.expose for p in _expose(e))),
+        cpus=s.cpus if s.cpus is not None else limits.cpus,
+        mem_limit=s.mem_limit if s.mem_limit is not None else limits.memory,
+        mem_reservation=(
+            s.mem_reservation if s.mem_reservation is not None else reservations.memory
+        ),
+        pids_limit=s.pids_limit if s.pids_limit is not None else limits.pids,
+        shm_size=s.shm_size,
+        log_driver=log.driver if log else None,
+        log_options=tuple(sorted((k, _scalar(v)) for k, v in (log.options if log else {}).items())),
+        tmpfs=tuple(tmpfs),
+        ulimits=tuple(ulimits),
+        sysctls=tuple(sorted(sysctls.items())),
+        stdin_open=s.stdin_open,
+        tty=s.tty,
+        dns=_words(s.dns),
+        dns_search=_words(s.dns_search),
+        group_add=tuple(str(g) for g in s.group_add),
+        health_start_interval_s=start_interval,
+    )
+
+
+# The RuntimeOptions keys of ServiceDef at their defaults (left out of the revision).
+_OPTION_DEFAULTS: dict[str, Any] = {
+    "scale": None,
+    "expose": [],
+    "cpus": None,
+    "mem_limit": None,
+    "mem_reservation": None,
+    "pids_limit": None,
+    "shm_size": None,
+    "logging": None,
+    "tmpfs": [],
+    "ulimits": {},
+    "sysctls": {},
+    "stdin_open": False,
+    "tty": False,
+    "dns": [],
+    "dns_search": [],
+    "group_add": [],
+}
 
 
 def _port(text: str, replica: int) -> PortBinding:

@@ -53,6 +53,42 @@ def parse_duration(value: Any) -> float:
     raise ValueError("must be a duration such as 10s, 1m30s or 500ms")
 
 
+PULL_EVERY_MIN_S = 1.0
+_PERIODS = {"daily": 86400.0, "weekly": 7 * 86400.0}
+
+
+def parse_pull_policy(value: str) -> tuple[Literal["missing", "always", "never"], float | None]:
+    """compose's pull_policy -> (what a create does, how often the tag is checked or None).
+
+    always, missing (if_not_present), never; build (rebuild on every create); daily, weekly
+    and every_<duration> (`every_5m`, `every_12h`) follow the tag: missing at create, then
+    the registry is asked on that schedule.
+    """
+    text = value.strip()
+    if text in ("always", "never", "missing"):
+        return text, None  # type: ignore[return-value]
+    if text == "if_not_present":
+        return "missing", None
+    if text == "build":
+        return "always", None
+    if text in _PERIODS:
+        return "missing", _PERIODS[text]
+    if text.startswith("every_"):
+        try:
+            seconds = parse_duration(text.removeprefix("every_"))
+        except ValueError:
+            seconds = -1.0
+        if seconds < PULL_EVERY_MIN_S:
+            raise ValueError(
+                f"every_<duration> needs a duration of at least {PULL_EVERY_MIN_S:g}s, "
+                "such as every_5m or every_12h"
+            )
+        return "missing", seconds
+    raise ValueError(
+        "must be always, missing, never, build, daily, weekly or every_<duration> (every_5m)"
+    )
+
+
 def _integer(value: Any) -> Any:
     """An integer, or its decimal text (what `${VAR}` gives); never true/false or 1.5."""
     if isinstance(value, bool):
@@ -82,11 +118,46 @@ def _number(value: Any) -> Any:
     return value
 
 
+_BYTES = re.compile(r"(?P<n>[0-9]+(?:\.[0-9]+)?)\s*(?P<u>[kmgtp]?)(?:i?b)?", re.IGNORECASE)
+
+
+def parse_bytes(value: Any) -> int:
+    """Bytes from an integer or compose's `512m`, `1g`, `1.5gb`, `100k` (powers of 1024)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a size such as 512m or 1g, not true/false")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    if isinstance(value, str):
+        m = _BYTES.fullmatch(value.strip())
+        if m:
+            power = " kmgtp".index(m["u"].lower() or " ")
+            size = float(m["n"]) * 1024**power
+            if size < 2**63:
+                return int(size)
+    raise ValueError("must be a size such as 512m, 1g or a number of bytes")
+
+
+def _cpus(value: Any) -> Any:
+    """A number of CPUs: 0.5, 2, or their text ("0.5", as compose writes it)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number of CPUs such as 0.5, not true/false")
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            raise ValueError("must be a number of CPUs such as 0.5") from None
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+Bytes = Annotated[int, BeforeValidator(parse_bytes)]
 Int = Annotated[int, BeforeValidator(_integer)]
 Bool = Annotated[bool, BeforeValidator(_boolean)]
 Number = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
 Scalar = str | int | float | bool
+Cpus = Annotated[float, BeforeValidator(_cpus), Field(gt=0, allow_inf_nan=False)]
 
 
 def _replica_limit(value: int | None, info: ValidationInfo) -> int | None:
@@ -119,11 +190,16 @@ class NetworkDef(_Model):
     internal: Bool = False
     labels: dict[str, str] = {}
     ipam: Ipam | None = None
+    name: str | None = None  # the Docker name (default: the key)
+    external: Bool = False  # made elsewhere: used, never created nor removed
 
 
 class VolumeDef(_Model):
     driver: str = "local"
     labels: dict[str, str] = {}
+    driver_opts: dict[str, Scalar] = {}
+    name: str | None = None  # the Docker name (default: the key)
+    external: Bool = False  # made elsewhere: used, never created nor removed
 
 
 class BuildDef(_Model):
@@ -137,6 +213,7 @@ class HealthcheckDef(_Model):
     timeout: Duration = 30.0
     retries: Int = Field(3, ge=0)
     start_period: Duration = 0.0
+    start_interval: Duration | None = None  # Docker API >= 1.44 (engine 25); older drop it
     disable: Bool = False
 
 
@@ -145,16 +222,24 @@ class NetworkAttachDef(_Model):
 
 
 class DependsOnDef(_Model):
-    condition: Literal["service_started", "service_healthy"] = "service_started"
+    condition: Literal["service_started", "service_healthy", "service_completed_successfully"] = (
+        "service_started"
+    )
+
+
+class TmpfsMountDef(_Model):
+    size: Bytes | None = None
+    mode: Int | None = None  # octal digits as written: 1777
 
 
 class VolumeMountDef(_Model):
-    """Long syntax of a service volume."""
+    """Long syntax of a service volume (`type: tmpfs` is a tmpfs mount, as `tmpfs:`)."""
 
-    type: Literal["volume", "bind"] = "volume"
-    source: str
+    type: Literal["volume", "bind", "tmpfs"] = "volume"
+    source: str | None = None  # required for bind; a volume without one is anonymous
     target: str
     read_only: Bool = False
+    tmpfs: TmpfsMountDef | None = None
 
 
 class ConfigMountDef(_Model):
@@ -165,20 +250,18 @@ class ConfigMountDef(_Model):
     reload_signal: str | None = None
 
 
-class SecretMountDef(_Model):
-    """Long syntax of a service's secret (Swarm): mounted at /run/secrets/<target>."""
+class SecretDef(_Model):
+    """A file-based secret (compose): its content reaches containers only as a file."""
+
+    file: str
+
+
+class SecretRefDef(_Model):
+    """Long syntax of a service's secret: `target` under /run/secrets (or absolute). The file
+    is bind-mounted as it is on the host, so compose's uid/gid/mode are not offered."""
 
     source: str
     target: str | None = None
-    uid: str = "0"
-    gid: str = "0"
-    mode: Int = Field(default=0o444, ge=0, le=0o777)
-
-
-class SecretDef(_Model):
-    """A top-level secret: its value is the content of `file` (never shown)."""
-
-    file: str
 
 
 class HealDef(_Model):
@@ -230,18 +313,6 @@ class PlacementDef(_Model):
     max_replicas_per_node: Int | None = Field(default=None, ge=0)
 
 
-class ResourceDef(_Model):
-    cpus: str | Number | None = None
-    memory: str | Int | None = None
-
-
-class ResourcesDef(_Model):
-    """deploy.resources (Swarm only, for now)."""
-
-    limits: ResourceDef = ResourceDef()
-    reservations: ResourceDef = ResourceDef()
-
-
 class RestartPolicyDef(_Model):
     """deploy.restart_policy (Swarm only; the single host uses `restart` and `heal`)."""
 
@@ -251,33 +322,65 @@ class RestartPolicyDef(_Model):
     window: Duration | None = None
 
 
+class ResourceDef(_Model):
+    """deploy.resources.limits / .reservations."""
+
+    cpus: Cpus | None = None
+    memory: Bytes | None = None
+    pids: Int | None = Field(default=None, ge=-1)
+
+
+class ReservationDef(_Model):
+    cpus: Cpus | None = None  # a Swarm scheduling hint: no effect on one engine (as compose)
+    memory: Bytes | None = None
+
+
+class ResourcesDef(_Model):
+    limits: ResourceDef = ResourceDef()
+    reservations: ReservationDef = ReservationDef()
+
+
+class LoggingDef(_Model):
+    driver: str | None = None
+    options: dict[str, Scalar | None] = {}
+
+
+class UlimitDef(_Model):
+    soft: Int
+    hard: Int
+
+
+class PortDef(_Model):
+    """Long syntax of a service port."""
+
+    target: Int
+    published: str | Int | None = None
+    host_ip: str | None = None
+    protocol: Literal["tcp", "udp", "sctp"] = "tcp"
+    mode: Literal["host", "ingress"] = "ingress"  # ingress is Swarm's: one engine binds host
+    name: str | None = None
+    app_protocol: str | None = None
+
+    def text(self) -> str:
+        """The short syntax it means: [IP:][HOST:]CONTAINER/PROTO."""
+        ip = self.host_ip or ""
+        if ":" in ip:
+            ip = f"[{ip}]"
+        host = "" if self.published in (None, "") else f"{self.published}:"
+        return f"{ip + ':' if ip else ''}{host}{self.target}/{self.protocol}"
+
+
 class DeployDef(_Model):
     mode: Literal["replicated", "global"] = "replicated"  # global: one replica per node
     replicas: Int | None = Field(default=None, ge=0)
+    resources: ResourcesDef = ResourcesDef()
     update_config: UpdateConfigDef = UpdateConfigDef()
     rollback_config: RollbackConfigDef = RollbackConfigDef()
     placement: PlacementDef = PlacementDef()
-    resources: ResourcesDef = ResourcesDef()
     restart_policy: RestartPolicyDef | None = None
     labels: dict[str, str] = {}  # on the Swarm service (not its containers), as compose
 
     _limit = field_validator("replicas")(_replica_limit)
-
-
-class PortDef(_Model):
-    """Long syntax of a port (compose): mode host publishes on the node a task runs on."""
-
-    target: Int = Field(ge=1, le=65535)
-    published: Int | None = Field(default=None, ge=1, le=65535)
-    protocol: Literal["tcp", "udp", "sctp"] = "tcp"
-    mode: Literal["ingress", "host"] = "ingress"
-    host_ip: str | None = None
-
-    def short(self) -> str:
-        """The short syntax of the same port (the single host publishes every port so)."""
-        ip = f"{self.host_ip}:" if self.host_ip else ""
-        host = f"{ip}{self.published}:" if self.published is not None else ""
-        return f"{host}{self.target}/{self.protocol}"
 
 
 class EnvFileDef(_Model):
@@ -294,6 +397,7 @@ class ServiceDef(_Model):
     image: str | None = None
     build: str | BuildDef | None = None
     pull: Literal["missing", "always", "never"] = "missing"
+    pull_policy: str | None = None  # compose's name; parse_pull_policy
     replicas: Int = Field(1, ge=0)
     container_name: str | None = None
     command: str | list[str] | None = None
@@ -303,16 +407,15 @@ class ServiceDef(_Model):
     ports: list[str | Int | PortDef] = []
     volumes: list[str | VolumeMountDef] = []
     configs: list[ConfigMountDef] = []
-    secrets: list[str | SecretMountDef] = []  # Swarm only
     networks: list[str] | dict[str, NetworkAttachDef | None] = []
     user: str | Int | None = None
     restart: str = "no"
     healthcheck: HealthcheckDef | None = None
     depends_on: list[str] | dict[str, DependsOnDef] = []
-    labels: dict[str, str] | list[str] = {}
+    labels: dict[str, Scalar | None] | list[str] = {}
     working_dir: str | None = None
     hostname: str | None = None
-    extra_hosts: list[str] = []
+    extra_hosts: list[str] | dict[str, str | list[str]] = []
     cap_add: list[str] = []
     cap_drop: list[str] = []
     read_only: Bool = False
@@ -321,22 +424,56 @@ class ServiceDef(_Model):
     init: Bool | None = None
     network_mode: str | None = None
     pid: str | None = None
+    # Host power: judged by the host policy (core.policy) before anything is created.
+    privileged: Bool = False
+    devices: list[str] = []
+    ipc: str | None = None
+    uts: str | None = None
+    userns_mode: str | None = None
+    security_opt: list[str] = []
+    secrets: list[str | SecretRefDef] = []
     state: Literal["running", "stopped"] = "running"
     heal: HealDef = HealDef()
     deploy: DeployDef = DeployDef()
     drain_period: Duration = 3.0
+    # compose keys of issue #10 (resources, logging, terminal, DNS): RuntimeOptions
+    scale: Int | None = Field(default=None, ge=0)
+    expose: list[str | Int] = []
+    cpus: Cpus | None = None
+    mem_limit: Bytes | None = None
+    mem_reservation: Bytes | None = None
+    pids_limit: Int | None = Field(default=None, ge=-1)
+    shm_size: Bytes | None = None
+    logging: LoggingDef | None = None
+    tmpfs: str | list[str] = []
+    ulimits: dict[str, Int | UlimitDef] = {}
+    sysctls: dict[str, Scalar] | list[str] = {}
+    stdin_open: Bool = False
+    tty: Bool = False
+    dns: str | list[str] = []
+    dns_search: str | list[str] = []
+    group_add: list[str | Int] = []
 
     @property
     def replica_count(self) -> int:
-        """replicas, or deploy.replicas when only that is given (a conflict is a _check error);
-        one for deploy.mode global on a single host (one node)."""
+        """replicas, or deploy.replicas or scale when only that is given (a conflict is a
+        _check error); one for deploy.mode global on a single host (one node)."""
         if self.deploy.mode == "global":
             return 1
-        if "replicas" not in self.model_fields_set and self.deploy.replicas is not None:
-            return self.deploy.replicas
+        if "replicas" not in self.model_fields_set:
+            for given in (self.deploy.replicas, self.scale):
+                if given is not None:
+                    return given
         return self.replicas
 
-    _limit = field_validator("replicas")(_replica_limit)
+    _limit = field_validator("replicas", "scale")(_replica_limit)
+
+    @field_validator("pull_policy")
+    @classmethod
+    def _pull_policy(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_pull_policy(value)
+        return value
 
     @field_validator("restart")
     @classmethod
@@ -352,5 +489,5 @@ class DesiredStateDef(_Model):
     name: str | None = None  # compose's name for project
     networks: dict[str, NetworkDef | None] = {}
     volumes: dict[str, VolumeDef | None] = {}
-    secrets: dict[str, SecretDef] = {}  # Swarm only
     services: dict[str, ServiceDef] = {}
+    secrets: dict[str, SecretDef] = {}

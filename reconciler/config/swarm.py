@@ -20,8 +20,9 @@ from reconciler.config.loader import Issue, Parsed, _Configs, _mount, port_text
 from reconciler.config.schema import (
     DesiredStateDef,
     PortDef,
+    ReservationDef,
     ResourceDef,
-    SecretMountDef,
+    SecretRefDef,
     ServiceDef,
 )
 from reconciler.core.model import LABEL_SPEC_HASH, ownership_labels
@@ -93,6 +94,19 @@ def issues(d: DesiredStateDef, project: str) -> Iterable[Issue]:
         yield from _service_issues(("services", name), s)
 
 
+# ServiceDef keys rendered for Swarm (or left to it: heal, drain_period, depends_on, pull);
+# any other key the file gives is refused for --target swarm, never silently dropped.
+SWARM_KEYS = frozenset(
+    {
+        "image", "replicas", "command", "entrypoint", "env_file", "environment", "ports",
+        "volumes", "configs", "secrets", "networks", "user", "restart", "healthcheck",
+        "depends_on", "labels", "working_dir", "hostname", "extra_hosts", "cap_add",
+        "cap_drop", "read_only", "stop_signal", "stop_grace_period", "init", "state", "heal",
+        "deploy", "drain_period", "pull", "pull_policy",
+    }
+)  # fmt: skip
+
+
 def _service_issues(at: tuple[str | int, ...], s: ServiceDef) -> Iterable[Issue]:
     unsupported = {
         "container_name": "Swarm names the tasks itself (<project>_<service>.<slot>)",
@@ -103,7 +117,9 @@ def _service_issues(at: tuple[str | int, ...], s: ServiceDef) -> Iterable[Issue]
     for key, why in unsupported.items():
         if getattr(s, key):
             yield Issue((*at, key), f"not supported with --target swarm: {why}")
-    for i, host in enumerate(s.extra_hosts):
+    for key in sorted(s.model_fields_set - SWARM_KEYS - set(unsupported)):
+        yield Issue((*at, key), "not supported with --target swarm (yet)")
+    for i, host in enumerate(loader._extra_hosts(s.extra_hosts)):
         if host.partition(":")[2] == "host-gateway":
             yield Issue(
                 (*at, "extra_hosts", i),
@@ -123,6 +139,11 @@ def _service_issues(at: tuple[str | int, ...], s: ServiceDef) -> Iterable[Issue]
                 yield Issue(
                     (*at, "ports", i, "host_ip"),
                     "not supported with --target swarm: Swarm publishes on every address",
+                )
+            if isinstance(port.published, str) and not port.published.isdigit():
+                yield Issue(
+                    (*at, "ports", i, "published"),
+                    "a host port range is not supported with --target swarm: publish one port",
                 )
             continue
         m = loader._PORT.match(port_text(port))
@@ -145,7 +166,7 @@ def _service_issues(at: tuple[str | int, ...], s: ServiceDef) -> Iterable[Issue]
         if s.state == "stopped":
             yield Issue((*at, "state"), "a global service cannot be stopped on Swarm")
     for kind in ("limits", "reservations"):
-        r: ResourceDef = getattr(deploy.resources, kind)
+        r: ResourceDef | ReservationDef = getattr(deploy.resources, kind)
         where = (*at, "deploy", "resources", kind)
         try:
             if r.cpus is not None:
@@ -275,11 +296,13 @@ def _service(
     s: ServiceDef,
     networks: Mapping[str, SwarmNetwork],
     configs: list[tuple[str, str]],
-    secrets: list[tuple[str | SecretMountDef, str]],
+    secrets: list[tuple[str | SecretRefDef, str]],
 ) -> SwarmService:
     project = parsed.state.project
     image = s.image or f"{project}-{name}"
-    c = parsed.renderer._container(name, s, image, 1, _Configs((), (), "", None))
+    c = parsed.renderer._container(
+        name, s, image, 1, _Configs((), (), "", None), loader._options(s)
+    )
     own = {**ownership_labels(project, name), STACK_NAMESPACE: project}
     container: dict[str, Any] = {
         "Image": image,
@@ -351,11 +374,11 @@ def _service(
     if secrets:
         refs = []
         for ref, swarm_name in secrets:
-            sm = SecretMountDef(source=ref) if isinstance(ref, str) else ref
+            sm = SecretRefDef(source=ref) if isinstance(ref, str) else ref
             target = sm.target or sm.source
             refs.append(
                 {
-                    "File": {"Name": target, "UID": sm.uid, "GID": sm.gid, "Mode": sm.mode},
+                    "File": {"Name": target, "UID": "0", "GID": "0", "Mode": 0o444},
                     "SecretName": swarm_name,
                 }
             )
@@ -364,12 +387,14 @@ def _service(
     task: dict[str, Any] = {"ContainerSpec": container}
     resources: dict[str, Any] = {}
     for kind, key in (("limits", "Limits"), ("reservations", "Reservations")):
-        r: ResourceDef = getattr(deploy.resources, kind)
+        r: ResourceDef | ReservationDef = getattr(deploy.resources, kind)
         values = {}
         if r.cpus is not None:
             values["NanoCPUs"] = nano_cpus(r.cpus)
         if r.memory is not None:
             values["MemoryBytes"] = memory_bytes(r.memory)
+        if isinstance(r, ResourceDef) and r.pids is not None:
+            values["Pids"] = r.pids
         if values:
             resources[key] = values
     if resources:
@@ -457,8 +482,8 @@ def _update(c: Any) -> dict[str, Any]:
 def _port(port: str | int | PortDef) -> dict[str, Any]:
     if isinstance(port, PortDef):
         out: dict[str, Any] = {"Protocol": port.protocol, "TargetPort": port.target}
-        if port.published is not None:
-            out["PublishedPort"] = port.published
+        if port.published not in (None, ""):
+            out["PublishedPort"] = int(str(port.published))
         out["PublishMode"] = port.mode
         return out
     m = loader._PORT.match(port_text(port))

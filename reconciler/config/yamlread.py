@@ -103,6 +103,18 @@ class _Composer(Composer):
     def __init__(self, loader: Any = None) -> None:
         super().__init__(loader)
         self.warn_double_anchors = False
+        self.nodes = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        # Bound the work before `read` starts: a file of many small values stops here.
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            event = self.parser.peek_event()
+            raise YamlError(
+                f"the document has more than {MAX_NODES} values; refusing it",
+                _mark(getattr(event, "start_mark", None)),
+            )
+        return super().compose_node(parent, index)
 
 
 class YamlError(Exception):
@@ -154,6 +166,8 @@ def compose(text: str) -> Node | None:
     yaml.max_depth = MAX_DEPTH + 1  # type: ignore[attr-defined]
     try:
         return yaml.compose(text)
+    except YamlError:
+        raise
     except MarkedYAMLError as exc:
         raise YamlError(_describe(exc), _mark(exc.problem_mark or exc.context_mark)) from None
     except ReaderError as exc:

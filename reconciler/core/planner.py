@@ -50,6 +50,8 @@ from reconciler.core.model import (
 )
 
 DEFAULT_DRAIN_S = ro.DEFAULT_DRAIN_S  # for containers of services gone from the file
+# A network or volume marked external: that does not exist (we never create it).
+EXTERNAL_MISSING = "external, not found: create it"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +63,8 @@ class Holds:
         every unhealthy container is due (no grace tracking).
     signalled: container id -> reload-config digest already delivered by a signal.
     now: the time (epoch seconds) monitors, drains and delays are measured against.
-    ready: services whose replicas all run; None means order starts inside this plan.
+    ready: `ready_token`s of the services (`web`: its replicas all run; `web:healthy`,
+        `web:completed`); None means order starts inside this plan.
     drained: container id -> when its drain period ends (it has left its DNS aliases).
     rollouts: service -> its rollout (mode, update or rollback config, failures so far).
     outside: container name -> id of containers observed but left out of `observed` (other
@@ -147,7 +150,9 @@ def plan(desired: DesiredState, observed: Observed, holds: Holds = NO_HOLDS) -> 
         }
 
     steps, taken = _claim_names([*infra, *images, *removals, *containers], observed, holds)
-    kept = _drop_held(steps, {**holds.held, **taken}, p.notes)
+    kept = _drop_held(
+        steps, {**holds.held, **taken, **_external_missing(desired, observed, steps)}, p.notes
+    )
     needed = set().union(*(s.after for s in kept))  # an image no create is left to wait on
     future = [t for t in p.wakes if t > holds.now]
     return Plan(
@@ -188,7 +193,7 @@ def _gate_on_dependencies(
 ) -> list[_Local]:
     """Per-service plans: starts (and namespace sharers' creates) wait for dependencies, and
     so does the stop of an old replica whose replacement's start waits (stop-first)."""
-    waiting = [d for d in svc.depends_on if d not in ready]
+    waiting = [d for d in svc.waits_for() if d not in ready]
     if not waiting:
         return local
 
@@ -211,9 +216,11 @@ def _networks(desired: DesiredState, observed: Observed, notes: list[str]) -> It
     live = {n.name: n for n in observed.networks}
     for spec in desired.networks:
         net = live.get(spec.name)
-        if net is None:
+        if net is None and spec.external:
+            notes.append(f"network {spec.name}: {EXTERNAL_MISSING} (docker network create)")
+        elif net is None:
             yield Step(CreateNetwork(spec, desired.project))
-        elif not net.owned:
+        elif not net.owned and not spec.external:
             notes.append(f"network {spec.name}: adopted, not owned (no reconciler labels)")
     wanted = {n.name for n in desired.networks}
     for name in sorted(observed.project_networks - wanted):
@@ -224,9 +231,11 @@ def _volumes(desired: DesiredState, observed: Observed, notes: list[str]) -> Ite
     live = {v.name: v for v in observed.volumes}
     for spec in desired.volumes:
         vol = live.get(spec.name)
-        if vol is None:
+        if vol is None and spec.external:
+            notes.append(f"volume {spec.name}: {EXTERNAL_MISSING} (docker volume create)")
+        elif vol is None:
             yield Step(CreateVolume(spec, desired.project))
-        elif not vol.owned:
+        elif not vol.owned and not spec.external:
             notes.append(f"volume {spec.name}: adopted, not owned (no reconciler labels)")
     wanted = {v.name for v in desired.volumes}
     patterns = [t.replace("{replica}", "[0-9]*") for t in desired.volume_templates]
@@ -252,6 +261,12 @@ def _removals(
     return steps
 
 
+def _serving(c: ObservedContainer) -> bool:
+    """Up as far as a rollout is concerned: running and not unhealthy, or being restarted by
+    Docker (its health is the last run's, so it is not read)."""
+    return c.state == "restarting" or (c.state == "running" and c.health != "unhealthy")
+
+
 def _service_steps(
     svc: ServiceSpec,
     slots: Mapping[int, list[ObservedContainer]],
@@ -268,13 +283,30 @@ def _service_steps(
         return out
 
     classified = [_classify(spec, slots.get(spec.replica, [])) for spec in svc.replicas]
-    in_flight = sum(1 for s in classified if s.new is not None)
+    # A replacement whose old replica is gone, that serves and waits only for its name (held
+    # by a container of another service, which may never let it go) is the replica now, not
+    # a batch in flight: it must not hold the rollout of the other replicas back forever.
+    own = {c.id for containers in slots.values() for c in containers}
+    in_flight = sum(
+        1
+        for spec, s in zip(svc.replicas, classified, strict=True)
+        if s.new is not None
+        and not (
+            s.current is None
+            and _serving(s.new)
+            and s.new.health != "starting"
+            and p.ids.get(spec.name, "") not in ("", *own)
+        )
+    )
     # A rollout starts replacing running replicas only while every replica is up; a replica
     # kept as a tolerated failure (crash-looping on the new spec) does not hold it back, else
     # failure_action would never come.
+    # An unhealthy replica holds the next batch back too (one still starting does not: Docker
+    # gives it a verdict soon, and the new replica's own judge waits for health anyway; one
+    # Docker is restarting is left to Docker).
     all_up = all(s.current is not None or s.new is not None for s in classified) and all(
         s.current is None
-        or s.current.state in ("running", "restarting")
+        or _serving(s.current)
         or s.new is not None
         or s.current.id in rollout.failed
         for s in classified
@@ -321,9 +353,10 @@ def _service_steps(
             # Its network namespace belongs to a container that was replaced since.
             moved = owner is not None and p.ids.get(owner) != cur.network_target
             if cur.spec_hash == spec.spec_hash and cur.state != "dead" and not moved:
-                out += _heal(spec, cur, holds)
+                out += _heal(spec, cur, holds, svc.job)
                 continue
-            down = cur.state not in ("running", "restarting") or moved
+            # Not serving (exited, dead, unhealthy): replaced at once, outside the budget.
+            down = not _serving(cur) or moved
             reason = _why_replace(cur, spec, moved)
             if down and (rollout.mode != "paused" or cur.state == "dead" or moved):
                 out.append((CreateContainer(spec, reason, ro.temp_name(spec)), _NO))
@@ -333,7 +366,7 @@ def _service_steps(
             else:
                 if not down:
                     p.notes.append(f"{spec.name}: replacement waits ({waiting_reason})")
-                out += _heal(spec, cur, holds)
+                out += _heal(spec, cur, holds, svc.job)
                 if cur.name != spec.name:  # serving under another name: give it the replica's
                     why = "serving under another name"
                     out.append((RenameContainer(cur.id, cur.name, spec.name, svc.name, why), _NO))
@@ -400,7 +433,7 @@ def _in_flight(
             return drain
         stop = StopContainer(cur.id, cur.name, svc.name, "replaced (stop-first)", _grace(spec))
         return [(stop, _NO), (start, _keys(stop))]
-    verdict = ro.judge(spec, new, rollout.config, now)
+    verdict = ro.judge(spec, new, rollout.config, now, svc.job)
     if verdict.outcome == "pending":
         p.wake(verdict.recheck_at)
         return []
@@ -445,9 +478,14 @@ def _in_flight(
     return out
 
 
-def _heal(spec: ContainerSpec, c: ObservedContainer, holds: Holds) -> list[_Local]:
-    """A replica on its spec: bring it back to running, connected and healthy."""
+def _heal(
+    spec: ContainerSpec, c: ObservedContainer, holds: Holds, job: bool = False
+) -> list[_Local]:
+    """A replica on its spec: bring it back to running, connected and healthy (a job's
+    replica that exited 0 has done its work: left alone)."""
     out: list[_Local] = []
+    if job and c.state == "exited" and c.exit_code == 0:
+        return out
     if c.state in ("running", "exited", "created", "paused") and spec.network_mode is None:
         if c.id in holds.drained:  # drained for a replacement that did not happen
             out += [(a, _NO) for a in _rejoin(spec, c, "drained, serving again")]
@@ -572,6 +610,27 @@ def _claim_names(
                 step = Step(action, step.after | {freed[name]})
         out.append(step)
     return out, held
+
+
+def _external_missing(
+    desired: DesiredState, observed: Observed, steps: Iterable[Step]
+) -> dict[str, str]:
+    """Creates of containers that use an external network or volume that does not exist
+    (Docker would make a missing volume itself, unlabelled: that is not ours to make)."""
+    nets = {n.name for n in observed.networks}
+    vols = {v.name for v in observed.volumes}
+    missing = {n.name for n in desired.networks if n.external and n.name not in nets} | {
+        v.name for v in desired.volumes if v.external and v.name not in vols
+    }
+    held: dict[str, str] = {}
+    for step in steps:
+        if isinstance(step.action, CreateContainer):
+            spec = step.action.spec
+            used = {a.network for a in spec.networks} | set(spec.volumes)
+            if used & missing:
+                what = ", ".join(sorted(used & missing))
+                held[step.key] = f"external {what} not found"
+    return held
 
 
 def _drop_held(steps: list[Step], held: Mapping[str, str], notes: list[str]) -> tuple[Step, ...]:

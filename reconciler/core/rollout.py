@@ -134,10 +134,19 @@ def tolerated(rollout: Rollout, replicas: int, container: str = "", earlier: int
     return rollout.failures + earlier + 1 <= allowed + 1e-9
 
 
-def judge(spec: ContainerSpec, new: ObservedContainer, config: UpdateConfig, now: float) -> Verdict:
+def judge(
+    spec: ContainerSpec,
+    new: ObservedContainer,
+    config: UpdateConfig,
+    now: float,
+    job: bool = False,
+) -> Verdict:
     """Has a started replacement proven itself? It fails when it exits, turns unhealthy, or is
     not running (healthy, with a healthcheck) within start period + interval x retries + monitor.
+    A job's replacement (a service_completed_successfully dependency) passes by exiting 0.
     """
+    if job and new.state == "exited" and new.exit_code == 0:
+        return Verdict("passed")
     if new.state in ("exited", "dead", "restarting", "removing"):
         code = f" with code {new.exit_code}" if new.exit_code is not None else ""
         return Verdict("failed", f"new replica {new.state}{code}")
@@ -164,7 +173,9 @@ def converged(svc: ServiceSpec, containers: tuple[ObservedContainer, ...]) -> bo
         return False
     for spec in svc.replicas:
         c = by_name.get(spec.name)
-        if c is None or c.spec_hash != spec.spec_hash or c.state != "running":
+        if c is None or c.spec_hash != spec.spec_hash:
+            return False
+        if c.state != "running" and not (svc.job and c.state == "exited" and c.exit_code == 0):
             return False
         if c.health not in (None, "healthy"):
             return False

@@ -50,12 +50,14 @@ from reconciler.core.model import (
     RemoveVolume,
     RenameContainer,
     RestartContainer,
+    RuntimeOptions,
     SignalContainer,
     StartContainer,
     StopContainer,
     UnpauseContainer,
     ownership_labels,
 )
+from reconciler.core.takeover import COMPOSE_PROJECT, COMPOSE_SERVICE, ForeignContainer
 from reconciler.errors import ActionFailed, EngineSlow, EngineUnavailable, NameConflict
 
 _EXIT = re.compile(r"Exited \((-?\d+)\)")
@@ -196,6 +198,34 @@ class Engine:
             )
         return tuple(sorted((_container(c) for c in found), key=lambda c: c.name))
 
+    def others(self, project: str) -> tuple[ForeignContainer, ...]:
+        """Every container that is not this project's (one list call): who holds what."""
+        with docker_errors("observe other containers"):
+            found = self.api.containers(all=True)
+        out = []
+        for c in found:
+            labels = c.get("Labels") or {}
+            ours = labels.get(LABEL_MANAGED) == "true"
+            if ours and labels.get(LABEL_PROJECT) == project:
+                continue
+            ports = frozenset(
+                (str(p.get("IP", "")), int(p["PublicPort"]), str(p.get("Type", "tcp")))
+                for p in c.get("Ports") or ()
+                if p.get("PublicPort")
+            )
+            out.append(
+                ForeignContainer(
+                    id=c["Id"],
+                    name=(c.get("Names") or ["/" + c["Id"][:12]])[0].lstrip("/"),
+                    state=c.get("State", ""),
+                    compose_project=labels.get(COMPOSE_PROJECT, ""),
+                    compose_service=labels.get(COMPOSE_SERVICE, ""),
+                    reconciler_project=labels.get(LABEL_PROJECT, "") if ours else "",
+                    host_ports=ports,
+                )
+            )
+        return tuple(sorted(out, key=lambda c: c.name))
+
     def started_at(self, container_id: str) -> float | None:
         """When a container last started (one inspect; None when gone or never started)."""
         state = ((self.inspect(container_id) or {}).get("State")) or {}
@@ -260,7 +290,12 @@ class Engine:
                 labels = dict(spec.labels) | ownership_labels(project)
                 with docker_errors(f"create volume {spec.name}"):
                     self._call("volume_create")
-                    api.create_volume(spec.name, driver=spec.driver, labels=labels)
+                    api.create_volume(
+                        spec.name,
+                        driver=spec.driver,
+                        driver_opts=dict(spec.driver_opts) or None,
+                        labels=labels,
+                    )
             case CreateContainer(spec=spec):
                 self._create(spec, action.name)
             case StartContainer(id=cid, name=name):
@@ -332,6 +367,55 @@ class Engine:
             if isinstance(exc.__cause__, docker.errors.NotFound):
                 return False
             raise
+
+    def local_digest(self, image: str) -> str | None:
+        """The registry digest the local `image` (a tag) was pulled or pushed as; None when
+        the image is absent or never came from a registry."""
+        try:
+            with docker_errors(f"inspect image {image}"):
+                info = self.api.inspect_image(image)
+        except ActionFailed as exc:
+            if isinstance(exc.__cause__, docker.errors.NotFound):
+                return None
+            raise
+        repo, _ = parse_repository_tag(image.partition("@")[0])
+        digests = [str(d).partition("@") for d in info.get("RepoDigests") or []]
+        mine = [dg for name, _, dg in digests if name == repo] or [dg for _, _, dg in digests]
+        return mine[0] if mine else None
+
+    def registry_digest(self, image: str) -> str:
+        """The digest the registry gives `image` (a tag) now, with the credentials a pull would
+        use, without pulling a layer (the engine's distribution inspect: one manifest HEAD)."""
+        self._reload_credentials()
+        with docker_errors(f"ask the registry for {image}"):
+            self._call("distribution_inspect")
+            found = self.api.inspect_distribution(image)
+        return str((found.get("Descriptor") or {}).get("digest") or "")
+
+    def image_id(self, image: str) -> str | None:
+        try:
+            with docker_errors(f"inspect image {image}"):
+                return str(self.api.inspect_image(image)["Id"])
+        except ActionFailed as exc:
+            if isinstance(exc.__cause__, docker.errors.NotFound):
+                return None
+            raise
+
+    def images_in_use(self) -> set[str]:
+        """IDs of the images any container on the engine (anyone's) was created from."""
+        with docker_errors("list containers"):
+            return {str(c.get("ImageID")) for c in self.api.containers(all=True)}
+
+    def remove_image(self, image_id: str) -> bool:
+        """Remove an unused image (never forced: one a container uses, or tagged by several
+        names, stays); False when Docker refused."""
+        try:
+            with docker_errors(f"remove image {image_id[:19]}"):
+                self._call("image_remove")
+                self.api.remove_image(image_id)
+            return True
+        except ActionFailed as exc:
+            return isinstance(exc.__cause__, docker.errors.NotFound)
 
     def ensure_image(
         self,
@@ -530,8 +614,10 @@ class Engine:
             "MaximumRetryCount": int(retries or 0),
         }
         network_mode = spec.network_mode or (spec.networks[0].network if spec.networks else None)
+        # Secrets: their files bind-mounted read-only (the content never passes through us).
+        binds = [*spec.binds, *(f"{m.source}:{m.target}:ro" for m in spec.secrets)]
         host_config = api.create_host_config(
-            binds=list(spec.binds) or None,
+            binds=binds or None,
             port_bindings=port_bindings or None,
             restart_policy=restart,
             cap_add=list(spec.cap_add) or None,
@@ -541,6 +627,14 @@ class Engine:
             network_mode=network_mode,
             pid_mode=spec.pid,
             extra_hosts=list(spec.extra_hosts) or None,
+            **_host_options(spec.options),
+            # Host power: only what the host policy allowed reaches here (core.policy).
+            privileged=spec.privileged,
+            devices=list(spec.devices) or None,
+            ipc_mode=spec.ipc,
+            uts_mode=spec.uts,
+            userns_mode=spec.userns_mode,
+            security_opt=list(spec.security_opt) or None,
         )
         networking = None
         if not spec.network_mode and spec.networks:
@@ -560,16 +654,20 @@ class Engine:
                     "retries": hc.retries,
                     "start_period": int(hc.start_period_s * 1e9),
                 }
+        opts = spec.options
         with self._name_clash(name), docker_errors(f"create {name}"):
             self._call("container_create")
-            created = api.create_container(
+            config = api.create_container_config(
                 spec.image,
                 command=list(spec.command) if spec.command is not None else None,
                 entrypoint=list(spec.entrypoint) if spec.entrypoint is not None else None,
-                name=name,
-                environment=list(spec.environment),
+                # as create_container does (use_config_proxy): proxies from config.json
+                environment=api._proxy_configs.inject_proxy_environment(list(spec.environment))
+                or None,
                 labels=spec.all_labels(),
-                ports=[(p.container_port, p.protocol) for p in spec.ports] or None,
+                ports=_exposed(spec) or None,
+                stdin_open=opts.stdin_open,
+                tty=opts.tty,
                 user=spec.user,
                 working_dir=spec.working_dir,
                 hostname=spec.hostname,
@@ -579,12 +677,51 @@ class Engine:
                 host_config=host_config,
                 networking_config=networking,
             )
+            if healthcheck is not None and opts.health_start_interval_s is not None:
+                # docker-py knows no StartInterval (API 1.44): set it on the request itself;
+                # an engine older than 25 (API < 1.44) ignores the field.
+                config["Healthcheck"]["StartInterval"] = int(opts.health_start_interval_s * 1e9)
+            created = api.create_container_from_config(config, name)
         cid: str = created["Id"]
         with docker_errors(f"connect {name}"):
             for att in spec.networks[1:] if not spec.network_mode else ():
                 self._call("network_connect")
                 api.connect_container_to_network(cid, att.network, aliases=list(att.aliases))
         return cid
+
+
+def _exposed(spec: ContainerSpec) -> list[tuple[int, str]]:
+    """Published ports and `expose`: Config.ExposedPorts."""
+    ports = [(p.container_port, p.protocol) for p in spec.ports]
+    for entry in spec.options.expose:
+        port, _, proto = entry.partition("/")
+        ports.append((int(port), proto))
+    return list(dict.fromkeys(ports))
+
+
+def _host_options(o: RuntimeOptions) -> dict[str, Any]:
+    """HostConfig arguments of compose's resource, logging and DNS keys (unset: omitted)."""
+    args: dict[str, Any] = {
+        "mem_limit": o.mem_limit,
+        "mem_reservation": o.mem_reservation,
+        "nano_cpus": round(o.cpus * 1e9) if o.cpus is not None else None,
+        "pids_limit": o.pids_limit,
+        "shm_size": o.shm_size,
+        "tmpfs": dict(o.tmpfs) or None,
+        "sysctls": dict(o.sysctls) or None,
+        "dns": list(o.dns) or None,
+        "dns_search": list(o.dns_search) or None,
+        "group_add": list(o.group_add) or None,
+        "ulimits": [
+            docker.types.Ulimit(name=n, soft=soft, hard=hard) for n, soft, hard in o.ulimits
+        ]
+        or None,
+    }
+    if o.log_driver is not None or o.log_options:
+        args["log_config"] = docker.types.LogConfig(
+            type=o.log_driver or "", config=dict(o.log_options)
+        )
+    return {k: v for k, v in args.items() if v is not None}
 
 
 def _owned(labels: dict[str, str] | None, project: str) -> bool:

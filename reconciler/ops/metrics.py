@@ -100,6 +100,14 @@ class Metrics:
             ["service"],
             registry=r,
         )
+        self.image_updates = Counter(
+            "reconciler_image_updates",
+            "Looks at followed tags (periodic pull_policy), by service and result: unchanged, "
+            "error (registry or pull failed), updated, rolled_back, paused (the new digest's "
+            "rollout).",
+            ["service", "result"],
+            registry=r,
+        )
         self.docker_up = Gauge("reconciler_docker_up", "1 when the engine answers.", registry=r)
         self.docker_errors = Counter(
             "reconciler_docker_errors",
@@ -121,6 +129,12 @@ class Metrics:
             "reconciler_desired_state_generation",
             "Count of valid desired states loaded; the digest label names the current file.",
             ["digest"],
+            registry=r,
+        )
+        self.policy_denials = Counter(
+            "reconciler_policy_denials",
+            "Services denied by the host policy, by service and rule (once per state loaded).",
+            ["service", "rule"],
             registry=r,
         )
         self.build = Info("reconciler_build", "Version of the reconciler.", registry=r)

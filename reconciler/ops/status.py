@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.config import secrets
+from reconciler.core import images as im
 from reconciler.core import rollout as ro
 from reconciler.core.model import DesiredState, ObservedContainer, ServiceSpec
 from reconciler.engine.docker_engine import Engine
@@ -19,15 +20,34 @@ from reconciler.engine.docker_engine import Engine
 STALE_AFTER_S = 300.0
 
 
-def read_crashloops(path: Path) -> dict[str, dict[str, Any]]:
-    """Replicas the running daemon holds in back-off ({} when there is no fresh file)."""
+def read_crashloops(path: Path, section: str = "crashloop") -> dict[str, dict[str, Any]]:
+    """Replicas the running daemon holds in back-off ({} when there is no fresh file); with
+    `section="images"`, what it last learnt of each followed tag."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
     if time.time() - float(data.get("updated_at", 0)) > STALE_AFTER_S:
         return {}
-    return dict(data.get("crashloop") or {})
+    return dict(data.get(section) or {})
+
+
+def tag_line(svc: ServiceSpec, containers: tuple[ObservedContainer, ...], tag: Any) -> str:
+    """`  web: follows app:t every 5m: running sha256:ab.. (2), newest sha256:cd.. (12:00:01)`"""
+    every = svc.pull_every_s or 0.0
+    running: dict[str, int] = {}
+    for c in containers:
+        if c.service == svc.name and c.state == "running":
+            digest = im.digest_of(c.image) or "?"
+            running[digest[:19]] = running.get(digest[:19], 0) + 1
+    runs = ", ".join(f"{d} ({n})" for d, n in sorted(running.items())) or "nothing"
+    line = f"  {svc.name}: follows {im.unpinned(svc.image)} every {every:g}s: running {runs}"
+    if tag and tag.get("checked_at"):
+        at = time.strftime("%H:%M:%S", time.localtime(float(tag["checked_at"])))
+        line += f", newest {str(tag.get('newest'))[:19]} (asked {at})"
+    if tag and tag.get("error"):
+        line += f"; last ask failed: {tag['error']}"
+    return line
 
 
 def rollout_state(
@@ -62,6 +82,12 @@ def render_status(
     observed = engine.observe(desired.project)
     live = {c.name: c for c in observed.containers}
     loops = read_crashloops(status_file) if status_file else {}
+    tags = read_crashloops(status_file, "images") if status_file else {}
+    if any(im.follows(s) for s in desired.services):
+        desired_now = im.pin_all(desired, engine.local_digest)  # followed tags run pinned
+    else:
+        desired_now = desired
+    pinned = {s.name: s for s in desired_now.services}
     rows = [("SERVICE", "DESIRED", "RUNNING", "HEALTHY", "RESTARTS", "IMAGE", "ROLLOUT")]
     problems: list[str] = []
     for svc in desired.services:
@@ -98,9 +124,11 @@ def render_status(
                 str(healthy),
                 str(restarts),
                 svc.image,
-                rollout_state(svc, record, observed.containers),
+                rollout_state(pinned[svc.name], record, observed.containers),
             )
         )
+        if im.follows(svc):
+            problems.append(tag_line(svc, observed.containers, tags.get(svc.name)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from reconciler.core import images as im
 from reconciler.core import rollout as ro
 from reconciler.core.healing import HealingBook, LastRun, docker_will_restart
 from reconciler.core.model import (
@@ -44,6 +45,7 @@ from reconciler.core.planner import Holds, plan
 from reconciler.engine.docker_engine import Engine
 from reconciler.errors import ActionFailed, Deferred, EngineUnavailable
 from reconciler.runtime.executor import StepResult, apply
+from reconciler.runtime.image_ledger import ImageLedger
 from reconciler.runtime.state_store import StateStore
 
 if TYPE_CHECKING:  # prometheus_client is imported only where metrics are served
@@ -90,6 +92,8 @@ class Controller:
         cancelled: Callable[[], bool] = lambda: False,
         on_result: Callable[[StepResult], None] | None = None,
         on_note: Callable[[str], None] = lambda note: None,
+        follow_tags: bool = False,
+        ledger: ImageLedger | None = None,
     ) -> None:
         self.engine = engine
         self.desired = desired
@@ -102,6 +106,13 @@ class Controller:
         self.cancelled = cancelled
         self.on_result = on_result
         self.on_note = on_note
+        # Periodic pull_policy: ask the registry on schedule (the daemon; `apply` only pins).
+        self.follow_tags = follow_tags
+        self.ledger = ledger  # --prune-images: the images pulled, to remove once unused
+        self._prune_wanted: set[str] = set()
+        self._pins: dict[str, tuple[str, str | None]] = {}  # service -> (tag, local digest)
+        self._tags: dict[str, im.TagCheck] = {}  # service -> the last look at its tag
+        self._updating: dict[str, str] = {}  # service -> new digest pulled, rollout to come
         self.books: dict[str, HealingBook] = {}
         self._drained: dict[str, dict[str, float]] = {}  # service -> container id -> until
         # Per service (each is touched by its own worker only): exited container id -> its
@@ -111,6 +122,12 @@ class Controller:
         self._images_ready: dict[str, EnsureImage] = {}  # service -> image made present
         self._images_wanted: dict[str, EnsureImage] = {}
         self._hints: dict[str, set[str]] = {}  # service -> ids of replicas that just died
+        # Fast heals run beside their service's key (each its own container, each a start
+        # of a replica on its current spec); the service's full reconcile waits for them.
+        self._healing: dict[str, set[str]] = {}  # service -> ids being started
+        self._deferred: set[str] = set()  # services whose reconcile waited for fast heals
+        self._book_locks: dict[str, threading.Lock] = {}
+        self._heal_pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="heal")
         self._quiet: set[str] = set()  # services whose last reconcile found nothing to do
         self._known: set[str] = set()  # container names seen: a create is then a heal
         self._known_volumes: set[str] = set()
@@ -124,7 +141,12 @@ class Controller:
     def hint_died(self, service: str, container_id: str) -> None:
         """A replica died (Docker event): the next reconcile of its service may start it
         straight away, without a full observe, if nothing else is pending for the service."""
-        self._hints.setdefault(service, set()).add(container_id)
+        with self._lock:
+            self._hints.setdefault(service, set()).add(container_id)
+
+    def close(self) -> None:
+        """Fast heals not started yet are dropped (the daemon is stopping)."""
+        self._heal_pool.shutdown(wait=False, cancel_futures=True)
 
     def reconcile(self, key: str, trigger: str = "manual") -> Outcome:
         """One reconcile of one key; raise EngineUnavailable if the engine cannot be read."""
@@ -174,7 +196,13 @@ class Controller:
                 log.debug("note", project=desired.project, note=note)
                 self.on_note(note)
         observed = _without_project_objects(observed)  # reported above, once
-        for svc in desired.services:
+        for svc in map(self._pinned, desired.services):
+            if svc.name in desired.denied:
+                continue  # the host policy denies it: never created nor touched
+            if self.follow_tags and im.follows(svc):
+                check = self._tags.get(svc.name, im.TagCheck())
+                due = check.next_at if check.image == im.unpinned(svc.image) else 0.0
+                self.enqueue(image_key(svc.name), max(0.0, due - now))
             target, _, rollout = self._target(svc)
             mine = _containers_of(observed, svc.name)
             holds = Holds(
@@ -208,14 +236,23 @@ class Controller:
 
     def _service(self, name: str) -> Outcome:
         desired = self.desired
-        svc = next((s for s in desired.services if s.name == name), None)
-        hints = self._hints.pop(name, set())
-        if svc is not None and len(hints) == 1 and name in self._quiet:
-            # One replica died and nothing else is pending: start it on one inspect. Several
-            # (a mass failure) take the full path, which starts them all in parallel.
-            fast = self._fast_heal(desired, svc, hints.pop())
-            if fast is not None:
-                return fast
+        svc = next((self._pinned(s) for s in desired.services if s.name == name), None)
+        with self._lock:
+            hints = self._hints.pop(name, set())
+            healing = self._healing.setdefault(name, set())
+            if name in desired.denied:  # the host policy denies it (reported at load)
+                return Outcome()
+            if svc is not None and hints and name in self._quiet:
+                # Replicas died and nothing else is pending: each is started on one inspect,
+                # in parallel and without waiting for the others (a mass failure comes back
+                # as fast as Docker brings back its own).
+                for cid in sorted(hints - healing):
+                    healing.add(cid)
+                    self._heal_pool.submit(self._fast_heal_job, desired, svc, cid)
+                return Outcome(busy=True)
+            if healing:  # the full reconcile waits for the fast heals under way
+                self._deferred.add(name)
+                return Outcome(busy=True)
         now = self.clock()
         observed = _without_project_objects(self.engine.observe(desired.project))
         mine = self._with_start_times(name, _containers_of(observed, name))
@@ -263,7 +300,7 @@ class Controller:
         refused = [
             (r.action, r.error or "")
             for r in results
-            if r.outcome == "error" and not r.engine_fault
+            if r.outcome == "error" and not r.engine_fault and not _image_gone(r)
         ]
         after = self.engine.containers(desired.project) if results else observed.containers
         after_mine = tuple(c for c in after if c.service == name)
@@ -273,6 +310,7 @@ class Controller:
         self.store.put(name, new_record)
         for event in events:
             self._rollout_event(name, event)
+            self._image_update_event(name, event)
         self._service_metrics(svc, target, after_mine, new_record)
         if any(r.outcome == "success" and isinstance(r.action, StartContainer) for r in results):
             for other in desired.services:  # dependents may start now
@@ -314,12 +352,31 @@ class Controller:
         actions = sum(1 for r in results if r.outcome != "waiting")
         return Outcome(delay, busy, errors, actions)
 
-    def _fast_heal(self, desired: DesiredState, svc: ServiceSpec, cid: str) -> Outcome | None:
+    def _fast_heal_job(self, desired: DesiredState, svc: ServiceSpec, cid: str) -> None:
+        """A fast heal on the heal pool; then its service is looked at again (at once when
+        it was not plainly ours to start, or its reconcile waited for it)."""
+        started = False
+        try:
+            started = not self.cancelled() and self._fast_heal(desired, svc, cid)
+        except Exception as exc:  # an engine fault: the full reconcile takes over
+            log.warning("fast heal failed", service=svc.name, container=cid[:12], error=str(exc))
+        with self._lock:
+            healing = self._healing.get(svc.name, set())
+            healing.discard(cid)
+            waited = not healing and svc.name in self._deferred
+            if waited:
+                self._deferred.discard(svc.name)
+            if not started:
+                self._quiet.discard(svc.name)
+        now = not started or waited
+        self.enqueue(service_key(svc.name), 0.0 if now else VERIFY_AFTER_FAST_HEAL_S)
+
+    def _fast_heal(self, desired: DesiredState, svc: ServiceSpec, cid: str) -> bool:
         """Start a replica that just died, on one inspect, when it is plainly ours to start:
         its spec is current, no back-off holds it, Docker's restart policy will not."""
         info = self.engine.inspect(cid)
         if info is None:
-            return None
+            return False
         name = str(info.get("Name", "")).lstrip("/")
         state = info.get("State") or {}
         labels = (info.get("Config") or {}).get("Labels") or {}
@@ -332,18 +389,24 @@ class Controller:
             or labels.get(LABEL_SPEC_HASH) != spec.spec_hash
             or run is None
             or docker_will_restart(spec.restart, run)
+            or (svc.job and run.exit_code == 0)  # a job that completed: done
         ):
-            return None
-        book = self.books.setdefault(svc.name, HealingBook())
-        if book.exit_hold(name, run, svc.heal, self.clock()) is not None:
-            return None
+            return False
+        with self._book_lock(svc.name):
+            book = self.books.setdefault(svc.name, HealingBook())
+            if book.exit_hold(name, run, svc.heal, self.clock()) is not None:
+                return False
         action = StartContainer(cid, name, svc.name, f"exited ({run.exit_code})")
         results = self._apply(Plan(steps=(Step(action),)))
-        drained = self._drained.setdefault(svc.name, {})
-        self._after(svc.name, results, book, drained, self.clock(), {}, None)
-        if not results or results[0].outcome != "success":
-            return None
-        return Outcome(VERIFY_AFTER_FAST_HEAL_S, actions=1)
+        with self._book_lock(svc.name):
+            drained = self._drained.setdefault(svc.name, {})
+            self._after(svc.name, results, book, drained, self.clock(), {}, None)
+        return bool(results) and results[0].outcome == "success"
+
+    def _book_lock(self, service: str) -> threading.Lock:
+        """Fast heals of one service run side by side: their bookkeeping takes turns."""
+        with self._lock:
+            return self._book_locks.setdefault(service, threading.Lock())
 
     def _with_start_times(
         self, service: str, containers: tuple[ObservedContainer, ...]
@@ -385,9 +448,12 @@ class Controller:
 
     def _image(self, service: str) -> Outcome:
         """Pull or build a service's image (its own key: it never holds up a heal)."""
+        if service in self._prune_wanted:
+            self._prune_wanted.discard(service)
+            self._prune(service)
         action = self._images_wanted.get(service)
         if action is None:
-            return Outcome()
+            return self._check_tag(service) if self.follow_tags else Outcome()
         started = time.monotonic()
         log.info(
             "action",
@@ -411,6 +477,7 @@ class Controller:
         else:
             result = StepResult(action, "success", None, time.monotonic() - started)
             self._images_ready[service] = action
+            self._pulled(service, action.image)
         self._images_wanted.pop(service, None)
         self._report(result, job=True)
         book = self.books.setdefault(service, HealingBook())
@@ -424,6 +491,142 @@ class Controller:
             book.record_failures([], [action.key], heal, self.clock())
         self.enqueue(service_key(service), 0.0)
         return Outcome(errors=int(result.outcome == "error"), actions=1)
+
+    def _pinned(self, svc: ServiceSpec) -> ServiceSpec:
+        """A service that follows its tag, pinned to the digest the tag has locally (looked up
+        once, again after each pull or check of it)."""
+        if not im.follows(svc):
+            return svc
+        tag, digest = self._pins.get(svc.name, ("", None))
+        if tag != svc.image:  # not looked up yet, or the file names another tag now
+            digest = self.engine.local_digest(svc.image)
+            self._pins[svc.name] = (svc.image, digest)
+        return im.pin(svc, digest or "")
+
+    def _pulled(self, service: str, image: str) -> None:
+        self._pins.pop(service, None)
+        if self.ledger is not None:
+            image_id = self.engine.image_id(image)
+            if image_id:
+                self.ledger.add(service, image_id)
+            self._prune(service)
+
+    def _check_tag(self, service: str) -> Outcome:
+        """Ask the registry for the tag's digest (no layers); pull when it moved, then let the
+        service roll out to it. A registry that fails changes nothing and is asked again
+        with back-off."""
+        svc = next((s for s in self.desired.services if s.name == service), None)
+        if svc is None or not im.follows(svc) or svc.pull_every_s is None:
+            self._tags.pop(service, None)
+            return Outcome()
+        every, now = svc.pull_every_s, self.clock()
+        check = self._tags.get(service, im.TagCheck())
+        if check.image != svc.image:  # another tag since: ask at once
+            check = im.TagCheck(image=svc.image)
+        if now < check.next_at:
+            return Outcome(requeue_after=check.next_at - now)
+        try:
+            newest = self.engine.registry_digest(svc.image)
+            local = self.engine.local_digest(svc.image)
+            self._pins.pop(service, None)  # re-read: someone may have pulled it meanwhile
+            if newest and newest != local:
+                log.info(
+                    "image tag moved; pulling",
+                    service=service,
+                    image=svc.image,
+                    local=local,
+                    newest=newest,
+                )
+                pull = EnsureImage(service, svc.image, "always", reason="the tag moved")
+                self._image_job(pull)
+                if local is not None:  # a new digest of what ran (not the first pull)
+                    self._updating[service] = newest
+                self.enqueue(service_key(service), 0.0)
+                result = None
+            else:
+                result = "unchanged"
+                log.debug("image tag unchanged", service=service, image=svc.image, digest=newest)
+        except ActionFailed as exc:
+            check = im.failed(check, now, every, str(exc))
+            self._tags[service] = check
+            log.warning(
+                "image check failed; what runs is left alone",
+                service=service,
+                image=svc.image,
+                error=str(exc),
+                retry_s=round(check.next_at - now, 3),
+            )
+            self._count_update(service, "error")
+            return Outcome(requeue_after=check.next_at - now, errors=1)
+        self._tags[service] = im.checked(check, now, every, newest)
+        self._prune(service)
+        if result:
+            self._count_update(service, result)
+        return Outcome(requeue_after=every)
+
+    def _image_job(self, action: EnsureImage) -> None:
+        """Pull for a followed tag on this (image) worker; raise ActionFailed."""
+        started = time.monotonic()
+
+        def progress(line: str) -> None:
+            log.info("image progress", service=action.service, image=action.image, progress=line)
+
+        try:
+            self.engine.ensure_image(action, timeout_s=self.pull_timeout_s, progress=progress)
+        except ActionFailed as exc:
+            self._report(
+                StepResult(action, "error", str(exc), time.monotonic() - started, exc.transient),
+                job=True,
+            )
+            raise
+        self._report(StepResult(action, "success", None, time.monotonic() - started), job=True)
+        self._pulled(action.service, action.image)
+
+    def _prune(self, service: str) -> None:
+        """--prune-images: remove the images pulled for `service` that no container (anyone's)
+        uses, except what its tag names now, what a rollback returns to, and the last two
+        pulled (the previous one stays for a rollback by hand). Never forced."""
+        ids = self.ledger.of(service) if self.ledger is not None else []
+        if len(ids) <= 2 or self.ledger is None:
+            return
+        svc = next((s for s in self.desired.services if s.name == service), None)
+        stable = self.store.get(service).stable
+        refs = [im.unpinned(svc.image)] if svc else []
+        keep = self.engine.images_in_use() | set(ids[-2:])
+        keep |= {self.engine.image_id(ref) or "" for ref in refs + [c.image for c in stable[:1]]}
+        for image_id in ids:
+            if image_id in keep:
+                continue
+            if self.engine.remove_image(image_id):
+                self.ledger.forget(service, image_id)
+                log.info("image pruned", service=service, image=image_id[:19])
+            else:
+                log.debug("image not pruned (Docker refused)", service=service, image=image_id)
+
+    def _image_update_event(self, service: str, event: ro.RolloutEvent) -> None:
+        """The end of the rollout a moved tag started: updated, rolled_back or paused."""
+        if self.ledger is not None and event.kind in ("completed", "rollback_completed"):
+            self._prune_wanted.add(service)  # the old image may be unused now
+            self.enqueue(image_key(service), 0.0)
+        if service in self._updating and event.kind in ("completed", "rolled_back", "paused"):
+            self._updating.pop(service, None)
+            self._count_update(service, "updated" if event.kind == "completed" else event.kind)
+
+    def _count_update(self, service: str, result: str) -> None:
+        if self.metrics:
+            self.metrics.image_updates.labels(service, result).inc()
+
+    def tags(self) -> dict[str, dict[str, object]]:
+        """The followed tags, for `reconciler status` (JSON-ready)."""
+        return {
+            name: {
+                "newest": c.newest,
+                "checked_at": c.checked_at,
+                "next_at": c.next_at,
+                "error": c.error or None,
+            }
+            for name, c in list(self._tags.items())
+        }
 
     def _ensure(self, action: EnsureImage) -> None:
         """The EnsureImage step of a service plan: done when the image is there for this
@@ -498,6 +701,8 @@ class Controller:
         self.store.put_drains(service, kept)
         for r in results:
             a = r.action
+            if _image_gone(r):  # removed behind our back: make it present again next pass
+                self._images_ready.pop(service, None)
             if r.outcome != "success":
                 continue
             if isinstance(a, SignalContainer):
@@ -648,9 +853,30 @@ def _restrict(desired: DesiredState, svc: ServiceSpec) -> DesiredState:
 
 
 def _ready(desired: DesiredState, observed: Observed) -> frozenset[str]:
-    """Services whose every replica runs (what a dependent's start waits for)."""
-    running = {c.name for c in observed.containers if c.state == "running"}
-    return frozenset(s.name for s in desired.services if all(c.name in running for c in s.replicas))
+    """What a dependent's start waits for (`ready_token`s): services whose every replica
+    runs (`web`), runs healthy or without a healthcheck (`web:healthy`), exited 0
+    (`web:completed`)."""
+    seen = {c.name: c for c in observed.containers}
+    out: set[str] = set()
+    for s in desired.services:
+        mine = [seen.get(c.name) for c in s.replicas]
+        if all(c is not None and c.state == "running" for c in mine):
+            out.add(s.name)
+            if all(c is not None and c.health in (None, "healthy") for c in mine):
+                out.add(f"{s.name}:healthy")
+        if all(c is not None and c.state == "exited" and c.exit_code == 0 for c in mine):
+            out.add(f"{s.name}:completed")
+    return frozenset(out)
+
+
+def _image_gone(r: StepResult) -> bool:
+    """A create Docker refused because its image is not there (removed since it was made
+    present): the image is made present again; the spec is not at fault."""
+    return (
+        r.outcome == "error"
+        and isinstance(r.action, CreateContainer)
+        and "No such image" in (r.error or "")
+    )
 
 
 def _keys_of(name: str) -> tuple[str, ...]:

@@ -21,7 +21,11 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from reconciler.config import loader as desired_file
+from reconciler.config import policy_file, strict_modes
+from reconciler.config.web_config import WebConfig
 from reconciler.core.model import DesiredState
+from reconciler.core.policy import DEFAULT as DEFAULT_POLICY
+from reconciler.core.policy import Denial, Policy, enforce
 from reconciler.engine.docker_engine import Engine
 from reconciler.errors import DesiredStateError, EngineUnavailable
 from reconciler.ops.http import serve
@@ -29,6 +33,7 @@ from reconciler.ops.lock import ProjectLock, status_path
 from reconciler.ops.metrics import Metrics
 from reconciler.ops.notify import Notifier, watchdog_interval
 from reconciler.runtime.controller import RESYNC, Controller, Outcome, service_key
+from reconciler.runtime.image_ledger import ImageLedger
 from reconciler.runtime.signals import SignalRelay
 from reconciler.runtime.state_store import StateStore
 from reconciler.runtime.watchers import EventWatcher, stamps
@@ -38,6 +43,9 @@ log = structlog.get_logger("reconciler")
 
 ENGINE_RETRY_S = 2.0
 EVENT_RECHECK_S = 0.5
+# A network or volume event asks for a resync a moment later, so a burst (every replica
+# that dies leaves its networks: 50 `disconnect`s in a mass failure) is one resync.
+RESYNC_COALESCE_S = 0.25
 STOP_WAIT_S = 35.0  # the longest Docker call we wait for at shutdown (client timeout + margin)
 
 
@@ -52,6 +60,15 @@ class Options:
     lock_dir: Path | None = None
     state_dir: Path | None = None
     pull_timeout: float = 600.0
+    prune_images: bool = False  # remove images this daemon pulled once nothing uses them
+    # Two-step edits (`echo > file`, an editor's truncate-then-write): a file is read once it
+    # has stayed unchanged for `settle`; services it no longer lists are removed only once it
+    # has not changed for `removal_settle` (it is read again then).
+    settle: float = 0.3
+    removal_settle: float = 5.0
+    policy: Path | None = None  # the host policy file (None: the default path)
+    web: WebConfig | None = None  # TLS and basic auth for the endpoints
+    strict_modes: bool = True  # refuse inputs others can write (config.strict_modes)
 
 
 class Daemon:
@@ -64,8 +81,10 @@ class Daemon:
         api: docker.APIClient,
         metrics: Metrics | None = None,
         signals: SignalRelay | None = None,
+        policy: Policy | None = None,
     ) -> None:
         self.options = options
+        self.policy = policy or DEFAULT_POLICY
         self.api = api
         self.metrics = metrics or Metrics()
         self.signals = signals or SignalRelay()
@@ -81,9 +100,13 @@ class Daemon:
             enqueue=self.enqueue,
             pull_timeout_s=options.pull_timeout,
             cancelled=self.signals.stop.is_set,
+            follow_tags=True,
+            ledger=ImageLedger(desired.project, options.state_dir)
+            if options.prune_images
+            else None,
         )
         self.scheduler = BackgroundScheduler(timezone="UTC")
-        self._file_stamp = stamps(options.path, desired.watched)
+        self._file_stamp = self._stamps(desired)
         self._last_end: float | None = None
         self._engine_up = False
         self._state_valid = True
@@ -101,11 +124,14 @@ class Daemon:
             api,
             lambda: self.controller.desired,
             on_container=self._on_container_event,
-            on_other=lambda: self.enqueue(RESYNC, 0.0, "event"),
+            on_other=lambda: self.enqueue(RESYNC, RESYNC_COALESCE_S, "event"),
             on_event=self.metrics.events.inc,
             stop=self.signals.stop,
         )
         self.metrics.loaded(desired.digest)
+        desired, denials = enforce(desired, self.policy)
+        self.controller.desired = desired
+        self._count_denials(denials)
         self.metrics.reloads.labels("success")
         self.metrics.reloads.labels("error")
 
@@ -124,7 +150,15 @@ class Daemon:
         try:
             for address in self.options.listen:
                 try:
-                    servers.append(serve(address, self.metrics.registry, self.healthz, self.readyz))
+                    servers.append(
+                        serve(
+                            address,
+                            self.metrics.registry,
+                            self.healthz,
+                            self.readyz,
+                            web=self.options.web,
+                        )
+                    )
                 except OSError as exc:  # e.g. docker0 not up yet: keep reconciling anyway
                     log.error(
                         "cannot serve metrics", address=f"{address[0]}:{address[1]}", error=str(exc)
@@ -152,6 +186,7 @@ class Daemon:
             self.queue.shut_down()
             self.images.shut_down()
             self.engine.cancel_transfers()
+            self.controller.close()
             self.events.close()
             self.scheduler.shutdown(wait=False)
             deadline = time.monotonic() + STOP_WAIT_S
@@ -270,6 +305,7 @@ class Daemon:
             "pid": os.getpid(),
             "updated_at": time.time(),
             "crashloop": self.controller.crashloops(),
+            "images": self.controller.tags(),
             "reload": self._last_reload,
         }
         try:
@@ -300,8 +336,12 @@ class Daemon:
 
     # ------------------------------------------------------------------ desired state
 
+    def _stamps(self, desired: DesiredState) -> tuple[object, ...]:
+        policy = self.options.policy or policy_file.DEFAULT_PATH
+        return stamps(self.options.path, (*desired.watched, str(policy)))
+
     def _watch_file(self) -> None:
-        stamp = stamps(self.options.path, self.desired.watched)
+        stamp = self._stamps(self.desired)
         if stamp != self._file_stamp:
             self._file_stamp = stamp
             self._reload_trigger = "file"
@@ -341,19 +381,87 @@ class Daemon:
             }
             self._write_status()
 
+    def _count_denials(self, denials: tuple[Denial, ...]) -> None:
+        for d in denials:
+            self.metrics.policy_denials.labels(d.service, d.rule).inc()
+            log.error(
+                "denied by the host policy",
+                service=d.service,
+                rule=d.rule,
+                error=d.message(str(self.options.path), self.policy),
+            )
+
+    def _load(self) -> tuple[DesiredState, Policy, tuple[Denial, ...]]:
+        """The file, checked (StrictModes) and judged by the policy (read again too)."""
+        new = desired_file.load(self.options.path)
+        policy = policy_file.load(self.options.policy)
+        if self.options.strict_modes:
+            inputs: list[str | Path] = [self.options.path, *new.watched]
+            strict_modes.check(
+                [*inputs, self.options.policy or policy_file.DEFAULT_PATH],
+                source=str(self.options.path),
+            )
+        new, denials = enforce(new, policy)
+        return new, policy, denials
+
+    def _wait_stable(self) -> None:
+        """Until the inputs look the same on two looks `settle` apart (at most 10 looks)."""
+        before = self._stamps(self.desired)
+        for _ in range(10):
+            if self.signals.stop.wait(self.options.settle):
+                return
+            now = self._stamps(self.desired)
+            if now == before:
+                return
+            before = now
+
+    def _file_age(self) -> float:
+        try:
+            return max(0.0, time.time() - self.options.path.stat().st_mtime)
+        except OSError:
+            return 0.0
+
+    def _hold_removals(self, new: DesiredState) -> bool:
+        """True when `new` drops services and the file changed too recently to trust that:
+        it is read again once it has been still for `removal_settle`."""
+        gone = {s.name for s in self.desired.services} - {s.name for s in new.services}
+        wait = self.options.removal_settle - self._file_age()
+        if not gone or wait <= 0:
+            return False
+        log.info(
+            "services missing from a file that just changed; reading it again before removing them",
+            services=sorted(gone),
+            retry_in_s=round(wait, 2),
+        )
+        timer = threading.Timer(wait + 0.05, self._reload_later)
+        timer.daemon = True
+        timer.start()
+        return True
+
+    def _reload_later(self) -> None:
+        self._reload_trigger = "file"
+        self.signals.reload.set()
+
     def reload(self, trigger: str) -> bool:
         """Re-read the file; on error keep the last good state and change nothing."""
+        self._wait_stable()
         try:
-            new = desired_file.load(self.options.path)
+            new, policy, denials = self._load()
         except DesiredStateError as exc:
             self.metrics.reloads.labels("error").inc()
             self.metrics.state_valid.set(0)
             self._state_valid = False
             self._reload_error = str(exc)
-            log.error("desired state rejected; keeping the last good one", error=str(exc))
+            log.error(
+                "desired state rejected; keeping the last good one",
+                file=exc.source,
+                error=str(exc),
+            )
             return False
+        if self._hold_removals(new):
+            return True  # the last good state stays until the file is read again
         self.metrics.reloads.labels("success").inc()
-        if new.digest != self.desired.digest:
+        if new.digest != self.desired.digest or policy != self.policy:
             if new.project != self.desired.project:
                 log.error(
                     "the project name cannot change while running; restart the daemon",
@@ -367,9 +475,10 @@ class Daemon:
                     f"{new.project}); restart the daemon"
                 )
                 return False
-            self.controller.desired = new
-            self._file_stamp = stamps(self.options.path, new.watched)
+            self.controller.desired, self.policy = new, policy
+            self._file_stamp = self._stamps(new)
             self.metrics.loaded(new.digest)
+            self._count_denials(denials)
             log.info("desired state loaded", file=str(self.options.path), digest=new.digest[:12])
         self._state_valid = True
         self.metrics.state_valid.set(1)

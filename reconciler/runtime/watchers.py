@@ -133,9 +133,10 @@ def _tree_stamp(path: Path) -> tuple[object, ...]:
     return tuple((str(p), _stamp(p)) for p in sorted(path.rglob("*")))
 
 
-def _stamp(path: Path) -> tuple[int, int, int] | None:
+def _stamp(path: Path) -> tuple[int, ...] | None:
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
+    # Mode and owner too: a chmod that makes a file unsafe is a reason to look (StrictModes).
+    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_mode, st.st_uid)

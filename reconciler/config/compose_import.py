@@ -1,0 +1,323 @@
+"""`reconciler import`: a compose file (version 2, 3.x or none) into a desired-state file.
+
+ruamel.yaml round-trip keeps comments, order, anchors and quoting. Names come out as compose
+gives them (volumes and networks `<project>_<name>` unless `name:`/`external:` say
+otherwise), so the imported file adopts a compose deployment's volumes with their data.
+Relative paths are rewritten for the output's folder. What the desired-state schema cannot
+carry is listed with its line; the caller refuses the import unless told to drop it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import YAMLError
+
+from reconciler.config import loader
+from reconciler.config.interpolation import parse_env_file
+from reconciler.config.schema import DesiredStateDef
+from reconciler.errors import DesiredStateError
+
+# Why a compose key has no place in a desired-state file (the README's table says the same).
+REASONS: dict[str, str] = {
+    "links": "legacy: services reach each other by name on a shared network",
+    "external_links": "legacy: join the other container's network instead",
+    "profiles": "every service of the file runs: split the file instead",
+    "extends": "merge the extended service in by hand",
+    "volumes_from": "name the volumes themselves",
+    "placement": "Swarm scheduling: one engine has nothing to place",
+    "mode": "Swarm (global/replicated): use replicas",
+    "restart_policy": "Swarm's: use the service's restart",
+    "endpoint_mode": "Swarm's",
+    "args": "build takes context and dockerfile only: bake arguments into the Dockerfile",
+    "ipv4_address": "fixed addresses are not supported",
+    "ipv6_address": "fixed addresses are not supported",
+    "content": "configs come from files only",
+    "include": "merge the included files by hand",
+}
+_PATH_KEYS = ("env_file", "build")  # service keys whose relative paths are rewritten
+# deploy keys the schema has for `--target swarm` only: an import is for the single host.
+_SWARM_DEPLOY = frozenset({"placement", "mode", "restart_policy", "labels"})
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A key of the compose file and what became of it."""
+
+    line: int  # 1-based; 0 when unknown
+    column: int
+    path: str
+    message: str
+
+    def show(self, source: str) -> str:
+        where = f"{source}:{self.line}:{self.column}" if self.line else source
+        return f"{where}: {self.path}: {self.message}"
+
+
+@dataclass(slots=True)
+class Imported:
+    text: str  # the desired-state file
+    project: str
+    unsupported: list[Finding] = field(default_factory=list)
+    converted: list[Finding] = field(default_factory=list)
+
+
+def import_compose(
+    path: Path,
+    *,
+    output_dir: Path,
+    project: str | None = None,
+    drop_unsupported: bool = False,
+) -> Imported:
+    """Convert the compose file at `path`; raise DesiredStateError when it cannot be read.
+
+    Unsupported keys are removed from the text only with `drop_unsupported` (the caller
+    decides whether to write it at all).
+    """
+    source = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DesiredStateError(source, [f"cannot read: {exc.strerror}"]) from None
+    if len(raw) > loader.MAX_FILE_BYTES:
+        raise DesiredStateError(source, ["the file is larger than 4 MiB"])
+    yaml = _yaml()
+    try:
+        doc = yaml.load(raw.decode("utf-8", errors="strict"))
+    except (YAMLError, UnicodeDecodeError) as exc:
+        raise DesiredStateError(source, [f"cannot read as YAML: {exc}"]) from None
+    except RecursionError:
+        raise DesiredStateError(source, ["nested too deeply"]) from None
+    if not isinstance(doc, CommentedMap) or not isinstance(doc.get("services"), CommentedMap):
+        raise DesiredStateError(source, ["not a compose file: no services mapping"])
+    conv = _Converter(doc, path.resolve().parent, output_dir.resolve(), project)
+    conv.convert()
+    unsupported = list(_unsupported(doc, DesiredStateDef, ()))
+    found = [
+        Finding(*_where(parent, key), _dotted(p), _reason(p)) for parent, key, p in unsupported
+    ]
+    if drop_unsupported:
+        for parent, key, _ in reversed(unsupported):
+            del parent[key]
+    out = io.StringIO()
+    try:
+        yaml.dump(doc, out)
+    except (YAMLError, RecursionError) as exc:
+        raise DesiredStateError(source, [f"cannot write the result: {exc}"]) from None
+    converted = sorted(conv.converted, key=lambda f: (f.line, f.column))
+    return Imported(out.getvalue(), conv.project, found, converted)
+
+
+def compose_environment(compose_dir: Path) -> dict[str, str]:
+    """The process environment over the `.env` beside the compose file (compose's rule)."""
+    values: dict[str, str] = {}
+    env_path = compose_dir / ".env"
+    if env_path.is_file():
+        parsed = parse_env_file(
+            env_path.read_text(errors="replace"), os.environ.get, env_first=True
+        )
+        values.update(parsed.values)
+    values.update(os.environ)
+    return values
+
+
+def _yaml() -> YAML:
+    yaml = YAML(typ="rt", pure=True)
+    yaml.preserve_quotes = True
+    yaml.width = 4096  # do not fold long commands
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    return yaml
+
+
+class _Converter:
+    def __init__(self, doc: CommentedMap, src: Path, dst: Path, project: str | None) -> None:
+        self.doc, self.src, self.dst = doc, src, dst
+        given = project or doc.get("name")
+        self.project = str(given) if given else loader._project_from_folder(src)
+        self.converted: list[Finding] = []
+
+    def note(self, parent: Any, key: Any, path: tuple[Any, ...], message: str) -> None:
+        self.converted.append(Finding(*_where(parent, key), _dotted(path), message))
+
+    def convert(self) -> None:
+        doc = self.doc
+        if "version" in doc:
+            self.note(doc, "version", ("version",), f"compose {doc['version']!s} -> version: 1")
+            del doc["version"]
+        if "name" in doc:
+            del doc["name"]
+        doc.insert(0, "version", 1)
+        doc.insert(1, "project", self.project)
+        for section in ("volumes", "networks"):
+            defs = doc.get(section)
+            if isinstance(defs, CommentedMap):
+                for key in list(defs):
+                    self._name(section, defs, key)
+        self._configs()
+        for name, svc in doc["services"].items():
+            if isinstance(svc, CommentedMap):
+                self._service_paths(name, svc)
+
+    def _name(self, section: str, defs: CommentedMap, key: str) -> None:
+        """`<project>_<key>` unless name: or external: say otherwise (compose's names)."""
+        body = defs[key]
+        if body is None:
+            body = defs[key] = CommentedMap()
+        if not isinstance(body, CommentedMap) or str(key).startswith("x-"):
+            return
+        ext = body.get("external")
+        if isinstance(ext, Mapping):  # version 2/3.x: external: {name: x}
+            body["external"] = True
+            if "name" in ext:
+                body["name"] = ext["name"]
+            self.note(defs, key, (section, key, "external"), "external: {name} -> name:, external")
+            ext = True
+        if ext is True and "name" not in body:
+            body["name"] = str(key)  # compose: an external object keeps its own name
+        elif "name" not in body:
+            body["name"] = f"{self.project}_{key}"
+            self.note(defs, key, (section, key), f"named {self.project}_{key} (as compose)")
+
+    def _configs(self) -> None:
+        """Compose configs (top-level name -> file) become mounted files (source, target)."""
+        top = self.doc.get("configs")
+        if not isinstance(top, CommentedMap):
+            return
+        files: dict[str, str] = {}
+        for name, body in top.items():
+            if isinstance(body, Mapping) and set(body) == {"file"}:
+                files[str(name)] = self._path(str(body["file"]))
+        for sname, svc in self.doc["services"].items():
+            mounts = svc.get("configs") if isinstance(svc, CommentedMap) else None
+            if not isinstance(mounts, CommentedSeq):
+                continue
+            for i, entry in enumerate(mounts):
+                name = entry if isinstance(entry, str) else entry.get("source")
+                if str(name) not in files:
+                    continue  # left as is: the schema reports what does not fit
+                target = f"/{name}" if isinstance(entry, str) else entry.get("target", f"/{name}")
+                converted = CommentedMap([("source", files[str(name)]), ("target", target)])
+                mounts[i] = converted
+                self.note(mounts, i, ("services", sname, "configs", i), f"config {name} -> file")
+        if all(str(n) in files for n in top):
+            self.note(self.doc, "configs", ("configs",), "mounted as files by the services")
+            del self.doc["configs"]
+
+    def _path(self, text: str) -> str:
+        """A path relative to the compose file, rewritten relative to the output's folder."""
+        if not text.startswith(".") or "$" in text:
+            return text
+        absolute = os.path.normpath(self.src / text)
+        rel = os.path.relpath(absolute, self.dst)
+        return rel if rel.startswith(".") else f"./{rel}"
+
+    def _service_paths(self, name: str, svc: CommentedMap) -> None:
+        vols = svc.get("volumes")
+        if isinstance(vols, CommentedSeq):
+            for i, v in enumerate(vols):
+                if isinstance(v, str) and v.startswith("."):
+                    src, sep, rest = v.partition(":")
+                    vols[i] = self._path(src) + sep + rest
+                elif isinstance(v, CommentedMap) and str(v.get("source", "")).startswith("."):
+                    v["source"] = self._path(str(v["source"]))
+        env_file = svc.get("env_file")
+        if isinstance(env_file, str):
+            svc["env_file"] = self._path(env_file)
+        elif isinstance(env_file, CommentedSeq):
+            for i, e in enumerate(env_file):
+                if isinstance(e, str):
+                    env_file[i] = self._path(e)
+                elif isinstance(e, CommentedMap) and "path" in e:
+                    e["path"] = self._path(str(e["path"]))
+        build = svc.get("build")
+        if isinstance(build, str):
+            svc["build"] = self._path(build if build.startswith(".") else f"./{build}")
+        elif isinstance(build, CommentedMap):
+            ctx = str(build.get("context", "."))
+            build["context"] = self._path(ctx if ctx.startswith((".", "/")) else f"./{ctx}")
+
+
+# --------------------------------------------------------------------------- what fits
+
+
+def _unsupported(
+    node: Any, model: type[BaseModel], path: tuple[Any, ...]
+) -> Iterator[tuple[Any, Any, tuple[Any, ...]]]:
+    """(parent, key, path) of every key the schema has no field for, walking the models."""
+    if not isinstance(node, Mapping):
+        return
+    for key in list(node):
+        if isinstance(key, str) and key.startswith("x-"):
+            continue  # extension fields: the loader ignores them
+        info = model.model_fields.get(str(key))
+        here = (*path, key)
+        if info is None or (path[-1:] == ("deploy",) and key in _SWARM_DEPLOY):
+            yield node, key, here
+            continue
+        yield from _walk(node[key], info.annotation, here)
+
+
+def _walk(value: Any, annotation: Any, path: tuple[Any, ...]) -> Iterator[Any]:
+    models, dict_values, list_items = _shapes(annotation)
+    if isinstance(value, Mapping):
+        if models:
+            yield from _unsupported(value, models[0], path)
+        elif dict_values:
+            for k, v in value.items():
+                yield from _walk(v, dict_values[0], (*path, k))
+    elif isinstance(value, list) and list_items:
+        for i, item in enumerate(value):
+            yield from _walk(item, list_items[0], (*path, i))
+
+
+def _shapes(annotation: Any) -> tuple[list[type[BaseModel]], list[Any], list[Any]]:
+    """The models, dict value types and list item types a field's type allows."""
+    models: list[type[BaseModel]] = []
+    dict_values: list[Any] = []
+    list_items: list[Any] = []
+    stack = [annotation]
+    while stack:
+        t = stack.pop()
+        origin = typing.get_origin(t)
+        if origin is typing.Annotated:
+            stack.append(typing.get_args(t)[0])
+        elif origin in (typing.Union, types.UnionType):
+            stack.extend(typing.get_args(t))
+        elif origin is dict:
+            dict_values.append(typing.get_args(t)[1])
+        elif origin is list:
+            list_items.append(typing.get_args(t)[0])
+        elif isinstance(t, type) and issubclass(t, BaseModel):
+            models.append(t)
+    return models, dict_values, list_items
+
+
+def _where(parent: Any, key: Any) -> tuple[int, int]:
+    try:
+        if isinstance(parent, CommentedSeq):
+            line, col = parent.lc.item(key)
+        else:
+            line, col = parent.lc.key(key)
+        return int(line) + 1, int(col) + 1
+    except (AttributeError, KeyError, TypeError, IndexError):
+        return 0, 0
+
+
+def _dotted(path: tuple[Any, ...]) -> str:
+    return loader.dotted(tuple(p if isinstance(p, int) else str(p) for p in path))
+
+
+def _reason(path: tuple[Any, ...]) -> str:
+    key = str(path[-1])
+    why = REASONS.get(key, "reconciler has no such key")
+    return f"not supported ({why})"
