@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import structlog
 
-from reconciler.config import secrets
+from reconciler.config import policy_file, secrets, strict_modes, web_config
 from reconciler.config import swarm as swarm_file
 from reconciler.core import swarm_plan as sp
+from reconciler.core.policy import Denial
 from reconciler.engine.docker_engine import connect
 from reconciler.engine.swarm_engine import SwarmEngine, TaskCounts, check_manager
 from reconciler.errors import (
@@ -32,11 +35,27 @@ DEFAULT_LISTEN = (("127.0.0.1", 9816),)
 
 
 def main(args: argparse.Namespace, error: Callable[[str], None], bad_input: int) -> int:
+    web_path = getattr(args, "web_config_file", None)
     try:
         desired = swarm_file.load(args.file)
+        policy = policy_file.load(args.policy) if hasattr(args, "policy") else None
+        args.web = web_config.load(web_path) if web_path else None
     except DesiredStateError as exc:
         error(str(exc))
         return bad_input
+    if not _strict_modes(args, desired, error):
+        return EXIT_INPUT
+    denials: tuple[Denial, ...] = ()
+    if policy is not None:
+        desired, denials = swarm_file.judged(desired, policy)
+        for d in denials:
+            print(f"denied: {d.message(desired.source, policy)}", file=sys.stderr)
+        args.policy_obj = policy
+    if args.command == "validate" and denials:
+        print(
+            f"{args.file}: valid, but the host policy denies: {', '.join(sorted(desired.denied))}"
+        )
+        return EXIT_INPUT
     if args.command == "validate":
         services = ", ".join(
             f"{s.name} {'global' if s.global_mode else f'x{s.replicas}'}" for s in desired.services
@@ -55,6 +74,27 @@ def main(args: argparse.Namespace, error: Callable[[str], None], bad_input: int)
     except LockHeld as exc:
         error(f"error: {exc}")
         return EXIT_INPUT
+
+
+def _strict_modes(
+    args: argparse.Namespace, desired: sp.SwarmDesired, error: Callable[[str], None]
+) -> bool:
+    """StrictModes as on the single host: files others can write refuse run and apply."""
+    if args.no_strict_modes:
+        structlog.get_logger("reconciler").warning(strict_modes.warn_off())
+        return True
+    inputs: list[str | Path] = [args.file, *desired.watched]
+    if hasattr(args, "policy"):
+        inputs.append(args.policy or policy_file.DEFAULT_PATH)
+    if args.web is not None:
+        inputs += [args.web_config_file, *args.web.files]
+    insecure = strict_modes.problems(inputs)
+    if insecure and args.command in ("run", "apply"):
+        error(str(strict_modes.InsecureInput(str(args.file), insecure)))
+        return False
+    for line in insecure:
+        print(f"warning: {line}", file=sys.stderr)
+    return True
 
 
 def _reconciler(args: argparse.Namespace, desired: sp.SwarmDesired, api: object) -> SwarmReconciler:
@@ -118,6 +158,8 @@ def _run(args: argparse.Namespace, desired: sp.SwarmDesired, api: object) -> int
         state_dir=args.state_dir,
         workers=min(args.workers, 4),
         signals=args.signals,
+        policy=getattr(args, "policy_obj", None),
+        web=args.web,
     )
     structlog.get_logger("reconciler").info("target swarm")
     return daemon.run()

@@ -448,3 +448,26 @@ def test_which_events_wake_which_key(kind: str, action: str, name: str, key: str
 
     event = {"Type": kind, "Action": action, "Actor": {"Attributes": {"name": name}}}
     assert event_key(event, "demo_") == key
+
+
+def test_the_host_policy_judges_swarm_services_too() -> None:
+    """A bind of / is the host's on every node: without a policy allowing it, the seed's
+    node-exporter is denied (never created nor touched, never removed); the shipped policy
+    allows it."""
+    from dataclasses import replace
+
+    from reconciler.config import policy_file
+    from reconciler.core.policy import DEFAULT
+
+    root = Path(__file__).resolve().parent.parent
+    desired = swarm_file.load(root / "desired_state.swarm.yaml")
+    judged, denials = swarm_file.judged(desired, DEFAULT)
+    assert judged.denied == {"node-exporter"} and denials
+    p = sp.plan(judged, sp.SwarmObserved())
+    assert "monitoring_node-exporter" not in {a.name for a in p.actions}
+    assert any("denied by the host policy" in n for n in p.notes)
+    live = observed_of(desired)
+    assert not [a for a in sp.plan(judged, live).actions if a.kind == "service"]
+    allowed, none = swarm_file.judged(desired, policy_file.load(root / "configs" / "policy.yaml"))
+    assert not allowed.denied and not none
+    assert replace(allowed, denied=frozenset()) == allowed

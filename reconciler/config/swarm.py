@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from reconciler.config.schema import (
     ServiceDef,
 )
 from reconciler.core.model import LABEL_SPEC_HASH, ownership_labels
+from reconciler.core.policy import Denial, Policy, enforce
 from reconciler.core.swarm_plan import (
     STACK_NAMESPACE,
     SwarmConfig,
@@ -47,6 +49,15 @@ _RESTART = {"no": "none", "always": "any", "unless-stopped": "any", "on-failure"
 def load(path: str | Path) -> SwarmDesired:
     """Read, validate and render a desired-state file for Swarm; DesiredStateError if bad."""
     return render(loader.load_parts(path, checks=issues))
+
+
+def judged(desired: SwarmDesired, policy: Policy) -> tuple[SwarmDesired, tuple[Denial, ...]]:
+    """The host policy on the services (a bind of `/` is the host's on every node): the
+    denied ones are marked, never created nor touched."""
+    if desired.host is None:
+        return desired, ()
+    host, denials = enforce(desired.host, policy)
+    return replace(desired, denied=host.denied), denials
 
 
 def parse(
@@ -287,6 +298,7 @@ def render(parsed: Parsed) -> SwarmDesired:
             "\0".join([parsed.state.digest, *(s.name for s in secret_names.values())]).encode()
         ).hexdigest(),
         watched=tuple(sorted({*parsed.state.watched, *secret_files})),
+        host=parsed.state,
     )
 
 

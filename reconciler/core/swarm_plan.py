@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.core.model import LABEL_MANAGED, LABEL_PROJECT, LABEL_SPEC_HASH
+from reconciler.core.model import LABEL_MANAGED, LABEL_PROJECT, LABEL_SPEC_HASH, DesiredState
 
 STACK_NAMESPACE = "com.docker.stack.namespace"  # what `docker stack deploy` labels with
 # Swarm's UpdateStatus.State values after a rollback it started itself.
@@ -112,6 +112,10 @@ class SwarmDesired:
     source: str = ""
     digest: str = ""
     watched: tuple[str, ...] = ()
+    # The host policy's judgement (core.policy, on the single host's rendering of the same
+    # file): denied services are never created nor touched.
+    denied: frozenset[str] = field(default=frozenset(), compare=False)
+    host: DesiredState | None = field(default=None, compare=False, repr=False)
 
     def service(self, name: str) -> SwarmService:
         return next(s for s in self.services if s.name == name)
@@ -368,9 +372,10 @@ def plan(
     held = held or {}
     project = desired.project
     services = [s for s in desired.services if only is None or s.name == only]
-    needed_nets = {n for s in services for n in s.networks}
-    needed_configs = {c for s in services for c in s.configs}
-    needed_secrets = {c for s in services for c in s.secrets}
+    allowed = [s for s in services if s.name not in desired.denied]
+    needed_nets = {n for s in allowed for n in s.networks}
+    needed_configs = {c for s in allowed for c in s.configs}
+    needed_secrets = {c for s in allowed for c in s.secrets}
     secrets = {c.name: c for c in observed.secrets}
     nets = {n.name: n for n in observed.networks}
     configs = {c.name: c for c in observed.configs}
@@ -401,6 +406,9 @@ def plan(
             actions.append(CreateSwarmSecret(sec))
 
     for svc in services:
+        if svc.name in desired.denied:
+            notes.append(f"service {svc.name}: denied by the host policy; left as it is")
+            continue
         obs = live.get(svc.full_name)
         if obs is None:
             actions.append(CreateService(svc))

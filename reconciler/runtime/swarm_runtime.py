@@ -22,7 +22,9 @@ import structlog
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from reconciler.config import swarm as swarm_file
+from reconciler.config.web_config import WebConfig
 from reconciler.core import swarm_plan as sp
+from reconciler.core.policy import Policy
 from reconciler.engine.swarm_engine import SwarmEngine, TaskCounts
 from reconciler.errors import ActionFailed, DesiredStateError, EngineUnavailable
 from reconciler.ops.http import serve
@@ -325,8 +327,12 @@ class SwarmDaemon:
         file_poll: float = 1.0,
         metrics: Metrics | None = None,
         signals: SignalRelay | None = None,
+        policy: Policy | None = None,
+        web: WebConfig | None = None,
     ) -> None:
         self.path = path
+        self.policy = policy
+        self.web = web
         self.api = api
         self.interval = interval
         self.listen = listen
@@ -358,7 +364,15 @@ class SwarmDaemon:
         try:
             for address in self.listen:
                 try:
-                    servers.append(serve(address, self.metrics.registry, self.healthz, self.readyz))
+                    servers.append(
+                        serve(
+                            address,
+                            self.metrics.registry,
+                            self.healthz,
+                            self.readyz,
+                            web=self.web,
+                        )
+                    )
                 except OSError as exc:
                     log.error("cannot serve metrics", address=str(address), error=str(exc))
             threads = [
@@ -527,6 +541,11 @@ class SwarmDaemon:
             self._reload_error = str(exc)
             return False
         self.metrics.reloads.labels("success").inc()
+        if self.policy is not None:
+            new, denials = swarm_file.judged(new, self.policy)
+            for d in denials:
+                log.error("denied by the host policy", service=d.service, rule=d.rule)
+                self.metrics.policy_denials.labels(d.service, d.rule).inc()
         if new.project != self.desired.project:
             log.error("the project name cannot change while running; restart the daemon")
             self.metrics.state_valid.set(0)
