@@ -557,13 +557,13 @@ def _import(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_INPUT
-    target = str(args.output or "<stdout>")
-    try:  # what the daemon would say of the file (the compose folder's .env gives ${VAR})
-        desired_file.parse(
+    try:  # what the daemon would say of the file (the compose folder's .env gives ${VAR}),
+        desired_file.parse(  # pointing at the compose file's lines (the result is not written)
             result.text,
-            source=target,
+            source=source,
             base_dir=out_dir,
             environ=compose_environment(args.compose_file.resolve().parent),
+            positions=result.positions,
         )
     except DesiredStateError as exc:
         print(str(exc), file=sys.stderr)

@@ -277,3 +277,101 @@ def test_import_raises_only_its_own_error_on_any_input(tmp_path: Path) -> None:
             import_compose(path, output_dir=tmp_path, drop_unsupported=True)
 
     check()
+
+
+def test_relative_secret_config_and_env_file_paths_follow_the_output(tmp_path: Path) -> None:
+    """`file: pw.txt` (no leading ./) is relative to the compose file, as compose reads it:
+    secrets, configs and env_file are rewritten for an output written elsewhere."""
+    compose = _write(
+        tmp_path / "src",
+        """\
+        services:
+          a:
+            image: busybox
+            env_file: a.env
+            secrets: [pw]
+            configs: [conf]
+        secrets:
+          pw: {file: pw.txt}
+        configs:
+          conf: {file: conf/app.ini}
+        """,
+    )
+    (tmp_path / "src" / "pw.txt").write_text("hunter22\n")
+    (tmp_path / "src" / "a.env").write_text("A=1\n")
+    (tmp_path / "src" / "conf").mkdir()
+    (tmp_path / "src" / "conf" / "app.ini").write_text("x=1\n")
+    out = tmp_path / "out" / "desired_state.yaml"
+    out.parent.mkdir()
+    result = run_cli("import", str(compose), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    text = out.read_text()
+    assert "file: ../src/pw.txt" in text and "env_file: ../src/a.env" in text
+    replica = loader.load(out).service("a").replicas[0]
+    assert replica.secrets[0].target == "/run/secrets/pw"
+    assert "A=1" in replica.environment
+
+
+def test_errors_of_the_result_point_at_the_compose_file(tmp_path: Path) -> None:
+    """What the loader finds in the converted text is shown at the compose file's
+    line:column (the converted text was never written), not at <stdout>'s."""
+    compose = _write(
+        tmp_path,
+        """\
+        # a comment
+        services:
+          a:
+            image: busybox
+            environment:
+              X: "1"
+            cpus: lots
+            secrets: [pw]
+        secrets:
+          pw: {file: missing.txt}
+        """,
+    )
+    result = run_cli("import", str(compose))
+    assert result.returncode == 2 and not result.stdout
+    assert f"{compose}:7:11: services.a.cpus: must be a number" in result.stderr
+    assert "<stdout>" not in result.stderr
+    out = tmp_path / "o" / "desired_state.yaml"
+    out.parent.mkdir()
+    compose.write_text(compose.read_text().replace("cpus: lots", "cpus: 1"))
+    result = run_cli("import", str(compose), "-o", str(out))
+    assert result.returncode == 2 and not out.exists()
+    assert f"{compose}:8:15: services.a.secrets[0]: cannot read secret file" in result.stderr
+    assert "desired_state.yaml:" not in result.stderr
+
+
+def test_drop_unsupported_drops_a_secret_not_from_a_file_and_its_references(
+    tmp_path: Path,
+) -> None:
+    """A compose secret from `environment:` (or external) cannot be carried: refused with its
+    line; --drop-unsupported leaves out the secret and every reference to it."""
+    compose = _write(
+        tmp_path,
+        """\
+        services:
+          a:
+            image: busybox
+            secrets: [envsec, {source: pw, target: /run/x}]
+          b:
+            image: busybox
+            secrets: [{source: envsec}]
+        secrets:
+          pw: {file: ./pw.txt}
+          envsec: {environment: HOME}
+        """,
+    )
+    (tmp_path / "pw.txt").write_text("hunter22\n")
+    out = tmp_path / "state.yaml"
+    refused = run_cli("import", str(compose), "-o", str(out))
+    assert refused.returncode == 2 and not out.exists()
+    assert f"{compose}:10:3: secrets.envsec: not supported" in refused.stderr
+    dropped = run_cli("import", str(compose), "-o", str(out), "--drop-unsupported")
+    assert dropped.returncode == 0, dropped.stderr
+    assert dropped.stderr.count("warning: dropped") == 3
+    state = loader.load(out)
+    assert [m.target for m in state.service("a").replicas[0].secrets] == ["/run/x"]
+    assert state.service("b").replicas[0].secrets == ()
+    assert "envsec" not in out.read_text()

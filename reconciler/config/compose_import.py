@@ -26,6 +26,7 @@ from ruamel.yaml.error import YAMLError
 from reconciler.config import loader
 from reconciler.config.interpolation import parse_env_file
 from reconciler.config.schema import DesiredStateDef
+from reconciler.config.yamlread import Document, Mark
 from reconciler.errors import DesiredStateError
 
 # Why a compose key has no place in a desired-state file (the README's table says the same).
@@ -70,6 +71,8 @@ class Imported:
     project: str
     unsupported: list[Finding] = field(default_factory=list)
     converted: list[Finding] = field(default_factory=list)
+    # Where each value of `text` was in the compose file: the loader's errors point there.
+    positions: Document = field(default_factory=lambda: Document(None))
 
 
 def import_compose(
@@ -102,20 +105,29 @@ def import_compose(
         raise DesiredStateError(source, ["not a compose file: no services mapping"])
     conv = _Converter(doc, path.resolve().parent, output_dir.resolve(), project)
     conv.convert()
-    unsupported = list(_unsupported(doc, DesiredStateDef, ()))
-    found = [
-        Finding(*_where(parent, key), _dotted(p), _reason(p)) for parent, key, p in unsupported
+    whole = list(_sourceless_secrets(doc))  # dropped whole, with their references
+    dropped = [p for _, _, p, _ in whole]
+    unsupported = [
+        (parent, key, p, _reason(p))
+        for parent, key, p in _unsupported(doc, DesiredStateDef, ())
+        if not any(p[: len(d)] == d for d in dropped)
     ]
-    if drop_unsupported:
-        for parent, key, _ in reversed(unsupported):
+    unsupported += whole
+    unsupported.sort(key=lambda u: _where(u[0], u[1]))
+    found = [Finding(*_where(parent, key), _dotted(p), why) for parent, key, p, why in unsupported]
+    if drop_unsupported:  # list items last first, so the other indices stay right
+        for parent, key, _, _ in sorted(
+            unsupported, key=lambda u: u[1] if isinstance(u[1], int) else -1, reverse=True
+        ):
             del parent[key]
+    positions = _positions(doc)  # the compose file's line:column of every value still there
     out = io.StringIO()
     try:
         yaml.dump(doc, out)
     except (YAMLError, RecursionError) as exc:
         raise DesiredStateError(source, [f"cannot write the result: {exc}"]) from None
     converted = sorted(conv.converted, key=lambda f: (f.line, f.column))
-    return Imported(out.getvalue(), conv.project, found, converted)
+    return Imported(out.getvalue(), conv.project, found, converted, positions)
 
 
 def compose_environment(compose_dir: Path) -> dict[str, str]:
@@ -164,6 +176,11 @@ class _Converter:
                 for key in list(defs):
                     self._name(section, defs, key)
         self._configs()
+        secrets = doc.get("secrets")
+        if isinstance(secrets, CommentedMap):
+            for body in secrets.values():
+                if isinstance(body, CommentedMap) and isinstance(body.get("file"), str):
+                    body["file"] = self._path(body["file"], bare=True)
         for name, svc in doc["services"].items():
             if isinstance(svc, CommentedMap):
                 self._service_paths(name, svc)
@@ -196,7 +213,7 @@ class _Converter:
         files: dict[str, str] = {}
         for name, body in top.items():
             if isinstance(body, Mapping) and set(body) == {"file"}:
-                files[str(name)] = self._path(str(body["file"]))
+                files[str(name)] = self._path(str(body["file"]), bare=True)
         for sname, svc in self.doc["services"].items():
             mounts = svc.get("configs") if isinstance(svc, CommentedMap) else None
             if not isinstance(mounts, CommentedSeq):
@@ -213,9 +230,10 @@ class _Converter:
             self.note(self.doc, "configs", ("configs",), "mounted as files by the services")
             del self.doc["configs"]
 
-    def _path(self, text: str) -> str:
-        """A path relative to the compose file, rewritten relative to the output's folder."""
-        if not text.startswith(".") or "$" in text:
+    def _path(self, text: str, *, bare: bool = False) -> str:
+        """A path relative to the compose file, rewritten relative to the output's folder;
+        `bare`: `x.env` is relative too (a bind's source must start with `.`)."""
+        if "$" in text or text.startswith(("/", "~")) or not (bare or text.startswith(".")):
             return text
         absolute = os.path.normpath(self.src / text)
         rel = os.path.relpath(absolute, self.dst)
@@ -232,13 +250,13 @@ class _Converter:
                     v["source"] = self._path(str(v["source"]))
         env_file = svc.get("env_file")
         if isinstance(env_file, str):
-            svc["env_file"] = self._path(env_file)
+            svc["env_file"] = self._path(env_file, bare=True)
         elif isinstance(env_file, CommentedSeq):
             for i, e in enumerate(env_file):
                 if isinstance(e, str):
-                    env_file[i] = self._path(e)
+                    env_file[i] = self._path(e, bare=True)
                 elif isinstance(e, CommentedMap) and "path" in e:
-                    e["path"] = self._path(str(e["path"]))
+                    e["path"] = self._path(str(e["path"]), bare=True)
         build = svc.get("build")
         if isinstance(build, str):
             svc["build"] = self._path(build if build.startswith(".") else f"./{build}")
@@ -302,6 +320,64 @@ def _shapes(annotation: Any) -> tuple[list[type[BaseModel]], list[Any], list[Any
     return models, dict_values, list_items
 
 
+def _sourceless_secrets(doc: CommentedMap) -> Iterator[tuple[Any, Any, tuple[Any, ...], str]]:
+    """Compose secrets without a file (environment:, external:), and every reference to them."""
+    top = doc.get("secrets")
+    if not isinstance(top, CommentedMap):
+        return
+    gone = {
+        str(k) for k, b in top.items() if not (isinstance(b, Mapping) and "file" in b)
+    }
+    for name in sorted(gone):
+        why = "not supported (a secret comes from a file only; its references go with it)"
+        yield top, name, ("secrets", name), why
+    for sname, svc in doc["services"].items():
+        refs = svc.get("secrets") if isinstance(svc, CommentedMap) else None
+        if not isinstance(refs, CommentedSeq):
+            continue
+        for i, ref in enumerate(refs):
+            source = ref.get("source") if isinstance(ref, Mapping) else ref
+            if str(source) in gone:
+                why = f"secret {source} is not supported (not from a file)"
+                yield refs, i, ("services", sname, "secrets", i), why
+
+
+def _positions(doc: Any) -> Document:
+    """The compose file's mark of each value (and key) of the converted document, by path;
+    a key the import added has none (the loader then points at its nearest ancestor)."""
+    found = Document(None)
+
+    def walk(node: Any, path: tuple[str | int, ...]) -> None:
+        if isinstance(node, CommentedMap):
+            for key in node:
+                here = (*path, str(key))
+                line, col = _where(node, key)
+                if line:
+                    found.key_marks[here] = Mark(line, col)
+                    found.marks[here] = _value_mark(node, key) or Mark(line, col)
+                walk(node[key], here)
+        elif isinstance(node, CommentedSeq):
+            for i, item in enumerate(node):
+                line, col = _where(node, i)
+                if line:
+                    found.marks[(*path, i)] = Mark(line, col)
+                walk(item, (*path, i))
+
+    with_root = getattr(doc, "lc", None)
+    if with_root is not None and with_root.line is not None:
+        found.marks[()] = Mark(with_root.line + 1, with_root.col + 1)
+    walk(doc, ())
+    return found
+
+
+def _value_mark(parent: CommentedMap, key: Any) -> Mark | None:
+    try:
+        line, col = parent.lc.value(key)
+        return Mark(int(line) + 1, int(col) + 1)
+    except (AttributeError, KeyError, TypeError, IndexError):
+        return None
+
+
 def _where(parent: Any, key: Any) -> tuple[int, int]:
     try:
         if isinstance(parent, CommentedSeq):
@@ -318,6 +394,7 @@ def _dotted(path: tuple[Any, ...]) -> str:
 
 
 def _reason(path: tuple[Any, ...]) -> str:
+    """Why the key at `path` is left out."""
     key = str(path[-1])
     why = REASONS.get(key, "reconciler has no such key")
     return f"not supported ({why})"

@@ -141,15 +141,22 @@ def parse(
     base_dir: Path,
     environ: Mapping[str, str] | None = None,
     max_replicas: int | None = None,
+    positions: Document | None = None,
 ) -> DesiredState:
     """Validate and render the text of a desired-state file.
 
     `environ` (default: the process environment) and the `.env` in `base_dir` give `${VAR}`
     its values, the environment winning. `max_replicas` (default: $RECONCILER_MAX_REPLICAS,
-    else 1000) bounds `replicas`.
+    else 1000) bounds `replicas`. `positions` (`reconciler import`): where each value of
+    `raw` came from in `source`, so that errors point there instead of at `raw`.
     """
     return parse_parts(
-        raw, source=source, base_dir=base_dir, environ=environ, max_replicas=max_replicas
+        raw,
+        source=source,
+        base_dir=base_dir,
+        environ=environ,
+        max_replicas=max_replicas,
+        positions=positions,
     ).state
 
 
@@ -161,6 +168,7 @@ def parse_parts(
     environ: Mapping[str, str] | None = None,
     max_replicas: int | None = None,
     checks: Checks | None = None,
+    positions: Document | None = None,
 ) -> Parsed:
     """`parse`, returning the definition, document and renderer too (see `load_parts`)."""
     env = os.environ if environ is None else environ
@@ -177,14 +185,16 @@ def parse_parts(
             source, ["the file is empty; refusing it (it would remove every container)"]
         )
     dotenv = _DotEnv(base_dir / ".env", env, report)
-    scalars = _Scalars(dotenv.lookup, report)
+    scalars = _Scalars(dotenv.lookup, report, positions)
     try:
         doc = read(node, scalars)
     except YamlError as exc:
         report.add(exc.message, mark=exc.mark)
         raise report.error() from None
+    if positions is not None:
+        doc.marks, doc.key_marks = positions.marks, positions.key_marks
     for path, mark, message in doc.problems:
-        report.add(message, path, mark)
+        report.add(message, path, positions.mark(path) if positions else mark)
     data = doc.data
     if data is None:
         raise DesiredStateError(
@@ -552,21 +562,27 @@ class _Scalars:
     their YAML 1.2 core type.
     """
 
-    def __init__(self, lookup: Callable[[str], str | None], report: _Report) -> None:
-        self.lookup, self.report = lookup, report
+    def __init__(
+        self,
+        lookup: Callable[[str], str | None],
+        report: _Report,
+        positions: Document | None = None,
+    ) -> None:
+        self.lookup, self.report, self.positions = lookup, report, positions
         self.failed: set[DataPath] = set()
 
     def __call__(self, path: DataPath, scalar: Scalar) -> Any:
         text = scalar.text
+        mark = self.positions.mark(path) if self.positions else scalar.mark
         if "\0" in text:
-            self.report.add("a NUL character (\\0) cannot be passed to Docker", path, scalar.mark)
+            self.report.add("a NUL character (\\0) cannot be passed to Docker", path, mark)
             self.failed.add(path)
             return text.replace("\0", "")
         if scalar.tag == STR and "$" in text:
             try:
                 result = interpolate(text, self.lookup, hide_names=_secret_text(path, text))
             except InterpolationError as exc:
-                self.report.add(str(exc), path, scalar.mark)
+                self.report.add(str(exc), path, mark)
                 self.failed.add(path)
                 return text
             if result.secret and result.value:
