@@ -325,9 +325,7 @@ def _sourceless_secrets(doc: CommentedMap) -> Iterator[tuple[Any, Any, tuple[Any
     top = doc.get("secrets")
     if not isinstance(top, CommentedMap):
         return
-    gone = {
-        str(k) for k, b in top.items() if not (isinstance(b, Mapping) and "file" in b)
-    }
+    gone = {str(k) for k, b in top.items() if not (isinstance(b, Mapping) and "file" in b)}
     for name in sorted(gone):
         why = "not supported (a secret comes from a file only; its references go with it)"
         yield top, name, ("secrets", name), why
