@@ -564,6 +564,7 @@ def _import(args: argparse.Namespace) -> int:
             base_dir=out_dir,
             environ=compose_environment(args.compose_file.resolve().parent),
             positions=result.positions,
+            warn=lambda line: print(f"warning: {line}", file=sys.stderr),
         )
     except DesiredStateError as exc:
         print(str(exc), file=sys.stderr)

@@ -70,8 +70,8 @@ def test_base_60_port_stays_a_string() -> None:
 
 
 def test_environment_values_are_kept_as_written() -> None:
-    """`012`, `yes`, `on`, `22:22`, `1.50` stay as written; true/false are lowercase; empty
-    is an empty value."""
+    """`012`, `yes`, `on`, `22:22`, `1.50` stay as written; true/false are lowercase; `''`
+    is an empty value (a bare `EMPTY:` takes the environment's: see the passthrough test)."""
     env = env_of(
         HEAD
         + """\
@@ -82,7 +82,7 @@ def test_environment_values_are_kept_as_written() -> None:
       SIXTY: 22:22
       FLOAT: 1.50
       BOOL: True
-      EMPTY:
+      EMPTY: ''
       QUOTED: "007"
 """
     )
@@ -588,6 +588,39 @@ def test_a_dollar_in_a_secret_literal_is_not_quoted() -> None:
     msg = problems(HEAD + "    environment:\n      DB_PASSWORD: abc$def\n")
     assert "def" not in msg.split("DB_PASSWORD")[-1]
     assert "state.yaml:6:20: services.web.environment.DB_PASSWORD: a $ reference" in msg
+
+
+def test_a_bare_environment_name_takes_its_value_from_the_environment(
+    tmp_path: Path,
+) -> None:
+    """`- NAME` and `NAME:` (no value) take the environment's value, else .env's (compose);
+    one set by neither is left out with a warning naming its line; a secret-looking name's
+    value is marked secret."""
+    (tmp_path / ".env").write_text("FROM_DOTENV=dotenv-value\nDB_PASSWORD=not-this\n")
+    (tmp_path / "a.env").write_text("GONE=from-env-file\n")  # a bare GONE unsets it
+    heard: list[str] = []
+    state = loader.parse(
+        HEAD
+        + "    env_file: a.env\n"
+        + "    environment: [DB_PASSWORD, FROM_DOTENV, NOWHERE, GONE, 'EMPTY=', PLAIN=x]\n"
+        + "  other:\n    image: busybox:1\n    environment: {DB_PASSWORD: , NOWHERE: }\n",
+        source="state.yaml",
+        base_dir=tmp_path,
+        environ={"DB_PASSWORD": "pw-from-env"},
+        warn=heard.append,
+    )
+    env = state.service("web").replicas[0].environment
+    assert env == ("DB_PASSWORD=pw-from-env", "EMPTY=", "FROM_DOTENV=dotenv-value", "PLAIN=x")
+    assert state.service("other").replicas[0].environment == ("DB_PASSWORD=pw-from-env",)
+    assert "pw-from-env" in state.secrets and "dotenv-value" not in state.secrets
+    assert sorted(heard) == [
+        "state.yaml:6:45: services.web.environment[2]: NOWHERE is set neither in the "
+        "environment nor in .env: left out of the container's environment (as compose does)",
+        "state.yaml:6:54: services.web.environment[3]: GONE is set neither in the environment "
+        "nor in .env: left out of the container's environment (as compose does)",
+        "state.yaml:9:34: services.other.environment.NOWHERE: NOWHERE is set neither in the "
+        "environment nor in .env: left out of the container's environment (as compose does)",
+    ]
 
 
 def test_secret_values_are_marked_and_never_shown() -> None:

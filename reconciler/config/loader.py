@@ -22,6 +22,7 @@ from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import structlog
 from pydantic import ValidationError
 
 from reconciler.config import secrets
@@ -76,6 +77,7 @@ from reconciler.errors import DesiredStateError
 REPLICA_PLACEHOLDER = "{replica}"
 MAX_PORT = 65535
 MAX_FILE_BYTES = 1024 * 1024  # the desired-state file (its compose stops at MAX_NODES too)
+log = structlog.get_logger("reconciler")
 MAX_ENV_FILE_BYTES = 1024 * 1024  # .env and each env_file
 MAX_SECRET_BYTES = 1024 * 1024  # each secrets: file
 SECRETS_DIR = "/run/secrets"
@@ -142,13 +144,15 @@ def parse(
     environ: Mapping[str, str] | None = None,
     max_replicas: int | None = None,
     positions: Document | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> DesiredState:
     """Validate and render the text of a desired-state file.
 
     `environ` (default: the process environment) and the `.env` in `base_dir` give `${VAR}`
     its values, the environment winning. `max_replicas` (default: $RECONCILER_MAX_REPLICAS,
     else 1000) bounds `replicas`. `positions` (`reconciler import`): where each value of
-    `raw` came from in `source`, so that errors point there instead of at `raw`.
+    `raw` came from in `source`, so that errors point there instead of at `raw`. `warn`
+    (default: a log line) hears what is accepted but worth saying.
     """
     return parse_parts(
         raw,
@@ -157,6 +161,7 @@ def parse(
         environ=environ,
         max_replicas=max_replicas,
         positions=positions,
+        warn=warn,
     ).state
 
 
@@ -169,6 +174,7 @@ def parse_parts(
     max_replicas: int | None = None,
     checks: Checks | None = None,
     positions: Document | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Parsed:
     """`parse`, returning the definition, document and renderer too (see `load_parts`)."""
     env = os.environ if environ is None else environ
@@ -227,8 +233,14 @@ def parse_parts(
     env_files = _EnvFiles(definition, base_dir, dotenv.lookup, report, doc)
     if report:
         raise report.error()
-    renderer = _Renderer(definition, project, base_dir, env_files.values)
+    renderer = _Renderer(definition, project, base_dir, env_files.values, dotenv.lookup)
     state = renderer.render()
+    for at, name in renderer.unset.items():
+        where = f"{source}:{doc.mark(at, key=True) or '?'}: {dotted(at)}"
+        (warn or log.warning)(
+            f"{where}: {name} is set neither in the environment nor in .env: left out of "
+            "the container's environment (as compose does)"
+        )
     for issue in renderer.problems:
         report.add(issue.message, issue.path, doc.mark(issue.at or issue.path))
     if report:
@@ -1100,9 +1112,12 @@ class _Renderer:
         project: str,
         base_dir: Path,
         env_files: Mapping[str, Mapping[str, str]],
+        lookup: Callable[[str], str | None] = lambda _: None,
     ) -> None:
         self.d, self.project, self.base_dir = d, project, base_dir
         self.env_files = env_files  # service -> what its env_file entries set
+        self.lookup = lookup  # a bare environment name: the environment, then .env
+        self.unset: dict[DataPath, str] = {}  # bare names neither sets: left out
         self.problems: list[Issue] = []
         self.config_digests: dict[str, str] = {}
         self.secret_values: set[str] = set()
@@ -1239,6 +1254,16 @@ class _Renderer:
             revision=self._revision(name, s, configs, mounts),
         )
 
+    def _environment(self, name: str, s: ServiceDef) -> tuple[str, ...]:
+        """The service's environment (see `_environment`); bare names left out are noted."""
+        entries, unset, hidden = _environment(
+            s.environment, self.env_files.get(name, {}), self.lookup
+        )
+        self.secret_values |= hidden
+        for at, key in unset:
+            self.unset[("services", name, *at)] = key
+        return entries
+
     def _secrets(self, name: str, s: ServiceDef) -> tuple[SecretMount, ...]:
         """Each secret as a read-only bind of its file; the content only as a digest."""
         out = []
@@ -1274,7 +1299,7 @@ class _Renderer:
         """
         added = {k for k in _ADDED_KEYS if k not in s.model_fields_set}
         body = s.model_dump(mode="json", exclude=_NOT_IN_REVISION | added)
-        body["environment"] = list(_environment(s.environment, self.env_files.get(name, {})))
+        body["environment"] = list(self._environment(name, s))
         body.pop("env_file", None)  # its content is in environment
         body["labels"] = _labels(s.labels)
         body["command"], body["entrypoint"] = _argv(s.command), _argv(s.entrypoint)
@@ -1411,7 +1436,7 @@ class _Renderer:
             image=image,
             command=_argv(s.command),
             entrypoint=_argv(s.entrypoint),
-            environment=_environment(s.environment, self.env_files.get(name, {})),
+            environment=self._environment(name, s),
             ports=tuple(_port(port_text(p), replica) for p in s.ports),
             binds=tuple(binds),
             volumes=tuple(volumes),
@@ -1469,15 +1494,38 @@ def _scalar(value: Any) -> str:
 
 
 def _environment(
-    env: Mapping[str, Any] | list[str], files: Mapping[str, str] | None = None
-) -> tuple[str, ...]:
-    """KEY=VALUE entries, sorted: env_file's, then environment's over them (as compose)."""
+    env: Mapping[str, Any] | list[str],
+    files: Mapping[str, str] | None = None,
+    lookup: Callable[[str], str | None] = lambda _: None,
+) -> tuple[tuple[str, ...], list[tuple[DataPath, str]], set[str]]:
+    """KEY=VALUE entries, sorted: env_file's, then environment's over them (as compose).
+
+    A bare KEY (`- KEY`, or `KEY:` with no value) takes its value from `lookup` (the
+    environment, then .env) and is left out when neither sets it, as compose does. Also
+    returns those left out (path under the service, name) and what secret-looking bare names
+    gave.
+    """
     merged = {k: f"{k}={v}" for k, v in (files or {}).items()}
+    items: list[tuple[DataPath, str, str | None]] = []
     if isinstance(env, list):
-        merged.update((item.partition("=")[0], item) for item in env)
+        for i, item in enumerate(env):
+            key, eq, value = item.partition("=")
+            items.append((("environment", i), key, value if eq else None))
     else:
-        merged.update((k, f"{k}={_scalar(v)}") for k, v in env.items())
-    return tuple(sorted(merged.values()))
+        items = [(("environment", k), k, None if v is None else _scalar(v)) for k, v in env.items()]
+    unset: list[tuple[DataPath, str]] = []
+    hidden: set[str] = set()
+    for at, key, value in items:
+        if value is None:
+            value = lookup(key)
+            if value is None:
+                merged.pop(key, None)
+                unset.append((at, key))
+                continue
+            if value and SECRET_NAME.search(key):
+                hidden.add(value)
+        merged[key] = f"{key}={value}"
+    return tuple(sorted(merged.values())), unset, hidden
 
 
 def _labels(labels: Mapping[str, Any] | list[str]) -> dict[str, str]:
