@@ -182,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, signals: SignalRelay | None = None) -> int:
     """The CLI; returns the exit code. `signals`: handlers the entry point installed first."""
     args = build_parser().parse_args(argv)
+    if args.command == "import":  # prints the file it writes: nothing to redact there
+        return _main(args, signals)
+    with secrets.redacted_output():  # no printer shows what a secret-looking variable gave
+        return _main(args, signals)
+
+
+def _main(args: argparse.Namespace, signals: SignalRelay | None) -> int:
     if args.command == "run":
         args.signals = signals or SignalRelay().install()
     json = {"auto": None, "json": True, "console": False}[args.log_format]

@@ -490,3 +490,33 @@ def test_down_removes_the_project_but_keeps_volumes_and_adopted_objects(
     result = run_cli("down", str(path), "--volumes", "--lock-dir", str(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert ours("volume") == set()
+
+
+def test_plan_and_apply_never_print_a_secret_looking_variable(
+    project: str, write_state: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A secret-looking variable from .env in an image and a container name: plan's steps and
+    apply's results and notes show [redacted], as status and the logs do."""
+    token = f"zz9{project[1:]}"
+    (tmp_path / ".env").write_text(f"REG_TOKEN={token}\n")
+    path = write_state(
+        {
+            "services": {
+                "web": {
+                    "image": "registry.invalid/rvw-bb-${REG_TOKEN}:1",
+                    "container_name": f"{project}-" + "${REG_TOKEN}",
+                }
+            }
+        }
+    )
+    (tmp_path / "lock").mkdir()
+    dirs = ["--state-dir", str(tmp_path / "state"), "--lock-dir", str(tmp_path / "lock")]
+    planned = run_cli("plan", str(path), *dirs)
+    assert planned.returncode == 2, planned.stderr
+    assert "create container [redacted]" in planned.stdout  # the whole value is hidden
+    assert "ensure image [redacted] for web" in planned.stdout
+    applied = run_cli("apply", str(path), "--timeout", "30", *dirs)
+    assert applied.returncode == 1
+    assert "ensure image [redacted]" in applied.stdout
+    for proc in (planned, applied):
+        assert token not in proc.stdout + proc.stderr
