@@ -393,3 +393,32 @@ def test_fuzz_shipped_file_through_load_and_policy(
         return
     policy.enforce(d)
     policy.enforce(d, policy_file.load(ROOT / "configs" / "policy.yaml"))
+
+
+def test_rollout_records_are_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The records keep the environment a rollback needs (secrets too): the file is 0600 and
+    the folders created for it 0700, whatever the umask (022 here)."""
+    from reconciler.core.rollout import RolloutRecord
+    from reconciler.runtime import state_store
+
+    old = os.umask(0o022)
+    try:
+        store = state_store.StateStore("p", tmp_path / "state" / "deep")
+        store.put("web", RolloutRecord(stable_revision="r1", failed_reason="DB_PASSWORD=x"))
+        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+        monkeypatch.setattr(state_store, "systemd_dir", _wrap_systemd_dir(tmp_path / "sys"))
+        default = state_store.default_state_dir()
+    finally:
+        os.umask(old)
+    assert (tmp_path / "state" / "deep").stat().st_mode & 0o777 == 0o700
+    assert store.path.stat().st_mode & 0o777 == 0o600
+    assert default == tmp_path / "sys" and default.stat().st_mode & 0o777 == 0o700
+
+
+def _wrap_systemd_dir(system: Path):  # type: ignore[no-untyped-def]
+    from reconciler.ops import lock
+
+    def call(variable: str, _system: Path, fallback: Path, **kw: int) -> Path:
+        return lock.systemd_dir(variable, system, fallback, **kw)
+
+    return call

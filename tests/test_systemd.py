@@ -169,7 +169,7 @@ def test_unit_as_systemd_loads_it(unit_copy: Path) -> None:
     assert one["ProtectSystem"] == "strict"  # so these two are the only writable places:
     assert (one["RuntimeDirectory"], one["RuntimeDirectoryMode"]) == ("reconciler", "0750")
     assert one["RuntimeDirectoryPreserve"] == "yes"  # shared with the reconciler@ instances
-    assert (one["StateDirectory"], one["StateDirectoryMode"]) == ("reconciler", "0750")
+    assert (one["StateDirectory"], one["StateDirectoryMode"]) == ("reconciler", "0700")
     assert "/var/lib/reconciler (origin-file)" in unit["RequiresMountsFor"]
 
 

@@ -10,14 +10,15 @@ from pathlib import Path
 from reconciler.errors import LockHeld
 
 
-def systemd_dir(variable: str, system: Path, fallback: Path) -> Path:
+def systemd_dir(variable: str, system: Path, fallback: Path, *, mode: int = 0o755) -> Path:
     """The folder systemd gave us in `variable` (RUNTIME_DIRECTORY, STATE_DIRECTORY), else
-    `system` when we can write there, else `fallback` (an unprivileged user's)."""
+    `system` when we can write there (created with `mode`), else `fallback` (an unprivileged
+    user's)."""
     given = os.environ.get(variable)
     if given:
         return Path(given.split(":")[0])
     try:
-        system.mkdir(parents=True, exist_ok=True)
+        system.mkdir(mode=mode, parents=True, exist_ok=True)
         if os.access(system, os.W_OK):
             return system
     except OSError:

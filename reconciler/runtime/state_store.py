@@ -25,7 +25,9 @@ def default_state_dir() -> Path:
     """$STATE_DIRECTORY (systemd), else /var/lib/reconciler when writable, else
     $XDG_STATE_HOME/reconciler (~/.local/state/reconciler)."""
     home = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return systemd_dir("STATE_DIRECTORY", Path("/var/lib/reconciler"), Path(home) / "reconciler")
+    return systemd_dir(
+        "STATE_DIRECTORY", Path("/var/lib/reconciler"), Path(home) / "reconciler", mode=0o700
+    )
 
 
 class StateStore:
@@ -82,9 +84,13 @@ class StateStore:
 
 
 def _write(path: Path, data: bytes) -> None:
-    """Replace `path` atomically (a crash leaves the old file or the new one, never half)."""
+    """Replace `path` atomically (a crash leaves the old file or the new one, never half).
+
+    The records hold the environment a rollback recreates containers with (secrets too):
+    the file is 0600 (mkstemp's mode) and a folder created for it 0700.
+    """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
