@@ -112,6 +112,8 @@ def test_cli_apply_refuses_and_validate_warns(tmp_path: Path) -> None:
     refused = run_cli("apply", str(f), "--lock-dir", str(tmp_path))
     assert refused.returncode == 2
     assert str(f) in refused.stderr and "mode 0666" in refused.stderr
+    assert "to fix: `chmod go-w FILE`" in refused.stderr  # how, without weakening the check
+    assert f"`chmod -R go-w {tmp_path}`" in refused.stderr
     warned = run_cli("validate", str(f))
     assert warned.returncode == 0 and "warning:" in warned.stderr and "0666" in warned.stderr
 

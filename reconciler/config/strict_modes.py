@@ -17,6 +17,7 @@ from pathlib import Path
 from reconciler.errors import DesiredStateError
 
 MAX_TREE_ENTRIES = 10_000  # a config folder: entries checked (more is itself a problem)
+WRITABLE = "is writable by group or others"  # as `_entry` says it
 
 
 class InsecureInput(DesiredStateError):
@@ -25,10 +26,23 @@ class InsecureInput(DesiredStateError):
     def __init__(self, source: str, problems: list[str]) -> None:
         super().__init__(source, problems)
         lines = "\n".join(f"  {p}" for p in problems)
-        self.args = (f"{source}: refused, an input is not safe (StrictModes):\n{lines}",)
+        text = f"{source}: refused, an input is not safe (StrictModes):\n{lines}"
+        if any(WRITABLE in p for p in problems):
+            text += "\n" + fix_hint(source)
+        self.args = (text,)
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+def fix_hint(source: str) -> str:
+    """How to fix group-writable inputs (never by weakening the check)."""
+    folder = Path(source).resolve().parent
+    return (
+        "  to fix: `chmod go-w FILE` for a file, `chmod -R go-w DIR` for a folder and all in "
+        "it; a checkout made under umask 002 (Ubuntu's default for users) is group-writable "
+        f"throughout: `chmod -R go-w {folder}`"
+    )
 
 
 def trusted_uids() -> frozenset[int]:
