@@ -291,6 +291,9 @@ def test_relative_secret_config_and_env_file_paths_follow_the_output(tmp_path: P
             env_file: a.env
             secrets: [pw]
             configs: [conf]
+          b:
+            image: busybox
+            env_file: {path: b.env, required: false}
         secrets:
           pw: {file: pw.txt}
         configs:
@@ -307,6 +310,7 @@ def test_relative_secret_config_and_env_file_paths_follow_the_output(tmp_path: P
     assert result.returncode == 0, result.stderr
     text = out.read_text()
     assert "file: ../src/pw.txt" in text and "env_file: ../src/a.env" in text
+    assert "path: ../src/b.env" in text
     replica = loader.load(out).service("a").replicas[0]
     assert replica.secrets[0].target == "/run/secrets/pw"
     assert "A=1" in replica.environment

@@ -496,7 +496,8 @@ def test_env_file_is_read_relative_to_the_file(tmp_path: Path) -> None:
 
 
 def test_env_file_as_a_string_and_long_form(tmp_path: Path) -> None:
-    """env_file: a string, or {path, required}; an absent optional file is skipped."""
+    """env_file: a string, a list, or {path, required} (alone or in the list); an absent
+    optional file is skipped."""
     (tmp_path / "a.env").write_text("A=1\n")
     one = write_project(tmp_path, HEAD + "    env_file: a.env\n")
     assert loader.load(one).service("web").replicas[0].environment == ("A=1",)
@@ -507,6 +508,11 @@ def test_env_file_as_a_string_and_long_form(tmp_path: Path) -> None:
     state = loader.load(long)
     assert state.service("web").replicas[0].environment == ("A=1",)
     assert str(tmp_path / "absent.env") in state.watched  # created later: noticed
+    single = write_project(tmp_path, HEAD + "    env_file: {path: gone.env, required: false}\n")
+    assert loader.load(single).service("web").replicas[0].environment == ()
+    required = write_project(tmp_path, HEAD + "    env_file: {path: gone.env}\n")
+    with pytest.raises(DesiredStateError, match=r"services\.web\.env_file: env file 'gone.env'"):
+        loader.load(required)
 
 
 def test_env_file_edit_changes_the_spec_hash_and_revision(tmp_path: Path) -> None:

@@ -251,6 +251,8 @@ class _Converter:
         env_file = svc.get("env_file")
         if isinstance(env_file, str):
             svc["env_file"] = self._path(env_file, bare=True)
+        elif isinstance(env_file, CommentedMap) and isinstance(env_file.get("path"), str):
+            env_file["path"] = self._path(env_file["path"], bare=True)
         elif isinstance(env_file, CommentedSeq):
             for i, e in enumerate(env_file):
                 if isinstance(e, str):

@@ -629,13 +629,13 @@ class _EnvFiles:
         parsed: dict[Path, dict[str, str] | str] = {}  # the values, or why they cannot be read
         for name, svc in d.services.items():
             merged: dict[str, str] = {}
-            entries = [svc.env_file] if isinstance(svc.env_file, str) else svc.env_file
+            entries = svc.env_file if isinstance(svc.env_file, list) else [svc.env_file]
             for i, entry in enumerate(entries):
                 given, required = (
                     (entry, True) if isinstance(entry, str) else (entry.path, entry.required)
                 )
                 at: DataPath = ("services", name, "env_file")
-                if not isinstance(svc.env_file, str):
+                if isinstance(svc.env_file, list):
                     at = (*at, i)
                 path = _resolve(base_dir, given)
                 if path not in parsed:

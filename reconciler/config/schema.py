@@ -402,7 +402,7 @@ class ServiceDef(_Model):
     container_name: str | None = None
     command: str | list[str] | None = None
     entrypoint: str | list[str] | None = None
-    env_file: str | list[str | EnvFileDef] = []
+    env_file: str | EnvFileDef | list[str | EnvFileDef] = []
     environment: dict[str, Scalar | None] | list[str] = {}
     ports: list[str | Int | PortDef] = []
     volumes: list[str | VolumeMountDef] = []
