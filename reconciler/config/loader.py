@@ -1509,21 +1509,20 @@ def _environment(
     items: list[tuple[DataPath, str, str | None]] = []
     if isinstance(env, list):
         for i, item in enumerate(env):
-            key, eq, value = item.partition("=")
-            items.append((("environment", i), key, value if eq else None))
+            key, eq, text = item.partition("=")
+            items.append((("environment", i), key, text if eq else None))
     else:
         items = [(("environment", k), k, None if v is None else _scalar(v)) for k, v in env.items()]
     unset: list[tuple[DataPath, str]] = []
     hidden: set[str] = set()
-    for at, key, value in items:
+    for at, key, given in items:
+        value = lookup(key) if given is None else given
         if value is None:
-            value = lookup(key)
-            if value is None:
-                merged.pop(key, None)
-                unset.append((at, key))
-                continue
-            if value and SECRET_NAME.search(key):
-                hidden.add(value)
+            merged.pop(key, None)
+            unset.append((at, key))
+            continue
+        if given is None and value and SECRET_NAME.search(key):
+            hidden.add(value)
         merged[key] = f"{key}={value}"
     return tuple(sorted(merged.values())), unset, hidden
 
