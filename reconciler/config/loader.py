@@ -738,7 +738,7 @@ def _joins(svc: ServiceDef) -> list[tuple[str, str]]:
 
 
 def _depends(svc: ServiceDef) -> list[str]:
-    return [*svc.depends_on, *(owner for _, owner in _joins(svc))]
+    return list(dict.fromkeys([*svc.depends_on, *(owner for _, owner in _joins(svc))]))
 
 
 def _check(d: DesiredStateDef, project: str, *, single_host: bool = True) -> Iterable[Issue]:
