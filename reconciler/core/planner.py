@@ -603,11 +603,14 @@ def _claim_names(
             out.append(step)
             continue
         holder = holders.get(name)
-        owner = _joined_owner(action.spec) if isinstance(action, CreateContainer) else None
-        if owner is not None and not (
-            owner in claimed or (owner in holders and owner not in freed)
+        spec = action.spec if isinstance(action, CreateContainer) else None
+        owner = _joined_owner(spec) if spec is not None else None
+        if (
+            spec is not None
+            and owner is not None
+            and not (owner in claimed or (owner in holders and owner not in freed))
         ):
-            kind = "network namespace" if owner == _namespace_owner(action.spec) else "namespace"
+            kind = "network namespace" if owner == _namespace_owner(spec) else "namespace"
             held[step.key] = f"waits for {owner}, whose {kind} it joins"
         elif name in claimed:
             held[step.key] = f"name {name} is wanted by {claimed[name]} too"
