@@ -14,6 +14,7 @@ from reconciler.core.model import Observed, ObservedContainer
 from reconciler.core.takeover import ForeignContainer, plan_takeover
 from reconciler.errors import DesiredStateError
 from reconciler.ops.status import render_status
+from tests.conftest import run_cli
 
 
 def _state(tmp_path: Path, body: str, *, tail: str = "") -> loader.DesiredState:
@@ -215,3 +216,19 @@ def test_status_shows_a_denied_service_as_denied(tmp_path: Path) -> None:
     out = render_status(d, _Engine(), denied={"bad": "privileged"})  # type: ignore[arg-type]
     row = next(line for line in out.splitlines() if line.startswith("bad"))
     assert row.endswith("denied (privileged)") and "missing" not in out
+
+
+def test_import_carries_a_bind_volume_that_the_policy_then_denies(tmp_path: Path) -> None:
+    """`reconciler import` keeps driver_opts as they are; the imported file is judged."""
+    compose = tmp_path / "docker-compose.yml"
+    compose.write_text(
+        "services:\n  a:\n    image: busybox\n    volumes: [rootfs:/host:ro]\n"
+        "volumes:\n  rootfs:\n    driver_opts: {type: none, o: bind, device: /}\n"
+    )
+    out = tmp_path / "state.yaml"
+    imported = run_cli("import", str(compose), "--project", "imp", "-o", str(out))
+    assert imported.returncode == 0, imported.stderr
+    _, found = policy.enforce(loader.load(out))
+    assert [(x.service, x.rule, x.detail) for x in found] == [
+        ("a", "host_path", "bind mount of / (read-only; reaches /)")
+    ]
