@@ -128,6 +128,18 @@ def test_joining_a_host_namespace_through_a_service_is_judged(
     assert policy.enforce(d, policy.Policy((policy.Allow(rule, frozenset("xyz")),)))[1] == ()
 
 
+def test_joining_a_project_container_by_name_is_judged_too(tmp_path: Path) -> None:
+    """`container:NAME` of a project container (its container_name) is judged like
+    `service:X`."""
+    d = _state(
+        tmp_path,
+        "  x:\n    image: i\n    container_name: vpn\n    network_mode: host\n"
+        "  y:\n    image: i\n    network_mode: 'container:vpn'\n",
+    )
+    allow_x = policy.Policy((policy.Allow("host_network", frozenset({"x"})),))
+    assert _found(d, allow_x) == {("y", "network_mode", "host_network")}
+
+
 @pytest.mark.parametrize("key", ["pid", "ipc", "network_mode"])
 def test_service_namespace_is_translated_to_the_first_replica(tmp_path: Path, key: str) -> None:
     """As compose: `service:X` becomes `container:<X's first replica>`; X is created first."""
