@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("file", nargs="?", default="desired_state.yaml", type=Path)
-        if name in ("validate", "plan", "apply", "run"):
+        if name in ("validate", "plan", "apply", "run", "status"):
             p.add_argument(
                 "--policy",
                 type=Path,
@@ -248,6 +248,7 @@ def _main(args: argparse.Namespace, signals: SignalRelay | None) -> int:
         for d in denials if args.command != "run" else ():  # the daemon logs its own
             print(f"denied: {d.message(desired.source, policy)}", file=sys.stderr)
         args.policy_obj = policy
+    args.denials = denials
     if args.command == "validate":
         services = ", ".join(f"{s.name} x{len(s.replicas)}" for s in desired.services)
         if denials:
@@ -305,12 +306,22 @@ def _plan(args: argparse.Namespace, desired: DesiredState) -> int:
         print(f"# {line}")
     if _external_missing(the_plan.notes):
         return EXIT_ERROR
-    if not the_plan:
+    for name, rules in sorted(_denied_rules(args.denials).items()):  # as apply: never in sync
+        print(f"error: service {name} is denied by the host policy (rule {rules}); not created")
+    if not the_plan and not desired.denied:
         print(f"{desired.project}: in sync")
         return EXIT_OK
     for step in the_plan.steps:
         print(describe(step.action))
-    return EXIT_PENDING
+    return EXIT_ERROR if desired.denied else EXIT_PENDING
+
+
+def _denied_rules(denials: Sequence[Denial]) -> dict[str, str]:
+    """service -> the rules the host policy denies it by ("cap_add, privileged")."""
+    rules: dict[str, set[str]] = {}
+    for d in denials:
+        rules.setdefault(d.service, set()).add(d.rule)
+    return {svc: ", ".join(sorted(r)) for svc, r in rules.items()}
 
 
 def _external_missing(notes: Sequence[str]) -> int:
@@ -512,7 +523,7 @@ def _status(args: argparse.Namespace, desired: DesiredState) -> int:
     status_file = status_path(desired.project, args.lock_dir)
     store = StateStore(desired.project, args.state_dir)
     engine = Engine(connect())
-    print(render_status(desired, engine, status_file, store))
+    print(render_status(desired, engine, status_file, store, _denied_rules(args.denials)))
     for line in clashes(desired, engine.others(desired.project)):
         print(f"note: {line}")
     return EXIT_OK

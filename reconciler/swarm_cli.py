@@ -109,12 +109,12 @@ def _plan(args: argparse.Namespace, desired: sp.SwarmDesired, api: object) -> in
     the_plan, _ = _reconciler(args, desired, api).run(act=False)
     for note in the_plan.notes:
         print(f"# {note}")
-    if not the_plan:
+    if not the_plan and not desired.denied:  # a denied service: an error, as on one host
         print(f"{desired.project}: in sync")
         return EXIT_OK
     for action in the_plan.actions:
         print(sp.describe(action))
-    return EXIT_PENDING
+    return EXIT_ERROR if desired.denied else EXIT_PENDING
 
 
 def _apply(args: argparse.Namespace, desired: sp.SwarmDesired, api: object) -> int:

@@ -174,14 +174,18 @@ class EnvFile:
     problems: list[tuple[int, str]] = field(default_factory=list)
 
 
-def parse_env_file(text: str, lookup: Lookup, *, env_first: bool) -> EnvFile:
+def parse_env_file(text: str, lookup: Lookup, *, env_first: bool, names: bool = True) -> EnvFile:
     """Read compose's env-file format: `KEY=VALUE` lines, `export KEY=VALUE`, `#` comments,
     values in '...' (literal) or "..." (escapes; may span lines) or bare (a ` #` starts a
     comment), `${VAR}` substituted in bare and "..." values, a bare `KEY` taking the value
     from the environment. `env_first`: a reference looks in `lookup` before the variables
-    set above it (`.env`: the environment wins), else after them (env_file).
+    set above it (`.env`: the environment wins), else after them (env_file). Problems never
+    quote a value; without `names` (a host file, as /etc/shadow) not even a name.
     """
     out = EnvFile()
+
+    def problem(number: int, key: str, what: str) -> None:
+        out.problems.append((number, f"{key}: {what}" if names else what))
 
     def resolve(name: str) -> str | None:
         first, second = (lookup, out.values.get) if env_first else (out.values.get, lookup)
@@ -208,18 +212,18 @@ def parse_env_file(text: str, lookup: Lookup, *, env_first: bool) -> EnvFile:
                 out.values[key], out.lines[key] = value, number
             continue
         if not rest.startswith("="):
-            out.problems.append((number, f"{key}: expected KEY=VALUE"))
+            problem(number, key, "expected KEY=VALUE")
             continue
         raw = rest[1:].lstrip(" \t")
         quote = raw[:1] if raw[:1] in ("'", '"') else ""
         if quote:
             body, tail, used = _quoted(raw[1:], quote, lines, i)
             if body is None:
-                out.problems.append((number, f"{key}: the {quote} quote is never closed"))
+                problem(number, key, f"the {quote} quote is never closed")
                 break
             i += used
             if tail.strip() and not tail.lstrip().startswith("#"):
-                out.problems.append((number, f"{key}: text after the closing quote"))
+                problem(number, key, "text after the closing quote")
                 continue
         else:
             body = re.split(r"\s#", raw, maxsplit=1)[0].rstrip()
@@ -231,7 +235,8 @@ def parse_env_file(text: str, lookup: Lookup, *, env_first: bool) -> EnvFile:
             try:
                 res = interpolate(body, resolve, hide_names=bool(SECRET_NAME.search(key)))
             except InterpolationError as exc:
-                out.problems.append((number, f"{key}: {exc}"))
+                why = "a $ reference cannot be substituted (write $$ for a literal $)"
+                problem(number, key, str(exc) if names else why)
                 continue
             value = res.value
         out.values[key], out.lines[key] = value, number

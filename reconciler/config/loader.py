@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import posixpath
 import re
 import shlex
 import stat
@@ -40,6 +41,7 @@ from reconciler.config.schema import (
     SecretRefDef,
     ServiceDef,
     UpdateConfigDef,
+    VolumeDef,
     VolumeMountDef,
     parse_pull_policy,
 )
@@ -280,21 +282,59 @@ def _with_access(
     binds = []
     for i, vol in enumerate(s.volumes):
         m = _mount(vol)
+        mark = doc.mark(("services", svc.name, "volumes", i))
         if m is not None and m.type == "bind":
-            mark = doc.mark(("services", svc.name, "volumes", i))
             real = os.path.realpath(_resolve(base_dir, m.source))
             binds.append((real, m.read_only, "volumes", mark.line if mark else 0))
-    # Configs and secrets are read-only binds too: inside the file's own folder they are
-    # inputs (StrictModes checked them); elsewhere they are judged as host paths.
+        elif m is not None and m.type == "volume" and m.source:
+            # A volume whose driver_opts bind a host folder (local: o: bind, device: PATH) is
+            # a bind of that folder. External volumes are not inspected (see README).
+            device = _bound_device(d.volumes.get(m.source))
+            if device is not None:
+                real = os.path.realpath(posixpath.join("/", device))  # dockerd's cwd is /
+                binds.append((real, m.read_only, "volumes", mark.line if mark else 0))
+    # Configs, secrets, env_files and build contexts are read-only binds too (this process
+    # reads them, as root): inside the file's own folder they are inputs (StrictModes checked
+    # them); elsewhere they are judged as host paths.
     home = os.path.realpath(base_dir)
-    files = [("configs", i, c.source) for i, c in enumerate(s.configs)]
+    files: list[tuple[str, int | None, str]] = [
+        ("configs", i, c.source) for i, c in enumerate(s.configs)
+    ]
     files += [("secrets", i, d.secrets[_secret_ref(r)[0]].file) for i, r in enumerate(s.secrets)]
-    for key, i, source in files:
+    env_files = [s.env_file] if isinstance(s.env_file, str) else s.env_file
+    single = isinstance(s.env_file, str)
+    files += [
+        ("env_file", None if single else i, e if isinstance(e, str) else e.path)
+        for i, e in enumerate(env_files)
+    ]
+    if s.build is not None:
+        context, dockerfile = (
+            (s.build, "Dockerfile")
+            if isinstance(s.build, str)
+            else (s.build.context, s.build.dockerfile)
+        )
+        files += [("build", None, context)]
+        where = _resolve(base_dir, context)
+        dockerfile_path = os.path.realpath(where / dockerfile)  # docker-py reads it: a path
+        if not dockerfile_path.startswith(os.path.realpath(where).rstrip("/") + "/"):
+            files += [("build", None, dockerfile_path)]  # absolute, or ../ out of the context
+    for key, index, source in files:
         real = os.path.realpath(_resolve(base_dir, source))
         if not real.startswith(home.rstrip("/") + "/"):
-            mark = doc.mark(("services", svc.name, key, i))
+            at: DataPath = ("services", svc.name, key)
+            mark = doc.mark(at, key=True) if index is None else doc.mark((*at, index))
             binds.append((real, True, key, mark.line if mark else 0))
     return replace(svc, access=HostAccess(tuple(binds), tuple(lines)))
+
+
+def _bound_device(vdef: VolumeDef | None) -> str | None:
+    """The host folder a volume's driver_opts bind-mount (`o` with bind), or None."""
+    if vdef is None or vdef.external:
+        return None
+    opts = {k.lower(): str(v) for k, v in vdef.driver_opts.items()}
+    if "bind" not in opts.get("o", "") or not opts.get("device"):
+        return None
+    return opts["device"]
 
 
 # --------------------------------------------------------------------------- problems
@@ -626,6 +666,7 @@ class _EnvFiles:
     ) -> None:
         self.values: dict[str, dict[str, str]] = {}
         self.digests: dict[str, str] = {}
+        self.base_dir = base_dir
         parsed: dict[Path, dict[str, str] | str] = {}  # the values, or why they cannot be read
         for name, svc in d.services.items():
             merged: dict[str, str] = {}
@@ -663,7 +704,11 @@ class _EnvFiles:
         text = _decode_env(content, str(path), report)
         if text is None:
             return {}
-        env = parse_env_file(text, lookup, env_first=False)
+        # A file outside the desired state's folder may be any host file (/etc/shadow): its
+        # problems name no variable (the policy judges the path only after this read).
+        home = os.path.realpath(self.base_dir).rstrip("/") + "/"
+        own = os.path.realpath(path).startswith(home)
+        env = parse_env_file(text, lookup, env_first=False, names=own)
         for line, message in env.problems:
             report.add(message, mark=Mark(line, 0), file=str(path))
         return env.values
@@ -711,11 +756,17 @@ def _project(d: DesiredStateDef, base_dir: Path, report: _Report, doc: Document)
     return project
 
 
+_JOIN_KEYS = ("network_mode", "pid", "ipc")  # `service:X` joins X's namespace (as compose)
+
+
+def _joins(svc: ServiceDef) -> list[tuple[str, str]]:
+    """(key, service) of each `service:X` namespace mode."""
+    modes = ((key, getattr(svc, key) or "") for key in _JOIN_KEYS)
+    return [(k, mode.removeprefix("service:")) for k, mode in modes if mode.startswith("service:")]
+
+
 def _depends(svc: ServiceDef) -> list[str]:
-    deps = list(svc.depends_on)
-    if svc.network_mode and svc.network_mode.startswith("service:"):
-        deps.append(svc.network_mode.removeprefix("service:"))
-    return deps
+    return list(dict.fromkeys([*svc.depends_on, *(owner for _, owner in _joins(svc))]))
 
 
 def _check(d: DesiredStateDef, project: str, *, single_host: bool = True) -> Iterable[Issue]:
@@ -747,15 +798,14 @@ def _check(d: DesiredStateDef, project: str, *, single_host: bool = True) -> Ite
             if dep not in d.services:
                 where = (*at, "depends_on", i if isinstance(svc.depends_on, list) else dep)
                 yield Issue((*at, "depends_on"), f"unknown service {dep!r}", where)
-        mode = svc.network_mode or ""
-        owner = mode.removeprefix("service:")
-        if mode.startswith("service:") and owner not in d.services:
-            yield Issue((*at, "network_mode"), f"unknown service {owner!r}")
+        for key, owner in _joins(svc):
+            target = d.services.get(owner)
+            if target is None:
+                yield Issue((*at, key), f"unknown service {owner!r}")
+            elif target.replica_count < 1 or target.state != "running":
+                yield Issue((*at, key), f"service {owner!r} must run at least one replica")
         if svc.network_mode and svc.networks:
             yield Issue((*at, "network_mode"), "cannot be combined with networks")
-        target = d.services.get(owner) if mode.startswith("service:") else None
-        if target is not None and (target.replica_count < 1 or target.state != "running"):
-            yield Issue((*at, "network_mode"), f"service {owner!r} must run at least one replica")
         for i, net in enumerate(svc.networks):
             if net not in d.networks and net != "default":  # compose's, made if not declared
                 where = (*at, "networks", i if isinstance(svc.networks, list) else net)
@@ -1410,11 +1460,10 @@ class _Renderer:
                 attachments.append(
                     NetworkAttachment(self.network_name(net), tuple(dict.fromkeys([name, *extra])))
                 )
-        network_mode = s.network_mode
-        if network_mode and network_mode.startswith("service:"):
-            target = network_mode.removeprefix("service:")
+        modes = {"network_mode": s.network_mode, "pid": s.pid, "ipc": s.ipc}
+        for key, target in _joins(s):  # as compose: X's first replica
             t = self.d.services[target]
-            network_mode = f"container:{t.container_name or f'{self.project}-{target}-1'}"
+            modes[key] = f"container:{t.container_name or f'{self.project}-{target}-1'}"
         hc = None
         if s.healthcheck and not s.healthcheck.disable:
             test = s.healthcheck.test
@@ -1454,11 +1503,11 @@ class _Renderer:
             stop_signal=s.stop_signal,
             stop_grace_s=s.stop_grace_period,  # fractional seconds kept: 400ms is 0.4
             init=s.init,
-            network_mode=network_mode,
-            pid=s.pid,
+            network_mode=modes["network_mode"],
+            pid=modes["pid"],
             privileged=s.privileged,
             devices=tuple(s.devices),
-            ipc=s.ipc,
+            ipc=modes["ipc"],
             uts=s.uts,
             userns_mode=s.userns_mode,
             security_opt=tuple(s.security_opt),

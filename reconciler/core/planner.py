@@ -181,7 +181,7 @@ def _ordered(
             after |= connects.get(action.name, set())
         # Creating needs no running dependency (unless it joins one's network namespace):
         # only starts wait for depends_on, so every create can run at once.
-        early = isinstance(action, CreateContainer) and not _namespace_owner(action.spec)
+        early = isinstance(action, CreateContainer) and not _joined_owner(action.spec)
         if isinstance(action, CreateContainer | StartContainer | UnpauseContainer) and not early:
             after |= deps
         steps.append(Step(action, frozenset(after)))
@@ -199,7 +199,7 @@ def _gate_on_dependencies(
 
     def gated(action: Action) -> bool:
         return isinstance(action, StartContainer | UnpauseContainer) or (
-            isinstance(action, CreateContainer) and _namespace_owner(action.spec) is not None
+            isinstance(action, CreateContainer) and _joined_owner(action.spec) is not None
         )
 
     stops = set().union(*(after for action, after in local if gated(action)))
@@ -561,6 +561,14 @@ def _namespace_owner(spec: ContainerSpec) -> str | None:
     return mode.removeprefix("container:") if mode.startswith("container:") else None
 
 
+def _joined_owner(spec: ContainerSpec) -> str | None:
+    """The container whose network, pid or ipc namespace `spec` joins (created first)."""
+    for mode in (spec.network_mode, spec.pid, spec.ipc):
+        if mode and mode.startswith("container:"):
+            return mode.removeprefix("container:")
+    return None
+
+
 def _infra_deps(spec: ContainerSpec, infra_keys: set[str]) -> set[str]:
     keys = {f"network:{a.network}" for a in spec.networks} | {f"volume:{v}" for v in spec.volumes}
     return keys & infra_keys
@@ -595,11 +603,15 @@ def _claim_names(
             out.append(step)
             continue
         holder = holders.get(name)
-        owner = _namespace_owner(action.spec) if isinstance(action, CreateContainer) else None
-        if owner is not None and not (
-            owner in claimed or (owner in holders and owner not in freed)
+        spec = action.spec if isinstance(action, CreateContainer) else None
+        owner = _joined_owner(spec) if spec is not None else None
+        if (
+            spec is not None
+            and owner is not None
+            and not (owner in claimed or (owner in holders and owner not in freed))
         ):
-            held[step.key] = f"waits for {owner}, whose network namespace it joins"
+            kind = "network namespace" if owner == _namespace_owner(spec) else "namespace"
+            held[step.key] = f"waits for {owner}, whose {kind} it joins"
         elif name in claimed:
             held[step.key] = f"name {name} is wanted by {claimed[name]} too"
         elif holder is not None and name not in freed:

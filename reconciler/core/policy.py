@@ -61,6 +61,8 @@ _HOST_MODES = (
     ("userns_mode", "host_userns"),
     ("network_mode", "host_network"),
 )
+# Namespaces a service may join from another container (`service:X`): judged through X.
+_JOINABLE = (("network_mode", "host_network"), ("pid", "host_pid"), ("ipc", "host_ipc"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,11 +154,37 @@ def protected(path: str) -> str | None:
     return None
 
 
+def joined(desired: DesiredState, policy: Policy = DEFAULT) -> tuple[Denial, ...]:
+    """Services that join another project container's namespace (`service:X`, translated to
+    `container:NAME`) which is, through any chain of such joins, the host's: they need the
+    same allowance as a service asking for `host` itself."""
+    owner = {c.name: (svc.name, c) for svc in desired.services for c in svc.replicas}
+    out: list[Denial] = []
+    for svc in desired.services:
+        if not svc.replicas:
+            continue
+        for key, rule in _JOINABLE:
+            mode: str = getattr(svc.replicas[0], key) or ""
+            via: list[str] = []
+            while mode.startswith("container:") and mode.removeprefix("container:") in owner:
+                name, spec = owner[mode.removeprefix("container:")]
+                if name in via or name == svc.name:
+                    break  # a cycle: Docker refuses it at create
+                via.append(name)
+                mode = getattr(spec, key) or ""
+            if via and mode == "host" and not _allowed(policy, rule, svc.name, "", True):
+                chain = " -> ".join(via)
+                detail = f"{key}: service:{via[0]} (through {chain}: the host's namespace)"
+                out.append(Denial(svc.name, rule, key, svc.access.line(key), detail))
+    return tuple(out)
+
+
 def enforce(
     desired: DesiredState, policy: Policy = DEFAULT
 ) -> tuple[DesiredState, tuple[Denial, ...]]:
     """`desired` with its denied services marked, and every denial (in file order)."""
     found = tuple(d for svc in desired.services for d in denials(svc, policy))
+    found += joined(desired, policy)
     found = tuple(sorted(found, key=lambda d: (d.line == 0, d.line)))
     return replace(desired, denied=frozenset(d.service for d in found)), found
 

@@ -98,7 +98,8 @@ def plan_takeover(
     desired: DesiredState, observed: Observed, others: tuple[ForeignContainer, ...]
 ) -> Plan:
     """Replace the compose project's containers (those labelled with this project's name)
-    by ours, service by service; compose's of services not in the file are left alone."""
+    by ours, service by service; compose's of services not in the file, or denied by the host
+    policy (`desired.denied`: ours would not be created), are left alone."""
     notes: list[str] = []
     steps: list[Step] = [*_networks(desired, observed, notes), *_volumes(desired, observed, notes)]
     infra = frozenset(s.key for s in steps)
@@ -107,6 +108,8 @@ def plan_takeover(
     ours = {c.name for c in observed.containers}
     started: dict[str, frozenset[str]] = {}  # service -> keys of its starts
     for svc in desired.services:
+        if svc.name in desired.denied:
+            continue
         theirs = sorted((c for c in compose if c.compose_service == svc.name), key=lambda c: c.name)
         if not theirs:
             continue
@@ -159,5 +162,11 @@ def plan_takeover(
     if left:
         notes.append(
             f"compose containers of services not in the file, left alone: {', '.join(left)}"
+        )
+    denied = sorted(c.name for c in compose if c.compose_service in desired.denied)
+    if denied:
+        notes.append(
+            "compose containers of services the host policy denies, left alone: "
+            + ", ".join(denied)
         )
     return Plan(steps=tuple(steps), notes=tuple(notes))

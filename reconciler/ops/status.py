@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +77,12 @@ def render_status(
     engine: Engine,
     status_file: Path | None = None,
     store: Any = None,
+    denied: Mapping[str, str] | None = None,
 ) -> str:
     """service, desired, running, healthy, restarts, image, rollout — plus a line per broken
-    replica. `store` (a StateStore) gives each service's rollout record."""
+    replica. `store` (a StateStore) gives each service's rollout record; `denied` the rules
+    the host policy denies a service by (it is not created: `denied (<rule>)`)."""
+    denied = denied or {}
     observed = engine.observe(desired.project)
     live = {c.name: c for c in observed.containers}
     loops = read_crashloops(status_file) if status_file else {}
@@ -95,7 +99,8 @@ def render_status(
         for spec in svc.replicas:
             c = live.get(spec.name)
             if c is None:
-                problems.append(f"  {spec.name}: missing")
+                if svc.name not in denied:
+                    problems.append(f"  {spec.name}: missing")
                 continue
             info = engine.inspect(c.id) or {}
             restarts += int(info.get("RestartCount") or 0)
@@ -124,7 +129,9 @@ def render_status(
                 str(healthy),
                 str(restarts),
                 svc.image,
-                rollout_state(pinned[svc.name], record, observed.containers),
+                f"denied ({denied[svc.name]})"
+                if svc.name in denied
+                else rollout_state(pinned[svc.name], record, observed.containers),
             )
         )
         if im.follows(svc):
