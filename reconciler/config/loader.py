@@ -301,8 +301,8 @@ def _with_access(
         ("configs", i, c.source) for i, c in enumerate(s.configs)
     ]
     files += [("secrets", i, d.secrets[_secret_ref(r)[0]].file) for i, r in enumerate(s.secrets)]
-    env_files = [s.env_file] if isinstance(s.env_file, str) else s.env_file
-    single = isinstance(s.env_file, str)
+    single = not isinstance(s.env_file, list)  # one file, short or long form
+    env_files = s.env_file if isinstance(s.env_file, list) else [s.env_file]
     files += [
         ("env_file", None if single else i, e if isinstance(e, str) else e.path)
         for i, e in enumerate(env_files)
