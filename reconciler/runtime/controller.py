@@ -56,6 +56,9 @@ log = structlog.get_logger("reconciler")
 RESYNC = "resync"
 DEPENDENCY_RECHECK_S = 1.0
 VERIFY_AFTER_FAST_HEAL_S = 0.5
+# Replicas started at once after a mass failure (Docker restarts all of its own at once;
+# a start is mostly waiting on the engine, so a thread each costs little).
+HEAL_POOL = 64
 HEALTH_RECHECK_S = 1.0
 
 
@@ -65,6 +68,22 @@ def service_key(name: str) -> str:
 
 def image_key(name: str) -> str:
     return f"image:{name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """What Docker's `die` event says of a replica: name, spec-hash label, exit code, when."""
+
+    name: str
+    spec_hash: str
+    exit_code: int | None
+    at: float
+
+    @classmethod
+    def of(cls, attrs: Mapping[str, str], at: float) -> Exit:
+        code = attrs.get("exitCode", "")
+        exit_code = int(code) if code.lstrip("-").isdigit() else None
+        return cls(attrs.get("name", ""), attrs.get(LABEL_SPEC_HASH, ""), exit_code, at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,13 +140,15 @@ class Controller:
         self._started: dict[str, dict[str, float]] = {}
         self._images_ready: dict[str, EnsureImage] = {}  # service -> image made present
         self._images_wanted: dict[str, EnsureImage] = {}
-        self._hints: dict[str, set[str]] = {}  # service -> ids of replicas that just died
+        # service -> replicas that just died (id -> what the event said)
+        self._hints: dict[str, dict[str, Exit | None]] = {}
+        self._run_starts: dict[str, float] = {}  # container id -> its last `start` event
         # Fast heals run beside their service's key (each its own container, each a start
         # of a replica on its current spec); the service's full reconcile waits for them.
         self._healing: dict[str, set[str]] = {}  # service -> ids being started
         self._deferred: set[str] = set()  # services whose reconcile waited for fast heals
         self._book_locks: dict[str, threading.Lock] = {}
-        self._heal_pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="heal")
+        self._heal_pool = ThreadPoolExecutor(max_workers=HEAL_POOL, thread_name_prefix="heal")
         self._quiet: set[str] = set()  # services whose last reconcile found nothing to do
         self._known: set[str] = set()  # container names seen: a create is then a heal
         self._known_volumes: set[str] = set()
@@ -138,11 +159,22 @@ class Controller:
 
     # ------------------------------------------------------------------ entry points
 
-    def hint_died(self, service: str, container_id: str) -> None:
+    def hint_died(self, service: str, container_id: str, exit: Exit | None = None) -> None:
         """A replica died (Docker event): the next reconcile of its service may start it
         straight away, without a full observe, if nothing else is pending for the service."""
         with self._lock:
-            self._hints.setdefault(service, set()).add(container_id)
+            self._hints.setdefault(service, {})[container_id] = exit
+
+    def note_started(self, container_id: str, at: float) -> None:
+        """A container of the project started (Docker event): with the time of its `die`,
+        its last run is known without an inspect."""
+        with self._lock:
+            self._run_starts[container_id] = at
+
+    def forget(self, container_id: str) -> None:
+        """A container of the project was removed."""
+        with self._lock:
+            self._run_starts.pop(container_id, None)
 
     def close(self) -> None:
         """Fast heals not started yet are dropped (the daemon is stopping)."""
@@ -238,7 +270,7 @@ class Controller:
         desired = self.desired
         svc = next((self._pinned(s) for s in desired.services if s.name == name), None)
         with self._lock:
-            hints = self._hints.pop(name, set())
+            hints = self._hints.pop(name, {})
             healing = self._healing.setdefault(name, set())
             if name in desired.denied:  # the host policy denies it (reported at load)
                 return Outcome()
@@ -246,9 +278,9 @@ class Controller:
                 # Replicas died and nothing else is pending: each is started on one inspect,
                 # in parallel and without waiting for the others (a mass failure comes back
                 # as fast as Docker brings back its own).
-                for cid in sorted(hints - healing):
+                for cid in sorted(hints.keys() - healing):
                     healing.add(cid)
-                    self._heal_pool.submit(self._fast_heal_job, desired, svc, cid)
+                    self._heal_pool.submit(self._fast_heal_job, desired, svc, cid, hints[cid])
                 return Outcome(busy=True)
             if healing:  # the full reconcile waits for the fast heals under way
                 self._deferred.add(name)
@@ -352,12 +384,14 @@ class Controller:
         actions = sum(1 for r in results if r.outcome != "waiting")
         return Outcome(delay, busy, errors, actions)
 
-    def _fast_heal_job(self, desired: DesiredState, svc: ServiceSpec, cid: str) -> None:
+    def _fast_heal_job(
+        self, desired: DesiredState, svc: ServiceSpec, cid: str, exit: Exit | None
+    ) -> None:
         """A fast heal on the heal pool; then its service is looked at again (at once when
         it was not plainly ours to start, or its reconcile waited for it)."""
         started = False
         try:
-            started = not self.cancelled() and self._fast_heal(desired, svc, cid)
+            started = not self.cancelled() and self._fast_heal(svc, cid, exit)
         except Exception as exc:  # an engine fault: the full reconcile takes over
             log.warning("fast heal failed", service=svc.name, container=cid[:12], error=str(exc))
         with self._lock:
@@ -371,22 +405,29 @@ class Controller:
         now = not started or waited
         self.enqueue(service_key(svc.name), 0.0 if now else VERIFY_AFTER_FAST_HEAL_S)
 
-    def _fast_heal(self, desired: DesiredState, svc: ServiceSpec, cid: str) -> bool:
-        """Start a replica that just died, on one inspect, when it is plainly ours to start:
-        its spec is current, no back-off holds it, Docker's restart policy will not."""
-        info = self.engine.inspect(cid)
-        if info is None:
-            return False
-        name = str(info.get("Name", "")).lstrip("/")
-        state = info.get("State") or {}
-        labels = (info.get("Config") or {}).get("Labels") or {}
+    def _fast_heal(self, svc: ServiceSpec, cid: str, exit: Exit | None) -> bool:
+        """Start a replica that just died when it is plainly ours to start: its spec is
+        current, no back-off holds it, Docker's restart policy will not. Its last run comes
+        from the events (its `start`, then this `die`), else from one inspect."""
+        with self._lock:
+            began = self._run_starts.get(cid)
+        if exit is not None and began is not None and began <= exit.at:
+            name, spec_hash, status = exit.name, exit.spec_hash, "exited"
+            run: LastRun | None = LastRun(began, exit.at, exit.exit_code)
+        else:
+            info = self.engine.inspect(cid)
+            if info is None:
+                return False
+            name = str(info.get("Name", "")).lstrip("/")
+            status = (info.get("State") or {}).get("Status", "")
+            spec_hash = ((info.get("Config") or {}).get("Labels") or {}).get(LABEL_SPEC_HASH, "")
+            run = self.engine.last_run_of(info)
         spec = next((c for c in svc.replicas if c.name == name), None)
-        run = self.engine.last_run_of(info)
         if (
             spec is None
             or svc.state != "running"
-            or state.get("Status") != "exited"
-            or labels.get(LABEL_SPEC_HASH) != spec.spec_hash
+            or status != "exited"
+            or spec_hash != spec.spec_hash
             or run is None
             or docker_will_restart(spec.restart, run)
             or (svc.job and run.exit_code == 0)  # a job that completed: done

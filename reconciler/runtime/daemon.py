@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
 import structlog
@@ -32,7 +33,7 @@ from reconciler.ops.http import serve
 from reconciler.ops.lock import ProjectLock, status_path
 from reconciler.ops.metrics import Metrics
 from reconciler.ops.notify import Notifier, watchdog_interval
-from reconciler.runtime.controller import RESYNC, Controller, Outcome, service_key
+from reconciler.runtime.controller import RESYNC, Controller, Exit, Outcome, service_key
 from reconciler.runtime.image_ledger import ImageLedger
 from reconciler.runtime.signals import SignalRelay
 from reconciler.runtime.state_store import StateStore
@@ -274,9 +275,18 @@ class Daemon:
             self._write_status()
             self.notifier.send("READY=1", f"STATUS={self._status_line()}")
 
-    def _on_container_event(self, service: str, action: str, container_id: str) -> None:
+    def _on_container_event(
+        self, service: str, action: str, container_id: str, event: dict[str, Any]
+    ) -> None:
+        at = event.get("timeNano", 0) / 1e9 or time.time()
+        if action == "start":
+            self.controller.note_started(container_id, at)
+            return
+        if action == "destroy":
+            self.controller.forget(container_id)
         if action == "die":
-            self.controller.hint_died(service, container_id)
+            attrs = (event.get("Actor") or {}).get("Attributes") or {}
+            self.controller.hint_died(service, container_id, Exit.of(attrs, at))
         self.enqueue(service_key(service), 0.0, "event")
         # Docker's container list can lag its own events (a `die` or `pause` still shows
         # "running" for up to ~0.2 s): look once more a moment later.

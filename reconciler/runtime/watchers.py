@@ -20,6 +20,7 @@ from reconciler.core.model import LABEL_MANAGED, LABEL_PROJECT, LABEL_SERVICE, D
 log = structlog.get_logger("reconciler")
 
 CONTAINER_EVENTS = (
+    "start",  # not news (a reconcile, or Docker, started it): its time is noted, no more
     "die",
     "stop",
     "kill",
@@ -40,7 +41,7 @@ class EventWatcher:
         api: docker.APIClient,
         desired: Callable[[], DesiredState],
         *,
-        on_container: Callable[[str, str, str], None],  # service, action, container id
+        on_container: Callable[[str, str, str, dict[str, Any]], None],  # service, action, id, event
         on_other: Callable[[], None],  # a network or volume of ours changed; or reconnected
         on_event: Callable[[], None] = lambda: None,
         stop: threading.Event,
@@ -109,7 +110,8 @@ class EventWatcher:
                 and attrs.get(LABEL_MANAGED) == "true"
                 and action in CONTAINER_EVENTS
             ):
-                self.on_container(attrs.get(LABEL_SERVICE, ""), action, actor.get("ID", ""))
+                service = attrs.get(LABEL_SERVICE, "")
+                self.on_container(service, action, actor.get("ID", ""), event)
         elif (
             kind == "network"
             and action in NETWORK_EVENTS
