@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
-from reconciler.config import secrets
+from reconciler.config import secrets, tree
 from reconciler.config.interpolation import (
     SECRET_NAME,
     InterpolationError,
@@ -1060,10 +1060,10 @@ def _mount(vol: str | VolumeMountDef) -> _Mount | None:
 def tree_digest(path: Path) -> str:
     """sha256 over a file's bytes, or over every file (name and bytes) under a folder."""
     if not path.is_dir():
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return hashlib.sha256(tree.read_file(path)).hexdigest()
     h = hashlib.sha256()
-    for item in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(str(item.relative_to(path)).encode() + b"\0" + item.read_bytes() + b"\0")
+    for item, data in tree.read_tree(path):
+        h.update(str(item.relative_to(path)).encode() + b"\0" + data + b"\0")
     return h.hexdigest()
 
 
@@ -1315,6 +1315,9 @@ class _Renderer:
             try:
                 digest = tree_digest(path)
                 self.config_digests[str(path)] = digest
+            except tree.TreeError as exc:
+                self.problems.append(Issue(("services", name, "configs", i, "source"), str(exc)))
+                continue
             except OSError as exc:
                 self.problems.append(
                     Issue(
