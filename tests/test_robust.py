@@ -4,13 +4,20 @@ trees, out-of-range values), without an engine."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
+import docker
 import pytest
 
 from reconciler.config import loader, strict_modes, tree
+from reconciler.config.schema import parse_pull_policy
 from reconciler.errors import DesiredStateError
+from reconciler.runtime.daemon import Daemon, Options
 from reconciler.runtime.watchers import stamps
+from reconciler.runtime.workqueue import WorkQueue
 
 HEAD = "version: 1\nproject: rob\nservices:\n  web:\n    image: busybox\n"
 
@@ -96,3 +103,75 @@ def test_walk_enters_a_folder_once_however_reached(tmp_path: Path) -> None:
     (tmp_path / "a" / "again").symlink_to(tmp_path / "a" / "b")
     names = [p.name for p, _ in tree.walk(tmp_path, follow=True)]
     assert sorted(names) == ["a", "again", "b", "loop"]
+
+
+# --------------------------------------------------------------------------- supervision
+
+
+def test_a_huge_delay_does_not_kill_the_worker_waiting() -> None:
+    """every_99999999999h once overflowed the queue's timed wait (time_t) in `get`, killing
+    every image worker; delays are clamped now."""
+    q = WorkQueue()
+    q.add_after("far", 99999999999 * 3600.0)
+    got: list[str] = []
+    worker = threading.Thread(target=lambda: got.append(q.get()), daemon=True)
+    worker.start()
+    time.sleep(0.2)  # let it wait on the far key
+    q.add("near")
+    worker.join(30)
+    assert got == ["near"]
+    assert q.pending() == {"near", "far"}
+    q.add_after("nan", float("nan"))  # not a delay: now
+    q.done("near")
+    assert q.get() == "nan"
+
+
+def test_pull_every_is_bounded_and_days_are_explained() -> None:
+    with pytest.raises(ValueError, match="between 1s and 8760h"):
+        parse_pull_policy("every_99999999999h")
+    with pytest.raises(ValueError, match="write days in hours"):
+        parse_pull_policy("every_1d")
+    assert parse_pull_policy("every_8760h") == ("missing", 365 * 86400.0)
+
+
+def test_reload_thread_survives_an_unexpected_error(tmp_path: Path, monkeypatch: Any) -> None:
+    """An exception in a reload (it was a RecursionError) is a failed reload: the last good
+    state stays, /readyz says invalid, the metric is 0, and the next reload is served."""
+    f = tmp_path / "d.yaml"
+    f.write_text(HEAD)
+    desired = loader.load(f)
+    options = Options(path=f, state_dir=tmp_path, lock_dir=tmp_path, settle=0.01)
+    d = Daemon(
+        options, desired, docker.APIClient(base_url="unix:///nonexistent.sock", version="1.41")
+    )
+    real_load = d._load
+
+    def boom() -> Any:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(d, "_load", boom)
+    thread = threading.Thread(target=d._reloader, daemon=True)
+    thread.start()
+    try:
+        d.signals.reload.set()
+        _wait(lambda: d._last_reload is not None)
+        assert d._last_reload is not None and d._last_reload["result"] == "error"
+        assert "RecursionError" in str(d._last_reload["error"])
+        assert d.readyz() == (False, "docker engine unreachable; desired state invalid")
+        assert d.metrics.state_valid._value.get() == 0
+        assert d.desired.digest == desired.digest
+        monkeypatch.setattr(d, "_load", real_load)
+        f.write_text(HEAD.replace("busybox", "busybox:1"))
+        d.signals.reload.set()
+        _wait(lambda: d.desired.digest != desired.digest)
+        assert thread.is_alive() and d._state_valid
+    finally:
+        d.signals.stop.set()
+        thread.join(10)
+
+
+def _wait(cond: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
