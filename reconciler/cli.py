@@ -41,9 +41,12 @@ def _listen(text: str) -> tuple[str, int] | None:
         return None
     host, _, port = text.rpartition(":")
     try:
-        return (host.strip("[]") or "127.0.0.1", int(port))
+        number = int(port)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}") from None
+    if not 1 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"port {number} in {text!r} is not in 1..65535")
+    return (host.strip("[]") or "127.0.0.1", number)
 
 
 def build_parser() -> argparse.ArgumentParser:

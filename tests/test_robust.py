@@ -14,10 +14,12 @@ import pytest
 
 from reconciler.config import loader, strict_modes, tree
 from reconciler.config.schema import parse_pull_policy
-from reconciler.errors import DesiredStateError
+from reconciler.errors import DesiredStateError, LockHeld
+from reconciler.ops.lock import ProjectLock
 from reconciler.runtime.daemon import Daemon, Options
 from reconciler.runtime.watchers import stamps
 from reconciler.runtime.workqueue import WorkQueue
+from tests.conftest import run_cli
 
 HEAD = "version: 1\nproject: rob\nservices:\n  web:\n    image: busybox\n"
 
@@ -175,3 +177,27 @@ def _wait(cond: Any, timeout: float = 30.0) -> None:
     while not cond():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- CLI options
+
+
+def test_lock_dir_is_created_or_a_clear_error(tmp_path: Path) -> None:
+    lock = ProjectLock("rob", tmp_path / "new" / "locks")
+    lock.acquire()
+    try:
+        assert lock.path.exists()
+    finally:
+        lock.release()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(LockHeld, match=r"cannot take the project lock .*file/x.*--lock-dir"):
+        ProjectLock("rob", tmp_path / "file" / "x").acquire()
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:99999", "127.0.0.1:0", "127.0.0.1:-1"])
+def test_listen_port_out_of_range_is_a_usage_error(tmp_path: Path, listen: str) -> None:
+    f = tmp_path / "d.yaml"
+    f.write_text(HEAD)
+    done = run_cli("run", str(f), "--listen", listen)
+    assert done.returncode == 2
+    assert "not in 1..65535" in done.stderr and "Traceback" not in done.stderr
