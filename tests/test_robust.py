@@ -201,3 +201,37 @@ def test_listen_port_out_of_range_is_a_usage_error(tmp_path: Path, listen: str) 
     done = run_cli("run", str(f), "--listen", listen)
     assert done.returncode == 2
     assert "not in 1..65535" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("volumes", "where"),
+    [
+        ("  v: {}\n", "d.yaml:7:6: volumes.v:"),
+        ("  data: {name: x}\n", "d.yaml:7:16: volumes.data.name:"),
+        ("  v:\n", "volumes.v:"),
+    ],
+)
+def test_volume_name_docker_refuses_is_refused_at_its_line(
+    tmp_path: Path, volumes: str, where: str
+) -> None:
+    """Docker wants 2+ characters ("volume name is too short"): said by validate, at the line."""
+    f = tmp_path / "d.yaml"
+    f.write_text(HEAD + "volumes:\n" + volumes)
+    message = _error(f)
+    assert "is not a valid volume name: two or more" in message and where in message
+
+
+@pytest.mark.parametrize("written", ["0o1777", "1777", "'01777'", "01777"])
+def test_tmpfs_mode_is_octal_as_written(tmp_path: Path, written: str) -> None:
+    """`mode: 0o1777` (YAML's 1023), `1777` and `"01777"` are one mode, given Docker in octal."""
+    text = HEAD + f"    volumes: [{{type: tmpfs, target: /t, tmpfs: {{mode: {written}}}}}]\n"
+    d = loader.parse(text, source="d.yaml", base_dir=tmp_path, environ={})
+    assert d.service("web").replicas[0].options.tmpfs == (("/t", "mode=1777"),)
+
+
+@pytest.mark.parametrize("written", ["0o17777", "1789", "rwx", "true"])
+def test_tmpfs_mode_not_octal_is_refused(tmp_path: Path, written: str) -> None:
+    f = tmp_path / "d.yaml"
+    f.write_text(HEAD + f"    volumes: [{{type: tmpfs, target: /t, tmpfs: {{mode: {written}}}}}]\n")
+    message = _error(f)
+    assert "d.yaml:6:15: services.web.volumes[0]" in message and "must be an octal mode" in message

@@ -163,6 +163,24 @@ def _cpus(value: Any) -> Any:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Bytes = Annotated[int, BeforeValidator(parse_bytes)]
 Int = Annotated[int, BeforeValidator(_integer)]
+
+
+def _file_mode(value: Any) -> Any:
+    """A mode in octal, as Docker and chmod read it: `1777`, `0o1777` or `01777` (the loader
+    hands the text as written; a number's decimal digits are read as octal digits)."""
+    if isinstance(value, bool):
+        raise ValueError("must be an octal mode such as 1777 or 0o1777")
+    text = str(value).strip().lower().removeprefix("0o")
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise ValueError("must be an octal mode such as 1777 or 0o1777") from None
+    if not 0 <= mode <= 0o7777:
+        raise ValueError("must be an octal mode between 0 and 7777")
+    return mode
+
+
+FileMode = Annotated[int, BeforeValidator(_file_mode)]
 Bool = Annotated[bool, BeforeValidator(_boolean)]
 Number = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
 Scalar = str | int | float | bool
@@ -238,7 +256,7 @@ class DependsOnDef(_Model):
 
 class TmpfsMountDef(_Model):
     size: Bytes | None = None
-    mode: Int | None = None  # octal digits as written: 1777
+    mode: FileMode | None = None  # octal, as written: 1777 or 0o1777 (the value: 0o1777)
 
 
 class VolumeMountDef(_Model):
