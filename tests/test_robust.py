@@ -235,3 +235,29 @@ def test_tmpfs_mode_not_octal_is_refused(tmp_path: Path, written: str) -> None:
     f.write_text(HEAD + f"    volumes: [{{type: tmpfs, target: /t, tmpfs: {{mode: {written}}}}}]\n")
     message = _error(f)
     assert "d.yaml:6:15: services.web.volumes[0]" in message and "must be an octal mode" in message
+
+
+# --------------------------------------------------------------------------- planner
+
+
+@pytest.mark.parametrize("network", ["host", "none"])
+def test_scale_down_of_host_or_none_network_replica_stops_without_drain(network: str) -> None:
+    """network_mode host/none has no DNS to leave (Docker refuses to disconnect `host`): the
+    replica is removed with its grace at once, never drained."""
+    from dataclasses import replace as _replace
+
+    from reconciler.core.model import Observed, RemoveContainer
+    from reconciler.core.planner import Holds, plan
+    from tests.simulator import simulate
+
+    def state(replicas: int) -> Any:
+        text = HEAD.replace("busybox\n", f"busybox\n    network_mode: {network}\n")
+        text += f"    replicas: {replicas}\n    drain_period: 5s\n"
+        return loader.parse(text, source="d.yaml", base_dir=Path("/srv"), environ={})
+
+    live = simulate(Observed(), plan(state(2), Observed()))
+    live = _replace(
+        live, containers=tuple(_replace(c, networks=frozenset({network})) for c in live.containers)
+    )
+    result = plan(state(1), live, Holds(now=100.0))
+    assert [type(a) for a in result.actions] == [RemoveContainer], result.actions

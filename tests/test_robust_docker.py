@@ -38,3 +38,38 @@ def test_tmpfs_mode_is_octal_in_docker(
     assert tmpfs == {"/t": "size=1048576,mode=1777", "/u": "mode=1777"}
     exec_id = api.exec_create(name, ["stat", "-c", "%a", "/t", "/u"])["Id"]
     assert api.exec_start(exec_id).decode().split() == ["1777", "1777"]
+
+
+@pytest.mark.docker
+def test_scale_down_of_network_mode_host_converges(
+    api: docker.APIClient, busybox_image: str, project: str, tmp_path: Path
+) -> None:
+    """replicas 2 -> 1 with network_mode host: no drain (Docker cannot disconnect `host`),
+    the replica is stopped with its grace and removed; apply converges (exit 0)."""
+    from reconciler.core.model import DrainContainer
+    from reconciler.engine.docker_engine import Engine
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nallow:\n  - {rule: host_network, services: [h]}\n")
+    h = {
+        "image": busybox_image,
+        "command": ["sleep", "600"],
+        "network_mode": "host",
+        "drain_period": "2s",
+        "stop_grace_period": "1s",
+    }
+    path = tmp_path / "d.yaml"
+    flags = ("--policy", str(policy), "--lock-dir", str(tmp_path), "--timeout", "60")
+    _write(path, project, {"h": {**h, "replicas": 2}})
+    done = run_cli("apply", str(path), *flags)
+    assert done.returncode == 0, done.stdout + done.stderr
+    second = api.inspect_container(f"{project}-h-2")
+    assert list(second["NetworkSettings"]["Networks"]) == ["host"]
+    # The engine itself: a drain of a host-network container is nothing to do.
+    Engine(api).execute(DrainContainer(second["Id"], f"{project}-h-2", "h", ("host",), "t"))
+    _write(path, project, {"h": {**h, "replicas": 1}})
+    done = run_cli("apply", str(path), *flags)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "cannot be disconnected" not in done.stdout + done.stderr
+    names = [c["Names"][0] for c in api.containers(all=True, filters={"name": f"{project}-h-"})]
+    assert names == [f"/{project}-h-1"]

@@ -530,13 +530,16 @@ def _rejoin(spec: ContainerSpec, c: ObservedContainer, reason: str) -> list[Conn
 def _drain(
     c: ObservedContainer, drain_s: float, reason: str, p: _Pass
 ) -> tuple[list[_Local], bool]:
-    """Steps that take `c` out of DNS, and whether its drain period is over (stop it now)."""
-    if c.state != "running" or not c.networks or drain_s <= 0:
+    """Steps that take `c` out of DNS, and whether its drain period is over (stop it now).
+    Only user-defined networks have DNS to leave: network_mode host or none (Docker's
+    `host`/`none` networks, which cannot be left) and container:X go to a graceful stop."""
+    dns = c.networks - NO_DNS_NETWORKS
+    if c.state != "running" or not dns or drain_s <= 0:
         return [], True
     until = p.holds.drained.get(c.id)
     if until is None:
         p.wake(p.holds.now + drain_s)
-        drain = DrainContainer(c.id, c.name, c.service, tuple(sorted(c.networks)), reason)
+        drain = DrainContainer(c.id, c.name, c.service, tuple(sorted(dns)), reason)
         return [(drain, _NO)], False
     if p.holds.now < until:
         p.wake(until)
@@ -550,6 +553,7 @@ def _grace(spec: ContainerSpec) -> float | None:
 
 
 _NO: frozenset[str] = frozenset()
+NO_DNS_NETWORKS = frozenset({"host", "none"})  # Docker's own: no aliases, never left
 
 
 def _keys(*actions: Action) -> frozenset[str]:

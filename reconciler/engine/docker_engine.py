@@ -321,6 +321,8 @@ class Engine:
                 # DNS stops naming this replica while it finishes what it serves.
                 with docker_errors(f"drain {name}"):
                     for net in networks:
+                        if net in ("host", "none"):  # Docker's own: nothing to drain
+                            continue
                         self._disconnect(cid, net)
                         self._call("network_connect")
                         api.connect_container_to_network(cid, net, aliases=[])
@@ -353,8 +355,11 @@ class Engine:
         try:
             self.api.disconnect_container_from_network(cid, network)
         except docker.errors.APIError as exc:
-            if exc.status_code not in (403, 404):  # not attached (any more): nothing to undo
-                raise
+            if exc.status_code in (403, 404):  # not attached (any more): nothing to undo
+                return
+            if "cannot be disconnected from host network" in str(exc.explanation or ""):
+                return  # network_mode host (a 400/500 by version): no DNS to leave
+            raise
 
     # ------------------------------------------------------------------- images
 
