@@ -261,3 +261,20 @@ def test_scale_down_of_host_or_none_network_replica_stops_without_drain(network:
     )
     result = plan(state(1), live, Holds(now=100.0))
     assert [type(a) for a in result.actions] == [RemoveContainer], result.actions
+
+
+def test_namespace_owner_of_no_container_is_blocked_not_waiting() -> None:
+    """container:X of no project: joined when it exists (`outside`), blocked with an error
+    note when it does not (`absent`); a project's own owner still waits as before."""
+    from reconciler.core.model import CreateContainer, Observed
+    from reconciler.core.planner import NAMESPACE_MISSING, Holds, foreign_namespaces, plan
+
+    text = HEAD + "    network_mode: container:elsewhere\n  side:\n    image: busybox\n"
+    text += "    network_mode: service:web\n"
+    d = loader.parse(text, source="d.yaml", base_dir=Path("/srv"), environ={})
+    assert foreign_namespaces(d) == {"elsewhere"}
+    blocked = plan(d, Observed(), Holds(absent=frozenset({"elsewhere"})))
+    assert any(NAMESPACE_MISSING in n and "create:rob-web-1" in n for n in blocked.notes)
+    joined = plan(d, Observed(), Holds(outside={"elsewhere": "abc"}))
+    creates = [a.name for a in joined.actions if isinstance(a, CreateContainer)]
+    assert creates == ["rob-web-1", "rob-side-1"]

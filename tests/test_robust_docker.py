@@ -73,3 +73,35 @@ def test_scale_down_of_network_mode_host_converges(
     assert "cannot be disconnected" not in done.stdout + done.stderr
     names = [c["Names"][0] for c in api.containers(all=True, filters={"name": f"{project}-h-"})]
     assert names == [f"/{project}-h-1"]
+
+
+@pytest.mark.docker
+def test_network_mode_of_a_container_outside_the_project(
+    api: docker.APIClient, busybox_image: str, project: str, tmp_path: Path
+) -> None:
+    """`network_mode: container:X`, X no container at all: plan and apply say so and exit 1
+    (it was "in sync", exit 0, with the replica missing); X a container of no project that
+    exists: joined (only looked at), apply converges."""
+    from tests.conftest import OWNER_LABEL, TEST_LABEL
+
+    outside = f"{project}-outside"
+    w = {
+        "image": busybox_image,
+        "command": ["sleep", "600"],
+        "network_mode": f"container:{outside}",
+    }
+    path = _write(tmp_path / "d.yaml", project, {"w": w})
+    flags = ("--lock-dir", str(tmp_path), "--timeout", "30")
+    for command in (("plan", str(path)), ("apply", str(path), *flags)):
+        done = run_cli(*command)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert f"network_mode container:{outside}: no such container" in done.stdout
+        assert "in sync" not in done.stdout
+    labels = {TEST_LABEL: "1", OWNER_LABEL: project}  # the test's, not the reconciler's
+    api.create_container(busybox_image, ["sleep", "600"], name=outside, labels=labels)
+    api.start(outside)
+    done = run_cli("apply", str(path), *flags)
+    assert done.returncode == 0, done.stdout + done.stderr
+    joined = api.inspect_container(f"{project}-w-1")["HostConfig"]["NetworkMode"]
+    assert joined in (f"container:{outside}", f"container:{api.inspect_container(outside)['Id']}")
+    assert run_cli("plan", str(path)).returncode == 0

@@ -68,8 +68,11 @@ class Holds:
     drained: container id -> when its drain period ends (it has left its DNS aliases).
     rollouts: service -> its rollout (mode, update or rollback config, failures so far).
     outside: container name -> id of containers observed but left out of `observed` (other
-        services, in a per-service plan): the owners of network namespaces it joins, and
-        names it must not take.
+        services, in a per-service plan; containers of no project that a `network_mode:
+        container:X` names): the owners of network namespaces it joins, and names it must
+        not take.
+    absent: `network_mode: container:X` names that are no container of the project and of
+        which no container exists: what joins them is blocked (an error, not a wait).
     """
 
     held: Mapping[str, str] = field(default_factory=dict)
@@ -80,9 +83,18 @@ class Holds:
     drained: Mapping[str, float] = field(default_factory=dict)
     rollouts: Mapping[str, ro.Rollout] = field(default_factory=dict)
     outside: Mapping[str, str] = field(default_factory=dict)
+    absent: frozenset[str] = frozenset()
 
 
 NO_HOLDS = Holds()
+NAMESPACE_MISSING = "no such container"  # in a note: a network_mode container:X not found
+
+
+def foreign_namespaces(desired: DesiredState) -> frozenset[str]:
+    """The X of each `network_mode: container:X` that is no container of this project."""
+    ours = {c.name for s in desired.services for c in s.replicas}
+    owners = {_namespace_owner(c) for s in desired.services for c in s.replicas}
+    return frozenset(o for o in owners if o is not None and o not in ours)
 
 
 @dataclass(slots=True)
@@ -600,7 +612,11 @@ def _claim_names(
             continue
         holder = holders.get(name)
         owner = _namespace_owner(action.spec) if isinstance(action, CreateContainer) else None
-        if owner is not None and not (
+        if owner is not None and owner in holds.absent:
+            held[step.key] = (
+                f"network_mode container:{owner}: {NAMESPACE_MISSING}, of this project or another"
+            )
+        elif owner is not None and not (
             owner in claimed or (owner in holders and owner not in freed)
         ):
             held[step.key] = f"waits for {owner}, whose network namespace it joins"

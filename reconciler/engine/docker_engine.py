@@ -14,7 +14,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -197,6 +197,19 @@ class Engine:
                 all=True, filters={"label": [f"{LABEL_PROJECT}={project}", f"{LABEL_MANAGED}=true"]}
             )
         return tuple(sorted((_container(c) for c in found), key=lambda c: c.name))
+
+    def find_containers(self, names: Iterable[str]) -> dict[str, str]:
+        """Name -> id of those of `names` that exist (one inspect each; looked at, never
+        touched: a `network_mode: container:X` outside the project)."""
+        out = {}
+        for name in sorted(names):
+            with docker_errors(f"inspect container {name}"):
+                self._call("container_inspect")
+                try:
+                    out[name] = self.api.inspect_container(name)["Id"]
+                except docker.errors.NotFound:
+                    continue
+        return out
 
     def others(self, project: str) -> tuple[ForeignContainer, ...]:
         """Every container that is not this project's (one list call): who holds what."""

@@ -41,7 +41,7 @@ from reconciler.core.model import (
     Step,
     UnpauseContainer,
 )
-from reconciler.core.planner import Holds, plan
+from reconciler.core.planner import Holds, foreign_namespaces, plan
 from reconciler.engine.docker_engine import Engine
 from reconciler.errors import ActionFailed, Deferred, EngineUnavailable
 from reconciler.runtime.executor import StepResult, apply
@@ -183,6 +183,15 @@ class Controller:
                 m.last_success.set(self.clock())
         return outcome
 
+    def _namespaces(self, desired: DesiredState) -> tuple[dict[str, str], frozenset[str]]:
+        """Containers outside the project that a `network_mode: container:X` joins: those
+        that exist (name -> id), and the names of which none exists."""
+        wanted = foreign_namespaces(desired)
+        if not wanted:
+            return {}, frozenset()
+        found = self.engine.find_containers(wanted)
+        return found, wanted - set(found)
+
     # ------------------------------------------------------------------ resync
 
     def _resync(self) -> Outcome:
@@ -196,6 +205,7 @@ class Controller:
                 log.debug("note", project=desired.project, note=note)
                 self.on_note(note)
         observed = _without_project_objects(observed)  # reported above, once
+        foreign, absent = self._namespaces(desired)
         for svc in map(self._pinned, desired.services):
             if svc.name in desired.denied:
                 continue  # the host policy denies it: never created nor touched
@@ -209,6 +219,8 @@ class Controller:
                 now=now,
                 drained=dict(self._drained.get(svc.name, {})),
                 rollouts={svc.name: rollout},
+                outside=foreign,
+                absent=absent,
             )
             p = plan(_restrict(desired, target), replace(observed, containers=mine), holds)
             for note in p.notes:
@@ -271,6 +283,7 @@ class Controller:
             return self._outcome(p, results, book, now)
 
         record = ro.refresh(self.store.get(name), svc)
+        foreign, absent = self._namespaces(desired)
         target, mode = ro.target(svc, record)
         rollout = ro.rollout_for(svc, record, mode)
         sub = _restrict(desired, target)
@@ -283,7 +296,8 @@ class Controller:
             ready=_ready(desired, observed),
             drained=dict(drained),
             rollouts={name: rollout},
-            outside=_outside(observed, name),
+            outside={**foreign, **_outside(observed, name)},
+            absent=absent,
         )
         p = plan(sub, sub_observed, holds)
         for note in p.notes:
