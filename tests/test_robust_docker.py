@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -105,3 +106,45 @@ def test_network_mode_of_a_container_outside_the_project(
     joined = api.inspect_container(f"{project}-w-1")["HostConfig"]["NetworkMode"]
     assert joined in (f"container:{outside}", f"container:{api.inspect_container(outside)['Id']}")
     assert run_cli("plan", str(path)).returncode == 0
+
+
+@pytest.mark.docker
+def test_daemon_start_on_a_just_written_file_holds_removals(
+    api: docker.APIClient,
+    busybox_image: str,
+    project: str,
+    tmp_path: Path,
+    write_state: Any,
+    daemon: Any,
+) -> None:
+    """Two-step edits at start: `run` right after a write that dropped `api` leaves api's
+    container alone until the file has been still for 5 s and is read again; then removes it."""
+    from tests.conftest import wait_for
+
+    svc = {"image": busybox_image, "command": ["sleep", "600"], "stop_grace_period": "1s"}
+    path = write_state({"services": {"web": svc, "api": svc}})
+    done = run_cli("apply", str(path), "--lock-dir", str(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    write_state({"services": {"web": svc}})
+    d = daemon(path, interval=60.0)
+    wait_for(lambda: d.get("/readyz")[0] == 200, 60, what="the daemon's first pass")
+    assert d.events(
+        "the file changed just now; services it does not list are removed only "
+        "once it has been still and is read again"
+    )
+    wait_for(
+        lambda: not api.containers(all=True, filters={"name": f"{project}-api-1"}),
+        90,
+        what="api removed once the file has been still",
+    )
+    assert api.inspect_container(f"{project}-web-1")["State"]["Running"]
+    lines = d.lines()
+    released = next(
+        i for i, line in enumerate(lines) if str(line.get("event", "")).startswith("the file has")
+    )
+    early = [
+        line
+        for line in lines[:released]
+        if line.get("event") == "pass" and line.get("key") == "service:api" and line["actions"]
+    ]
+    assert not early, early  # nothing was done to api before the file was read again

@@ -129,6 +129,9 @@ class Controller:
         self._book_locks: dict[str, threading.Lock] = {}
         self._heal_pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="heal")
         self._quiet: set[str] = set()  # services whose last reconcile found nothing to do
+        # Services gone from the file are left alone while set (the daemon, when it starts on
+        # a file that has just changed: two-step edits).
+        self.hold_removals = False
         self._known: set[str] = set()  # container names seen: a create is then a heal
         self._known_volumes: set[str] = set()
         self._rows: dict[str, tuple[str, int, int, int]] = {}
@@ -249,6 +252,8 @@ class Controller:
     def _service(self, name: str) -> Outcome:
         desired = self.desired
         svc = next((self._pinned(s) for s in desired.services if s.name == name), None)
+        if svc is None and self.hold_removals:  # the daemon's start: the file may be half
+            return Outcome()  # written; it is read again before anything is removed
         with self._lock:
             hints = self._hints.pop(name, set())
             healing = self._healing.setdefault(name, set())

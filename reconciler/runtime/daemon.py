@@ -168,6 +168,7 @@ class Daemon:
             for i in range(self.options.image_workers):
                 workers.append(self._spawn(self.images, f"images-{i}"))
             self._first_round = {s.name for s in self.desired.services}
+            self._hold_start_removals()
             self.enqueue(RESYNC, 0.0, "interval")
             self._schedule()
             self.events.start()
@@ -450,10 +451,39 @@ class Daemon:
             services=sorted(gone),
             retry_in_s=round(wait, 2),
         )
+        self._reload_after(wait)
+        return True
+
+    def _hold_start_removals(self) -> None:
+        """At start, as on a reload: a file changed less than `removal_settle` ago may be
+        half written, so services it does not list keep their containers until it has been
+        still that long and is read again."""
+        wait = self.options.removal_settle - self._file_age()
+        if wait <= 0:
+            return
+        self.controller.hold_removals = True
+        log.info(
+            "the file changed just now; services it does not list are removed only once it "
+            "has been still and is read again",
+            retry_in_s=round(wait, 2),
+        )
+        self._reload_after(wait)
+
+    def _release_start_hold(self) -> None:
+        """After a good read: still holding (the file changed again), or let removals go."""
+        if not self.controller.hold_removals:
+            return
+        wait = self.options.removal_settle - self._file_age()
+        if wait > 0:
+            self._reload_after(wait)
+        else:
+            self.controller.hold_removals = False
+            log.info("the file has been still; services it does not list are removed")
+
+    def _reload_after(self, wait: float) -> None:
         timer = threading.Timer(wait + 0.05, self._reload_later)
         timer.daemon = True
         timer.start()
-        return True
 
     def _reload_later(self) -> None:
         self._reload_trigger = "file"
@@ -495,6 +525,7 @@ class Daemon:
             log.info("desired state loaded", file=str(self.options.path), digest=new.digest[:12])
         self._state_valid = True
         self.metrics.state_valid.set(1)
+        self._release_start_hold()
         self.enqueue(RESYNC, 0.0, trigger)
         return True
 
