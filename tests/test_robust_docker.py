@@ -148,3 +148,38 @@ def test_daemon_start_on_a_just_written_file_holds_removals(
         if line.get("event") == "pass" and line.get("key") == "service:api" and line["actions"]
     ]
     assert not early, early  # nothing was done to api before the file was read again
+
+
+@pytest.mark.docker
+def test_daemon_refuses_fifo_and_symlink_loop_configs_and_keeps_reloading(
+    busybox_image: str, tmp_path: Path, write_state: Any, daemon: Any
+) -> None:
+    """A FIFO config (it once blocked the reload thread for ever) and a symlink loop (once a
+    RecursionError that killed it) are rejected reloads: not ready, valid 0, the last good
+    state kept; the next good edit is applied."""
+    import os
+
+    from tests.conftest import wait_for
+
+    web = {"image": busybox_image, "command": ["sleep", "600"]}
+    path = write_state({"services": {"web": web}})
+    d = daemon(path, interval=60.0)
+    wait_for(lambda: d.get("/readyz")[0] == 200, 60, what="the daemon's first pass")
+    os.mkfifo(tmp_path / "ff")
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "self").symlink_to(".")
+    (conf / "a.conf").write_text("a\n")
+    for source, valid in (("./ff", False), ("./conf", True), ("./ff", False)):
+        write_state({"services": {"web": {**web, "configs": [{"source": source, "target": "/c"}]}}})
+        wait_for(
+            lambda v=valid: (
+                d.metric("reconciler_desired_state_valid") == (1 if v else 0)
+                and (d.get("/readyz")[0] == 200) == v
+            ),
+            60,
+            what=f"the reload of {source} to be {'applied' if valid else 'rejected'}",
+        )
+    assert any("is a FIFO, not a regular file" in str(e.get("error")) for e in d.lines())
+    write_state({"services": {"web": web}})
+    wait_for(lambda: d.get("/readyz")[0] == 200, 60, what="the good file applied again")
