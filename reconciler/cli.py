@@ -20,7 +20,7 @@ from reconciler import __version__
 from reconciler.config import loader as desired_file
 from reconciler.config import policy_file, secrets, strict_modes, web_config
 from reconciler.core.model import DesiredState, describe
-from reconciler.core.planner import EXTERNAL_MISSING, plan
+from reconciler.core.planner import EXTERNAL_MISSING, NAMESPACE_MISSING, foreign_namespaces, plan
 from reconciler.core.policy import Denial, enforce
 from reconciler.core.takeover import clashes
 from reconciler.engine.docker_engine import FALLBACK_API_VERSION, Engine, connect
@@ -41,9 +41,12 @@ def _listen(text: str) -> tuple[str, int] | None:
         return None
     host, _, port = text.rpartition(":")
     try:
-        return (host.strip("[]") or "127.0.0.1", int(port))
+        number = int(port)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}") from None
+    if not 1 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"port {number} in {text!r} is not in 1..65535")
+    return (host.strip("[]") or "127.0.0.1", number)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -293,7 +296,9 @@ def _plan(args: argparse.Namespace, desired: DesiredState) -> int:
             )
         elif mode == "paused":
             print(f"# service {svc.name}: rollout paused ({record.paused_reason})")
-    holds = Holds(now=time.time(), rollouts=rollouts)
+    foreign = engine.find_containers(foreign_namespaces(desired))
+    absent = foreign_namespaces(desired) - set(foreign)
+    holds = Holds(now=time.time(), rollouts=rollouts, outside=foreign, absent=absent)
     observed = engine.observe(desired.project)
     if desired.denied:  # denied by the host policy (shown above): neither created nor removed
         services = [s for s in services if s.name not in desired.denied]
@@ -304,7 +309,7 @@ def _plan(args: argparse.Namespace, desired: DesiredState) -> int:
         print(f"# {note}")
     for line in clashes(desired, engine.others(desired.project)):
         print(f"# {line}")
-    if _external_missing(the_plan.notes):
+    if _external_missing(the_plan.notes) + _namespace_missing(the_plan.notes):
         return EXIT_ERROR
     for name, rules in sorted(_denied_rules(args.denials).items()):  # as apply: never in sync
         print(f"error: service {name} is denied by the host policy (rule {rules}); not created")
@@ -329,6 +334,15 @@ def _external_missing(notes: Sequence[str]) -> int:
     missing = [n for n in notes if EXTERNAL_MISSING in n]
     for note in missing:
         print(f"error: {note.partition(':')[0]} is declared external but does not exist")
+    return len(missing)
+
+
+def _namespace_missing(notes: Sequence[str]) -> int:
+    """How many creates join the network namespace of a container that does not exist."""
+    missing = list(dict.fromkeys(n for n in notes if NAMESPACE_MISSING in n))
+    for note in missing:
+        key, _, reason = note.partition(": held back (")
+        print(f"error: {key}: {reason.removesuffix(')')}")
     return len(missing)
 
 
@@ -367,7 +381,7 @@ def _apply(args: argparse.Namespace, desired: DesiredState) -> int:
         elif record.paused_revision == svc.revision:
             print(f"rollout of {svc.name} paused ({record.paused_reason})")
             problems += 1
-    problems += _external_missing(applied.notes)
+    problems += _external_missing(applied.notes) + _namespace_missing(applied.notes)
     if not applied.settled:
         print(f"not converged within {args.timeout:g}s (see `reconciler status`)")
     elif not applied.results and not problems:

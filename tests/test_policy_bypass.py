@@ -68,8 +68,8 @@ def test_plain_volumes_are_not_judged(tmp_path: Path) -> None:
     """tmpfs/nfs options, an external volume and a bind of a harmless folder pass."""
     d = _state(
         tmp_path,
-        "  a:\n    image: x\n    volumes: ['t:/t', 'ext:/e', 'srv:/s']\n",
-        tail="volumes:\n  t: {driver_opts: {type: tmpfs, device: tmpfs, o: size=1m}}\n"
+        "  a:\n    image: x\n    volumes: ['tm:/t', 'ext:/e', 'srv:/s']\n",
+        tail="volumes:\n  tm: {driver_opts: {type: tmpfs, device: tmpfs, o: size=1m}}\n"
         "  ext: {external: true}\n"
         "  srv: {driver_opts: {type: none, o: bind, device: /srv/data}}\n",
     )

@@ -265,7 +265,7 @@ def test_configs_and_secrets_outside_the_files_folder_are_judged(tmp_path: Path)
     denied (read-only included) unless the policy allows it."""
     d = _state(
         tmp_path,
-        "  a:\n    image: x\n    configs: [{source: /etc, target: /c}]\n"
+        "  a:\n    image: x\n    configs: [{source: /etc/hosts, target: /c}]\n"
         "  b:\n    image: x\n    secrets: [s]\n"
         "secrets:\n  s: {file: /etc/hostname}\n",
     )

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import structlog
 from pydantic import ValidationError
 
-from reconciler.config import secrets
+from reconciler.config import secrets, tree
 from reconciler.config.interpolation import (
     SECRET_NAME,
     InterpolationError,
@@ -47,6 +47,7 @@ from reconciler.config.schema import (
 )
 from reconciler.config.yamlread import (
     BOOL,
+    INT,
     NULL,
     STR,
     Document,
@@ -599,6 +600,17 @@ def _env_value(path: DataPath) -> bool:
     return len(path) == 4 and path[0] == "services" and path[2] == "environment"
 
 
+def _octal_mode(path: DataPath) -> bool:
+    """services.NAME.volumes.I.tmpfs.mode: the text as written (`1777` and `0o1777` are the
+    same octal mode; a YAML integer could not tell them apart)."""
+    return (
+        len(path) == 6
+        and path[0] == "services"
+        and path[2:3] == ("volumes",)
+        and (path[4:] == ("tmpfs", "mode"))
+    )
+
+
 def _secret_text(path: DataPath, text: str) -> bool:
     """The scalar is itself a secret (DB_PASSWORD: ..., or - DB_PASSWORD=...)."""
     key = path[-1] if path and isinstance(path[-1], str) else text.partition("=")[0]
@@ -641,6 +653,8 @@ class _Scalars:
                 self.report.secret_values.add(result.value)
             self.report.secret_values |= result.secret_values
             return result.value
+        if _octal_mode(path) and scalar.tag == INT:
+            return text
         if _env_value(path):
             if scalar.plain and scalar.tag == NULL:
                 return None
@@ -998,6 +1012,16 @@ def _check_names(d: DesiredStateDef, project: str) -> Iterable[Issue]:
                     f"{len(longest)} characters, Docker takes at most {MAX_CONTAINER_NAME}; "
                     "use a shorter service or project name, or container_name",
                 )
+    for key, vdef in d.volumes.items():
+        docker_name = vdef.name if vdef is not None and vdef.name else key
+        # Docker's rule for volume names too ({replica}: a per-replica volume's number)
+        if not _CONTAINER_NAME.match(docker_name.replace("{replica}", "1")):
+            where = ("volumes", key, "name") if vdef is not None and vdef.name else ("volumes", key)
+            yield Issue(
+                where,
+                f"{docker_name!r} is not a valid volume name: two or more letters, digits, "
+                "'_', '.' and '-', starting with a letter or digit (Docker's rule)",
+            )
     if not project_ok:
         return
     for cn, name in explicit.items():
@@ -1138,10 +1162,10 @@ def _mount(vol: str | VolumeMountDef) -> _Mount | None:
 def tree_digest(path: Path) -> str:
     """sha256 over a file's bytes, or over every file (name and bytes) under a folder."""
     if not path.is_dir():
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return hashlib.sha256(tree.read_file(path)).hexdigest()
     h = hashlib.sha256()
-    for item in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(str(item.relative_to(path)).encode() + b"\0" + item.read_bytes() + b"\0")
+    for item, data in tree.read_tree(path):
+        h.update(str(item.relative_to(path)).encode() + b"\0" + data + b"\0")
     return h.hexdigest()
 
 
@@ -1406,6 +1430,9 @@ class _Renderer:
             try:
                 digest = tree_digest(path)
                 self.config_digests[str(path)] = digest
+            except tree.TreeError as exc:
+                self.problems.append(Issue(("services", name, "configs", i, "source"), str(exc)))
+                continue
             except OSError as exc:
                 self.problems.append(
                     Issue(
@@ -1624,7 +1651,7 @@ def _options(s: ServiceDef) -> RuntimeOptions:
             if t is not None and t.size is not None:
                 opts_list.append(f"size={t.size}")
             if t is not None and t.mode is not None:
-                opts_list.append(f"mode={t.mode}")
+                opts_list.append(f"mode={t.mode:o}")  # Docker reads it in octal
             tmpfs.append((vol.target, ",".join(opts_list)))
     ulimits = []
     for name, value in sorted(s.ulimits.items()):

@@ -54,6 +54,7 @@ def parse_duration(value: Any) -> float:
 
 
 PULL_EVERY_MIN_S = 1.0
+PULL_EVERY_MAX_S = 365 * 86400.0  # longer is "never" in practice; beyond it timers overflow
 _PERIODS = {"daily": 86400.0, "weekly": 7 * 86400.0}
 
 
@@ -74,14 +75,22 @@ def parse_pull_policy(value: str) -> tuple[Literal["missing", "always", "never"]
     if text in _PERIODS:
         return "missing", _PERIODS[text]
     if text.startswith("every_"):
+        spelled = text.removeprefix("every_")
         try:
-            seconds = parse_duration(text.removeprefix("every_"))
+            seconds = parse_duration(spelled)
         except ValueError:
-            seconds = -1.0
-        if seconds < PULL_EVERY_MIN_S:
+            if re.fullmatch(r"[\d.]+[dw]", spelled):  # Go's durations (compose's) stop at h
+                raise ValueError(
+                    "every_<duration> takes h, m, s, ms (as compose): write days in hours "
+                    "(every_24h, every_168h) or use daily / weekly"
+                ) from None
             raise ValueError(
-                f"every_<duration> needs a duration of at least {PULL_EVERY_MIN_S:g}s, "
-                "such as every_5m or every_12h"
+                "every_<duration> needs a duration such as every_5m, every_12h or every_1h30m"
+            ) from None
+        if not PULL_EVERY_MIN_S <= seconds <= PULL_EVERY_MAX_S:
+            raise ValueError(
+                f"every_<duration> must be between {PULL_EVERY_MIN_S:g}s and "
+                f"{PULL_EVERY_MAX_S / 3600:g}h (365 days), such as every_5m or every_12h"
             )
         return "missing", seconds
     raise ValueError(
@@ -154,6 +163,24 @@ def _cpus(value: Any) -> Any:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Bytes = Annotated[int, BeforeValidator(parse_bytes)]
 Int = Annotated[int, BeforeValidator(_integer)]
+
+
+def _file_mode(value: Any) -> Any:
+    """A mode in octal, as Docker and chmod read it: `1777`, `0o1777` or `01777` (the loader
+    hands the text as written; a number's decimal digits are read as octal digits)."""
+    if isinstance(value, bool):
+        raise ValueError("must be an octal mode such as 1777 or 0o1777")
+    text = str(value).strip().lower().removeprefix("0o")
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise ValueError("must be an octal mode such as 1777 or 0o1777") from None
+    if not 0 <= mode <= 0o7777:
+        raise ValueError("must be an octal mode between 0 and 7777")
+    return mode
+
+
+FileMode = Annotated[int, BeforeValidator(_file_mode)]
 Bool = Annotated[bool, BeforeValidator(_boolean)]
 Number = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
 Scalar = str | int | float | bool
@@ -229,7 +256,7 @@ class DependsOnDef(_Model):
 
 class TmpfsMountDef(_Model):
     size: Bytes | None = None
-    mode: Int | None = None  # octal digits as written: 1777
+    mode: FileMode | None = None  # octal, as written: 1777 or 0o1777 (the value: 0o1777)
 
 
 class VolumeMountDef(_Model):

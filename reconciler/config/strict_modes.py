@@ -14,9 +14,10 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
+from reconciler.config import tree
 from reconciler.errors import DesiredStateError
 
-MAX_TREE_ENTRIES = 10_000  # a config folder: entries checked (more is itself a problem)
+MAX_TREE_ENTRIES = tree.MAX_ENTRIES  # a config folder: entries checked (more is a problem)
 WRITABLE = "is writable by group or others"  # as `_entry` says it
 
 
@@ -80,20 +81,30 @@ def _path_problems(given: Path, real: Path, ok: frozenset[int], seen: set[Path])
     if line:
         out.append(line)
     if real.is_dir():  # a config folder: everything in it is mounted into a container
-        for count, entry in enumerate(sorted(real.rglob("*"))):
-            if count >= MAX_TREE_ENTRIES:
-                out.append(f"{real}: more than {MAX_TREE_ENTRIES} entries; not checked further")
-                break
-            if entry.is_symlink():
+        try:  # symlinked folders are walked once each: a loop ends, /usr stops at the cap
+            for entry, _ in tree.walk(real, follow=True, max_entries=MAX_TREE_ENTRIES):
+                if not entry.is_symlink():
+                    line = _entry(entry, ok, str(entry), is_parent=False)
+                    if line:
+                        out.append(line)
+                    continue
                 try:
                     target = entry.resolve(strict=True)
                 except (OSError, RuntimeError):
                     continue
-                out.extend(_path_problems(entry, target, ok, seen))
-                continue
-            line = _entry(entry, ok, str(entry), is_parent=False)
-            if line:
-                out.append(line)
+                via = f"{entry} (-> {target})"
+                line = _entry(target, ok, via, is_parent=False)
+                if line:
+                    out.append(line)
+                out.extend(_parents(target, ok, via, seen))
+        except tree.TreeError as exc:
+            out.append(f"{exc}; not checked further")
+    out.extend(_parents(real, ok, shown, seen))
+    return out
+
+
+def _parents(real: Path, ok: frozenset[int], shown: str, seen: set[Path]) -> list[str]:
+    out: list[str] = []
     for parent in real.parents:
         if parent in seen:
             continue

@@ -68,8 +68,11 @@ class Holds:
     drained: container id -> when its drain period ends (it has left its DNS aliases).
     rollouts: service -> its rollout (mode, update or rollback config, failures so far).
     outside: container name -> id of containers observed but left out of `observed` (other
-        services, in a per-service plan): the owners of network namespaces it joins, and
-        names it must not take.
+        services, in a per-service plan; containers of no project that a `network_mode:
+        container:X` names): the owners of network namespaces it joins, and names it must
+        not take.
+    absent: `network_mode: container:X` names that are no container of the project and of
+        which no container exists: what joins them is blocked (an error, not a wait).
     """
 
     held: Mapping[str, str] = field(default_factory=dict)
@@ -80,9 +83,18 @@ class Holds:
     drained: Mapping[str, float] = field(default_factory=dict)
     rollouts: Mapping[str, ro.Rollout] = field(default_factory=dict)
     outside: Mapping[str, str] = field(default_factory=dict)
+    absent: frozenset[str] = frozenset()
 
 
 NO_HOLDS = Holds()
+NAMESPACE_MISSING = "no such container"  # in a note: a network_mode container:X not found
+
+
+def foreign_namespaces(desired: DesiredState) -> frozenset[str]:
+    """The X of each `network_mode: container:X` that is no container of this project."""
+    ours = {c.name for s in desired.services for c in s.replicas}
+    owners = {_namespace_owner(c) for s in desired.services for c in s.replicas}
+    return frozenset(o for o in owners if o is not None and o not in ours)
 
 
 @dataclass(slots=True)
@@ -530,13 +542,16 @@ def _rejoin(spec: ContainerSpec, c: ObservedContainer, reason: str) -> list[Conn
 def _drain(
     c: ObservedContainer, drain_s: float, reason: str, p: _Pass
 ) -> tuple[list[_Local], bool]:
-    """Steps that take `c` out of DNS, and whether its drain period is over (stop it now)."""
-    if c.state != "running" or not c.networks or drain_s <= 0:
+    """Steps that take `c` out of DNS, and whether its drain period is over (stop it now).
+    Only user-defined networks have DNS to leave: network_mode host or none (Docker's
+    `host`/`none` networks, which cannot be left) and container:X go to a graceful stop."""
+    dns = c.networks - NO_DNS_NETWORKS
+    if c.state != "running" or not dns or drain_s <= 0:
         return [], True
     until = p.holds.drained.get(c.id)
     if until is None:
         p.wake(p.holds.now + drain_s)
-        drain = DrainContainer(c.id, c.name, c.service, tuple(sorted(c.networks)), reason)
+        drain = DrainContainer(c.id, c.name, c.service, tuple(sorted(dns)), reason)
         return [(drain, _NO)], False
     if p.holds.now < until:
         p.wake(until)
@@ -550,6 +565,7 @@ def _grace(spec: ContainerSpec) -> float | None:
 
 
 _NO: frozenset[str] = frozenset()
+NO_DNS_NETWORKS = frozenset({"host", "none"})  # Docker's own: no aliases, never left
 
 
 def _keys(*actions: Action) -> frozenset[str]:
@@ -605,7 +621,11 @@ def _claim_names(
         holder = holders.get(name)
         spec = action.spec if isinstance(action, CreateContainer) else None
         owner = _joined_owner(spec) if spec is not None else None
-        if (
+        if spec is not None and owner is not None and owner in holds.absent:
+            held[step.key] = (
+                f"network_mode container:{owner}: {NAMESPACE_MISSING}, of this project or another"
+            )
+        elif (
             spec is not None
             and owner is not None
             and not (owner in claimed or (owner in holders and owner not in freed))

@@ -14,7 +14,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -198,6 +198,19 @@ class Engine:
             )
         return tuple(sorted((_container(c) for c in found), key=lambda c: c.name))
 
+    def find_containers(self, names: Iterable[str]) -> dict[str, str]:
+        """Name -> id of those of `names` that exist (one inspect each; looked at, never
+        touched: a `network_mode: container:X` outside the project)."""
+        out = {}
+        for name in sorted(names):
+            with docker_errors(f"inspect container {name}"):
+                self._call("container_inspect")
+                try:
+                    out[name] = self.api.inspect_container(name)["Id"]
+                except docker.errors.NotFound:
+                    continue
+        return out
+
     def others(self, project: str) -> tuple[ForeignContainer, ...]:
         """Every container that is not this project's (one list call): who holds what."""
         with docker_errors("observe other containers"):
@@ -321,6 +334,8 @@ class Engine:
                 # DNS stops naming this replica while it finishes what it serves.
                 with docker_errors(f"drain {name}"):
                     for net in networks:
+                        if net in ("host", "none"):  # Docker's own: nothing to drain
+                            continue
                         self._disconnect(cid, net)
                         self._call("network_connect")
                         api.connect_container_to_network(cid, net, aliases=[])
@@ -353,8 +368,11 @@ class Engine:
         try:
             self.api.disconnect_container_from_network(cid, network)
         except docker.errors.APIError as exc:
-            if exc.status_code not in (403, 404):  # not attached (any more): nothing to undo
-                raise
+            if exc.status_code in (403, 404):  # not attached (any more): nothing to undo
+                return
+            if "cannot be disconnected from host network" in str(exc.explanation or ""):
+                return  # network_mode host (a 400/500 by version): no DNS to leave
+            raise
 
     # ------------------------------------------------------------------- images
 

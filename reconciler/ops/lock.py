@@ -36,6 +36,10 @@ def status_path(project: str, directory: Path | None = None) -> Path:
     return (directory or default_lock_dir()) / f"reconciler-{project}.status.json"
 
 
+class LockUnavailable(LockHeld):
+    """The lock file cannot be created (its folder cannot be made, or is not writable)."""
+
+
 class ProjectLock:
     """Held for the daemon's lifetime; the kernel releases it if the process dies."""
 
@@ -45,7 +49,13 @@ class ProjectLock:
 
     def acquire(self, role: str = "reconciler daemon") -> None:
         """Take the lock or raise LockHeld naming who holds it (`role` is what we are)."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:  # --lock-dir is created as --state-dir is
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise LockUnavailable(
+                f"cannot take the project lock {self.path}: {exc.strerror} (see --lock-dir)"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

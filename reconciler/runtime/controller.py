@@ -41,7 +41,7 @@ from reconciler.core.model import (
     Step,
     UnpauseContainer,
 )
-from reconciler.core.planner import Holds, plan
+from reconciler.core.planner import Holds, foreign_namespaces, plan
 from reconciler.engine.docker_engine import Engine
 from reconciler.errors import ActionFailed, Deferred, EngineUnavailable
 from reconciler.runtime.executor import StepResult, apply
@@ -150,6 +150,9 @@ class Controller:
         self._book_locks: dict[str, threading.Lock] = {}
         self._heal_pool = ThreadPoolExecutor(max_workers=HEAL_POOL, thread_name_prefix="heal")
         self._quiet: set[str] = set()  # services whose last reconcile found nothing to do
+        # Services gone from the file are left alone while set (the daemon, when it starts on
+        # a file that has just changed: two-step edits).
+        self.hold_removals = False
         self._known: set[str] = set()  # container names seen: a create is then a heal
         self._known_volumes: set[str] = set()
         self._rows: dict[str, tuple[str, int, int, int]] = {}
@@ -215,6 +218,15 @@ class Controller:
                 m.last_success.set(self.clock())
         return outcome
 
+    def _namespaces(self, desired: DesiredState) -> tuple[dict[str, str], frozenset[str]]:
+        """Containers outside the project that a `network_mode: container:X` joins: those
+        that exist (name -> id), and the names of which none exists."""
+        wanted = foreign_namespaces(desired)
+        if not wanted:
+            return {}, frozenset()
+        found = self.engine.find_containers(wanted)
+        return found, wanted - set(found)
+
     # ------------------------------------------------------------------ resync
 
     def _resync(self) -> Outcome:
@@ -228,6 +240,7 @@ class Controller:
                 log.debug("note", project=desired.project, note=note)
                 self.on_note(note)
         observed = _without_project_objects(observed)  # reported above, once
+        foreign, absent = self._namespaces(desired)
         for svc in map(self._pinned, desired.services):
             if svc.name in desired.denied:
                 continue  # the host policy denies it: never created nor touched
@@ -241,6 +254,8 @@ class Controller:
                 now=now,
                 drained=dict(self._drained.get(svc.name, {})),
                 rollouts={svc.name: rollout},
+                outside=foreign,
+                absent=absent,
             )
             p = plan(_restrict(desired, target), replace(observed, containers=mine), holds)
             for note in p.notes:
@@ -269,6 +284,8 @@ class Controller:
     def _service(self, name: str) -> Outcome:
         desired = self.desired
         svc = next((self._pinned(s) for s in desired.services if s.name == name), None)
+        if svc is None and self.hold_removals:  # the daemon's start: the file may be half
+            return Outcome()  # written; it is read again before anything is removed
         with self._lock:
             hints = self._hints.pop(name, {})
             healing = self._healing.setdefault(name, set())
@@ -303,6 +320,7 @@ class Controller:
             return self._outcome(p, results, book, now)
 
         record = ro.refresh(self.store.get(name), svc)
+        foreign, absent = self._namespaces(desired)
         target, mode = ro.target(svc, record)
         rollout = ro.rollout_for(svc, record, mode)
         sub = _restrict(desired, target)
@@ -315,7 +333,8 @@ class Controller:
             ready=_ready(desired, observed),
             drained=dict(drained),
             rollouts={name: rollout},
-            outside=_outside(observed, name),
+            outside={**foreign, **_outside(observed, name)},
+            absent=absent,
         )
         p = plan(sub, sub_observed, holds)
         for note in p.notes:

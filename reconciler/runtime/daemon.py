@@ -169,6 +169,7 @@ class Daemon:
             for i in range(self.options.image_workers):
                 workers.append(self._spawn(self.images, f"images-{i}"))
             self._first_round = {s.name for s in self.desired.services}
+            self._hold_start_removals()
             self.enqueue(RESYNC, 0.0, "interval")
             self._schedule()
             self.events.start()
@@ -237,11 +238,17 @@ class Daemon:
         return thread
 
     def _work(self, queue: WorkQueue) -> None:
+        """A worker: never dies of a reconcile's exception (logged, the key comes back)."""
         while True:
             try:
                 key = queue.get()
             except ShutDown:
                 return
+            except Exception:  # the queue itself: log, breathe, go on
+                log.exception("work queue failed; the worker goes on")
+                if self.signals.stop.wait(ENGINE_RETRY_S):
+                    return
+                continue
             outcome: Outcome | None = None
             with self._busy_lock:
                 self._busy += 1
@@ -366,30 +373,41 @@ class Daemon:
             if not self.signals.reload.wait(0.5):
                 continue
             self.signals.reload.clear()
-            trigger, self._reload_trigger = self._reload_trigger, "signal"
-            if self.signals.hups != self._hups_served:
-                # A SIGHUP folded into a file change's reload still gets RELOADING=1/READY=1:
-                # with Type=notify-reload, systemd waits for them after each SIGHUP it sends.
-                self._hups_served = self.signals.hups
-                trigger = "signal"
-            started_usec = time.monotonic_ns() // 1000  # CLOCK_MONOTONIC, as systemd's
-            if trigger == "signal":
-                self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={started_usec}")
+            try:
+                self._reload_once()
+            except Exception:  # supervised: the thread outlives any one reload
+                log.exception("reload thread error; reloading goes on")
+
+    def _reload_once(self) -> None:
+        """One reload, then what `reconciler reload` and systemd wait for."""
+        trigger, self._reload_trigger = self._reload_trigger, "signal"
+        if self.signals.hups != self._hups_served:
+            # A SIGHUP folded into a file change's reload still gets RELOADING=1/READY=1:
+            # with Type=notify-reload, systemd waits for them after each SIGHUP it sends.
+            self._hups_served = self.signals.hups
+            trigger = "signal"
+        started_usec = time.monotonic_ns() // 1000  # CLOCK_MONOTONIC, as systemd's
+        if trigger == "signal":
+            self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={started_usec}")
+        try:
             ok = self.reload(trigger)
-            if trigger == "signal":
-                self.notifier.send("READY=1", f"STATUS={self._status_line()}")
-            # `reconciler reload` (ExecReload) waits for a reload that started after its
-            # SIGHUP: systemd 252 cannot wait for RELOADING=1/READY=1 itself (253's
-            # Type=notify-reload can). Written after READY=1, so the new STATUS is in
-            # systemd's queue before ExecReload exits (it reads notifications before SIGCHLD).
-            self._last_reload = {
-                "monotonic_usec": started_usec,
-                "trigger": trigger,
-                "result": "success" if ok else "error",
-                "error": None if ok else self._reload_error,
-                "digest": self.desired.digest,
-            }
-            self._write_status()
+        except Exception as exc:  # never the end of reloading: the next edit is read
+            ok = self._reload_failed(f"reload failed: {type(exc).__name__}: {exc}")
+            log.exception("reload failed; keeping the last good desired state")
+        if trigger == "signal":
+            self.notifier.send("READY=1", f"STATUS={self._status_line()}")
+        # `reconciler reload` (ExecReload) waits for a reload that started after its
+        # SIGHUP: systemd 252 cannot wait for RELOADING=1/READY=1 itself (253's
+        # Type=notify-reload can). Written after READY=1, so the new STATUS is in
+        # systemd's queue before ExecReload exits (it reads notifications before SIGCHLD).
+        self._last_reload = {
+            "monotonic_usec": started_usec,
+            "trigger": trigger,
+            "result": "success" if ok else "error",
+            "error": None if ok else self._reload_error,
+            "digest": self.desired.digest,
+        }
+        self._write_status()
 
     def _count_denials(self, denials: tuple[Denial, ...]) -> None:
         for d in denials:
@@ -443,10 +461,39 @@ class Daemon:
             services=sorted(gone),
             retry_in_s=round(wait, 2),
         )
+        self._reload_after(wait)
+        return True
+
+    def _hold_start_removals(self) -> None:
+        """At start, as on a reload: a file changed less than `removal_settle` ago may be
+        half written, so services it does not list keep their containers until it has been
+        still that long and is read again."""
+        wait = self.options.removal_settle - self._file_age()
+        if wait <= 0:
+            return
+        self.controller.hold_removals = True
+        log.info(
+            "the file changed just now; services it does not list are removed only once it "
+            "has been still and is read again",
+            retry_in_s=round(wait, 2),
+        )
+        self._reload_after(wait)
+
+    def _release_start_hold(self) -> None:
+        """After a good read: still holding (the file changed again), or let removals go."""
+        if not self.controller.hold_removals:
+            return
+        wait = self.options.removal_settle - self._file_age()
+        if wait > 0:
+            self._reload_after(wait)
+        else:
+            self.controller.hold_removals = False
+            log.info("the file has been still; services it does not list are removed")
+
+    def _reload_after(self, wait: float) -> None:
         timer = threading.Timer(wait + 0.05, self._reload_later)
         timer.daemon = True
         timer.start()
-        return True
 
     def _reload_later(self) -> None:
         self._reload_trigger = "file"
@@ -458,16 +505,12 @@ class Daemon:
         try:
             new, policy, denials = self._load()
         except DesiredStateError as exc:
-            self.metrics.reloads.labels("error").inc()
-            self.metrics.state_valid.set(0)
-            self._state_valid = False
-            self._reload_error = str(exc)
             log.error(
                 "desired state rejected; keeping the last good one",
                 file=exc.source,
                 error=str(exc),
             )
-            return False
+            return self._reload_failed(str(exc))
         if self._hold_removals(new):
             return True  # the last good state stays until the file is read again
         self.metrics.reloads.labels("success").inc()
@@ -492,8 +535,17 @@ class Daemon:
             log.info("desired state loaded", file=str(self.options.path), digest=new.digest[:12])
         self._state_valid = True
         self.metrics.state_valid.set(1)
+        self._release_start_hold()
         self.enqueue(RESYNC, 0.0, trigger)
         return True
+
+    def _reload_failed(self, error: str) -> bool:
+        """Counted as a failed reload: the last good state stays, /readyz says invalid."""
+        self.metrics.reloads.labels("error").inc()
+        self.metrics.state_valid.set(0)
+        self._state_valid = False
+        self._reload_error = error
+        return False
 
     # ------------------------------------------------------------------ health
 

@@ -15,6 +15,7 @@ from typing import Any
 import docker
 import structlog
 
+from reconciler.config import tree
 from reconciler.core.model import LABEL_MANAGED, LABEL_PROJECT, LABEL_SERVICE, DesiredState
 
 log = structlog.get_logger("reconciler")
@@ -132,7 +133,12 @@ def stamps(path: Path, watched: tuple[str, ...]) -> tuple[object, ...]:
 def _tree_stamp(path: Path) -> tuple[object, ...]:
     if not path.is_dir():
         return (_stamp(path),)
-    return tuple((str(p), _stamp(p)) for p in sorted(path.rglob("*")))
+    try:
+        return tuple(
+            (str(p), _stamp(p)) for p in sorted(p for p, _ in tree.walk(path, follow=False))
+        )
+    except tree.TreeError as exc:  # grown past the cap: the reload it triggers says so
+        return (str(exc),)
 
 
 def _stamp(path: Path) -> tuple[int, ...] | None:

@@ -11,6 +11,10 @@ import threading
 import time
 from collections import deque
 
+# The longest a delayed key waits, and the longest a worker sleeps before looking again: far
+# beyond any real requeue, far below what a timer can hold (threading.TIMEOUT_MAX, time_t).
+MAX_DELAY_S = 86400.0
+
 
 class ShutDown(Exception):
     """The queue was shut down: the worker should return."""
@@ -42,10 +46,10 @@ class WorkQueue:
     def add_after(self, key: str, delay: float) -> None:
         """Add `key` after `delay` seconds (the earliest of several such requests wins; a key
         queued meanwhile still comes back then)."""
-        if delay <= 0:
+        if not delay > 0:  # also NaN
             self.add(key)
             return
-        due = time.monotonic() + delay
+        due = time.monotonic() + min(delay, MAX_DELAY_S)
         with self._cond:
             if self._shutdown or self._due.get(key, float("inf")) <= due:
                 return
@@ -74,7 +78,7 @@ class WorkQueue:
             if self._due.get(key) == due:
                 del self._due[key]
                 self._add(key)
-        return self._delayed[0][0] - now if self._delayed else None
+        return min(self._delayed[0][0] - now, MAX_DELAY_S) if self._delayed else None
 
     def done(self, key: str) -> None:
         with self._cond:
