@@ -52,7 +52,9 @@ def test_half_open_connections_keep_threads_bounded(registry: CollectorRegistry)
     any time, the others are closed at accept (or wait in the kernel's backlog); all are gone
     after their timeouts and a scrape answers again."""
     port = free_port()
-    server = serve(("127.0.0.1", port), registry, OK, OK, timeout=1.0, max_connections=8)
+    # Slots held 5 s: long enough that, however slowly this machine runs, the other 92
+    # arrive while all 8 are taken.
+    server = serve(("127.0.0.1", port), registry, OK, OK, timeout=5.0, max_connections=8)
     try:
         base = _threads()
         socks = []
