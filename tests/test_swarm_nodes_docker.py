@@ -165,12 +165,16 @@ def test_a_drained_node_is_swarms_business(
             120,
             "web's tasks moved to the manager",
         )
+        # The metrics follow the task events; each service's row when its own event is handled.
         wait(
-            lambda: value("agent", "desired") == 1 and value("agent", "running") == 1,
+            lambda: (
+                value("agent", "desired") == 1
+                and value("agent", "running") == 1
+                and value("web", "running") == 2
+            ),
             60,
-            "the global service reported on one node",
+            "the global service reported on one node, web's two tasks on the manager",
         )
-        assert value("web", "running") == 2
         assert (metrics.registry.get_sample_value("reconciler_events_received_total") or 0) > events
         assert updates() == before  # Swarm's scheduling is not drift
         availability("active")
