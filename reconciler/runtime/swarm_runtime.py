@@ -31,6 +31,7 @@ from reconciler.ops.http import serve
 from reconciler.ops.lock import ProjectLock, status_path
 from reconciler.ops.metrics import Metrics
 from reconciler.ops.notify import Notifier
+from reconciler.runtime.daemon import STOP_WAIT_S
 from reconciler.runtime.signals import SignalRelay
 from reconciler.runtime.state_store import _write, default_state_dir
 from reconciler.runtime.watchers import stamps
@@ -399,8 +400,9 @@ class SwarmDaemon:
             self.notifier.send("STOPPING=1")
             log.info("stopping", project=self.desired.project)
             self.queue.shut_down()
-            for t in threads[: self.workers]:
-                t.join(35)
+            deadline = time.monotonic() + STOP_WAIT_S  # as the host daemon: one deadline
+            for t in threads[: self.workers]:  # let a call under way finish (its own timeout)
+                t.join(max(0.0, deadline - time.monotonic()))
             return 0
         finally:
             for server in servers:
