@@ -34,10 +34,9 @@ import yaml
 
 from bench.common import BENCH_LABEL, start_daemon, summary, table, write_json
 from reconciler.config import loader as desired
-from reconciler.engine.docker_engine import Engine
-from reconciler.runtime.controller import RESYNC, Controller
-from reconciler.runtime.oneshot import settle
-from reconciler.runtime.state_store import StateStore
+from reconciler.runtime.settle import settle
+from reconciler.targets.base import RESYNC, Settings
+from reconciler.targets.host.adapter import HostTarget
 from tests.enginekit import CountingClient, build_scratch_image, remove_labelled
 
 IMAGE = "reconciler-bench-busybox:1"
@@ -187,9 +186,10 @@ def noop_passes(n: int, trials: int, run: str) -> dict[str, Any]:
         state = desired.load(path)
     client = CountingClient()
     state_dir = tempfile.mkdtemp()
-    rec = Controller(Engine(client.api), state, StateStore(state.project, Path(state_dir)))
+    target = HostTarget(client.api, state, Settings(state_dir=Path(state_dir)))
+    rec = target.controller
     try:
-        assert settle(rec, timeout_s=600), "did not converge"
+        assert settle(target, timeout_s=600), "did not converge"
         requests, walls, cpus = [], [], []
         for _ in range(trials):  # the periodic resync of a converged project
             client.calls.clear()

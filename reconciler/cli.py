@@ -12,24 +12,20 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import structlog
 
-from reconciler import __version__
+from reconciler import __version__, targets
 from reconciler.config import loader as desired_file
 from reconciler.config import policy_file, secrets, strict_modes, web_config
-from reconciler.core.model import DesiredState, describe
-from reconciler.core.planner import EXTERNAL_MISSING, NAMESPACE_MISSING, foreign_namespaces, plan
-from reconciler.core.policy import Denial, enforce
-from reconciler.core.takeover import clashes
-from reconciler.engine.docker_engine import FALLBACK_API_VERSION, Engine, connect
-from reconciler.errors import DesiredStateError, EngineUnavailable, LockHeld
+from reconciler.core.policy import Denial
+from reconciler.errors import DesiredStateError, EngineUnavailable, LockHeld, NotASwarmManager
 from reconciler.ops import logs
+from reconciler.ops.lock import ProjectLock, status_path
+from reconciler.runtime.daemon import Daemon, Options
+from reconciler.runtime.settle import apply
 from reconciler.runtime.signals import SignalRelay
-
-if TYPE_CHECKING:
-    from reconciler.runtime.executor import StepResult
+from reconciler.targets.base import Desired, Done, Settings, TargetKind
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT = 0, 1, 2
 EXIT_PENDING = 2
@@ -92,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("validate", "plan", "apply", "run", "status", "reload", "down"):
             p.add_argument(
                 "--target",
-                choices=["host", "swarm"],
+                choices=targets.names(),
                 default=None,
                 help="the single Docker host (default), or Docker Swarm services "
                 "(default $RECONCILER_TARGET)",
@@ -212,116 +208,105 @@ def _main(args: argparse.Namespace, signals: SignalRelay | None) -> int:
     if args.command == "import":
         return _import(args)
     web_path = getattr(args, "web_config_file", None)
-    target = getattr(args, "target", None) or os.environ.get("RECONCILER_TARGET") or "host"
-    if target == "swarm":
-        from reconciler import swarm_cli
-
-        return swarm_cli.main(args, error, bad_input)
-    if target != "host":
-        error(f"error: RECONCILER_TARGET must be host or swarm, not {target!r}")
+    name = getattr(args, "target", None) or os.environ.get("RECONCILER_TARGET") or "host"
+    try:
+        kind = targets.kind(name)
+    except KeyError:
+        error(f"error: RECONCILER_TARGET must be one of {', '.join(targets.names())}, not {name!r}")
         return EXIT_INPUT
     try:
-        desired = desired_file.load(args.file)
+        desired = kind.load(args.file)
         policy_path = getattr(args, "policy", None)
         policy = policy_file.load(policy_path) if hasattr(args, "policy") else None
         args.web = web_config.load(web_path) if web_path else None
     except DesiredStateError as exc:
         error(str(exc))
         return bad_input
-    if args.no_strict_modes:
-        structlog.get_logger("reconciler").warning(strict_modes.warn_off())
-    else:
-        inputs = [args.file, *desired.watched]
-        if hasattr(args, "policy"):
-            inputs.append(policy_path or policy_file.DEFAULT_PATH)
-        if args.web is not None:
-            inputs += [web_path, *args.web.files]
-        insecure = strict_modes.problems(inputs)
-        if insecure and args.command in ("run", "apply"):
-            error(str(strict_modes.InsecureInput(str(args.file), insecure)))
-            return EXIT_INPUT
-        for line in insecure:
-            if journal:
-                structlog.get_logger("reconciler").warning("input not safe", problem=line)
-            else:
-                print(f"warning: {line}", file=sys.stderr)
+    if not _strict_modes(args, desired, journal, error):
+        return EXIT_INPUT
     denials: tuple[Denial, ...] = ()
     if policy is not None:
-        desired, denials = enforce(desired, policy)
+        desired, denials = kind.judge(desired, policy)
         for d in denials if args.command != "run" else ():  # the daemon logs its own
             print(f"denied: {d.message(desired.source, policy)}", file=sys.stderr)
-        args.policy_obj = policy
+    args.policy_obj = policy
     args.denials = denials
     if args.command == "validate":
-        services = ", ".join(f"{s.name} x{len(s.replicas)}" for s in desired.services)
         if denials:
             denied = ", ".join(sorted(desired.denied))
             print(f"{args.file}: valid, but the host policy denies: {denied}")
             return EXIT_INPUT
-        print(f"{args.file}: valid (project {desired.project}: {services})")
+        print(f"{args.file}: {kind.summary(desired)}")
         return EXIT_OK
+    if args.command == "reload":  # a signal and a file: no engine call
+        return _reload(args, desired)
     try:
-        return _COMMANDS[args.command](args, desired)
-    except EngineUnavailable as exc:
+        return _COMMANDS[args.command](args, kind, desired)
+    except (EngineUnavailable, NotASwarmManager) as exc:
         error(f"error: {exc}")
         return EXIT_ERROR
-    except LockHeld as exc:
+    except (LockHeld, Unsupported) as exc:
         error(f"error: {exc}")
         return EXIT_INPUT
 
 
-def _plan(args: argparse.Namespace, desired: DesiredState) -> int:
-    import time
-    from dataclasses import replace
+class Unsupported(Exception):
+    """An option the chosen target cannot honour (a capability it lacks)."""
 
-    from reconciler.core import rollout as ro
-    from reconciler.core.images import pin_all
-    from reconciler.core.planner import Holds
-    from reconciler.runtime.state_store import StateStore
 
-    engine = Engine(connect())
-    store = StateStore(desired.project, args.state_dir)
-    desired = pin_all(desired, engine.local_digest)  # a followed tag runs pinned to a digest
-    services, rollouts = [], {}
-    for svc in desired.services:
-        record = ro.refresh(store.get(svc.name), svc)
-        target, mode = ro.target(svc, record)
-        services.append(target)
-        rollouts[svc.name] = ro.rollout_for(svc, record, mode)
-        if mode == "rolled_back":
-            print(
-                f"# service {svc.name}: revision {svc.revision[:12]} is held as failed "
-                f"({record.failed_reason}); it runs {record.stable_revision[:12]} until the "
-                "file changes the service again"
-            )
-        elif mode == "paused":
-            print(f"# service {svc.name}: rollout paused ({record.paused_reason})")
-    foreign = engine.find_containers(foreign_namespaces(desired))
-    absent = foreign_namespaces(desired) - set(foreign)
-    holds = Holds(now=time.time(), rollouts=rollouts, outside=foreign, absent=absent)
-    observed = engine.observe(desired.project)
-    if desired.denied:  # denied by the host policy (shown above): neither created nor removed
-        services = [s for s in services if s.name not in desired.denied]
-        kept = tuple(c for c in observed.containers if c.service not in desired.denied)
-        observed = replace(observed, containers=kept)
-    the_plan = plan(replace(desired, services=tuple(services)), observed, holds)
-    for note in the_plan.notes:
+def _strict_modes(
+    args: argparse.Namespace, desired: Desired, journal: bool, error: Callable[[str], None]
+) -> bool:
+    """StrictModes: inputs others can write refuse `run` and `apply`, and warn elsewhere."""
+    if args.no_strict_modes:
+        structlog.get_logger("reconciler").warning(strict_modes.warn_off())
+        return True
+    inputs: list[str | Path] = [args.file, *desired.watched]
+    if hasattr(args, "policy"):
+        inputs.append(args.policy or policy_file.DEFAULT_PATH)
+    if args.web is not None:
+        inputs += [args.web_config_file, *args.web.files]
+    insecure = strict_modes.problems(inputs)
+    if insecure and args.command in ("run", "apply"):
+        error(str(strict_modes.InsecureInput(str(args.file), insecure)))
+        return False
+    for line in insecure:
+        if journal:
+            structlog.get_logger("reconciler").warning("input not safe", problem=line)
+        else:
+            print(f"warning: {line}", file=sys.stderr)
+    return True
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings(state_dir=args.state_dir, lock_dir=args.lock_dir)
+
+
+def _require(kind: TargetKind, wanted: bool, capability: str, option: str) -> None:
+    """Refuse an option the target cannot honour (instead of ignoring it)."""
+    if wanted and not getattr(kind.capabilities, capability):
+        raise Unsupported(f"{option} is not supported by --target {kind.name}")
+
+
+def _plan(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
+    report = kind.open(desired, _settings(args)).plan()
+    for note in report.notes:
         print(f"# {note}")
-    for line in clashes(desired, engine.others(desired.project)):
-        print(f"# {line}")
-    if _external_missing(the_plan.notes) + _namespace_missing(the_plan.notes):
+    for line in report.errors:
+        print(f"error: {line}")
+    if report.errors:
         return EXIT_ERROR
-    for name, rules in sorted(_denied_rules(args.denials).items()):  # as apply: never in sync
+    for name, rules in sorted(denied_rules(args.denials).items()):  # never in sync
         print(f"error: service {name} is denied by the host policy (rule {rules}); not created")
-    if not the_plan and not desired.denied:
-        print(f"{desired.project}: in sync")
+    if not report.steps and not desired.denied:
+        print(f"{report.project}: in sync")
         return EXIT_OK
-    for step in the_plan.steps:
-        print(describe(step.action))
+    for step in report.steps:
+        print(step)
     return EXIT_ERROR if desired.denied else EXIT_PENDING
 
 
-def _denied_rules(denials: Sequence[Denial]) -> dict[str, str]:
+def denied_rules(denials: Sequence[Denial]) -> dict[str, str]:
     """service -> the rules the host policy denies it by ("cap_add, privileged")."""
     rules: dict[str, set[str]] = {}
     for d in denials:
@@ -329,59 +314,29 @@ def _denied_rules(denials: Sequence[Denial]) -> dict[str, str]:
     return {svc: ", ".join(sorted(r)) for svc, r in rules.items()}
 
 
-def _external_missing(notes: Sequence[str]) -> int:
-    """How many external networks/volumes are missing (an error: never ours to create)."""
-    missing = [n for n in notes if EXTERNAL_MISSING in n]
-    for note in missing:
-        print(f"error: {note.partition(':')[0]} is declared external but does not exist")
-    return len(missing)
+def _show(r: Done) -> None:
+    line = f"{r.outcome:8} {r.text}"
+    text = line if r.error is None else f"{line}: {r.error}"
+    print(secrets.redact(text), flush=True)  # Docker's error may quote a secret
 
 
-def _namespace_missing(notes: Sequence[str]) -> int:
-    """How many creates join the network namespace of a container that does not exist."""
-    missing = list(dict.fromkeys(n for n in notes if NAMESPACE_MISSING in n))
-    for note in missing:
-        key, _, reason = note.partition(": held back (")
-        print(f"error: {key}: {reason.removesuffix(')')}")
-    return len(missing)
-
-
-def _apply(args: argparse.Namespace, desired: DesiredState) -> int:
-    from reconciler.ops.lock import ProjectLock
-    from reconciler.runtime.oneshot import apply_once
-    from reconciler.runtime.state_store import StateStore
-
-    def show(r: StepResult) -> None:
-        if r.outcome != "waiting":
-            line = f"{r.outcome:8} {describe(r.action)}"
-            text = line if r.error is None else f"{line}: {r.error}"
-            print(secrets.redact(text), flush=True)  # Docker's error may quote a secret
-
+def _apply(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
+    _require(kind, args.take_over_compose, "takes_over_compose", "--take-over-compose")
     lock = ProjectLock(desired.project, args.lock_dir)
     lock.acquire(role="reconciler apply")
     try:
-        engine = Engine(connect())
-        if args.take_over_compose and not _take_over(engine, desired, show):
+        target = kind.open(desired, _settings(args))
+        if args.take_over_compose and not target.take_over(_show, log_only=False):
             return EXIT_ERROR
-        store = StateStore(desired.project, args.state_dir)
-        applied = apply_once(engine, desired, store, timeout_s=args.timeout, on_result=show)
-        held = clashes(desired, engine.others(desired.project))
+        applied = apply(target, timeout_s=args.timeout, on_done=_show)
+        report = target.apply_report()
     finally:
         lock.release()
-    for line in held:
-        print(f"# {line}")
-    for note in applied.notes:
+    for note in report.notes:
         print(f"# {note}")
-    problems = len(desired.denied)  # each was shown as "denied: ..."
-    for svc in desired.services:
-        record = store.get(svc.name)
-        if record.failed_revision == svc.revision:
-            print(f"rollout of {svc.name} failed ({record.failed_reason}); rolled back")
-            problems += 1
-        elif record.paused_revision == svc.revision:
-            print(f"rollout of {svc.name} paused ({record.paused_reason})")
-            problems += 1
-    problems += _external_missing(applied.notes) + _namespace_missing(applied.notes)
+    for line in report.problems:
+        print(line)
+    problems = len(desired.denied) + len(report.problems)  # each denial was shown above
     if not applied.settled:
         print(f"not converged within {args.timeout:g}s (see `reconciler status`)")
     elif not applied.results and not problems:
@@ -389,48 +344,9 @@ def _apply(args: argparse.Namespace, desired: DesiredState) -> int:
     return EXIT_OK if applied.ok and not problems else EXIT_ERROR
 
 
-def _take_over(
-    engine: Engine,
-    desired: DesiredState,
-    show: Callable[[StepResult], None],
-    *,
-    log: bool = False,
-) -> bool:
-    """Replace the compose project's containers with ours (`--take-over-compose`)."""
-    from reconciler.core.takeover import plan_takeover
-    from reconciler.runtime.executor import apply
-
-    logger = structlog.get_logger("reconciler")
-    the_plan = plan_takeover(
-        desired, engine.observe(desired.project), engine.others(desired.project)
-    )
-    for note in the_plan.notes:
-        if log:
-            logger.info("take over compose", project=desired.project, note=note)
-        else:
-            print(f"# {note}")
-    results = apply(the_plan, engine.execute)
-    for r in results:
-        show(r)
-        if log:
-            logger.info(
-                "action", verb=r.action.verb, name=r.action.name, outcome=r.outcome, error=r.error
-            )
-    failed = [r for r in results if r.outcome != "success"]
-    if failed:
-        text = (
-            f"taking over compose project {desired.project} stopped: {len(failed)} step(s) failed"
-        )
-        if log:
-            logger.error(text)
-        else:
-            print(text)
-    return not failed
-
-
-def _run(args: argparse.Namespace, desired: DesiredState) -> int:
-    from reconciler.runtime.daemon import Daemon, Options
-
+def _run(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
+    _require(kind, args.take_over_compose, "takes_over_compose", "--take-over-compose")
+    _require(kind, args.prune_images, "prunes_images", "--prune-images")
     listen = DEFAULT_LISTEN if args.listen is None else tuple(a for a in args.listen if a)
     opts = Options(
         path=args.file,
@@ -445,23 +361,16 @@ def _run(args: argparse.Namespace, desired: DesiredState) -> int:
         strict_modes=not args.no_strict_modes,
         web=args.web,
     )
-    try:
-        api = connect()
-    except EngineUnavailable as exc:  # the daemon waits for the engine; it must start anyway
-        structlog.get_logger("reconciler").warning("engine down at start", error=str(exc))
-        api = connect(version=FALLBACK_API_VERSION)
+    daemon = Daemon(opts, kind, desired, signals=args.signals, policy=args.policy_obj)
     if args.take_over_compose:
-        from reconciler.ops.lock import ProjectLock
-
         lock = ProjectLock(desired.project, args.lock_dir)
         lock.acquire(role="reconciler run --take-over-compose")
         try:
-            taken = _take_over(Engine(api), desired, lambda r: None, log=True)
+            taken = daemon.target.take_over(lambda r: None, log_only=True)
         finally:
             lock.release()  # the daemon takes it again at once
         if not taken:
             return EXIT_ERROR
-    daemon = Daemon(opts, desired, api, signals=args.signals, policy=args.policy_obj)
     code = daemon.run()
     if daemon.unfinished:  # do not let the interpreter wait for that call's thread at exit
         sys.stdout.flush()
@@ -469,16 +378,12 @@ def _run(args: argparse.Namespace, desired: DesiredState) -> int:
     return code
 
 
-def _reload(args: argparse.Namespace, desired: DesiredState) -> int:
+def _reload(args: argparse.Namespace, desired: Desired) -> int:
     """SIGHUP to the daemon, then wait until a reload that began after it has finished (the
     status file says so): `systemctl reload` returns once the file is applied, and fails when
     the daemon rejected it. systemd 252 cannot wait on RELOADING=1/READY=1 by itself."""
-    import json
-    import os
     import signal
     import time
-
-    from reconciler.ops.lock import ProjectLock, status_path
 
     log = structlog.get_logger("reconciler")
     project = desired.project
@@ -497,7 +402,7 @@ def _reload(args: argparse.Namespace, desired: DesiredState) -> int:
         # (the daemon refuses that, and says so in its status file under the old name).
         for candidate in (path, *sorted(path.parent.glob("reconciler-*.status.json"))):
             try:
-                data = json.loads(candidate.read_text())
+                data = jsonlib.loads(candidate.read_text())
             except (OSError, ValueError):
                 continue
             if data.get("pid") == pid:
@@ -529,35 +434,23 @@ def _reload(args: argparse.Namespace, desired: DesiredState) -> int:
     return EXIT_OK
 
 
-def _status(args: argparse.Namespace, desired: DesiredState) -> int:
-    from reconciler.ops.lock import status_path
-    from reconciler.ops.status import render_status
-    from reconciler.runtime.state_store import StateStore
-
+def _status(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
+    target = kind.open(desired, _settings(args))
     status_file = status_path(desired.project, args.lock_dir)
-    store = StateStore(desired.project, args.state_dir)
-    engine = Engine(connect())
-    print(render_status(desired, engine, status_file, store, _denied_rules(args.denials)))
-    for line in clashes(desired, engine.others(desired.project)):
-        print(f"note: {line}")
+    print(target.status(status_file, denied_rules(args.denials)))
     return EXIT_OK
 
 
-def _down(args: argparse.Namespace, desired: DesiredState) -> int:
-    from reconciler.core.planner import plan_down
-    from reconciler.ops.lock import ProjectLock
-    from reconciler.runtime.executor import apply
-
+def _down(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
+    _require(kind, args.volumes, "removes_volumes", "--volumes")
     lock = ProjectLock(desired.project, args.lock_dir)
     lock.acquire(role="reconciler down")
     try:
-        engine = Engine(connect())
-        the_plan = plan_down(desired, engine.observe(desired.project), volumes=args.volumes)
-        results = apply(the_plan, engine.execute)
+        results = kind.open(desired, _settings(args)).down(volumes=args.volumes)
     finally:
         lock.release()
     for r in results:
-        line = f"{r.outcome:8} {describe(r.action)}"
+        line = f"{r.outcome:8} {r.text}"
         print(line if r.error is None else f"{line}: {r.error}")
     if not results:
         print(f"{desired.project}: nothing to remove")
@@ -614,11 +507,10 @@ def _import(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {
+_COMMANDS: dict[str, Callable[[argparse.Namespace, TargetKind, Desired], int]] = {
     "plan": _plan,
     "apply": _apply,
     "run": _run,
-    "reload": _reload,
     "status": _status,
     "down": _down,
 }

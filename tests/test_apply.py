@@ -7,7 +7,7 @@ import time
 
 from reconciler.core.model import Action, Plan, StartContainer, Step
 from reconciler.errors import ActionFailed
-from reconciler.runtime.executor import apply
+from reconciler.targets.host.executor import apply
 
 
 def start(name: str) -> StartContainer:

@@ -15,9 +15,11 @@ from reconciler.config import loader as desired
 from reconciler.core.model import Observed
 from reconciler.core.planner import plan
 from reconciler.engine.docker_engine import Engine
-from reconciler.runtime.controller import RESYNC, Controller, service_key
-from reconciler.runtime.oneshot import Applied, apply_once
-from reconciler.runtime.state_store import StateStore
+from reconciler.ops.state_store import StateStore
+from reconciler.runtime.settle import Applied, apply
+from reconciler.targets.base import RESYNC, Settings, service_key
+from reconciler.targets.host.adapter import HostTarget
+from reconciler.targets.host.controller import Controller
 from tests.conftest import (
     OWNER_LABEL,
     TEST_LABEL,
@@ -64,10 +66,10 @@ def stack(project: str, image: str, web_replicas: int = 2, **web: Any) -> dict[s
 def converge(path: Path, api: docker.APIClient | None = None, *, check: bool = True) -> Applied:
     """`reconciler apply` in process: the daemon's runtime, until the project settles."""
     state = desired.load(path)
-    engine = Engine(api or docker.from_env().api)
-    applied = apply_once(engine, state, StateStore(state.project), timeout_s=300)
+    target = HostTarget(api or docker.from_env().api, state, Settings())
+    applied = apply(target, timeout_s=300)
     if check:
-        assert applied.ok, [(r.action.key, r.error) for r in applied.errors]
+        assert applied.ok, [(r.key, r.error) for r in applied.errors]
     return applied
 
 

@@ -21,7 +21,6 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
 from reconciler.config import loader as desired
-from reconciler.engine.docker_engine import Engine
 from reconciler.ops.http import serve
 from reconciler.ops.logs import REDACTED, redact_secrets
 from reconciler.ops.metrics import ROLLOUT_RESULTS, Metrics
@@ -285,16 +284,16 @@ def test_reconcile_updates_metrics(
 ) -> None:
     """Reconciling counts runs and actions, sets drift, replicas and the rollout series, and
     counts a heal, on its registry."""
-    from reconciler.runtime.controller import RESYNC, Controller
-    from reconciler.runtime.oneshot import settle
-    from reconciler.runtime.state_store import StateStore
+    from reconciler.runtime.settle import settle
+    from reconciler.targets.base import RESYNC, Settings
+    from reconciler.targets.host.adapter import HostTarget
 
     metrics = Metrics(CollectorRegistry(), process=False)
     state = desired.load(write_state(small(project, busybox_image)))
-    store = StateStore(project, tmp_path / "state")
-    controller = Controller(Engine(api), state, store, metrics=metrics)
+    target = HostTarget(api, state, Settings(metrics=metrics, state_dir=tmp_path / "state"))
+    controller = target.controller
     get = metrics.registry.get_sample_value
-    assert settle(controller, timeout_s=60)
+    assert settle(target, timeout_s=60)
     assert (get("reconciler_reconcile_runs_total", {"result": "success"}) or 0) >= 1
     assert (
         get(
@@ -313,7 +312,7 @@ def test_reconcile_updates_metrics(
     api.remove_container(f"{project}-web-1", force=True)
     controller.reconcile(RESYNC)
     assert (get("reconciler_drift", {"kind": "container"}) or 0) >= 1  # create (and start)
-    assert settle(controller, timeout_s=60)
+    assert settle(target, timeout_s=60)
     assert get("reconciler_heals_total", {"service": "web", "reason": "removed"}) == 1
     assert get("reconciler_service_replicas", {"service": "web", "state": "running"}) == 2
     controller.enqueue = lambda key, delay: None

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
 
 from reconciler.config import loader, strict_modes, tree
@@ -19,6 +18,7 @@ from reconciler.ops.lock import ProjectLock
 from reconciler.runtime.daemon import Daemon, Options
 from reconciler.runtime.watchers import stamps
 from reconciler.runtime.workqueue import WorkQueue
+from reconciler.targets.host import KIND as HOST
 from tests.conftest import run_cli
 
 HEAD = "version: 1\nproject: rob\nservices:\n  web:\n    image: busybox\n"
@@ -143,30 +143,29 @@ def test_reload_thread_survives_an_unexpected_error(tmp_path: Path, monkeypatch:
     f.write_text(HEAD)
     desired = loader.load(f)
     options = Options(path=f, state_dir=tmp_path, lock_dir=tmp_path, settle=0.01)
-    d = Daemon(
-        options, desired, docker.APIClient(base_url="unix:///nonexistent.sock", version="1.41")
-    )
-    real_load = d._load
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")
+    d = Daemon(options, HOST, desired)
+    real_load = d.reloader.load
 
     def boom() -> Any:
         raise RecursionError("maximum recursion depth exceeded")
 
-    monkeypatch.setattr(d, "_load", boom)
-    thread = threading.Thread(target=d._reloader, daemon=True)
+    monkeypatch.setattr(d.reloader, "load", boom)
+    thread = threading.Thread(target=d.reloader.loop, daemon=True)
     thread.start()
     try:
         d.signals.reload.set()
-        _wait(lambda: d._last_reload is not None)
-        assert d._last_reload is not None and d._last_reload["result"] == "error"
-        assert "RecursionError" in str(d._last_reload["error"])
+        _wait(lambda: d.reloader.last is not None)
+        assert d.reloader.last is not None and d.reloader.last["result"] == "error"
+        assert "RecursionError" in str(d.reloader.last["error"])
         assert d.readyz() == (False, "docker engine unreachable; desired state invalid")
         assert d.metrics.state_valid._value.get() == 0
         assert d.desired.digest == desired.digest
-        monkeypatch.setattr(d, "_load", real_load)
+        monkeypatch.setattr(d.reloader, "load", real_load)
         f.write_text(HEAD.replace("busybox", "busybox:1"))
         d.signals.reload.set()
         _wait(lambda: d.desired.digest != desired.digest)
-        assert thread.is_alive() and d._state_valid
+        assert thread.is_alive() and d.state_valid
     finally:
         d.signals.stop.set()
         thread.join(10)

@@ -401,7 +401,7 @@ def test_rollout_records_are_private(tmp_path: Path, monkeypatch: pytest.MonkeyP
     """The records keep the environment a rollback needs (secrets too): the file is 0600 and
     the folders created for it 0700, whatever the umask (022 here)."""
     from reconciler.core.rollout import RolloutRecord
-    from reconciler.runtime import state_store
+    from reconciler.ops import state_store
 
     old = os.umask(0o022)
     try:

@@ -21,9 +21,12 @@ from prometheus_client import CollectorRegistry
 
 from reconciler.config import swarm as swarm_file
 from reconciler.core import swarm_plan as sp
-from reconciler.engine.swarm_engine import SwarmEngine
 from reconciler.ops.metrics import Metrics
-from reconciler.runtime.swarm_runtime import SwarmDaemon, SwarmReconciler, SwarmRecords, apply_once
+from reconciler.runtime.daemon import Daemon, Options
+from reconciler.runtime.settle import apply as apply_once
+from reconciler.targets import swarm as swarm_target
+from reconciler.targets.base import Settings
+from reconciler.targets.swarm import SwarmTarget
 from tests.swarmkit import one_node_swarm, remove_project
 from tests.test_stack_e2e import stack_images  # noqa: F401 (a fixture)
 
@@ -79,9 +82,9 @@ def web(busybox_image: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-def reconciler(path: Path, api: docker.APIClient, tmp_path: Path) -> SwarmReconciler:
+def reconciler(path: Path, api: docker.APIClient, tmp_path: Path) -> SwarmTarget:
     desired = swarm_file.load(path)
-    return SwarmReconciler(SwarmEngine(api), desired, SwarmRecords(desired.project, tmp_path))
+    return SwarmTarget(api, desired, Settings(state_dir=tmp_path))
 
 
 def running(api: docker.APIClient, service: str) -> int:
@@ -162,13 +165,10 @@ def test_daemon_corrects_drift_by_hand_through_events(
     other = f"{busybox_image.split(':')[0]}:other"
     path = swrite({"services": {"web": web(busybox_image, replicas=2)}})
     metrics = Metrics(CollectorRegistry(), process=False)
-    daemon = SwarmDaemon(
-        path,
+    daemon = Daemon(
+        Options(path=path, interval=600, listen=(), lock_dir=tmp_path, state_dir=tmp_path),
+        swarm_target.KIND,
         swarm_file.load(path),
-        swarm,
-        interval=600,
-        lock_dir=tmp_path,
-        state_dir=tmp_path,
         metrics=metrics,
     )
     thread = __import__("threading").Thread(target=daemon.run, daemon=True)
@@ -257,7 +257,7 @@ def test_changed_config_file_rotates_the_swarm_config(
     rec.desired = swarm_file.load(path)
     applied = apply_once(rec, timeout_s=120)
     assert applied.ok
-    verbs = [sp.describe(r.action) for r in applied.results]
+    verbs = [r.text for r in applied.results]
     assert any(v.startswith("create config") for v in verbs)
     assert any(v.startswith(f"update service {sproject}_web (the file changed it)") for v in verbs)
     spec = swarm.inspect_service(f"{sproject}_web")
@@ -404,7 +404,7 @@ def test_a_removed_service_and_its_network_come_back(
     assert applied.ok
     # The engine lists a removed overlay network for a few seconds more: until it stops,
     # the service's create fails (transient, retried); then the network comes first.
-    assert [sp.describe(r.action) for r in applied.results if r.outcome == "success"] == [
+    assert [r.text for r in applied.results if r.outcome == "success"] == [
         f"create network {net} (missing)",
         f"create service {sproject}_web (missing)",
     ]
@@ -449,7 +449,7 @@ def test_the_seed_stack_on_a_swarm(
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     rec = reconciler(path, swarm, tmp_path)
     applied = apply_once(rec, timeout_s=240)
-    assert applied.ok, [(sp.describe(r.action), r.error) for r in applied.results]
+    assert applied.ok, [(r.text, r.error) for r in applied.results]
 
     def backends() -> set[str]:
         seen = set()

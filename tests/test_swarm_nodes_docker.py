@@ -18,10 +18,12 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from reconciler.config import swarm as swarm_file
-from reconciler.engine.swarm_engine import SwarmEngine
 from reconciler.ops.metrics import Metrics
-from reconciler.runtime.swarm_runtime import SwarmDaemon, SwarmReconciler, SwarmRecords, apply_once
-from reconciler.swarm_cli import render_status
+from reconciler.runtime.daemon import Daemon, Options
+from reconciler.runtime.settle import apply as apply_once
+from reconciler.targets import swarm as swarm_target
+from reconciler.targets.base import Settings
+from reconciler.targets.swarm import SwarmTarget, render_status
 from tests.conftest import REQUIRE_DOCKER
 from tests.swarmkit import SecondNode, remove_project, swarm_state
 from tests.test_swarm_docker import wait, web
@@ -85,7 +87,7 @@ def test_global_mode_and_placement_across_two_nodes(
     }
     path = write(tmp_path / "d.yaml", project2, services)
     desired = swarm_file.load(path)
-    rec = SwarmReconciler(SwarmEngine(api), desired, SwarmRecords(project2, tmp_path))
+    rec = SwarmTarget(api, desired, Settings(state_dir=tmp_path))
     assert apply_once(rec, timeout_s=180).ok
     assert task_nodes(api, f"{project2}_agent") == sorted([manager, nodes.hostname])
     assert task_nodes(api, f"{project2}_web") == [nodes.hostname]
@@ -114,13 +116,10 @@ def test_a_drained_node_is_swarms_business(
     }
     path = write(tmp_path / "d.yaml", project2, services)
     metrics = Metrics(CollectorRegistry(), process=False)
-    daemon = SwarmDaemon(
-        path,
+    daemon = Daemon(
+        Options(path=path, interval=600, listen=(), lock_dir=tmp_path, state_dir=tmp_path),
+        swarm_target.KIND,
         swarm_file.load(path),
-        api,
-        interval=600,
-        lock_dir=tmp_path,
-        state_dir=tmp_path,
         metrics=metrics,
     )
     thread = threading.Thread(target=daemon.run, daemon=True)

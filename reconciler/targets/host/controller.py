@@ -1,6 +1,7 @@
-"""Reconciles one key of one project: `resync`, `service:NAME` or `image:NAME`.
+"""Reconciles one key of one project on the host: `resync`, `service:NAME` or `image:NAME`.
 
-Called by the workers of a `WorkQueue` (the daemon, and `reconciler apply`): a key is
+Called through the host adapter by the workers of a `WorkQueue` (the daemon, and
+`reconciler apply`): a key is
 never handled by two workers at once, so each service's bookkeeping is its own. Nothing
 here waits: a rollout monitor, a drain, a back-off or a pull in progress is a requeue
 (`Outcome.requeue_after`). Pulls and builds run under their own keys, with a deadline.
@@ -44,30 +45,22 @@ from reconciler.core.model import (
 from reconciler.core.planner import Holds, foreign_namespaces, plan
 from reconciler.engine.docker_engine import Engine
 from reconciler.errors import ActionFailed, Deferred, EngineUnavailable
-from reconciler.runtime.executor import StepResult, apply
-from reconciler.runtime.image_ledger import ImageLedger
-from reconciler.runtime.state_store import StateStore
+from reconciler.ops.state_store import StateStore
+from reconciler.targets.base import Outcome, image_key, service_key
+from reconciler.targets.host.executor import StepResult, apply
+from reconciler.targets.host.image_ledger import ImageLedger
 
 if TYPE_CHECKING:  # prometheus_client is imported only where metrics are served
     from reconciler.ops.metrics import Metrics
 
 log = structlog.get_logger("reconciler")
 
-RESYNC = "resync"
 DEPENDENCY_RECHECK_S = 1.0
 VERIFY_AFTER_FAST_HEAL_S = 0.5
 # Replicas started at once after a mass failure. Measured with 50: 12 and 64 side by side
 # bring them back equally fast; the engine's own start throughput is the limit.
 HEAL_POOL = 16
 HEALTH_RECHECK_S = 1.0
-
-
-def service_key(name: str) -> str:
-    return f"service:{name}"
-
-
-def image_key(name: str) -> str:
-    return f"image:{name}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,14 +77,6 @@ class Exit:
         code = attrs.get("exitCode", "")
         exit_code = int(code) if code.lstrip("-").isdigit() else None
         return cls(attrs.get("name", ""), attrs.get(LABEL_SPEC_HASH, ""), exit_code, at)
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    requeue_after: float | None = None
-    busy: bool = False  # a rollout, drain, pull or dependency is under way: not settled
-    errors: int = 0
-    actions: int = 0
 
 
 class Controller:

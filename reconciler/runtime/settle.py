@@ -1,7 +1,8 @@
-"""`reconciler apply`: drive the same keyed work as the daemon until the project settles.
+"""`reconciler apply`: drive the daemon's keyed work on any target until the project settles.
 
 Settled means no key is queued or running and none is busy (a rollout being monitored, a
-drain, a pull, a dependency starting); keys only waiting out a back-off do not hold it up.
+drain, a pull, a dependency starting, Swarm updating); keys only waiting out a back-off do
+not hold it up.
 """
 
 from __future__ import annotations
@@ -11,28 +12,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from reconciler.core.model import DesiredState
-from reconciler.engine.docker_engine import Engine
 from reconciler.errors import EngineUnavailable
-from reconciler.runtime.controller import RESYNC, Controller, service_key
-from reconciler.runtime.executor import StepResult
-from reconciler.runtime.state_store import StateStore
+from reconciler.runtime.backoff import Backoff
 from reconciler.runtime.workqueue import ShutDown, WorkQueue
+from reconciler.targets.base import RESYNC, Done, Target
 
 
 @dataclass(frozen=True, slots=True)
 class Applied:
-    """What `apply_once` did: every result in order, the planner's notes, and whether the
-    project settled in time."""
+    """What `apply` did: every result in order, and whether the project settled in time."""
 
-    results: tuple[StepResult, ...]
-    notes: tuple[str, ...]
+    results: tuple[Done, ...]
     settled: bool
 
     @property
-    def errors(self) -> tuple[StepResult, ...]:
+    def errors(self) -> tuple[Done, ...]:
         """The last result of each action that did not succeed in the end."""
-        last = {r.action.key: r for r in self.results if r.outcome != "waiting"}
+        last = {r.key: r for r in self.results}
         return tuple(r for r in last.values() if r.outcome != "success")
 
     @property
@@ -40,42 +36,38 @@ class Applied:
         return self.settled and not self.errors
 
 
-def apply_once(
-    engine: Engine,
-    desired: DesiredState,
-    store: StateStore,
-    *,
-    timeout_s: float = 600.0,
-    on_result: Callable[[StepResult], None] | None = None,
+def apply(
+    target: Target, *, timeout_s: float, on_done: Callable[[Done], None] | None = None
 ) -> Applied:
-    """Converge `desired` with the daemon's own work queue and rollouts, then return."""
-    results: list[StepResult] = []
-    notes: list[str] = []
+    """Converge with the daemon's own keyed work, collecting every action's result."""
+    results: list[Done] = []
     lock = threading.Lock()
 
-    def record(r: StepResult) -> None:
-        if r.outcome == "waiting":
-            return
+    def record(r: Done) -> None:
         with lock:
             results.append(r)
-        if on_result:
-            on_result(r)
+        if on_done is not None:
+            on_done(r)
 
-    controller = Controller(engine, desired, store, on_result=record, on_note=notes.append)
-    settled = settle(controller, timeout_s=timeout_s)
-    return Applied(tuple(results), tuple(dict.fromkeys(notes)), settled)
+    before, target.on_done = target.on_done, record
+    try:
+        settled = settle(target, timeout_s=timeout_s)
+    finally:
+        target.on_done = before
+    return Applied(tuple(results), settled)
 
 
-def settle(controller: Controller, *, timeout_s: float, workers: int = 4) -> bool:
+def settle(target: Target, *, timeout_s: float, workers: int = 4) -> bool:
     """Reconcile every key until settled; False when `timeout_s` ran out first.
 
     Raise EngineUnavailable if the engine cannot be reached.
     """
     queue = WorkQueue()
+    backoff = Backoff()
     busy: dict[str, bool] = {}
     failure: list[EngineUnavailable] = []
     lock = threading.Lock()
-    controller.enqueue = queue.add_after
+    target.bind(queue.add_after)
 
     def work() -> None:
         while True:
@@ -84,7 +76,7 @@ def settle(controller: Controller, *, timeout_s: float, workers: int = 4) -> boo
             except ShutDown:
                 return
             try:
-                outcome = controller.reconcile(key)
+                outcome = target.reconcile(key, "manual")
             except EngineUnavailable as exc:
                 failure.append(exc)
                 queue.done(key)
@@ -93,12 +85,17 @@ def settle(controller: Controller, *, timeout_s: float, workers: int = 4) -> boo
             with lock:
                 busy[key] = outcome.busy
             queue.done(key)
-            if outcome.requeue_after is not None and (outcome.busy or outcome.requeue_after == 0):
-                queue.add_after(key, outcome.requeue_after)
+            delay = outcome.requeue_after
+            if outcome.errors and delay is None and outcome.busy:
+                delay = backoff.next(key)
+            elif not outcome.errors:
+                backoff.forget(key)
+            if delay is not None and (outcome.busy or delay == 0):
+                queue.add_after(key, delay)
 
-    for svc in controller.desired.services:
-        busy[service_key(svc.name)] = True
-        queue.add(service_key(svc.name))
+    for key in target.first_keys():
+        busy[key] = True
+        queue.add(key)
     queue.add(RESYNC)
     threads = [threading.Thread(target=work, daemon=True) for _ in range(workers)]
     for t in threads:

@@ -1,0 +1,120 @@
+"""What a daemon keeps between runs, in the state directory (systemd's `StateDirectory=`):
+one typed JSON file per project and kind (`<project>.rollouts.json`, `.drains.json`,
+`.images.json`, `.swarm.json`), read once, replaced atomically on every change, 0600.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import structlog
+from pydantic import TypeAdapter, ValidationError
+
+from reconciler.core.rollout import RolloutRecord
+from reconciler.ops.lock import systemd_dir
+
+log = structlog.get_logger("reconciler")
+V = TypeVar("V")
+
+
+def default_state_dir() -> Path:
+    """$STATE_DIRECTORY (systemd), else /var/lib/reconciler when writable, else
+    $XDG_STATE_HOME/reconciler (~/.local/state/reconciler)."""
+    home = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return systemd_dir(
+        "STATE_DIRECTORY", Path("/var/lib/reconciler"), Path(home) / "reconciler", mode=0o700
+    )
+
+
+class JsonStore(Generic[V]):
+    """key -> value (of type `value`, checked by pydantic) in `<project>.<kind>.json`.
+
+    A damaged file only costs what it remembered: it is reported and the store starts empty.
+    """
+
+    def __init__(self, project: str, kind: str, value: Any, directory: Path | None = None) -> None:
+        self.path = (directory or default_state_dir()) / f"{project}.{kind}.json"
+        self._adapter: TypeAdapter[dict[str, V]] = TypeAdapter(dict[str, value])  # type: ignore[valid-type]
+        self._lock = threading.Lock()
+        self._values: dict[str, V] = self._read()
+
+    def _read(self) -> dict[str, V]:
+        try:
+            return self._adapter.validate_json(self.path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValidationError, ValueError) as exc:
+            log.error("state file unreadable; starting without", path=str(self.path),
+                      error=str(exc)[:300])  # fmt: skip
+            return {}
+
+    def get(self, key: str) -> V | None:
+        with self._lock:
+            return self._values.get(key)
+
+    def all(self) -> dict[str, V]:
+        with self._lock:
+            return dict(self._values)
+
+    def put(self, key: str, value: V) -> None:
+        """Set and save (nothing is written when the value is unchanged)."""
+        with self._lock:
+            if key in self._values and self._values[key] == value:
+                return
+            self._values[key] = value
+            write_atomic(self.path, self._adapter.dump_json(self._values))
+
+
+class StateStore:
+    """Rollout records and drains of one project; readable by `status` and `plan` while a
+    daemon runs. Drains: replicas out of DNS must be let back in after a crash."""
+
+    def __init__(self, project: str, directory: Path | None = None) -> None:
+        self._records: JsonStore[RolloutRecord] = JsonStore(
+            project, "rollouts", RolloutRecord, directory
+        )
+        self._drains: JsonStore[dict[str, float]] = JsonStore(
+            project, "drains", dict[str, float], directory
+        )
+        self.path = self._records.path
+
+    def get(self, service: str) -> RolloutRecord:
+        return self._records.get(service) or RolloutRecord()
+
+    def all(self) -> dict[str, RolloutRecord]:
+        return self._records.all()
+
+    def put(self, service: str, record: RolloutRecord) -> None:
+        if self._records.get(service) is None and record == RolloutRecord():
+            return
+        self._records.put(service, record)
+
+    def drains(self, service: str) -> dict[str, float]:
+        return dict(self._drains.get(service) or {})
+
+    def put_drains(self, service: str, drains: dict[str, float]) -> None:
+        if not drains and not self._drains.get(service):
+            return
+        self._drains.put(service, dict(drains))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` atomically (a crash leaves the old file or the new one, never half).
+
+    The records hold the environment a rollback recreates containers with (secrets too):
+    the file is 0600 (mkstemp's mode) and a folder created for it 0700.
+    """
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.error("cannot save state", path=str(path), error=str(exc))

@@ -1,0 +1,39 @@
+"""Per-key exponential back-off with jitter (client-go's ItemExponentialFailureRateLimiter):
+a key that keeps failing is retried after 0.5, 1, 2, 4, 8 s (each ±20 %), one that succeeds
+is forgotten. Used by the daemon and `apply` alike, whichever the target."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+BASE_S = 0.5
+CAP_S = 8.0
+JITTER = 0.2
+
+
+class Backoff:
+    def __init__(
+        self, base: float = BASE_S, cap: float = CAP_S, rng: random.Random | None = None
+    ) -> None:
+        self.base = base
+        self.cap = cap
+        self._rng = rng or random.Random()
+        self._failures: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def next(self, key: str) -> float:
+        """The delay before `key` is retried after one more failure."""
+        with self._lock:
+            n = self._failures.get(key, 0)
+            self._failures[key] = n + 1
+            jitter = 1.0 + self._rng.uniform(-JITTER, JITTER)
+        return min(self.base * 2.0 ** min(n, 32), self.cap) * jitter
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._failures.pop(key, None)
+
+    def failures(self, key: str) -> int:
+        with self._lock:
+            return self._failures.get(key, 0)

@@ -1,0 +1,192 @@
+"""The one seam between the daemon and a target: what an adapter (host, Swarm, ...) provides.
+
+The daemon (runtime/) owns everything that is written once: lock, signals, systemd notify
+and watchdog, reload with its safety, the work queue and its back-off, the status file,
+HTTP and metrics. An adapter only loads the file with its rules, observes, plans, executes
+one key and says which keys an engine event touches; what it cannot do is a capability.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from reconciler.core.policy import Denial, Policy
+
+if TYPE_CHECKING:  # prometheus_client is imported only where metrics are served
+    import threading
+
+    from reconciler.ops.metrics import Metrics
+
+RESYNC = "resync"  # the whole project, observed once
+
+
+def service_key(name: str) -> str:
+    return f"service:{name}"
+
+
+def image_key(name: str) -> str:
+    """A pull or build: its own workers, so it never holds up a heal."""
+    return f"image:{name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one reconcile of one key says: look again after `requeue_after` seconds (None:
+    only when something asks); `busy` while a rollout, drain, pull or update is under way."""
+
+    requeue_after: float | None = None
+    busy: bool = False
+    errors: int = 0
+    actions: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a target does beyond the common ground (the CLI and daemon ask, never guess)."""
+
+    heals_replicas: bool = False  # restarts/recreates containers itself (Swarm heals tasks)
+    follows_tags: bool = False  # pull_policy daily/weekly/every_<d> asks the registry
+    prunes_images: bool = False  # --prune-images
+    takes_over_compose: bool = False  # --take-over-compose
+    removes_volumes: bool = False  # down --volumes
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What the CLI hands an adapter when it opens one (a daemon, `apply`, `plan`...)."""
+
+    state_dir: Path | None = None
+    lock_dir: Path | None = None
+    pull_timeout: float = 600.0
+    prune_images: bool = False
+    daemon: bool = False  # the long-running daemon (follows tags; waits for the engine)
+    metrics: Metrics | None = None
+    cancelled: Callable[[], bool] = lambda: False
+
+
+class Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class Desired(Protocol):
+    """What the daemon reads of any target's desired state."""
+
+    @property
+    def project(self) -> str: ...
+    @property
+    def digest(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def watched(self) -> tuple[str, ...]: ...
+    @property
+    def denied(self) -> frozenset[str]: ...
+    @property
+    def services(self) -> Sequence[Named]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """One executed action, as the CLI prints it: `success  create container web-1 (...)`."""
+
+    outcome: str  # success | error | skipped
+    text: str
+    error: str | None = None
+    key: str = ""  # the action's identity: its last result is the one that counts
+
+
+@dataclass(frozen=True, slots=True)
+class PlanReport:
+    """What `plan` prints: notes, blocking errors, denials, then the steps (or in sync)."""
+
+    project: str
+    notes: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()  # each stops the plan (exit 1) before its steps are listed
+    denials: tuple[str, ...] = ()  # services the host policy denies (exit 1, never in sync)
+    steps: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyReport:
+    """What `apply` prints after its results: notes, then the problems that make it fail."""
+
+    notes: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()
+
+
+Emit = Callable[[str, float], None]  # (key, delay): "look at this key after delay seconds"
+
+
+class Target(Protocol):
+    """One project on one engine, opened by a `TargetKind`."""
+
+    desired: Desired
+    on_done: Callable[[Done], None] | None  # each action executed, as it finishes
+    # Services gone from the file are left alone while set (a file that changed just now
+    # may be half written: the daemon reads it again before anything is removed).
+    hold_removals: bool
+
+    def first_keys(self) -> Iterable[str]:
+        """The keys whose first reconcile makes the project ready (READY=1, /readyz)."""
+        ...
+
+    def reconcile(self, key: str, trigger: str) -> Outcome:
+        """One key, once; raise EngineUnavailable when the engine cannot be read."""
+        ...
+
+    def bind(self, emit: Emit) -> None:
+        """Where the adapter asks for keys of its own (a dependency, a pull that finished)."""
+        ...
+
+    def watch(self, stop: threading.Event, emit: Emit, count: Callable[[], None]) -> None:
+        """Follow the engine's events until `stop`; each only emits keys (blocking)."""
+        ...
+
+    def status_data(self) -> Mapping[str, object]:
+        """What the daemon's status file carries for `status` (JSON-ready)."""
+        ...
+
+    def plan(self) -> PlanReport: ...
+
+    def apply_report(self) -> ApplyReport:
+        """After `apply`: the notes seen, and the problems that make it fail."""
+        ...
+
+    def take_over(self, show: Callable[[Done], None], *, log_only: bool) -> bool:
+        """--take-over-compose (when `capabilities.takes_over_compose`)."""
+        ...
+
+    def status(self, status_file: Path, denials: Mapping[str, str]) -> str: ...
+
+    def down(self, *, volumes: bool) -> tuple[Done, ...]: ...
+
+    def close(self) -> None:
+        """Stop what runs beside the keys (transfers, heal pools): the daemon is stopping."""
+        ...
+
+
+class TargetKind(Protocol):
+    """A target before it connects: its file rules and the policy's judgement."""
+
+    name: str
+    capabilities: Capabilities
+
+    def load(self, path: Path) -> Desired:
+        """Read and validate the file for this target; DesiredStateError when bad."""
+        ...
+
+    def judge(self, desired: Desired, policy: Policy) -> tuple[Desired, tuple[Denial, ...]]:
+        """The host policy: denied services are marked, never created nor touched."""
+        ...
+
+    def summary(self, desired: Desired) -> str:
+        """`validate`'s line: `valid (project p: web x2, db x1)`."""
+        ...
+
+    def open(self, desired: Desired, settings: Settings) -> Target:
+        """Connect; raise EngineUnavailable (or a target's own ReconcilerError)."""
+        ...

@@ -1,0 +1,320 @@
+"""The single Docker host as a target: containers, networks and volumes of one project.
+
+Maps the daemon's keys onto the `Controller` (resync, service:NAME, image:NAME), Docker's
+container/network/volume events onto keys, and `plan`, `apply`'s report, `status`, `down`
+and `--take-over-compose` onto the planner and the engine.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, cast
+
+import structlog
+
+from reconciler.config import loader
+from reconciler.core import rollout as ro
+from reconciler.core.images import pin_all
+from reconciler.core.model import DesiredState, describe
+from reconciler.core.planner import EXTERNAL_MISSING, NAMESPACE_MISSING, Holds, foreign_namespaces
+from reconciler.core.planner import plan as plan_of
+from reconciler.core.policy import Denial, Policy, enforce
+from reconciler.core.takeover import clashes, plan_takeover
+from reconciler.engine.docker_engine import FALLBACK_API_VERSION, Engine, connect
+from reconciler.engine.events import follow
+from reconciler.errors import EngineUnavailable
+from reconciler.ops.state_store import StateStore
+from reconciler.ops.status import render_status
+from reconciler.targets.base import (
+    RESYNC,
+    ApplyReport,
+    Capabilities,
+    Desired,
+    Done,
+    Emit,
+    Outcome,
+    PlanReport,
+    Settings,
+    service_key,
+)
+from reconciler.targets.host.controller import Controller, Exit
+from reconciler.targets.host.events import container_event, filters, infra_event
+from reconciler.targets.host.executor import StepResult, apply
+from reconciler.targets.host.image_ledger import ImageLedger
+
+log = structlog.get_logger("reconciler")
+
+# Docker's container list can lag its own events (a `die` or `pause` still shows "running"
+# for up to ~0.2 s): a service is looked at once more a moment after its event.
+EVENT_RECHECK_S = 0.5
+# A network or volume event asks for a resync a moment later, so a burst (every replica
+# that dies leaves its networks: 50 `disconnect`s in a mass failure) is one resync.
+RESYNC_COALESCE_S = 0.25
+
+
+def done_of(r: StepResult) -> Done:
+    return Done(r.outcome, describe(r.action), r.error, r.action.key)
+
+
+class HostKind:
+    """The single host's file rules (the loader) and the policy's judgement."""
+
+    name = "host"
+    capabilities = Capabilities(
+        heals_replicas=True,
+        follows_tags=True,
+        prunes_images=True,
+        takes_over_compose=True,
+        removes_volumes=True,
+    )
+
+    def load(self, path: Path) -> DesiredState:
+        return loader.load(path)
+
+    def judge(self, desired: Desired, policy: Policy) -> tuple[DesiredState, tuple[Denial, ...]]:
+        return enforce(cast(DesiredState, desired), policy)
+
+    def summary(self, desired: Desired) -> str:
+        d = cast(DesiredState, desired)
+        services = ", ".join(f"{s.name} x{len(s.replicas)}" for s in d.services)
+        return f"valid (project {d.project}: {services})"
+
+    def open(self, desired: Desired, settings: Settings) -> HostTarget:
+        try:
+            api = connect()
+        except EngineUnavailable as exc:
+            if not settings.daemon:
+                raise
+            # The daemon waits for the engine; it must start anyway.
+            log.warning("engine down at start", error=str(exc))
+            api = connect(version=FALLBACK_API_VERSION)
+        return HostTarget(api, cast(DesiredState, desired), settings)
+
+
+class HostTarget:
+    """One project's containers on one engine, reconciled one key at a time."""
+
+    def __init__(
+        self,
+        api: Any,
+        desired: DesiredState,
+        settings: Settings,
+    ) -> None:
+        self.api = api
+        self.engine = Engine(api)
+        self.settings = settings
+        self.store = StateStore(desired.project, settings.state_dir)
+        self._notes: list[str] = []
+        self.on_done: Callable[[Done], None] | None = None
+        self.controller = Controller(
+            self.engine,
+            desired,
+            self.store,
+            metrics=settings.metrics,
+            pull_timeout_s=settings.pull_timeout,
+            cancelled=settings.cancelled,
+            on_result=self._result,
+            on_note=self._note,
+            follow_tags=settings.daemon,
+            ledger=ImageLedger(desired.project, settings.state_dir)
+            if settings.prune_images
+            else None,
+        )
+
+    # ------------------------------------------------------------------ the daemon's seam
+
+    @property
+    def desired(self) -> DesiredState:
+        return self.controller.desired
+
+    @desired.setter
+    def desired(self, value: Desired) -> None:
+        self.controller.desired = cast(DesiredState, value)
+
+    @property
+    def hold_removals(self) -> bool:
+        return self.controller.hold_removals
+
+    @hold_removals.setter
+    def hold_removals(self, value: bool) -> None:
+        self.controller.hold_removals = value
+
+    def first_keys(self) -> Iterable[str]:
+        return [service_key(s.name) for s in self.desired.services]
+
+    def bind(self, emit: Emit) -> None:
+        self.controller.enqueue = emit
+
+    def reconcile(self, key: str, trigger: str) -> Outcome:
+        return self.controller.reconcile(key, trigger)
+
+    def watch(self, stop: threading.Event, emit: Emit, count: Callable[[], None]) -> None:
+        def on_event(event: dict[str, Any]) -> None:
+            count()
+            desired = self.desired
+            seen = container_event(event, desired)
+            if seen is None:  # a network or volume of ours: one resync for a burst
+                if infra_event(event, desired):
+                    emit(RESYNC, RESYNC_COALESCE_S)
+                return
+            service, action, container_id = seen
+            at = event.get("timeNano", 0) / 1e9 or time.time()
+            if action == "start":  # not news: its time makes a later exit's run known
+                self.controller.note_started(container_id, at)
+                return
+            if action == "destroy":
+                self.controller.forget(container_id)
+            if action == "die":
+                attrs = (event.get("Actor") or {}).get("Attributes") or {}
+                self.controller.hint_died(service, container_id, Exit.of(attrs, at))
+            emit(service_key(service), 0.0)
+            emit(service_key(service), EVENT_RECHECK_S)
+
+        follow(
+            self.api,
+            filters(),
+            stop,
+            on_event=on_event,
+            on_reconnect=lambda: emit(RESYNC, RESYNC_COALESCE_S),
+            project=self.desired.project,
+        )
+
+    def status_data(self) -> Mapping[str, object]:
+        return {"crashloop": self.controller.crashloops(), "images": self.controller.tags()}
+
+    def close(self) -> None:
+        self.engine.cancel_transfers()
+        self.controller.close()
+
+    # ------------------------------------------------------------------ the CLI's seam
+
+    def _result(self, r: StepResult) -> None:
+        if self.on_done is not None and r.outcome != "waiting":
+            self.on_done(done_of(r))
+
+    def _note(self, note: object) -> None:
+        text = str(note)
+        if text not in self._notes:
+            self._notes.append(text)
+
+    def plan(self) -> PlanReport:
+        desired = self.desired
+        engine = self.engine
+        desired = pin_all(desired, engine.local_digest)  # a followed tag runs pinned
+        notes: list[str] = []
+        services, rollouts = [], {}
+        for svc in desired.services:
+            record = ro.refresh(self.store.get(svc.name), svc)
+            target, mode = ro.target(svc, record)
+            services.append(target)
+            rollouts[svc.name] = ro.rollout_for(svc, record, mode)
+            if mode == "rolled_back":
+                notes.append(
+                    f"service {svc.name}: revision {svc.revision[:12]} is held as failed "
+                    f"({record.failed_reason}); it runs {record.stable_revision[:12]} until the "
+                    "file changes the service again"
+                )
+            elif mode == "paused":
+                notes.append(f"service {svc.name}: rollout paused ({record.paused_reason})")
+        wanted = foreign_namespaces(desired)
+        foreign = engine.find_containers(wanted)
+        holds = Holds(
+            now=time.time(), rollouts=rollouts, outside=foreign, absent=wanted - set(foreign)
+        )
+        observed = engine.observe(desired.project)
+        if desired.denied:  # denied by the host policy: neither created nor removed
+            services = [s for s in services if s.name not in desired.denied]
+            kept = tuple(c for c in observed.containers if c.service not in desired.denied)
+            observed = replace(observed, containers=kept)
+        the_plan = plan_of(replace(desired, services=tuple(services)), observed, holds)
+        notes += [str(n) for n in the_plan.notes]
+        notes += clashes(desired, engine.others(desired.project))
+        return PlanReport(
+            desired.project,
+            notes=tuple(notes),
+            errors=_missing(the_plan.notes),
+            steps=tuple(describe(step.action) for step in the_plan.steps),
+        )
+
+    def apply_report(self) -> ApplyReport:
+        desired = self.desired
+        held = clashes(desired, self.engine.others(desired.project))
+        problems = []
+        for svc in desired.services:
+            record = self.store.get(svc.name)
+            if record.failed_revision == svc.revision:
+                problems.append(
+                    f"rollout of {svc.name} failed ({record.failed_reason}); rolled back"
+                )
+            elif record.paused_revision == svc.revision:
+                problems.append(f"rollout of {svc.name} paused ({record.paused_reason})")
+        problems += [f"error: {e}" for e in _missing(self._notes)]
+        return ApplyReport(notes=(*held, *self._notes), problems=tuple(problems))
+
+    def take_over(self, show: Callable[[Done], None], *, log_only: bool = False) -> bool:
+        """Replace the compose project's containers with ours (`--take-over-compose`)."""
+        desired, engine = self.desired, self.engine
+        the_plan = plan_takeover(
+            desired, engine.observe(desired.project), engine.others(desired.project)
+        )
+        for note in the_plan.notes:
+            if log_only:
+                log.info("take over compose", project=desired.project, note=str(note))
+            else:
+                print(f"# {note}")
+        results = apply(the_plan, engine.execute)
+        for r in results:
+            show(done_of(r))
+            if log_only:
+                log.info(
+                    "action",
+                    verb=r.action.verb,
+                    name=r.action.name,
+                    outcome=r.outcome,
+                    error=r.error,
+                )
+        failed = [r for r in results if r.outcome != "success"]
+        if failed:
+            text = (
+                f"taking over compose project {desired.project} stopped: "
+                f"{len(failed)} step(s) failed"
+            )
+            if log_only:
+                log.error(text)
+            else:
+                print(text)
+        return not failed
+
+    def status(self, status_file: Path, denials: Mapping[str, str]) -> str:
+        desired = self.desired
+        text = render_status(desired, self.engine, status_file, self.store, dict(denials))
+        lines = [f"note: {line}" for line in clashes(desired, self.engine.others(desired.project))]
+        return "\n".join([text, *lines])
+
+    def down(self, *, volumes: bool) -> tuple[Done, ...]:
+        from reconciler.core.planner import plan_down
+
+        the_plan = plan_down(
+            self.desired, self.engine.observe(self.desired.project), volumes=volumes
+        )
+        return tuple(done_of(r) for r in apply(the_plan, self.engine.execute))
+
+
+def _missing(notes: Sequence[object]) -> tuple[str, ...]:
+    """Errors the notes carry: a missing external network/volume (never ours to create), a
+    namespace (`container:X`) that no container gives."""
+    out: list[str] = []
+    for note in map(str, notes):
+        if EXTERNAL_MISSING in note:
+            out.append(f"{note.partition(':')[0]} is declared external but does not exist")
+    for note in dict.fromkeys(str(n) for n in notes if NAMESPACE_MISSING in str(n)):
+        key, _, reason = note.partition(": held back (")
+        out.append(f"{key}: {reason.removesuffix(')')}")
+    return tuple(out)
+
+
+KIND = HostKind()

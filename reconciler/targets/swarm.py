@@ -1,0 +1,407 @@
+"""Docker Swarm as a target (`--target swarm`): one project's services, configs, secrets and
+overlay networks, kept equal to the file. Tasks are Swarm's to heal; its rollouts and
+rollbacks are its own (a rollback is held here until the file changes the service).
+
+Keys: `service:NAME` (one service), `resync` (the project). Swarm's events (service, node,
+config, secret, network) only emit keys; the daemon around it is the host's.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import structlog
+from pydantic import BaseModel
+
+from reconciler.config import swarm as swarm_file
+from reconciler.core import swarm_plan as sp
+from reconciler.core.policy import Denial, Policy
+from reconciler.engine.docker_engine import connect
+from reconciler.engine.events import follow
+from reconciler.engine.swarm_engine import SwarmEngine, TaskCounts, check_manager
+from reconciler.errors import ActionFailed
+from reconciler.ops.metrics import Metrics
+from reconciler.ops.state_store import JsonStore
+from reconciler.targets.base import (
+    RESYNC,
+    ApplyReport,
+    Capabilities,
+    Desired,
+    Done,
+    Emit,
+    Outcome,
+    PlanReport,
+    Settings,
+)
+
+log = structlog.get_logger("reconciler")
+SETTLE_S = 1.0  # Swarm is at work (an update, tasks not yet where they should be): look again
+SWARM_EVENTS = ("service", "node", "config", "secret", "network")
+UPDATING = ("updating", "rollback_started")
+
+
+class SwarmRecord(BaseModel):
+    """Per service: the spec hash we last pushed, and one Swarm rolled back (held)."""
+
+    pushed: str = ""
+    failed: str = ""
+    failed_reason: str = ""
+
+
+def records(project: str, directory: Path | None) -> JsonStore[SwarmRecord]:
+    """`<project>.swarm.json` in the state directory."""
+    return JsonStore(project, "swarm", SwarmRecord, directory)
+
+
+@dataclass
+class Pass:
+    results: list[Done] = field(default_factory=list)
+    notes: tuple[str, ...] = ()
+    drift: int = 0
+    settling: bool = False  # a service is updating or rolling back: look again soon
+    transient: bool = False  # an error that may go away by itself
+
+
+class SwarmKind:
+    """Swarm's file rules (what it cannot honour is an error with its line)."""
+
+    name = "swarm"
+    capabilities = Capabilities()
+
+    def load(self, path: Path) -> sp.SwarmDesired:
+        return swarm_file.load(path)
+
+    def judge(self, desired: Desired, policy: Policy) -> tuple[sp.SwarmDesired, tuple[Denial, ...]]:
+        return swarm_file.judged(cast(sp.SwarmDesired, desired), policy)
+
+    def summary(self, desired: Desired) -> str:
+        d = cast(sp.SwarmDesired, desired)
+        services = ", ".join(
+            f"{s.name} {'global' if s.global_mode else f'x{s.replicas}'}" for s in d.services
+        )
+        return f"valid for swarm (project {d.project}: {services})"
+
+    def open(self, desired: Desired, settings: Settings) -> SwarmTarget:
+        api = connect()
+        check_manager(api)
+        return SwarmTarget(api, cast(sp.SwarmDesired, desired), settings)
+
+
+class SwarmTarget:
+    """One project's Swarm services: observe, judge rollbacks, plan, act, per key."""
+
+    def __init__(
+        self,
+        api: Any,
+        desired: sp.SwarmDesired,
+        settings: Settings,
+    ) -> None:
+        self.api = api
+        self.engine = SwarmEngine(api)
+        self.desired: sp.SwarmDesired = desired  # type: ignore[assignment]
+        self.records = records(desired.project, settings.state_dir)
+        self.metrics: Metrics | None = settings.metrics
+        self.hold_removals = False
+        self.on_done: Callable[[Done], None] | None = None
+        self._notes: list[str] = []
+        self._lock = threading.Lock()  # one pass at a time may record its judgement
+        self._update_states: dict[str, str] = {}  # Swarm's UpdateStatus.State, last seen
+
+    # ------------------------------------------------------------------ the daemon's seam
+
+    def first_keys(self) -> Iterable[str]:
+        return [RESYNC]
+
+    def bind(self, emit: Emit) -> None:
+        pass  # every key it needs comes from events and the daemon's resync
+
+    def reconcile(self, key: str, trigger: str) -> Outcome:
+        started = time.monotonic()
+        only = key.removeprefix("service:") if key.startswith("service:") else None
+        if only is not None and only not in {s.name for s in self.desired.services}:
+            only = None  # a service that left the file: the resync removes it
+        try:
+            _, done = self.run(only)
+        except ActionFailed as exc:  # an observe call refused (e.g. the node left the swarm)
+            log.error("reconcile failed", key=key, error=str(exc))
+            return Outcome(errors=1, busy=True)
+        counts = self.export(done.drift if only is None else None)
+        # Swarm moves and restarts tasks without events we can follow: while they are not
+        # where the file wants them, look again soon (the metrics stay true meanwhile).
+        settling = done.settling or not self.settled(counts)
+        errors = sum(1 for r in done.results if r.outcome == "error")
+        if self.metrics:
+            m = self.metrics
+            m.docker_up.set(1)
+            m.runs.labels("error" if errors else "success").inc()
+            m.duration.observe(time.monotonic() - started)
+            if not errors:
+                m.last_success.set(time.time())
+        level = log.info if done.results or trigger not in ("interval", "backoff") else log.debug
+        level("pass", project=self.desired.project, key=key, trigger=trigger,
+              actions=len(done.results), errors=errors,
+              duration_ms=round((time.monotonic() - started) * 1000, 1))  # fmt: skip
+        if errors and done.transient:
+            return Outcome(busy=True, errors=errors, actions=len(done.results))
+        return Outcome(SETTLE_S if settling else None, settling, errors, len(done.results))
+
+    def watch(self, stop: threading.Event, emit: Emit, count: Callable[[], None]) -> None:
+        prefix = f"{self.desired.project}_"
+
+        def on_event(event: dict[str, Any]) -> None:
+            count()
+            key = event_key(event, prefix)
+            if key is not None:
+                emit(key, 0.0)
+
+        follow(
+            self.api,
+            {"type": list(SWARM_EVENTS)},
+            stop,
+            on_event=on_event,
+            on_reconnect=lambda: emit(RESYNC, 0.0),
+            project=self.desired.project,
+        )
+
+    def status_data(self) -> Mapping[str, object]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+    # ------------------------------------------------------------------ one pass
+
+    def held(self, observed: sp.SwarmObserved) -> dict[str, str]:
+        """Judge Swarm's rollbacks against our records (and persist what changed)."""
+        desired = self.desired
+        with self._lock:
+            recs = self.records.all()
+            pushed = {k: r.pushed for k, r in recs.items() if r.pushed}
+            held = {k: r.failed for k, r in recs.items() if r.failed}
+            new = sp.failed_revisions(desired, observed, pushed, held)
+            live = {s.name: s for s in observed.services}
+            for svc in desired.services:
+                rec = recs.get(svc.name, SwarmRecord())
+                failed = new.get(svc.name, "")
+                if failed != rec.failed:
+                    obs = live.get(svc.full_name)
+                    reason = obs.update_message if obs and failed else ""
+                    if failed:
+                        log.warning(
+                            "Swarm rolled back a revision; held until the file changes it",
+                            service=svc.name,
+                            reason=reason,
+                        )
+                        if self.metrics:
+                            self.metrics.rollout_finished(svc.name, "rolled_back")
+                    self.records.put(
+                        svc.name, rec.model_copy(update={"failed": failed, "failed_reason": reason})
+                    )
+        return new
+
+    def the_plan(self, only: str | None = None) -> tuple[sp.SwarmPlan, sp.SwarmObserved]:
+        observed = self.engine.observe(self.desired.project)
+        the_plan = sp.plan(self.desired, observed, self.held(observed), only=only)
+        if self.hold_removals:  # the file may be half written: remove nothing yet
+            kept = tuple(a for a in the_plan.actions if a.verb != "remove")
+            the_plan = sp.SwarmPlan(kept, the_plan.notes)
+        return the_plan, observed
+
+    def run(self, only: str | None = None) -> tuple[sp.SwarmPlan, Pass]:
+        the_plan, observed = self.the_plan(only)
+        done = Pass(notes=tuple(map(str, the_plan.notes)), drift=len(the_plan.actions))
+        done.settling = any(s.update_state in UPDATING for s in observed.services)
+        for note in done.notes:
+            if note not in self._notes:
+                self._notes.append(note)
+        self._rollout_metrics(observed, only)
+        failed_prereq: set[str] = set()
+        for action in the_plan.actions:
+            needs = set()
+            if isinstance(action, sp.CreateService | sp.UpdateService):
+                needs = {*action.spec.networks, *action.spec.configs, *action.spec.secrets}
+            if needs & failed_prereq:
+                self._done(done, action, "skipped", "a network or config it needs failed")
+                continue
+            try:
+                self.engine.execute(action)
+            except ActionFailed as exc:
+                self._done(done, action, "error", str(exc))
+                done.transient = done.transient or exc.transient
+                if action.verb == "create" and action.kind in ("network", "config", "secret"):
+                    failed_prereq.add(action.name)
+                continue
+            self._done(done, action, "success")
+            if isinstance(action, sp.CreateService | sp.UpdateService):
+                done.settling = True
+                rec = self.records.get(action.spec.name) or SwarmRecord()
+                self.records.put(
+                    action.spec.name, rec.model_copy(update={"pushed": action.spec.spec_hash})
+                )
+        return the_plan, done
+
+    def _done(self, done: Pass, action: sp.SwarmAction, outcome: str, error: str = "") -> None:
+        text = sp.describe(action)
+        result = Done(outcome, text, error or None, text)
+        done.results.append(result)
+        if outcome == "error":
+            log.error("action failed", action=text, error=error)
+        else:
+            log.info("action", action=text, result=outcome)
+        if self.metrics and outcome != "skipped":
+            self.metrics.actions.labels(action.verb, action.kind, outcome).inc()
+        if self.on_done is not None:
+            self.on_done(result)
+
+    def _rollout_metrics(self, observed: sp.SwarmObserved, only: str | None) -> None:
+        """reconciler_rollout_in_progress while Swarm updates or rolls back a service;
+        reconciler_rollouts_total{result} when it finishes (rolled_back: see `held`)."""
+        if self.metrics is None:
+            return
+        live = {s.name: s for s in observed.services}
+        for svc in self.desired.services:
+            if only is not None and svc.name != only:
+                continue
+            obs = live.get(svc.full_name)
+            state = obs.update_state if obs is not None else ""
+            before = self._update_states.get(svc.name, "")
+            self._update_states[svc.name] = state
+            self.metrics.set_rollout(svc.name, state in UPDATING)
+            if state != before and before in UPDATING and state in ("completed", "paused"):
+                self.metrics.rollout_finished(svc.name, state)
+
+    def settled(self, counts: dict[str, TaskCounts]) -> bool:
+        """Every service runs as many tasks as it should (past their healthchecks)."""
+        for svc in self.desired.services:
+            c = counts.get(svc.full_name, TaskCounts(0, 0, 0))
+            want = c.desired if svc.global_mode else svc.replicas
+            if c.healthy < want or (svc.global_mode and want == 0):
+                return False
+        return True
+
+    def tasks(self) -> dict[str, TaskCounts]:
+        return self.engine.tasks([s.full_name for s in self.desired.services])
+
+    def export(self, observed_drift: int | None = None) -> dict[str, TaskCounts]:
+        """reconciler_service_replicas from the tasks (and drift) into the metrics."""
+        counts = self.tasks()
+        if self.metrics:
+            rows = []
+            for svc in self.desired.services:
+                c = counts.get(svc.full_name, TaskCounts(0, 0, 0))
+                want = c.desired if svc.global_mode else svc.replicas
+                healthy = c.healthy if svc.has_healthcheck else c.running
+                rows.append((svc.name, want, c.running, healthy))
+            self.metrics.set_replicas(rows)
+            if observed_drift is not None:
+                self.metrics.drift.labels("service").set(observed_drift)
+        return counts
+
+    # ------------------------------------------------------------------ the CLI's seam
+
+    def plan(self) -> PlanReport:
+        the_plan, _ = self.the_plan()
+        return PlanReport(
+            self.desired.project,
+            notes=tuple(map(str, the_plan.notes)),
+            steps=tuple(sp.describe(a) for a in the_plan.actions),
+        )
+
+    def apply_report(self) -> ApplyReport:
+        problems = []
+        for svc in self.desired.services:
+            record = self.records.get(svc.name) or SwarmRecord()
+            if record.failed and record.failed == svc.spec_hash:
+                problems.append(
+                    f"rollout of {svc.name} failed; Swarm rolled it back ({record.failed_reason})"
+                )
+        return ApplyReport(notes=tuple(self._notes), problems=tuple(problems))
+
+    def take_over(self, show: Callable[[Done], None], *, log_only: bool = False) -> bool:
+        raise NotImplementedError("--take-over-compose is for the single host")
+
+    def status(self, status_file: Path, denials: Mapping[str, str]) -> str:
+        observed = self.engine.observe(self.desired.project)
+        return render_status(self.desired, observed, self.tasks(), self.records, denials)
+
+    def down(self, *, volumes: bool) -> tuple[Done, ...]:
+        the_plan = sp.plan_down(self.desired, self.engine.observe(self.desired.project))
+        out = []
+        for action in the_plan.actions:
+            text = sp.describe(action)
+            try:
+                self.engine.execute(action)
+                out.append(Done("success", text, None, text))
+            except ActionFailed as exc:
+                out.append(Done("error", text, str(exc), text))
+        return tuple(out)
+
+
+def event_key(event: dict[str, object], prefix: str) -> str | None:
+    """The work-queue key a Docker event asks for: one of our services, the project (a node
+    came, went or changed; one of our networks or configs went), or none (someone else's)."""
+    kind = event.get("Type")
+    actor = event.get("Actor")
+    attributes = actor.get("Attributes") if isinstance(actor, dict) else None
+    name = str((attributes or {}).get("name", ""))
+    if kind == "node":
+        return RESYNC
+    if not name.startswith(prefix):
+        return None
+    if kind == "service":
+        return f"service:{name.removeprefix(prefix)}"
+    if kind in ("config", "secret") or (
+        kind == "network" and event.get("Action") in ("destroy", "remove")
+    ):
+        return RESYNC
+    return None
+
+
+def render_status(
+    desired: sp.SwarmDesired,
+    observed: sp.SwarmObserved,
+    counts: dict[str, TaskCounts],
+    records: JsonStore[SwarmRecord],
+    denials: Mapping[str, str] | None = None,
+) -> str:
+    """A table of services (desired, running, healthy, update state, image), then the tasks
+    of each service per node."""
+    denials = denials or {}
+    live = {s.name: s for s in observed.services}
+    head = ("SERVICE", "MODE", "DESIRED", "RUNNING", "HEALTHY", "UPDATE", "IMAGE")
+    rows = [head]
+    nodes: list[str] = []
+    for svc in desired.services:
+        c = counts.get(svc.full_name, TaskCounts(0, 0, 0))
+        obs = live.get(svc.full_name)
+        want = c.desired if svc.global_mode else svc.replicas
+        healthy = c.healthy if svc.has_healthcheck else c.running
+        image = ""
+        update = "missing"
+        if obs is not None:
+            image = obs.spec.get("TaskTemplate", {}).get("ContainerSpec", {}).get("Image", "")
+            update = obs.update_state or ("in sync" if sp.drift(svc, obs) is None else "drifted")
+        record = records.get(svc.name) or SwarmRecord()
+        if svc.name in denials:
+            update = f"denied ({denials[svc.name]})"
+        elif record.failed and record.failed == svc.spec_hash:
+            update = "held (rolled back)"
+        mode = "global" if svc.global_mode else "replicated"
+        rows.append((svc.name, mode, str(want), str(c.running), str(healthy), update, image))
+        for node, states in c.nodes:
+            text = ", ".join(f"{n} {state}" for state, n in states)
+            nodes.append(f"  {svc.name:20} {node:24} {text}")
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.append("")
+    lines.append("TASKS PER NODE")
+    lines.extend(nodes or ["  (none)"])
+    return "\n".join(lines)
+
+
+KIND = SwarmKind()
