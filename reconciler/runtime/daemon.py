@@ -237,7 +237,9 @@ class Daemon:
         if trigger != "backoff" or delay > 0:
             self.metrics.triggers.labels(trigger).inc()
         queue = self.images if key.startswith("image:") else self.queue
-        self._triggers.setdefault(key, trigger)
+        # What asked first names the pass; an explicit ask outranks a back-off's requeue.
+        if self._triggers.get(key, "backoff") == "backoff":
+            self._triggers[key] = trigger
         queue.add_after(key, delay)
 
     def _spawn(self, queue: WorkQueue, name: str) -> threading.Thread:

@@ -278,6 +278,8 @@ class SwarmTarget:
     def settled(self, counts: dict[str, TaskCounts]) -> bool:
         """Every service runs as many tasks as it should (past their healthchecks)."""
         for svc in self.desired.services:
+            if svc.name in self.desired.denied:  # never created: nothing to wait for
+                continue
             c = counts.get(svc.full_name, TaskCounts(0, 0, 0))
             want = c.desired if svc.global_mode else svc.replicas
             if c.healthy < want or (svc.global_mode and want == 0):
