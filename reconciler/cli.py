@@ -20,7 +20,8 @@ from reconciler import __version__
 from reconciler.config import loader as desired_file
 from reconciler.config import policy_file, secrets, strict_modes, web_config
 from reconciler.core.model import DesiredState, describe
-from reconciler.core.planner import EXTERNAL_MISSING, NAMESPACE_MISSING, foreign_namespaces, plan
+from reconciler.core.notes import Note
+from reconciler.core.planner import foreign_namespaces, plan
 from reconciler.core.policy import Denial, enforce
 from reconciler.core.takeover import clashes
 from reconciler.engine.docker_engine import FALLBACK_API_VERSION, Engine, connect
@@ -329,20 +330,19 @@ def _denied_rules(denials: Sequence[Denial]) -> dict[str, str]:
     return {svc: ", ".join(sorted(r)) for svc, r in rules.items()}
 
 
-def _external_missing(notes: Sequence[str]) -> int:
+def _external_missing(notes: Sequence[Note]) -> int:
     """How many external networks/volumes are missing (an error: never ours to create)."""
-    missing = [n for n in notes if EXTERNAL_MISSING in n]
+    missing = [n for n in notes if n.kind == "external_missing"]
     for note in missing:
-        print(f"error: {note.partition(':')[0]} is declared external but does not exist")
+        print(f"error: {note.subject} is declared external but does not exist")
     return len(missing)
 
 
-def _namespace_missing(notes: Sequence[str]) -> int:
+def _namespace_missing(notes: Sequence[Note]) -> int:
     """How many creates join the network namespace of a container that does not exist."""
-    missing = list(dict.fromkeys(n for n in notes if NAMESPACE_MISSING in n))
+    missing = list(dict.fromkeys(n for n in notes if n.kind == "namespace_missing"))
     for note in missing:
-        key, _, reason = note.partition(": held back (")
-        print(f"error: {key}: {reason.removesuffix(')')}")
+        print(f"error: {note.subject}: {note.detail}")
     return len(missing)
 
 
@@ -406,7 +406,7 @@ def _take_over(
     )
     for note in the_plan.notes:
         if log:
-            logger.info("take over compose", project=desired.project, note=note)
+            logger.info("take over compose", project=desired.project, note=str(note))
         else:
             print(f"# {note}")
     results = apply(the_plan, engine.execute)

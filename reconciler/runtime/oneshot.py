@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from reconciler.core.model import DesiredState
+from reconciler.core.notes import Note
 from reconciler.engine.docker_engine import Engine
 from reconciler.errors import EngineUnavailable
 from reconciler.runtime.controller import RESYNC, Controller, service_key
@@ -26,7 +27,7 @@ class Applied:
     project settled in time."""
 
     results: tuple[StepResult, ...]
-    notes: tuple[str, ...]
+    notes: tuple[Note, ...]
     settled: bool
 
     @property
@@ -50,7 +51,7 @@ def apply_once(
 ) -> Applied:
     """Converge `desired` with the daemon's own work queue and rollouts, then return."""
     results: list[StepResult] = []
-    notes: list[str] = []
+    notes: list[Note] = []
     lock = threading.Lock()
 
     def record(r: StepResult) -> None:

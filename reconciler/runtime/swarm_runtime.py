@@ -24,6 +24,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from reconciler.config import swarm as swarm_file
 from reconciler.config.web_config import WebConfig
 from reconciler.core import swarm_plan as sp
+from reconciler.core.notes import Note
 from reconciler.core.policy import Policy
 from reconciler.engine.swarm_engine import SwarmEngine, TaskCounts
 from reconciler.errors import ActionFailed, DesiredStateError, EngineUnavailable
@@ -96,7 +97,7 @@ class Result:
 @dataclass
 class Pass:
     results: list[Result] = field(default_factory=list)
-    notes: tuple[str, ...] = ()
+    notes: tuple[Note, ...] = ()
     drift: int = 0
     settling: bool = False  # a service is updating or rolling back: look again soon
 
@@ -251,7 +252,7 @@ class SwarmReconciler:
 @dataclass(frozen=True, slots=True)
 class Applied:
     results: tuple[Result, ...]
-    notes: tuple[str, ...]
+    notes: tuple[Note, ...]
     settled: bool
 
     @property
@@ -270,7 +271,7 @@ def apply_once(
     """Passes until nothing is left to do and Swarm has finished its updates (or timeout)."""
     deadline = time.monotonic() + timeout_s
     results: list[Result] = []
-    notes: tuple[str, ...] = ()
+    notes: tuple[Note, ...] = ()
     while True:
         the_plan, done = reconciler.run()
         notes = done.notes
