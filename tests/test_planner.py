@@ -206,7 +206,7 @@ def test_changed_spec_stop_first_replaces_one_replica_at_a_time() -> None:
     old1 = _id("p-web-1")
     p, obs = _step(CHANGED, _CONVERGED, Holds(now=0.0))
     assert [a.name for a in p.actions if isinstance(a, CreateContainer)] == [new1]
-    assert "p-web-2: replacement waits (1 of parallelism 1 in flight)" not in p.notes
+    assert "p-web-2: replacement waits (1 of parallelism 1 in flight)" not in map(str, p.notes)
     assert any("p-web-2: replacement waits" in n for n in p.notes)
 
     p, obs = _step(CHANGED, obs, Holds(now=0.0))
@@ -475,8 +475,10 @@ def test_orphans_are_reported_never_removed() -> None:
     )
     result = plan(STACK, obs)
     assert not result
-    assert "network old: orphaned" in " ".join(result.notes)
-    assert "volume olddata: orphaned" in " ".join(result.notes)
+    assert "network old: orphaned" in " ".join(map(str, result.notes))
+    assert "volume olddata: orphaned" in " ".join(map(str, result.notes))
+    orphaned = {n.subject for n in result.notes if n.kind == "orphaned"}
+    assert orphaned == {"network old", "volume olddata"}
 
 
 def test_service_removed_from_file_is_drained_then_removed() -> None:
@@ -500,6 +502,9 @@ def test_held_steps_and_their_dependents_are_left_out() -> None:
     assert "container:p-web-1" not in keys  # web depends on db
     assert "image:web" in keys
     assert any("held back (retry in 2s)" in n for n in result.notes)
+    (held,) = [n for n in result.notes if n.kind == "held"]
+    assert (held.subject, held.detail) == ("image:db", "retry in 2s")
+    assert str(held) == "image:db: held back (retry in 2s)"
 
 
 def test_held_removal_holds_back_the_rename() -> None:
@@ -517,6 +522,7 @@ def test_starts_wait_for_dependencies_not_ready() -> None:
     assert "container:p-web-1" not in {s.key for s in fresh.steps}
     assert "create:p-web-1" in {s.key for s in fresh.steps}
     assert any("waiting for db to run" in n for n in fresh.notes)
+    assert "container:p-web-1" in {n.subject for n in fresh.notes if n.kind == "waiting"}
     obs = simulate(_CONVERGED, plan(CHANGED, _CONVERGED))
     drained = {_id("p-web-1"): 0.0}
     waiting = plan(CHANGED, obs, Holds(now=1.0, drained=drained, ready=frozenset()))

@@ -471,3 +471,15 @@ def test_the_host_policy_judges_swarm_services_too() -> None:
     allowed, none = swarm_file.judged(desired, policy_file.load(root / "configs" / "policy.yaml"))
     assert not allowed.denied and not none
     assert replace(allowed, denied=frozenset()) == allowed
+
+
+def test_swarm_actions_satisfy_the_action_protocol() -> None:
+    """One describe() for both targets; a Swarm action has a key, as a host action has."""
+    from reconciler.core.actions import describe
+
+    gone = sp.RemoveSwarmConfig("c1", "p_cfg_1")
+    line = "remove config p_cfg_1 (replaced (no service uses it))"
+    assert describe(gone) == sp.describe(gone) == line
+    assert gone.key == "remove-config:p_cfg_1"
+    net = sp.CreateSwarmNetwork(sp.SwarmNetwork("p_front"))
+    assert (describe(net), net.key) == ("create network p_front (missing)", "network:p_front")

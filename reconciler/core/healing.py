@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from reconciler.core.model import DesiredState, HealPolicy, Observed
+from reconciler.core.desired import DesiredState, HealPolicy
+from reconciler.core.observed import Observed
 from reconciler.core.planner import Holds
 
 # Docker restarts a crashed container ~0.3 s after it died (then marks it "restarting"

@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from reconciler.core.model import DesiredState, ServiceSpec
+from reconciler.core.desired import DesiredState, ServiceSpec
 
 CHECK_BACKOFF_INITIAL_S = 1.0
 CHECK_BACKOFF_MAX_S = 300.0

@@ -1,715 +1,131 @@
-"""Immutable values shared by every layer: rendered specs, observed objects, actions.
+"""Facade: the values every layer shares, now in core.desired, core.observed, core.actions.
 
-The core (planner, healing) works only on these; the Docker adapter converts SDK
-dictionaries into them at the boundary. Nothing here does I/O.
+`Action` here is the host target's action union (core.actions.HostAction), as it always was;
+the protocol both targets' actions satisfy is core.actions.Action.
 """
 
-from __future__ import annotations
-
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field
-from typing import Literal
-
-LABEL_MANAGED = "io.reconciler.managed"
-LABEL_PROJECT = "io.reconciler.project"
-LABEL_SERVICE = "io.reconciler.service"
-LABEL_REPLICA = "io.reconciler.replica"
-LABEL_SPEC_HASH = "io.reconciler.spec-hash"
-LABEL_CONFIG_HASH = "io.reconciler.config-hash"
-LABEL_REVISION = "io.reconciler.revision"  # the service revision a container was created from
-JUST_CREATED = "just created"  # the reason of the start that follows a create
-
-PullPolicy = Literal["missing", "always", "never"]
-ContainerState = Literal["created", "running", "paused", "restarting", "removing", "exited", "dead"]
-Health = Literal["starting", "healthy", "unhealthy"]
-
-
-def ownership_labels(
-    project: str, service: str | None = None, replica: int | None = None
-) -> dict[str, str]:
-    """The labels that mark an object as ours (and which project/service/replica it is)."""
-    labels = {LABEL_MANAGED: "true", LABEL_PROJECT: project}
-    if service is not None:
-        labels[LABEL_SERVICE] = service
-    if replica is not None:
-        labels[LABEL_REPLICA] = str(replica)
-    return labels
-
-
-# --------------------------------------------------------------------------- desired
-
-
-@dataclass(frozen=True, slots=True)
-class NetworkSpec:
-    name: str
-    driver: str = "bridge"
-    internal: bool = False
-    labels: tuple[tuple[str, str], ...] = ()
-    ipam: tuple[tuple[str, str], ...] = ()  # (subnet, gateway) pairs; gateway may be ""
-    external: bool = False  # made by someone else: never created nor removed, must exist
-
-
-@dataclass(frozen=True, slots=True)
-class VolumeSpec:
-    name: str
-    driver: str = "local"
-    labels: tuple[tuple[str, str], ...] = ()
-    driver_opts: tuple[tuple[str, str], ...] = ()
-    external: bool = False  # made by someone else: never created nor removed, must exist
-
-
-@dataclass(frozen=True, slots=True)
-class PortBinding:
-    container_port: int
-    protocol: str = "tcp"
-    host_ip: str = ""
-    host_port: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Healthcheck:
-    test: tuple[str, ...]
-    interval_s: float = 30.0
-    timeout_s: float = 30.0
-    retries: int = 3
-    start_period_s: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class RuntimeOptions:
-    """Compose's resource, logging and terminal keys (issue #10): HostConfig/Config fields.
-
-    Only the fields that differ from their default enter the spec hash, so a file that sets
-    none of them keeps the hash it had before they existed (no mass recreate on upgrade).
-    """
-
-    expose: tuple[str, ...] = ()  # "80/tcp"
-    cpus: float | None = None  # NanoCpus / 1e9
-    mem_limit: int | None = None  # bytes
-    mem_reservation: int | None = None  # bytes
-    pids_limit: int | None = None
-    shm_size: int | None = None  # bytes
-    log_driver: str | None = None
-    log_options: tuple[tuple[str, str], ...] = ()
-    tmpfs: tuple[tuple[str, str], ...] = ()  # (path, mount options)
-    ulimits: tuple[tuple[str, int, int], ...] = ()  # (name, soft, hard)
-    sysctls: tuple[tuple[str, str], ...] = ()
-    stdin_open: bool = False
-    tty: bool = False
-    dns: tuple[str, ...] = ()
-    dns_search: tuple[str, ...] = ()
-    group_add: tuple[str, ...] = ()
-    health_start_interval_s: float | None = None  # API >= 1.44; older engines drop it
-
-    def hashed(self) -> dict[str, object]:
-        """The fields set to something other than their default."""
-        default = _DEFAULT_OPTIONS
-        return {k: v for k, v in asdict(self).items() if v != getattr(default, k)}
-
-
-_DEFAULT_OPTIONS = RuntimeOptions()
-
-
-@dataclass(frozen=True, slots=True)
-class NetworkAttachment:
-    network: str
-    aliases: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class SecretMount:
-    """A compose file-based secret: `source` (a root-only copy on the host) is bind-mounted
-    read-only at `target`; `digest` (sha256 of the content) puts a change in the spec hash."""
-
-    name: str
-    source: str
-    target: str
-    digest: str = field(repr=False)
-
-
-_ADDED_DEFAULTS: dict[str, object] = {
-    "privileged": False,
-    "devices": (),
-    "ipc": None,
-    "uts": None,
-    "userns_mode": None,
-    "security_opt": (),
-    "secrets": (),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class HostAccess:
-    """What a service's file entry asks of the host beyond its ContainerSpec, for core.policy:
-    its bind mounts as real host paths (configs and secrets inside the file's own folder are
-    inputs, not judged) and where each key is in the file."""
-
-    binds: tuple[tuple[str, bool, str, int], ...] = ()  # (host path, read-only, key, line)
-    lines: tuple[tuple[str, int], ...] = ()  # (key, line)
-
-    def line(self, key: str) -> int:
-        return dict(self.lines).get(key, 0)
-
-
-@dataclass(frozen=True, slots=True)
-class ContainerSpec:
-    """Everything Docker needs to create one replica; its hash decides drift."""
-
-    name: str
-    project: str
-    service: str
-    replica: int
-    image: str
-    command: tuple[str, ...] | None = None
-    entrypoint: tuple[str, ...] | None = None
-    environment: tuple[str, ...] = field(default=(), repr=False)  # values are never shown
-    ports: tuple[PortBinding, ...] = ()
-    binds: tuple[str, ...] = ()
-    volumes: tuple[str, ...] = ()  # named volumes the binds use
-    networks: tuple[NetworkAttachment, ...] = ()
-    user: str | None = None
-    restart: str = "no"
-    healthcheck: Healthcheck | None = None
-    labels: tuple[tuple[str, str], ...] = ()
-    working_dir: str | None = None
-    hostname: str | None = None
-    extra_hosts: tuple[str, ...] = ()
-    cap_add: tuple[str, ...] = ()
-    cap_drop: tuple[str, ...] = ()
-    read_only: bool = False
-    stop_signal: str | None = None
-    stop_grace_s: float | None = None  # None: Docker's default (10 s)
-    init: bool | None = None
-    network_mode: str | None = None
-    pid: str | None = None
-    # Host power (what core.policy judges); left out of the hash at their defaults.
-    privileged: bool = False
-    devices: tuple[str, ...] = ()  # HOST[:CONTAINER[:PERMS]]
-    ipc: str | None = None
-    uts: str | None = None
-    userns_mode: str | None = None
-    security_opt: tuple[str, ...] = ()
-    secrets: tuple[SecretMount, ...] = ()  # files under /run/secrets (digests, never values)
-    config_digests: tuple[tuple[str, str], ...] = ()  # (target, sha256) of declared configs
-    options: RuntimeOptions = _DEFAULT_OPTIONS  # compose keys of issue #10
-    # Configs applied by a signal: not part of the hash, so a change reloads, not recreates.
-    reload_digest: str = field(default="", compare=False)
-    reload_signal: str | None = field(default=None, compare=False)
-    spec_hash: str = field(default="", compare=False)
-
-    def __post_init__(self) -> None:
-        if not self.spec_hash:
-            unhashed = ("spec_hash", "reload_digest", "reload_signal")
-            payload = {k: v for k, v in asdict(self).items() if k not in unhashed}
-            options = self.options.hashed()
-            if options:
-                payload["options"] = options
-            else:
-                del payload["options"]  # unset: the hash files had before these keys
-            for key, default in _ADDED_DEFAULTS.items():  # keys added later: hashes unchanged
-                if payload.get(key) == default:
-                    del payload[key]
-            grace = self.stop_grace_s
-            if grace is not None and grace == int(grace):
-                payload["stop_grace_s"] = int(grace)  # 10.0 hashes as 10 did: no mass recreate
-            digest = hashlib.sha256(
-                json.dumps(payload, sort_keys=True, default=list).encode()
-            ).hexdigest()
-            object.__setattr__(self, "spec_hash", digest)
-
-    def all_labels(self) -> dict[str, str]:
-        """User labels plus ownership labels and the spec hash."""
-        labels = dict(self.labels)
-        labels.update(ownership_labels(self.project, self.service, self.replica))
-        labels[LABEL_SPEC_HASH] = self.spec_hash
-        if self.reload_digest:
-            labels[LABEL_CONFIG_HASH] = self.reload_digest
-        return labels
-
-
-@dataclass(frozen=True, slots=True)
-class BuildSpec:
-    context: str
-    dockerfile: str = "Dockerfile"
-
-
-@dataclass(frozen=True, slots=True)
-class HealPolicy:
-    min_uptime_s: float = 10.0
-    backoff_initial_s: float = 1.0
-    backoff_max_s: float = 300.0
-    unhealthy_grace_s: float | None = None  # None: one healthcheck interval
-
-
-UpdateOrder = Literal["stop-first", "start-first"]
-FailureAction = Literal["rollback", "pause", "continue"]
-
-
-@dataclass(frozen=True, slots=True)
-class UpdateConfig:
-    """Swarm's update_config / rollback_config: how replicas are replaced."""
-
-    parallelism: int = 1  # replicas replaced at once; 0 means all at once
-    delay_s: float = 0.0  # between one batch finishing and the next starting
-    order: UpdateOrder = "stop-first"
-    monitor_s: float = 5.0  # a new replica must stay up (and healthy) this long
-    failure_action: FailureAction = "rollback"
-    max_failure_ratio: float = 0.0
-
-
-DEFAULT_UPDATE = UpdateConfig()
-DEFAULT_ROLLBACK = UpdateConfig(failure_action="pause")
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceSpec:
-    name: str
-    image: str
-    replicas: tuple[ContainerSpec, ...]
-    pull: PullPolicy = "missing"
-    pull_every_s: float | None = None  # follow the tag: ask the registry this often
-    build: BuildSpec | None = None
-    depends_on: tuple[str, ...] = ()
-    # depends_on conditions other than service_started, as (service, condition).
-    conditions: tuple[tuple[str, DependsCondition], ...] = ()
-    job: bool = False  # another waits for it to complete: a replica that exited 0 is done
-    state: Literal["running", "stopped"] = "running"
-    heal: HealPolicy = HealPolicy()
-    update: UpdateConfig = DEFAULT_UPDATE
-    rollback: UpdateConfig = DEFAULT_ROLLBACK
-    drain_s: float = 3.0  # a replica leaves DNS this long before it is stopped
-    stop_grace_s: float | None = None  # also for replicas scaled away (none may be left)
-    # Identifies what the file asks of the service's containers, whatever the replica count.
-    revision: str = ""
-    access: HostAccess = field(default=HostAccess(), compare=False)  # for core.policy
-
-    @property
-    def has_healthcheck(self) -> bool:
-        return any(c.healthcheck is not None for c in self.replicas)
-
-    def waits_for(self) -> tuple[str, ...]:
-        """What each dependency must be before this service starts (`ready_token`s)."""
-        conditions = dict(self.conditions)
-        return tuple(ready_token(d, conditions.get(d, "service_started")) for d in self.depends_on)
-
-
-DependsCondition = Literal["service_started", "service_healthy", "service_completed_successfully"]
-
-
-def ready_token(service: str, condition: DependsCondition) -> str:
-    """`web` (its replicas run), `web:healthy` or `web:completed` (all exited 0)."""
-    match condition:
-        case "service_healthy":
-            return f"{service}:healthy"
-        case "service_completed_successfully":
-            return f"{service}:completed"
-        case _:
-            return service
-
-
-@dataclass(frozen=True, slots=True)
-class DesiredState:
-    """A validated, rendered desired state: services are in dependency order."""
-
-    project: str
-    networks: tuple[NetworkSpec, ...]
-    volumes: tuple[VolumeSpec, ...]
-    services: tuple[ServiceSpec, ...]
-    source: str = ""
-    digest: str = ""  # sha256 of the file's bytes (and of the config files it mounts)
-    volume_templates: tuple[str, ...] = ()  # names with {replica}, for orphan reporting
-    watched: tuple[str, ...] = ()  # config files/folders services mount (re-read on change)
-    # Values nothing may print: what secret-looking variables interpolated into the file.
-    secrets: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
-    # Services the host policy denies (core.policy.enforce): never created nor touched.
-    denied: frozenset[str] = field(default=frozenset(), compare=False)
-
-    def service(self, name: str) -> ServiceSpec:
-        return next(s for s in self.services if s.name == name)
-
-
-# --------------------------------------------------------------------------- observed
-
-
-@dataclass(frozen=True, slots=True)
-class ObservedContainer:
-    id: str
-    name: str
-    service: str
-    replica: int
-    spec_hash: str
-    state: ContainerState
-    health: Health | None = None
-    exit_code: int | None = None
-    networks: frozenset[str] = frozenset()
-    image: str = ""
-    config_hash: str = ""  # digest of the reload-signal configs it was created with
-    network_target: str = ""  # with network_mode container:X, the ID of X it joined
-    started_at: float | None = None  # filled in only for replacements being judged
-
-
-@dataclass(frozen=True, slots=True)
-class ObservedNetwork:
-    name: str
-    id: str
-    owned: bool  # carries our labels for this project
-
-
-@dataclass(frozen=True, slots=True)
-class ObservedVolume:
-    name: str
-    owned: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Observed:
-    """The live state of one project, as the engine adapter read it."""
-
-    containers: tuple[ObservedContainer, ...] = ()
-    networks: tuple[ObservedNetwork, ...] = ()
-    volumes: tuple[ObservedVolume, ...] = ()
-    # Networks/volumes labelled with this project (whether or not still desired).
-    project_networks: frozenset[str] = frozenset()
-    project_volumes: frozenset[str] = frozenset()
-
-
-# --------------------------------------------------------------------------- actions
-
-
-@dataclass(frozen=True, slots=True)
-class CreateNetwork:
-    spec: NetworkSpec
-    project: str
-    service = None
-    reason = "missing"
-    verb = "create"
-    kind = "network"
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def key(self) -> str:
-        return f"network:{self.spec.name}"
-
-
-@dataclass(frozen=True, slots=True)
-class CreateVolume:
-    spec: VolumeSpec
-    project: str
-    service = None
-    reason = "missing"
-    verb = "create"
-    kind = "volume"
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def key(self) -> str:
-        return f"volume:{self.spec.name}"
-
-
-@dataclass(frozen=True, slots=True)
-class EnsureImage:
-    """Make the image present as the pull policy says (pull or build)."""
-
-    service: str
-    image: str
-    pull: PullPolicy
-    build: BuildSpec | None = None
-    reason: str = "needed by a container to create"
-    kind = "image"
-
-    @property
-    def name(self) -> str:
-        return self.image
-
-    @property
-    def verb(self) -> str:
-        return "build" if self.build else "pull"
-
-    @property
-    def key(self) -> str:
-        return f"image:{self.service}"
-
-
-@dataclass(frozen=True, slots=True)
-class CreateContainer:
-    """Create (not start) a container: creates run early, starts follow depends_on order.
-
-    A replacement is created under `as_name` (a temporary name) beside the replica it
-    replaces, so a create Docker refuses leaves the old one untouched.
-    """
-
-    spec: ContainerSpec
-    reason: str = "missing"
-    as_name: str | None = None
-    verb = "create"
-    kind = "container"
-
-    @property
-    def name(self) -> str:
-        return self.as_name or self.spec.name
-
-    @property
-    def service(self) -> str:
-        return self.spec.service
-
-    @property
-    def key(self) -> str:
-        return f"create:{self.name}"
-
-
-@dataclass(frozen=True, slots=True)
-class RenameContainer:
-    """Give a replacement its replica's name once the old replica is gone."""
-
-    id: str
-    name: str
-    new_name: str
-    service: str
-    reason: str = "replacement passed"
-    verb = "rename"
-    kind = "container"
-
-    @property
-    def key(self) -> str:
-        return f"rename:{self.name}"
-
-
-@dataclass(frozen=True, slots=True)
-class DrainContainer:
-    """Take a replica out of its networks' DNS aliases before it is stopped."""
-
-    id: str
-    name: str
-    service: str
-    networks: tuple[str, ...]
-    reason: str
-    verb = "drain"
-    kind = "container"
-
-    @property
-    def key(self) -> str:
-        return f"drain:{self.name}"
-
-
-@dataclass(frozen=True, slots=True)
-class StartContainer:
-    id: str
-    name: str
-    service: str
-    reason: str
-    verb = "start"
-    kind = "container"
-
-    @property
-    def key(self) -> str:
-        return f"container:{self.name}"
-
-
-@dataclass(frozen=True, slots=True)
-class RestartContainer:
-    id: str
-    name: str
-    service: str
-    reason: str
-    grace_s: float | None = None
-    verb = "restart"
-    kind = "container"
-
-    @property
-    def key(self) -> str:
-        return f"container:{self.name}"
-
-
-@dataclass(frozen=True, slots=True)
-class UnpauseContainer:
-    id: str
-    name: str
-    service: str
-    reason: str = "paused"
-    verb = "unpause"
-    kind = "container"
-
-    @property
-    def key(self) -> str:
-        return f"container:{self.name}"
-
-
-@dataclass(frozen=True, slots=True)
-class StopContainer:
-    id: str
-    name: str
-    service: str
-    reason: str = "state: stopped"
-    grace_s: float | None = None
-    verb = "stop"
-    kind = "container"
-
-    @property
-    def key(self) -> str:
-        return f"container:{self.name}"
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectNetwork:
-    id: str
-    name: str
-    service: str
-    attachment: NetworkAttachment
-    reason: str = "not attached to a network it belongs on"
-    reconnect: bool = False  # attached, but without its aliases (drained): attach again
-    verb = "connect"
-    kind = "container"
-
-    @property
-    def key(self) -> str:
-        return f"connect:{self.name}:{self.attachment.network}"
-
-
-@dataclass(frozen=True, slots=True)
-class SignalContainer:
-    """Deliver a reload signal after a declared config file changed."""
-
-    id: str
-    name: str
-    service: str
-    signal: str
-    digest: str  # the reload-config digest this signal delivers
-    reason: str
-    verb = "signal"
-    kind = "container"
-
-    @property
-    def key(self) -> str:
-        return f"signal:{self.name}"
-
-
-@dataclass(frozen=True, slots=True)
-class RemoveContainer:
-    id: str
-    name: str
-    service: str
-    reason: str
-    grace_s: float | None = None
-    verb = "remove"
-    kind = "container"
-
-    @property
-    def key(self) -> str:
-        return f"remove:{self.name}"
-
-
-@dataclass(frozen=True, slots=True)
-class RemoveNetwork:
-    """`reconciler down`: a network this project created (never an adopted one)."""
-
-    name: str
-    service = None
-    reason = "down"
-    verb = "remove"
-    kind = "network"
-
-    @property
-    def key(self) -> str:
-        return f"remove-network:{self.name}"
-
-
-@dataclass(frozen=True, slots=True)
-class RemoveVolume:
-    """`reconciler down --volumes`: a volume this project created (its data goes with it)."""
-
-    name: str
-    service = None
-    reason = "down --volumes"
-    verb = "remove"
-    kind = "volume"
-
-    @property
-    def key(self) -> str:
-        return f"remove-volume:{self.name}"
-
-
-Action = (
-    CreateNetwork
-    | CreateVolume
-    | EnsureImage
-    | CreateContainer
-    | RenameContainer
-    | DrainContainer
-    | StartContainer
-    | RestartContainer
-    | UnpauseContainer
-    | StopContainer
-    | ConnectNetwork
-    | SignalContainer
-    | RemoveContainer
-    | RemoveNetwork
-    | RemoveVolume
+from reconciler.core.actions import (
+    JUST_CREATED,
+    ConnectNetwork,
+    CreateContainer,
+    CreateNetwork,
+    CreateVolume,
+    DrainContainer,
+    EnsureImage,
+    HostAction,
+    Plan,
+    RemoveContainer,
+    RemoveNetwork,
+    RemoveVolume,
+    RenameContainer,
+    RestartContainer,
+    SignalContainer,
+    SlotVerdict,
+    StartContainer,
+    Step,
+    StopContainer,
+    UnpauseContainer,
+    describe,
+)
+from reconciler.core.actions import HostAction as Action
+from reconciler.core.desired import (
+    DEFAULT_ROLLBACK,
+    DEFAULT_UPDATE,
+    LABEL_CONFIG_HASH,
+    LABEL_MANAGED,
+    LABEL_PROJECT,
+    LABEL_REPLICA,
+    LABEL_REVISION,
+    LABEL_SERVICE,
+    LABEL_SPEC_HASH,
+    BuildSpec,
+    ContainerSpec,
+    DependsCondition,
+    DesiredState,
+    FailureAction,
+    HealPolicy,
+    Healthcheck,
+    HostAccess,
+    NetworkAttachment,
+    NetworkSpec,
+    PortBinding,
+    PullPolicy,
+    RuntimeOptions,
+    SecretMount,
+    ServiceSpec,
+    UpdateConfig,
+    UpdateOrder,
+    VolumeSpec,
+    ownership_labels,
+    ready_token,
+)
+from reconciler.core.notes import Note
+from reconciler.core.observed import (
+    ContainerState,
+    Health,
+    Observed,
+    ObservedContainer,
+    ObservedNetwork,
+    ObservedVolume,
 )
 
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    """An action and the keys of the steps that must succeed before it runs."""
-
-    action: Action
-    after: frozenset[str] = frozenset()
-
-    @property
-    def key(self) -> str:
-        return self.action.key
-
-
-@dataclass(frozen=True, slots=True)
-class SlotVerdict:
-    """A replacement that passed or failed its monitor this pass (for the rollout record)."""
-
-    service: str
-    replica: int
-    container: str  # the new container's id
-    passed: bool
-    reason: str = ""
-    tolerated: bool = False  # failed, but within max_failure_ratio (or failure_action continue)
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    steps: tuple[Step, ...] = ()
-    notes: tuple[str, ...] = ()  # adopted, orphaned, held back: reported, not acted on
-    wake_at: float | None = None  # a monitor, drain or delay falls due then: look again
-    verdicts: tuple[SlotVerdict, ...] = ()
-
-    @property
-    def actions(self) -> tuple[Action, ...]:
-        return tuple(s.action for s in self.steps)
-
-    def __bool__(self) -> bool:
-        return bool(self.steps)
-
-
-def describe(action: Action) -> str:
-    """One line for humans: verb, kind, name and reason."""
-    match action:
-        case CreateNetwork(spec=s) | CreateVolume(spec=s):
-            return f"{action.verb} {action.kind} {s.name}"
-        case RemoveNetwork(name=n) | RemoveVolume(name=n):
-            return f"remove {action.kind} {n} ({action.reason})"
-        case EnsureImage(service=svc, image=img, pull=pull, build=build):
-            how = f"build from {build.context}" if build else f"pull policy {pull}"
-            return f"ensure image {img} for {svc} ({how})"
-        case CreateContainer(reason=r):
-            return f"create container {action.name} ({r})"
-        case RenameContainer(name=n, new_name=new):
-            return f"rename container {n} to {new}"
-        case ConnectNetwork(name=n, attachment=a):
-            return f"connect container {n} to network {a.network}"
-        case SignalContainer(name=n, signal=sig, reason=r):
-            return f"signal {sig} to container {n} ({r})"
-        case _:
-            return f"{action.verb} container {action.name} ({action.reason})"
+__all__ = [
+    "DEFAULT_ROLLBACK",
+    "DEFAULT_UPDATE",
+    "JUST_CREATED",
+    "LABEL_CONFIG_HASH",
+    "LABEL_MANAGED",
+    "LABEL_PROJECT",
+    "LABEL_REPLICA",
+    "LABEL_REVISION",
+    "LABEL_SERVICE",
+    "LABEL_SPEC_HASH",
+    "Action",
+    "BuildSpec",
+    "ConnectNetwork",
+    "ContainerSpec",
+    "ContainerState",
+    "CreateContainer",
+    "CreateNetwork",
+    "CreateVolume",
+    "DependsCondition",
+    "DesiredState",
+    "DrainContainer",
+    "EnsureImage",
+    "FailureAction",
+    "HealPolicy",
+    "Health",
+    "Healthcheck",
+    "HostAccess",
+    "HostAction",
+    "NetworkAttachment",
+    "NetworkSpec",
+    "Note",
+    "Observed",
+    "ObservedContainer",
+    "ObservedNetwork",
+    "ObservedVolume",
+    "Plan",
+    "PortBinding",
+    "PullPolicy",
+    "RemoveContainer",
+    "RemoveNetwork",
+    "RemoveVolume",
+    "RenameContainer",
+    "RestartContainer",
+    "RuntimeOptions",
+    "SecretMount",
+    "ServiceSpec",
+    "SignalContainer",
+    "SlotVerdict",
+    "StartContainer",
+    "Step",
+    "StopContainer",
+    "UnpauseContainer",
+    "UpdateConfig",
+    "UpdateOrder",
+    "VolumeSpec",
+    "describe",
+    "ownership_labels",
+    "ready_token",
+]

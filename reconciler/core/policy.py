@@ -13,7 +13,7 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass, replace
 
-from reconciler.core.model import DesiredState, ServiceSpec
+from reconciler.core.desired import DesiredState, ServiceSpec
 
 RULES = (
     "privileged",

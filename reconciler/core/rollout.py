@@ -15,21 +15,18 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from reconciler.core.model import (
-    DEFAULT_UPDATE,
-    Action,
+from reconciler.core.actions import (
     ConnectNetwork,
-    ContainerSpec,
     CreateContainer,
     DrainContainer,
     EnsureImage,
-    ObservedContainer,
+    HostAction,
     RemoveContainer,
-    ServiceSpec,
     SlotVerdict,
     StartContainer,
-    UpdateConfig,
 )
+from reconciler.core.desired import DEFAULT_UPDATE, ContainerSpec, ServiceSpec, UpdateConfig
+from reconciler.core.observed import ObservedContainer
 
 Mode = Literal["normal", "rolled_back", "paused"]
 TEMP_SEPARATOR = "_"
@@ -228,7 +225,7 @@ def record_pass(
     target_svc: ServiceSpec,
     mode: Mode,
     verdicts: Iterable[SlotVerdict],
-    action_failures: Iterable[tuple[Action, str]],
+    action_failures: Iterable[tuple[HostAction, str]],
     containers: Iterable[ObservedContainer],
     now: float,
 ) -> tuple[RolloutRecord, tuple[RolloutEvent, ...]]:
@@ -344,14 +341,14 @@ def _fail(
     return done, (*events, RolloutEvent(svc.name, "paused", svc.revision, why))
 
 
-def is_replacement(action: Action) -> bool:
+def is_replacement(action: HostAction) -> bool:
     """A create or start of a replacement: Docker refusing it fails the rollout."""
     if isinstance(action, CreateContainer):
         return action.as_name is not None
     return isinstance(action, StartContainer) and is_temp_name(action.name)
 
 
-def _replacement_action(action: Action) -> bool:
+def _replacement_action(action: HostAction) -> bool:
     """A create or start of a replacement, or an image: refused, the rollout cannot proceed."""
     return is_replacement(action) or isinstance(action, EnsureImage)
 
@@ -363,7 +360,7 @@ DEFAULT_DRAIN_S = 3.0  # for containers of services gone from the file
 
 def drained_after(
     drained: Mapping[str, float],
-    results: Iterable[tuple[Action, bool]],
+    results: Iterable[tuple[HostAction, bool]],
     drain_s: Mapping[str, float],
     now: float,
     alive: Collection[str] | None = None,

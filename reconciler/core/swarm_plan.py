@@ -13,7 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.core.model import LABEL_MANAGED, LABEL_PROJECT, LABEL_SPEC_HASH, DesiredState
+from reconciler.core.actions import describe as describe_any
+from reconciler.core.actions import summary
+from reconciler.core.desired import LABEL_MANAGED, LABEL_PROJECT, LABEL_SPEC_HASH, DesiredState
+from reconciler.core.notes import Note, note
 
 STACK_NAMESPACE = "com.docker.stack.namespace"  # what `docker stack deploy` labels with
 # Swarm's UpdateStatus.State values after a rollback it started itself.
@@ -185,6 +188,13 @@ class CreateSwarmNetwork:
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def key(self) -> str:
+        return f"network:{self.name}"
+
+    def describe(self) -> str:
+        return summary(self)
+
 
 @dataclass(frozen=True, slots=True)
 class CreateSwarmConfig:
@@ -198,6 +208,13 @@ class CreateSwarmConfig:
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def key(self) -> str:
+        return f"config:{self.name}"
+
+    def describe(self) -> str:
+        return summary(self)
+
 
 @dataclass(frozen=True, slots=True)
 class CreateSwarmSecret:
@@ -210,6 +227,13 @@ class CreateSwarmSecret:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def key(self) -> str:
+        return f"secret:{self.name}"
+
+    def describe(self) -> str:
+        return summary(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +250,13 @@ class CreateService:
     @property
     def service(self) -> str:
         return self.spec.name
+
+    @property
+    def key(self) -> str:
+        return f"service:{self.name}"
+
+    def describe(self) -> str:
+        return summary(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +277,13 @@ class UpdateService:
     def service(self) -> str:
         return self.spec.name
 
+    @property
+    def key(self) -> str:
+        return f"service:{self.name}"
+
+    def describe(self) -> str:
+        return summary(self)
+
 
 @dataclass(frozen=True, slots=True)
 class ScaleService:
@@ -261,6 +299,13 @@ class ScaleService:
     verb = "scale"
     kind = "service"
 
+    @property
+    def key(self) -> str:
+        return f"service:{self.name}"
+
+    def describe(self) -> str:
+        return summary(self)
+
 
 @dataclass(frozen=True, slots=True)
 class RemoveService:
@@ -270,6 +315,13 @@ class RemoveService:
     reason: str = "no longer in the file"
     verb = "remove"
     kind = "service"
+
+    @property
+    def key(self) -> str:
+        return f"remove-service:{self.name}"
+
+    def describe(self) -> str:
+        return summary(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +333,13 @@ class RemoveSwarmConfig:
     verb = "remove"
     kind = "config"
 
+    @property
+    def key(self) -> str:
+        return f"remove-config:{self.name}"
+
+    def describe(self) -> str:
+        return summary(self)
+
 
 @dataclass(frozen=True, slots=True)
 class RemoveSwarmSecret:
@@ -290,6 +349,13 @@ class RemoveSwarmSecret:
     reason = "replaced (no service uses it)"
     verb = "remove"
     kind = "secret"
+
+    @property
+    def key(self) -> str:
+        return f"remove-secret:{self.name}"
+
+    def describe(self) -> str:
+        return summary(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +368,13 @@ class RemoveSwarmNetwork:
     reason = "down"
     verb = "remove"
     kind = "network"
+
+    @property
+    def key(self) -> str:
+        return f"remove-network:{self.name}"
+
+    def describe(self) -> str:
+        return summary(self)
 
 
 SwarmAction = (
@@ -323,15 +396,15 @@ class SwarmPlan:
     """Actions in the order they must run: networks and configs, services, then removals."""
 
     actions: tuple[SwarmAction, ...] = ()
-    notes: tuple[str, ...] = ()
+    notes: tuple[Note, ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.actions)
 
 
 def describe(action: SwarmAction) -> str:
-    """One line for humans."""
-    return f"{action.verb} {action.kind} {action.name} ({action.reason})"
+    """One line for humans (core.actions.describe, for either target)."""
+    return describe_any(action)
 
 
 # --------------------------------------------------------------------------- planning
@@ -355,6 +428,11 @@ def drift(svc: SwarmService, obs: ObservedService) -> str | None:
 def rolled_back(obs: ObservedService) -> bool:
     """Did Swarm roll this service back by itself (a failed update), not by a user's request?"""
     return obs.update_state in ROLLBACK_STATES and obs.update_message != MANUAL_ROLLBACK
+
+
+def _unlabelled(subject: str) -> Note:
+    """A network or config of the file that exists without our labels (used as it is)."""
+    return Note("adopted", subject, f"{subject} exists without our labels: used as it is")
 
 
 def plan(
@@ -381,7 +459,7 @@ def plan(
     configs = {c.name: c for c in observed.configs}
     live = {s.name: s for s in observed.services}
     actions: list[SwarmAction] = []
-    notes: list[str] = []
+    notes: list[Note] = []
 
     for net in desired.networks:
         if only is not None and net.name not in needed_nets:
@@ -390,7 +468,7 @@ def plan(
         if have is None:
             actions.append(CreateSwarmNetwork(net))
         elif not have.owned:
-            notes.append(f"network {net.name} exists without our labels: used as it is")
+            notes.append(_unlabelled(f"network {net.name}"))
     for cfg in desired.configs:
         if only is not None and cfg.name not in needed_configs:
             continue
@@ -398,7 +476,7 @@ def plan(
         if have_cfg is None:
             actions.append(CreateSwarmConfig(cfg))
         elif not have_cfg.owned:
-            notes.append(f"config {cfg.name} exists without our labels: used as it is")
+            notes.append(_unlabelled(f"config {cfg.name}"))
     for sec in desired.secrets:
         if only is not None and sec.name not in needed_secrets:
             continue
@@ -407,31 +485,31 @@ def plan(
 
     for svc in services:
         if svc.name in desired.denied:
-            notes.append(f"service {svc.name}: denied by the host policy; left as it is")
+            says = "denied by the host policy; left as it is"
+            notes.append(note("denied", f"service {svc.name}", says))
             continue
         obs = live.get(svc.full_name)
         if obs is None:
             actions.append(CreateService(svc))
             continue
         if not obs.owned_by(project):
-            notes.append(
-                f"service {svc.full_name} exists without our labels for project {project}: "
-                "left alone (remove it or rename ours)"
-            )
+            subject = f"service {svc.full_name}"
+            text = f"{subject} exists without our labels for project {project}: left alone"
+            notes.append(Note("foreign", subject, f"{text} (remove it or rename ours)"))
             continue
         if obs.update_state in ("rollback_started", "rollback_paused") and rolled_back(obs):
-            notes.append(f"service {svc.name}: Swarm is rolling it back ({obs.update_message})")
+            says = f"Swarm is rolling it back ({obs.update_message})"
+            notes.append(note("rolling_back", f"service {svc.name}", says))
             continue
         why = drift(svc, obs)
         if why is None:
             if obs.update_state == "paused":
-                notes.append(f"service {svc.name}: update paused ({obs.update_message})")
+                says = f"update paused ({obs.update_message})"
+                notes.append(note("paused", f"service {svc.name}", says))
             continue
         if held.get(svc.name) == svc.spec_hash:
-            notes.append(
-                f"service {svc.name}: Swarm rolled this revision back; held until the file "
-                "changes the service"
-            )
+            says = "Swarm rolled this revision back; held until the file changes the service"
+            notes.append(note("held", f"service {svc.name}", says))
             current = obs.spec
             if not covers(current.get("Mode"), svc.spec["Mode"]):
                 current["Mode"] = svc.spec["Mode"]

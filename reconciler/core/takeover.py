@@ -13,11 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from reconciler.core import rollout as ro
-from reconciler.core.model import (
-    ContainerSpec,
+from reconciler.core.actions import (
     CreateContainer,
-    DesiredState,
-    Observed,
     Plan,
     RemoveContainer,
     RenameContainer,
@@ -25,7 +22,10 @@ from reconciler.core.model import (
     Step,
     StopContainer,
 )
-from reconciler.core.planner import _networks, _volumes
+from reconciler.core.desired import ContainerSpec, DesiredState
+from reconciler.core.notes import Note, note
+from reconciler.core.observed import Observed
+from reconciler.core.plan_infra import networks, volumes
 
 COMPOSE_PROJECT = "com.docker.compose.project"
 COMPOSE_SERVICE = "com.docker.compose.service"
@@ -100,8 +100,8 @@ def plan_takeover(
     """Replace the compose project's containers (those labelled with this project's name)
     by ours, service by service; compose's of services not in the file, or denied by the host
     policy (`desired.denied`: ours would not be created), are left alone."""
-    notes: list[str] = []
-    steps: list[Step] = [*_networks(desired, observed, notes), *_volumes(desired, observed, notes)]
+    notes: list[Note] = []
+    steps: list[Step] = [*networks(desired, observed, notes), *volumes(desired, observed, notes)]
     infra = frozenset(s.key for s in steps)
     compose = [c for c in others if c.compose_project == desired.project]
     taken = {c.name for c in others} | {c.name for c in observed.containers}
@@ -151,22 +151,20 @@ def plan_takeover(
                 own = frozenset({f"create:{create.name}"}) | start_keys
                 steps.append(Step(rename, own | remove_keys))
         started[svc.name] = start_keys
-        notes.append(
-            f"service {svc.name}: replaces {', '.join(c.name for c in theirs)} of compose "
-            f"project {desired.project}"
-            + (" (stopped first: a name or host port is shared)" if clash else "")
-        )
+        replaced = ", ".join(c.name for c in theirs)
+        shared = " (stopped first: a name or host port is shared)" if clash else ""
+        says = f"replaces {replaced} of compose project {desired.project}{shared}"
+        notes.append(note("taken_over", f"service {svc.name}", says))
     left = sorted(
         c.name for c in compose if c.compose_service not in {s.name for s in desired.services}
     )
     if left:
-        notes.append(
-            f"compose containers of services not in the file, left alone: {', '.join(left)}"
-        )
+        names = ", ".join(left)
+        text = f"compose containers of services not in the file, left alone: {names}"
+        notes.append(Note("left_alone", names, text))
     denied = sorted(c.name for c in compose if c.compose_service in desired.denied)
     if denied:
-        notes.append(
-            "compose containers of services the host policy denies, left alone: "
-            + ", ".join(denied)
-        )
+        names = ", ".join(denied)
+        text = f"compose containers of services the host policy denies, left alone: {names}"
+        notes.append(Note("denied", names, text))
     return Plan(steps=tuple(steps), notes=tuple(notes))

@@ -20,7 +20,8 @@ from reconciler.config import loader
 from reconciler.core import rollout as ro
 from reconciler.core.images import pin_all
 from reconciler.core.model import DesiredState, describe
-from reconciler.core.planner import EXTERNAL_MISSING, NAMESPACE_MISSING, Holds, foreign_namespaces
+from reconciler.core.notes import Note
+from reconciler.core.planner import Holds, foreign_namespaces
 from reconciler.core.planner import plan as plan_of
 from reconciler.core.policy import Denial, Policy, enforce
 from reconciler.core.takeover import clashes, plan_takeover
@@ -108,7 +109,7 @@ class HostTarget:
         self.engine = Engine(api)
         self.settings = settings
         self.store = StateStore(desired.project, settings.state_dir)
-        self._notes: list[str] = []
+        self._notes: dict[str, Note] = {}  # text -> note, in order, once each
         self.on_done: Callable[[Done], None] | None = None
         self.controller = Controller(
             self.engine,
@@ -196,10 +197,8 @@ class HostTarget:
         if self.on_done is not None and r.outcome != "waiting":
             self.on_done(done_of(r))
 
-    def _note(self, note: object) -> None:
-        text = str(note)
-        if text not in self._notes:
-            self._notes.append(text)
+    def _note(self, note: Note) -> None:
+        self._notes.setdefault(str(note), note)
 
     def plan(self) -> PlanReport:
         desired = self.desired
@@ -252,7 +251,7 @@ class HostTarget:
                 )
             elif record.paused_revision == svc.revision:
                 problems.append(f"rollout of {svc.name} paused ({record.paused_reason})")
-        problems += [f"error: {e}" for e in _missing(self._notes)]
+        problems += [f"error: {e}" for e in _missing(tuple(self._notes.values()))]
         return ApplyReport(notes=(*held, *self._notes), problems=tuple(problems))
 
     def take_over(self, show: Callable[[Done], None], *, log_only: bool = False) -> bool:
@@ -304,17 +303,16 @@ class HostTarget:
         return tuple(done_of(r) for r in apply(the_plan, self.engine.execute))
 
 
-def _missing(notes: Sequence[object]) -> tuple[str, ...]:
+def _missing(notes: Sequence[Note]) -> tuple[str, ...]:
     """Errors the notes carry: a missing external network/volume (never ours to create), a
     namespace (`container:X`) that no container gives."""
-    out: list[str] = []
-    for note in map(str, notes):
-        if EXTERNAL_MISSING in note:
-            out.append(f"{note.partition(':')[0]} is declared external but does not exist")
-    for note in dict.fromkeys(str(n) for n in notes if NAMESPACE_MISSING in str(n)):
-        key, _, reason = note.partition(": held back (")
-        out.append(f"{key}: {reason.removesuffix(')')}")
-    return tuple(out)
+    out = [
+        f"{n.subject} is declared external but does not exist"
+        for n in notes
+        if n.kind == "external_missing"
+    ]
+    held = dict.fromkeys(n for n in notes if n.kind == "namespace_missing")
+    return (*out, *(f"{n.subject}: {n.detail}" for n in held))
 
 
 KIND = HostKind()

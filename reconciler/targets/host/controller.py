@@ -42,6 +42,7 @@ from reconciler.core.model import (
     Step,
     UnpauseContainer,
 )
+from reconciler.core.notes import Note
 from reconciler.core.planner import Holds, foreign_namespaces, plan
 from reconciler.engine.docker_engine import Engine
 from reconciler.errors import ActionFailed, Deferred, EngineUnavailable
@@ -95,7 +96,7 @@ class Controller:
         pull_timeout_s: float = 600.0,
         cancelled: Callable[[], bool] = lambda: False,
         on_result: Callable[[StepResult], None] | None = None,
-        on_note: Callable[[str], None] = lambda note: None,
+        on_note: Callable[[Note], None] = lambda note: None,
         follow_tags: bool = False,
         ledger: ImageLedger | None = None,
     ) -> None:
@@ -221,8 +222,8 @@ class Controller:
         now = self.clock()
         drift: dict[str, int] = {}
         for note in plan(desired, observed, Holds(now=now)).notes:
-            if "orphaned" in note or "adopted" in note:
-                log.debug("note", project=desired.project, note=note)
+            if note.kind in ("orphaned", "adopted"):
+                log.debug("note", project=desired.project, note=str(note))
                 self.on_note(note)
         observed = _without_project_objects(observed)  # reported above, once
         foreign, absent = self._namespaces(desired)
@@ -244,7 +245,7 @@ class Controller:
             )
             p = plan(_restrict(desired, target), replace(observed, containers=mine), holds)
             for note in p.notes:
-                log.debug("note", project=desired.project, service=svc.name, note=note)
+                log.debug("note", project=desired.project, service=svc.name, note=str(note))
                 self.on_note(note)
             for a in p.actions:
                 drift[a.kind] = drift.get(a.kind, 0) + 1
@@ -323,7 +324,7 @@ class Controller:
         )
         p = plan(sub, sub_observed, holds)
         for note in p.notes:
-            log.debug("note", project=desired.project, service=name, note=note)
+            log.debug("note", project=desired.project, service=name, note=str(note))
             self.on_note(note)
         results = self._apply(p)
         policies = {f"image:{name}": svc.heal} | {
@@ -380,7 +381,7 @@ class Controller:
         if any(r.outcome == "success" for r in results):
             delay = 0.0  # level-based: look again at once, the next step may be due now
         waiting = any(r.outcome == "waiting" for r in results)
-        gated = any("waiting for" in n for n in p.notes)
+        gated = any(n.kind == "waiting" for n in p.notes)
         if gated:
             delay = DEPENDENCY_RECHECK_S if delay is None else min(delay, DEPENDENCY_RECHECK_S)
         busy = waiting or gated or p.wake_at is not None

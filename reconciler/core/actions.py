@@ -1,0 +1,421 @@
+"""Actions, steps and plans: what a planner asks the engine to do, in which order.
+
+core.planner and core.takeover build host plans of these; core.swarm_plan has its own action
+classes. Both satisfy the `Action` protocol, which the runtime, the CLI and `describe` read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from reconciler.core.desired import (
+    BuildSpec,
+    ContainerSpec,
+    NetworkAttachment,
+    NetworkSpec,
+    PullPolicy,
+    VolumeSpec,
+)
+from reconciler.core.notes import Note
+
+JUST_CREATED = "just created"  # the reason of the start that follows a create
+
+
+class Action(Protocol):
+    """What an action of either target (host or Swarm) offers its consumers."""
+
+    @property
+    def verb(self) -> str: ...  # create, start, update, remove...
+
+    @property
+    def kind(self) -> str: ...  # container, network, volume, image, service, config...
+
+    @property
+    def name(self) -> str: ...  # the object's name (a container's, a service's full name)
+
+    @property
+    def key(self) -> str: ...  # identifies the action within a plan (what steps wait on)
+
+    @property
+    def service(self) -> str | None: ...  # the file's service it serves, if any
+
+    @property
+    def reason(self) -> str: ...
+
+    def describe(self) -> str:
+        """One line for humans: verb, kind, name and reason."""
+        ...
+
+
+def summary(action: Action) -> str:
+    """The usual line: `<verb> <kind> <name> (<reason>)`."""
+    return f"{action.verb} {action.kind} {action.name} ({action.reason})"
+
+
+def describe(action: Action) -> str:
+    """One line for humans: verb, kind, name and reason (either target)."""
+    return action.describe()
+
+
+@dataclass(frozen=True, slots=True)
+class CreateNetwork:
+    spec: NetworkSpec
+    project: str
+    service = None
+    reason = "missing"
+    verb = "create"
+    kind = "network"
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def key(self) -> str:
+        return f"network:{self.spec.name}"
+
+    def describe(self) -> str:
+        return f"{self.verb} {self.kind} {self.spec.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class CreateVolume:
+    spec: VolumeSpec
+    project: str
+    service = None
+    reason = "missing"
+    verb = "create"
+    kind = "volume"
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def key(self) -> str:
+        return f"volume:{self.spec.name}"
+
+    def describe(self) -> str:
+        return f"{self.verb} {self.kind} {self.spec.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class EnsureImage:
+    """Make the image present as the pull policy says (pull or build)."""
+
+    service: str
+    image: str
+    pull: PullPolicy
+    build: BuildSpec | None = None
+    reason: str = "needed by a container to create"
+    kind = "image"
+
+    @property
+    def name(self) -> str:
+        return self.image
+
+    @property
+    def verb(self) -> str:
+        return "build" if self.build else "pull"
+
+    @property
+    def key(self) -> str:
+        return f"image:{self.service}"
+
+    def describe(self) -> str:
+        how = f"build from {self.build.context}" if self.build else f"pull policy {self.pull}"
+        return f"ensure image {self.image} for {self.service} ({how})"
+
+
+@dataclass(frozen=True, slots=True)
+class CreateContainer:
+    """Create (not start) a container: creates run early, starts follow depends_on order.
+
+    A replacement is created under `as_name` (a temporary name) beside the replica it
+    replaces, so a create Docker refuses leaves the old one untouched.
+    """
+
+    spec: ContainerSpec
+    reason: str = "missing"
+    as_name: str | None = None
+    verb = "create"
+    kind = "container"
+
+    @property
+    def name(self) -> str:
+        return self.as_name or self.spec.name
+
+    @property
+    def service(self) -> str:
+        return self.spec.service
+
+    @property
+    def key(self) -> str:
+        return f"create:{self.name}"
+
+    def describe(self) -> str:
+        return summary(self)
+
+
+@dataclass(frozen=True, slots=True)
+class RenameContainer:
+    """Give a replacement its replica's name once the old replica is gone."""
+
+    id: str
+    name: str
+    new_name: str
+    service: str
+    reason: str = "replacement passed"
+    verb = "rename"
+    kind = "container"
+
+    @property
+    def key(self) -> str:
+        return f"rename:{self.name}"
+
+    def describe(self) -> str:
+        return f"rename container {self.name} to {self.new_name}"
+
+
+@dataclass(frozen=True, slots=True)
+class DrainContainer:
+    """Take a replica out of its networks' DNS aliases before it is stopped."""
+
+    id: str
+    name: str
+    service: str
+    networks: tuple[str, ...]
+    reason: str
+    verb = "drain"
+    kind = "container"
+
+    @property
+    def key(self) -> str:
+        return f"drain:{self.name}"
+
+    def describe(self) -> str:
+        return summary(self)
+
+
+@dataclass(frozen=True, slots=True)
+class StartContainer:
+    id: str
+    name: str
+    service: str
+    reason: str
+    verb = "start"
+    kind = "container"
+
+    @property
+    def key(self) -> str:
+        return f"container:{self.name}"
+
+    def describe(self) -> str:
+        return summary(self)
+
+
+@dataclass(frozen=True, slots=True)
+class RestartContainer:
+    id: str
+    name: str
+    service: str
+    reason: str
+    grace_s: float | None = None
+    verb = "restart"
+    kind = "container"
+
+    @property
+    def key(self) -> str:
+        return f"container:{self.name}"
+
+    def describe(self) -> str:
+        return summary(self)
+
+
+@dataclass(frozen=True, slots=True)
+class UnpauseContainer:
+    id: str
+    name: str
+    service: str
+    reason: str = "paused"
+    verb = "unpause"
+    kind = "container"
+
+    @property
+    def key(self) -> str:
+        return f"container:{self.name}"
+
+    def describe(self) -> str:
+        return summary(self)
+
+
+@dataclass(frozen=True, slots=True)
+class StopContainer:
+    id: str
+    name: str
+    service: str
+    reason: str = "state: stopped"
+    grace_s: float | None = None
+    verb = "stop"
+    kind = "container"
+
+    @property
+    def key(self) -> str:
+        return f"container:{self.name}"
+
+    def describe(self) -> str:
+        return summary(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectNetwork:
+    id: str
+    name: str
+    service: str
+    attachment: NetworkAttachment
+    reason: str = "not attached to a network it belongs on"
+    reconnect: bool = False  # attached, but without its aliases (drained): attach again
+    verb = "connect"
+    kind = "container"
+
+    @property
+    def key(self) -> str:
+        return f"connect:{self.name}:{self.attachment.network}"
+
+    def describe(self) -> str:
+        return f"connect container {self.name} to network {self.attachment.network}"
+
+
+@dataclass(frozen=True, slots=True)
+class SignalContainer:
+    """Deliver a reload signal after a declared config file changed."""
+
+    id: str
+    name: str
+    service: str
+    signal: str
+    digest: str  # the reload-config digest this signal delivers
+    reason: str
+    verb = "signal"
+    kind = "container"
+
+    @property
+    def key(self) -> str:
+        return f"signal:{self.name}"
+
+    def describe(self) -> str:
+        return f"signal {self.signal} to container {self.name} ({self.reason})"
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveContainer:
+    id: str
+    name: str
+    service: str
+    reason: str
+    grace_s: float | None = None
+    verb = "remove"
+    kind = "container"
+
+    @property
+    def key(self) -> str:
+        return f"remove:{self.name}"
+
+    def describe(self) -> str:
+        return summary(self)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveNetwork:
+    """`reconciler down`: a network this project created (never an adopted one)."""
+
+    name: str
+    service = None
+    reason = "down"
+    verb = "remove"
+    kind = "network"
+
+    @property
+    def key(self) -> str:
+        return f"remove-network:{self.name}"
+
+    def describe(self) -> str:
+        return summary(self)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveVolume:
+    """`reconciler down --volumes`: a volume this project created (its data goes with it)."""
+
+    name: str
+    service = None
+    reason = "down --volumes"
+    verb = "remove"
+    kind = "volume"
+
+    @property
+    def key(self) -> str:
+        return f"remove-volume:{self.name}"
+
+    def describe(self) -> str:
+        return summary(self)
+
+
+# The host target's actions (matched by class where an action's kind matters).
+HostAction = (
+    CreateNetwork
+    | CreateVolume
+    | EnsureImage
+    | CreateContainer
+    | RenameContainer
+    | DrainContainer
+    | StartContainer
+    | RestartContainer
+    | UnpauseContainer
+    | StopContainer
+    | ConnectNetwork
+    | SignalContainer
+    | RemoveContainer
+    | RemoveNetwork
+    | RemoveVolume
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """An action and the keys of the steps that must succeed before it runs."""
+
+    action: HostAction
+    after: frozenset[str] = frozenset()
+
+    @property
+    def key(self) -> str:
+        return self.action.key
+
+
+@dataclass(frozen=True, slots=True)
+class SlotVerdict:
+    """A replacement that passed or failed its monitor this pass (for the rollout record)."""
+
+    service: str
+    replica: int
+    container: str  # the new container's id
+    passed: bool
+    reason: str = ""
+    tolerated: bool = False  # failed, but within max_failure_ratio (or failure_action continue)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    steps: tuple[Step, ...] = ()
+    notes: tuple[Note, ...] = ()  # adopted, orphaned, held back: reported, not acted on
+    wake_at: float | None = None  # a monitor, drain or delay falls due then: look again
+    verdicts: tuple[SlotVerdict, ...] = ()
+
+    @property
+    def actions(self) -> tuple[HostAction, ...]:
+        return tuple(s.action for s in self.steps)
+
+    def __bool__(self) -> bool:
+        return bool(self.steps)
