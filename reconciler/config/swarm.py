@@ -15,9 +15,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from reconciler.config import loader
+from reconciler.config import forms, loader
 from reconciler.config import secrets as redact
-from reconciler.config.loader import Issue, Parsed, _Configs, _mount, port_text
+from reconciler.config.forms import PORT, extra_hosts, port_text
+from reconciler.config.loader import Issue, Parsed
+from reconciler.config.options import runtime_options
+from reconciler.config.render import Configs
 from reconciler.config.schema import (
     DesiredStateDef,
     PortDef,
@@ -130,7 +133,7 @@ def _service_issues(at: tuple[str | int, ...], s: ServiceDef) -> Iterable[Issue]
             yield Issue((*at, key), f"not supported with --target swarm: {why}")
     for key in sorted(s.model_fields_set - SWARM_KEYS - set(unsupported)):
         yield Issue((*at, key), "not supported with --target swarm (yet)")
-    for i, host in enumerate(loader._extra_hosts(s.extra_hosts)):
+    for i, host in enumerate(extra_hosts(s.extra_hosts)):
         if host.partition(":")[2] == "host-gateway":
             yield Issue(
                 (*at, "extra_hosts", i),
@@ -157,7 +160,7 @@ def _service_issues(at: tuple[str | int, ...], s: ServiceDef) -> Iterable[Issue]
                     "a host port range is not supported with --target swarm: publish one port",
                 )
             continue
-        m = loader._PORT.match(port_text(port))
+        m = PORT.match(port_text(port))
         if m and m["ip"]:
             yield Issue(
                 (*at, "ports", i),
@@ -228,7 +231,7 @@ def render(parsed: Parsed) -> SwarmDesired:
     secret_names: dict[str, SwarmSecret] = {}  # file's name -> secret
     secret_files: list[str] = []
     for key, sdef in d.secrets.items():
-        path = parsed.renderer._path(sdef.file)
+        path = parsed.renderer.path(sdef.file)
         at = ("secrets", key, "file")
         try:
             data, st = path.read_bytes(), path.stat()
@@ -253,7 +256,7 @@ def render(parsed: Parsed) -> SwarmDesired:
         s = d.services[name]
         refs = []
         for i, c in enumerate(s.configs):
-            path = parsed.renderer._path(c.source)
+            path = parsed.renderer.path(c.source)
             files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
             for f in files:
                 rel = str(f.relative_to(path)) if path.is_dir() else f.name
@@ -312,9 +315,7 @@ def _service(
 ) -> SwarmService:
     project = parsed.state.project
     image = s.image or f"{project}-{name}"
-    c = parsed.renderer._container(
-        name, s, image, 1, _Configs((), (), "", None), loader._options(s)
-    )
+    c = parsed.renderer.container(name, s, image, 1, Configs((), (), "", None), runtime_options(s))
     own = {**ownership_labels(project, name), STACK_NAMESPACE: project}
     container: dict[str, Any] = {
         "Image": image,
@@ -355,13 +356,13 @@ def _service(
         )
     mounts = []
     for vol in s.volumes:
-        m = _mount(vol)
+        m = forms.mount(vol)
         assert m is not None  # checked by the loader
         mount: dict[str, Any] = {"Type": m.type, "Target": m.target}
         if m.read_only:
             mount["ReadOnly"] = True
         if m.type == "bind":
-            mount["Source"] = str(parsed.renderer._path(m.source))
+            mount["Source"] = str(parsed.renderer.path(m.source))
         elif m.source:
             vdef = parsed.definition.volumes.get(m.source)
             # {replica} is the task's slot: each replica keeps its volume on its node.
@@ -498,7 +499,7 @@ def _port(port: str | int | PortDef) -> dict[str, Any]:
             out["PublishedPort"] = int(str(port.published))
         out["PublishMode"] = port.mode
         return out
-    m = loader._PORT.match(port_text(port))
+    m = PORT.match(port_text(port))
     assert m is not None  # checked by the loader
     out = {"Protocol": m["proto"] or "tcp", "TargetPort": int(m["container"])}
     if m["host"]:
