@@ -10,10 +10,10 @@ from pathlib import Path
 import structlog
 
 from reconciler.config import policy_file, secrets, strict_modes, web_config
-from reconciler.config import swarm as swarm_file
 from reconciler.core import swarm_plan as sp
 from reconciler.core.policy import Denial
 from reconciler.engine.docker_engine import connect
+from reconciler.engine.swarm import spec as swarm_file
 from reconciler.engine.swarm_engine import SwarmEngine, TaskCounts, check_manager
 from reconciler.errors import (
     ActionFailed,

@@ -21,10 +21,10 @@ import docker
 import structlog
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from reconciler.config import swarm as swarm_file
 from reconciler.config.web_config import WebConfig
 from reconciler.core import swarm_plan as sp
 from reconciler.core.policy import Policy
+from reconciler.engine.swarm import spec as swarm_file
 from reconciler.engine.swarm_engine import SwarmEngine, TaskCounts
 from reconciler.errors import ActionFailed, DesiredStateError, EngineUnavailable
 from reconciler.ops.http import serve
