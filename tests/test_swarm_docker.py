@@ -19,8 +19,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from reconciler.config import swarm as swarm_file
 from reconciler.core import swarm_plan as sp
+from reconciler.engine.swarm import spec as swarm_file
 from reconciler.ops.metrics import Metrics
 from reconciler.runtime.daemon import Daemon, Options
 from reconciler.runtime.settle import apply as apply_once

@@ -12,8 +12,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler.config import swarm as swarm_file
 from reconciler.core import swarm_plan as sp
+from reconciler.engine.swarm import spec as swarm_file
 from reconciler.errors import DesiredStateError
 
 

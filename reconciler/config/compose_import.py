@@ -25,6 +25,7 @@ from ruamel.yaml.error import YAMLError
 
 from reconciler.config import loader
 from reconciler.config.interpolation import parse_env_file
+from reconciler.config.names import project_from_folder
 from reconciler.config.schema import DesiredStateDef
 from reconciler.config.yamlread import Document, Mark
 from reconciler.errors import DesiredStateError
@@ -155,7 +156,7 @@ class _Converter:
     def __init__(self, doc: CommentedMap, src: Path, dst: Path, project: str | None) -> None:
         self.doc, self.src, self.dst = doc, src, dst
         given = project or doc.get("name")
-        self.project = str(given) if given else loader._project_from_folder(src)
+        self.project = str(given) if given else project_from_folder(src)
         self.converted: list[Finding] = []
 
     def note(self, parent: Any, key: Any, path: tuple[Any, ...], message: str) -> None:

@@ -9,6 +9,7 @@ symlinks is walked once (by device and inode) and the walk is a loop, not a recu
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from collections.abc import Iterator
@@ -116,6 +117,16 @@ def read_tree(root: Path) -> Iterator[tuple[Path, bytes]]:
                 "(a config folder)"
             )
         yield path, data
+
+
+def tree_digest(path: Path) -> str:
+    """sha256 over a file's bytes, or over every file (name and bytes) under a folder."""
+    if not path.is_dir():
+        return hashlib.sha256(read_file(path)).hexdigest()
+    h = hashlib.sha256()
+    for item, data in read_tree(path):
+        h.update(str(item.relative_to(path)).encode() + b"\0" + data + b"\0")
+    return h.hexdigest()
 
 
 def _kind(mode: int) -> str:

@@ -1,8 +1,8 @@
-"""The desired-state file for `--target swarm`: Swarm's own rules, and each service rendered
-into the Swarm API's ServiceSpec (as `docker stack deploy` would make it).
+"""Each service of a desired-state file rendered into the Swarm API's ServiceSpec (as
+`docker stack deploy` would make it), with its networks, configs and secrets.
 
-Called by the CLI and the Swarm runtime instead of `loader.load`. Keys Swarm cannot honour
-are errors with their line, reported with every other problem of the file.
+Called by the CLI and the Swarm runtime instead of `loader.load` for `--target swarm`; Swarm's
+rules are checked first (`config.swarm_rules`), with the file's other problems.
 """
 
 from __future__ import annotations
@@ -10,22 +10,24 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from reconciler.config import loader
+from reconciler.config import forms, loader
 from reconciler.config import secrets as redact
-from reconciler.config.loader import Issue, Parsed, _Configs, _mount, port_text
+from reconciler.config.loader import Parsed
+from reconciler.config.options import runtime_options
+from reconciler.config.render import REPLICA_PLACEHOLDER, Configs
 from reconciler.config.schema import (
-    DesiredStateDef,
     PortDef,
     ReservationDef,
     ResourceDef,
     SecretRefDef,
     ServiceDef,
 )
+from reconciler.config.swarm_rules import NS, issues, memory_bytes, nano_cpus
 from reconciler.core.model import LABEL_SPEC_HASH, ownership_labels
 from reconciler.core.policy import Denial, Policy, enforce
 from reconciler.core.swarm_plan import (
@@ -40,9 +42,6 @@ from reconciler.core.swarm_plan import (
 
 MAX_CONFIG_BYTES = 500 * 1024  # Swarm refuses a larger config
 MAX_CONFIG_NAME = 64
-NS = 1_000_000_000
-_MEMORY = re.compile(r"^(?P<n>\d+(?:\.\d+)?)\s*(?P<u>[bkmgt]?)b?$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _RESTART = {"no": "none", "always": "any", "unless-stopped": "any", "on-failure": "on-failure"}
 
 
@@ -67,131 +66,6 @@ def parse(
     return render(
         loader.parse_parts(raw, source=source, base_dir=base_dir, environ=environ, checks=issues)
     )
-
-
-# --------------------------------------------------------------------------- rules
-
-
-def memory_bytes(value: str | int) -> int:
-    """Bytes from 512m, 1g, 1024k or a plain number (compose's spellings)."""
-    if isinstance(value, int):
-        return value
-    m = _MEMORY.match(value.strip())
-    if not m:
-        raise ValueError(f"cannot read memory {value!r} (e.g. 512M, 1G)")
-    return int(float(m["n"]) * _UNITS[m["u"].lower()])
-
-
-def nano_cpus(value: str | float) -> int:
-    try:
-        cpus = float(value)
-    except ValueError:
-        raise ValueError(f"cannot read cpus {value!r} (e.g. 0.5)") from None
-    if not 0 <= cpus < 1e6:
-        raise ValueError("cpus must be between 0 and the node's CPUs")
-    return round(cpus * NS)
-
-
-def issues(d: DesiredStateDef, project: str) -> Iterable[Issue]:
-    """What Swarm cannot honour, key by key."""
-    for name, net in d.networks.items():
-        if net is not None and "driver" in net.model_fields_set and net.driver != "overlay":
-            yield Issue(
-                ("networks", name, "driver"),
-                f"Swarm services attach to overlay networks only, not {net.driver}; "
-                "use driver: overlay (or leave it out) for --target swarm",
-            )
-    for name, s in d.services.items():
-        yield from _service_issues(("services", name), s)
-
-
-# ServiceDef keys rendered for Swarm (or left to it: heal, drain_period, depends_on, pull);
-# any other key the file gives is refused for --target swarm, never silently dropped.
-SWARM_KEYS = frozenset(
-    {
-        "image", "replicas", "command", "entrypoint", "env_file", "environment", "ports",
-        "volumes", "configs", "secrets", "networks", "user", "restart", "healthcheck",
-        "depends_on", "labels", "working_dir", "hostname", "extra_hosts", "cap_add",
-        "cap_drop", "read_only", "stop_signal", "stop_grace_period", "init", "state", "heal",
-        "deploy", "drain_period", "pull", "pull_policy",
-    }
-)  # fmt: skip
-
-
-def _service_issues(at: tuple[str | int, ...], s: ServiceDef) -> Iterable[Issue]:
-    unsupported = {
-        "container_name": "Swarm names the tasks itself (<project>_<service>.<slot>)",
-        "network_mode": "Swarm tasks join the service's overlay networks",
-        "pid": "Swarm services cannot share a PID namespace",
-        "build": "Swarm does not build: build and push the image, and name it under image",
-    }
-    for key, why in unsupported.items():
-        if getattr(s, key):
-            yield Issue((*at, key), f"not supported with --target swarm: {why}")
-    for key in sorted(s.model_fields_set - SWARM_KEYS - set(unsupported)):
-        yield Issue((*at, key), "not supported with --target swarm (yet)")
-    for i, host in enumerate(loader._extra_hosts(s.extra_hosts)):
-        if host.partition(":")[2] == "host-gateway":
-            yield Issue(
-                (*at, "extra_hosts", i),
-                "host-gateway is not supported with --target swarm (no single host): "
-                "give an address",
-            )
-    for i, c in enumerate(s.configs):
-        if c.reload_signal:
-            yield Issue(
-                (*at, "configs", i, "reload_signal"),
-                "not supported with --target swarm: a changed config is a new Swarm "
-                "config, and Swarm replaces the tasks (leave reload_signal out)",
-            )
-    for i, port in enumerate(s.ports):
-        if isinstance(port, PortDef):
-            if port.host_ip:
-                yield Issue(
-                    (*at, "ports", i, "host_ip"),
-                    "not supported with --target swarm: Swarm publishes on every address",
-                )
-            if isinstance(port.published, str) and not port.published.isdigit():
-                yield Issue(
-                    (*at, "ports", i, "published"),
-                    "a host port range is not supported with --target swarm: publish one port",
-                )
-            continue
-        m = loader._PORT.match(port_text(port))
-        if m and m["ip"]:
-            yield Issue(
-                (*at, "ports", i),
-                "a host IP is not supported with --target swarm: Swarm publishes on every address",
-            )
-        elif m and m["host"] and "-" in m["host"]:
-            yield Issue(
-                (*at, "ports", i),
-                "a host port range is not supported with --target swarm: publish one port "
-                "(the routing mesh balances it over the replicas), or use the long syntax "
-                "with mode: host",
-            )
-    deploy = s.deploy
-    if deploy.mode == "global":
-        if "replicas" in s.model_fields_set or deploy.replicas is not None:
-            yield Issue((*at, "replicas"), "cannot be combined with deploy.mode: global")
-        if s.state == "stopped":
-            yield Issue((*at, "state"), "a global service cannot be stopped on Swarm")
-    for kind in ("limits", "reservations"):
-        r: ResourceDef | ReservationDef = getattr(deploy.resources, kind)
-        where = (*at, "deploy", "resources", kind)
-        try:
-            if r.cpus is not None:
-                nano_cpus(r.cpus)
-        except ValueError as exc:
-            yield Issue((*where, "cpus"), str(exc))
-        try:
-            if r.memory is not None:
-                memory_bytes(r.memory)
-        except ValueError as exc:
-            yield Issue((*where, "memory"), str(exc))
-
-
-# --------------------------------------------------------------------------- render
 
 
 def _ns(seconds: float) -> int:
@@ -228,7 +102,7 @@ def render(parsed: Parsed) -> SwarmDesired:
     secret_names: dict[str, SwarmSecret] = {}  # file's name -> secret
     secret_files: list[str] = []
     for key, sdef in d.secrets.items():
-        path = parsed.renderer._path(sdef.file)
+        path = parsed.renderer.path(sdef.file)
         at = ("secrets", key, "file")
         try:
             data, st = path.read_bytes(), path.stat()
@@ -253,7 +127,7 @@ def render(parsed: Parsed) -> SwarmDesired:
         s = d.services[name]
         refs = []
         for i, c in enumerate(s.configs):
-            path = parsed.renderer._path(c.source)
+            path = parsed.renderer.path(c.source)
             files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
             for f in files:
                 rel = str(f.relative_to(path)) if path.is_dir() else f.name
@@ -312,9 +186,7 @@ def _service(
 ) -> SwarmService:
     project = parsed.state.project
     image = s.image or f"{project}-{name}"
-    c = parsed.renderer._container(
-        name, s, image, 1, _Configs((), (), "", None), loader._options(s)
-    )
+    c = parsed.renderer.container(name, s, image, 1, Configs((), (), "", None), runtime_options(s))
     own = {**ownership_labels(project, name), STACK_NAMESPACE: project}
     container: dict[str, Any] = {
         "Image": image,
@@ -355,17 +227,17 @@ def _service(
         )
     mounts = []
     for vol in s.volumes:
-        m = _mount(vol)
+        m = forms.mount(vol)
         assert m is not None  # checked by the loader
         mount: dict[str, Any] = {"Type": m.type, "Target": m.target}
         if m.read_only:
             mount["ReadOnly"] = True
         if m.type == "bind":
-            mount["Source"] = str(parsed.renderer._path(m.source))
+            mount["Source"] = str(parsed.renderer.path(m.source))
         elif m.source:
             vdef = parsed.definition.volumes.get(m.source)
             # {replica} is the task's slot: each replica keeps its volume on its node.
-            source = m.source.replace(loader.REPLICA_PLACEHOLDER, "{{.Task.Slot}}")
+            source = m.source.replace(REPLICA_PLACEHOLDER, "{{.Task.Slot}}")
             mount["Source"] = f"{project}_{source}"
             mount["VolumeOptions"] = {
                 "Labels": {
@@ -498,7 +370,7 @@ def _port(port: str | int | PortDef) -> dict[str, Any]:
             out["PublishedPort"] = int(str(port.published))
         out["PublishMode"] = port.mode
         return out
-    m = loader._PORT.match(port_text(port))
+    m = forms.PORT.match(forms.port_text(port))
     assert m is not None  # checked by the loader
     out = {"Protocol": m["proto"] or "tcp", "TargetPort": int(m["container"])}
     if m["host"]:

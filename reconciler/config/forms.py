@@ -1,0 +1,93 @@
+"""The compose spellings of one value read one way: ports, volume mounts, secret targets,
+`service:X` namespaces, extra hosts, words and scalars.
+
+Shared by the rules (`rules`, `names`, `swarm_rules`) and the renderers (`render`, Swarm's).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler.config.schema import PortDef, SecretRefDef, ServiceDef, VolumeMountDef
+
+MAX_PORT = 65535
+SECRETS_DIR = "/run/secrets"
+JOIN_KEYS = ("network_mode", "pid", "ipc")  # `service:X` joins X's namespace (as compose)
+PORT = re.compile(
+    r"^(?:(?P<ip>[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9a-fA-F:]+\]):)?"
+    r"(?:(?P<host>[0-9]{1,10}(?:-[0-9]{1,10})?):)?"
+    r"(?P<container>[0-9]{1,10})(?:/(?P<proto>tcp|udp|sctp))?$"
+)
+
+
+def port_text(port: str | int | PortDef) -> str:
+    """A port entry in the short syntax (the long one converted)."""
+    return port.text() if isinstance(port, PortDef) else str(port)
+
+
+def joins(svc: ServiceDef) -> list[tuple[str, str]]:
+    """(key, service) of each `service:X` namespace mode."""
+    modes = ((key, getattr(svc, key) or "") for key in JOIN_KEYS)
+    return [(k, mode.removeprefix("service:")) for k, mode in modes if mode.startswith("service:")]
+
+
+def depends(svc: ServiceDef) -> list[str]:
+    """The services it starts after: depends_on, then those whose namespace it joins."""
+    return list(dict.fromkeys([*svc.depends_on, *(owner for _, owner in joins(svc))]))
+
+
+def secret_ref(ref: str | SecretRefDef) -> tuple[str, str]:
+    """(secret name, path in the container): /run/secrets/NAME unless a target is given."""
+    if isinstance(ref, str):
+        return ref, f"{SECRETS_DIR}/{ref}"
+    target = ref.target or ref.source
+    return ref.source, target if target.startswith("/") else f"{SECRETS_DIR}/{target}"
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """One `volumes:` entry: type (bind, volume or tmpfs), source, target, read-only."""
+
+    type: str
+    source: str
+    target: str
+    read_only: bool
+
+
+def mount(vol: str | VolumeMountDef) -> Mount | None:
+    """A `volumes:` entry, short or long syntax; None if the short one cannot be read."""
+    if isinstance(vol, VolumeMountDef):
+        return Mount(vol.type, vol.source or "", vol.target, vol.read_only)
+    parts = vol.split(":")
+    if len(parts) == 1:
+        return Mount("volume", "", parts[0], False)  # anonymous volume
+    if len(parts) > 3 or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+        return None
+    source, target = parts[0], parts[1]
+    kind = "bind" if source.startswith(("/", ".", "~")) else "volume"
+    return Mount(kind, source, target, len(parts) == 3 and parts[2] == "ro")
+
+
+def scalar(value: Any) -> str:
+    """A YAML scalar as Docker takes it: `true`/`false`, "" for null, else its text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
+
+
+def extra_hosts(hosts: list[str] | Mapping[str, str | list[str]]) -> tuple[str, ...]:
+    """HOST:IP entries; the map form (`host: ip` or a list of IPs) as compose writes it."""
+    if isinstance(hosts, list):
+        return tuple(hosts)
+    out: list[str] = []
+    for host, ips in hosts.items():
+        out += [f"{host}:{ip}" for ip in ([ips] if isinstance(ips, str) else ips)]
+    return tuple(out)
+
+
+def words(value: str | list[str]) -> tuple[str, ...]:
+    """One string or a list of them, as a tuple."""
+    return (value,) if isinstance(value, str) else tuple(value)

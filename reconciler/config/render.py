@@ -1,0 +1,452 @@
+"""The renderer: a validated, checked definition into core's `DesiredState` (networks,
+volumes, and each service's per-replica container specs, with its revision).
+
+Called by the loader; Swarm's renderer (`engine.swarm.spec`) reuses its container specs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from graphlib import TopologicalSorter
+from pathlib import Path
+from typing import Any
+
+from reconciler.config import tree
+from reconciler.config.forms import (
+    Mount,
+    depends,
+    extra_hosts,
+    joins,
+    mount,
+    port_text,
+    scalar,
+    secret_ref,
+)
+from reconciler.config.inputs import TooLarge, read_limited, resolve
+from reconciler.config.options import (
+    OPTION_DEFAULTS,
+    argv,
+    environment,
+    port_binding,
+    runtime_options,
+    text_labels,
+    update_config,
+)
+from reconciler.config.report import Issue
+from reconciler.config.schema import DesiredStateDef, ResourcesDef, ServiceDef, parse_pull_policy
+from reconciler.config.yamlread import Path as DataPath
+from reconciler.core.model import (
+    BuildSpec,
+    ContainerSpec,
+    DesiredState,
+    HealPolicy,
+    Healthcheck,
+    NetworkAttachment,
+    NetworkSpec,
+    RuntimeOptions,
+    SecretMount,
+    ServiceSpec,
+    VolumeSpec,
+)
+
+REPLICA_PLACEHOLDER = "{replica}"
+MAX_SECRET_BYTES = 1024 * 1024  # each secrets: file
+# Keys that do not change what a service's containers are: left out of its revision.
+_NOT_IN_REVISION = {
+    "replicas",
+    "scale",
+    "deploy",
+    "heal",
+    "drain_period",
+    "state",
+    "pull",
+    "pull_policy",
+    "depends_on",
+}
+# Keys added after revisions were first recorded: left out of a revision when not given.
+_ADDED_KEYS = ("privileged", "devices", "ipc", "uts", "userns_mode", "security_opt", "secrets")
+
+
+@dataclass(frozen=True, slots=True)
+class Configs:
+    """A service's `configs:` as read-only binds, and the digests of their content."""
+
+    binds: tuple[str, ...]
+    digests: tuple[tuple[str, str], ...]  # configs whose change recreates
+    reload_digest: str  # configs whose change is applied by reload_signal
+    reload_signal: str | None
+
+
+class Renderer:
+    """Turns a checked definition into per-replica container specs."""
+
+    def __init__(
+        self,
+        d: DesiredStateDef,
+        project: str,
+        base_dir: Path,
+        env_files: Mapping[str, Mapping[str, str]],
+        lookup: Callable[[str], str | None] = lambda _: None,
+    ) -> None:
+        self.d, self.project, self.base_dir = d, project, base_dir
+        self.env_files = env_files  # service -> what its env_file entries set
+        self.lookup = lookup  # a bare environment name: the environment, then .env
+        self.unset: dict[DataPath, str] = {}  # bare names neither sets: left out
+        self.problems: list[Issue] = []
+        self.config_digests: dict[str, str] = {}
+        self.secret_values: set[str] = set()
+        self.default_network = self.network_name("default")
+
+    def render(self) -> DesiredState:
+        order = TopologicalSorter({n: depends(s) for n, s in self.d.services.items()})
+        services = tuple(
+            self._service(name, self.d.services[name]) for name in order.static_order()
+        )
+        networks = [self._network(name, n) for name, n in self.d.networks.items()]
+        if (
+            any(
+                (not s.networks and not s.network_mode) or "default" in s.networks
+                for s in self.d.services.values()
+            )
+            and "default" not in self.d.networks
+            and self.default_network not in self.d.networks
+        ):
+            networks.append(NetworkSpec(name=self.default_network))
+        volumes: list[VolumeSpec] = []
+        templates: list[str] = []
+        for name, vdef in self.d.volumes.items():
+            driver = vdef.driver if vdef else "local"
+            labels = tuple(sorted((vdef.labels if vdef else {}).items()))
+            opts = tuple(
+                sorted((k, scalar(v)) for k, v in (vdef.driver_opts if vdef else {}).items())
+            )
+            external = bool(vdef and vdef.external)
+            docker_name = self.volume_name(name)
+            if REPLICA_PLACEHOLDER in name:
+                templates.append(docker_name)
+                used = {
+                    c.replica
+                    for s in services
+                    for c in s.replicas
+                    if name in self._templates_of(s.name)
+                }
+                volumes.extend(
+                    VolumeSpec(
+                        docker_name.replace(REPLICA_PLACEHOLDER, str(i)),
+                        driver,
+                        labels,
+                        opts,
+                        external,
+                    )
+                    for i in sorted(used)
+                )
+            else:
+                volumes.append(VolumeSpec(docker_name, driver, labels, opts, external))
+        return DesiredState(
+            project=self.project,
+            networks=tuple(networks),
+            volumes=tuple(volumes),
+            services=services,
+            volume_templates=tuple(templates),
+        )
+
+    def _templates_of(self, service: str) -> set[str]:
+        mounts = (mount(v) for v in self.d.services[service].volumes)
+        return {
+            m.source for m in mounts if m and m.type == "volume" and REPLICA_PLACEHOLDER in m.source
+        }
+
+    def network_name(self, key: str) -> str:
+        """The Docker name of a network of the file: its name:, else its key (`default` is
+        compose's default network, `<project>_default`)."""
+        n = self.d.networks.get(key)
+        if n is not None and n.name:
+            return n.name
+        return f"{self.project}_default" if key == "default" else key
+
+    def volume_name(self, key: str) -> str:
+        """The Docker name of a volume of the file: its name:, else its key."""
+        v = self.d.volumes.get(key)
+        return v.name if v is not None and v.name else key
+
+    def _network(self, name: str, n: Any) -> NetworkSpec:
+        if n is None:
+            return NetworkSpec(name=self.network_name(name))
+        ipam = tuple((c.subnet, c.gateway or "") for c in n.ipam.config) if n.ipam else ()
+        labels = tuple(sorted(n.labels.items()))
+        return NetworkSpec(self.network_name(name), n.driver, n.internal, labels, ipam, n.external)
+
+    def _service(self, name: str, s: ServiceDef) -> ServiceSpec:
+        build = None
+        if s.build is not None:
+            ctx, dockerfile = (
+                (s.build, "Dockerfile")
+                if isinstance(s.build, str)
+                else (
+                    s.build.context,
+                    s.build.dockerfile,
+                )
+            )
+            build = BuildSpec(str(self.path(ctx)), dockerfile)
+        image = s.image or f"{self.project}-{name}"
+        configs = self._configs(name, s)
+        mounts = self._secrets(name, s)
+        options = runtime_options(s)  # once: the same for every replica
+        replicas = tuple(
+            self.container(name, s, image, i, configs, options, mounts)
+            for i in range(1, s.replica_count + 1)
+        )
+        heal = HealPolicy(
+            s.heal.min_uptime, s.heal.backoff_initial, s.heal.backoff_max, s.heal.unhealthy_grace
+        )
+        pull, every = parse_pull_policy(s.pull_policy) if s.pull_policy else (s.pull, None)
+        return ServiceSpec(
+            name=name,
+            image=image,
+            replicas=replicas,
+            pull=pull,
+            pull_every_s=every,
+            build=build,
+            depends_on=tuple(depends(s)),
+            conditions=tuple(
+                (dep, c.condition)
+                for dep, c in (s.depends_on.items() if isinstance(s.depends_on, dict) else ())
+                if c.condition != "service_started"
+            ),
+            job=any(
+                isinstance(o.depends_on, dict)
+                and o.depends_on.get(name) is not None
+                and o.depends_on[name].condition == "service_completed_successfully"
+                for o in self.d.services.values()
+            ),
+            state=s.state,
+            heal=heal,
+            update=update_config(s.deploy.update_config),
+            rollback=update_config(s.deploy.rollback_config),
+            drain_s=s.drain_period,
+            stop_grace_s=s.stop_grace_period,
+            revision=self._revision(name, s, configs, mounts),
+        )
+
+    def _environment(self, name: str, s: ServiceDef) -> tuple[str, ...]:
+        """The service's environment (see `options.environment`); bare names left out are noted."""
+        entries, unset, hidden = environment(
+            s.environment, self.env_files.get(name, {}), self.lookup
+        )
+        self.secret_values |= hidden
+        for at, key in unset:
+            self.unset[("services", name, *at)] = key
+        return entries
+
+    def _secrets(self, name: str, s: ServiceDef) -> tuple[SecretMount, ...]:
+        """Each secret as a read-only bind of its file; the content only as a digest."""
+        out = []
+        for i, ref in enumerate(s.secrets):
+            source, target = secret_ref(ref)
+            path = self.path(self.d.secrets[source].file)
+            try:
+                content = read_limited(path, MAX_SECRET_BYTES)
+            except TooLarge:
+                message = f"secret file {path} is larger than {MAX_SECRET_BYTES // 1024} KiB"
+                self.problems.append(Issue(("services", name, "secrets", i), message))
+                continue
+            except OSError as exc:
+                message = f"cannot read secret file {path}: {exc.strerror}"
+                self.problems.append(Issue(("services", name, "secrets", i), message))
+                continue
+            digest = hashlib.sha256(b"reconciler-secret\0" + content).hexdigest()
+            self.config_digests[str(path)] = digest  # watched: a change is a reload
+            with contextlib.suppress(UnicodeDecodeError):
+                self.secret_values.add(content.decode().strip())  # never printed
+            out.append(SecretMount(source, str(path), target, digest))
+        return tuple(out)
+
+    def _revision(
+        self, name: str, s: ServiceDef, configs: Configs, mounts: tuple[SecretMount, ...] = ()
+    ) -> str:
+        """sha256 of what the file asks of the service's containers, whatever their count.
+
+        Replica count, deploy, heal, drain, state, pull and depends_on are left out (they
+        change no container); equivalent spellings (environment as map or list, relative
+        paths) are normalised; the content of the config files it mounts is included,
+        except those applied by reload_signal (as for the spec hash).
+        """
+        added = {k for k in _ADDED_KEYS if k not in s.model_fields_set}
+        body = s.model_dump(mode="json", exclude=_NOT_IN_REVISION | added)
+        body["environment"] = list(self._environment(name, s))
+        body.pop("env_file", None)  # its content is in environment
+        body["labels"] = text_labels(s.labels)
+        body["command"], body["entrypoint"] = argv(s.command), argv(s.entrypoint)
+        body["ports"] = [port_text(p) for p in s.ports]
+        for key, default in OPTION_DEFAULTS.items():  # unset: the revision files had before
+            if body.get(key) == default:
+                body.pop(key, None)
+        body["extra_hosts"] = list(extra_hosts(s.extra_hosts))
+        renamed = {k: self.network_name(k) for k in s.networks if self.network_name(k) != k}
+        if renamed:  # a network's name: changes what the containers join
+            body["network_names"] = renamed
+        if s.deploy.resources != ResourcesDef():  # deploy is left out, its resources are not
+            body["resources"] = s.deploy.resources.model_dump(mode="json")
+        if body.get("healthcheck") and body["healthcheck"].get("start_interval") is None:
+            body["healthcheck"].pop("start_interval", None)
+        body["volumes"] = [self._mount_text(mount(v)) for v in s.volumes]
+        body["configs"] = [
+            {"source": str(self.path(c.source)), "target": c.target} for c in s.configs
+        ]
+        if s.build is not None:
+            build = body["build"]
+            ctx = build if isinstance(build, str) else build["context"]
+            dockerfile = "Dockerfile" if isinstance(build, str) else build["dockerfile"]
+            body["build"] = {"context": str(self.path(ctx)), "dockerfile": dockerfile}
+        payload = {
+            "project": self.project,
+            "service": name,
+            "definition": body,
+            "config_digests": [list(d) for d in configs.digests],
+        }
+        if mounts:  # a content change is a new revision (the digest, never the value)
+            payload["secret_digests"] = [[m.target, m.digest] for m in mounts]
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def _mount_text(self, m: Mount | None, named: bool = False) -> str:
+        """SOURCE:TARGET[:ro] for Docker (`named`: the volume source is its Docker name)."""
+        assert m is not None  # checked
+        if m.type == "tmpfs":
+            return f"tmpfs:{m.target}{':ro' if m.read_only else ''}"
+        if m.type == "bind":
+            source = str(self.path(m.source))
+        else:
+            source = m.source if named else self.volume_name(m.source)
+        return f"{source}:{m.target}{':ro' if m.read_only else ''}" if source else m.target
+
+    def _configs(self, name: str, s: ServiceDef) -> Configs:
+        binds: list[str] = []
+        hashed: list[tuple[str, str]] = []
+        signalled: list[str] = []
+        signal = None
+        for i, c in enumerate(s.configs):
+            path = self.path(c.source)
+            try:
+                digest = tree.tree_digest(path)
+                self.config_digests[str(path)] = digest
+            except tree.TreeError as exc:
+                self.problems.append(Issue(("services", name, "configs", i, "source"), str(exc)))
+                continue
+            except OSError as exc:
+                self.problems.append(
+                    Issue(
+                        ("services", name, "configs", i, "source"),
+                        f"cannot read {path}: {exc.strerror}",
+                    )
+                )
+                continue
+            binds.append(f"{path}:{c.target}:ro")
+            if c.reload_signal:
+                signal = signal or c.reload_signal
+                signalled.append(f"{c.target}={digest}")
+            else:
+                hashed.append((c.target, digest))
+        reload_digest = (
+            hashlib.sha256("\n".join(signalled).encode()).hexdigest() if signalled else ""
+        )
+        return Configs(tuple(binds), tuple(hashed), reload_digest, signal)
+
+    def path(self, text: str) -> Path:
+        """A path of the file, absolute (relative ones from the file's folder)."""
+        return resolve(self.base_dir, text)
+
+    def container(
+        self,
+        name: str,
+        s: ServiceDef,
+        image: str,
+        replica: int,
+        configs: Configs,
+        options: RuntimeOptions,
+        mounts: tuple[SecretMount, ...] = (),
+    ) -> ContainerSpec:
+        """The container spec of one replica of service `name`."""
+        binds, volumes = list(configs.binds), []
+        for vol in s.volumes:
+            m = mount(vol)
+            assert m is not None  # checked
+            if m.type == "tmpfs":
+                continue  # RuntimeOptions.tmpfs
+            if m.type == "volume" and m.source:
+                source = self.volume_name(m.source).replace(REPLICA_PLACEHOLDER, str(replica))
+                volumes.append(source)
+                m = Mount(m.type, source, m.target, m.read_only)
+            binds.append(self._mount_text(m, named=True))
+        nets = s.networks
+        attachments: list[NetworkAttachment] = []
+        if not s.network_mode:
+            if not nets:
+                attachments.append(NetworkAttachment(self.default_network, (name,)))
+            for net in nets:
+                attach = nets.get(net) if isinstance(nets, dict) else None
+                extra = attach.aliases if attach else []
+                attachments.append(
+                    NetworkAttachment(self.network_name(net), tuple(dict.fromkeys([name, *extra])))
+                )
+        modes = {"network_mode": s.network_mode, "pid": s.pid, "ipc": s.ipc}
+        for key, target in joins(s):  # as compose: X's first replica
+            t = self.d.services[target]
+            modes[key] = f"container:{t.container_name or f'{self.project}-{target}-1'}"
+        hc = None
+        if s.healthcheck and not s.healthcheck.disable:
+            test = s.healthcheck.test
+            test_t = ("CMD-SHELL", test) if isinstance(test, str) else tuple(test)
+            hc = Healthcheck(
+                test_t,
+                s.healthcheck.interval,
+                s.healthcheck.timeout,
+                s.healthcheck.retries,
+                s.healthcheck.start_period,
+            )
+        elif s.healthcheck and s.healthcheck.disable:
+            hc = Healthcheck(("NONE",))
+        return ContainerSpec(
+            name=s.container_name or f"{self.project}-{name}-{replica}",
+            project=self.project,
+            service=name,
+            replica=replica,
+            image=image,
+            command=argv(s.command),
+            entrypoint=argv(s.entrypoint),
+            environment=self._environment(name, s),
+            ports=tuple(port_binding(port_text(p), replica) for p in s.ports),
+            binds=tuple(binds),
+            volumes=tuple(volumes),
+            networks=tuple(attachments),
+            user=str(s.user) if s.user is not None else None,
+            restart=s.restart,
+            healthcheck=hc,
+            labels=tuple(sorted(text_labels(s.labels).items())),
+            working_dir=s.working_dir,
+            hostname=s.hostname,
+            extra_hosts=extra_hosts(s.extra_hosts),
+            cap_add=tuple(s.cap_add),
+            cap_drop=tuple(s.cap_drop),
+            read_only=s.read_only,
+            stop_signal=s.stop_signal,
+            stop_grace_s=s.stop_grace_period,  # fractional seconds kept: 400ms is 0.4
+            init=s.init,
+            network_mode=modes["network_mode"],
+            pid=modes["pid"],
+            privileged=s.privileged,
+            devices=tuple(s.devices),
+            ipc=modes["ipc"],
+            uts=s.uts,
+            userns_mode=s.userns_mode,
+            security_opt=tuple(s.security_opt),
+            secrets=mounts,
+            config_digests=configs.digests,
+            options=options,
+            reload_digest=configs.reload_digest,
+            reload_signal=configs.reload_signal,
+        )
