@@ -139,6 +139,8 @@ class Controller:
     def hint_died(self, service: str, container_id: str, exit: Exit | None = None) -> None:
         """A replica died (Docker event): the next reconcile of its service may start it
         straight away, without a full observe, if nothing else is pending for the service."""
+        if exit is not None:
+            self.runs.note_died(container_id, exit)
         self.heals.hint_died(service, container_id, exit)
 
     def note_started(self, container_id: str, at: float) -> None:
