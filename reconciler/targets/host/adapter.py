@@ -42,10 +42,11 @@ from reconciler.targets.base import (
     Settings,
     service_key,
 )
-from reconciler.targets.host.controller import Controller, Exit
+from reconciler.targets.host.controller import Controller
 from reconciler.targets.host.events import container_event, filters, infra_event
 from reconciler.targets.host.executor import StepResult, apply
 from reconciler.targets.host.image_ledger import ImageLedger
+from reconciler.targets.host.runs import Exit
 
 log = structlog.get_logger("reconciler")
 

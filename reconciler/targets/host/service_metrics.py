@@ -1,0 +1,174 @@
+"""What the controller tells: each action's log line and counters (a heal counted by its
+reason), rollout events, and per service the replica rows, rollout and crash-loop gauges.
+Owned by the `Controller`; called from its workers, the apply pool and the heal pool.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+import structlog
+
+from reconciler.core import rollout as ro
+from reconciler.core.healing import HealingBook
+from reconciler.core.model import (
+    JUST_CREATED,
+    Action,
+    ConnectNetwork,
+    CreateContainer,
+    DesiredState,
+    EnsureImage,
+    ObservedContainer,
+    RestartContainer,
+    ServiceSpec,
+    StartContainer,
+    UnpauseContainer,
+)
+from reconciler.targets.host.executor import StepResult
+
+if TYPE_CHECKING:  # prometheus_client is imported only where metrics are served
+    from reconciler.ops.metrics import Metrics
+
+log = structlog.get_logger("reconciler")
+
+
+class ServiceMetrics:
+    """Reports actions and rollouts (logs, `on_result`, metrics) and keeps the gauges."""
+
+    def __init__(
+        self,
+        metrics: Metrics | None,
+        *,
+        desired: Callable[[], DesiredState],
+        books: Callable[[], Mapping[str, HealingBook]],
+        clock: Callable[[], float],
+        on_result: Callable[[StepResult], None],
+    ) -> None:
+        self.metrics = metrics
+        self._desired = desired
+        self._books = books
+        self._clock = clock
+        self._on_result = on_result
+        self._known: set[str] = set()  # container names seen: a create is then a heal
+        self._rows: dict[str, tuple[str, int, int, int]] = {}
+        self._lock = threading.Lock()  # the rows: several services' workers share them
+
+    def note_created(self, name: str) -> None:
+        """A replica was created under its own name: creating it again is a heal."""
+        self._known.add(name)
+
+    # ------------------------------------------------------------------ actions
+
+    def report(self, r: StepResult, *, job: bool = False) -> None:
+        """One step's result: its log line, `on_result`, counters (`job`: a pull or build
+        reported by its image key)."""
+        a = r.action
+        if isinstance(a, EnsureImage) and not job and r.outcome in ("success", "waiting"):
+            return  # the image was there, or its pull is queued: the pull itself reports
+        service = a.service
+        fields = {
+            "service": service,
+            "container": a.name if a.kind == "container" else None,
+            "object": a.name if a.kind != "container" else None,
+            "action": a.verb,
+            "kind": a.kind,
+            "reason": a.reason,
+            "duration_ms": round(r.duration_s * 1000, 1),
+            "result": r.outcome,
+        }
+        fields = {k: v for k, v in fields.items() if v is not None}
+        if r.outcome == "success":
+            log.info("action", **fields)
+        elif r.outcome == "waiting":
+            log.info("action", note=r.error, **fields)
+        else:
+            log.warning("action", error=r.error, **fields)
+        self._on_result(r)
+        if self.metrics and r.outcome in ("success", "error"):
+            self.metrics.actions.labels(a.verb, a.kind, r.outcome).inc()
+            if r.outcome == "error":
+                self.metrics.docker_errors.labels(f"{a.verb}_{a.kind}").inc()
+            reason = self._heal_reason(a)
+            if reason and r.outcome == "success" and service:
+                self.metrics.heals.labels(service, reason).inc()
+
+    def _heal_reason(self, a: Action) -> str | None:
+        match a:
+            case StartContainer(reason=reason) if reason != JUST_CREATED and not (
+                ro.is_temp_name(a.name) or reason.startswith("replaces")
+            ):
+                return "exited"
+            case RestartContainer():
+                return "unhealthy"
+            case UnpauseContainer():
+                return "paused"
+            case CreateContainer(reason="dead"):
+                return "dead"
+            case CreateContainer(spec=spec, as_name=None) if spec.name in self._known:
+                return "removed"
+            case ConnectNetwork(reconnect=False):
+                return "network"
+        return None
+
+    def count_update(self, service: str, result: str) -> None:
+        """A followed tag's check or update: unchanged, updated, rolled_back, paused, error."""
+        if self.metrics:
+            self.metrics.image_updates.labels(service, result).inc()
+
+    # ------------------------------------------------------------------ services
+
+    def rollout_event(self, service: str, event: ro.RolloutEvent) -> None:
+        fields = {"service": service, "revision": event.revision[:12]}
+        match event.kind:
+            case "started":
+                log.info("rollout started", **fields)
+            case "completed":
+                log.info("rollout completed", note=event.reason or None, **fields)
+            case "failure":
+                log.warning("rollout: a new replica failed", reason=event.reason, **fields)
+            case "rolled_back":
+                log.warning("rollout failed; rolling back", reason=event.reason, **fields)
+            case "rollback_completed":
+                log.info("rollback completed", **fields)
+            case "paused":
+                log.warning("rollout paused", reason=event.reason, **fields)
+        if self.metrics and event.kind in ("completed", "rolled_back", "paused"):
+            self.metrics.rollout_finished(service, event.kind)
+
+    def service(
+        self,
+        svc: ServiceSpec,
+        target: ServiceSpec,
+        containers: tuple[ObservedContainer, ...],
+        record: ro.RolloutRecord,
+    ) -> None:
+        """After a service's reconcile: its replica row, rollout and crash-loop gauges."""
+        if self.metrics is None:
+            return
+        live = {c.name: c for c in containers}
+        cs = [live[c.name] for c in target.replicas if c.name in live]
+        running = sum(1 for c in cs if c.state == "running")
+        healthy = sum(1 for c in cs if c.state == "running" and c.health in (None, "healthy"))
+        rolling = bool(record.rolling_revision) or (
+            record.failed_revision == svc.revision and not ro.converged(target, containers)
+        )
+        with self._lock:
+            self._rows[svc.name] = (svc.name, len(svc.replicas), running, healthy)
+            wanted = {s.name for s in self._desired().services}
+            rows = [row for name, row in self._rows.items() if name in wanted]
+            self.metrics.set_replicas(rows)
+            self.metrics.set_rollout(svc.name, rolling)
+            loops = sum(
+                1 for _ in self._books().get(svc.name, HealingBook()).crashlooping(self._clock())
+            )
+            self.metrics.crashloop.labels(svc.name).set(loops)
+
+    def crashloops(self) -> dict[str, dict[str, object]]:
+        """Replicas in crash-loop back-off, for `reconciler status` (JSON-ready)."""
+        now = self._clock()
+        out: dict[str, dict[str, object]] = {}
+        for book in list(self._books().values()):
+            out |= book.snapshot(now)
+        return out
