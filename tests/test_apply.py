@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 from reconciler.core.model import Action, Plan, StartContainer, Step
 from reconciler.errors import ActionFailed
@@ -37,6 +36,7 @@ def test_failure_skips_only_dependents() -> None:
 def test_independent_steps_run_in_parallel() -> None:
     """Independent steps overlap in time (a bounded pool), dependents wait."""
     active, peak, lock = 0, 0, threading.Lock()
+    full = threading.Event()  # 4 steps running at once: each holds its worker until then
     order: list[str] = []
 
     def execute(action: Action) -> None:
@@ -44,7 +44,9 @@ def test_independent_steps_run_in_parallel() -> None:
         with lock:
             active += 1
             peak = max(peak, active)
-        time.sleep(0.05)
+            if active == 4:
+                full.set()
+        full.wait(30)
         with lock:
             active -= 1
             order.append(action.name)
