@@ -12,8 +12,6 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "reconciler"
 
@@ -109,39 +107,10 @@ def all_violations() -> list[str]:
     return [v for path in source_files() for v in violations(path)]
 
 
-# What the check finds on main 4a49e3b (file, use; line numbers left out as they move). Issue
-# #18's refactor removes them: then drop this list, the ratchet below and the xfail.
-KNOWN_VIOLATIONS = {
-    ("reconciler/config/compose_import.py", "uses reconciler.config.loader._project_from_folder"),
-    ("reconciler/config/swarm.py", "imports _Configs from reconciler.config.loader"),
-    ("reconciler/config/swarm.py", "imports _mount from reconciler.config.loader"),
-    ("reconciler/config/swarm.py", "uses reconciler.config.loader._extra_hosts"),
-    ("reconciler/config/swarm.py", "uses reconciler.config.loader._PORT"),
-    ("reconciler/config/swarm.py", "uses reconciler.config.loader._options"),
-    ("reconciler/core/takeover.py", "imports _networks from reconciler.core.planner"),
-    ("reconciler/core/takeover.py", "imports _volumes from reconciler.core.planner"),
-    ("reconciler/runtime/image_ledger.py", "imports _write from reconciler.runtime.state_store"),
-    ("reconciler/runtime/swarm_runtime.py", "imports _write from reconciler.runtime.state_store"),
-    ("reconciler/swarm_cli.py", "imports _reload from reconciler.cli"),
-}
-
-
-def unlined(violation: str) -> tuple[str, str]:
-    """`file:line: what` -> (file, what)."""
-    place, _, what = violation.partition(": ")
-    return place.rsplit(":", 1)[0], what
-
-
-@pytest.mark.xfail(reason="issue #18: private names still cross modules", strict=False)
 def test_no_private_names_across_modules() -> None:
+    """No module of reconciler/ imports or uses another module's underscore names."""
     found = all_violations()
     assert not found, "private names used across modules:\n" + "\n".join(found)
-
-
-def test_no_new_private_names_across_modules() -> None:
-    """The ratchet until the refactor lands: nothing beyond KNOWN_VIOLATIONS."""
-    new = [v for v in all_violations() if unlined(v) not in KNOWN_VIOLATIONS]
-    assert not new, "private names used across modules:\n" + "\n".join(new)
 
 
 def layers_contract() -> dict:

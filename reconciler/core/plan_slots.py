@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from reconciler.core import rollout as ro
 from reconciler.core.actions import (
@@ -32,12 +31,10 @@ from reconciler.core.actions import (
     UnpauseContainer,
 )
 from reconciler.core.desired import ContainerSpec, ServiceSpec
+from reconciler.core.holds import Holds
 from reconciler.core.notes import Note, note
 from reconciler.core.observed import ObservedContainer
 from reconciler.core.plan_order import Local, namespace_owner
-
-if TYPE_CHECKING:
-    from reconciler.core.planner import Holds
 
 DEFAULT_DRAIN_S = ro.DEFAULT_DRAIN_S  # for containers of services gone from the file
 NO_DNS_NETWORKS = frozenset({"host", "none"})  # Docker's own: no aliases, never left

@@ -8,28 +8,61 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 import structlog
 
 from reconciler.config import policy_file, strict_modes
 from reconciler.core.policy import Denial, Policy
 from reconciler.errors import DesiredStateError
+from reconciler.ops.metrics import Metrics
+from reconciler.ops.notify import Notifier
+from reconciler.runtime.signals import SignalRelay
 from reconciler.runtime.watchers import stamps
-from reconciler.targets.base import RESYNC, Desired
-
-if TYPE_CHECKING:
-    from pathlib import Path
-
-    from reconciler.runtime.daemon import Daemon
+from reconciler.targets.base import RESYNC, Desired, Target, TargetKind
 
 log = structlog.get_logger("reconciler")
+
+
+class ReloadOptions(Protocol):
+    @property
+    def path(self) -> Path: ...
+    @property
+    def policy(self) -> Path | None: ...
+    @property
+    def strict_modes(self) -> bool: ...
+    @property
+    def settle(self) -> float: ...
+    @property
+    def removal_settle(self) -> float: ...
+
+
+class Owner(Protocol):
+    """What the reloader uses of the daemon that owns it."""
+
+    kind: TargetKind
+    target: Target
+    policy: Policy
+    metrics: Metrics
+    notifier: Notifier
+    signals: SignalRelay
+    state_valid: bool
+
+    @property
+    def options(self) -> ReloadOptions: ...
+    @property
+    def desired(self) -> Desired: ...
+    def enqueue(self, key: str, delay: float = 0.0, trigger: str = "backoff") -> None: ...
+    def status_line(self) -> str: ...
+    def write_status(self) -> None: ...
+    def count_denials(self, denials: tuple[Denial, ...]) -> None: ...
 
 
 class Reloader:
     """One reload at a time; requests that arrive meanwhile fold into the next one."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Owner) -> None:
         self.daemon = daemon
         self.options = daemon.options
         self.trigger = "signal"  # what asked for the next reload
