@@ -20,8 +20,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ import yaml
 
 from tests.conftest import REQUIRE_DOCKER, cleanup, wait_for, with_test_labels
 from tests.registrykit import login, pushed_image, running_registry
+from tests.swarmkit import one_node_swarm, remove_project
 
 pytestmark = pytest.mark.docker
 
@@ -360,6 +363,41 @@ def running_id(api: docker.APIClient, name: str) -> str | None:
     return info["Id"] if info and info["State"]["Running"] else None
 
 
+@dataclass
+class Soak:
+    """reconciler@swarmsoak: the Swarm target under the unit, with WatchdogSec=10s."""
+
+    project: str
+    started: float  # time.monotonic() when systemd had its READY=1
+
+
+SOAK_UNIT = "reconciler@swarmsoak"
+SOAK_DROP_IN = f"/etc/systemd/system/{SOAK_UNIT}.service.d/test-watchdog.conf"
+SOAK_S = 180.0  # the issue's three minutes of WatchdogSec=10s without a watchdog restart
+
+
+@pytest.fixture(scope="module")
+def swarm_soak(host: SystemdHost, api: docker.APIClient, busybox_image: str) -> Iterator[Soak]:
+    """The template unit run with RECONCILER_TARGET=swarm (the env file's documented switch)
+    and a 10 s watchdog, enabled (WantedBy=docker.service brings it back after the docker
+    tests), left running while the other checks run."""
+    project = f"s{uuid.uuid4().hex[:10]}"
+    with one_node_swarm(api):
+        try:
+            host.write("/etc/reconciler/swarmsoak.yaml", state(project, busybox_image))
+            host.write(
+                "/etc/reconciler/swarmsoak.env",
+                "RECONCILER_TARGET=swarm\nRECONCILER_OPTS=--interval 5 --listen off\n",
+            )
+            host.write(SOAK_DROP_IN, "[Service]\nWatchdogSec=10s\n")
+            host.sh(f"systemctl daemon-reload && systemctl enable --now {SOAK_UNIT}")
+            yield Soak(project, time.monotonic())
+        finally:
+            host.sh(f"systemctl disable --now {SOAK_UNIT}", check=False)
+            host.sh(f"rm -f {SOAK_DROP_IN} && systemctl daemon-reload", check=False)
+            remove_project(api, project)
+
+
 # --------------------------------------------------------------------------- the checks
 
 
@@ -380,6 +418,18 @@ def test_installed_as_the_readme_says_ready_with_status(
     user = unit.sh(f"ps -o user= -p {props['MainPID']}").stdout.strip()
     assert user == "reconciler"
     assert running_id(api, f"{project}-web-1")
+
+
+def test_swarm_target_runs_under_the_unit(unit: SystemdHost, swarm_soak: Soak) -> None:
+    """RECONCILER_TARGET=swarm under the shipped (template) unit: READY=1 (active), STATUS
+    names the project, the Swarm service runs, WatchdogSec is the drop-in's 10 s."""
+    props = unit.show(SOAK_UNIT)
+    assert (props["ActiveState"], props["WatchdogUSec"]) == ("active", "10s"), props
+    wait_for(
+        lambda: unit.show(SOAK_UNIT)["StatusText"] == f"{swarm_soak.project}: web 1/1",
+        DEADLINE_S,
+        what="STATUS with the Swarm service running",
+    )
 
 
 def test_reload_applies_an_edit_before_it_returns(
@@ -588,3 +638,22 @@ def test_journal_lines_are_json(unit: SystemdHost) -> None:
         assert isinstance(entry, dict) and "event" in entry and "level" in entry, line
         events.add(entry["event"])
     assert {"started", "pass", "action"} <= events, events
+
+
+def test_swarm_target_feeds_the_watchdog(unit: SystemdHost, swarm_soak: Soak) -> None:
+    """Three minutes (while the checks above ran) of WatchdogSec=10s on the Swarm target: no
+    watchdog timeout, no restart by systemd, still active with its STATUS (the Swarm
+    daemon used to send READY=1 and never WATCHDOG=1, and was killed every minute)."""
+    left = SOAK_S - (time.monotonic() - swarm_soak.started)
+    while left > 0:
+        props = unit.show(SOAK_UNIT)
+        assert props["ActiveState"] == "active", props
+        time.sleep(min(left, 5.0))
+        left = SOAK_S - (time.monotonic() - swarm_soak.started)
+    said = unit.systemd_says(f"{SOAK_UNIT}.service")
+    assert "Watchdog timeout" not in said and "result 'watchdog'" not in said, said[-2000:]
+    props = unit.show(SOAK_UNIT)
+    assert (props["ActiveState"], props["SubState"]) == ("active", "running"), props
+    assert props["StatusText"].startswith(f"{swarm_soak.project}: web "), props
+    lines = unit.journal(f"{SOAK_UNIT}.service")
+    assert any(json.loads(line).get("target") == "swarm" for line in lines), lines[:5]
