@@ -1,0 +1,156 @@
+"""The commands that act on a target: plan, apply, run, status, down (`reconciler.cli.main`
+loads the file and calls them)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from reconciler.cli.parser import DEFAULT_LISTEN
+from reconciler.config import secrets
+from reconciler.core.policy import Denial
+from reconciler.ops.lock import ProjectLock, status_path
+from reconciler.runtime.daemon import Daemon, Options
+from reconciler.runtime.settle import apply
+from reconciler.targets.base import Desired, Done, Settings, TargetKind
+
+EXIT_OK, EXIT_ERROR, EXIT_INPUT = 0, 1, 2
+EXIT_PENDING = 2
+
+
+class Unsupported(Exception):
+    """An option the chosen target cannot honour (a capability it lacks)."""
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings(state_dir=args.state_dir, lock_dir=args.lock_dir)
+
+
+def _require(kind: TargetKind, wanted: bool, capability: str, option: str) -> None:
+    """Refuse an option the target cannot honour (instead of ignoring it)."""
+    if wanted and not getattr(kind.capabilities, capability):
+        raise Unsupported(f"{option} is not supported by --target {kind.name}")
+
+
+def _plan(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
+    report = kind.open(desired, _settings(args)).plan()
+    for note in report.notes:
+        print(f"# {note}")
+    for line in report.errors:
+        print(f"error: {line}")
+    if report.errors:
+        return EXIT_ERROR
+    for name, rules in sorted(denied_rules(args.denials).items()):  # never in sync
+        print(f"error: service {name} is denied by the host policy (rule {rules}); not created")
+    if not report.steps and not desired.denied:
+        print(f"{report.project}: in sync")
+        return EXIT_OK
+    for step in report.steps:
+        print(step)
+    return EXIT_ERROR if desired.denied else EXIT_PENDING
+
+
+def denied_rules(denials: Sequence[Denial]) -> dict[str, str]:
+    """service -> the rules the host policy denies it by ("cap_add, privileged")."""
+    rules: dict[str, set[str]] = {}
+    for d in denials:
+        rules.setdefault(d.service, set()).add(d.rule)
+    return {svc: ", ".join(sorted(r)) for svc, r in rules.items()}
+
+
+def _show(r: Done) -> None:
+    line = f"{r.outcome:8} {r.text}"
+    text = line if r.error is None else f"{line}: {r.error}"
+    print(secrets.redact(text), flush=True)  # Docker's error may quote a secret
+
+
+def _apply(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
+    _require(kind, args.take_over_compose, "takes_over_compose", "--take-over-compose")
+    lock = ProjectLock(desired.project, args.lock_dir)
+    lock.acquire(role="reconciler apply")
+    try:
+        target = kind.open(desired, _settings(args))
+        if args.take_over_compose and not target.take_over(_show, log_only=False):
+            return EXIT_ERROR
+        applied = apply(target, timeout_s=args.timeout, on_done=_show)
+        report = target.apply_report()
+    finally:
+        lock.release()
+    for note in report.notes:
+        print(f"# {note}")
+    for line in report.problems:
+        print(line)
+    problems = len(desired.denied) + len(report.problems)  # each denial was shown above
+    if not applied.settled:
+        print(f"not converged within {args.timeout:g}s (see `reconciler status`)")
+    elif not applied.results and not problems:
+        print(f"{desired.project}: in sync")
+    return EXIT_OK if applied.ok and not problems else EXIT_ERROR
+
+
+def _run(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
+    _require(kind, args.take_over_compose, "takes_over_compose", "--take-over-compose")
+    _require(kind, args.prune_images, "prunes_images", "--prune-images")
+    listen = DEFAULT_LISTEN if args.listen is None else tuple(a for a in args.listen if a)
+    opts = Options(
+        path=args.file,
+        interval=args.interval,
+        listen=listen,
+        lock_dir=args.lock_dir,
+        state_dir=args.state_dir,
+        pull_timeout=args.pull_timeout,
+        workers=args.workers,
+        prune_images=args.prune_images,
+        policy=args.policy,
+        strict_modes=not args.no_strict_modes,
+        web=args.web,
+    )
+    daemon = Daemon(opts, kind, desired, signals=args.signals, policy=args.policy_obj)
+    if args.take_over_compose:
+        lock = ProjectLock(desired.project, args.lock_dir)
+        lock.acquire(role="reconciler run --take-over-compose")
+        try:
+            taken = daemon.target.take_over(lambda r: None, log_only=True)
+        finally:
+            lock.release()  # the daemon takes it again at once
+        if not taken:
+            return EXIT_ERROR
+    code = daemon.run()
+    if daemon.unfinished:  # do not let the interpreter wait for that call's thread at exit
+        sys.stdout.flush()
+        os._exit(code)
+    return code
+
+
+def _status(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
+    target = kind.open(desired, _settings(args))
+    status_file = status_path(desired.project, args.lock_dir)
+    print(target.status(status_file, denied_rules(args.denials)))
+    return EXIT_OK
+
+
+def _down(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
+    _require(kind, args.volumes, "removes_volumes", "--volumes")
+    lock = ProjectLock(desired.project, args.lock_dir)
+    lock.acquire(role="reconciler down")
+    try:
+        results = kind.open(desired, _settings(args)).down(volumes=args.volumes)
+    finally:
+        lock.release()
+    for r in results:
+        line = f"{r.outcome:8} {r.text}"
+        print(line if r.error is None else f"{line}: {r.error}")
+    if not results:
+        print(f"{desired.project}: nothing to remove")
+    return EXIT_OK if all(r.outcome == "success" for r in results) else EXIT_ERROR
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, TargetKind, Desired], int]] = {
+    "plan": _plan,
+    "apply": _apply,
+    "run": _run,
+    "status": _status,
+    "down": _down,
+}

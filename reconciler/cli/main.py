@@ -1,0 +1,125 @@
+"""`reconciler`'s entry: parse, configure logs, load the file for the chosen target (with
+StrictModes and the host policy), then run the command.
+
+Exit codes: 0 done / in sync; 2 bad input (for `plan`: changes pending); 1 other errors
+(for `plan`: also bad input, since 2 already means "changes pending").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json as jsonlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import structlog
+
+from reconciler import targets
+from reconciler.cli.commands import COMMANDS, EXIT_ERROR, EXIT_INPUT, EXIT_OK, Unsupported
+from reconciler.cli.importer import import_compose_file
+from reconciler.cli.parser import build_parser
+from reconciler.cli.reload import reload
+from reconciler.config import policy_file, secrets, strict_modes, web_config
+from reconciler.core.policy import Denial
+from reconciler.errors import DesiredStateError, EngineUnavailable, LockHeld, NotASwarmManager
+from reconciler.ops import logs
+from reconciler.runtime.signals import SignalRelay
+from reconciler.targets.base import Desired
+
+
+def main(argv: Sequence[str] | None = None, signals: SignalRelay | None = None) -> int:
+    """The CLI; returns the exit code. `signals`: handlers the entry point installed first."""
+    args = build_parser().parse_args(argv)
+    if args.command == "import":  # prints the file it writes: nothing to redact there
+        return _main(args, signals)
+    with secrets.redacted_output():  # no printer shows what a secret-looking variable gave
+        return _main(args, signals)
+
+
+def _main(args: argparse.Namespace, signals: SignalRelay | None) -> int:
+    if args.command == "run":
+        args.signals = signals or SignalRelay().install()
+    json = {"auto": None, "json": True, "console": False}[args.log_format]
+    logs.configure(args.log_level, json=json)
+    bad_input = EXIT_ERROR if args.command == "plan" else EXIT_INPUT
+    # Under systemd (`run`, and `reload` as ExecReload) the journal gets JSON lines only.
+    journal = args.command in ("run", "reload") and (
+        json if json is not None else not sys.stderr.isatty()
+    )
+
+    def error(text: str) -> None:
+        if journal:
+            line = {"event": f"reconciler {args.command} failed", "error": text, "level": "error"}
+            print(jsonlib.dumps(line), file=sys.stderr)
+        else:
+            print(text, file=sys.stderr)
+
+    if args.command == "import":
+        return import_compose_file(args)
+    web_path = getattr(args, "web_config_file", None)
+    name = getattr(args, "target", None) or os.environ.get("RECONCILER_TARGET") or "host"
+    try:
+        kind = targets.kind(name)
+    except KeyError:
+        error(f"error: RECONCILER_TARGET must be one of {', '.join(targets.names())}, not {name!r}")
+        return EXIT_INPUT
+    try:
+        desired = kind.load(args.file)
+        policy_path = getattr(args, "policy", None)
+        policy = policy_file.load(policy_path) if hasattr(args, "policy") else None
+        args.web = web_config.load(web_path) if web_path else None
+    except DesiredStateError as exc:
+        error(str(exc))
+        return bad_input
+    if not _strict_modes(args, desired, journal, error):
+        return EXIT_INPUT
+    denials: tuple[Denial, ...] = ()
+    if policy is not None:
+        desired, denials = kind.judge(desired, policy)
+        for d in denials if args.command != "run" else ():  # the daemon logs its own
+            print(f"denied: {d.message(desired.source, policy)}", file=sys.stderr)
+    args.policy_obj = policy
+    args.denials = denials
+    if args.command == "validate":
+        if denials:
+            denied = ", ".join(sorted(desired.denied))
+            print(f"{args.file}: valid, but the host policy denies: {denied}")
+            return EXIT_INPUT
+        print(f"{args.file}: {kind.summary(desired)}")
+        return EXIT_OK
+    if args.command == "reload":  # a signal and a file: no engine call
+        return reload(args, desired)
+    try:
+        return COMMANDS[args.command](args, kind, desired)
+    except (EngineUnavailable, NotASwarmManager) as exc:
+        error(f"error: {exc}")
+        return EXIT_ERROR
+    except (LockHeld, Unsupported) as exc:
+        error(f"error: {exc}")
+        return EXIT_INPUT
+
+
+def _strict_modes(
+    args: argparse.Namespace, desired: Desired, journal: bool, error: Callable[[str], None]
+) -> bool:
+    """StrictModes: inputs others can write refuse `run` and `apply`, and warn elsewhere."""
+    if args.no_strict_modes:
+        structlog.get_logger("reconciler").warning(strict_modes.warn_off())
+        return True
+    inputs: list[str | Path] = [args.file, *desired.watched]
+    if hasattr(args, "policy"):
+        inputs.append(args.policy or policy_file.DEFAULT_PATH)
+    if args.web is not None:
+        inputs += [args.web_config_file, *args.web.files]
+    insecure = strict_modes.problems(inputs)
+    if insecure and args.command in ("run", "apply"):
+        error(str(strict_modes.InsecureInput(str(args.file), insecure)))
+        return False
+    for line in insecure:
+        if journal:
+            structlog.get_logger("reconciler").warning("input not safe", problem=line)
+        else:
+            print(f"warning: {line}", file=sys.stderr)
+    return True

@@ -1,0 +1,157 @@
+"""The command line: its commands and options (`reconciler --help`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from reconciler import __version__, targets
+from reconciler.config import policy_file
+
+DEFAULT_LISTEN = (("127.0.0.1", 9816),)
+
+
+def listen(text: str) -> tuple[str, int] | None:
+    if text in ("", "none", "off"):
+        return None
+    host, _, port = text.rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}") from None
+    if not 1 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"port {number} in {text!r} is not in 1..65535")
+    return (host.strip("[]") or "127.0.0.1", number)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reconciler", description="Keep a Docker host converged on desired_state.yaml."
+    )
+    parser.add_argument("--version", action="version", version=f"reconciler {__version__}")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    parser.add_argument("--log-format", default="auto", choices=["auto", "json", "console"])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in [
+        ("validate", "check the file and exit"),
+        ("plan", "print the actions a pass would take (exit 2 when changes are pending)"),
+        ("apply", "run one pass, then exit"),
+        ("run", "run the daemon"),
+        ("reload", "make the running daemon re-read the file, and wait until it has"),
+        ("status", "a table of services: desired, running, healthy, restarts, image"),
+        ("down", "stop and remove the project's containers and networks (volumes: --volumes)"),
+    ]:
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("file", nargs="?", default="desired_state.yaml", type=Path)
+        if name in ("validate", "plan", "apply", "run", "status"):
+            p.add_argument(
+                "--policy",
+                type=Path,
+                default=None,
+                help="the host policy: what services may ask of the host "
+                f"(default {policy_file.DEFAULT_PATH}; absent: deny all that is root on the host)",
+            )
+        p.add_argument(
+            "--no-strict-modes",
+            action="store_true",
+            help="accept input files others can write (development only; says so loudly)",
+        )
+        if name == "down":
+            p.add_argument(
+                "--volumes",
+                action="store_true",
+                help="also remove the volumes this project created (their data is lost)",
+            )
+        if name in ("validate", "plan", "apply", "run", "status", "reload", "down"):
+            p.add_argument(
+                "--target",
+                choices=targets.names(),
+                default=None,
+                help="the single Docker host (default), or Docker Swarm services "
+                "(default $RECONCILER_TARGET)",
+            )
+        if name in ("run", "status", "apply", "plan", "down", "reload"):
+            p.add_argument(
+                "--lock-dir",
+                type=Path,
+                default=None,
+                help="where the daemon keeps its lock and status file",
+            )
+            p.add_argument(
+                "--state-dir",
+                type=Path,
+                default=None,
+                help="where rollout records (the spec a rollback returns to) are kept "
+                "(default $STATE_DIRECTORY, /var/lib/reconciler or ~/.local/state/reconciler)",
+            )
+        if name in ("apply", "run"):
+            p.add_argument(
+                "--take-over-compose",
+                action="store_true",
+                help="first replace the containers of the compose project of the same name "
+                "with ours, service by service (volumes and networks adopted with their data)",
+            )
+        if name == "apply":
+            p.add_argument(
+                "--timeout",
+                type=float,
+                default=600.0,
+                help="seconds to wait for rollouts to finish (default 600)",
+            )
+        if name == "reload":
+            p.add_argument(
+                "--pid",
+                type=int,
+                default=None,
+                help="the daemon's pid (systemd: $MAINPID; default: the holder of the lock)",
+            )
+            p.add_argument(
+                "--timeout",
+                type=float,
+                default=30.0,
+                help="seconds to wait for the daemon to confirm (default 30)",
+            )
+        if name == "run":
+            p.add_argument("--interval", type=float, default=5.0, help="seconds between resyncs")
+            p.add_argument(
+                "--pull-timeout", type=float, default=600.0, help="seconds a pull or build may take"
+            )
+            p.add_argument(
+                "--workers", type=int, default=4, help="services reconciled at once (default 4)"
+            )
+            p.add_argument(
+                "--prune-images",
+                action="store_true",
+                help="remove images this daemon pulled once no container uses them (keeping "
+                "each service's previous one); off by default: others on the host may want them",
+            )
+            p.add_argument(
+                "--listen",
+                type=listen,
+                action="append",
+                help="HOST:PORT for /metrics, /healthz, /readyz; repeat for several, "
+                "'off' for none (default 127.0.0.1:9816)",
+            )
+            p.add_argument(
+                "--web-config-file",
+                type=Path,
+                default=None,
+                help="TLS and basic auth for those endpoints (Prometheus exporter-toolkit format)",
+            )
+    imp = sub.add_parser(
+        "import",
+        help="write a desired-state file from a compose file",
+        description="Convert a compose file (version 2, 3.x or none) into a desired-state "
+        "file; volumes and networks keep compose's names so their data is adopted.",
+    )
+    imp.add_argument("compose_file", type=Path)
+    imp.add_argument("--project", default=None, help="project name (default: compose's)")
+    imp.add_argument("-o", "--output", type=Path, default=None, help="file to write (stdout)")
+    imp.add_argument(
+        "--drop-unsupported",
+        action="store_true",
+        help="leave out the keys reconciler cannot carry (listed as warnings) instead of failing",
+    )
+    return parser
