@@ -279,7 +279,7 @@ def _plan(args: argparse.Namespace, desired: DesiredState) -> int:
     from reconciler.core.planner import Holds
     from reconciler.runtime.state_store import StateStore
 
-    engine = Engine(connect())
+    engine = Engine(connect(lazy=True))  # the version from the first answer: no call of its own
     store = StateStore(desired.project, args.state_dir)
     desired = pin_all(desired, engine.local_digest)  # a followed tag runs pinned to a digest
     services, rollouts = [], {}
@@ -296,10 +296,11 @@ def _plan(args: argparse.Namespace, desired: DesiredState) -> int:
             )
         elif mode == "paused":
             print(f"# service {svc.name}: rollout paused ({record.paused_reason})")
-    foreign = engine.find_containers(foreign_namespaces(desired))
+    seen = engine.observe_all(desired.project, foreign_namespaces(desired))  # 3 list calls
+    foreign = seen.outside
     absent = foreign_namespaces(desired) - set(foreign)
     holds = Holds(now=time.time(), rollouts=rollouts, outside=foreign, absent=absent)
-    observed = engine.observe(desired.project)
+    observed = seen.observed
     if desired.denied:  # denied by the host policy (shown above): neither created nor removed
         services = [s for s in services if s.name not in desired.denied]
         kept = tuple(c for c in observed.containers if c.service not in desired.denied)
@@ -307,7 +308,7 @@ def _plan(args: argparse.Namespace, desired: DesiredState) -> int:
     the_plan = plan(replace(desired, services=tuple(services)), observed, holds)
     for note in the_plan.notes:
         print(f"# {note}")
-    for line in clashes(desired, engine.others(desired.project)):
+    for line in clashes(desired, seen.others):
         print(f"# {line}")
     if _external_missing(the_plan.notes) + _namespace_missing(the_plan.notes):
         return EXIT_ERROR
