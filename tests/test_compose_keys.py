@@ -23,7 +23,7 @@ from reconciler.core.model import (
     StartContainer,
 )
 from reconciler.core.planner import Holds, plan
-from reconciler.engine.docker_engine import Engine
+from reconciler.engine.host.engine import Engine
 from reconciler.errors import DesiredStateError
 from tests.conftest import OWNER_LABEL, TEST_LABEL, run_cli
 

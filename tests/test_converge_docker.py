@@ -14,7 +14,7 @@ import pytest
 from reconciler.config import loader as desired
 from reconciler.core.model import Observed
 from reconciler.core.planner import plan
-from reconciler.engine.docker_engine import Engine
+from reconciler.engine.host.engine import Engine
 from reconciler.ops.state_store import StateStore
 from reconciler.runtime.settle import Applied, apply
 from reconciler.targets.base import RESYNC, Settings, service_key

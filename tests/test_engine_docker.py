@@ -1,5 +1,6 @@
 """The Docker adapter on the real engine: stops honour the service's grace, sub-second too;
-a name held by another reconciler-managed container is not called foreign."""
+a name held by another reconciler-managed container is not called foreign; what plan reads
+is three requests."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import docker
 import pytest
 
 from reconciler.core.model import ContainerSpec, CreateContainer, StopContainer
-from reconciler.engine.docker_engine import Engine
+from reconciler.engine.client import connect
+from reconciler.engine.host.engine import Engine
 from reconciler.errors import ActionFailed, NameConflict
 from tests.conftest import OWNER_LABEL, TEST_LABEL
 
@@ -66,3 +68,26 @@ def test_a_name_held_by_one_of_ours_is_not_called_foreign(
     other = _spec(project, busybox_image, f"{project}-s-2", 1.0)
     with pytest.raises(NameConflict, match="does not manage"):
         engine.execute(CreateContainer(other))
+
+
+def test_plan_reads_in_three_requests_with_the_engines_own_version(
+    api: docker.APIClient, busybox_image: str, project: str
+) -> None:
+    """What `plan` reads (its containers, every other one, an outside namespace by name) is
+    three list calls on a lazy client: no `/version` first, yet the version negotiated."""
+    engine = Engine(api)
+    engine.execute(CreateContainer(_spec(project, busybox_image, f"{project}-s-1", 1.0)))
+    outside = api.create_container(
+        busybox_image, ["true"], name=f"{project}-x", labels={TEST_LABEL: "1", OWNER_LABEL: project}
+    )["Id"]
+    lazy = connect(lazy=True)
+    paths: list[str] = []
+    lazy.hooks["response"].append(lambda r, *a, **k: paths.append(r.request.path_url))
+    view = Engine(lazy).observe_all(project, [f"{project}-x", f"{project}-absent"])
+    assert len(paths) == 3, paths
+    assert not any(p.startswith("/version") for p in paths)
+    assert lazy.api_version == api.version()["ApiVersion"]
+    assert view.observed.containers == engine.observe(project).containers
+    assert view.others == engine.others(project)
+    assert view.outside == engine.find_containers([f"{project}-x", f"{project}-absent"])
+    assert view.outside == {f"{project}-x": outside}

@@ -48,7 +48,7 @@ def test_scale_down_of_network_mode_host_converges(
     """replicas 2 -> 1 with network_mode host: no drain (Docker cannot disconnect `host`),
     the replica is stopped with its grace and removed; apply converges (exit 0)."""
     from reconciler.core.model import DrainContainer
-    from reconciler.engine.docker_engine import Engine
+    from reconciler.engine.host.engine import Engine
 
     policy = tmp_path / "policy.yaml"
     policy.write_text("version: 1\nallow:\n  - {rule: host_network, services: [h]}\n")

@@ -343,7 +343,7 @@ def test_covers_ignores_added_keys_and_missing_zeros() -> None:
 
 def test_an_engine_outside_a_swarm_or_a_worker_is_a_clear_error() -> None:
     """`docker info` of an engine not in a swarm, of a worker, of a manager."""
-    from reconciler.engine.swarm_engine import swarm_problem
+    from reconciler.engine.swarm.engine import swarm_problem
 
     outside = swarm_problem({"Swarm": {"LocalNodeState": "inactive"}})
     assert outside and "not in a swarm" in outside and "docker swarm init" in outside

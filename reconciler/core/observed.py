@@ -1,6 +1,6 @@
 """The observed state: a project's containers, networks and volumes as the engine read them.
 
-The Docker adapter (engine/docker_engine.py) converts SDK dictionaries into these at the
+The Docker adapter (engine/host/observe.py) converts SDK dictionaries into these at the
 boundary; the planners compare them with core.desired. Immutable values, no I/O.
 """
 

@@ -1,7 +1,7 @@
 """Swarm target, pure: desired Swarm objects + observed ones -> the actions that converge them.
 
 The engine (`engine/swarm/spec.py`) renders each service into the Swarm API's ServiceSpec
-(plain JSON); the engine adapter (`engine/swarm_engine.py`) observes services, networks and
+(plain JSON); the engine adapter (`engine/swarm/engine.py`) observes services, networks and
 configs into the values below and executes the actions. Nothing here does I/O.
 """
 

@@ -16,7 +16,7 @@ from reconciler.config import secrets
 from reconciler.core import images as im
 from reconciler.core import rollout as ro
 from reconciler.core.model import DesiredState, ObservedContainer, ServiceSpec
-from reconciler.engine.docker_engine import Engine
+from reconciler.engine.host.engine import Engine
 
 STALE_AFTER_S = 300.0
 

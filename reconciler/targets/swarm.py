@@ -20,10 +20,10 @@ from pydantic import BaseModel
 
 from reconciler.core import swarm_plan as sp
 from reconciler.core.policy import Denial, Policy
-from reconciler.engine.docker_engine import connect
+from reconciler.engine.client import connect
 from reconciler.engine.events import follow
 from reconciler.engine.swarm import spec as swarm_file
-from reconciler.engine.swarm_engine import SwarmEngine, TaskCounts, check_manager
+from reconciler.engine.swarm.engine import SwarmEngine, TaskCounts, check_manager
 from reconciler.errors import ActionFailed
 from reconciler.ops.metrics import Metrics
 from reconciler.ops.state_store import JsonStore

@@ -25,8 +25,9 @@ from reconciler.core.planner import Holds, foreign_namespaces
 from reconciler.core.planner import plan as plan_of
 from reconciler.core.policy import Denial, Policy, enforce
 from reconciler.core.takeover import clashes, plan_takeover
-from reconciler.engine.docker_engine import FALLBACK_API_VERSION, Engine, connect
+from reconciler.engine.client import FALLBACK_API_VERSION, connect
 from reconciler.engine.events import follow
+from reconciler.engine.host.engine import Engine
 from reconciler.errors import EngineUnavailable
 from reconciler.ops.state_store import StateStore
 from reconciler.ops.status import render_status
@@ -86,8 +87,8 @@ class HostKind:
         return f"valid (project {d.project}: {services})"
 
     def open(self, desired: Desired, settings: Settings) -> HostTarget:
-        try:
-            api = connect()
+        try:  # a command asks no version of its own: the first answer gives it
+            api = connect(lazy=not settings.daemon)
         except EngineUnavailable as exc:
             if not settings.daemon:
                 raise
@@ -221,18 +222,19 @@ class HostTarget:
             elif mode == "paused":
                 notes.append(f"service {svc.name}: rollout paused ({record.paused_reason})")
         wanted = foreign_namespaces(desired)
-        foreign = engine.find_containers(wanted)
+        seen = engine.observe_all(desired.project, wanted)  # three list calls in all
+        foreign = seen.outside
         holds = Holds(
             now=time.time(), rollouts=rollouts, outside=foreign, absent=wanted - set(foreign)
         )
-        observed = engine.observe(desired.project)
+        observed = seen.observed
         if desired.denied:  # denied by the host policy: neither created nor removed
             services = [s for s in services if s.name not in desired.denied]
             kept = tuple(c for c in observed.containers if c.service not in desired.denied)
             observed = replace(observed, containers=kept)
         the_plan = plan_of(replace(desired, services=tuple(services)), observed, holds)
         notes += [str(n) for n in the_plan.notes]
-        notes += clashes(desired, engine.others(desired.project))
+        notes += clashes(desired, seen.others)
         return PlanReport(
             desired.project,
             notes=tuple(notes),

@@ -36,7 +36,7 @@ from reconciler.core.model import (
 )
 from reconciler.core.notes import Note
 from reconciler.core.planner import Holds, foreign_namespaces, plan
-from reconciler.engine.docker_engine import Engine
+from reconciler.engine.host.engine import Engine
 from reconciler.errors import EngineUnavailable
 from reconciler.ops.state_store import StateStore
 from reconciler.targets.base import RESYNC, Outcome, image_key, service_key

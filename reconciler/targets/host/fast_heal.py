@@ -21,7 +21,7 @@ from reconciler.core.model import (
     StartContainer,
     Step,
 )
-from reconciler.engine.docker_engine import Engine
+from reconciler.engine.host.engine import Engine
 from reconciler.targets.base import service_key
 from reconciler.targets.host.executor import StepResult
 from reconciler.targets.host.runs import Exit, Runs

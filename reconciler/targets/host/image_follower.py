@@ -15,7 +15,7 @@ from reconciler.core import images as im
 from reconciler.core import rollout as ro
 from reconciler.core.healing import HealingBook
 from reconciler.core.model import DesiredState, EnsureImage, ServiceSpec
-from reconciler.engine.docker_engine import Engine
+from reconciler.engine.host.engine import Engine
 from reconciler.errors import ActionFailed, Deferred
 from reconciler.ops.state_store import StateStore
 from reconciler.targets.base import Outcome, image_key, service_key

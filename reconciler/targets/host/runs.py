@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from reconciler.core import rollout as ro
 from reconciler.core.healing import LastRun
 from reconciler.core.model import LABEL_SPEC_HASH, ObservedContainer
-from reconciler.engine.docker_engine import Engine
+from reconciler.engine.host.engine import Engine
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,6 @@ import docker
 import docker.errors
 from docker.types import IPAMConfig, IPAMPool
 
-from reconciler.core.model import LABEL_MANAGED, LABEL_PROJECT
 from reconciler.core.swarm_plan import (
     CreateService,
     CreateSwarmConfig,
@@ -37,7 +36,7 @@ from reconciler.core.swarm_plan import (
     SwarmService,
     UpdateService,
 )
-from reconciler.engine.docker_engine import docker_errors
+from reconciler.engine.client import docker_errors, owned
 from reconciler.errors import ActionFailed, NotASwarmManager
 
 RUNNING_STATES = ("starting", "running")
@@ -82,11 +81,6 @@ def swarm_problem(info: dict[str, Any]) -> str | None:
     return None
 
 
-def _owned(labels: dict[str, str] | None, project: str) -> bool:
-    labels = labels or {}
-    return labels.get(LABEL_MANAGED) == "true" and labels.get(LABEL_PROJECT) == project
-
-
 class SwarmEngine:
     def __init__(self, api: docker.APIClient) -> None:
         self.api = api
@@ -111,17 +105,17 @@ class SwarmEngine:
         return SwarmObserved(
             services=tuple(sorted(observed, key=lambda s: s.name)),
             networks=tuple(
-                ObservedObject(n["Name"], n["Id"], _owned(n.get("Labels"), project))
+                ObservedObject(n["Name"], n["Id"], owned(n.get("Labels"), project))
                 for n in networks
                 if n["Name"].startswith(prefix)
             ),
             configs=tuple(
-                ObservedObject(c["Spec"]["Name"], c["ID"], _owned(c["Spec"].get("Labels"), project))
+                ObservedObject(c["Spec"]["Name"], c["ID"], owned(c["Spec"].get("Labels"), project))
                 for c in configs
                 if c["Spec"]["Name"].startswith(prefix)
             ),
             secrets=tuple(
-                ObservedObject(c["Spec"]["Name"], c["ID"], _owned(c["Spec"].get("Labels"), project))
+                ObservedObject(c["Spec"]["Name"], c["ID"], owned(c["Spec"].get("Labels"), project))
                 for c in secrets
                 if c["Spec"]["Name"].startswith(prefix)
             ),

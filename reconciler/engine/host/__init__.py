@@ -1,0 +1,1 @@
+"""The single-host Docker adapter: `engine.Engine` over `observe`, `containers`, `images`."""

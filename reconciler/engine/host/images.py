@@ -1,0 +1,192 @@
+"""Images on one Docker host: pull (streamed, with progress and a deadline) or build as the
+pull policy says, local and registry digests, and what pruning needs.
+
+Called by `engine.host.engine.Engine`; the runtime's image work and tag follower use these.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import docker
+import docker.auth
+import docker.errors
+from docker.utils import config as docker_config
+from docker.utils import parse_repository_tag
+
+from reconciler.core.model import EnsureImage
+from reconciler.engine.client import Transfers, docker_errors
+from reconciler.errors import ActionFailed
+
+STALL_TIMEOUT_S = 60.0  # a pull or build that sends nothing for this long is cut off
+
+
+class Images:
+    """Pulls, builds and inspects images; `call` is told each operation that changes one."""
+
+    def __init__(self, api: docker.APIClient, call: Callable[[str], None]) -> None:
+        self.api = api
+        self._call = call
+        self.transfers = Transfers()
+        self._auth_stamp: tuple[str, int, int] | None = None  # the credentials file last read
+
+    def present(self, image: str) -> bool:
+        try:
+            with docker_errors(f"inspect image {image}"):
+                self.api.inspect_image(image)
+            return True
+        except ActionFailed as exc:
+            if isinstance(exc.__cause__, docker.errors.NotFound):
+                return False
+            raise
+
+    def local_digest(self, image: str) -> str | None:
+        """The registry digest the local `image` (a tag) was pulled or pushed as; None when
+        the image is absent or never came from a registry."""
+        try:
+            with docker_errors(f"inspect image {image}"):
+                info = self.api.inspect_image(image)
+        except ActionFailed as exc:
+            if isinstance(exc.__cause__, docker.errors.NotFound):
+                return None
+            raise
+        repo, _ = parse_repository_tag(image.partition("@")[0])
+        digests = [str(d).partition("@") for d in info.get("RepoDigests") or []]
+        mine = [dg for name, _, dg in digests if name == repo] or [dg for _, _, dg in digests]
+        return mine[0] if mine else None
+
+    def registry_digest(self, image: str) -> str:
+        """The digest the registry gives `image` (a tag) now, with the credentials a pull would
+        use, without pulling a layer (the engine's distribution inspect: one manifest HEAD)."""
+        self.reload_credentials()
+        with docker_errors(f"ask the registry for {image}"):
+            self._call("distribution_inspect")
+            found = self.api.inspect_distribution(image)
+        return str((found.get("Descriptor") or {}).get("digest") or "")
+
+    def image_id(self, image: str) -> str | None:
+        try:
+            with docker_errors(f"inspect image {image}"):
+                return str(self.api.inspect_image(image)["Id"])
+        except ActionFailed as exc:
+            if isinstance(exc.__cause__, docker.errors.NotFound):
+                return None
+            raise
+
+    def in_use(self) -> set[str]:
+        """IDs of the images any container on the engine (anyone's) was created from."""
+        with docker_errors("list containers"):
+            return {str(c.get("ImageID")) for c in self.api.containers(all=True)}
+
+    def remove(self, image_id: str) -> bool:
+        """Remove an unused image (never forced: one a container uses, or tagged by several
+        names, stays); False when Docker refused."""
+        try:
+            with docker_errors(f"remove image {image_id[:19]}"):
+                self._call("image_remove")
+                self.api.remove_image(image_id)
+            return True
+        except ActionFailed as exc:
+            return isinstance(exc.__cause__, docker.errors.NotFound)
+
+    def ensure(
+        self,
+        action: EnsureImage,
+        *,
+        timeout_s: float,
+        progress: Callable[[str], None] = lambda line: None,
+    ) -> None:
+        """Pull or build as the pull policy says, within `timeout_s` (a stalled or slow
+        transfer is cut off, not waited for); `progress` gets a line every few seconds."""
+        what = f"image {action.image} for {action.service}"
+        present = self.present(action.image)
+        if action.build is not None:
+            if present and action.pull != "always":
+                return
+            self.build(action, what, timeout_s, progress)
+            return
+        if action.pull == "never" or (present and action.pull == "missing"):
+            if not present:
+                raise ActionFailed(f"{what}: not present and pull policy is never")
+            return
+        self.pull(action.image, what, timeout_s, progress)
+        if not self.present(action.image):
+            raise ActionFailed(f"pull {what}: the pull finished but the image is not present")
+
+    def pull(
+        self, image: str, what: str, timeout_s: float, progress: Callable[[str], None]
+    ) -> None:
+        """Pull `image` with the current credentials, reporting MB done every few seconds."""
+        repo, tag = parse_repository_tag(image)
+        registry, _ = docker.auth.resolve_repository_name(repo)
+        self.reload_credentials()
+        headers = {}
+        header = docker.auth.get_config_header(self.api, registry)
+        if header:
+            headers["X-Registry-Auth"] = header
+        with (
+            docker_errors(f"pull {what}"),
+            self.transfers.deadline(timeout_s, f"pull {what}") as watch,
+        ):
+            self._call("image_pull")
+            # docker-py's pull() streams without any timeout: post it ourselves so a stalled
+            # transfer ends (read timeout) and a slow one is closed at the deadline.
+            response = self.api._post(
+                self.api._url("/images/create"),
+                params={"fromImage": repo, "tag": tag or "latest"},
+                headers=headers,
+                stream=True,
+                timeout=(10, STALL_TIMEOUT_S),
+            )
+            watch.attach(response)
+            self.api._raise_for_status(response)
+            layers: dict[str, tuple[int, int]] = {}
+            for chunk in self.api._stream_helper(response, decode=True):
+                if "error" in chunk:
+                    raise ActionFailed(f"pull {what}: {str(chunk['error']).strip()}")
+                detail = chunk.get("progressDetail") or {}
+                if chunk.get("id") and detail.get("total"):
+                    layers[chunk["id"]] = (int(detail.get("current", 0)), int(detail["total"]))
+                if watch.due_for_progress():
+                    done = sum(c for c, _ in layers.values()) / 1e6
+                    total = sum(t for _, t in layers.values()) / 1e6
+                    progress(f"{done:.1f} of {total:.1f} MB")
+
+    def reload_credentials(self) -> None:
+        """docker-py reads $DOCKER_CONFIG/config.json (or ~/.docker/config.json) once: read it
+        again when it changed (a `docker login` since), so a pull uses the current login."""
+        path = docker_config.find_config_file()
+        try:
+            st = os.stat(path) if path else None
+        except OSError:
+            st = None
+        stamp = (path, st.st_mtime_ns, st.st_size) if path and st else None
+        if stamp != self._auth_stamp:
+            self.api.reload_config()
+            self._auth_stamp = stamp
+
+    def build(
+        self, action: EnsureImage, what: str, timeout_s: float, progress: Callable[[str], None]
+    ) -> None:
+        """Build `action.image` from its context, reporting each `Step` every few seconds."""
+        assert action.build is not None
+        with (
+            docker_errors(f"build {what}"),
+            self.transfers.deadline(timeout_s, f"build {what}") as watch,
+        ):
+            self._call("image_build")
+            for chunk in self.api.build(
+                path=action.build.context,
+                dockerfile=action.build.dockerfile,
+                tag=action.image,
+                rm=True,
+                decode=True,
+                timeout=STALL_TIMEOUT_S,
+            ):
+                if "error" in chunk:
+                    raise ActionFailed(f"build {what}: {chunk['error'].strip()}")
+                watch.check()
+                line = str(chunk.get("stream") or "").strip()
+                if line.startswith("Step ") and watch.due_for_progress():
+                    progress(line)
