@@ -14,29 +14,24 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from reconciler.core import rollout as ro
-from reconciler.core.model import (
+from reconciler.core.actions import (
     ConnectNetwork,
-    ContainerSpec,
     CreateContainer,
     CreateNetwork,
     CreateVolume,
-    DesiredState,
     DrainContainer,
     EnsureImage,
-    Observed,
-    ObservedContainer,
-    ObservedNetwork,
-    ObservedVolume,
     Plan,
     RemoveContainer,
     RenameContainer,
     RestartContainer,
-    ServiceSpec,
     SignalContainer,
     StartContainer,
     StopContainer,
     UnpauseContainer,
 )
+from reconciler.core.desired import ContainerSpec, DesiredState, ServiceSpec
+from reconciler.core.observed import Observed, ObservedContainer, ObservedNetwork, ObservedVolume
 from reconciler.core.planner import Holds, plan
 
 _ids = itertools.count(1)

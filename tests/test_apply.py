@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from reconciler.core.model import Action, Plan, StartContainer, Step
+from reconciler.core.actions import HostAction as Action
+from reconciler.core.actions import Plan, StartContainer, Step
 from reconciler.errors import ActionFailed
 from reconciler.targets.host.executor import apply
 

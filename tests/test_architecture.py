@@ -154,13 +154,13 @@ def test_the_checker_sees_each_form_of_private_use() -> None:
         "from reconciler.config.loader import _PORT, load\n"
         "from reconciler.config import loader as desired_file\n"
         "import reconciler.cli as cli\n"
-        "import reconciler.core.model\n"
+        "import reconciler.core.desired\n"
         "from . import planner\n"
         "from .probe import _own\n"
         "from reconciler import __version__\n"
         "desired_file._mount(1)\n"
         "cli._reload()\n"
-        "reconciler.core.model._options\n"
+        "reconciler.core.desired._options\n"
         "planner._networks\n"
         "self._private\n"
         "desired_file.__name__\n"
@@ -172,6 +172,6 @@ def test_the_checker_sees_each_form_of_private_use() -> None:
         (1, "imports _PORT from reconciler.config.loader"),
         (8, "uses reconciler.config.loader._mount"),
         (9, "uses reconciler.cli._reload"),
-        (10, "uses reconciler.core.model._options"),
+        (10, "uses reconciler.core.desired._options"),
         (11, "uses reconciler.core.planner._networks"),
     ]

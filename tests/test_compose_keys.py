@@ -11,17 +11,9 @@ import pytest
 import yaml
 
 from reconciler.config import loader
-from reconciler.core.model import (
-    CreateContainer,
-    CreateNetwork,
-    CreateVolume,
-    DesiredState,
-    Observed,
-    ObservedContainer,
-    ObservedNetwork,
-    ObservedVolume,
-    StartContainer,
-)
+from reconciler.core.actions import CreateContainer, CreateNetwork, CreateVolume, StartContainer
+from reconciler.core.desired import DesiredState
+from reconciler.core.observed import Observed, ObservedContainer, ObservedNetwork, ObservedVolume
 from reconciler.core.planner import Holds, plan
 from reconciler.engine.host.engine import Engine
 from reconciler.errors import DesiredStateError

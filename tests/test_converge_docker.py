@@ -12,7 +12,7 @@ import docker.errors
 import pytest
 
 from reconciler.config import loader as desired
-from reconciler.core.model import Observed
+from reconciler.core.observed import Observed
 from reconciler.core.planner import plan
 from reconciler.engine.host.engine import Engine
 from reconciler.ops.state_store import StateStore

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from reconciler.config import loader as desired
-from reconciler.core.model import DEFAULT_ROLLBACK, DEFAULT_UPDATE, UpdateConfig
+from reconciler.core.desired import DEFAULT_ROLLBACK, DEFAULT_UPDATE, UpdateConfig
 from reconciler.errors import DesiredStateError
 
 BASE = {"version": 1, "project": "p", "services": {"web": {"image": "busybox:1"}}}

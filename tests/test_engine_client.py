@@ -15,7 +15,7 @@ from typing import Any
 import docker.errors
 import pytest
 
-from reconciler.core.model import LABEL_MANAGED, LABEL_PROJECT
+from reconciler.core.desired import LABEL_MANAGED, LABEL_PROJECT
 from reconciler.engine.client import connect
 from reconciler.engine.host import observe as reads
 from reconciler.engine.host.engine import Engine

@@ -7,7 +7,8 @@ from __future__ import annotations
 import docker
 import pytest
 
-from reconciler.core.model import ContainerSpec, CreateContainer, StopContainer
+from reconciler.core.actions import CreateContainer, StopContainer
+from reconciler.core.desired import ContainerSpec
 from reconciler.engine.client import connect
 from reconciler.engine.host.engine import Engine
 from reconciler.errors import ActionFailed, NameConflict

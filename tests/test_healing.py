@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from reconciler.core.desired import HealPolicy
 from reconciler.core.healing import TRANSIENT_MAX_S, HealingBook, LastRun
-from reconciler.core.model import HealPolicy, Observed, ObservedContainer
+from reconciler.core.observed import Observed, ObservedContainer
 from tests.test_planner import state
 
 D = state(

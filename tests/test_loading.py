@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from reconciler.config import loader, secrets
 from reconciler.config.yamlread import MAX_NODES
-from reconciler.core.model import CreateContainer, Observed, ObservedContainer, describe
+from reconciler.core.actions import CreateContainer, describe
+from reconciler.core.observed import Observed, ObservedContainer
 from reconciler.errors import DesiredStateError
 from reconciler.ops import logs
 from reconciler.ops.status import render_status

@@ -12,19 +12,13 @@ from hypothesis import strategies as st
 
 from reconciler.config import loader as desired
 from reconciler.core import rollout as ro
-from reconciler.core.model import (
-    Action,
+from reconciler.core.actions import (
     ConnectNetwork,
     CreateContainer,
     CreateNetwork,
     CreateVolume,
-    DesiredState,
     DrainContainer,
     EnsureImage,
-    Observed,
-    ObservedContainer,
-    ObservedNetwork,
-    ObservedVolume,
     Plan,
     RemoveContainer,
     RenameContainer,
@@ -32,8 +26,10 @@ from reconciler.core.model import (
     StartContainer,
     StopContainer,
     UnpauseContainer,
-    UpdateConfig,
 )
+from reconciler.core.actions import HostAction as Action
+from reconciler.core.desired import DesiredState, UpdateConfig
+from reconciler.core.observed import Observed, ObservedContainer, ObservedNetwork, ObservedVolume
 from reconciler.core.planner import Holds, plan
 from tests.simulator import Daemon, container_from, simulate
 

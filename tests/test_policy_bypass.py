@@ -10,7 +10,7 @@ import pytest
 
 from reconciler.config import loader
 from reconciler.core import policy
-from reconciler.core.model import Observed, ObservedContainer
+from reconciler.core.observed import Observed, ObservedContainer
 from reconciler.core.takeover import ForeignContainer, plan_takeover
 from reconciler.errors import DesiredStateError
 from reconciler.ops.status import render_status

@@ -245,7 +245,8 @@ def test_scale_down_of_host_or_none_network_replica_stops_without_drain(network:
     replica is removed with its grace at once, never drained."""
     from dataclasses import replace as _replace
 
-    from reconciler.core.model import Observed, RemoveContainer
+    from reconciler.core.actions import RemoveContainer
+    from reconciler.core.observed import Observed
     from reconciler.core.planner import Holds, plan
     from tests.simulator import simulate
 
@@ -265,7 +266,8 @@ def test_scale_down_of_host_or_none_network_replica_stops_without_drain(network:
 def test_namespace_owner_of_no_container_is_blocked_not_waiting() -> None:
     """container:X of no project: joined when it exists (`outside`), blocked with an error
     note when it does not (`absent`); a project's own owner still waits as before."""
-    from reconciler.core.model import CreateContainer, Observed
+    from reconciler.core.actions import CreateContainer
+    from reconciler.core.observed import Observed
     from reconciler.core.planner import NAMESPACE_MISSING, Holds, foreign_namespaces, plan
 
     text = HEAD + "    network_mode: container:elsewhere\n  side:\n    image: busybox\n"

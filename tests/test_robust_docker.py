@@ -47,7 +47,7 @@ def test_scale_down_of_network_mode_host_converges(
 ) -> None:
     """replicas 2 -> 1 with network_mode host: no drain (Docker cannot disconnect `host`),
     the replica is stopped with its grace and removed; apply converges (exit 0)."""
-    from reconciler.core.model import DrainContainer
+    from reconciler.core.actions import DrainContainer
     from reconciler.engine.host.engine import Engine
 
     policy = tmp_path / "policy.yaml"

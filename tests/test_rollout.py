@@ -20,21 +20,18 @@ from hypothesis.stateful import (
 
 from reconciler.config import loader as desired
 from reconciler.core import rollout as ro
-from reconciler.core.model import (
+from reconciler.core.actions import (
     ConnectNetwork,
     CreateContainer,
-    DesiredState,
     DrainContainer,
     EnsureImage,
-    NetworkAttachment,
-    Observed,
-    ObservedContainer,
     RemoveContainer,
-    ServiceSpec,
     SlotVerdict,
     StartContainer,
     StopContainer,
 )
+from reconciler.core.desired import DesiredState, NetworkAttachment, ServiceSpec
+from reconciler.core.observed import Observed, ObservedContainer
 from reconciler.core.planner import Holds, plan
 from tests.simulator import Daemon, Failure, simulate
 

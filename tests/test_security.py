@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from reconciler.config import loader, policy_file, strict_modes
 from reconciler.core import policy
-from reconciler.core.model import ContainerSpec
+from reconciler.core.desired import ContainerSpec
 from reconciler.errors import DesiredStateError
 from tests.conftest import run_cli
 
@@ -295,7 +295,7 @@ def _secret_state(tmp_path: Path, value: str = SECRET, ref: str = "[db_password]
 def test_secret_is_a_read_only_file_never_a_value(tmp_path: Path) -> None:
     """A secret becomes a mount at /run/secrets/NAME; its value is nowhere in the spec, its
     repr, its labels, the plan's words or the desired state's digest."""
-    from reconciler.core.model import CreateContainer, describe
+    from reconciler.core.actions import CreateContainer, describe
 
     d = loader.load(_secret_state(tmp_path))
     [spec] = d.services[0].replicas

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from reconciler.core import swarm_plan as sp
-from reconciler.core.model import LABEL_SPEC_HASH
+from reconciler.core.desired import LABEL_SPEC_HASH
 from reconciler.engine.swarm import spec as swarm_file
 from reconciler.engine.swarm.engine import SwarmEngine
 from tests.swarmkit import one_node_swarm, remove_project

@@ -17,14 +17,14 @@ import pytest
 import yaml
 
 from reconciler.config import loader
-from reconciler.core.model import (
+from reconciler.core.actions import (
     CreateContainer,
-    Observed,
     RemoveContainer,
     RenameContainer,
     StartContainer,
     StopContainer,
 )
+from reconciler.core.observed import Observed
 from reconciler.core.takeover import ForeignContainer, clashes, plan_takeover
 from tests.conftest import (
     OWNER_LABEL,

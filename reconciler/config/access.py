@@ -15,7 +15,7 @@ from reconciler.config.inputs import resolve
 from reconciler.config.schema import DesiredStateDef, VolumeDef
 from reconciler.config.yamlread import Document
 from reconciler.config.yamlread import Path as DataPath
-from reconciler.core.model import HostAccess, ServiceSpec
+from reconciler.core.desired import HostAccess, ServiceSpec
 
 # Keys the host policy judges (core.policy): their lines are kept for its messages.
 _POLICY_KEYS: tuple[str, ...] = ("privileged", "devices", "cap_add", "pid", "ipc", "uts")

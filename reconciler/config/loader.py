@@ -41,7 +41,7 @@ from reconciler.config.rules import check
 from reconciler.config.schema import DesiredStateDef
 from reconciler.config.tree import tree_digest
 from reconciler.config.yamlread import Document, YamlError, compose, read
-from reconciler.core.model import DesiredState
+from reconciler.core.desired import DesiredState
 from reconciler.errors import DesiredStateError
 
 __all__ = [

@@ -14,7 +14,7 @@ from reconciler.config.forms import PORT, scalar, words
 from reconciler.config.interpolation import SECRET_NAME
 from reconciler.config.schema import ServiceDef, UpdateConfigDef, VolumeMountDef
 from reconciler.config.yamlread import Path as DataPath
-from reconciler.core.model import PortBinding, RuntimeOptions, UpdateConfig
+from reconciler.core.desired import PortBinding, RuntimeOptions, UpdateConfig
 
 
 def update_config(c: UpdateConfigDef) -> UpdateConfig:

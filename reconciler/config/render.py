@@ -39,7 +39,7 @@ from reconciler.config.options import (
 from reconciler.config.report import Issue
 from reconciler.config.schema import DesiredStateDef, ResourcesDef, ServiceDef, parse_pull_policy
 from reconciler.config.yamlread import Path as DataPath
-from reconciler.core.model import (
+from reconciler.core.desired import (
     BuildSpec,
     ContainerSpec,
     DesiredState,

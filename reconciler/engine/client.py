@@ -19,7 +19,7 @@ import docker.errors
 import requests.exceptions
 from docker.constants import MINIMUM_DOCKER_API_VERSION
 
-from reconciler.core.model import LABEL_MANAGED, LABEL_PROJECT
+from reconciler.core.desired import LABEL_MANAGED, LABEL_PROJECT
 from reconciler.errors import ActionFailed, EngineSlow, EngineUnavailable, NameConflict
 
 FALLBACK_API_VERSION = "1.41"  # when the engine is down at start there is nothing to negotiate

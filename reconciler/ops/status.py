@@ -15,7 +15,8 @@ from typing import Any
 from reconciler.config import secrets
 from reconciler.core import images as im
 from reconciler.core import rollout as ro
-from reconciler.core.model import DesiredState, ObservedContainer, ServiceSpec
+from reconciler.core.desired import DesiredState, ServiceSpec
+from reconciler.core.observed import ObservedContainer
 from reconciler.engine.host.engine import Engine
 
 STALE_AFTER_S = 300.0

@@ -16,12 +16,8 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from reconciler.core.model import (
-    LABEL_MANAGED,
-    LABEL_PROJECT,
-    Action,
+from reconciler.core.actions import (
     ConnectNetwork,
-    ContainerSpec,
     CreateContainer,
     CreateNetwork,
     CreateVolume,
@@ -31,11 +27,17 @@ from reconciler.core.model import (
     RemoveVolume,
     RenameContainer,
     RestartContainer,
-    RuntimeOptions,
     SignalContainer,
     StartContainer,
     StopContainer,
     UnpauseContainer,
+)
+from reconciler.core.actions import HostAction as Action
+from reconciler.core.desired import (
+    LABEL_MANAGED,
+    LABEL_PROJECT,
+    ContainerSpec,
+    RuntimeOptions,
     ownership_labels,
 )
 from reconciler.engine.client import docker_errors

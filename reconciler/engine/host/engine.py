@@ -11,8 +11,10 @@ from typing import Any
 
 import docker
 
+from reconciler.core.actions import EnsureImage
+from reconciler.core.actions import HostAction as Action
 from reconciler.core.healing import LastRun
-from reconciler.core.model import Action, EnsureImage, Observed, ObservedContainer
+from reconciler.core.observed import Observed, ObservedContainer
 from reconciler.core.takeover import ForeignContainer
 from reconciler.engine.host import observe as reads
 from reconciler.engine.host.containers import Containers

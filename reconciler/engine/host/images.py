@@ -15,7 +15,7 @@ import docker.errors
 from docker.utils import config as docker_config
 from docker.utils import parse_repository_tag
 
-from reconciler.core.model import EnsureImage
+from reconciler.core.actions import EnsureImage
 from reconciler.engine.client import Transfers, docker_errors
 from reconciler.errors import ActionFailed
 

@@ -17,19 +17,16 @@ from typing import Any
 import docker
 import docker.errors
 
-from reconciler.core.healing import LastRun
-from reconciler.core.model import (
+from reconciler.core.desired import (
     LABEL_CONFIG_HASH,
     LABEL_MANAGED,
     LABEL_PROJECT,
     LABEL_REPLICA,
     LABEL_SERVICE,
     LABEL_SPEC_HASH,
-    Observed,
-    ObservedContainer,
-    ObservedNetwork,
-    ObservedVolume,
 )
+from reconciler.core.healing import LastRun
+from reconciler.core.observed import Observed, ObservedContainer, ObservedNetwork, ObservedVolume
 from reconciler.core.takeover import COMPOSE_PROJECT, COMPOSE_SERVICE, ForeignContainer
 from reconciler.engine.client import docker_errors, owned
 from reconciler.errors import ActionFailed

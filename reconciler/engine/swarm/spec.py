@@ -28,7 +28,7 @@ from reconciler.config.schema import (
     ServiceDef,
 )
 from reconciler.config.swarm_rules import NS, issues, memory_bytes, nano_cpus
-from reconciler.core.model import LABEL_SPEC_HASH, ownership_labels
+from reconciler.core.desired import LABEL_SPEC_HASH, ownership_labels
 from reconciler.core.policy import Denial, Policy, enforce
 from reconciler.core.swarm_plan import (
     STACK_NAMESPACE,

@@ -18,8 +18,9 @@ import structlog
 
 from reconciler.config import loader
 from reconciler.core import rollout as ro
+from reconciler.core.actions import describe
+from reconciler.core.desired import DesiredState
 from reconciler.core.images import pin_all
-from reconciler.core.model import DesiredState, describe
 from reconciler.core.notes import Note
 from reconciler.core.planner import Holds, foreign_namespaces
 from reconciler.core.planner import plan as plan_of

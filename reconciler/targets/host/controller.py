@@ -19,22 +19,20 @@ from typing import TYPE_CHECKING
 import structlog
 
 from reconciler.core import rollout as ro
-from reconciler.core.healing import HealingBook
-from reconciler.core.model import (
-    Action,
+from reconciler.core.actions import (
     CreateContainer,
     CreateNetwork,
     CreateVolume,
-    DesiredState,
     EnsureImage,
-    HealPolicy,
-    ObservedContainer,
     Plan,
-    ServiceSpec,
     SignalContainer,
     StartContainer,
 )
+from reconciler.core.actions import HostAction as Action
+from reconciler.core.desired import DesiredState, HealPolicy, ServiceSpec
+from reconciler.core.healing import HealingBook
 from reconciler.core.notes import Note
+from reconciler.core.observed import ObservedContainer
 from reconciler.core.planner import Holds, foreign_namespaces, plan
 from reconciler.engine.host.engine import Engine
 from reconciler.errors import EngineUnavailable

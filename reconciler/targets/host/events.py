@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from reconciler.core.model import LABEL_MANAGED, LABEL_PROJECT, LABEL_SERVICE, DesiredState
+from reconciler.core.desired import LABEL_MANAGED, LABEL_PROJECT, LABEL_SERVICE, DesiredState
 
 CONTAINER_EVENTS = (
     "start",  # not news (a reconcile, or Docker, started it): its time is noted, no more

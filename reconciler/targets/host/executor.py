@@ -12,7 +12,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Literal
 
-from reconciler.core.model import Action, Plan, Step
+from reconciler.core.actions import HostAction as Action
+from reconciler.core.actions import Plan, Step
 from reconciler.errors import ActionFailed, Deferred, EngineSlow, EngineUnavailable
 
 Outcome = Literal["success", "error", "skipped", "waiting"]

@@ -12,15 +12,9 @@ from typing import Literal
 
 import structlog
 
+from reconciler.core.actions import Plan, StartContainer, Step
+from reconciler.core.desired import LABEL_SPEC_HASH, DesiredState, ServiceSpec
 from reconciler.core.healing import HealingBook, LastRun, docker_will_restart
-from reconciler.core.model import (
-    LABEL_SPEC_HASH,
-    DesiredState,
-    Plan,
-    ServiceSpec,
-    StartContainer,
-    Step,
-)
 from reconciler.engine.host.engine import Engine
 from reconciler.targets.base import service_key
 from reconciler.targets.host.executor import StepResult

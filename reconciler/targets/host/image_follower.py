@@ -13,8 +13,9 @@ import structlog
 
 from reconciler.core import images as im
 from reconciler.core import rollout as ro
+from reconciler.core.actions import EnsureImage
+from reconciler.core.desired import DesiredState, ServiceSpec
 from reconciler.core.healing import HealingBook
-from reconciler.core.model import DesiredState, EnsureImage, ServiceSpec
 from reconciler.engine.host.engine import Engine
 from reconciler.errors import ActionFailed, Deferred
 from reconciler.ops.state_store import StateStore

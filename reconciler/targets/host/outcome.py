@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
+from reconciler.core.actions import Plan
 from reconciler.core.healing import HealingBook
-from reconciler.core.model import Plan
 from reconciler.targets.base import Outcome
 from reconciler.targets.host.executor import StepResult
 

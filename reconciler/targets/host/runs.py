@@ -12,8 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from reconciler.core import rollout as ro
+from reconciler.core.desired import LABEL_SPEC_HASH
 from reconciler.core.healing import LastRun
-from reconciler.core.model import LABEL_SPEC_HASH, ObservedContainer
+from reconciler.core.observed import ObservedContainer
 from reconciler.engine.host.engine import Engine
 
 

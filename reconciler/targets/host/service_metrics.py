@@ -12,20 +12,19 @@ from typing import TYPE_CHECKING
 import structlog
 
 from reconciler.core import rollout as ro
-from reconciler.core.healing import HealingBook
-from reconciler.core.model import (
+from reconciler.core.actions import (
     JUST_CREATED,
-    Action,
     ConnectNetwork,
     CreateContainer,
-    DesiredState,
     EnsureImage,
-    ObservedContainer,
     RestartContainer,
-    ServiceSpec,
     StartContainer,
     UnpauseContainer,
 )
+from reconciler.core.actions import HostAction as Action
+from reconciler.core.desired import DesiredState, ServiceSpec
+from reconciler.core.healing import HealingBook
+from reconciler.core.observed import ObservedContainer
 from reconciler.targets.host.executor import StepResult
 
 if TYPE_CHECKING:  # prometheus_client is imported only where metrics are served

@@ -6,13 +6,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from reconciler.core.model import (
-    CreateContainer,
-    DesiredState,
-    Observed,
-    ObservedContainer,
-    ServiceSpec,
-)
+from reconciler.core.actions import CreateContainer
+from reconciler.core.desired import DesiredState, ServiceSpec
+from reconciler.core.observed import Observed, ObservedContainer
 from reconciler.targets.host.executor import StepResult
 
 
