@@ -59,11 +59,18 @@ def describe(action: Action) -> str:
     return action.describe()
 
 
-class _Keyed(Protocol):
-    key_prefix: ClassVar[str]
-
+class _Named(Protocol):
     @property
     def name(self) -> str: ...
+
+
+class _Keyed(_Named, Protocol):
+    key_prefix: ClassVar[str]
+
+
+class _FromSpec(Protocol):
+    @property
+    def spec(self) -> _Named: ...
 
 
 class BaseAction:
@@ -81,37 +88,46 @@ class BaseAction:
         return summary(self)
 
 
-@dataclass(frozen=True, slots=True)
-class CreateNetwork(BaseAction):
-    spec: NetworkSpec
-    project: str
+class CreateMissing(BaseAction):
+    """Create a network, volume, config or secret of the file that does not exist: the
+    subclass holds its `spec`, which names it."""
+
+    __slots__ = ()
+    verb = "create"
     service = None
     reason = "missing"
-    verb = "create"
-    kind = "network"
-    key_prefix = "network"
 
     @property
-    def name(self) -> str:
+    def name(self: _FromSpec) -> str:
         return self.spec.name
+
+
+class RemoveOwned(BaseAction):
+    """Remove a network, volume, config or secret this project created (`down`, or one no
+    service uses any more): the subclass holds its name (and id)."""
+
+    __slots__ = ()
+    verb = "remove"
+    service = None
+
+
+@dataclass(frozen=True, slots=True)
+class CreateNetwork(CreateMissing):
+    spec: NetworkSpec
+    project: str
+    kind = "network"
+    key_prefix = "network"
 
     def describe(self) -> str:
         return f"{self.verb} {self.kind} {self.spec.name}"
 
 
 @dataclass(frozen=True, slots=True)
-class CreateVolume(BaseAction):
+class CreateVolume(CreateMissing):
     spec: VolumeSpec
     project: str
-    service = None
-    reason = "missing"
-    verb = "create"
     kind = "volume"
     key_prefix = "volume"
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
 
     def describe(self) -> str:
         return f"{self.verb} {self.kind} {self.spec.name}"
@@ -296,25 +312,21 @@ class RemoveContainer(BaseAction):
 
 
 @dataclass(frozen=True, slots=True)
-class RemoveNetwork(BaseAction):
+class RemoveNetwork(RemoveOwned):
     """`reconciler down`: a network this project created (never an adopted one)."""
 
     name: str
-    service = None
     reason = "down"
-    verb = "remove"
     kind = "network"
     key_prefix = "remove-network"
 
 
 @dataclass(frozen=True, slots=True)
-class RemoveVolume(BaseAction):
+class RemoveVolume(RemoveOwned):
     """`reconciler down --volumes`: a volume this project created (its data goes with it)."""
 
     name: str
-    service = None
     reason = "down --volumes"
-    verb = "remove"
     kind = "volume"
     key_prefix = "remove-volume"
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.core.actions import BaseAction
+from reconciler.core.actions import BaseAction, CreateMissing, RemoveOwned
 from reconciler.core.actions import describe as describe_any
 from reconciler.core.desired import LABEL_MANAGED, LABEL_PROJECT, LABEL_SPEC_HASH, DesiredState
 from reconciler.core.notes import Note
@@ -148,45 +148,24 @@ class SwarmObserved:
 
 
 @dataclass(frozen=True, slots=True)
-class CreateSwarmNetwork(BaseAction):
+class CreateSwarmNetwork(CreateMissing):
     spec: SwarmNetwork
-    verb = "create"
     kind = "network"
     key_prefix = "network"
-    service = None
-    reason = "missing"
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
 
 
 @dataclass(frozen=True, slots=True)
-class CreateSwarmConfig(BaseAction):
+class CreateSwarmConfig(CreateMissing):
     spec: SwarmConfig
-    verb = "create"
     kind = "config"
     key_prefix = "config"
-    service = None
-    reason = "missing"
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
 
 
 @dataclass(frozen=True, slots=True)
-class CreateSwarmSecret(BaseAction):
+class CreateSwarmSecret(CreateMissing):
     spec: SwarmSecret
-    verb = "create"
     kind = "secret"
     key_prefix = "secret"
-    service = None
-    reason = "missing"
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,36 +233,30 @@ class RemoveService(BaseAction):
 
 
 @dataclass(frozen=True, slots=True)
-class RemoveSwarmConfig(BaseAction):
+class RemoveSwarmConfig(RemoveOwned):
     id: str
     name: str
-    service = None
     reason = "replaced (no service uses it)"
-    verb = "remove"
     kind = "config"
     key_prefix = "remove-config"
 
 
 @dataclass(frozen=True, slots=True)
-class RemoveSwarmSecret(BaseAction):
+class RemoveSwarmSecret(RemoveOwned):
     id: str
     name: str
-    service = None
     reason = "replaced (no service uses it)"
-    verb = "remove"
     kind = "secret"
     key_prefix = "remove-secret"
 
 
 @dataclass(frozen=True, slots=True)
-class RemoveSwarmNetwork(BaseAction):
+class RemoveSwarmNetwork(RemoveOwned):
     """`reconciler down --target swarm`: a network this project created."""
 
     id: str
     name: str
-    service = None
     reason = "down"
-    verb = "remove"
     kind = "network"
     key_prefix = "remove-network"
 

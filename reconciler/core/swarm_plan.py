@@ -135,37 +135,33 @@ def plan(
     project = desired.project
     services = [s for s in desired.services if only is None or s.name == only]
     allowed = [s for s in services if s.name not in desired.denied]
-    needed_nets = {n for s in allowed for n in s.networks}
-    needed_configs = {c for s in allowed for c in s.configs}
-    needed_secrets = {c for s in allowed for c in s.secrets}
-    secrets = {c.name: c for c in observed.secrets}
-    nets = {n.name: n for n in observed.networks}
-    configs = {c.name: c for c in observed.configs}
+    needed = {  # by the services this pass plans (`only`)
+        "network": {n for s in allowed for n in s.networks},
+        "config": {c for s in allowed for c in s.configs},
+        "secret": {c for s in allowed for c in s.secrets},
+    }
+    existing = {
+        "network": {n.name: n for n in observed.networks},
+        "config": {c.name: c for c in observed.configs},
+        "secret": {c.name: c for c in observed.secrets},
+    }
     live = {s.name: s for s in observed.services}
     actions: list[SwarmAction] = []
     notes: list[Note] = []
 
-    for net in desired.networks:
-        if only is not None and net.name not in needed_nets:
+    creates: list[CreateSwarmNetwork | CreateSwarmConfig | CreateSwarmSecret] = [
+        *map(CreateSwarmNetwork, desired.networks),
+        *map(CreateSwarmConfig, desired.configs),
+        *map(CreateSwarmSecret, desired.secrets),
+    ]
+    for create in creates:
+        if only is not None and create.name not in needed[create.kind]:
             continue
-        have = nets.get(net.name)
+        have = existing[create.kind].get(create.name)
         if have is None:
-            actions.append(CreateSwarmNetwork(net))
-        elif not have.owned:
-            notes.append(_unlabelled(f"network {net.name}"))
-    for cfg in desired.configs:
-        if only is not None and cfg.name not in needed_configs:
-            continue
-        have_cfg = configs.get(cfg.name)
-        if have_cfg is None:
-            actions.append(CreateSwarmConfig(cfg))
-        elif not have_cfg.owned:
-            notes.append(_unlabelled(f"config {cfg.name}"))
-    for sec in desired.secrets:
-        if only is not None and sec.name not in needed_secrets:
-            continue
-        if sec.name not in secrets:
-            actions.append(CreateSwarmSecret(sec))
+            actions.append(create)
+        elif not have.owned and create.kind != "secret":  # a secret's labels go unchecked
+            notes.append(_unlabelled(f"{create.kind} {create.name}"))
 
     for svc in services:
         if svc.name in desired.denied:
