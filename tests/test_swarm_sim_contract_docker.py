@@ -16,9 +16,9 @@ import docker
 import pytest
 import yaml
 
-from reconciler.config import swarm as swarm_file
 from reconciler.core import swarm_plan as sp
 from reconciler.core.model import LABEL_SPEC_HASH
+from reconciler.engine.swarm import spec as swarm_file
 from reconciler.engine.swarm_engine import SwarmEngine
 from tests.swarmkit import one_node_swarm, remove_project
 
