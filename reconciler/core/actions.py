@@ -1,13 +1,14 @@
 """Actions, steps and plans: what a planner asks the engine to do, in which order.
 
-core.planner and core.takeover build host plans of these; core.swarm_plan has its own action
-classes. Both satisfy the `Action` protocol, which the runtime, the CLI and `describe` read.
+core.planner and core.takeover build host plans of these; core.swarm_model has Swarm's action
+classes. Both satisfy the `Action` protocol, which the runtime, the CLI and `describe` read;
+most of both derive their key and line from `BaseAction`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from reconciler.core.desired import (
     BuildSpec,
@@ -58,43 +59,75 @@ def describe(action: Action) -> str:
     return action.describe()
 
 
-@dataclass(frozen=True, slots=True)
-class CreateNetwork:
-    spec: NetworkSpec
-    project: str
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class _Keyed(_Named, Protocol):
+    key_prefix: ClassVar[str]
+
+
+class _FromSpec(Protocol):
+    @property
+    def spec(self) -> _Named: ...
+
+
+class BaseAction:
+    """What most action classes of either target share: the key `<key_prefix>:<name>` and
+    the `summary` line. A class whose key or line reads otherwise overrides it."""
+
+    __slots__ = ()
+    key_prefix: ClassVar[str]
+
+    @property
+    def key(self: _Keyed) -> str:
+        return f"{self.key_prefix}:{self.name}"
+
+    def describe(self: Action) -> str:
+        return summary(self)
+
+
+class CreateMissing(BaseAction):
+    """Create a network, volume, config or secret of the file that does not exist: the
+    subclass holds its `spec`, which names it."""
+
+    __slots__ = ()
+    verb = "create"
     service = None
     reason = "missing"
-    verb = "create"
-    kind = "network"
 
     @property
-    def name(self) -> str:
+    def name(self: _FromSpec) -> str:
         return self.spec.name
 
-    @property
-    def key(self) -> str:
-        return f"network:{self.spec.name}"
+
+class RemoveOwned(BaseAction):
+    """Remove a network, volume, config or secret this project created (`down`, or one no
+    service uses any more): the subclass holds its name (and id)."""
+
+    __slots__ = ()
+    verb = "remove"
+    service = None
+
+
+@dataclass(frozen=True, slots=True)
+class CreateNetwork(CreateMissing):
+    spec: NetworkSpec
+    project: str
+    kind = "network"
+    key_prefix = "network"
 
     def describe(self) -> str:
         return f"{self.verb} {self.kind} {self.spec.name}"
 
 
 @dataclass(frozen=True, slots=True)
-class CreateVolume:
+class CreateVolume(CreateMissing):
     spec: VolumeSpec
     project: str
-    service = None
-    reason = "missing"
-    verb = "create"
     kind = "volume"
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def key(self) -> str:
-        return f"volume:{self.spec.name}"
+    key_prefix = "volume"
 
     def describe(self) -> str:
         return f"{self.verb} {self.kind} {self.spec.name}"
@@ -129,7 +162,7 @@ class EnsureImage:
 
 
 @dataclass(frozen=True, slots=True)
-class CreateContainer:
+class CreateContainer(BaseAction):
     """Create (not start) a container: creates run early, starts follow depends_on order.
 
     A replacement is created under `as_name` (a temporary name) beside the replica it
@@ -141,6 +174,7 @@ class CreateContainer:
     as_name: str | None = None
     verb = "create"
     kind = "container"
+    key_prefix = "create"
 
     @property
     def name(self) -> str:
@@ -150,16 +184,9 @@ class CreateContainer:
     def service(self) -> str:
         return self.spec.service
 
-    @property
-    def key(self) -> str:
-        return f"create:{self.name}"
-
-    def describe(self) -> str:
-        return summary(self)
-
 
 @dataclass(frozen=True, slots=True)
-class RenameContainer:
+class RenameContainer(BaseAction):
     """Give a replacement its replica's name once the old replica is gone."""
 
     id: str
@@ -169,17 +196,14 @@ class RenameContainer:
     reason: str = "replacement passed"
     verb = "rename"
     kind = "container"
-
-    @property
-    def key(self) -> str:
-        return f"rename:{self.name}"
+    key_prefix = "rename"
 
     def describe(self) -> str:
         return f"rename container {self.name} to {self.new_name}"
 
 
 @dataclass(frozen=True, slots=True)
-class DrainContainer:
+class DrainContainer(BaseAction):
     """Take a replica out of its networks' DNS aliases before it is stopped."""
 
     id: str
@@ -189,34 +213,22 @@ class DrainContainer:
     reason: str
     verb = "drain"
     kind = "container"
-
-    @property
-    def key(self) -> str:
-        return f"drain:{self.name}"
-
-    def describe(self) -> str:
-        return summary(self)
+    key_prefix = "drain"
 
 
 @dataclass(frozen=True, slots=True)
-class StartContainer:
+class StartContainer(BaseAction):
     id: str
     name: str
     service: str
     reason: str
     verb = "start"
     kind = "container"
-
-    @property
-    def key(self) -> str:
-        return f"container:{self.name}"
-
-    def describe(self) -> str:
-        return summary(self)
+    key_prefix = "container"
 
 
 @dataclass(frozen=True, slots=True)
-class RestartContainer:
+class RestartContainer(BaseAction):
     id: str
     name: str
     service: str
@@ -224,34 +236,22 @@ class RestartContainer:
     grace_s: float | None = None
     verb = "restart"
     kind = "container"
-
-    @property
-    def key(self) -> str:
-        return f"container:{self.name}"
-
-    def describe(self) -> str:
-        return summary(self)
+    key_prefix = "container"
 
 
 @dataclass(frozen=True, slots=True)
-class UnpauseContainer:
+class UnpauseContainer(BaseAction):
     id: str
     name: str
     service: str
     reason: str = "paused"
     verb = "unpause"
     kind = "container"
-
-    @property
-    def key(self) -> str:
-        return f"container:{self.name}"
-
-    def describe(self) -> str:
-        return summary(self)
+    key_prefix = "container"
 
 
 @dataclass(frozen=True, slots=True)
-class StopContainer:
+class StopContainer(BaseAction):
     id: str
     name: str
     service: str
@@ -259,13 +259,7 @@ class StopContainer:
     grace_s: float | None = None
     verb = "stop"
     kind = "container"
-
-    @property
-    def key(self) -> str:
-        return f"container:{self.name}"
-
-    def describe(self) -> str:
-        return summary(self)
+    key_prefix = "container"
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +282,7 @@ class ConnectNetwork:
 
 
 @dataclass(frozen=True, slots=True)
-class SignalContainer:
+class SignalContainer(BaseAction):
     """Deliver a reload signal after a declared config file changed."""
 
     id: str
@@ -299,17 +293,14 @@ class SignalContainer:
     reason: str
     verb = "signal"
     kind = "container"
-
-    @property
-    def key(self) -> str:
-        return f"signal:{self.name}"
+    key_prefix = "signal"
 
     def describe(self) -> str:
         return f"signal {self.signal} to container {self.name} ({self.reason})"
 
 
 @dataclass(frozen=True, slots=True)
-class RemoveContainer:
+class RemoveContainer(BaseAction):
     id: str
     name: str
     service: str
@@ -317,49 +308,27 @@ class RemoveContainer:
     grace_s: float | None = None
     verb = "remove"
     kind = "container"
-
-    @property
-    def key(self) -> str:
-        return f"remove:{self.name}"
-
-    def describe(self) -> str:
-        return summary(self)
+    key_prefix = "remove"
 
 
 @dataclass(frozen=True, slots=True)
-class RemoveNetwork:
+class RemoveNetwork(RemoveOwned):
     """`reconciler down`: a network this project created (never an adopted one)."""
 
     name: str
-    service = None
     reason = "down"
-    verb = "remove"
     kind = "network"
-
-    @property
-    def key(self) -> str:
-        return f"remove-network:{self.name}"
-
-    def describe(self) -> str:
-        return summary(self)
+    key_prefix = "remove-network"
 
 
 @dataclass(frozen=True, slots=True)
-class RemoveVolume:
+class RemoveVolume(RemoveOwned):
     """`reconciler down --volumes`: a volume this project created (its data goes with it)."""
 
     name: str
-    service = None
     reason = "down --volumes"
-    verb = "remove"
     kind = "volume"
-
-    @property
-    def key(self) -> str:
-        return f"remove-volume:{self.name}"
-
-    def describe(self) -> str:
-        return summary(self)
+    key_prefix = "remove-volume"
 
 
 # The host target's actions (matched by class where an action's kind matters).

@@ -1,34 +1,69 @@
-"""Swarm target, pure: desired Swarm objects + observed ones -> the actions that converge them.
+"""Swarm target, pure planning: desired Swarm objects + observed ones -> the actions that
+converge them (`plan`, `plan_down`), Swarm's own rollbacks held (`failed_revisions`), and the
+simulator the convergence property runs plans against (`simulate`). Nothing here does I/O.
 
-The engine (`engine/swarm/spec.py`) renders each service into the Swarm API's ServiceSpec
-(plain JSON); the engine adapter (`engine/swarm/engine.py`) observes services, networks and
-configs into the values below and executes the actions. Nothing here does I/O.
+The values and actions are in core.swarm_model; the names callers use as `sp.X` are
+re-exported here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.core.actions import describe as describe_any
-from reconciler.core.actions import summary
-from reconciler.core.desired import LABEL_MANAGED, LABEL_PROJECT, LABEL_SPEC_HASH, DesiredState
+from reconciler.core.desired import LABEL_SPEC_HASH
 from reconciler.core.notes import Note, note
+from reconciler.core.swarm_model import (
+    STACK_NAMESPACE,
+    CreateService,
+    CreateSwarmConfig,
+    CreateSwarmNetwork,
+    CreateSwarmSecret,
+    ObservedObject,
+    ObservedService,
+    RemoveService,
+    RemoveSwarmConfig,
+    RemoveSwarmNetwork,
+    RemoveSwarmSecret,
+    ScaleService,
+    SwarmAction,
+    SwarmDesired,
+    SwarmNetwork,
+    SwarmObserved,
+    SwarmPlan,
+    SwarmService,
+    UpdateService,
+    describe,
+)
 
-STACK_NAMESPACE = "com.docker.stack.namespace"  # what `docker stack deploy` labels with
+__all__ = [
+    "MANUAL_ROLLBACK",
+    "ROLLBACK_STATES",
+    "STACK_NAMESPACE",
+    "CreateService",
+    "CreateSwarmNetwork",
+    "ObservedService",
+    "RemoveSwarmConfig",
+    "SwarmAction",
+    "SwarmDesired",
+    "SwarmNetwork",
+    "SwarmObserved",
+    "SwarmPlan",
+    "UpdateService",
+    "covers",
+    "describe",
+    "drift",
+    "failed_revisions",
+    "plan",
+    "plan_down",
+    "rolled_back",
+    "simulate",
+]
+
 # Swarm's UpdateStatus.State values after a rollback it started itself.
 ROLLBACK_STATES = frozenset({"rollback_started", "rollback_completed", "rollback_paused"})
 MANUAL_ROLLBACK = "manually requested rollback"
-
-
-def spec_hash(spec: Mapping[str, Any]) -> str:
-    """sha256 of a ServiceSpec as we send it, without the label that carries the hash."""
-    body = json.loads(json.dumps(spec))
-    body.get("Labels", {}).pop(LABEL_SPEC_HASH, None)
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _zero(value: Any) -> bool:
@@ -54,357 +89,6 @@ def covers(observed: Any, desired: Any) -> bool:
             and all(covers(o, d) for o, d in zip(observed, desired, strict=True))
         )
     return bool(observed == desired)
-
-
-# --------------------------------------------------------------------------- desired
-
-
-@dataclass(frozen=True, slots=True)
-class SwarmNetwork:
-    name: str  # <project>_<network>
-    labels: tuple[tuple[str, str], ...] = ()
-    internal: bool = False
-    attachable: bool = True
-    ipam: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class SwarmConfig:
-    """A Swarm config named by its content: a changed file is a new config (rotation)."""
-
-    name: str
-    data: bytes = field(repr=False)
-    labels: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class SwarmSecret:
-    """A Swarm secret: named by the file's change stamp, never by its content (a name must
-    not help anyone guess a short secret); a rewritten file is a new secret."""
-
-    name: str
-    data: bytes = field(repr=False)
-    labels: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class SwarmService:
-    name: str  # the file's service name
-    full_name: str  # <project>_<service>, as `docker stack deploy` names it
-    spec_json: str  # the ServiceSpec we send, hash label included
-    spec_hash: str
-    networks: tuple[str, ...] = ()  # full names
-    configs: tuple[str, ...] = ()
-    secrets: tuple[str, ...] = ()
-    global_mode: bool = False
-    replicas: int = 1
-    has_healthcheck: bool = False
-
-    @property
-    def spec(self) -> dict[str, Any]:
-        return dict(json.loads(self.spec_json))
-
-
-@dataclass(frozen=True, slots=True)
-class SwarmDesired:
-    project: str
-    networks: tuple[SwarmNetwork, ...]
-    configs: tuple[SwarmConfig, ...]
-    services: tuple[SwarmService, ...]
-    secrets: tuple[SwarmSecret, ...] = ()
-    source: str = ""
-    digest: str = ""
-    watched: tuple[str, ...] = ()
-    # The host policy's judgement (core.policy, on the single host's rendering of the same
-    # file): denied services are never created nor touched.
-    denied: frozenset[str] = field(default=frozenset(), compare=False)
-    host: DesiredState | None = field(default=None, compare=False, repr=False)
-
-    def service(self, name: str) -> SwarmService:
-        return next(s for s in self.services if s.name == name)
-
-
-# --------------------------------------------------------------------------- observed
-
-
-@dataclass(frozen=True, slots=True)
-class ObservedService:
-    id: str
-    name: str  # full name
-    version: int
-    labels: tuple[tuple[str, str], ...]
-    spec_json: str  # normalised by the adapter: network IDs as names, config IDs dropped
-    update_state: str = ""
-    update_message: str = ""
-    configs_in_use: tuple[str, ...] = ()  # by Spec or PreviousSpec (a rollback needs them)
-    secrets_in_use: tuple[str, ...] = ()
-    force_update: int = 0
-
-    @property
-    def spec(self) -> dict[str, Any]:
-        return dict(json.loads(self.spec_json))
-
-    def label(self, key: str) -> str:
-        return dict(self.labels).get(key, "")
-
-    def owned_by(self, project: str) -> bool:
-        return self.label(LABEL_MANAGED) == "true" and self.label(LABEL_PROJECT) == project
-
-    @property
-    def service(self) -> str:
-        """The file's service name (from our label)."""
-        return self.label("io.reconciler.service")
-
-
-@dataclass(frozen=True, slots=True)
-class ObservedObject:
-    """A network or config: its name, and whether it carries our labels for this project."""
-
-    name: str
-    id: str
-    owned: bool
-
-
-@dataclass(frozen=True, slots=True)
-class SwarmObserved:
-    services: tuple[ObservedService, ...] = ()
-    networks: tuple[ObservedObject, ...] = ()
-    configs: tuple[ObservedObject, ...] = ()
-    secrets: tuple[ObservedObject, ...] = ()
-
-
-# --------------------------------------------------------------------------- actions
-
-
-@dataclass(frozen=True, slots=True)
-class CreateSwarmNetwork:
-    spec: SwarmNetwork
-    verb = "create"
-    kind = "network"
-    service = None
-    reason = "missing"
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def key(self) -> str:
-        return f"network:{self.name}"
-
-    def describe(self) -> str:
-        return summary(self)
-
-
-@dataclass(frozen=True, slots=True)
-class CreateSwarmConfig:
-    spec: SwarmConfig
-    verb = "create"
-    kind = "config"
-    service = None
-    reason = "missing"
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def key(self) -> str:
-        return f"config:{self.name}"
-
-    def describe(self) -> str:
-        return summary(self)
-
-
-@dataclass(frozen=True, slots=True)
-class CreateSwarmSecret:
-    spec: SwarmSecret
-    verb = "create"
-    kind = "secret"
-    service = None
-    reason = "missing"
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def key(self) -> str:
-        return f"secret:{self.name}"
-
-    def describe(self) -> str:
-        return summary(self)
-
-
-@dataclass(frozen=True, slots=True)
-class CreateService:
-    spec: SwarmService
-    verb = "create"
-    kind = "service"
-    reason = "missing"
-
-    @property
-    def name(self) -> str:
-        return self.spec.full_name
-
-    @property
-    def service(self) -> str:
-        return self.spec.name
-
-    @property
-    def key(self) -> str:
-        return f"service:{self.name}"
-
-    def describe(self) -> str:
-        return summary(self)
-
-
-@dataclass(frozen=True, slots=True)
-class UpdateService:
-    spec: SwarmService
-    id: str
-    version: int
-    reason: str
-    force_update: int = 0  # kept as it is: a changed ForceUpdate restarts every task
-    verb = "update"
-    kind = "service"
-
-    @property
-    def name(self) -> str:
-        return self.spec.full_name
-
-    @property
-    def service(self) -> str:
-        return self.spec.name
-
-    @property
-    def key(self) -> str:
-        return f"service:{self.name}"
-
-    def describe(self) -> str:
-        return summary(self)
-
-
-@dataclass(frozen=True, slots=True)
-class ScaleService:
-    """Only the replica count of a held service (its spec otherwise as Swarm left it)."""
-
-    id: str
-    name: str
-    service: str
-    version: int
-    spec_json: str  # the observed spec with the file's Mode
-    replicas: int
-    reason: str = "replicas changed by hand (revision held)"
-    verb = "scale"
-    kind = "service"
-
-    @property
-    def key(self) -> str:
-        return f"service:{self.name}"
-
-    def describe(self) -> str:
-        return summary(self)
-
-
-@dataclass(frozen=True, slots=True)
-class RemoveService:
-    id: str
-    name: str
-    service: str
-    reason: str = "no longer in the file"
-    verb = "remove"
-    kind = "service"
-
-    @property
-    def key(self) -> str:
-        return f"remove-service:{self.name}"
-
-    def describe(self) -> str:
-        return summary(self)
-
-
-@dataclass(frozen=True, slots=True)
-class RemoveSwarmConfig:
-    id: str
-    name: str
-    service = None
-    reason = "replaced (no service uses it)"
-    verb = "remove"
-    kind = "config"
-
-    @property
-    def key(self) -> str:
-        return f"remove-config:{self.name}"
-
-    def describe(self) -> str:
-        return summary(self)
-
-
-@dataclass(frozen=True, slots=True)
-class RemoveSwarmSecret:
-    id: str
-    name: str
-    service = None
-    reason = "replaced (no service uses it)"
-    verb = "remove"
-    kind = "secret"
-
-    @property
-    def key(self) -> str:
-        return f"remove-secret:{self.name}"
-
-    def describe(self) -> str:
-        return summary(self)
-
-
-@dataclass(frozen=True, slots=True)
-class RemoveSwarmNetwork:
-    """`reconciler down --target swarm`: a network this project created."""
-
-    id: str
-    name: str
-    service = None
-    reason = "down"
-    verb = "remove"
-    kind = "network"
-
-    @property
-    def key(self) -> str:
-        return f"remove-network:{self.name}"
-
-    def describe(self) -> str:
-        return summary(self)
-
-
-SwarmAction = (
-    CreateSwarmNetwork
-    | CreateSwarmConfig
-    | CreateSwarmSecret
-    | CreateService
-    | UpdateService
-    | ScaleService
-    | RemoveService
-    | RemoveSwarmConfig
-    | RemoveSwarmSecret
-    | RemoveSwarmNetwork
-)
-
-
-@dataclass(frozen=True, slots=True)
-class SwarmPlan:
-    """Actions in the order they must run: networks and configs, services, then removals."""
-
-    actions: tuple[SwarmAction, ...] = ()
-    notes: tuple[Note, ...] = ()
-
-    def __bool__(self) -> bool:
-        return bool(self.actions)
-
-
-def describe(action: SwarmAction) -> str:
-    """One line for humans (core.actions.describe, for either target)."""
-    return describe_any(action)
 
 
 # --------------------------------------------------------------------------- planning
@@ -451,37 +135,33 @@ def plan(
     project = desired.project
     services = [s for s in desired.services if only is None or s.name == only]
     allowed = [s for s in services if s.name not in desired.denied]
-    needed_nets = {n for s in allowed for n in s.networks}
-    needed_configs = {c for s in allowed for c in s.configs}
-    needed_secrets = {c for s in allowed for c in s.secrets}
-    secrets = {c.name: c for c in observed.secrets}
-    nets = {n.name: n for n in observed.networks}
-    configs = {c.name: c for c in observed.configs}
+    needed = {  # by the services this pass plans (`only`)
+        "network": {n for s in allowed for n in s.networks},
+        "config": {c for s in allowed for c in s.configs},
+        "secret": {c for s in allowed for c in s.secrets},
+    }
+    existing = {
+        "network": {n.name: n for n in observed.networks},
+        "config": {c.name: c for c in observed.configs},
+        "secret": {c.name: c for c in observed.secrets},
+    }
     live = {s.name: s for s in observed.services}
     actions: list[SwarmAction] = []
     notes: list[Note] = []
 
-    for net in desired.networks:
-        if only is not None and net.name not in needed_nets:
+    creates: list[CreateSwarmNetwork | CreateSwarmConfig | CreateSwarmSecret] = [
+        *map(CreateSwarmNetwork, desired.networks),
+        *map(CreateSwarmConfig, desired.configs),
+        *map(CreateSwarmSecret, desired.secrets),
+    ]
+    for create in creates:
+        if only is not None and create.name not in needed[create.kind]:
             continue
-        have = nets.get(net.name)
+        have = existing[create.kind].get(create.name)
         if have is None:
-            actions.append(CreateSwarmNetwork(net))
-        elif not have.owned:
-            notes.append(_unlabelled(f"network {net.name}"))
-    for cfg in desired.configs:
-        if only is not None and cfg.name not in needed_configs:
-            continue
-        have_cfg = configs.get(cfg.name)
-        if have_cfg is None:
-            actions.append(CreateSwarmConfig(cfg))
-        elif not have_cfg.owned:
-            notes.append(_unlabelled(f"config {cfg.name}"))
-    for sec in desired.secrets:
-        if only is not None and sec.name not in needed_secrets:
-            continue
-        if sec.name not in secrets:
-            actions.append(CreateSwarmSecret(sec))
+            actions.append(create)
+        elif not have.owned and create.kind != "secret":  # a secret's labels go unchecked
+            notes.append(_unlabelled(f"{create.kind} {create.name}"))
 
     for svc in services:
         if svc.name in desired.denied:

@@ -1,5 +1,5 @@
 """The Swarm adapter: observe a project's services, networks, configs and tasks into plain
-values (`core.swarm_plan`), and execute Swarm actions. Thin; docker-py's low-level client.
+values (`core.swarm_model`), and execute Swarm actions. Thin; docker-py's low-level client.
 
 Images are never resolved to digests here (docker-py does not, and API >= 1.30 engines do
 not query a registry themselves): a local image works on a one-node swarm.
@@ -19,7 +19,7 @@ import docker
 import docker.errors
 from docker.types import IPAMConfig, IPAMPool
 
-from reconciler.core.swarm_plan import (
+from reconciler.core.swarm_model import (
     CreateService,
     CreateSwarmConfig,
     CreateSwarmNetwork,

@@ -30,7 +30,7 @@ from reconciler.config.schema import (
 from reconciler.config.swarm_rules import NS, issues, memory_bytes, nano_cpus
 from reconciler.core.desired import LABEL_SPEC_HASH, ownership_labels
 from reconciler.core.policy import Denial, Policy, enforce
-from reconciler.core.swarm_plan import (
+from reconciler.core.swarm_model import (
     STACK_NAMESPACE,
     SwarmConfig,
     SwarmDesired,
