@@ -146,6 +146,7 @@ class Daemon:
         """Block until SIGTERM/SIGINT; return 0 within the current Docker call's timeout."""
         lock = ProjectLock(self.desired.project, self.options.lock_dir)
         lock.acquire()
+        self.controller.store.sweep()  # saves a crash (or a full disk) left half-done
         servers = []
         workers: list[threading.Thread] = []
         try:
