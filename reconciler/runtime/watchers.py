@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,10 +33,12 @@ CONTAINER_EVENTS = (
 )  # our own creates and starts are not news: a reconcile made them
 NETWORK_EVENTS = ("destroy", "disconnect")
 VOLUME_EVENTS = ("destroy",)
+PING_INTERVAL_S = 0.5  # while backing off: how often the engine is asked whether it is back
 
 
 class EventWatcher:
-    """Follows Docker's event stream; reconnects with back-off when it breaks."""
+    """Follows Docker's event stream; reconnects with back-off when it breaks, and at once
+    when the engine answers `/_ping` again after it did not."""
 
     def __init__(
         self,
@@ -66,6 +69,7 @@ class EventWatcher:
 
     def _loop(self) -> None:
         delay = 0.5
+        engine_down = False  # a ping failed since the stream last broke
         while not self.stop.is_set():
             try:
                 stream = self.api.events(decode=True, filters=self._filters())
@@ -73,7 +77,7 @@ class EventWatcher:
                 log.info("watching docker events", project=self.desired().project)
                 if delay > 0.5:  # reconnected: whatever happened meanwhile, look now
                     self.on_other()
-                delay = 0.5
+                delay, engine_down = 0.5, False
                 for event in stream:
                     self.on_event()
                     self._dispatch(event)
@@ -86,8 +90,26 @@ class EventWatcher:
             else:
                 if self.stop.is_set():
                     return
-            self.stop.wait(delay)
+            engine_down = self._back_off(delay, engine_down)
             delay = min(delay * 2, 30.0)
+
+    def _back_off(self, delay: float, engine_down: bool) -> bool:
+        """Wait up to `delay` s, pinging the engine every PING_INTERVAL_S; once it answers
+        after a ping failed, return at once: the back-off grew while it was down, not
+        because it refuses the stream. Returns whether it is down (no answer since)."""
+        end = time.monotonic() + delay
+        while (left := end - time.monotonic()) > 0:
+            if self.stop.wait(min(PING_INTERVAL_S, left)):
+                break
+            try:
+                self.api.ping()
+            except Exception:
+                engine_down = True
+                continue
+            if engine_down:
+                log.info("docker engine answers again; reconnecting the event stream")
+                return False
+        return engine_down
 
     @staticmethod
     def _filters() -> dict[str, list[str]]:
