@@ -32,6 +32,17 @@ def reload(args: argparse.Namespace, desired: Desired) -> int:
             return EXIT_ERROR
         pid = held[0]
     path = status_path(project, args.lock_dir)
+    # A daemon takes its project's lock once a SIGHUP can no longer kill it: no lock, no
+    # signal (the project's, or another's when the edit renamed it).
+    locks = sorted(path.parent.glob("reconciler-*.lock"))
+    names = (p.name.removeprefix("reconciler-").removesuffix(".lock") for p in locks)
+    if (pid, "reconciler daemon") not in (ProjectLock(n, path.parent).holder() for n in names):
+        log.error(
+            "not signalling: that process has not announced readiness (it holds no daemon lock)",
+            pid=pid,
+            lock_dir=str(path.parent),
+        )
+        return EXIT_ERROR
 
     def last_reload() -> dict[str, object] | None:
         # The daemon's status file; another project's when the edit renamed the project

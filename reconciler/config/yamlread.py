@@ -3,7 +3,10 @@
 ruamel.yaml composes the node graph (an alias is the same node object, so composing
 costs what the text costs); `read` then converts it once, counting every node it visits,
 aliases included, and refuses past `MAX_NODES`: an alias bomb is refused after that many
-steps instead of being expanded. Plain scalars are typed by the YAML 1.2 core schema whatever
+steps instead of being expanded. What aliases stand for is bounded while composing, before
+anything is expanded: each node's scalar bytes are counted once, an alias adds its target's
+count, and past `MAX_ALIAS_BYTES` for one alias or `MAX_EXPANDED_BYTES` in all the alias
+is refused at its line and column. Plain scalars are typed by the YAML 1.2 core schema whatever
 `%YAML` directive the file carries (`2222:22`, `yes`, `on`, `012` as written stay text
 where text is expected), timestamps stay text, duplicate keys are errors, merge keys (`<<`)
 work. Every problem comes with a `Mark` (1-based line and column).
@@ -20,6 +23,7 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.composer import Composer
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import AliasEvent
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.resolver import VersionedResolver
@@ -29,6 +33,10 @@ Path = tuple[str | int, ...]
 
 MAX_NODES = 100_000  # values visited, aliases counted each time they are used
 MAX_DEPTH = 64  # nesting of mappings and sequences
+# Scalar bytes (keys too) once every alias is expanded: what one alias may stand for, and
+# the whole document. Without aliases a document holds less than its file (1 MiB).
+MAX_ALIAS_BYTES = 1024 * 1024
+MAX_EXPANDED_BYTES = 4 * 1024 * 1024
 
 _Y = "tag:yaml.org,2002:"
 STR, NULL, BOOL, INT, FLOAT = (f"{_Y}{t}" for t in ("str", "null", "bool", "int", "float"))
@@ -98,23 +106,69 @@ class _CoreResolver(VersionedResolver):
 
 
 class _Composer(Composer):
-    """An anchor defined again simply names the new node (YAML allows it): no warning."""
+    """An anchor defined again simply names the new node (YAML allows it): no warning.
+
+    Counts what the document expands to without expanding it: a node's size is the bytes
+    of its scalars, an alias adding its target's size (computed when the target was)."""
 
     def __init__(self, loader: Any = None) -> None:
         super().__init__(loader)
         self.warn_double_anchors = False
         self.nodes = 0
+        self.expanded = 0  # scalar bytes of the document so far, aliases expanded
+        self._sizes: dict[int, int] = {}  # id(anchored node) -> its expanded size
+        self._open: list[int] = []  # sizes of the collections being composed, so far
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         # Bound the work before `read` starts: a file of many small values stops here.
         self.nodes += 1
+        event = self.parser.peek_event()
         if self.nodes > MAX_NODES:
-            event = self.parser.peek_event()
             raise YamlError(
                 f"the document has more than {MAX_NODES} values; refusing it",
                 _mark(getattr(event, "start_mark", None)),
             )
-        return super().compose_node(parent, index)
+        if isinstance(event, AliasEvent):
+            node = super().compose_node(parent, index)
+            # Absent: the alias is inside the collection it names (`read` refuses that).
+            self._expand(self._sizes.get(id(node), 0), event)
+            return node
+        self._open.append(0)
+        node = super().compose_node(parent, index)
+        size = self._open.pop()
+        if isinstance(node, ScalarNode):
+            text = str(node.value)
+            size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+            self.expanded += size
+        if event.anchor is not None:
+            self._sizes[id(node)] = size
+        if self._open:
+            self._open[-1] += size
+        return node
+
+    def _expand(self, size: int, event: Any) -> None:
+        """An alias: its target's size again, refused past the bounds (at the alias)."""
+        if self._open:
+            self._open[-1] += size
+        self.expanded += size
+        if size > MAX_ALIAS_BYTES:
+            raise YamlError(
+                f"this alias stands for {_mib(size)} of text, more than the "
+                f"{_mib(MAX_ALIAS_BYTES)} one value may expand to; refusing it",
+                _mark(event.start_mark),
+            )
+        if self.expanded > MAX_EXPANDED_BYTES:
+            raise YamlError(
+                f"with this alias the document expands to more than {_mib(MAX_EXPANDED_BYTES)} "
+                "of text (aliases counted with what they stand for, each time they are "
+                "used); refusing it",
+                _mark(event.start_mark),
+            )
+
+
+def _mib(size: int) -> str:
+    mib = size / (1024 * 1024)
+    return f"{mib:.0f} MiB" if mib == int(mib) else f"{mib:.1f} MiB"
 
 
 class YamlError(Exception):

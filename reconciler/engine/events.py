@@ -1,13 +1,15 @@
 """Docker's event stream, followed until told to stop: one loop for every target.
 
-A broken stream is reconnected with back-off; each reconnect is reported (whatever happened
-meanwhile, the caller looks again). The caller maps each event to keys; nothing here acts.
+A broken stream is reconnected with back-off, and at once when the engine answers `/_ping`
+again after it did not; each reconnect is reported (whatever happened meanwhile, the caller
+looks again). The caller maps each event to keys; nothing here acts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +20,7 @@ log = structlog.get_logger("reconciler")
 
 FIRST_RETRY_S = 0.5
 MAX_RETRY_S = 30.0
+PING_INTERVAL_S = 0.5  # while backing off: how often the engine is asked whether it is back
 
 
 def follow(
@@ -31,6 +34,7 @@ def follow(
 ) -> None:
     """Deliver decoded events to `on_event` until `stop` is set (blocks: run it in a thread)."""
     delay = FIRST_RETRY_S
+    engine_down = False  # a ping failed since the stream last broke
     stream: Any = None
 
     def close() -> None:
@@ -51,7 +55,7 @@ def follow(
             log.info("watching docker events", project=project)
             if delay > FIRST_RETRY_S:  # reconnected: whatever happened meanwhile, look now
                 on_reconnect()
-            delay = FIRST_RETRY_S
+            delay, engine_down = FIRST_RETRY_S, False
             for event in stream:
                 if stop.is_set():
                     break
@@ -64,6 +68,26 @@ def follow(
             )
         finally:
             close()
-        if stop.wait(delay):
+        engine_down = back_off(api, stop, delay, engine_down)
+        if stop.is_set():
             return
         delay = min(delay * 2, MAX_RETRY_S)
+
+
+def back_off(api: docker.APIClient, stop: threading.Event, delay: float, down: bool) -> bool:
+    """Wait up to `delay` s, pinging the engine every PING_INTERVAL_S; once it answers after
+    a ping failed, return at once: the back-off grew while it was down, not because it
+    refuses the stream. Returns whether it is down (no answer since)."""
+    end = time.monotonic() + delay
+    while (left := end - time.monotonic()) > 0:
+        if stop.wait(min(PING_INTERVAL_S, left)):
+            break
+        try:
+            api.ping()
+        except Exception:
+            down = True
+            continue
+        if down:
+            log.info("docker engine answers again; reconnecting the event stream")
+            return False
+    return down

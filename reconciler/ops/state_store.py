@@ -1,10 +1,12 @@
 """What a daemon keeps between runs, in the state directory (systemd's `StateDirectory=`):
 one typed JSON file per project and kind (`<project>.rollouts.json`, `.drains.json`,
-`.images.json`, `.swarm.json`), read once, replaced atomically on every change, 0600.
+`.images.json`, `.swarm.json`), read once, replaced atomically on every change, 0600. A save
+that fails (a full disk) leaves no temporary file behind; the daemon sweeps older ones at start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import threading
@@ -106,8 +108,10 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Replace `path` atomically (a crash leaves the old file or the new one, never half).
 
     The records hold the environment a rollback recreates containers with (secrets too):
-    the file is 0600 (mkstemp's mode) and a folder created for it 0700.
+    the file is 0600 (mkstemp's mode) and a folder created for it 0700. A failed save
+    (ENOSPC, EFBIG, EIO) removes its temporary file before it is logged.
     """
+    tmp: str | None = None
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
@@ -116,5 +120,27 @@ def write_atomic(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        tmp = None
     except OSError as exc:
         log.error("cannot save state", path=str(path), error=str(exc))
+    finally:
+        if tmp is not None:  # on every failure path, whatever was raised
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def sweep(project: str, directory: Path | None = None) -> int:
+    """Remove the temporary files saves of `project` left (`.<project>.*.json-*`: a crash
+    between creating one and renaming it); call it holding the project's lock, so that no
+    save of ours is under way. Returns how many were removed."""
+    folder = directory or default_state_dir()
+    removed = 0
+    for stale in folder.glob(f".{project}.*.json-*"):
+        try:
+            stale.unlink()
+            removed += 1
+        except OSError as exc:
+            log.warning("cannot remove a stale temporary file", path=str(stale), error=str(exc))
+    if removed:
+        log.info("removed stale temporary files", folder=str(folder), count=removed)
+    return removed

@@ -29,6 +29,7 @@ from reconciler.ops.http import serve
 from reconciler.ops.lock import ProjectLock, status_path
 from reconciler.ops.metrics import Metrics
 from reconciler.ops.notify import Notifier, watchdog_interval
+from reconciler.ops.state_store import sweep
 from reconciler.runtime.backoff import Backoff
 from reconciler.runtime.reload import Reloader
 from reconciler.runtime.signals import SignalRelay
@@ -129,6 +130,7 @@ class Daemon:
         """Block until SIGTERM/SIGINT; return 0 within the current Docker call's timeout."""
         lock = ProjectLock(self.desired.project, self.options.lock_dir)
         lock.acquire()
+        sweep(self.desired.project, self.options.state_dir)  # saves a crash left half-done
         servers = []
         workers: list[threading.Thread] = []
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterable
 from types import FrameType
 
 PUMP_INTERVAL_S = 0.1
@@ -21,7 +22,9 @@ class SignalRelay:
         self._reload_asked = False
         self.hups = 0  # SIGHUPs delivered as reload requests (a reload may also be a file's)
 
-    def install(self) -> SignalRelay:
+    def install(self, noted: Iterable[int] = ()) -> SignalRelay:
+        """Take the signals over; `noted`: those the entry point's first handler saw."""
+
         def on_term(signum: int, frame: FrameType | None) -> None:
             self._stop_asked = True
 
@@ -31,6 +34,11 @@ class SignalRelay:
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGINT, on_term)
         signal.signal(signal.SIGHUP, on_hup)
+        for signum in list(noted):  # read once ours are in: none falls between the two
+            if signum == signal.SIGHUP:
+                self._reload_asked = True
+            else:
+                self._stop_asked = True
         return self
 
     def pump(self) -> None:
