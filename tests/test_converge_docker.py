@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from reconciler.core.planner import plan
 from reconciler.engine.host.engine import Engine
 from reconciler.ops.state_store import StateStore
 from reconciler.runtime.settle import Applied, apply
-from reconciler.targets.base import RESYNC, Settings, service_key
+from reconciler.targets.base import RESYNC, Done, Settings, service_key
 from reconciler.targets.host.adapter import HostTarget
 from reconciler.targets.host.controller import Controller
 from tests.conftest import (
@@ -63,14 +64,30 @@ def stack(project: str, image: str, web_replicas: int = 2, **web: Any) -> dict[s
     }
 
 
-def converge(path: Path, api: docker.APIClient | None = None, *, check: bool = True) -> Applied:
+@dataclass(frozen=True)
+class Converged:
+    """What `apply` did (its results and errors) and the notes it reported."""
+
+    applied: Applied
+    notes: tuple[str, ...]
+
+    @property
+    def results(self) -> tuple[Done, ...]:
+        return self.applied.results
+
+    @property
+    def errors(self) -> tuple[Done, ...]:
+        return self.applied.errors
+
+
+def converge(path: Path, api: docker.APIClient | None = None, *, check: bool = True) -> Converged:
     """`reconciler apply` in process: the daemon's runtime, until the project settles."""
     state = desired.load(path)
     target = HostTarget(api or docker.from_env().api, state, Settings())
     applied = apply(target, timeout_s=300)
     if check:
         assert applied.ok, [(r.key, r.error) for r in applied.errors]
-    return applied
+    return Converged(applied, target.apply_report().notes)
 
 
 def test_converge_from_empty_then_second_pass_writes_nothing(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from reconciler.core.actions import Action
 from reconciler.core.policy import Denial, Policy
 
 if TYPE_CHECKING:  # prometheus_client is imported only where metrics are served
@@ -91,12 +92,21 @@ class Desired(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Done:
-    """One executed action, as the CLI prints it: `success  create container web-1 (...)`."""
+    """One executed action of either target, as the CLI prints it:
+    `success  create container web-1 (missing)`."""
 
+    action: Action
     outcome: str  # success | error | skipped
-    text: str
     error: str | None = None
-    key: str = ""  # the action's identity: its last result is the one that counts
+
+    @property
+    def text(self) -> str:
+        return self.action.describe()
+
+    @property
+    def key(self) -> str:
+        """The action's identity: its last result is the one that counts."""
+        return self.action.key
 
 
 @dataclass(frozen=True, slots=True)

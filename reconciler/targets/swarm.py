@@ -247,7 +247,7 @@ class SwarmTarget:
 
     def _done(self, done: Pass, action: sp.SwarmAction, outcome: str, error: str = "") -> None:
         text = sp.describe(action)
-        result = Done(outcome, text, error or None, text)
+        result = Done(action, outcome, error or None)
         done.results.append(result)
         if outcome == "error":
             log.error("action failed", action=text, error=error)
@@ -335,12 +335,11 @@ class SwarmTarget:
         the_plan = sp.plan_down(self.desired, self.engine.observe(self.desired.project))
         out = []
         for action in the_plan.actions:
-            text = sp.describe(action)
             try:
                 self.engine.execute(action)
-                out.append(Done("success", text, None, text))
+                out.append(Done(action, "success"))
             except ActionFailed as exc:
-                out.append(Done("error", text, str(exc), text))
+                out.append(Done(action, "error", str(exc)))
         return tuple(out)
 
 

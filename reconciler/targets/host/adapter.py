@@ -61,7 +61,7 @@ RESYNC_COALESCE_S = 0.25
 
 
 def done_of(r: StepResult) -> Done:
-    return Done(r.outcome, describe(r.action), r.error, r.action.key)
+    return Done(r.action, r.outcome, r.error)
 
 
 class HostKind:
