@@ -367,7 +367,7 @@ def test_notify_protocol(
         }
     )
     d = daemon(path)
-    wait_for(lambda: notify_socket.seen("READY=1"), 30, what="READY=1")
+    wait_for(lambda: notify_socket.seen("READY=1"), 120, what="READY=1")
     assert api.inspect_container(f"{project}-web-1")["State"]["Running"]  # after the first pass
     status = [m for _, m in notify_socket.drain() if m.startswith("STATUS=")]
     assert any(f"{project}: web 1/1" in m for m in status), status
