@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from reconciler.core import swarm_plan as sp
 from reconciler.engine.swarm import spec as swarm_file
 from reconciler.errors import DesiredStateError
+from tests.swarm_simulator import simulate
 
 
 def load(doc: dict[str, Any], tmp_path: Path) -> sp.SwarmDesired:
@@ -161,7 +162,7 @@ def test_the_seed_stack_variant_for_swarm_is_valid() -> None:
 
 def observed_of(desired: sp.SwarmDesired, **changes: Any) -> sp.SwarmObserved:
     """What the engine shows once `desired` was applied."""
-    return sp.simulate(sp.SwarmObserved(), sp.plan(desired, sp.SwarmObserved()), desired.project)
+    return simulate(sp.SwarmObserved(), sp.plan(desired, sp.SwarmObserved()), desired.project)
 
 
 def two(tmp_path: Path) -> sp.SwarmDesired:
@@ -328,7 +329,7 @@ def test_plans_converge_and_only_touch_ours(
     o = sp.SwarmObserved((*services, foreign), full.networks if nets else ())
     p = sp.plan(d, o)
     assert all(a.name != "demo_zz" for a in p.actions)
-    after = sp.simulate(o, p, d.project)
+    after = simulate(o, p, d.project)
     assert sp.plan(d, after).actions == ()
 
 

@@ -1,5 +1,5 @@
-"""Contract: the Swarm simulator (`core.swarm_plan.simulate`, which the convergence property in
-test_swarm_plan.py runs plans against) predicts what a real one-node swarm shows after the
+"""Contract: the Swarm simulator (tests/swarm_simulator.py, which the convergence property
+in test_swarm_plan.py runs plans against) predicts what a real one-node swarm shows after the
 Swarm engine executed a plan, on the fields the planner reads. Create, update (with a config
 rotation), scale (by the file, by hand, held) and remove; `down` last.
 """
@@ -20,6 +20,7 @@ from reconciler.core import swarm_plan as sp
 from reconciler.core.desired import LABEL_SPEC_HASH
 from reconciler.engine.swarm import spec as swarm_file
 from reconciler.engine.swarm.engine import SwarmEngine
+from tests.swarm_simulator import simulate
 from tests.swarmkit import one_node_swarm, remove_project
 
 pytestmark = pytest.mark.docker
@@ -90,7 +91,7 @@ class Stack:
         """Plan from what the swarm shows, predict, execute each action in order, observe."""
         before = self.engine.observe(self.project)
         the_plan = sp.plan(desired, before, held)
-        predicted = sp.simulate(before, the_plan, self.project)
+        predicted = simulate(before, the_plan, self.project)
         for action in the_plan.actions:
             self.engine.execute(action)
         return the_plan, before, predicted, self.engine.observe(self.project)
@@ -181,12 +182,6 @@ def test_update(stack: Stack) -> None:
     assert_contract(desired, before, predicted, real)
 
 
-@pytest.mark.xfail(
-    reason="simulate: an update's configs_in_use drops the replaced spec's configs, which "
-    "Swarm keeps in use by PreviousSpec (so the next simulated plan removes the old config, "
-    "the real one keeps it)",
-    strict=False,
-)
 def test_update_with_a_config_rotation(stack: Stack) -> None:
     """A changed config file: a new config, the service updated to it; the old config stays
     in use (by PreviousSpec, for a rollback) and is not removed."""
@@ -243,7 +238,7 @@ def test_remove_from_the_file_then_down(stack: Stack) -> None:
 
     before = stack.engine.observe(stack.project)
     down = sp.plan_down(desired, before)
-    predicted = sp.simulate(before, down, stack.project)
+    predicted = simulate(before, down, stack.project)
     for action in down.actions:
         stack.engine.execute(action)
     real = stack.engine.observe(stack.project)

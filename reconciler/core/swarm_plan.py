@@ -1,6 +1,7 @@
 """Swarm target, pure planning: desired Swarm objects + observed ones -> the actions that
-converge them (`plan`, `plan_down`), Swarm's own rollbacks held (`failed_revisions`), and the
-simulator the convergence property runs plans against (`simulate`). Nothing here does I/O.
+converge them (`plan`, `plan_down`), Swarm's own rollbacks held (`failed_revisions`).
+Nothing here does I/O (the simulator the convergence property runs plans against is
+tests/swarm_simulator.py).
 
 The values and actions are in core.swarm_model; the names callers use as `sp.X` are
 re-exported here.
@@ -20,7 +21,6 @@ from reconciler.core.swarm_model import (
     CreateSwarmConfig,
     CreateSwarmNetwork,
     CreateSwarmSecret,
-    ObservedObject,
     ObservedService,
     RemoveService,
     RemoveSwarmConfig,
@@ -58,7 +58,6 @@ __all__ = [
     "plan",
     "plan_down",
     "rolled_back",
-    "simulate",
 ]
 
 # Swarm's UpdateStatus.State values after a rollback it started itself.
@@ -263,54 +262,3 @@ def failed_revisions(
         if name not in {s.name for s in desired.services}:
             del out[name]
     return out
-
-
-def simulate(observed: SwarmObserved, the_plan: SwarmPlan, project: str) -> SwarmObserved:
-    """What the engine would observe after the plan ran (for the convergence property)."""
-    services = {s.name: s for s in observed.services}
-    nets = {n.name: n for n in observed.networks}
-    configs = {c.name: c for c in observed.configs}
-    secrets = {c.name: c for c in observed.secrets}
-    for a in the_plan.actions:
-        match a:
-            case CreateSwarmNetwork(spec=n):
-                nets[n.name] = ObservedObject(n.name, f"id-{n.name}", True)
-            case CreateSwarmConfig(spec=c):
-                configs[c.name] = ObservedObject(c.name, f"id-{c.name}", True)
-            case CreateSwarmSecret(spec=c):
-                secrets[c.name] = ObservedObject(c.name, f"id-{c.name}", True)
-            case RemoveSwarmSecret(name=n):
-                secrets.pop(n, None)
-            case CreateService(spec=s) | UpdateService(spec=s):
-                spec = s.spec
-                services[s.full_name] = ObservedService(
-                    id=f"id-{s.full_name}",
-                    name=s.full_name,
-                    version=services[s.full_name].version + 1 if s.full_name in services else 1,
-                    labels=tuple(sorted(spec.get("Labels", {}).items())),
-                    spec_json=s.spec_json,
-                    configs_in_use=s.configs,
-                    secrets_in_use=s.secrets,
-                )
-            case ScaleService(name=n, spec_json=body):
-                services[n] = ObservedService(
-                    id=services[n].id,
-                    name=n,
-                    version=services[n].version + 1,
-                    labels=services[n].labels,
-                    spec_json=body,
-                    configs_in_use=services[n].configs_in_use,
-                    secrets_in_use=services[n].secrets_in_use,
-                )
-            case RemoveService(name=n):
-                services.pop(n, None)
-            case RemoveSwarmConfig(name=n):
-                configs.pop(n, None)
-            case RemoveSwarmNetwork(name=n):
-                nets.pop(n, None)
-    return SwarmObserved(
-        tuple(services.values()),
-        tuple(nets.values()),
-        tuple(configs.values()),
-        tuple(secrets.values()),
-    )
