@@ -87,7 +87,7 @@ class SwarmKind:
         return f"valid for swarm (project {d.project}: {services})"
 
     def open(self, desired: Desired, settings: Settings) -> SwarmTarget:
-        api = connect()
+        api = connect(lazy=not settings.daemon)  # a command asks no version of its own
         check_manager(api)
         return SwarmTarget(api, cast(sp.SwarmDesired, desired), settings)
 
