@@ -163,3 +163,13 @@ def test_web_config_errors(tmp_path: Path) -> None:
     cfg.write_text("tls_server_config:\n  cert: x\n")
     with pytest.raises(DesiredStateError, match=r"web\.yml:2"):
         web_config.load(cfg)
+
+
+def test_shutdown_finishes_its_stop_instead_of_timing_out(registry: CollectorRegistry) -> None:
+    """The endpoints' shutdown (at SIGTERM, once per --listen address) completes its stop
+    coroutine: it stopped the loop from inside that coroutine, never got its result, and
+    waited out its 10 s timeout per address."""
+    server = serve(("127.0.0.1", free_port()), registry, lambda: (True, "ok"), lambda: (True, "ok"))
+    server.shutdown()
+    assert server.stopped is not None and server.stopped.done()
+    assert server.stopped.exception() is None

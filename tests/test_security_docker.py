@@ -205,5 +205,6 @@ def test_two_step_edit_removes_nothing(
     assert not [e for e in d.lines() if e.get("event") == "action" and e.get("action") == "remove"]
     if pause >= 2.0:  # the file watch (every 1 s) saw the first part: held, not applied
         assert d.events(
-            "services missing from a file that just changed; reading it again before removing them"
+            "a file that just changed removes or replaces services; reading it again once it "
+            "has been still before acting on it"
         )

@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import os
 import re
-import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from reconciler.config.interpolation import (
 )
 from reconciler.config.report import Report
 from reconciler.config.schema import DEFAULT_MAX_REPLICAS, DesiredStateDef
+from reconciler.config.tree import read_regular
 from reconciler.config.yamlread import BOOL, INT, NULL, STR, Document, Mark, Scalar, core_value
 from reconciler.config.yamlread import Path as DataPath
 
@@ -37,10 +37,7 @@ class TooLarge(Exception):
 
 def read_limited(path: Path, limit: int) -> bytes:
     """A regular file's bytes, at most `limit` (a FIFO or a device is refused, not read)."""
-    with open(path, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise IsADirectoryError(21, "not a regular file")
-        data = f.read(limit + 1)
+    data = read_regular(path, limit)
     if len(data) > limit:
         raise TooLarge
     return data

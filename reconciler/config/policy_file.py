@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from reconciler.config.tree import read_regular
 from reconciler.config.yamlread import Scalar, YamlError, compose, core_value, read
 from reconciler.core.policy import DEFAULT, RULES, Allow, Policy, normalise_cap
 from reconciler.errors import DesiredStateError
@@ -50,8 +51,7 @@ def load(path: Path | None) -> Policy:
     path = path or DEFAULT_PATH
     source = str(path)
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_BYTES + 1)
+        raw = read_regular(path, MAX_BYTES)  # a FIFO is refused, never waited on
     except FileNotFoundError:
         if given:
             raise DesiredStateError(source, ["policy file not found"]) from None

@@ -24,6 +24,17 @@ class TreeError(Exception):
     """A config source that cannot be used; the message names the file or folder."""
 
 
+def read_regular(path: str | Path, limit: int) -> bytes:
+    """At most `limit` + 1 bytes of a regular file. Opened without blocking (a FIFO would
+    wait for a writer; with O_NONBLOCK it opens at once) and refused when it is not a
+    regular file (OSError EISDIR-like: "not a regular file")."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise IsADirectoryError(21, "not a regular file")
+        return f.read(limit + 1)
+
+
 def read_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
     """A regular file's bytes; never reads more than `limit` + 1 bytes, never opens a FIFO
     (it would block) or a device."""
@@ -34,10 +45,9 @@ def read_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
     if not stat.S_ISREG(st.st_mode):
         raise TreeError(f"{path} is {_kind(st.st_mode)}, not a regular file; refusing to read it")
     try:
-        with open(path, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # swapped since the stat
-                raise TreeError(f"{path} is not a regular file; refusing to read it")
-            data = f.read(limit + 1)
+        data = read_regular(path, limit)  # swapped for a FIFO since the stat: refused
+    except IsADirectoryError as exc:
+        raise TreeError(f"{path} is not a regular file; refusing to read it") from exc
     except OSError as exc:
         raise TreeError(f"cannot read {path}: {exc.strerror}") from exc
     if len(data) > limit:

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from reconciler.config.tree import read_regular
 from reconciler.config.yamlread import Scalar, YamlError, compose, core_value, read
 from reconciler.errors import DesiredStateError
 
@@ -48,7 +49,7 @@ def load(path: Path) -> WebConfig:
     """The web config at `path`; DesiredStateError (with the file and line) if it is bad."""
     source = str(path)
     try:
-        raw = path.read_bytes()[: MAX_BYTES + 1]
+        raw = read_regular(path, MAX_BYTES)  # a FIFO is refused, never waited on
         if len(raw) > MAX_BYTES:
             raise DesiredStateError(source, [f"larger than {MAX_BYTES // 1024} KiB"])
         node = compose(raw.decode("utf-8"))

@@ -75,6 +75,14 @@ class SwarmService:
     def spec(self) -> dict[str, Any]:
         return dict(json.loads(self.spec_json))
 
+    @property
+    def revision(self) -> str:
+        """What the file asks of the service's tasks, whatever their count (a new revision
+        replaces the tasks; a new count only scales)."""
+        body = self.spec
+        body.get("Mode", {}).get("Replicated", {}).pop("Replicas", None)
+        return spec_hash(body)
+
 
 @dataclass(frozen=True, slots=True)
 class SwarmDesired:

@@ -101,6 +101,7 @@ class Server:
         self._conns: dict[_Conn, None] = {}  # oldest first
         self._loop = asyncio.new_event_loop()
         self._closed = False
+        self.stopped: concurrent.futures.Future[None] | None = None  # set by shutdown()
         self._accepting: asyncio.Task[None] | None = None
         self._thread = threading.Thread(target=self._run, name="http", daemon=True)
         self._thread.start()
@@ -110,8 +111,13 @@ class Server:
         if self._closed:
             return
         self._closed = True
+        self.stopped = asyncio.run_coroutine_threadsafe(self._stop(), self._loop)
         with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
+            self.stopped.result(10)
+        # Stopped only once `_stop`'s result is delivered (a loop stopped from inside it
+        # never delivers it: shutdown waited the whole 10 s).
+        with contextlib.suppress(RuntimeError):  # the loop is closed already
+            self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -137,7 +143,6 @@ class Server:
             conn.close()
         tasks = [c.task for c in self._conns if c.task is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
-        asyncio.get_running_loop().stop()
 
     async def _accept(self) -> None:
         loop = asyncio.get_running_loop()

@@ -113,6 +113,7 @@ class Reloader:
         started_usec = time.monotonic_ns() // 1000  # CLOCK_MONOTONIC, as systemd's
         if trigger == "signal":
             d.notifier.send("RELOADING=1", f"MONOTONIC_USEC={started_usec}")
+        ok: bool | None
         try:
             ok = self.reload(trigger)
         except Exception as exc:  # never the end of reloading: the next edit is read
@@ -120,6 +121,8 @@ class Reloader:
             log.exception("reload failed; keeping the last good desired state")
         if trigger == "signal":
             d.notifier.send("READY=1", f"STATUS={d.status_line()}")
+        if ok is None:  # held: the read once the file is still says how it went
+            return
         # `reconciler reload` (ExecReload) waits for a reload that started after its
         # SIGHUP: systemd 252 cannot wait for RELOADING=1/READY=1 itself (253's
         # Type=notify-reload can). Written after READY=1, so the new STATUS is in
@@ -167,8 +170,9 @@ class Reloader:
         except OSError:
             return 0.0
 
-    def reload(self, trigger: str) -> bool:
-        """Re-read the file; on error keep the last good state and change nothing."""
+    def reload(self, trigger: str) -> bool | None:
+        """Re-read the file; on error keep the last good state and change nothing (False);
+        None when the file is held until it has been still (read again then)."""
         d = self.daemon
         self.wait_stable()
         try:
@@ -180,8 +184,8 @@ class Reloader:
                 error=str(exc),
             )
             return self.failed(str(exc))
-        if self.hold_removals(new):
-            return True  # the last good state stays until the file is read again
+        if self.hold_unsettled(new):
+            return None  # the last good state stays until the file is read again
         d.metrics.reloads.labels("success").inc()
         if new.digest != d.desired.digest or policy != d.policy:
             if new.project != d.desired.project:
@@ -218,17 +222,23 @@ class Reloader:
 
     # ------------------------------------------------------------------ two-step edits
 
-    def hold_removals(self, new: Desired) -> bool:
-        """True when `new` drops services and the file changed too recently to trust that:
-        it is read again once it has been still for `removal_settle`."""
-        old = {s.name for s in self.daemon.desired.services}
-        gone = old - {s.name for s in new.services}
+    def hold_unsettled(self, new: Desired) -> bool:
+        """True when `new` would remove a service or replace a service's containers (a new
+        revision) while the file changed too recently to trust it (a two-step edit: half a
+        file, the rest a moment later): it is read again once it has been still for
+        `removal_settle`. Scaling and new services are not held."""
+        old = {s.name: s.revision for s in self.daemon.desired.services}
+        now = {s.name: s.revision for s in new.services}
+        gone = sorted(old.keys() - now.keys())
+        changed = sorted(n for n in old.keys() & now.keys() if old[n] != now[n])
         wait = self.options.removal_settle - self.file_age()
-        if not gone or wait <= 0:
+        if not (gone or changed) or wait <= 0:
             return False
         log.info(
-            "services missing from a file that just changed; reading it again before removing them",
-            services=sorted(gone),
+            "a file that just changed removes or replaces services; reading it again once it "
+            "has been still before acting on it",
+            removed=gone or None,
+            replaced=changed or None,
             retry_in_s=round(wait, 2),
         )
         self.reload_after(wait)

@@ -69,8 +69,12 @@ class Settings:
 
 
 class Named(Protocol):
+    """A service of either target's desired state."""
+
     @property
     def name(self) -> str: ...
+    @property
+    def revision(self) -> str: ...  # what its containers/tasks are made from (not their count)
 
 
 class Desired(Protocol):

@@ -148,7 +148,8 @@ class HostTarget:
         self.controller.hold_removals = value
 
     def first_keys(self) -> Iterable[str]:
-        return [service_key(s.name) for s in self.desired.services]
+        desired = self.desired  # a denied service is never reconciled: nothing to wait for
+        return [service_key(s.name) for s in desired.services if s.name not in desired.denied]
 
     def bind(self, emit: Emit) -> None:
         self.controller.enqueue = emit
