@@ -4,6 +4,8 @@ trees, out-of-range values), without an engine."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -279,3 +281,18 @@ def test_namespace_owner_of_no_container_is_blocked_not_waiting() -> None:
     joined = plan(d, Observed(), Holds(outside={"elsewhere": "abc"}))
     creates = [a.name for a in joined.actions if isinstance(a, CreateContainer)]
     assert creates == ["rob-web-1", "rob-side-1"]
+
+
+@pytest.mark.parametrize("fifo", [".env", "policy.yaml", "d.yaml"])
+def test_a_fifo_input_is_refused_not_waited_on(tmp_path: Path, fifo: str) -> None:
+    """A FIFO as the file, its .env or the policy: `validate` refuses it with the path (it
+    used to open it and wait for a writer forever; the daemon's reload thread with it)."""
+    (tmp_path / "d.yaml").write_text(HEAD)
+    target = tmp_path / fifo
+    target.unlink(missing_ok=True)
+    os.mkfifo(target, 0o644)
+    argv = [sys.executable, "-m", "reconciler", "validate", str(tmp_path / "d.yaml")]
+    argv += ["--policy", str(tmp_path / "policy.yaml")] if fifo == "policy.yaml" else []
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "not a regular file" in proc.stderr, proc.stderr

@@ -84,7 +84,8 @@ def _apply(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
         print(line)
     problems = len(desired.denied) + len(report.problems)  # each denial was shown above
     if not applied.settled:
-        print(f"not converged within {args.timeout:g}s (see `reconciler status`)")
+        status = "reconciler status" + ("" if kind.name == "host" else f" --target {kind.name}")
+        print(f"not converged within {args.timeout:g}s (see `{status}`)")
     elif not applied.results and not problems:
         print(f"{desired.project}: in sync")
     return EXIT_OK if applied.ok and not problems else EXIT_ERROR

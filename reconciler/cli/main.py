@@ -64,7 +64,7 @@ def _main(args: argparse.Namespace, signals: SignalRelay | None) -> int:
         kind = targets.kind(name)
     except KeyError:
         error(f"error: RECONCILER_TARGET must be one of {', '.join(targets.names())}, not {name!r}")
-        return EXIT_INPUT
+        return bad_input
     try:
         desired = kind.load(args.file)
         policy_path = getattr(args, "policy", None)

@@ -208,7 +208,8 @@ class Daemon:
         self.reloader.changed()
         if self._first_round is None:
             self.write_status()
-            self.notifier.send(f"STATUS={self.status_line()}")
+            if self._engine_up:  # else STATUS says the engine is unreachable (_engine_down)
+                self.notifier.send(f"STATUS={self.status_line()}")
 
     def _watchdog(self) -> None:
         # Ping only while reconciles keep finishing: a wedged runtime gets restarted.

@@ -20,11 +20,11 @@ from pydantic import BaseModel
 
 from reconciler.core import swarm_plan as sp
 from reconciler.core.policy import Denial, Policy
-from reconciler.engine.client import connect
+from reconciler.engine.client import FALLBACK_API_VERSION, connect
 from reconciler.engine.events import follow
 from reconciler.engine.swarm import spec as swarm_file
 from reconciler.engine.swarm.engine import SwarmEngine, TaskCounts, check_manager
-from reconciler.errors import ActionFailed
+from reconciler.errors import ActionFailed, EngineUnavailable, NotASwarmManager
 from reconciler.ops.metrics import Metrics
 from reconciler.ops.state_store import JsonStore
 from reconciler.targets.base import (
@@ -87,8 +87,15 @@ class SwarmKind:
         return f"valid for swarm (project {d.project}: {services})"
 
     def open(self, desired: Desired, settings: Settings) -> SwarmTarget:
-        api = connect(lazy=not settings.daemon)  # a command asks no version of its own
-        check_manager(api)
+        try:
+            api = connect(lazy=not settings.daemon)  # a command asks no version of its own
+            check_manager(api)
+        except EngineUnavailable as exc:
+            if not settings.daemon:
+                raise
+            # The daemon waits for the engine (and checks it manages a swarm at each pass).
+            log.warning("engine down at start", error=str(exc))
+            api = connect(version=FALLBACK_API_VERSION)
         return SwarmTarget(api, cast(sp.SwarmDesired, desired), settings)
 
 
@@ -127,8 +134,14 @@ class SwarmTarget:
             only = None  # a service that left the file: the resync removes it
         try:
             _, done = self.run(only)
-        except ActionFailed as exc:  # an observe call refused (e.g. the node left the swarm)
+        except EngineUnavailable:
+            if self.metrics:
+                self.metrics.runs.labels("error").inc()
+            raise
+        except (ActionFailed, NotASwarmManager) as exc:  # e.g. the node left the swarm
             log.error("reconcile failed", key=key, error=str(exc))
+            if self.metrics:
+                self.metrics.runs.labels("error").inc()
             return Outcome(errors=1, busy=True)
         counts = self.export(done.drift if only is None else None)
         # Swarm moves and restarts tasks without events we can follow: while they are not

@@ -88,7 +88,7 @@ class SwarmEngine:
     # ------------------------------------------------------------------ observe
 
     def observe(self, project: str) -> SwarmObserved:
-        """Three list calls: services, networks, configs (names starting with the project's)."""
+        """Four list calls: services, networks, configs, secrets (named by the project's prefix)."""
         prefix = f"{project}_"
         with docker_errors("list services"):
             services = self.api.services(filters={"name": prefix})
