@@ -330,14 +330,18 @@ class Daemon:
             log.debug("cannot write status file", path=str(path), error=str(exc))
 
     def status_line(self) -> str:
-        """`project: web 2/2, db 1/1` (running/desired, from the replica metrics)."""
+        """`project: web 2/2, db 1/1, root denied` (running/desired, from the replica metrics;
+        a service the host policy denies is never created)."""
         samples = {
             (s.labels["service"], s.labels["state"]): s.value
             for metric in self.metrics.replicas.collect()
             for s in metric.samples
         }
+        denied = self.desired.denied
         parts = [
-            f"{svc.name} {int(samples.get((svc.name, 'running'), 0))}"
+            f"{svc.name} denied"
+            if svc.name in denied
+            else f"{svc.name} {int(samples.get((svc.name, 'running'), 0))}"
             f"/{int(samples.get((svc.name, 'desired'), 0))}"
             for svc in self.desired.services
         ]
