@@ -25,7 +25,7 @@ class Unsupported(Exception):
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return Settings(state_dir=args.state_dir, lock_dir=args.lock_dir)
+    return Settings(state_dir=args.state_dir)
 
 
 def _require(kind: TargetKind, wanted: bool, capability: str, option: str) -> None:

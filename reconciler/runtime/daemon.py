@@ -67,7 +67,6 @@ class Options:
         """What the daemon opens its target with."""
         return Settings(
             state_dir=self.state_dir,
-            lock_dir=self.lock_dir,
             pull_timeout=self.pull_timeout,
             prune_images=self.prune_images,
             daemon=True,

@@ -48,8 +48,6 @@ class Outcome:
 class Capabilities:
     """What a target does beyond the common ground (the CLI and daemon ask, never guess)."""
 
-    heals_replicas: bool = False  # restarts/recreates containers itself (Swarm heals tasks)
-    follows_tags: bool = False  # pull_policy daily/weekly/every_<d> asks the registry
     prunes_images: bool = False  # --prune-images
     takes_over_compose: bool = False  # --take-over-compose
     removes_volumes: bool = False  # down --volumes
@@ -60,7 +58,6 @@ class Settings:
     """What the CLI hands an adapter when it opens one (a daemon, `apply`, `plan`...)."""
 
     state_dir: Path | None = None
-    lock_dir: Path | None = None
     pull_timeout: float = 600.0
     prune_images: bool = False
     daemon: bool = False  # the long-running daemon (follows tags; waits for the engine)

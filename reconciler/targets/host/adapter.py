@@ -69,8 +69,6 @@ class HostKind:
 
     name = "host"
     capabilities = Capabilities(
-        heals_replicas=True,
-        follows_tags=True,
         prunes_images=True,
         takes_over_compose=True,
         removes_volumes=True,
