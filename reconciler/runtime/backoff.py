@@ -7,6 +7,8 @@ from __future__ import annotations
 import random
 import threading
 
+from reconciler.targets.base import Outcome
+
 BASE_S = 0.5
 CAP_S = 8.0
 JITTER = 0.2
@@ -37,3 +39,15 @@ class Backoff:
     def failures(self, key: str) -> int:
         with self._lock:
             return self._failures.get(key, 0)
+
+
+def requeue_delay(outcome: Outcome, key: str, backoff: Backoff) -> float | None:
+    """When a key comes back after a reconcile: its own requeue, or (it failed, asked for
+    none and is busy) the key's back-off with jitter; a pass without errors forgets the
+    back-off. None: only when something asks."""
+    if not outcome.errors:
+        backoff.forget(key)
+        return outcome.requeue_after
+    if outcome.requeue_after is not None:
+        return outcome.requeue_after
+    return backoff.next(key) if outcome.busy else None

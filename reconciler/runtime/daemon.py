@@ -30,7 +30,7 @@ from reconciler.ops.lock import ProjectLock, status_path
 from reconciler.ops.metrics import Metrics
 from reconciler.ops.notify import Notifier, watchdog_interval
 from reconciler.ops.state_store import sweep
-from reconciler.runtime.backoff import Backoff
+from reconciler.runtime.backoff import Backoff, requeue_delay
 from reconciler.runtime.reload import Reloader
 from reconciler.runtime.signals import SignalRelay
 from reconciler.runtime.workqueue import ShutDown, WorkQueue
@@ -377,14 +377,3 @@ class Daemon:
         if self._first_round is not None:
             problems.append("first pass not done")
         return (not problems, "; ".join(problems) or "ready")
-
-
-def requeue_delay(outcome: Outcome, key: str, backoff: Backoff) -> float | None:
-    """When a key comes back after a reconcile: its own requeue, or (it failed and asked for
-    none) the key's back-off with jitter; a pass without errors forgets the back-off."""
-    if not outcome.errors:
-        backoff.forget(key)
-        return outcome.requeue_after
-    if outcome.requeue_after is not None:
-        return outcome.requeue_after
-    return backoff.next(key) if outcome.busy else None

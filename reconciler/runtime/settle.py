@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from reconciler.errors import EngineUnavailable
-from reconciler.runtime.backoff import Backoff
+from reconciler.runtime.backoff import Backoff, requeue_delay
 from reconciler.runtime.workqueue import ShutDown, WorkQueue
 from reconciler.targets.base import RESYNC, Done, Target
 
@@ -85,11 +85,7 @@ def settle(target: Target, *, timeout_s: float, workers: int = 4) -> bool:
             with lock:
                 busy[key] = outcome.busy
             queue.done(key)
-            delay = outcome.requeue_after
-            if outcome.errors and delay is None and outcome.busy:
-                delay = backoff.next(key)
-            elif not outcome.errors:
-                backoff.forget(key)
+            delay = requeue_delay(outcome, key, backoff)
             if delay is not None and (outcome.busy or delay == 0):
                 queue.add_after(key, delay)
 
