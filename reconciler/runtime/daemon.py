@@ -22,6 +22,7 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from reconciler.config.web_config import WebConfig
+from reconciler.core.events import Record, discard
 from reconciler.core.policy import DEFAULT as DEFAULT_POLICY
 from reconciler.core.policy import Denial, Policy
 from reconciler.errors import EngineUnavailable
@@ -63,7 +64,9 @@ class Options:
     web: WebConfig | None = None  # TLS and basic auth for the endpoints
     strict_modes: bool = True  # refuse inputs others can write (config.strict_modes)
 
-    def settings(self, metrics: Metrics, cancelled: Callable[[], bool]) -> Settings:
+    def settings(
+        self, metrics: Metrics, cancelled: Callable[[], bool], record: Record = discard
+    ) -> Settings:
         """What the daemon opens its target with."""
         return Settings(
             state_dir=self.state_dir,
@@ -72,6 +75,7 @@ class Options:
             daemon=True,
             metrics=metrics,
             cancelled=cancelled,
+            record=record,
         )
 
 
@@ -88,6 +92,7 @@ class Daemon:
         signals: SignalRelay | None = None,
         policy: Policy | None = None,
         target: Target | None = None,
+        record: Record = discard,
     ) -> None:
         self.options = options
         self.kind = kind
@@ -98,9 +103,10 @@ class Daemon:
         self.queue = WorkQueue()
         self.images = WorkQueue()
         self.backoff = Backoff()
+        self.record = record  # what happened: the history and notification sinks
         desired, denials = kind.judge(desired, self.policy)
         self.target = target or kind.open(
-            desired, options.settings(self.metrics, self.signals.stop.is_set)
+            desired, options.settings(self.metrics, self.signals.stop.is_set, self.record)
         )
         self.target.desired = desired
         self.target.bind(lambda key, delay: self.enqueue(key, delay))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from reconciler.core.actions import Action
+from reconciler.core.events import Record, discard
 from reconciler.core.policy import Denial, Policy
 
 if TYPE_CHECKING:  # prometheus_client is imported only where metrics are served
@@ -63,6 +64,7 @@ class Settings:
     daemon: bool = False  # the long-running daemon (follows tags; waits for the engine)
     metrics: Metrics | None = None
     cancelled: Callable[[], bool] = lambda: False
+    record: Record = discard  # what happened (core.events): history, notifications
 
 
 class Named(Protocol):

@@ -1,0 +1,67 @@
+"""What happened, as data: one `Event` per action taken or condition met, on either target.
+
+Adapters and the daemon emit them through one `Record` callable (targets.base.Settings.record,
+the daemon's own recorder); the history (a JSON-lines file), the notifications and the logs
+are sinks of that one stream, so what is reported is what happened, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+EventKind = Literal[
+    # actions (the history's rows)
+    "create",
+    "start",
+    "heal",
+    "recreate",
+    "rollout_step",
+    "remove",
+    "image_update",
+    "drift_corrected",
+    "reload",
+    "operator",
+    # conditions (each may notify; a later event with result "resolved" clears it)
+    "rollout_started",
+    "rollout_completed",
+    "rollout_failed",
+    "rolled_back",
+    "paused",
+    "crash_loop",
+    "denied",
+    "engine_unreachable",
+    "reload_rejected",
+]
+
+Result = Literal["success", "error", "skipped", "firing", "resolved"]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing that happened.
+
+    `trigger` says what asked (`file edit`, `engine event`, `resync`, `image digest`,
+    `operator`, a git commit...), `cause` why the step was needed (`missing`,
+    `spec changed: environment.A`, `exited 137 (OOM killed)`), `data` carries what a
+    consumer quotes as is (the field diff, a digest, a commit): strings only, secrets never.
+    """
+
+    kind: EventKind
+    service: str = ""  # the file's service; "" for the project (a reload, the engine)
+    message: str = ""  # one line for humans (the action's line, the condition's text)
+    replica: str = ""  # a container's or task's name
+    trigger: str = ""
+    cause: str = ""
+    result: Result = "success"
+    duration_s: float | None = None
+    revision: str = ""  # the desired state's digest (or commit) the event belongs to
+    data: Mapping[str, str] = field(default_factory=dict)
+
+
+Record = Callable[[Event], None]
+
+
+def discard(event: Event) -> None:
+    """The record of a process that keeps no history (`plan`, tests)."""
