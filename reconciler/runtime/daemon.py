@@ -32,6 +32,7 @@ from reconciler.ops.metrics import Metrics
 from reconciler.ops.notify import Notifier, watchdog_interval
 from reconciler.ops.state_store import sweep
 from reconciler.runtime.backoff import Backoff, requeue_delay
+from reconciler.runtime.recorder import Recorder
 from reconciler.runtime.reload import Reloader
 from reconciler.runtime.signals import SignalRelay
 from reconciler.runtime.workqueue import ShutDown, WorkQueue
@@ -92,7 +93,7 @@ class Daemon:
         signals: SignalRelay | None = None,
         policy: Policy | None = None,
         target: Target | None = None,
-        record: Record = discard,
+        record: Record | None = None,
     ) -> None:
         self.options = options
         self.kind = kind
@@ -103,7 +104,7 @@ class Daemon:
         self.queue = WorkQueue()
         self.images = WorkQueue()
         self.backoff = Backoff()
-        self.record = record  # what happened: the history and notification sinks
+        self.record: Record = record or Recorder()  # what happened: history, notifications
         desired, denials = kind.judge(desired, self.policy)
         self.target = target or kind.open(
             desired, options.settings(self.metrics, self.signals.stop.is_set, self.record)
