@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from reconciler.cli.parser import DEFAULT_LISTEN
+from reconciler.cli.progress import ProgressView, objects_in
 from reconciler.config import secrets
 from reconciler.core.policy import Denial
 from reconciler.ops.lock import ProjectLock, status_path
@@ -74,7 +75,12 @@ def _apply(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
         target = kind.open(desired, _settings(args))
         if args.take_over_compose and not target.take_over(_show, log_only=False):
             return EXIT_ERROR
-        applied = apply(target, timeout_s=args.timeout, on_done=_show)
+        if getattr(args, "view", False):  # a terminal: one line per object, N/M
+            total = objects_in(target.plan().steps)
+            with ProgressView(desired.project, total=total) as view:
+                applied = apply(target, timeout_s=args.timeout, on_done=view.update)
+        else:
+            applied = apply(target, timeout_s=args.timeout, on_done=_show)
         report = target.apply_report()
     finally:
         lock.release()

@@ -17,6 +17,7 @@ from pathlib import Path
 import structlog
 
 from reconciler import targets
+from reconciler.cli import progress
 from reconciler.cli.commands import COMMANDS, EXIT_ERROR, EXIT_INPUT, EXIT_OK, Unsupported
 from reconciler.cli.importer import import_compose_file
 from reconciler.cli.parser import build_parser
@@ -42,7 +43,10 @@ def _main(args: argparse.Namespace, signals: SignalRelay | None) -> int:
     if args.command == "run":
         args.signals = signals or SignalRelay().install()
     json = {"auto": None, "json": True, "console": False}[args.log_format]
-    logs.configure(args.log_level, json=json)
+    args.view = progress.wants_view(
+        args.command, getattr(args, "progress", "plain"), getattr(args, "verbose", False)
+    )
+    logs.configure("error" if args.view else args.log_level, json=json)  # the view says it
     bad_input = EXIT_ERROR if args.command == "plan" else EXIT_INPUT
     # Under systemd (`run`, and `reload` as ExecReload) the journal gets JSON lines only.
     journal = args.command in ("run", "reload") and (

@@ -100,6 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
                 default=600.0,
                 help="seconds to wait for rollouts to finish (default 600)",
             )
+            p.add_argument(
+                "--progress",
+                choices=["auto", "tty", "plain"],
+                default="auto",
+                help="tty: one line per object updated in place, as `docker compose up`; "
+                "plain: a line per result and the logs (auto: tty on a terminal)",
+            )
+            p.add_argument(
+                "-v",
+                "--verbose",
+                action="store_true",
+                help="the logs and a line per result, as --progress plain",
+            )
         if name == "reload":
             p.add_argument(
                 "--pid",
