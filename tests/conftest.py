@@ -44,6 +44,23 @@ def _engine() -> docker.APIClient | None:
         return None
 
 
+# Modules whose fixtures are module- or session-wide and costly (a systemd host, a registry,
+# a swarm's services, the stack's images): under pytest-xdist each runs on one worker.
+ONE_WORKER = {
+    "test_registry_docker",
+    "test_stack_e2e",
+    "test_swarm_docker",
+    "test_swarm_sim_contract_docker",
+    "test_systemd_real",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.stem in ONE_WORKER:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+
+
 @pytest.fixture(scope="session")
 def api() -> docker.APIClient:
     """The low-level Docker client; skip (or fail in CI) without an engine."""

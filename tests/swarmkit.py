@@ -4,10 +4,15 @@ the fixture made it (an engine already in a swarm is used as it is, and left in 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -19,26 +24,54 @@ def swarm_state(api: docker.APIClient) -> str:
 
 @contextlib.contextmanager
 def one_node_swarm(api: docker.APIClient) -> Iterator[bool]:
-    """Yield whether this made the swarm; leave it at the end if so."""
-    made = False
-    if swarm_state(api) != "active":
-        subprocess.run(
-            ["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"],
-            check=True,
-            capture_output=True,
-        )
-        made = True
+    """Yield whether this test run made the swarm; leave it at the end if so, once no test of
+    the run uses it any more (pytest-xdist workers share one engine: a count in a file,
+    under a lock, says how many hold it)."""
+    with _swarm_users() as users:
+        made = users.get("made", False)
+        if users["count"] == 0 and swarm_state(api) != "active":
+            subprocess.run(
+                ["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"],
+                check=True,
+                capture_output=True,
+            )
+            made = True
+        users["count"] += 1
+        users["made"] = made
     try:
         yield made
     finally:
-        if made:
-            for _ in range(5):  # "context canceled" now and then: retry (RECIPES.md)
-                done = subprocess.run(
-                    ["docker", "swarm", "leave", "--force"], capture_output=True, text=True
-                )
-                if done.returncode == 0 or swarm_state(api) == "inactive":
-                    break
-                time.sleep(1)
+        with _swarm_users() as users:  # left under the lock: nobody joins a swarm going away
+            users["count"] -= 1
+            if users["count"] == 0:
+                users["made"] = False
+                if made:
+                    leave_swarm(api)
+
+
+def leave_swarm(api: docker.APIClient) -> None:
+    for _ in range(5):  # "context canceled" now and then: retry (RECIPES.md)
+        done = subprocess.run(
+            ["docker", "swarm", "leave", "--force"], capture_output=True, text=True
+        )
+        if done.returncode == 0 or swarm_state(api) == "inactive":
+            break
+        time.sleep(1)
+
+
+@contextlib.contextmanager
+def _swarm_users() -> Iterator[dict[str, Any]]:
+    """{count, made} of this test run (one file per run, shared by its xdist workers)."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
+    path = Path(tempfile.gettempdir()) / f"reconciler-swarm-users-{run}.json"
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            users = json.loads(path.read_text()) if path.exists() else {"count": 0}
+            yield users
+            path.write_text(json.dumps(users))
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def remove_project(api: docker.APIClient, project: str) -> None:

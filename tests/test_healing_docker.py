@@ -345,6 +345,7 @@ def test_network_removed_is_recreated_and_reconnected(
     assert current_run(api, name) == before  # reconnected: the same container, still running
 
 
+@pytest.mark.serial  # stops the engine every other test uses
 def test_survives_dockerd_restart(
     api: docker.APIClient,
     busybox_image: str,

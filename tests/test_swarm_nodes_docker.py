@@ -28,6 +28,9 @@ from tests.conftest import REQUIRE_DOCKER
 from tests.swarmkit import SecondNode, remove_project, swarm_state
 from tests.test_swarm_docker import wait, web
 
+# A swarm of two nodes needs the engine out of any swarm: run apart from the parallel run.
+pytestmark = pytest.mark.serial
+
 
 @pytest.fixture(scope="module")
 def nodes(api: docker.APIClient, busybox_image: str) -> Iterator[SecondNode]:
