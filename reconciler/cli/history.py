@@ -142,7 +142,7 @@ def show(args: argparse.Namespace) -> int:
         print(f"note: {found.skipped} line(s) that are no whole record skipped", file=sys.stderr)
     if args.json:
         for row in found.records:
-            print(json.dumps(row, ensure_ascii=False))
+            print(json.dumps(row, ensure_ascii=False, separators=(",", ":")))
         return 0
     if not found.records:
         where = history.history_path(project, args.state_dir)

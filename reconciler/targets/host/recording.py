@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from reconciler.core import rollout as ro
-from reconciler.core.action_events import TAG_MOVED, event_of
+from reconciler.core.action_events import TAG_MOVED, event_of, kind_of
 from reconciler.core.actions import EnsureImage
 from reconciler.core.events import Event, EventKind, Record, Result, trigger_text
 from reconciler.targets.host.executor import StepResult
@@ -34,6 +34,8 @@ class Recording:
         self._asked: dict[str, str] = {}  # service -> what the resync that queued it was for
         self._current: dict[str, str] = {}  # service -> the trigger of its last pass
         self._moved: dict[str, str] = {}  # service -> the digest its followed tag moved to
+        self._last = FOLLOW_UP  # the trigger of the latest pass (for a network or volume)
+        self._rolling: dict[str, str] = {}  # service -> what started its rollout under way
 
     def begin(self, key: str, trigger: str) -> None:
         """A pass of `key` starts. A follow-up (a requeue, a key a resync or a pull queued)
@@ -41,14 +43,14 @@ class Recording:
         kind, _, name = key.partition(":")
         if kind not in ("service", "image"):
             return
-        slot = key
         if trigger != FOLLOW_UP:
             self._asked.pop(name, None)
-            self._current[slot] = trigger
+            self._current[key] = trigger
         elif name in self._asked:
-            self._current[slot] = self._asked.pop(name)
+            self._current[key] = self._asked.pop(name)
         else:
-            self._current.setdefault(slot, FOLLOW_UP)
+            self._current.setdefault(key, FOLLOW_UP)
+        self._last = self._current[key]
 
     def asked(self, service: str, trigger: str) -> None:
         """A pass with `trigger` (a resync, a moved tag) queued `service`."""
@@ -56,6 +58,10 @@ class Recording:
             self._asked[service] = trigger
 
     def trigger(self, service: str, *, image: bool = False) -> str:
+        """What asked for the pass of `service` under way ("": a network or a volume, which
+        belong to no one service: the latest pass's)."""
+        if not service:
+            return self._last
         return self._current.get(f"{'image' if image else 'service'}:{service}", FOLLOW_UP)
 
     def tag_moved(self, service: str, digest: str) -> None:
@@ -81,6 +87,8 @@ class Recording:
         if isinstance(a, EnsureImage) and a.reason == TAG_MOVED:
             data["digest"] = self._moved.get(service, "")
         why = trigger or self.trigger(service, image=job and isinstance(a, EnsureImage))
+        if trigger is None and service in self._rolling and kind_of(a) == "rollout_step":
+            why = self._rolling[service]  # a rollout's later steps: what started it
         self.record(
             event_of(
                 a,
@@ -97,6 +105,10 @@ class Recording:
     def rollout(self, service: str, event: ro.RolloutEvent) -> None:
         """A rollout began, ended, failed a replica, rolled back or paused."""
         kind, result = ROLLOUT_KINDS[event.kind]
+        if event.kind == "started":
+            self._rolling[service] = self.trigger(service)
+        elif event.kind in ("completed", "rolled_back", "paused", "rollback_completed"):
+            self._rolling.pop(service, None)
         text = {
             "started": "rollout started",
             "failure": "a new replica failed",
