@@ -318,6 +318,24 @@ def test_a_pass_names_what_asked_for_it_and_follow_ups_inherit_it() -> None:
     assert seen[-1].revision == "digest-of-th"  # the file's digest, cut as everywhere
 
 
+def test_a_pull_says_what_asked_for_the_service() -> None:
+    from reconciler.core.actions import EnsureImage
+
+    seen: list[Event] = []
+    rec = Recording(seen.append, lambda: "d")
+    rec.begin("service:web", "file")
+    rec.begin("image:web", "backoff")  # the pull the service's pass queued
+    rec.step(StepResult(EnsureImage("web", "web:2", "missing"), "success"), job=True)
+    assert (seen[-1].kind, seen[-1].trigger) == ("pull", "file edit")
+    rec.tag_moved("web", "sha256:abc")
+    pull = EnsureImage("web", "web:2", "always", reason="the tag moved")
+    rec.step(StepResult(pull, "success"), job=True)
+    assert (seen[-1].kind, seen[-1].trigger) == ("image_update", "image digest")
+    assert seen[-1].data["digest"] == "sha256:abc"
+    rec.begin("service:web", "backoff")  # the rollout the new digest asks for
+    assert rec.trigger("web") == "image"
+
+
 def test_a_rollout_keeps_the_trigger_that_started_it() -> None:
     seen: list[Event] = []
     rec = Recording(seen.append, lambda: "d")

@@ -46,6 +46,8 @@ class Recording:
         if trigger != FOLLOW_UP:
             self._asked.pop(name, None)
             self._current[key] = trigger
+        elif kind == "image":  # a pull the service's pass asked for: that pass's cause
+            self._current[key] = self._current.get(f"service:{name}", FOLLOW_UP)
         elif name in self._asked:
             self._current[key] = self._asked.pop(name)
         else:
