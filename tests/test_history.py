@@ -361,3 +361,22 @@ def test_down_records_an_operator_row(tmp_path: Path) -> None:
         "operator (down)",
         "p-web-1",
     )
+
+
+def test_a_network_two_passes_raced_to_is_recorded_once() -> None:
+    """A cold start: each service's pass plans the shared network; the one that finds it made
+    reports nothing (no log line, count or history row), the one that made it reports it."""
+    from reconciler.core.actions import CreateNetwork
+    from reconciler.targets.host.service_metrics import ServiceMetrics
+
+    seen: list[Event] = []
+    reporter = ServiceMetrics(None, desired=lambda: STACK, books=dict, clock=lambda: 0.0,
+                              on_result=lambda r: None, record=seen.append)  # fmt: skip
+    made, raced = (
+        next(a for a in plan(STACK, Observed()).actions if isinstance(a, CreateNetwork))
+        for _ in range(2)
+    )
+    reporter.made_by_another(raced)
+    reporter.report(StepResult(made, "success", duration_s=0.1))
+    reporter.report(StepResult(raced, "success", duration_s=0.0))
+    assert [(e.kind, e.replica, e.data["name"]) for e in seen] == [("create", "", "net")]

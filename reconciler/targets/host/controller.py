@@ -374,6 +374,8 @@ class Controller:
             with self._infra_lock:
                 if not self.engine.exists(action.kind, action.name):
                     self.engine.execute(action)
+                else:  # another service's worker made it: reported once, by that one
+                    self.reporter.made_by_another(action)
         else:
             self.engine.execute(action)
 
