@@ -8,12 +8,15 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from reconciler.cli import history
 from reconciler.cli.parser import DEFAULT_LISTEN
 from reconciler.cli.progress import ProgressView, objects_in
 from reconciler.config import secrets
 from reconciler.core.policy import Denial
 from reconciler.ops.lock import ProjectLock, status_path
+from reconciler.ops.metrics import Metrics
 from reconciler.runtime.daemon import Daemon, Options
+from reconciler.runtime.recorder import Recorder
 from reconciler.runtime.settle import apply
 from reconciler.targets.base import Desired, Done, Settings, TargetKind
 
@@ -27,6 +30,11 @@ class Unsupported(Exception):
 
 def _settings(args: argparse.Namespace) -> Settings:
     return Settings(state_dir=args.state_dir)
+
+
+def _recording(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> Settings:
+    """The settings of a command that acts (`apply`, `down`): it writes the history."""
+    return Settings(state_dir=args.state_dir, record=history.sink(args, desired.project, kind.name))
 
 
 def _require(kind: TargetKind, wanted: bool, capability: str, option: str) -> None:
@@ -72,7 +80,7 @@ def _apply(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
     lock = ProjectLock(desired.project, args.lock_dir)
     lock.acquire(role="reconciler apply")
     try:
-        target = kind.open(desired, _settings(args))
+        target = kind.open(desired, _recording(args, kind, desired))
         if args.take_over_compose and not target.take_over(_show, log_only=False):
             return EXIT_ERROR
         if getattr(args, "view", False):  # a terminal: one line per object, N/M
@@ -114,7 +122,12 @@ def _run(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
         strict_modes=not args.no_strict_modes,
         web=args.web,
     )
-    daemon = Daemon(opts, kind, desired, signals=args.signals, policy=args.policy_obj)
+    metrics = Metrics()
+    record = Recorder(history.sink(args, desired.project, kind.name, metrics))
+    daemon = Daemon(
+        opts, kind, desired, signals=args.signals, policy=args.policy_obj, metrics=metrics,
+        record=record,
+    )  # fmt: skip
     if args.take_over_compose:
         lock = ProjectLock(desired.project, args.lock_dir)
         lock.acquire(role="reconciler run --take-over-compose")
@@ -143,7 +156,7 @@ def _down(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
     lock = ProjectLock(desired.project, args.lock_dir)
     lock.acquire(role="reconciler down")
     try:
-        results = kind.open(desired, _settings(args)).down(volumes=args.volumes)
+        results = kind.open(desired, _recording(args, kind, desired)).down(volumes=args.volumes)
     finally:
         lock.release()
     for r in results:

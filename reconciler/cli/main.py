@@ -17,7 +17,7 @@ from pathlib import Path
 import structlog
 
 from reconciler import targets
-from reconciler.cli import progress
+from reconciler.cli import history, progress
 from reconciler.cli.commands import COMMANDS, EXIT_ERROR, EXIT_INPUT, EXIT_OK, Unsupported
 from reconciler.cli.importer import import_compose_file
 from reconciler.cli.parser import build_parser
@@ -62,6 +62,8 @@ def _main(args: argparse.Namespace, signals: SignalRelay | None) -> int:
 
     if args.command == "import":
         return import_compose_file(args)
+    if args.command == "history":  # reads a file of the state directory: no engine, no lock
+        return history.show(args)
     web_path = getattr(args, "web_config_file", None)
     name = getattr(args, "target", None) or os.environ.get("RECONCILER_TARGET") or "host"
     try:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from reconciler import __version__, targets
+from reconciler.cli import history
 from reconciler.config import policy_file
 
 DEFAULT_LISTEN = (("127.0.0.1", 9816),)
@@ -93,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                 help="first replace the containers of the compose project of the same name "
                 "with ours, service by service (volumes and networks adopted with their data)",
             )
+        if name in ("apply", "run", "down"):
+            history.add_size_option(p)
         if name == "apply":
             p.add_argument(
                 "--timeout",
@@ -153,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                 default=None,
                 help="TLS and basic auth for those endpoints (Prometheus exporter-toolkit format)",
             )
+    history.add_parser(sub)
     imp = sub.add_parser(
         "import",
         help="write a desired-state file from a compose file",

@@ -23,6 +23,7 @@ EventKind = Literal[
     "drift_corrected",
     "reload",
     "operator",
+    "pull",  # an image pulled or built (a moved tag's pull is an image_update)
     # conditions (each may notify; a later event with result "resolved" clears it)
     "rollout_started",
     "rollout_completed",
@@ -61,6 +62,24 @@ class Event:
 
 
 Record = Callable[[Event], None]
+
+
+# What asked for a pass, as the daemon and `apply` name it, in the words the history shows.
+TRIGGERS = {
+    "file": "file edit",
+    "signal": "reload signal",
+    "interval": "resync",
+    "event": "engine event",
+    "backoff": "retry",
+    "manual": "operator (apply)",
+    "down": "operator (down)",
+    "image": "image digest",
+}
+
+
+def trigger_text(trigger: str) -> str:
+    """`file` -> `file edit`; a trigger without a name of its own is shown as it is."""
+    return TRIGGERS.get(trigger, trigger)
 
 
 def discard(event: Event) -> None:

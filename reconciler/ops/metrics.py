@@ -137,6 +137,12 @@ class Metrics:
             ["service", "rule"],
             registry=r,
         )
+        self.history_records = Counter(
+            "reconciler_history_records",
+            "Records appended to the history file, by result (written, error).",
+            ["result"],
+            registry=r,
+        )
         self.build = Info("reconciler_build", "Version of the reconciler.", registry=r)
         self.build.info({"version": __version__})
         self._generation = 0

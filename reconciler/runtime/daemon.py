@@ -22,7 +22,7 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from reconciler.config.web_config import WebConfig
-from reconciler.core.events import Record, discard
+from reconciler.core.events import Event, Record, discard
 from reconciler.core.policy import DEFAULT as DEFAULT_POLICY
 from reconciler.core.policy import Denial, Policy
 from reconciler.errors import EngineUnavailable
@@ -361,6 +361,16 @@ class Daemon:
                 service=d.service,
                 rule=d.rule,
                 error=d.message(str(self.options.path), self.policy),
+            )
+            self.record(  # the history and the notifications
+                Event(
+                    kind="denied",
+                    service=d.service,
+                    message=d.message(str(self.options.path), self.policy),
+                    cause=f"rule {d.rule}",
+                    result="firing",
+                    revision=self.desired.digest[:12],
+                )
             )
 
     # ------------------------------------------------------------------ health

@@ -14,6 +14,7 @@ from typing import Protocol
 import structlog
 
 from reconciler.config import policy_file, strict_modes
+from reconciler.core.events import Event, Record, trigger_text
 from reconciler.core.policy import Denial, Policy
 from reconciler.errors import DesiredStateError
 from reconciler.ops.metrics import Metrics
@@ -48,6 +49,7 @@ class Owner(Protocol):
     notifier: Notifier
     signals: SignalRelay
     state_valid: bool
+    record: Record
 
     @property
     def options(self) -> ReloadOptions: ...
@@ -66,6 +68,7 @@ class Reloader:
         self.daemon = daemon
         self.options = daemon.options
         self.trigger = "signal"  # what asked for the next reload
+        self.trigger_now = "signal"  # what asked for the reload under way
         self.hups_served = 0
         self.error: str | None = None
         # The last reload, for `reconciler reload` (systemd's ExecReload) to wait on.
@@ -114,6 +117,7 @@ class Reloader:
         if trigger == "signal":
             d.notifier.send("RELOADING=1", f"MONOTONIC_USEC={started_usec}")
         ok: bool | None
+        self.trigger_now = trigger
         try:
             ok = self.reload(trigger)
         except Exception as exc:  # never the end of reloading: the next edit is read
@@ -199,11 +203,14 @@ class Reloader:
                     f"{new.project}); restart the daemon",
                     counted=False,
                 )
+            self.record_reload(trigger, d.desired, new)
             d.target.desired, d.policy = new, policy
             self.file_stamp = self.stamps(new)
             d.metrics.loaded(new.digest)
             d.count_denials(denials)
             log.info("desired state loaded", file=str(self.options.path), digest=new.digest[:12])
+        elif trigger == "signal":  # an operator's reload that found nothing new
+            self.record_reload(trigger, d.desired, new)
         d.state_valid = True
         d.metrics.state_valid.set(1)
         self.release_start_hold()
@@ -218,7 +225,42 @@ class Reloader:
         d.metrics.state_valid.set(0)
         d.state_valid = False
         self.error = error
+        d.record(
+            Event(
+                kind="reload_rejected",
+                message=f"desired state rejected: {error}",
+                trigger=trigger_text(self.trigger_now),
+                cause=error,
+                result="error",
+                revision=d.desired.digest[:12],
+            )
+        )
         return False
+
+    def record_reload(self, trigger: str, old: Desired, new: Desired) -> None:
+        """The history's `reload` row: old -> new revision, and the services it changes."""
+        before = {s.name: s.revision for s in old.services}
+        after = {s.name: s.revision for s in new.services}
+        data = {
+            "old": old.digest,
+            "new": new.digest,
+            "added": ", ".join(sorted(after.keys() - before.keys())),
+            "removed": ", ".join(sorted(before.keys() - after.keys())),
+            "changed": ", ".join(sorted(n for n in before.keys() & after.keys()
+                                        if before[n] != after[n])),
+        }  # fmt: skip
+        same = old.digest == new.digest
+        self.daemon.record(
+            Event(
+                kind="reload",
+                message=f"desired state {'unchanged' if same else 'loaded'} ({new.source})",
+                trigger=trigger_text(trigger),
+                cause="unchanged" if same else f"{old.digest[:12]} -> {new.digest[:12]}",
+                result="skipped" if same else "success",
+                revision=new.digest[:12],
+                data={k: v for k, v in data.items() if v},
+            )
+        )
 
     # ------------------------------------------------------------------ two-step edits
 

@@ -19,6 +19,7 @@ import structlog
 from pydantic import BaseModel
 
 from reconciler.core import swarm_plan as sp
+from reconciler.core.action_events import event_of, swarm_condition
 from reconciler.core.policy import Denial, Policy
 from reconciler.engine.client import FALLBACK_API_VERSION, connect
 from reconciler.engine.events import follow
@@ -65,6 +66,7 @@ class Pass:
     drift: int = 0
     settling: bool = False  # a service is updating or rolling back: look again soon
     transient: bool = False  # an error that may go away by itself
+    trigger: str = "manual"  # what asked for the pass (the history's trigger)
 
 
 class SwarmKind:
@@ -113,6 +115,7 @@ class SwarmTarget:
         self.desired: sp.SwarmDesired = desired  # type: ignore[assignment]
         self.records = records(desired.project, settings.state_dir)
         self.metrics: Metrics | None = settings.metrics
+        self.record = settings.record  # the history (core.events)
         self.hold_removals = False
         self.on_done: Callable[[Done], None] | None = None
         self._notes: list[str] = []
@@ -133,7 +136,7 @@ class SwarmTarget:
         if only is not None and only not in {s.name for s in self.desired.services}:
             only = None  # a service that left the file: the resync removes it
         try:
-            _, done = self.run(only)
+            _, done = self.run(only, trigger)
         except EngineUnavailable:
             if self.metrics:
                 self.metrics.runs.labels("error").inc()
@@ -212,6 +215,7 @@ class SwarmTarget:
                         )
                         if self.metrics:
                             self.metrics.rollout_finished(svc.name, "rolled_back")
+                        self._condition(svc.name, "rolled_back", "firing", reason)
                     self.records.put(
                         svc.name, rec.model_copy(update={"failed": failed, "failed_reason": reason})
                     )
@@ -225,9 +229,10 @@ class SwarmTarget:
             the_plan = sp.SwarmPlan(kept, the_plan.notes)
         return the_plan, observed
 
-    def run(self, only: str | None = None) -> tuple[sp.SwarmPlan, Pass]:
+    def run(self, only: str | None = None, trigger: str = "manual") -> tuple[sp.SwarmPlan, Pass]:
         the_plan, observed = self.the_plan(only)
         done = Pass(notes=tuple(map(str, the_plan.notes)), drift=len(the_plan.actions))
+        done.trigger = trigger
         done.settling = any(s.update_state in UPDATING for s in observed.services)
         for note in done.notes:
             if note not in self._notes:
@@ -241,15 +246,16 @@ class SwarmTarget:
             if needs & failed_prereq:
                 self._done(done, action, "skipped", "a network or config it needs failed")
                 continue
+            started = time.monotonic()
             try:
                 self.engine.execute(action)
             except ActionFailed as exc:
-                self._done(done, action, "error", str(exc))
+                self._done(done, action, "error", str(exc), time.monotonic() - started)
                 done.transient = done.transient or exc.transient
                 if action.verb == "create" and action.kind in ("network", "config", "secret"):
                     failed_prereq.add(action.name)
                 continue
-            self._done(done, action, "success")
+            self._done(done, action, "success", "", time.monotonic() - started)
             if isinstance(action, sp.CreateService | sp.UpdateService):
                 done.settling = True
                 rec = self.records.get(action.spec.name) or SwarmRecord()
@@ -258,9 +264,18 @@ class SwarmTarget:
                 )
         return the_plan, done
 
-    def _done(self, done: Pass, action: sp.SwarmAction, outcome: str, error: str = "") -> None:
+    def _done(
+        self,
+        done: Pass,
+        action: sp.SwarmAction,
+        outcome: str,
+        error: str = "",
+        duration_s: float | None = None,
+    ) -> None:
         text = sp.describe(action)
         result = Done(action, outcome, error or None)
+        self.record(event_of(action, outcome, trigger=done.trigger, error=error or None,
+                             duration_s=duration_s, revision=self.desired.digest))  # fmt: skip
         done.results.append(result)
         if outcome == "error":
             log.error("action failed", action=text, error=error)
@@ -273,9 +288,8 @@ class SwarmTarget:
 
     def _rollout_metrics(self, observed: sp.SwarmObserved, only: str | None) -> None:
         """reconciler_rollout_in_progress while Swarm updates or rolls back a service;
-        reconciler_rollouts_total{result} when it finishes (rolled_back: see `held`)."""
-        if self.metrics is None:
-            return
+        reconciler_rollouts_total{result} when it finishes (rolled_back: see `held`), and
+        that end in the event stream."""
         live = {s.name: s for s in observed.services}
         for svc in self.desired.services:
             if only is not None and svc.name != only:
@@ -284,9 +298,20 @@ class SwarmTarget:
             state = obs.update_state if obs is not None else ""
             before = self._update_states.get(svc.name, "")
             self._update_states[svc.name] = state
-            self.metrics.set_rollout(svc.name, state in UPDATING)
-            if state != before and before in UPDATING and state in ("completed", "paused"):
-                self.metrics.rollout_finished(svc.name, state)
+            finished = state != before and before in UPDATING and state in ("completed", "paused")
+            if finished:  # the history too
+                reason = obs.update_message if obs is not None else ""
+                kind, result = ("rollout_completed", "success") if state == "completed" else (
+                    "paused", "firing")  # fmt: skip
+                self._condition(svc.name, kind, result, reason)
+            if self.metrics is not None:
+                self.metrics.set_rollout(svc.name, state in UPDATING)
+                if finished:
+                    self.metrics.rollout_finished(svc.name, state)
+
+    def _condition(self, service: str, kind: str, result: str, reason: str) -> None:
+        """A rollout Swarm finished, paused or rolled back, into the event stream."""
+        self.record(swarm_condition(service, kind, result, reason, self.desired.digest))
 
     def settled(self, counts: dict[str, TaskCounts]) -> bool:
         """Every service runs as many tasks as it should (past their healthchecks)."""
@@ -348,11 +373,16 @@ class SwarmTarget:
         the_plan = sp.plan_down(self.desired, self.engine.observe(self.desired.project))
         out = []
         for action in the_plan.actions:
+            started = time.monotonic()
             try:
                 self.engine.execute(action)
                 out.append(Done(action, "success"))
             except ActionFailed as exc:
                 out.append(Done(action, "error", str(exc)))
+            self.record(  # the history: `operator (down)`
+                event_of(action, out[-1].outcome, trigger="down", error=out[-1].error,
+                         duration_s=time.monotonic() - started, revision=self.desired.digest)
+            )  # fmt: skip
         return tuple(out)
 
 

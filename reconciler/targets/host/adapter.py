@@ -125,6 +125,7 @@ class HostTarget:
             ledger=ImageLedger(desired.project, settings.state_dir)
             if settings.prune_images
             else None,
+            record=settings.record,
         )
 
     # ------------------------------------------------------------------ the daemon's seam
@@ -303,7 +304,11 @@ class HostTarget:
         the_plan = plan_down(
             self.desired, self.engine.observe(self.desired.project), volumes=volumes
         )
-        return tuple(done_of(r) for r in apply(the_plan, self.engine.execute))
+        recording = self.controller.reporter.recording  # the history: `operator (down)`
+        results = apply(
+            the_plan, self.engine.execute, on_result=lambda r: recording.step(r, trigger="down")
+        )
+        return tuple(done_of(r) for r in results)
 
 
 def _missing(notes: Sequence[Note]) -> tuple[str, ...]:

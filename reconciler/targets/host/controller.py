@@ -30,6 +30,7 @@ from reconciler.core.actions import (
 )
 from reconciler.core.actions import HostAction as Action
 from reconciler.core.desired import DesiredState, HealPolicy, ServiceSpec
+from reconciler.core.events import Record, discard
 from reconciler.core.healing import HealingBook
 from reconciler.core.notes import Note
 from reconciler.core.observed import ObservedContainer
@@ -84,6 +85,7 @@ class Controller:
         on_note: Callable[[Note], None] = lambda note: None,
         follow_tags: bool = False,
         ledger: ImageLedger | None = None,
+        record: Record = discard,
     ) -> None:
         self.engine = engine
         self.desired = desired
@@ -110,6 +112,7 @@ class Controller:
             books=lambda: self.books,
             clock=lambda: self.clock(),
             on_result=self._on_result,
+            record=record,
         )
         self.images = ImageFollower(
             engine,
@@ -168,13 +171,14 @@ class Controller:
         """One reconcile of one key; raise EngineUnavailable if the engine cannot be read."""
         kind, _, name = key.partition(":")
         start = time.monotonic()
+        self.reporter.recording.begin(key, trigger)  # what the history says asked
         try:
             if kind == "service":
                 outcome = self._service(name)
             elif kind == "image":
                 outcome = self.images.reconcile(name)
             else:
-                outcome = self._resync()
+                outcome = self._resync(trigger)
         except EngineUnavailable:
             if self.metrics:
                 self.metrics.runs.labels("error").inc()
@@ -217,7 +221,7 @@ class Controller:
 
     # ------------------------------------------------------------------ resync
 
-    def _resync(self) -> Outcome:
+    def _resync(self, trigger: str = "interval") -> Outcome:
         """Observe the project once; queue every service that has something to do."""
         desired = self.desired
         observed = self.engine.observe(desired.project)
@@ -249,9 +253,11 @@ class Controller:
             for a in p.actions:
                 drift[a.kind] = drift.get(a.kind, 0) + 1
             if p.steps or p.wake_at or not self.heals.is_quiet(svc.name):
+                self.reporter.recording.asked(svc.name, trigger)
                 self.enqueue(service_key(svc.name), 0.0)
         wanted = {s.name for s in desired.services}
         for gone in sorted({c.service for c in observed.containers} - wanted):
+            self.reporter.recording.asked(gone, trigger)
             self.enqueue(service_key(gone), 0.0)
             drift["container"] = drift.get("container", 0) + 1
         if self.metrics:
@@ -368,6 +374,8 @@ class Controller:
             with self._infra_lock:
                 if not self.engine.exists(action.kind, action.name):
                     self.engine.execute(action)
+                else:  # another service's worker made it: reported once, by that one
+                    self.reporter.made_by_another(action)
         else:
             self.engine.execute(action)
 

@@ -214,6 +214,7 @@ class ImageFollower:
                     local=local,
                     newest=newest,
                 )
+                self.reporter.recording.tag_moved(service, newest)  # the history's trigger
                 pull = EnsureImage(service, svc.image, "always", reason="the tag moved")
                 self._image_job(pull)
                 if local is not None:  # a new digest of what ran (not the first pull)

@@ -23,9 +23,11 @@ from reconciler.core.actions import (
 )
 from reconciler.core.actions import HostAction as Action
 from reconciler.core.desired import DesiredState, ServiceSpec
+from reconciler.core.events import Record, discard
 from reconciler.core.healing import HealingBook
 from reconciler.core.observed import ObservedContainer
 from reconciler.targets.host.executor import StepResult
+from reconciler.targets.host.recording import Recording
 
 if TYPE_CHECKING:  # prometheus_client is imported only where metrics are served
     from reconciler.ops.metrics import Metrics
@@ -44,6 +46,7 @@ class ServiceMetrics:
         books: Callable[[], Mapping[str, HealingBook]],
         clock: Callable[[], float],
         on_result: Callable[[StepResult], None],
+        record: Record = discard,
     ) -> None:
         self.metrics = metrics
         self._desired = desired
@@ -51,8 +54,15 @@ class ServiceMetrics:
         self._clock = clock
         self._on_result = on_result
         self._known: set[str] = set()  # container names seen: a create is then a heal
+        self._raced: set[int] = set()  # ids of create steps another worker did first
         self._rows: dict[str, tuple[str, int, int, int]] = {}
         self._lock = threading.Lock()  # the rows: several services' workers share them
+        self.recording = Recording(record, lambda: self._desired().digest)  # the history's
+
+    def made_by_another(self, action: Action) -> None:
+        """A network or volume this step would create exists already (two services' passes
+        raced to it): its success is not reported again (no log line, count or record)."""
+        self._raced.add(id(action))
 
     def note_created(self, name: str) -> None:
         """A replica was created under its own name: creating it again is a heal."""
@@ -66,6 +76,10 @@ class ServiceMetrics:
         a = r.action
         if isinstance(a, EnsureImage) and not job and r.outcome in ("success", "waiting"):
             return  # the image was there, or its pull is queued: the pull itself reports
+        if id(a) in self._raced:
+            self._raced.discard(id(a))
+            if r.outcome == "success":
+                return
         service = a.service
         fields = {
             "service": service,
@@ -85,11 +99,12 @@ class ServiceMetrics:
         else:
             log.warning("action", error=r.error, **fields)
         self._on_result(r)
+        reason = self._heal_reason(a)
+        self.recording.step(r, reason, job=job)
         if self.metrics and r.outcome in ("success", "error"):
             self.metrics.actions.labels(a.verb, a.kind, r.outcome).inc()
             if r.outcome == "error":
                 self.metrics.docker_errors.labels(f"{a.verb}_{a.kind}").inc()
-            reason = self._heal_reason(a)
             if reason and r.outcome == "success" and service:
                 self.metrics.heals.labels(service, reason).inc()
 
@@ -133,6 +148,7 @@ class ServiceMetrics:
                 log.info("rollback completed", **fields)
             case "paused":
                 log.warning("rollout paused", reason=event.reason, **fields)
+        self.recording.rollout(service, event)
         if self.metrics and event.kind in ("completed", "rolled_back", "paused"):
             self.metrics.rollout_finished(service, event.kind)
 

@@ -1,0 +1,194 @@
+"""`reconciler history [SERVICE] [--since 1h] [--json]`: what the daemon, `apply` and `down`
+did to a project, read from its history file (ops.history) whether or not a daemon runs;
+and the history sink those commands write through (`sink`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from reconciler import targets
+from reconciler.errors import DesiredStateError
+from reconciler.ops import history
+from reconciler.ops.metrics import Metrics
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+HEAD = ("TIME", "SERVICE", "REPLICA", "ACTION", "TRIGGER", "CAUSE", "DURATION", "RESULT")
+COLUMN_MAX = 48  # a longer cause or trigger is cut in the table (--json has it whole)
+
+
+def size(text: str) -> int:
+    try:
+        return history.parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_size_option(p: argparse.ArgumentParser) -> None:
+    """--history-max-size, for the commands that write the history (run, apply, down)."""
+    p.add_argument(
+        "--history-max-size",
+        type=size,
+        default=history.DEFAULT_MAX_BYTES,
+        metavar="SIZE",
+        help="the most the history file may take in the state directory, with its one "
+        "rotated file (default 10MB; units k, m, g)",
+    )
+
+
+def add_parser(sub: Any) -> None:
+    text = "what the daemon, apply and down did: time, service, replica, action, cause, result"
+    p = sub.add_parser("history", help=text, description=text)
+    p.add_argument("service", nargs="?", default=None, help="only this service")
+    p.add_argument(
+        "--since",
+        type=since,
+        default=None,
+        help="only records this recent (30s, 10m, 1h, 2d) or after an ISO time "
+        "(UTC unless it says otherwise)",
+    )
+    p.add_argument("--json", action="store_true", help="JSON lines, as stored")
+    p.add_argument(
+        "-f",
+        "--file",
+        type=Path,
+        default=Path("desired_state.yaml"),
+        help="the desired-state file that names the project (default %(default)s)",
+    )
+    p.add_argument("--project", default=None, help="the project (instead of reading the file)")
+    p.add_argument(
+        "--target",
+        choices=targets.names(),
+        default=None,
+        help="how to read the file (default $RECONCILER_TARGET, else host)",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="where the daemon keeps its state (default $STATE_DIRECTORY, "
+        "/var/lib/reconciler or ~/.local/state/reconciler)",
+    )
+
+
+def since(text: str, now: float | None = None) -> float:
+    """`90s`, `10m`, `1h30m`, `2d` ago, or an ISO time (naive: UTC) -> epoch seconds."""
+    now = time.time() if now is None else now
+    raw = text.strip()
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smhdw])", raw)
+    if parts and "".join(n + u for n, u in parts) == raw:
+        return now - sum(float(n) * UNITS[u] for n, u in parts)
+    try:
+        at = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--since takes a duration (30s, 10m, 1h, 2d) or an ISO time, not {text!r}"
+        ) from None
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return at.timestamp()
+
+
+def sink(
+    args: argparse.Namespace, project: str, target: str, metrics: Metrics | None = None
+) -> history.History:
+    """The history a command that acts writes to (its state directory, its size)."""
+    return history.History(
+        project,
+        args.state_dir,
+        target=target,
+        max_bytes=getattr(args, "history_max_size", history.DEFAULT_MAX_BYTES),
+        metrics=metrics,
+    )
+
+
+class UnknownProject(Exception):
+    """Neither --project nor a readable file names the project."""
+
+
+def project_of(args: argparse.Namespace) -> str:
+    """--project, else the project the file names (read with its target's rules)."""
+    if args.project:
+        return str(args.project)
+    name = args.target or os.environ.get("RECONCILER_TARGET") or "host"
+    try:
+        return targets.kind(name).load(args.file).project
+    except (DesiredStateError, OSError, KeyError) as exc:
+        text = f"cannot tell the project from {args.file} ({exc}); give --project"
+        raise UnknownProject(text) from None
+
+
+def show(args: argparse.Namespace) -> int:
+    """Print the records (a table, or JSON lines); 0, or 2 when the project is unknown."""
+    try:
+        project = project_of(args)
+    except UnknownProject as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        found = history.read(project, args.state_dir, since=args.since, service=args.service)
+    except OSError as exc:
+        print(f"error: cannot read the history of {project}: {exc}", file=sys.stderr)
+        return 1
+    if found.skipped:
+        print(f"note: {found.skipped} line(s) that are no whole record skipped", file=sys.stderr)
+    if args.json:
+        for row in found.records:
+            print(json.dumps(row, ensure_ascii=False, separators=(",", ":")))
+        return 0
+    if not found.records:
+        where = history.history_path(project, args.state_dir)
+        print(f"{project}: no history{' for ' + args.service if args.service else ''} ({where})")
+        return 0
+    print(table(found.records))
+    return 0
+
+
+def table(rows: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> str:
+    """The records as aligned columns, oldest first."""
+    lines = [HEAD] + [_cells(r) for r in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(HEAD))]
+    return "\n".join(
+        "  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= COLUMN_MAX else text[: COLUMN_MAX - 1] + "…"
+
+
+def _cells(r: dict[str, Any]) -> tuple[str, ...]:
+    at = datetime.fromtimestamp(float(r["ts"]), UTC).strftime("%Y-%m-%d %H:%M:%S")
+    data = r.get("data") or {}
+    action = str(r.get("action", ""))
+    verb = data.get("verb", "")
+    if verb and verb != action:
+        action = f"{action}: {verb}"
+    if data.get("object") not in (None, "", "container", "service"):
+        action += f" {data['object']}"
+    trigger = str(r.get("trigger") or "-")
+    if trigger in ("file edit", "reload signal") and r.get("revision"):
+        trigger += f" @{str(r['revision'])[:8]}"
+    duration = r.get("duration_s")
+    result = str(r.get("result", ""))
+    if data.get("error"):
+        result += f": {data['error']}"
+    replica = str(r.get("replica") or ("" if verb == "" else data.get("name", "")))
+    return (
+        at,
+        str(r.get("service") or "-"),
+        replica or "-",
+        action,
+        _cut(trigger),
+        _cut(str(r.get("cause") or "-")),
+        "-" if duration is None else f"{float(duration):.2f}s",
+        result,
+    )

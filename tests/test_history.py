@@ -1,0 +1,382 @@
+"""The history store (ops.history), the actions' history kinds (core.action_events), the
+host's triggers (targets/host/recording) and `reconciler history`'s parsing and table.
+Pure: files in a temporary folder, plans from the real planner, no engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+
+from reconciler.cli import history as cli
+from reconciler.core import rollout as ro
+from reconciler.core.action_events import event_of, kind_of
+from reconciler.core.actions import (
+    RemoveContainer,
+    RestartContainer,
+    SignalContainer,
+    StartContainer,
+    StopContainer,
+    UnpauseContainer,
+)
+from reconciler.core.events import Event
+from reconciler.core.observed import Observed
+from reconciler.core.planner import Holds, plan
+from reconciler.ops import history
+from reconciler.ops.metrics import Metrics
+from reconciler.targets.host.executor import StepResult
+from reconciler.targets.host.recording import Recording
+from tests.test_planner import _CONVERGED, STACK, _id, _with, rollouts, stack
+
+
+def event(n: int, size: int = 0, service: str = "web") -> Event:
+    return Event("create", service=service, replica=f"r{n}", cause="x" * size, message=str(n))
+
+
+def numbers(found: history.Read) -> list[int]:
+    return [int(r["message"]) for r in found.records]
+
+
+# ---------------------------------------------------------------------- the store
+
+
+def test_records_round_trip_with_private_modes(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    h = history.History("p", state, target="swarm")
+    h(Event("heal", service="web", replica="p-web-1", trigger="engine event",
+            cause="exited (137)", duration_s=0.25, data={"v": "start"}))  # fmt: skip
+    found = history.read("p", state)
+    assert found.skipped == 0
+    (row,) = found.records
+    assert row["action"] == "heal" and row["target"] == "swarm" and row["cause"] == "exited (137)"
+    assert row["duration_s"] == 0.25 and row["time"].endswith("Z") and row["data"]["v"] == "start"
+    assert stat.S_IMODE(h.path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+
+
+def test_a_torn_line_is_skipped_and_never_swallows_the_next_record(tmp_path: Path) -> None:
+    """A crash inside a write (a full disk) leaves half a line: it is not read, and the next
+    process ends it before it appends, so its own record is whole."""
+    h = history.History("p", tmp_path)
+    h(event(1))
+    h.close()
+    with h.path.open("ab") as f:
+        f.write(b'{"time": "2026-01-01T00:00:00Z", "ts": 17')
+    assert numbers(history.read("p", tmp_path)) == [1]
+    assert history.read("p", tmp_path).skipped == 1
+    history.History("p", tmp_path)(event(2))
+    found = history.read("p", tmp_path)
+    assert numbers(found) == [1, 2] and found.skipped == 1
+
+
+def test_a_short_write_is_reported_and_the_next_record_is_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    metrics = Metrics(CollectorRegistry(), process=False)
+    h = history.History("p", tmp_path, metrics=metrics)
+    h(event(1))
+    real = os.write
+
+    def half(fd: int, data: bytes) -> int:
+        return real(fd, data[: len(data) // 2])
+
+    monkeypatch.setattr(history.os, "write", half)
+    assert h.append(history.line_of(event(2), project="p", target="host")) is False
+    monkeypatch.setattr(history.os, "write", real)
+    h(event(3))
+    found = history.read("p", tmp_path)
+    assert numbers(found) == [1, 3] and found.skipped == 1
+    assert metrics.history_records.labels("error")._value.get() == 1
+    assert metrics.history_records.labels("written")._value.get() == 2
+
+
+def test_unparsable_and_foreign_lines_are_skipped() -> None:
+    good = history.line_of(event(1), project="p", target="host")
+    data = b"\n".join([b"not json", b"[1, 2]", b'{"ts": "x", "action": "a"}', b"", good])
+    rows, skipped = history.parse_lines(data)
+    assert [r["message"] for r in rows] == ["1"] and skipped == 3
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=1500), min_size=1, max_size=60),
+    cap=st.integers(min_value=4096, max_value=20000),
+)
+def test_rotation_keeps_the_newest_records_under_the_cap(
+    tmp_path_factory: pytest.TempPathFactory, sizes: list[int], cap: int
+) -> None:
+    """Whatever is written, the files together stay under the cap (plus one line), every line
+    is a whole record, and what is kept is the newest records, in order, without a gap."""
+    folder = tmp_path_factory.mktemp("h")
+    h = history.History("p", folder, max_bytes=cap)
+    longest = 0
+    for n, size in enumerate(sizes):
+        line = history.line_of(event(n, size), project="p", target="host")
+        longest = max(longest, len(line))
+        assert h.append(line)
+    files = [h.path, h.path.with_name(h.path.name + ".1")]
+    assert not h.path.with_name(h.path.name + ".2").exists()
+    total = sum(f.stat().st_size for f in files if f.exists())
+    assert total <= cap + longest
+    found = history.read("p", folder)
+    kept = numbers(found)
+    assert found.skipped == 0
+    assert kept == list(range(len(sizes) - len(kept), len(sizes)))  # the newest, in order
+    assert kept and kept[-1] == len(sizes) - 1
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from reconciler.ops import history
+from reconciler.core.events import Event
+h = history.History("p", Path(sys.argv[1]), max_bytes=int(sys.argv[3]))
+for n in range(int(sys.argv[2])):
+    h(Event("create", service="proc", message=str(n), cause="y" * (n % 300)))
+"""
+
+
+@pytest.mark.parametrize("cap", [history.DEFAULT_MAX_BYTES, 64 * 1024])
+def test_threads_and_a_second_process_never_mix_lines(tmp_path: Path, cap: int) -> None:
+    """Eight threads of one daemon and another process (`apply` beside it) append at once:
+    every line is a whole record; without rotation, every record is there exactly once."""
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), "400", str(cap)])
+    h = history.History("p", tmp_path, max_bytes=cap)
+
+    def write(t: int) -> None:
+        for n in range(200):
+            h(Event("heal", service=f"t{t}", message=str(n), cause="z" * (n % 200)))
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert proc.wait(60) == 0
+    found = history.read("p", tmp_path)
+    assert found.skipped == 0
+    seen = [(r["service"], r["message"]) for r in found.records]
+    assert len(seen) == len(set(seen))
+    if cap == history.DEFAULT_MAX_BYTES:
+        assert len(seen) == 8 * 200 + 400
+    else:
+        total = sum(p.stat().st_size for p in tmp_path.glob("p.history.jsonl*"))
+        assert total <= cap + 4096
+
+
+def test_filters_by_time_and_service(tmp_path: Path) -> None:
+    h = history.History("p", tmp_path)
+    for n, (at, svc) in enumerate([(100.0, "web"), (200.0, "db"), (300.0, "web")]):
+        h.append(history.line_of(event(n, service=svc), project="p", target="host", at=at))
+    assert numbers(history.read("p", tmp_path, since=150)) == [1, 2]
+    assert numbers(history.read("p", tmp_path, service="web")) == [0, 2]
+    assert numbers(history.read("p", tmp_path, since=250, service="db")) == []
+
+
+def test_secrets_are_redacted_and_long_texts_cut() -> None:
+    from reconciler.config import secrets
+
+    secrets.mark(["hunter2-history-secret"])
+    line = history.line_of(
+        Event("create", cause="env PASSWORD=hunter2-history-secret", message="m" * 5000),
+        project="p",
+        target="host",
+    )
+    row = json.loads(line)
+    assert "hunter2" not in line.decode() and "[redacted]" in row["cause"]
+    assert len(row["message"]) == history.FIELD_MAX
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("10MB", 10 * 1024**2), ("512k", 512 * 1024), ("1g", 1024**3), ("8192", 8192)],
+)
+def test_sizes(text: str, size: int) -> None:
+    assert history.parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "ten", "10q", "100"])
+def test_bad_sizes(text: str) -> None:
+    with pytest.raises(ValueError):
+        history.parse_size(text)
+
+
+# ---------------------------------------------------------------------- the CLI's parsing
+
+
+@pytest.mark.parametrize(
+    ("text", "ago"), [("30s", 30), ("10m", 600), ("1h", 3600), ("1h30m", 5400), ("2d", 172800)]
+)
+def test_since_durations(text: str, ago: float) -> None:
+    assert cli.since(text, now=1_000_000.0) == 1_000_000.0 - ago
+
+
+def test_since_iso_times_are_utc_unless_they_say_otherwise() -> None:
+    assert cli.since("2026-12-07T17:30:00Z") == cli.since("2026-12-07 17:30:00")
+    assert cli.since("2026-12-07T18:30:00+01:00") == cli.since("2026-12-07T17:30:00")
+
+
+@pytest.mark.parametrize("text", ["yesterday", "1x", "10 m", "h"])
+def test_since_refuses_what_it_cannot_read(text: str) -> None:
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError):
+        cli.since(text)
+
+
+def test_the_table_reads_like_the_readme() -> None:
+    rows = [
+        json.loads(history.line_of(e, project="p", target="host", at=1796664601.0))
+        for e in (
+            Event("reload", trigger="file edit", cause="3f2a9c1e0b7d -> 9d41c0a2e611",
+                  revision="9d41c0a2e611"),
+            event_of(StartContainer("id", "p-web-1", "web", "exited (137)"), "success",
+                     trigger="event", duration_s=0.31, heal_reason="exited"),
+            event_of(RemoveContainer("id", "p-web-3", "web", "scaled down"), "error",
+                     trigger="file", error="conflict", duration_s=0.05),
+        )
+    ]  # fmt: skip
+    text = cli.table(rows).splitlines()
+    assert text[0].split() == list(cli.HEAD)
+    assert "file edit @9d41c0a2" in text[1] and "3f2a9c1e0b7d -> 9d41c0a2e611" in text[1]
+    assert text[2].split()[2:] == ["web", "p-web-1", "heal:", "start", "engine", "event",
+                                   "exited", "(137)", "0.31s", "success"]  # fmt: skip
+    assert text[3].endswith("error: conflict") and "remove" in text[3]
+
+
+# ---------------------------------------------------------------------- the actions' kinds
+
+
+def kinds(p: Any) -> list[tuple[str, str, str]]:
+    return [(type(a).__name__, kind_of(a), event_of(a, "success", trigger="x").replica)
+            for a in p.actions]  # fmt: skip
+
+
+def test_a_first_pass_creates_and_starts() -> None:
+    found = {k for _, k, _ in kinds(plan(STACK, Observed()))}
+    assert found == {"create", "start", "pull"} or found == {"create", "start"}
+
+
+def test_a_scale_down_is_a_removal_and_a_spec_change_a_rollout() -> None:
+    down = kinds(plan(stack(replicas=1), _CONVERGED))
+    assert down and all(k == "remove" for _, k, _ in down)
+    assert {r for _, _, r in down} == {"p-web-2"}
+    changed = stack(environment={"A": "2"})
+    steps = kinds(plan(changed, _CONVERGED, Holds(rollouts=rollouts(changed))))
+    assert ("CreateContainer", "rollout_step", "p-web-1") in steps  # the replica, not its temp name
+    assert all(k in ("rollout_step", "pull") for _, k, _ in steps)
+
+
+def test_heals_are_heals() -> None:
+    exited = plan(STACK, _with("p-web-1", state="exited", exit_code=137))
+    assert [(k, r) for _, k, r in kinds(exited)] == [("heal", "p-web-1")]
+    dead = plan(STACK, _with("p-web-1", state="dead"))
+    assert "recreate" in {k for _, k, _ in kinds(dead)}
+    cid = _id("p-web-1")
+    assert kind_of(RestartContainer(cid, "p-web-1", "web", "unhealthy")) == "heal"
+    assert kind_of(UnpauseContainer(cid, "p-web-1", "web")) == "heal"
+    assert kind_of(StartContainer(cid, "p-web-1", "web", "its replacement failed")) == (
+        "rollout_step"
+    )
+    assert kind_of(StopContainer(cid, "p-web-1", "web")) == "drift_corrected"
+    assert kind_of(SignalContainer(cid, "p-web-1", "web", "SIGHUP", "d", "config")) == "reload"
+
+
+# ---------------------------------------------------------------------- the host's triggers
+
+
+def test_a_pass_names_what_asked_for_it_and_follow_ups_inherit_it() -> None:
+    seen: list[Event] = []
+    rec = Recording(seen.append, lambda: "digest-of-the-file")
+    start = StartContainer("id", "p-web-1", "web", "exited (1)")
+
+    def step(key: str, trigger: str) -> str:
+        rec.begin(key, trigger)
+        rec.step(StepResult(start, "success", duration_s=0.1), "exited")
+        return seen[-1].trigger
+
+    assert step("service:web", "event") == "engine event"
+    rec.asked("web", "file")  # a resync after an edit queued it
+    assert step("service:web", "backoff") == "file edit"
+    assert step("service:web", "backoff") == "file edit"  # a requeue of the same work
+    assert step("service:web", "interval") == "resync"
+    assert step("service:web", "manual") == "operator (apply)"
+    rec.step(StepResult(start, "waiting"))
+    assert len(seen) == 5  # a step that only waits did nothing yet
+    assert seen[-1].revision == "digest-of-th"  # the file's digest, cut as everywhere
+
+
+def test_a_pull_says_what_asked_for_the_service() -> None:
+    from reconciler.core.actions import EnsureImage
+
+    seen: list[Event] = []
+    rec = Recording(seen.append, lambda: "d")
+    rec.begin("service:web", "file")
+    rec.begin("image:web", "backoff")  # the pull the service's pass queued
+    rec.step(StepResult(EnsureImage("web", "web:2", "missing"), "success"), job=True)
+    assert (seen[-1].kind, seen[-1].trigger) == ("pull", "file edit")
+    rec.tag_moved("web", "sha256:abc")
+    pull = EnsureImage("web", "web:2", "always", reason="the tag moved")
+    rec.step(StepResult(pull, "success"), job=True)
+    assert (seen[-1].kind, seen[-1].trigger) == ("image_update", "image digest")
+    assert seen[-1].data["digest"] == "sha256:abc"
+    rec.begin("service:web", "backoff")  # the rollout the new digest asks for
+    assert rec.trigger("web") == "image"
+
+
+def test_a_rollout_keeps_the_trigger_that_started_it() -> None:
+    seen: list[Event] = []
+    rec = Recording(seen.append, lambda: "d")
+    rec.begin("service:web", "file")
+    rec.rollout("web", ro.RolloutEvent("web", "started", "rev"))
+    rec.begin("service:web", "event")  # its old replica's `die`
+    swap = RemoveContainer("id", "p-web-1", "web", "replaced")
+    rec.step(StepResult(swap, "success"))
+    assert seen[-1].kind == "rollout_step" and seen[-1].trigger == "file edit"
+    rec.rollout("web", ro.RolloutEvent("web", "completed", "rev"))
+    assert seen[-1].kind == "rollout_completed"
+    rec.step(StepResult(swap, "success"))
+    assert seen[-1].trigger == "engine event"
+
+
+def test_down_records_an_operator_row(tmp_path: Path) -> None:
+    h = history.History("p", tmp_path)
+    rec = Recording(h, lambda: "d")
+    rec.step(StepResult(RemoveContainer("id", "p-web-1", "web", "down"), "success"), trigger="down")
+    (row,) = history.read("p", tmp_path).records
+    assert (row["action"], row["trigger"], row["replica"]) == (
+        "remove",
+        "operator (down)",
+        "p-web-1",
+    )
+
+
+def test_a_network_two_passes_raced_to_is_recorded_once() -> None:
+    """A cold start: each service's pass plans the shared network; the one that finds it made
+    reports nothing (no log line, count or history row), the one that made it reports it."""
+    from reconciler.core.actions import CreateNetwork
+    from reconciler.targets.host.service_metrics import ServiceMetrics
+
+    seen: list[Event] = []
+    reporter = ServiceMetrics(None, desired=lambda: STACK, books=dict, clock=lambda: 0.0,
+                              on_result=lambda r: None, record=seen.append)  # fmt: skip
+    made, raced = (
+        next(a for a in plan(STACK, Observed()).actions if isinstance(a, CreateNetwork))
+        for _ in range(2)
+    )
+    reporter.made_by_another(raced)
+    reporter.report(StepResult(made, "success", duration_s=0.1))
+    reporter.report(StepResult(raced, "success", duration_s=0.0))
+    assert [(e.kind, e.replica, e.data["name"]) for e in seen] == [("create", "", "net")]
