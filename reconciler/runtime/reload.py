@@ -18,6 +18,7 @@ from reconciler.core.policy import Denial, Policy
 from reconciler.errors import DesiredStateError
 from reconciler.ops.metrics import Metrics
 from reconciler.ops.notify import Notifier
+from reconciler.runtime.conditions import DaemonConditions
 from reconciler.runtime.signals import SignalRelay
 from reconciler.runtime.watchers import stamps
 from reconciler.targets.base import RESYNC, Desired, Target, TargetKind
@@ -57,6 +58,8 @@ class Owner(Protocol):
     def status_line(self) -> str: ...
     def write_status(self) -> None: ...
     def count_denials(self, denials: tuple[Denial, ...]) -> None: ...
+    @property
+    def conditions(self) -> DaemonConditions: ...
 
 
 class Reloader:
@@ -206,6 +209,7 @@ class Reloader:
             log.info("desired state loaded", file=str(self.options.path), digest=new.digest[:12])
         d.state_valid = True
         d.metrics.state_valid.set(1)
+        d.conditions.reload_accepted(d.desired.digest)
         self.release_start_hold()
         d.enqueue(RESYNC, 0.0, trigger)
         return True
@@ -218,6 +222,7 @@ class Reloader:
         d.metrics.state_valid.set(0)
         d.state_valid = False
         self.error = error
+        d.conditions.reload_rejected(error)
         return False
 
     # ------------------------------------------------------------------ two-step edits

@@ -38,6 +38,7 @@ from reconciler.targets.base import (
     PlanReport,
     Settings,
 )
+from reconciler.targets.swarm_conditions import SwarmConditions
 
 log = structlog.get_logger("reconciler")
 SETTLE_S = 1.0  # Swarm is at work (an update, tasks not yet where they should be): look again
@@ -118,6 +119,7 @@ class SwarmTarget:
         self._notes: list[str] = []
         self._lock = threading.Lock()  # one pass at a time may record its judgement
         self._update_states: dict[str, str] = {}  # Swarm's UpdateStatus.State, last seen
+        self.conditions = SwarmConditions(settings.record)  # what may notify (core.events)
 
     # ------------------------------------------------------------------ the daemon's seam
 
@@ -233,6 +235,10 @@ class SwarmTarget:
             if note not in self._notes:
                 self._notes.append(note)
         self._rollout_metrics(observed, only)
+        self.conditions.observed(
+            (s for s in self.desired.services if only is None or s.name == only),
+            {s.name: s for s in observed.services},
+        )
         failed_prereq: set[str] = set()
         for action in the_plan.actions:
             needs = set()
@@ -253,6 +259,7 @@ class SwarmTarget:
             if isinstance(action, sp.CreateService | sp.UpdateService):
                 done.settling = True
                 rec = self.records.get(action.spec.name) or SwarmRecord()
+                self.conditions.corrected(action, rec.pushed)
                 self.records.put(
                     action.spec.name, rec.model_copy(update={"pushed": action.spec.spec_hash})
                 )

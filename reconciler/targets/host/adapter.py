@@ -122,6 +122,7 @@ class HostTarget:
             on_result=self._result,
             on_note=self._note,
             follow_tags=settings.daemon,
+            record=settings.record,
             ledger=ImageLedger(desired.project, settings.state_dir)
             if settings.prune_images
             else None,

@@ -30,6 +30,7 @@ from reconciler.core.actions import (
 )
 from reconciler.core.actions import HostAction as Action
 from reconciler.core.desired import DesiredState, HealPolicy, ServiceSpec
+from reconciler.core.events import Record, discard
 from reconciler.core.healing import HealingBook
 from reconciler.core.notes import Note
 from reconciler.core.observed import ObservedContainer
@@ -84,6 +85,7 @@ class Controller:
         on_note: Callable[[Note], None] = lambda note: None,
         follow_tags: bool = False,
         ledger: ImageLedger | None = None,
+        record: Record = discard,
     ) -> None:
         self.engine = engine
         self.desired = desired
@@ -110,6 +112,7 @@ class Controller:
             books=lambda: self.books,
             clock=lambda: self.clock(),
             on_result=self._on_result,
+            record=record,
         )
         self.images = ImageFollower(
             engine,

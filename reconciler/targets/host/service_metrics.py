@@ -23,8 +23,10 @@ from reconciler.core.actions import (
 )
 from reconciler.core.actions import HostAction as Action
 from reconciler.core.desired import DesiredState, ServiceSpec
+from reconciler.core.events import Record, discard
 from reconciler.core.healing import HealingBook
 from reconciler.core.observed import ObservedContainer
+from reconciler.targets.host.conditions import HostConditions
 from reconciler.targets.host.executor import StepResult
 
 if TYPE_CHECKING:  # prometheus_client is imported only where metrics are served
@@ -44,12 +46,14 @@ class ServiceMetrics:
         books: Callable[[], Mapping[str, HealingBook]],
         clock: Callable[[], float],
         on_result: Callable[[StepResult], None],
+        record: Record = discard,
     ) -> None:
         self.metrics = metrics
         self._desired = desired
         self._books = books
         self._clock = clock
         self._on_result = on_result
+        self.conditions = HostConditions(record)  # what may notify (core.events)
         self._known: set[str] = set()  # container names seen: a create is then a heal
         self._rows: dict[str, tuple[str, int, int, int]] = {}
         self._lock = threading.Lock()  # the rows: several services' workers share them
@@ -133,6 +137,7 @@ class ServiceMetrics:
                 log.info("rollback completed", **fields)
             case "paused":
                 log.warning("rollout paused", reason=event.reason, **fields)
+        self.conditions.rollout_event(service, event)
         if self.metrics and event.kind in ("completed", "rolled_back", "paused"):
             self.metrics.rollout_finished(service, event.kind)
 
@@ -144,6 +149,7 @@ class ServiceMetrics:
         record: ro.RolloutRecord,
     ) -> None:
         """After a service's reconcile: its replica row, rollout and crash-loop gauges."""
+        self.conditions.service(svc, record, self._books())
         if self.metrics is None:
             return
         live = {c.name: c for c in containers}
