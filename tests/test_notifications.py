@@ -201,10 +201,19 @@ def test_host_rollback_fires_and_is_resolved_by_the_next_completed_rollout() -> 
         ("rolled_back", "resolved"),
         ("rollout_completed", "success"),
     ]
-    cond.rollout_event("web", ro.RolloutEvent("web", "paused", "r4", "exited 1"))
-    svc4 = ServiceSpec(name="web", image="busybox", replicas=(), revision="r5")
-    cond.service(svc4, ro.RolloutRecord(), {})  # the file moved on
+    paused = ro.RolloutEvent("web", "paused", "r4", "exited 1")
+    cond.rollout_event("web", paused, pause_chosen=True)  # failure_action: pause
+    svc5 = ServiceSpec(name="web", image="busybox", replicas=(), revision="r5")
+    cond.service(svc5, ro.RolloutRecord(), {})  # the file moved on
     assert [(e.kind, e.result) for e in seen][3:] == [("paused", "firing"), ("paused", "resolved")]
+    # A rollback that fails in turn (or nothing to roll back to): the rollout failed, held.
+    cond.rollout_event("web", ro.RolloutEvent("web", "rolled_back", "r5", "unhealthy"))
+    cond.rollout_event("web", ro.RolloutEvent("web", "paused", "r5", "rollback failed: x"))
+    assert [(e.kind, e.result) for e in seen][5:] == [
+        ("rolled_back", "firing"),
+        ("rolled_back", "resolved"),
+        ("rollout_failed", "firing"),
+    ]
 
 
 def test_the_crash_loop_condition_is_the_back_off_cap() -> None:
@@ -226,7 +235,8 @@ def test_the_crash_loop_condition_is_the_back_off_cap() -> None:
 def test_swarm_update_states_map_to_conditions() -> None:
     assert condition("rollback_started") == "rolled_back"
     assert condition("rollback_completed") == "rolled_back"
-    assert condition("paused") == condition("rollback_paused") == "paused"
+    assert condition("paused") == "paused"
+    assert condition("rollback_paused") == "rollout_failed"
     assert condition("completed") is None and condition("updating") is None
     seen, record = collect()
     cond = SwarmConditions(record)

@@ -19,8 +19,10 @@ def condition(state: str) -> EventKind | None:
     """What Swarm's UpdateStatus.State means for us: rolled back, paused, or nothing."""
     if state in ("rollback_started", "rollback_completed"):
         return "rolled_back"
-    if state in ("paused", "rollback_paused"):
+    if state == "paused":  # update_config's failure_action pause
         return "paused"
+    if state == "rollback_paused":  # the rollback failed too: held as it is
+        return "rollout_failed"
     return None
 
 
@@ -54,11 +56,11 @@ class SwarmConditions:
             if firing is not None and firing != now and (now or state == "completed"):
                 self._emit(firing, svc.name, f"{svc.name}: update {state or 'gone'}", "resolved")
             if now is not None and now != firing:
-                text = (
-                    f"Swarm is rolling {svc.name} back: its update failed ({state})"
-                    if now == "rolled_back"
-                    else f"Swarm paused the update of {svc.name} ({state})"
-                )
+                text = {
+                    "rolled_back": f"Swarm is rolling {svc.name} back: its update failed",
+                    "paused": f"Swarm paused the update of {svc.name}",
+                    "rollout_failed": f"Swarm paused the rollback of {svc.name}: it failed too",
+                }.get(now, state)
                 self._emit(now, svc.name, text, "firing")
             if state == "completed" and before in UPDATING:
                 self.record(

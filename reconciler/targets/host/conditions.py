@@ -28,11 +28,15 @@ class HostConditions:
     def __init__(self, record: Record = discard) -> None:
         self.record = record
         self._lock = threading.Lock()
-        self._rollout: dict[str, tuple[str, str]] = {}  # service -> (kind, revision) firing
+        self._rollout: dict[str, tuple[EventKind, str]] = {}  # service -> (kind, rev) firing
         self._looping: dict[str, frozenset[str]] = {}  # service -> replicas at the cap
 
-    def rollout_event(self, service: str, event: ro.RolloutEvent) -> None:
-        """A rollout's end: completed (news; clears a rollback or pause), rolled back, paused."""
+    def rollout_event(
+        self, service: str, event: ro.RolloutEvent, pause_chosen: bool = False
+    ) -> None:
+        """A rollout's end: completed (news; clears what fired), rolled back, paused (the
+        file's `failure_action: pause`, `pause_chosen`) or failed (paused with nothing to
+        return to: no stable revision, or the rollback failed too)."""
         rev = event.revision
         if event.kind == "completed":
             self._clear_rollout(service, f"revision {rev[:12]} rolled out", rev)
@@ -46,17 +50,22 @@ class HostConditions:
                 )
             )
         elif event.kind in ("rolled_back", "paused"):
-            kind: EventKind = "rolled_back" if event.kind == "rolled_back" else "paused"
             with self._lock:
                 before = self._rollout.get(service)
+                kind: EventKind = "rolled_back" if event.kind == "rolled_back" else "paused"
+                rollback_failed = before is not None and before[0] == "rolled_back"
+                if kind == "paused" and (rollback_failed or not pause_chosen):
+                    kind = "rollout_failed"
                 self._rollout[service] = (kind, rev)
             if before is not None and before[0] != kind:
                 self._resolve(service, before, f"now {kind.replace('_', ' ')}")
-            text = (
-                f"the rollout of {service} to revision {rev[:12]} failed; rolling back"
-                if kind == "rolled_back"
-                else f"the rollout of {service} to revision {rev[:12]} is paused"
-            )
+            text = {
+                "rolled_back": f"the rollout of {service} to revision {rev[:12]} failed; "
+                "rolling back",
+                "paused": f"the rollout of {service} to revision {rev[:12]} is paused",
+                "rollout_failed": f"the rollout of {service} to revision {rev[:12]} failed "
+                "and is held",
+            }[kind]
             self.record(
                 Event(
                     kind,
@@ -132,11 +141,12 @@ class HostConditions:
         if before is not None:
             self._resolve(service, before, why, revision)
 
-    def _resolve(self, service: str, before: tuple[str, str], why: str, revision: str = "") -> None:
-        kind: EventKind = "rolled_back" if before[0] == "rolled_back" else "paused"
+    def _resolve(
+        self, service: str, before: tuple[EventKind, str], why: str, revision: str = ""
+    ) -> None:
         self.record(
             Event(
-                kind,
+                before[0],
                 service=service,
                 message=f"{service}: {why}",
                 revision=revision or before[1],

@@ -137,7 +137,9 @@ class ServiceMetrics:
                 log.info("rollback completed", **fields)
             case "paused":
                 log.warning("rollout paused", reason=event.reason, **fields)
-        self.conditions.rollout_event(service, event)
+        svc = next((s for s in self._desired().services if s.name == service), None)
+        chosen = svc is not None and svc.update.failure_action == "pause"
+        self.conditions.rollout_event(service, event, pause_chosen=chosen)
         if self.metrics and event.kind in ("completed", "rolled_back", "paused"):
             self.metrics.rollout_finished(service, event.kind)
 
