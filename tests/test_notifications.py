@@ -309,7 +309,7 @@ def test_the_notify_block_takes_urls_from_the_environment_and_files(
         cfg, ["json://127.0.0.1:9/flag"], {notify_config.URLS_FILE_ENV: str(urls_file)}
     )
     assert full is not None and len(full.urls) == 4
-    line = "sending to json://127.0.0.1:9/secret-path-env and 127.0.0.1:9/flag"
+    line = "sending to json://127.0.0.1:9/secret-path-env and json://127.0.0.1:9/flag"
     assert "secret" not in secrets.redact(line) and "flag" not in secrets.redact(line)
 
 

@@ -1,11 +1,13 @@
 """Notifications from the real daemon (a subprocess) on the real engine, to a local HTTP
 receiver through Apprise's `json://`: a failed rollout is told once (rolled back), then
 resolved by the next good one; a receiver that never answers, then one that answers 500,
-never holds up a rollout or a heal; the URL (a secret from the environment) is never shown."""
+never holds up a rollout or a heal; the URL (a secret from the environment) is never shown.
+On a swarm: drift put back, a rejected file and a denied service, each told and resolved."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ import pytest
 import yaml
 
 from tests.conftest import DaemonProcess, run_cli, wait_for, with_test_labels
+from tests.swarmkit import one_node_swarm, remove_project
 from tests.test_notifications import Receiver
 from tests.test_rollout_docker import HTTPD, containers, converged
 
@@ -136,3 +139,60 @@ def test_rollback_is_told_once_then_resolved_and_a_bad_receiver_never_delays_a_h
     for text in (log, status.stdout, status.stderr, metrics):
         assert secret not in text
     assert secret in os.environ["NT_HOOK_URL"]  # it was there to leak
+
+
+def test_swarm_drift_a_rejected_file_and_a_denied_service_are_told_and_resolved(
+    api: docker.APIClient,
+    busybox_image: str,
+    tmp_path: Path,
+    receiver: Receiver,
+) -> None:
+    """On a swarm, with the URL given by `--notify`: a service scaled by hand is put back
+    and told; a bad file fires `reload_rejected`, the next good one resolves it; a service
+    the host policy denies fires `denied`, resolved once it leaves the file."""
+    project = f"ns{uuid.uuid4().hex[:8]}"
+    path = tmp_path / "desired_state.yaml"
+
+    def write(services: dict[str, Any], text: str | None = None) -> None:
+        doc = {"version": 1, "project": project, "services": services}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text if text is not None else yaml.safe_dump(doc, sort_keys=False))
+        tmp.chmod(0o644)
+        tmp.replace(path)
+
+    def told(text: str) -> bool:
+        return any(text in t for t in titles(receiver))
+
+    web = {"image": busybox_image, "init": True, "command": ["sleep", "100000"],
+           "labels": {"io.reconciler.test": "1"}, "stop_grace_period": "1s"}  # fmt: skip
+    with one_node_swarm(api):
+        write({"web": web})
+        d = DaemonProcess(
+            path, tmp_path, 2.0, ("--target", "swarm", "--notify", f"{receiver.url}/swarm")
+        )
+        try:
+            wait_for(lambda: d.get("/readyz")[0] == 200, 120, what="ready")
+            subprocess.run(
+                ["docker", "service", "scale", "--detach", f"{project}_web=3"],
+                check=True,
+                capture_output=True,
+            )
+            wait_for(lambda: told(f"[{project}] drift corrected: web"), 120, what="drift told")
+            body = next(b for b in receiver.bodies if "drift corrected" in b["title"])
+            assert "replicas changed by hand" in body["message"], body
+
+            good = path.read_text()
+            write({}, text=good.replace("services:", "servces:", 1))
+            wait_for(lambda: told("FIRING desired state rejected"), 60, what="rejected told")
+            root = {**web, "cap_add": ["SYS_ADMIN"]}
+            write({"web": web, "root": root})
+            wait_for(lambda: told("RESOLVED desired state rejected"), 60, what="resolved")
+            wait_for(lambda: told("FIRING denied by the host policy: root"), 60, what="denied")
+            write({"web": web})
+            wait_for(lambda: told("RESOLVED denied by the host policy: root"), 60, what="allowed")
+            assert len([t for t in titles(receiver) if "FIRING" in t]) == 2, titles(receiver)
+            assert (d.metric("reconciler_notifications_total", kind="denied", result="sent")
+                    == 2)  # fmt: skip
+        finally:
+            d.stop()
+            remove_project(api, project)

@@ -122,7 +122,6 @@ def resolve(
     if not urls:
         return None
     secrets.mark(urls)
-    secrets.mark(u.split("://", 1)[1] for u in urls if "://" in u)  # as logged without scheme
     return NotifyConfig(
         urls=urls,
         kinds=base.kinds,
