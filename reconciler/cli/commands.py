@@ -8,13 +8,14 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from reconciler.cli import history
+from reconciler.cli import history, notify_setup
 from reconciler.cli.parser import DEFAULT_LISTEN
 from reconciler.cli.progress import ProgressView, objects_in
 from reconciler.config import secrets
 from reconciler.core.policy import Denial
 from reconciler.ops.lock import ProjectLock, status_path
 from reconciler.ops.metrics import Metrics
+from reconciler.runtime.conditions import ENGINE_UNREACHABLE_AFTER_S
 from reconciler.runtime.daemon import Daemon, Options
 from reconciler.runtime.recorder import Recorder
 from reconciler.runtime.settle import apply
@@ -109,6 +110,11 @@ def _run(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
     _require(kind, args.take_over_compose, "takes_over_compose", "--take-over-compose")
     _require(kind, args.prune_images, "prunes_images", "--prune-images")
     listen = DEFAULT_LISTEN if args.listen is None else tuple(a for a in args.listen if a)
+    metrics = Metrics()
+    record = Recorder(history.sink(args, desired.project, kind.name, metrics))
+    sender, notify = notify_setup.sink(args, desired.project, metrics)
+    if sender is not None:
+        record.add(sender)
     opts = Options(
         path=args.file,
         interval=args.interval,
@@ -121,13 +127,23 @@ def _run(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
         policy=args.policy,
         strict_modes=not args.no_strict_modes,
         web=args.web,
+        engine_unreachable_after=notify.engine_unreachable_after
+        if notify
+        else ENGINE_UNREACHABLE_AFTER_S,
     )
-    metrics = Metrics()
-    record = Recorder(history.sink(args, desired.project, kind.name, metrics))
     daemon = Daemon(
-        opts, kind, desired, signals=args.signals, policy=args.policy_obj, metrics=metrics,
+        opts,
+        kind,
+        desired,
+        signals=args.signals,
+        policy=args.policy_obj,
+        metrics=metrics,
         record=record,
-    )  # fmt: skip
+    )
+    if sender is not None:
+        daemon.conditions.after_reload = lambda: notify_setup.reread(
+            args, sender, daemon.conditions
+        )
     if args.take_over_compose:
         lock = ProjectLock(desired.project, args.lock_dir)
         lock.acquire(role="reconciler run --take-over-compose")
@@ -138,6 +154,8 @@ def _run(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
         if not taken:
             return EXIT_ERROR
     code = daemon.run()
+    if sender is not None:
+        sender.close()  # what is queued (a last `resolved`) gets a moment to go out
     if daemon.unfinished:  # do not let the interpreter wait for that call's thread at exit
         sys.stdout.flush()
         os._exit(code)

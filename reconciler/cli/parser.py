@@ -132,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             p.add_argument("--interval", type=float, default=5.0, help="seconds between resyncs")
             p.add_argument(
+                "--notify",
+                action="append",
+                metavar="URL",
+                help="send notifications to this Apprise URL (repeat for several; also the "
+                "file's notify: block and $RECONCILER_NOTIFY_URLS_FILE); prefer those for secrets",
+            )
+            p.add_argument(
                 "--pull-timeout", type=float, default=600.0, help="seconds a pull or build may take"
             )
             p.add_argument(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from reconciler.config.notify_config import NotifyDef
 from reconciler.config.schema_service import (
     DEFAULT_MAX_REPLICAS,
     BuildDef,
@@ -129,3 +130,4 @@ class DesiredStateDef(StrictModel):
     volumes: dict[str, VolumeDef | None] = {}
     services: dict[str, ServiceDef] = {}
     secrets: dict[str, SecretDef] = {}
+    notify: NotifyDef | None = None  # where conditions are told (config.notify_config)

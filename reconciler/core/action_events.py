@@ -59,7 +59,7 @@ def kind_of(action: Action, heal_reason: str | None = None) -> EventKind:
     reason = action.reason
     match action:
         case EnsureImage():
-            return "image_update" if reason == TAG_MOVED else "pull"
+            return "pull"  # a moved tag's update is told once rolled out (HostConditions)
         case StartContainer() | UnpauseContainer() if reason == ROLLBACK:
             return "rollout_step"
         case CreateContainer(as_name=as_name) if as_name is not None:

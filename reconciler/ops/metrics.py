@@ -143,6 +143,17 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.notifications = Counter(
+            "reconciler_notifications",
+            "Notifications, by event kind and result (sent, failed, dropped, deduplicated).",
+            ["kind", "result"],
+            registry=r,
+        )
+        self.notifications_dropped = Counter(
+            "reconciler_notifications_dropped",
+            "Notifications dropped: their queue was full or the rate limit was reached.",
+            registry=r,
+        )
         self.build = Info("reconciler_build", "Version of the reconciler.", registry=r)
         self.build.info({"version": __version__})
         self._generation = 0

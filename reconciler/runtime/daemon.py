@@ -22,7 +22,7 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from reconciler.config.web_config import WebConfig
-from reconciler.core.events import Event, Record, discard
+from reconciler.core.events import Record, discard
 from reconciler.core.policy import DEFAULT as DEFAULT_POLICY
 from reconciler.core.policy import Denial, Policy
 from reconciler.errors import EngineUnavailable
@@ -32,6 +32,7 @@ from reconciler.ops.metrics import Metrics
 from reconciler.ops.notify import Notifier, watchdog_interval
 from reconciler.ops.state_store import sweep
 from reconciler.runtime.backoff import Backoff, requeue_delay
+from reconciler.runtime.conditions import ENGINE_UNREACHABLE_AFTER_S, DaemonConditions
 from reconciler.runtime.recorder import Recorder
 from reconciler.runtime.reload import Reloader
 from reconciler.runtime.signals import SignalRelay
@@ -64,6 +65,7 @@ class Options:
     policy: Path | None = None  # the host policy file (None: the default path)
     web: WebConfig | None = None  # TLS and basic auth for the endpoints
     strict_modes: bool = True  # refuse inputs others can write (config.strict_modes)
+    engine_unreachable_after: float = ENGINE_UNREACHABLE_AFTER_S  # then it is a condition
 
     def settings(
         self, metrics: Metrics, cancelled: Callable[[], bool], record: Record = discard
@@ -105,6 +107,9 @@ class Daemon:
         self.images = WorkQueue()
         self.backoff = Backoff()
         self.record: Record = record or Recorder()  # what happened: history, notifications
+        self.conditions = DaemonConditions(
+            self.record, engine_after=options.engine_unreachable_after
+        )
         desired, denials = kind.judge(desired, self.policy)
         self.target = target or kind.open(
             desired, options.settings(self.metrics, self.signals.stop.is_set, self.record)
@@ -212,6 +217,7 @@ class Daemon:
 
     def _watch_file(self) -> None:
         self.reloader.changed()
+        self.conditions.tick()
         if self._first_round is None:
             self.write_status()
             if self._engine_up:  # else STATUS says the engine is unreachable (_engine_down)
@@ -306,11 +312,13 @@ class Daemon:
         if not self._engine_up:
             self._engine_up = True
             self.metrics.docker_up.set(1)
+            self.conditions.engine_ok()
 
     def _engine_down(self, exc: EngineUnavailable) -> None:
         was_up, self._engine_up = self._engine_up, False
         self.metrics.docker_up.set(0)
         self.metrics.docker_errors.labels("observe").inc()
+        self.conditions.engine_down(str(exc))
         if was_up or self._first_round is not None:
             log.warning("engine down", error=str(exc))
         self.notifier.send(f"STATUS=Docker engine unreachable, retrying: {exc}")
@@ -354,6 +362,7 @@ class Daemon:
         return f"{self.desired.project}: " + ", ".join(parts)
 
     def count_denials(self, denials: tuple[Denial, ...]) -> None:
+        self.conditions.denials(denials, (s.name for s in self.desired.services))
         for d in denials:
             self.metrics.policy_denials.labels(d.service, d.rule).inc()
             log.error(
@@ -361,16 +370,6 @@ class Daemon:
                 service=d.service,
                 rule=d.rule,
                 error=d.message(str(self.options.path), self.policy),
-            )
-            self.record(  # the history and the notifications
-                Event(
-                    kind="denied",
-                    service=d.service,
-                    message=d.message(str(self.options.path), self.policy),
-                    cause=f"rule {d.rule}",
-                    result="firing",
-                    revision=self.desired.digest[:12],
-                )
             )
 
     # ------------------------------------------------------------------ health

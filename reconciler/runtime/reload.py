@@ -19,6 +19,7 @@ from reconciler.core.policy import Denial, Policy
 from reconciler.errors import DesiredStateError
 from reconciler.ops.metrics import Metrics
 from reconciler.ops.notify import Notifier
+from reconciler.runtime.conditions import DaemonConditions
 from reconciler.runtime.signals import SignalRelay
 from reconciler.runtime.watchers import stamps
 from reconciler.targets.base import RESYNC, Desired, Target, TargetKind
@@ -59,6 +60,8 @@ class Owner(Protocol):
     def status_line(self) -> str: ...
     def write_status(self) -> None: ...
     def count_denials(self, denials: tuple[Denial, ...]) -> None: ...
+    @property
+    def conditions(self) -> DaemonConditions: ...
 
 
 class Reloader:
@@ -213,6 +216,7 @@ class Reloader:
             self.record_reload(trigger, d.desired, new)
         d.state_valid = True
         d.metrics.state_valid.set(1)
+        d.conditions.reload_accepted(d.desired.digest)
         self.release_start_hold()
         d.enqueue(RESYNC, 0.0, trigger)
         return True
@@ -225,15 +229,8 @@ class Reloader:
         d.metrics.state_valid.set(0)
         d.state_valid = False
         self.error = error
-        d.record(
-            Event(
-                kind="reload_rejected",
-                message=f"desired state rejected: {error}",
-                trigger=trigger_text(self.trigger_now),
-                cause=error,
-                result="error",
-                revision=d.desired.digest[:12],
-            )
+        d.conditions.reload_rejected(  # the history and the notifications
+            error, trigger=trigger_text(self.trigger_now), revision=d.desired.digest[:12]
         )
         return False
 

@@ -19,7 +19,7 @@ import structlog
 from pydantic import BaseModel
 
 from reconciler.core import swarm_plan as sp
-from reconciler.core.action_events import event_of, swarm_condition
+from reconciler.core.action_events import event_of
 from reconciler.core.policy import Denial, Policy
 from reconciler.engine.client import FALLBACK_API_VERSION, connect
 from reconciler.engine.events import follow
@@ -39,6 +39,7 @@ from reconciler.targets.base import (
     PlanReport,
     Settings,
 )
+from reconciler.targets.swarm_conditions import SwarmConditions
 
 log = structlog.get_logger("reconciler")
 SETTLE_S = 1.0  # Swarm is at work (an update, tasks not yet where they should be): look again
@@ -121,6 +122,7 @@ class SwarmTarget:
         self._notes: list[str] = []
         self._lock = threading.Lock()  # one pass at a time may record its judgement
         self._update_states: dict[str, str] = {}  # Swarm's UpdateStatus.State, last seen
+        self.conditions = SwarmConditions(settings.record)  # what may notify (core.events)
 
     # ------------------------------------------------------------------ the daemon's seam
 
@@ -215,7 +217,6 @@ class SwarmTarget:
                         )
                         if self.metrics:
                             self.metrics.rollout_finished(svc.name, "rolled_back")
-                        self._condition(svc.name, "rolled_back", "firing", reason)
                     self.records.put(
                         svc.name, rec.model_copy(update={"failed": failed, "failed_reason": reason})
                     )
@@ -238,6 +239,10 @@ class SwarmTarget:
             if note not in self._notes:
                 self._notes.append(note)
         self._rollout_metrics(observed, only)
+        self.conditions.observed(
+            (s for s in self.desired.services if only is None or s.name == only),
+            {s.name: s for s in observed.services},
+        )
         failed_prereq: set[str] = set()
         for action in the_plan.actions:
             needs = set()
@@ -288,8 +293,8 @@ class SwarmTarget:
 
     def _rollout_metrics(self, observed: sp.SwarmObserved, only: str | None) -> None:
         """reconciler_rollout_in_progress while Swarm updates or rolls back a service;
-        reconciler_rollouts_total{result} when it finishes (rolled_back: see `held`), and
-        that end in the event stream."""
+        reconciler_rollouts_total{result} when it finishes (rolled_back: see `held`); its
+        events are SwarmConditions'."""
         live = {s.name: s for s in observed.services}
         for svc in self.desired.services:
             if only is not None and svc.name != only:
@@ -299,19 +304,10 @@ class SwarmTarget:
             before = self._update_states.get(svc.name, "")
             self._update_states[svc.name] = state
             finished = state != before and before in UPDATING and state in ("completed", "paused")
-            if finished:  # the history too
-                reason = obs.update_message if obs is not None else ""
-                kind, result = ("rollout_completed", "success") if state == "completed" else (
-                    "paused", "firing")  # fmt: skip
-                self._condition(svc.name, kind, result, reason)
             if self.metrics is not None:
                 self.metrics.set_rollout(svc.name, state in UPDATING)
                 if finished:
                     self.metrics.rollout_finished(svc.name, state)
-
-    def _condition(self, service: str, kind: str, result: str, reason: str) -> None:
-        """A rollout Swarm finished, paused or rolled back, into the event stream."""
-        self.record(swarm_condition(service, kind, result, reason, self.desired.digest))
 
     def settled(self, counts: dict[str, TaskCounts]) -> bool:
         """Every service runs as many tasks as it should (past their healthchecks)."""

@@ -115,7 +115,10 @@ class ImageFollower:
             self._prune_wanted.add(service)  # the old image may be unused now
             self._enqueue(image_key(service), 0.0)
         if service in self._updating and event.kind in ("completed", "rolled_back", "paused"):
-            self._updating.pop(service, None)
+            digest = self._updating.pop(service, "")
+            svc = self._service(service)
+            if event.kind == "completed" and svc is not None:
+                self.reporter.conditions.image_updated(service, svc.image, digest, event.revision)
             self.reporter.count_update(
                 service, "updated" if event.kind == "completed" else event.kind
             )

@@ -18,10 +18,7 @@ FOLLOW_UP = "backoff"  # a pass the adapter queued itself (a requeue): it inheri
 ROLLOUT_KINDS: dict[str, tuple[EventKind, Result]] = {
     "started": ("rollout_started", "success"),
     "failure": ("rollout_step", "error"),
-    "completed": ("rollout_completed", "success"),
-    "rolled_back": ("rolled_back", "firing"),
     "rollback_completed": ("rollout_step", "success"),
-    "paused": ("paused", "firing"),
 }
 
 
@@ -104,30 +101,33 @@ class Recording:
             )
         )
 
-    def rollout(self, service: str, event: ro.RolloutEvent) -> None:
-        """A rollout began, ended, failed a replica, rolled back or paused."""
-        kind, result = ROLLOUT_KINDS[event.kind]
+    def rollout(self, service: str, event: ro.RolloutEvent) -> str:
+        """A rollout began, failed a replica or finished its rollback: its history row.
+        Its ends (completed, rolled back, paused) are the conditions' events (HostConditions),
+        one row each; returns the trigger they carry (what started the rollout)."""
         if event.kind == "started":
             self._rolling[service] = self.trigger(service)
-        elif event.kind in ("completed", "rolled_back", "paused", "rollback_completed"):
+        trigger = trigger_text(self._rolling.get(service) or self.trigger(service))
+        if event.kind in ("completed", "rolled_back", "paused", "rollback_completed"):
             self._rolling.pop(service, None)
+        if event.kind not in ("started", "failure", "rollback_completed"):
+            return trigger
+        kind, result = ROLLOUT_KINDS[event.kind]
         text = {
             "started": "rollout started",
             "failure": "a new replica failed",
-            "completed": "rollout completed",
-            "rolled_back": "rollout failed; rolling back",
             "rollback_completed": "rollback completed",
-            "paused": "rollout paused",
         }[event.kind]
         self.record(
             Event(
                 kind=kind,
                 service=service,
                 message=f"{service}: {text}" + (f" ({event.reason})" if event.reason else ""),
-                trigger=trigger_text(self.trigger(service)),
+                trigger=trigger,
                 cause=event.reason,
                 result=result,
                 revision=self._revision()[:12],
                 data={"service_revision": event.revision[:12]},
             )
         )
+        return trigger

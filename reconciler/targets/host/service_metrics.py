@@ -26,6 +26,7 @@ from reconciler.core.desired import DesiredState, ServiceSpec
 from reconciler.core.events import Record, discard
 from reconciler.core.healing import HealingBook
 from reconciler.core.observed import ObservedContainer
+from reconciler.targets.host.conditions import HostConditions
 from reconciler.targets.host.executor import StepResult
 from reconciler.targets.host.recording import Recording
 
@@ -53,6 +54,7 @@ class ServiceMetrics:
         self._books = books
         self._clock = clock
         self._on_result = on_result
+        self.conditions = HostConditions(record)  # what may notify (core.events)
         self._known: set[str] = set()  # container names seen: a create is then a heal
         self._raced: set[int] = set()  # ids of create steps another worker did first
         self._rows: dict[str, tuple[str, int, int, int]] = {}
@@ -148,7 +150,10 @@ class ServiceMetrics:
                 log.info("rollback completed", **fields)
             case "paused":
                 log.warning("rollout paused", reason=event.reason, **fields)
-        self.recording.rollout(service, event)
+        trigger = self.recording.rollout(service, event)
+        svc = next((s for s in self._desired().services if s.name == service), None)
+        chosen = svc is not None and svc.update.failure_action == "pause"
+        self.conditions.rollout_event(service, event, pause_chosen=chosen, trigger=trigger)
         if self.metrics and event.kind in ("completed", "rolled_back", "paused"):
             self.metrics.rollout_finished(service, event.kind)
 
@@ -160,6 +165,7 @@ class ServiceMetrics:
         record: ro.RolloutRecord,
     ) -> None:
         """After a service's reconcile: its replica row, rollout and crash-loop gauges."""
+        self.conditions.service(svc, record, self._books())
         if self.metrics is None:
             return
         live = {c.name: c for c in containers}
