@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
 
 from reconciler.core.desired import LABEL_SPEC_HASH
 from reconciler.core.notes import Note, note
+from reconciler.core.spec_fields import covers
 from reconciler.core.swarm_model import (
     STACK_NAMESPACE,
     CreateService,
@@ -63,31 +63,6 @@ __all__ = [
 # Swarm's UpdateStatus.State values after a rollback it started itself.
 ROLLBACK_STATES = frozenset({"rollback_started", "rollback_completed", "rollback_paused"})
 MANUAL_ROLLBACK = "manually requested rollback"
-
-
-def _zero(value: Any) -> bool:
-    """What the engine leaves out of a spec it returns (Go's omitempty)."""
-    if isinstance(value, dict):
-        return all(_zero(v) for v in value.values())
-    return value in (None, 0, False, "", [])
-
-
-def covers(observed: Any, desired: Any) -> bool:
-    """Does the observed spec hold everything the desired one says? Keys Swarm added
-    (defaults) are ignored, keys we send as zero may be missing; lists match item by item."""
-    if isinstance(desired, dict):
-        if not isinstance(observed, dict):
-            return _zero(desired) and observed is None
-        return all(
-            covers(observed[k], v) if k in observed else _zero(v) for k, v in desired.items()
-        )
-    if isinstance(desired, list):
-        return (
-            isinstance(observed, list)
-            and len(observed) == len(desired)
-            and all(covers(o, d) for o, d in zip(observed, desired, strict=True))
-        )
-    return bool(observed == desired)
 
 
 # --------------------------------------------------------------------------- planning

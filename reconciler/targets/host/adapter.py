@@ -169,6 +169,8 @@ class HostTarget:
             if action == "start":  # not news: its time makes a later exit's run known
                 self.controller.note_started(container_id, at)
                 return
+            if action == "oom":  # the `die` that follows is an OOM kill (its cause says so)
+                self.controller.runs.note_oom(container_id, at)
             if action == "destroy":
                 self.controller.forget(container_id)
             if action == "die":

@@ -299,6 +299,10 @@ class Controller:
         sub = restrict(desired, target)
         sub_observed = replace(observed, containers=mine)
         last_runs = self.runs.last_runs(name, mine)
+        oom = {n for n, run in last_runs.items() if run.oom_killed}
+        if oom:  # the cause of its restart says so
+            mine = tuple(replace(c, oom_killed=c.name in oom) for c in mine)
+            sub_observed = replace(observed, containers=mine)
         base = book.holds(sub, sub_observed, last_runs, now)
         holds = replace(
             base,
