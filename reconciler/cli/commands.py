@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from reconciler.cli import plan_output
 from reconciler.cli.parser import DEFAULT_LISTEN
 from reconciler.config import secrets
 from reconciler.core.policy import Denial
@@ -36,20 +37,7 @@ def _require(kind: TargetKind, wanted: bool, capability: str, option: str) -> No
 
 def _plan(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
     report = kind.open(desired, _settings(args)).plan()
-    for note in report.notes:
-        print(f"# {note}")
-    for line in report.errors:
-        print(f"error: {line}")
-    if report.errors:
-        return EXIT_ERROR
-    for name, rules in sorted(denied_rules(args.denials).items()):  # never in sync
-        print(f"error: service {name} is denied by the host policy (rule {rules}); not created")
-    if not report.steps and not desired.denied:
-        print(f"{report.project}: in sync")
-        return EXIT_OK
-    for step in report.steps:
-        print(step)
-    return EXIT_ERROR if desired.denied else EXIT_PENDING
+    return plan_output.show(report, desired, denied_rules(args.denials), kind.name, args.json)
 
 
 def denied_rules(denials: Sequence[Denial]) -> dict[str, str]:

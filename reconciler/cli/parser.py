@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
                 help="first replace the containers of the compose project of the same name "
                 "with ours, service by service (volumes and networks adopted with their data)",
             )
+        if name == "plan":
+            p.add_argument(
+                "--json",
+                action="store_true",
+                help="the plan as data (schema reconciler.plan/v1: see README, Plans)",
+            )
         if name == "apply":
             p.add_argument(
                 "--timeout",

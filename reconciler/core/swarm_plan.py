@@ -12,8 +12,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+from reconciler.core import causes
+from reconciler.core.causes import Cause
 from reconciler.core.desired import LABEL_SPEC_HASH
 from reconciler.core.notes import Note, note
+from reconciler.core.plan_explain import swarm_changes
+from reconciler.core.spec_diff import fields_text
 from reconciler.core.spec_fields import covers
 from reconciler.core.swarm_model import (
     STACK_NAMESPACE,
@@ -54,6 +58,7 @@ __all__ = [
     "covers",
     "describe",
     "drift",
+    "drift_cause",
     "failed_revisions",
     "plan",
     "plan_down",
@@ -83,6 +88,25 @@ def drift(svc: SwarmService, obs: ObservedService) -> str | None:
     return None
 
 
+def drift_cause(svc: SwarmService, obs: ObservedService, hidden: frozenset[str]) -> Cause:
+    """`drift`'s answer as a cause with its field diff: `spec changed: environment.A`,
+    `drift: scaled to 1 by hand`, `drift: image changed to x by hand`."""
+    changes = swarm_changes(svc, obs, hidden)
+    if obs.label(LABEL_SPEC_HASH) != svc.spec_hash:
+        return causes.spec_changed(changes)
+    current = obs.spec
+    replicas = current.get("Mode", {}).get("Replicated", {}).get("Replicas")
+    if not covers(current.get("Mode"), svc.spec.get("Mode")):
+        if replicas is None:
+            return causes.drift("mode changed by hand", changes)
+        return causes.drift(f"scaled to {replicas} by hand", changes)
+    image = current.get("TaskTemplate", {}).get("ContainerSpec", {}).get("Image")
+    if image != svc.spec["TaskTemplate"]["ContainerSpec"]["Image"]:
+        return causes.drift(f"image changed to {image} by hand", changes)
+    fields = fields_text(changes)
+    return causes.drift(f"changed by hand: {fields}" if fields else "changed by hand", changes)
+
+
 def rolled_back(obs: ObservedService) -> bool:
     """Did Swarm roll this service back by itself (a failed update), not by a user's request?"""
     return obs.update_state in ROLLBACK_STATES and obs.update_message != MANUAL_ROLLBACK
@@ -107,6 +131,7 @@ def plan(
     """
     held = held or {}
     project = desired.project
+    hidden = desired.host.secrets if desired.host is not None else frozenset()
     services = [s for s in desired.services if only is None or s.name == only]
     allowed = [s for s in services if s.name not in desired.denied]
     needed = {  # by the services this pass plans (`only`)
@@ -166,6 +191,7 @@ def plan(
             notes.append(note("held", f"service {svc.name}", says))
             current = obs.spec
             if not covers(current.get("Mode"), svc.spec["Mode"]):
+                was = current.get("Mode", {}).get("Replicated", {}).get("Replicas")
                 current["Mode"] = svc.spec["Mode"]
                 actions.append(
                     ScaleService(
@@ -175,10 +201,12 @@ def plan(
                         obs.version,
                         json.dumps(current, sort_keys=True),
                         svc.replicas,
+                        why=causes.drift(f"scaled to {was} by hand (revision held)"),
                     )
                 )
             continue
-        actions.append(UpdateService(svc, obs.id, obs.version, why, obs.force_update))
+        cause = drift_cause(svc, obs, hidden)
+        actions.append(UpdateService(svc, obs.id, obs.version, cause.text, obs.force_update, cause))
 
     if only is None:
         wanted = {s.full_name for s in desired.services}

@@ -38,6 +38,7 @@ from reconciler.targets.base import (
     PlanReport,
     Settings,
 )
+from reconciler.targets.swarm_explain import explain_swarm
 
 log = structlog.get_logger("reconciler")
 SETTLE_S = 1.0  # Swarm is at work (an update, tasks not yet where they should be): look again
@@ -320,11 +321,13 @@ class SwarmTarget:
     # ------------------------------------------------------------------ the CLI's seam
 
     def plan(self) -> PlanReport:
-        the_plan, _ = self.the_plan()
+        the_plan, observed = self.the_plan()
         return PlanReport(
             self.desired.project,
             notes=tuple(map(str, the_plan.notes)),
             steps=tuple(sp.describe(a) for a in the_plan.actions),
+            services=explain_swarm(self.desired, observed, the_plan),
+            actions=the_plan.actions,
         )
 
     def apply_report(self) -> ApplyReport:

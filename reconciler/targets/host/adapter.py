@@ -47,6 +47,7 @@ from reconciler.targets.base import (
 from reconciler.targets.host.controller import Controller
 from reconciler.targets.host.events import container_event, filters, infra_event
 from reconciler.targets.host.executor import StepResult, apply
+from reconciler.targets.host.explain import explain_host, oom_marked
 from reconciler.targets.host.image_ledger import ImageLedger
 from reconciler.targets.host.runs import Exit
 
@@ -234,6 +235,7 @@ class HostTarget:
             services = [s for s in services if s.name not in desired.denied]
             kept = tuple(c for c in observed.containers if c.service not in desired.denied)
             observed = replace(observed, containers=kept)
+        observed = oom_marked(observed, engine)
         the_plan = plan_of(replace(desired, services=tuple(services)), observed, holds)
         notes += [str(n) for n in the_plan.notes]
         notes += clashes(desired, seen.others)
@@ -242,6 +244,8 @@ class HostTarget:
             notes=tuple(notes),
             errors=_missing(the_plan.notes),
             steps=tuple(describe(step.action) for step in the_plan.steps),
+            services=explain_host(services, observed, the_plan, desired.secrets),
+            actions=the_plan.actions,
         )
 
     def apply_report(self) -> ApplyReport:

@@ -38,7 +38,8 @@ from reconciler.engine.host.engine import Engine
 from reconciler.errors import EngineUnavailable
 from reconciler.ops.state_store import StateStore
 from reconciler.targets.base import RESYNC, Outcome, image_key, service_key
-from reconciler.targets.host.executor import StepResult, apply
+from reconciler.targets.host.executor import DoneElsewhere, StepResult, apply
+from reconciler.targets.host.explain import rollout_diff
 from reconciler.targets.host.fast_heal import FastHeal
 from reconciler.targets.host.image_follower import ImageFollower
 from reconciler.targets.host.image_ledger import ImageLedger
@@ -336,8 +337,10 @@ class Controller:
             record, svc, target, mode, p.verdicts, refused, after_mine, now
         )
         self.store.put(name, new_record)
+        started = any(e.kind == "started" for e in events)
+        changes = rollout_diff(target, mine, desired.secrets) if started else None
         for event in events:
-            self.reporter.rollout_event(name, event)
+            self.reporter.rollout_event(name, event, changes)
             self.images.rollout_event(name, event)
         self.reporter.service(svc, target, after_mine, new_record)
         if any(r.outcome == "success" and isinstance(r.action, StartContainer) for r in results):
@@ -368,10 +371,11 @@ class Controller:
             self.images.ensure(action)
         elif isinstance(action, CreateNetwork | CreateVolume):
             # Services share networks and volumes: one creator at a time, and only once
-            # (Docker lets two networks have one name).
+            # (Docker lets two networks have one name); the others report nothing.
             with self._infra_lock:
-                if not self.engine.exists(action.kind, action.name):
-                    self.engine.execute(action)
+                if self.engine.exists(action.kind, action.name):
+                    raise DoneElsewhere(f"{action.kind} {action.name} exists")
+                self.engine.execute(action)
         else:
             self.engine.execute(action)
 
@@ -417,7 +421,7 @@ class Controller:
             a = r.action
             if image_gone(r):  # removed behind our back: make it present again next pass
                 self.images.image_gone(service)
-            if r.outcome != "success":
+            if r.outcome != "success" or r.shared:
                 continue
             if isinstance(a, SignalContainer):
                 book.signalled[a.id] = a.digest

@@ -66,6 +66,8 @@ class ServiceMetrics:
         a = r.action
         if isinstance(a, EnsureImage) and not job and r.outcome in ("success", "waiting"):
             return  # the image was there, or its pull is queued: the pull itself reports
+        if r.shared:
+            return  # another service's worker did it, and reported it (once)
         service = a.service
         fields = {
             "service": service,
@@ -118,11 +120,14 @@ class ServiceMetrics:
 
     # ------------------------------------------------------------------ services
 
-    def rollout_event(self, service: str, event: ro.RolloutEvent) -> None:
+    def rollout_event(
+        self, service: str, event: ro.RolloutEvent, changes: list[str] | None = None
+    ) -> None:
+        """A rollout's log line (`changes`: its field diff, on `rollout started`)."""
         fields = {"service": service, "revision": event.revision[:12]}
         match event.kind:
             case "started":
-                log.info("rollout started", **fields)
+                log.info("rollout started", changes=changes or [], **fields)
             case "completed":
                 log.info("rollout completed", note=event.reason or None, **fields)
             case "failure":
