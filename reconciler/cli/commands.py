@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from reconciler.cli import plan_output
+from reconciler.cli import plan_output, status_view
 from reconciler.cli.parser import DEFAULT_LISTEN
 from reconciler.config import secrets
 from reconciler.core.policy import Denial
@@ -116,7 +116,11 @@ def _run(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
 def _status(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
     target = kind.open(desired, _settings(args))
     status_file = status_path(desired.project, args.lock_dir)
-    print(target.status(status_file, denied_rules(args.denials)))
+    daemon = status_view.daemon_status(desired.project, args.lock_dir, status_file)
+    denied = status_view.denials_of(daemon, denied_rules(args.denials))  # the daemon's, if any
+    print(target.status(status_file, denied))
+    own = args.policy_obj.source if args.policy_obj is not None else "the default policy"
+    print(status_view.account(desired.project, daemon, own))
     return EXIT_OK
 
 

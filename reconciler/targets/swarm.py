@@ -38,6 +38,7 @@ from reconciler.targets.base import (
     PlanReport,
     Settings,
 )
+from reconciler.targets.decisions import Decisions
 from reconciler.targets.swarm_explain import explain_swarm
 
 log = structlog.get_logger("reconciler")
@@ -119,6 +120,7 @@ class SwarmTarget:
         self._notes: list[str] = []
         self._lock = threading.Lock()  # one pass at a time may record its judgement
         self._update_states: dict[str, str] = {}  # Swarm's UpdateStatus.State, last seen
+        self.decisions = Decisions()  # what `status` shows of the daemon's choices
 
     # ------------------------------------------------------------------ the daemon's seam
 
@@ -183,7 +185,7 @@ class SwarmTarget:
         )
 
     def status_data(self) -> Mapping[str, object]:
-        return {}
+        return {"decisions": self.decisions.data()}
 
     def close(self) -> None:
         pass
@@ -229,6 +231,10 @@ class SwarmTarget:
     def run(self, only: str | None = None) -> tuple[sp.SwarmPlan, Pass]:
         the_plan, observed = self.the_plan(only)
         done = Pass(notes=tuple(map(str, the_plan.notes)), drift=len(the_plan.actions))
+        for svc in self.desired.services:  # what the daemon holds back, for `status`
+            if only in (None, svc.name):
+                says = [str(n) for n in the_plan.notes if n.subject == f"service {svc.name}"]
+                self.decisions.waiting(svc.name, says)
         done.settling = any(s.update_state in UPDATING for s in observed.services)
         for note in done.notes:
             if note not in self._notes:
@@ -263,6 +269,7 @@ class SwarmTarget:
         text = sp.describe(action)
         result = Done(action, outcome, error or None)
         done.results.append(result)
+        self.decisions.done(result)
         if outcome == "error":
             log.error("action failed", action=text, error=error)
         else:

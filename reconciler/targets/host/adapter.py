@@ -44,6 +44,7 @@ from reconciler.targets.base import (
     Settings,
     service_key,
 )
+from reconciler.targets.decisions import Decisions
 from reconciler.targets.host.controller import Controller
 from reconciler.targets.host.events import container_event, filters, infra_event
 from reconciler.targets.host.executor import StepResult, apply
@@ -113,6 +114,7 @@ class HostTarget:
         self.store = StateStore(desired.project, settings.state_dir)
         self._notes: dict[str, Note] = {}  # text -> note, in order, once each
         self.on_done: Callable[[Done], None] | None = None
+        self.decisions = Decisions()  # what `status` shows of the daemon's choices
         self.controller = Controller(
             self.engine,
             desired,
@@ -190,7 +192,13 @@ class HostTarget:
         )
 
     def status_data(self) -> Mapping[str, object]:
-        return {"crashloop": self.controller.crashloops(), "images": self.controller.tags()}
+        for service, texts in list(self.controller.waits.items()):
+            self.decisions.waiting(service, texts)
+        return {
+            "crashloop": self.controller.crashloops(),
+            "images": self.controller.tags(),
+            "decisions": self.decisions.data(),
+        }
 
     def close(self) -> None:
         self.engine.cancel_transfers()
@@ -199,6 +207,8 @@ class HostTarget:
     # ------------------------------------------------------------------ the CLI's seam
 
     def _result(self, r: StepResult) -> None:
+        if r.outcome != "waiting":
+            self.decisions.done(done_of(r))
         if self.on_done is not None and r.outcome != "waiting":
             self.on_done(done_of(r))
 

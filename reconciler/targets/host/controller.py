@@ -33,6 +33,7 @@ from reconciler.core.desired import DesiredState, HealPolicy, ServiceSpec
 from reconciler.core.healing import HealingBook
 from reconciler.core.notes import Note
 from reconciler.core.observed import ObservedContainer
+from reconciler.core.plan_explain import WAIT_KINDS
 from reconciler.core.planner import Holds, foreign_namespaces, plan
 from reconciler.engine.host.engine import Engine
 from reconciler.errors import EngineUnavailable
@@ -98,6 +99,7 @@ class Controller:
         self.on_result = on_result
         self.on_note = on_note
         self.books: dict[str, HealingBook] = {}
+        self.waits: dict[str, tuple[str, ...]] = {}  # service -> its held steps, last pass
         self._drained: dict[str, dict[str, float]] = {}  # service -> container id -> until
         # Services gone from the file are left alone while set (the daemon, when it starts on
         # a file that has just changed: two-step edits).
@@ -318,6 +320,7 @@ class Controller:
         for note in p.notes:
             log.debug("note", project=desired.project, service=name, note=str(note))
             self.on_note(note)
+        self.waits[name] = tuple(str(n) for n in p.notes if n.kind in WAIT_KINDS)
         results = self._apply(p)
         policies = {f"image:{name}": svc.heal} | {
             k: svc.heal for c in target.replicas for k in keys_of(c.name)
