@@ -186,7 +186,7 @@ def service_steps(
                 out.append((create, _NO))
             else:
                 if not down:
-                    why = f"replacement waits ({waiting_reason}); it is needed: {cause.text}"
+                    why = f"replacement waits ({waiting_reason}); needed: {cause.text}"
                     p.notes.append(note("replacement_waits", spec.name, why, waiting_reason))
                 out += _heal(spec, cur, holds, svc.job)
                 if cur.name != spec.name:  # serving under another name: give it the replica's
@@ -244,19 +244,20 @@ def changes(
 
 
 def _waits_for(specs: tuple[ContainerSpec, ...], slots: list[_Slot], rollout: ro.Rollout) -> str:
-    """What holds a rollout back, named: `waits for p-web-3 (missing: created now)`."""
+    """What holds a rollout back, named: `for p-web-3 to run (missing, created in this
+    pass)`, `for p-web-2 to serve again (exited 1)`."""
     waits = []
     for spec, s in zip(specs, slots, strict=True):
         if s.current is None and s.new is None:
-            waits.append(f"{spec.name} (missing: created now, replaced once it runs)")
+            waits.append(f"{spec.name} to run (missing, created in this pass)")
         elif (
             s.current is not None
             and s.new is None
             and not _serving(s.current)
             and s.current.id not in rollout.failed
         ):
-            waits.append(f"{spec.name} ({_state(s.current)})")
-    return "waits for " + ", ".join(waits) if waits else "a replica is not up"
+            waits.append(f"{spec.name} to serve again ({_state(s.current)})")
+    return "for " + ", ".join(waits) if waits else "a replica is not up"
 
 
 def _state(c: ObservedContainer) -> str:
