@@ -110,18 +110,19 @@ def _is(value: Any, marker: str) -> bool:
     return isinstance(value, dict) and set(value) == {marker}
 
 
-def _quoted(field: str) -> bool:
-    """Values of mappings (environment.A, labels.x) and free text are quoted; names are not."""
-    return "." in field and not field.startswith(("healthcheck.", "deploy.", "networks."))
+# Fields whose values are free text of a mapping: quoted, so "" and " x" show as they are.
+QUOTED = ("environment.", "labels.", "deploy.labels.", "logging.options.", "sysctls.")
 
 
 def _text(field: str, value: Any) -> str:
     if value is None:
         return "(unset)"
-    if isinstance(value, str) and not _quoted(field) and value and " " not in value:
-        return value
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, str) and not field.startswith(QUOTED) and value and " " not in value:
+        return value
     return json.dumps(value, sort_keys=True)
 
 

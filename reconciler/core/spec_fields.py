@@ -161,6 +161,12 @@ _WHOLE = {
     "EndpointSpec.Ports",
     "Mode.Global",
 }
+_NANOSECONDS = {
+    "TaskTemplate.ContainerSpec.StopGracePeriod",
+    "TaskTemplate.ContainerSpec.Healthcheck.Interval",
+    "TaskTemplate.ContainerSpec.Healthcheck.Timeout",
+    "TaskTemplate.ContainerSpec.Healthcheck.StartPeriod",
+}
 # Fields only the file sets: one Swarm shows that the file does not is a removal. Any other
 # field the file leaves out is a default Swarm filled in (not a difference).
 SWARM_OWNED = ("image", "command", "entrypoint", "environment.", "labels.", "deploy.labels.",
@@ -203,6 +209,8 @@ def _walk(view: View, path: str, value: Any, hidden: frozenset[str]) -> None:
         name = _SWARM_NAMES.get(path, path)
         if path == "Mode.Global":
             value = "global"
+        elif path in _NANOSECONDS and isinstance(value, int):
+            value = value / 1e9  # seconds, as the file says them
         _put(view, name, value, hidden)
 
 

@@ -201,7 +201,8 @@ def plan(
                         obs.version,
                         json.dumps(current, sort_keys=True),
                         svc.replicas,
-                        why=causes.drift(f"scaled to {was} by hand (revision held)"),
+                        f"drift: scaled to {was} by hand (revision held)",
+                        causes.drift(f"scaled to {was} by hand (revision held)"),
                     )
                 )
             continue
