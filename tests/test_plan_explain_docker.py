@@ -40,6 +40,11 @@ def stack(project: str, image: str, a: str, password: str, replicas: int) -> dic
             "api": svc(),
             "worker": svc(),
             "exporter": svc(volumes=["/:/host:ro"]),  # denied without the policy
+            "hog": svc(  # killed by the kernel's OOM killer each time it starts
+                init=False,
+                mem_limit="8m",
+                command=["sh", "-c", "sleep 1; x=$(head -c 64000000 /dev/zero | tr '\\0' a)"],
+            ),
         },
     }
 
@@ -58,10 +63,11 @@ def test_plan_explains_an_edit_and_status_shows_the_daemon(
     lock = ("--lock-dir", str(tmp_path))
     web = [f"{project}-web-1", f"{project}-web-2"]
     everyone = sorted([*web, f"{project}-api-1", f"{project}-worker-1", f"{project}-exporter-1"])
+    hog = f"{project}-hog-1"
 
     # A cold start: four services share one network; it is reported created once.
     d = daemon(path, extra=("--policy", str(policy)))
-    wait_for(lambda: running_names(api, project) == everyone, 90, what="the stack to run")
+    wait_for(lambda: set(everyone) <= set(running_names(api, project)), 90, what="the stack to run")
     creates = [
         e for e in d.events("action") if e.get("kind") == "network" and e.get("action") == "create"
     ]
@@ -74,6 +80,14 @@ def test_plan_explains_an_edit_and_status_shows_the_daemon(
     assert "denied" not in seen.stdout and "denied" not in seen.stderr, seen.stdout
     assert f"daemon pid {d.proc.pid} runs project {project} under {policy}" in seen.stdout
     assert d.stop() == 0
+    wait_for(
+        lambda: (
+            api.inspect_container(hog)["State"]["OOMKilled"]
+            and api.inspect_container(hog)["State"]["Status"] == "exited"
+        ),
+        30,
+        what="the hog to be OOM killed",
+    )
 
     alone = run_cli("status", str(path), *lock)
     assert f"no daemon runs for project {project}" in alone.stdout
@@ -88,6 +102,7 @@ def test_plan_explains_an_edit_and_status_shows_the_daemon(
     assert "environment.DB_PASSWORD (changed, value hidden)" in text
     assert "replicas 2 -> 3" in text
     assert f"create container {project}-web-3 (missing)" in text
+    assert f"start container {hog} (exited 137 (OOM killed))" in text
     assert "hunter2" not in text + out.stderr
     assert "a replica is down" not in text  # none was: it names what it waits for
     for name in web:
@@ -121,6 +136,15 @@ def test_plan_explains_an_edit_and_status_shows_the_daemon(
     assert 'environment.A "1" -> "2"' in started[0]["changes"]
     assert "environment.DB_PASSWORD (changed, value hidden)" in started[0]["changes"]
     assert "hunter2" not in d2.log_path.read_text()
+    wait_for(
+        lambda: [
+            e
+            for e in d2.events("action")
+            if e.get("container") == hog and e.get("reason") == "exited 137 (OOM killed)"
+        ],
+        60,
+        what="the daemon to restart the hog, saying why",
+    )
 
 
 def _validate_with_json_schema(data: dict[str, Any]) -> None:
