@@ -9,6 +9,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 
+from reconciler.config import secrets
 from reconciler.targets.base import Done
 
 KEEP = 5  # last actions kept per service
@@ -38,7 +39,7 @@ class Decisions:
             "result": d.outcome,
         }
         if d.error:
-            row["error"] = d.error
+            row["error"] = secrets.redact(d.error)  # Docker's error may quote a secret
         with self._lock:
             self._recent.setdefault(service, deque(maxlen=KEEP)).append(row)
 
