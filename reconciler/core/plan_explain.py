@@ -23,7 +23,16 @@ from reconciler.core.swarm_model import ObservedService, SwarmService
 
 # Note kinds that hold a step of a service back (what it waits for is their text).
 WAIT_KINDS = frozenset(
-    {"held", "waiting", "replacement_waits", "namespace_missing", "draining", "name_taken"}
+    {
+        "held",
+        "waiting",
+        "replacement_waits",
+        "namespace_missing",
+        "draining",
+        "name_taken",
+        "rolling_back",
+        "paused",
+    }
 )
 
 
