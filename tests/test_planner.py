@@ -144,7 +144,11 @@ def test_scale_down_of_a_stopped_replica_removes_it_at_once() -> None:
 def test_exited_is_started() -> None:
     """An exited container (crash or docker stop) is started again."""
     (a,) = plan(STACK, _with("p-db-1", state="exited", exit_code=137)).actions
-    assert isinstance(a, StartContainer) and a.reason == "exited (137)"
+    assert (
+        isinstance(a, StartContainer)
+        and a.reason == "exited 137 (SIGKILL)"
+        and a.cause.kind == "exited"
+    )
 
 
 def test_paused_is_unpaused() -> None:
@@ -277,7 +281,9 @@ def test_running_replicas_wait_while_another_is_down() -> None:
     p = plan(CHANGED, obs)
     creates = [a for a in p.actions if isinstance(a, CreateContainer)]
     assert [a.spec.name for a in creates] == ["p-web-2"]
-    assert any("p-web-1: replacement waits (a replica is down" in n for n in p.notes)
+    assert any(
+        "p-web-1: replacement waits (for p-web-2 to serve again (exited 1))" in n for n in p.notes
+    )
 
 
 def test_paused_rollout_heals_as_is_but_replaces_dead() -> None:
@@ -380,7 +386,10 @@ def test_a_kept_tolerated_failure_does_not_hold_the_rollout_back() -> None:
         ro.temp_name(_web(d, 2))
     ]
     held = plan(d, obs, Holds(now=2.0, rollouts=rollouts(d)))
-    assert any("p-web-2: replacement waits (a replica is down" in n for n in held.notes)
+    assert any(
+        "p-web-2: replacement waits (for p-web-1 to serve again (exited 1))" in n
+        for n in held.notes
+    )
 
 
 def test_a_stopped_replacement_being_replaced_in_turn_is_judged_against() -> None:

@@ -543,7 +543,7 @@ def test_an_unhealthy_replica_holds_the_next_batch_back() -> None:
     )
     p = plan(d2, replace(live, containers=sick), Holds(now=100.0, unhealthy_due=frozenset()))
     assert not [a for a in p.actions if isinstance(a, CreateContainer)]
-    assert any("not healthy" in n for n in p.notes)
+    assert any("to serve again (unhealthy)" in n for n in p.notes), p.notes
 
 
 def test_an_unhealthy_replica_of_the_old_spec_is_replaced_at_once() -> None:

@@ -259,7 +259,9 @@ def test_changed_config_file_rotates_the_swarm_config(
     assert applied.ok
     verbs = [r.text for r in applied.results]
     assert any(v.startswith("create config") for v in verbs)
-    assert any(v.startswith(f"update service {sproject}_web (the file changed it)") for v in verbs)
+    assert any(
+        v.startswith(f"update service {sproject}_web (spec changed: configs.") for v in verbs
+    )
     spec = swarm.inspect_service(f"{sproject}_web")
     names = [c["ConfigName"] for c in spec["Spec"]["TaskTemplate"]["ContainerSpec"]["Configs"]]
     assert names and names[0] not in first
@@ -323,7 +325,7 @@ def test_a_revision_swarm_rolled_back_is_held_until_the_file_changes(
     assert state() == ""
     the_plan, _ = fresh.run()
     assert [sp.describe(a) for a in the_plan.actions] == [
-        f"scale service {name} (replicas changed by hand (revision held))"
+        f"scale service {name} (drift: scaled to 3 by hand (revision held))"
     ]
     spec = swarm.inspect_service(name)["Spec"]
     assert spec["Mode"]["Replicated"]["Replicas"] == 1

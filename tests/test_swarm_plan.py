@@ -213,9 +213,12 @@ def test_equal_specs_are_left_alone_and_swarm_defaults_do_not_count(tmp_path: Pa
 @pytest.mark.parametrize(
     ("edit", "reason"),
     [
-        ({"Mode": {"Replicated": {"Replicas": 5}}}, "replicas changed by hand"),
-        ({"TaskTemplate__ContainerSpec__Image": "w:2@sha256:ab"}, "image changed by hand"),
-        ({"TaskTemplate__ContainerSpec__Env": ["X=1"]}, "changed by hand"),
+        ({"Mode": {"Replicated": {"Replicas": 5}}}, "drift: scaled to 5 by hand"),
+        (
+            {"TaskTemplate__ContainerSpec__Image": "w:2@sha256:ab"},
+            "drift: image changed to w:2@sha256:ab by hand",
+        ),
+        ({"TaskTemplate__ContainerSpec__Env": ["X=1"]}, "drift: changed by hand: environment.X"),
         (
             {
                 "Labels": {
@@ -225,7 +228,7 @@ def test_equal_specs_are_left_alone_and_swarm_defaults_do_not_count(tmp_path: Pa
                     "io.reconciler.spec-hash": "old",
                 }
             },
-            "the file changed it",
+            "spec changed",
         ),
     ],
 )
@@ -241,6 +244,7 @@ def test_drift_is_updated_with_its_reason(
     )
     actions = sp.plan(d, o).actions
     assert [(a.verb, a.name, a.reason) for a in actions] == [("update", "demo_web", reason)]
+    assert actions[0].cause.text == reason
 
 
 def test_not_ours_is_never_touched_and_ours_that_left_is_removed(tmp_path: Path) -> None:

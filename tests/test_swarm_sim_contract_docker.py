@@ -178,7 +178,9 @@ def test_update(stack: Stack) -> None:
     stack.step(stack.write({"web": stack.web(), "db": {}}))
     desired = stack.write({"web": stack.web(environment={"COLOR": "blue"}), "db": {}})
     the_plan, before, predicted, real = stack.step(desired)
-    assert verbs(the_plan) == [f"update service {stack.project}_web (the file changed it)"]
+    assert verbs(the_plan) == [
+        f"update service {stack.project}_web (spec changed: environment.COLOR)"
+    ]
     assert_contract(desired, before, predicted, real)
 
 
@@ -202,7 +204,7 @@ def test_scale_by_the_file_by_hand_and_held(stack: Stack) -> None:
     stack.step(stack.write({"web": stack.web(), "db": {}}))
     desired = stack.write({"web": stack.web(replicas=3), "db": {}})
     the_plan, before, predicted, real = stack.step(desired)
-    assert verbs(the_plan) == [f"update service {stack.project}_web (the file changed it)"]
+    assert verbs(the_plan) == [f"update service {stack.project}_web (spec changed: replicas)"]
     assert_contract(desired, before, predicted, real)
 
     scale = lambda n: subprocess.run(  # noqa: E731
@@ -212,7 +214,7 @@ def test_scale_by_the_file_by_hand_and_held(stack: Stack) -> None:
     )
     scale(4)
     the_plan, before, predicted, real = stack.step(desired)
-    assert verbs(the_plan) == [f"update service {stack.project}_web (replicas changed by hand)"]
+    assert verbs(the_plan) == [f"update service {stack.project}_web (drift: scaled to 4 by hand)"]
     assert_contract(desired, before, predicted, real)
 
     scale(5)

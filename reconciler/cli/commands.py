@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from reconciler.cli import history, notify_setup
+from reconciler.cli import history, notify_setup, plan_output, status_view
 from reconciler.cli.parser import DEFAULT_LISTEN
 from reconciler.cli.progress import ProgressView, objects_in
 from reconciler.config import secrets
@@ -46,20 +46,7 @@ def _require(kind: TargetKind, wanted: bool, capability: str, option: str) -> No
 
 def _plan(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
     report = kind.open(desired, _settings(args)).plan()
-    for note in report.notes:
-        print(f"# {note}")
-    for line in report.errors:
-        print(f"error: {line}")
-    if report.errors:
-        return EXIT_ERROR
-    for name, rules in sorted(denied_rules(args.denials).items()):  # never in sync
-        print(f"error: service {name} is denied by the host policy (rule {rules}); not created")
-    if not report.steps and not desired.denied:
-        print(f"{report.project}: in sync")
-        return EXIT_OK
-    for step in report.steps:
-        print(step)
-    return EXIT_ERROR if desired.denied else EXIT_PENDING
+    return plan_output.show(report, desired, denied_rules(args.denials), kind.name, args.json)
 
 
 def denied_rules(denials: Sequence[Denial]) -> dict[str, str]:
@@ -165,7 +152,11 @@ def _run(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
 def _status(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
     target = kind.open(desired, _settings(args))
     status_file = status_path(desired.project, args.lock_dir)
-    print(target.status(status_file, denied_rules(args.denials)))
+    daemon = status_view.daemon_status(desired.project, args.lock_dir, status_file)
+    denied = status_view.denials_of(daemon, denied_rules(args.denials))  # the daemon's, if any
+    print(target.status(status_file, denied))
+    own = args.policy_obj.source if args.policy_obj is not None else "the default policy"
+    print(status_view.account(desired.project, daemon, own))
     return EXIT_OK
 
 

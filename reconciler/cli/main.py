@@ -84,7 +84,7 @@ def _main(args: argparse.Namespace, signals: SignalRelay | None) -> int:
     denials: tuple[Denial, ...] = ()
     if policy is not None:
         desired, denials = kind.judge(desired, policy)
-        for d in denials if args.command != "run" else ():  # the daemon logs its own
+        for d in denials if args.command not in ("run", "status") else ():  # status: its table
             print(f"denied: {d.message(desired.source, policy)}", file=sys.stderr)
     args.policy_obj = policy
     args.denials = denials

@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if name in ("apply", "run", "down"):
             history.add_size_option(p)
+        if name == "plan":
+            p.add_argument(
+                "--json",
+                action="store_true",
+                help="the plan as data (schema reconciler.plan/v1: see README, Plans)",
+            )
         if name == "apply":
             p.add_argument(
                 "--timeout",

@@ -101,6 +101,9 @@ def event_of(
     """The history's record of one executed action (`outcome`: success, error, skipped)."""
     result: Result = outcome if outcome in ("success", "error", "skipped") else "error"  # type: ignore[assignment]
     extra = {"verb": action.verb, "object": action.kind, "name": action.name}
+    changes = action.cause.changes
+    if changes:  # the field diff behind a spec change (secret values hidden)
+        extra["diff"] = cut("; ".join(map(str, changes)))
     if error:
         extra["error"] = cut(error)
     return Event(
@@ -109,7 +112,7 @@ def event_of(
         message=cut(action.describe()),
         replica=replica_of(action),
         trigger=trigger_text(trigger),
-        cause=cut(action.reason),
+        cause=cut(str(action.cause)),
         result=result,
         duration_s=None if duration_s is None else round(duration_s, 3),
         revision=revision[:12],

@@ -7,9 +7,11 @@ most of both derive their key and line from `BaseAction`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
+from reconciler.core import causes
+from reconciler.core.causes import Cause
 from reconciler.core.desired import (
     BuildSpec,
     ContainerSpec,
@@ -43,6 +45,9 @@ class Action(Protocol):
 
     @property
     def reason(self) -> str: ...
+
+    @property
+    def cause(self) -> Cause: ...  # the reason as data: its kind and the field diff behind it
 
     def describe(self) -> str:
         """One line for humans: verb, kind, name and reason."""
@@ -83,6 +88,12 @@ class BaseAction:
     @property
     def key(self: _Keyed) -> str:
         return f"{self.key_prefix}:{self.name}"
+
+    @property
+    def cause(self: Action) -> Cause:
+        """`why` where the planner knew more than the reason's words, else the reason."""
+        why = getattr(self, "why", None)
+        return why if isinstance(why, Cause) else causes.of(self.reason)
 
     def describe(self: Action) -> str:
         return summary(self)
@@ -156,6 +167,10 @@ class EnsureImage:
     def key(self) -> str:
         return f"image:{self.service}"
 
+    @property
+    def cause(self) -> Cause:
+        return causes.of(self.reason)
+
     def describe(self) -> str:
         how = f"build from {self.build.context}" if self.build else f"pull policy {self.pull}"
         return f"ensure image {self.image} for {self.service} ({how})"
@@ -172,6 +187,7 @@ class CreateContainer(BaseAction):
     spec: ContainerSpec
     reason: str = "missing"
     as_name: str | None = None
+    why: Cause | None = field(default=None, compare=False)  # the reason as data (`cause`)
     verb = "create"
     kind = "container"
     key_prefix = "create"
@@ -222,6 +238,7 @@ class StartContainer(BaseAction):
     name: str
     service: str
     reason: str
+    why: Cause | None = field(default=None, compare=False)
     verb = "start"
     kind = "container"
     key_prefix = "container"
@@ -234,6 +251,7 @@ class RestartContainer(BaseAction):
     service: str
     reason: str
     grace_s: float | None = None
+    why: Cause | None = field(default=None, compare=False)
     verb = "restart"
     kind = "container"
     key_prefix = "container"
@@ -276,6 +294,10 @@ class ConnectNetwork:
     @property
     def key(self) -> str:
         return f"connect:{self.name}:{self.attachment.network}"
+
+    @property
+    def cause(self) -> Cause:
+        return causes.of(self.reason)
 
     def describe(self) -> str:
         return f"connect container {self.name} to network {self.attachment.network}"

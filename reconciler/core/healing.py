@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from reconciler.core.desired import DesiredState, HealPolicy
+from reconciler.core.desired import ContainerSpec, DesiredState, HealPolicy
 from reconciler.core.observed import Observed
 from reconciler.core.planner import Holds
 
@@ -29,6 +29,7 @@ class LastRun:
     started_at: float
     finished_at: float
     exit_code: int | None = None
+    oom_killed: bool = False  # the kernel's OOM killer ended it (inspect's State.OOMKilled)
 
 
 @dataclass(slots=True)
@@ -94,7 +95,17 @@ class HealingBook:
         held |= {k: b.reason for k, b in self.backoffs.items() if b.not_before > now}
         for name in [n for n, t in self.docker_window.items() if t <= now or n not in present]:
             del self.docker_window[name]
-        return Holds(held=held, unhealthy_due=frozenset(due), signalled=dict(self.signalled))
+        since = {
+            name: at - grace_of(specs.get(name))
+            for name, at in self.unhealthy_due_at.items()
+            if name in present
+        }
+        return Holds(
+            held=held,
+            unhealthy_due=frozenset(due),
+            signalled=dict(self.signalled),
+            unhealthy_since=since,
+        )
 
     def exit_hold(self, name: str, run: LastRun, heal: HealPolicy, now: float) -> str | None:
         """Count one replica's exit (the heal fast path); the back-off reason if it must wait."""
@@ -170,6 +181,16 @@ class HealingBook:
         times += [t for t in self.unhealthy_due_at.values() if t > now]
         times += [t for t in self.docker_window.values() if t > now]
         return min(times) if times else None
+
+
+def grace_of(entry: tuple[HealPolicy, ContainerSpec | None] | None) -> float:
+    """How long an unhealthy replica is given before it is restarted."""
+    if entry is None:
+        return 0.0
+    heal, spec = entry
+    if heal.unhealthy_grace_s is not None:
+        return heal.unhealthy_grace_s
+    return spec.healthcheck.interval_s if spec and spec.healthcheck else 0.0
 
 
 def docker_will_restart(policy: str, run: LastRun) -> bool:

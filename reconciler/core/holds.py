@@ -26,6 +26,7 @@ class Holds:
         services, in a per-service plan; containers of no project that a `network_mode:
         container:X` names): the owners of network namespaces it joins, and names it must
         not take.
+    unhealthy_since: container name -> when it was first seen unhealthy (for the cause).
     absent: `network_mode: container:X` names that are no container of the project and of
         which no container exists: what joins them is blocked (an error, not a wait).
     """
@@ -39,6 +40,7 @@ class Holds:
     rollouts: Mapping[str, ro.Rollout] = field(default_factory=dict)
     outside: Mapping[str, str] = field(default_factory=dict)
     absent: frozenset[str] = frozenset()
+    unhealthy_since: Mapping[str, float] = field(default_factory=dict)  # name -> first seen
 
 
 NO_HOLDS = Holds()

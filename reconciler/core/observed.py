@@ -28,6 +28,8 @@ class ObservedContainer:
     config_hash: str = ""  # digest of the reload-signal configs it was created with
     network_target: str = ""  # with network_mode container:X, the ID of X it joined
     started_at: float | None = None  # filled in only for replacements being judged
+    spec_view: str = ""  # its spec by field names, as created (core.spec_fields: the label)
+    oom_killed: bool = False  # its last run ended by the kernel's OOM killer (when known)
 
 
 @dataclass(frozen=True, slots=True)

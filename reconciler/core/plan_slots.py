@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from reconciler.core import causes
 from reconciler.core import rollout as ro
 from reconciler.core.actions import (
     JUST_CREATED,
@@ -30,11 +31,14 @@ from reconciler.core.actions import (
     StopContainer,
     UnpauseContainer,
 )
+from reconciler.core.causes import Cause
 from reconciler.core.desired import ContainerSpec, ServiceSpec
 from reconciler.core.holds import Holds
 from reconciler.core.notes import Note, note
 from reconciler.core.observed import ObservedContainer
 from reconciler.core.plan_order import Local, namespace_owner
+from reconciler.core.spec_diff import FieldChange, conceal, decode, diff
+from reconciler.core.spec_fields import host_view
 
 DEFAULT_DRAIN_S = ro.DEFAULT_DRAIN_S  # for containers of services gone from the file
 NO_DNS_NETWORKS = frozenset({"host", "none"})  # Docker's own: no aliases, never left
@@ -50,6 +54,7 @@ class PlanPass:
     notes: list[Note] = field(default_factory=list)
     wakes: list[float] = field(default_factory=list)
     verdicts: list[SlotVerdict] = field(default_factory=list)
+    hidden: frozenset[str] = frozenset()  # values never shown (DesiredState.secrets)
 
     def wake(self, at: float | None) -> None:
         if at is not None:
@@ -131,7 +136,7 @@ def service_steps(
     if rollout.mode == "paused":
         budget, waiting_reason = 0, "rollout paused"
     elif not all_up:
-        budget, waiting_reason = 0, "a replica is down or not healthy; the rollout waits for it"
+        budget, waiting_reason = 0, _waits_for(svc.replicas, classified, rollout)
     elif rollout.last_batch_at and holds.now < rollout.last_batch_at + config.delay_s:
         p.wake(rollout.last_batch_at + config.delay_s)
         budget, waiting_reason = 0, f"update delay {config.delay_s:g}s"
@@ -151,7 +156,7 @@ def service_steps(
             if as_name:
                 why = f"name taken, created as {as_name} until it is free"
                 p.notes.append(note("name_taken", spec.name, why))
-            create = CreateContainer(spec, "missing", as_name)
+            create = CreateContainer(spec, "missing", as_name, causes.MISSING)
             out.append((create, _NO))
             start = StartContainer(create.name, create.name, svc.name, JUST_CREATED)
             out.append((start, _keys(create)))
@@ -172,16 +177,17 @@ def service_steps(
                 continue
             # Not serving (exited, dead, unhealthy): replaced at once, outside the budget.
             down = not _serving(cur) or moved
-            reason = _why_replace(cur, spec, moved)
+            cause = _why_replace(cur, spec, moved, p.hidden)
+            create = CreateContainer(spec, cause.text, ro.temp_name(spec), cause)
             if down and (rollout.mode != "paused" or cur.state == "dead" or moved):
-                out.append((CreateContainer(spec, reason, ro.temp_name(spec)), _NO))
+                out.append((create, _NO))
             elif not down and budget > 0:
                 budget -= 1
-                out.append((CreateContainer(spec, reason, ro.temp_name(spec)), _NO))
+                out.append((create, _NO))
             else:
                 if not down:
-                    why = f"replacement waits ({waiting_reason})"
-                    p.notes.append(note("replacement_waits", spec.name, why))
+                    why = f"replacement waits ({waiting_reason}); needed: {cause.text}"
+                    p.notes.append(note("replacement_waits", spec.name, why, waiting_reason))
                 out += _heal(spec, cur, holds, svc.job)
                 if cur.name != spec.name:  # serving under another name: give it the replica's
                     why = "serving under another name"
@@ -216,12 +222,50 @@ def _classify(spec: ContainerSpec, containers: list[ObservedContainer]) -> _Slot
     return _Slot(current, new, stale)
 
 
-def _why_replace(cur: ObservedContainer, spec: ContainerSpec, moved: bool) -> str:
+def _why_replace(
+    cur: ObservedContainer, spec: ContainerSpec, moved: bool, hidden: frozenset[str]
+) -> Cause:
     if cur.state == "dead":
-        return "dead"
+        return Cause("dead", "dead")
     if moved:
-        return f"network namespace owner {namespace_owner(spec)} was recreated"
-    return "spec changed"
+        return causes.of(f"network namespace owner {namespace_owner(spec)} was recreated")
+    return causes.spec_changed(changes(cur, spec, hidden))
+
+
+def changes(
+    cur: ObservedContainer, spec: ContainerSpec, hidden: frozenset[str] = frozenset()
+) -> tuple[FieldChange, ...]:
+    """The fields of `spec` that differ from what `cur` was created from (() when `cur`
+    carries no view of its spec: made by an older version)."""
+    old = decode(cur.spec_view)
+    if old is None or cur.spec_hash == spec.spec_hash:
+        return ()
+    return diff(conceal(old, hidden), host_view(spec, hidden))
+
+
+def _waits_for(specs: tuple[ContainerSpec, ...], slots: list[_Slot], rollout: ro.Rollout) -> str:
+    """What holds a rollout back, named: `for p-web-3 to run (missing, created in this
+    pass)`, `for p-web-2 to serve again (exited 1)`."""
+    waits = []
+    for spec, s in zip(specs, slots, strict=True):
+        if s.current is None and s.new is None:
+            waits.append(f"{spec.name} to run (missing, created in this pass)")
+        elif (
+            s.current is not None
+            and s.new is None
+            and not _serving(s.current)
+            and s.current.id not in rollout.failed
+        ):
+            waits.append(f"{spec.name} to serve again ({_state(s.current)})")
+    return "for " + ", ".join(waits) if waits else "a replica is not up"
+
+
+def _state(c: ObservedContainer) -> str:
+    if c.state == "running" and c.health == "unhealthy":
+        return "unhealthy"
+    if c.state == "exited":
+        return causes.exited(c.exit_code, c.oom_killed).text
+    return c.state
 
 
 def _in_flight(
@@ -311,7 +355,8 @@ def _heal(
                     out.append((ConnectNetwork(c.id, c.name, c.service, attachment), _NO))
     match c.state:
         case "exited":
-            out.append((StartContainer(c.id, c.name, c.service, f"exited ({c.exit_code})"), _NO))
+            why = causes.exited(c.exit_code, c.oom_killed)
+            out.append((StartContainer(c.id, c.name, c.service, why.text, why), _NO))
         case "created":
             out.append((StartContainer(c.id, c.name, c.service, "created, never started"), _NO))
         case "paused":
@@ -325,7 +370,9 @@ def _heal(
 
 def _running(spec: ContainerSpec, c: ObservedContainer, holds: Holds) -> Iterable[HostAction]:
     if c.health == "unhealthy" and (holds.unhealthy_due is None or c.name in holds.unhealthy_due):
-        yield RestartContainer(c.id, c.name, c.service, "unhealthy", _grace(spec))
+        since = holds.unhealthy_since.get(c.name)
+        why = causes.unhealthy(None if since is None else holds.now - since)
+        yield RestartContainer(c.id, c.name, c.service, why.text, _grace(spec), why)
         return
     if spec.reload_digest and spec.reload_signal:
         delivered = holds.signalled.get(c.id, c.config_hash)

@@ -70,7 +70,8 @@ def foreign_namespaces(desired: DesiredState) -> frozenset[str]:
 
 def plan(desired: DesiredState, observed: Observed, holds: Holds = NO_HOLDS) -> Plan:
     """The ordered steps that bring `observed` to `desired`, and notes to report."""
-    p = PlanPass(holds, {**holds.outside, **{c.name: c.id for c in observed.containers}})
+    ids = {**holds.outside, **{c.name: c.id for c in observed.containers}}
+    p = PlanPass(holds, ids, hidden=desired.secrets)
     infra = [*plan_infra.networks(desired, observed, p.notes)]
     infra += plan_infra.volumes(desired, observed, p.notes)
     infra_keys = {s.key for s in infra}

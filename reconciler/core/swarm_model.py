@@ -14,6 +14,7 @@ from typing import Any
 
 from reconciler.core.actions import BaseAction, CreateMissing, RemoveOwned
 from reconciler.core.actions import describe as describe_any
+from reconciler.core.causes import Cause
 from reconciler.core.desired import LABEL_MANAGED, LABEL_PROJECT, LABEL_SPEC_HASH, DesiredState
 from reconciler.core.notes import Note
 
@@ -200,6 +201,7 @@ class UpdateService(BaseAction):
     version: int
     reason: str
     force_update: int = 0  # kept as it is: a changed ForceUpdate restarts every task
+    why: Cause | None = field(default=None, compare=False)  # the reason as data (`cause`)
     verb = "update"
     kind = "service"
     key_prefix = "service"
@@ -224,6 +226,7 @@ class ScaleService(BaseAction):
     spec_json: str  # the observed spec with the file's Mode
     replicas: int
     reason: str = "replicas changed by hand (revision held)"
+    why: Cause | None = field(default=None, compare=False)
     verb = "scale"
     kind = "service"
     key_prefix = "service"

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
 
+from reconciler.core import causes
+from reconciler.core.causes import Cause
 from reconciler.core.desired import LABEL_SPEC_HASH
 from reconciler.core.notes import Note, note
+from reconciler.core.plan_explain import swarm_changes
+from reconciler.core.spec_diff import fields_text
+from reconciler.core.spec_fields import covers
 from reconciler.core.swarm_model import (
     STACK_NAMESPACE,
     CreateService,
@@ -54,6 +58,7 @@ __all__ = [
     "covers",
     "describe",
     "drift",
+    "drift_cause",
     "failed_revisions",
     "plan",
     "plan_down",
@@ -63,31 +68,6 @@ __all__ = [
 # Swarm's UpdateStatus.State values after a rollback it started itself.
 ROLLBACK_STATES = frozenset({"rollback_started", "rollback_completed", "rollback_paused"})
 MANUAL_ROLLBACK = "manually requested rollback"
-
-
-def _zero(value: Any) -> bool:
-    """What the engine leaves out of a spec it returns (Go's omitempty)."""
-    if isinstance(value, dict):
-        return all(_zero(v) for v in value.values())
-    return value in (None, 0, False, "", [])
-
-
-def covers(observed: Any, desired: Any) -> bool:
-    """Does the observed spec hold everything the desired one says? Keys Swarm added
-    (defaults) are ignored, keys we send as zero may be missing; lists match item by item."""
-    if isinstance(desired, dict):
-        if not isinstance(observed, dict):
-            return _zero(desired) and observed is None
-        return all(
-            covers(observed[k], v) if k in observed else _zero(v) for k, v in desired.items()
-        )
-    if isinstance(desired, list):
-        return (
-            isinstance(observed, list)
-            and len(observed) == len(desired)
-            and all(covers(o, d) for o, d in zip(observed, desired, strict=True))
-        )
-    return bool(observed == desired)
 
 
 # --------------------------------------------------------------------------- planning
@@ -106,6 +86,25 @@ def drift(svc: SwarmService, obs: ObservedService) -> str | None:
     if not covers(current, wanted):
         return "changed by hand"
     return None
+
+
+def drift_cause(svc: SwarmService, obs: ObservedService, hidden: frozenset[str]) -> Cause:
+    """`drift`'s answer as a cause with its field diff: `spec changed: environment.A`,
+    `drift: scaled to 1 by hand`, `drift: image changed to x by hand`."""
+    changes = swarm_changes(svc, obs, hidden)
+    if obs.label(LABEL_SPEC_HASH) != svc.spec_hash:
+        return causes.spec_changed(changes)
+    current = obs.spec
+    replicas = current.get("Mode", {}).get("Replicated", {}).get("Replicas")
+    if not covers(current.get("Mode"), svc.spec.get("Mode")):
+        if replicas is None:
+            return causes.drift("mode changed by hand", changes)
+        return causes.drift(f"scaled to {replicas} by hand", changes)
+    image = current.get("TaskTemplate", {}).get("ContainerSpec", {}).get("Image")
+    if image != svc.spec["TaskTemplate"]["ContainerSpec"]["Image"]:
+        return causes.drift(f"image changed to {image} by hand", changes)
+    fields = fields_text(changes)
+    return causes.drift(f"changed by hand: {fields}" if fields else "changed by hand", changes)
 
 
 def rolled_back(obs: ObservedService) -> bool:
@@ -132,6 +131,7 @@ def plan(
     """
     held = held or {}
     project = desired.project
+    hidden = desired.host.secrets if desired.host is not None else frozenset()
     services = [s for s in desired.services if only is None or s.name == only]
     allowed = [s for s in services if s.name not in desired.denied]
     needed = {  # by the services this pass plans (`only`)
@@ -191,6 +191,7 @@ def plan(
             notes.append(note("held", f"service {svc.name}", says))
             current = obs.spec
             if not covers(current.get("Mode"), svc.spec["Mode"]):
+                was = current.get("Mode", {}).get("Replicated", {}).get("Replicas")
                 current["Mode"] = svc.spec["Mode"]
                 actions.append(
                     ScaleService(
@@ -200,10 +201,13 @@ def plan(
                         obs.version,
                         json.dumps(current, sort_keys=True),
                         svc.replicas,
+                        f"drift: scaled to {was} by hand (revision held)",
+                        causes.drift(f"scaled to {was} by hand (revision held)"),
                     )
                 )
             continue
-        actions.append(UpdateService(svc, obs.id, obs.version, why, obs.force_update))
+        cause = drift_cause(svc, obs, hidden)
+        actions.append(UpdateService(svc, obs.id, obs.version, cause.text, obs.force_update, cause))
 
     if only is None:
         wanted = {s.full_name for s in desired.services}

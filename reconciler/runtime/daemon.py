@@ -125,6 +125,7 @@ class Daemon:
         self._busy = 0
         self._busy_lock = threading.Lock()
         self._triggers: dict[str, str] = {}  # key -> what asked for it first
+        self.denied: dict[str, str] = {}  # service -> the policy's rules denying it (status)
         self.reloader = Reloader(self)
         self.metrics.loaded(desired.digest)
         self.count_denials(denials)
@@ -334,6 +335,8 @@ class Daemon:
             "target": self.kind.name,
             "updated_at": time.time(),
             "reload": self.reloader.last,
+            "policy": self.policy.source,  # what `status` shows instead of judging again
+            "denied": self.denied,
             **self.target.status_data(),
         }
         try:
@@ -363,6 +366,10 @@ class Daemon:
 
     def count_denials(self, denials: tuple[Denial, ...]) -> None:
         self.conditions.denials(denials, (s.name for s in self.desired.services))
+        rules: dict[str, list[str]] = {}
+        for d in denials:
+            rules.setdefault(d.service, []).append(d.rule)
+        self.denied = {svc: ", ".join(sorted(set(r))) for svc, r in sorted(rules.items())}
         for d in denials:
             self.metrics.policy_denials.labels(d.service, d.rule).inc()
             log.error(

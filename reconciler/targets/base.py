@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from reconciler.core.actions import Action
 from reconciler.core.events import Record, discard
+from reconciler.core.plan_explain import ServicePlan
 from reconciler.core.policy import Denial, Policy
 
 if TYPE_CHECKING:  # prometheus_client is imported only where metrics are served
@@ -121,6 +122,8 @@ class PlanReport:
     errors: tuple[str, ...] = ()  # each stops the plan (exit 1) before its steps are listed
     denials: tuple[str, ...] = ()  # services the host policy denies (exit 1, never in sync)
     steps: tuple[str, ...] = ()
+    services: tuple[ServicePlan, ...] = ()  # per service: its field diff, steps, causes, waits
+    actions: tuple[Action, ...] = ()  # the steps as data, in order (their causes)
 
 
 @dataclass(frozen=True, slots=True)

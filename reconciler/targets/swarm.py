@@ -39,7 +39,9 @@ from reconciler.targets.base import (
     PlanReport,
     Settings,
 )
+from reconciler.targets.decisions import Decisions
 from reconciler.targets.swarm_conditions import SwarmConditions
+from reconciler.targets.swarm_explain import explain_swarm
 
 log = structlog.get_logger("reconciler")
 SETTLE_S = 1.0  # Swarm is at work (an update, tasks not yet where they should be): look again
@@ -123,6 +125,7 @@ class SwarmTarget:
         self._lock = threading.Lock()  # one pass at a time may record its judgement
         self._update_states: dict[str, str] = {}  # Swarm's UpdateStatus.State, last seen
         self.conditions = SwarmConditions(settings.record)  # what may notify (core.events)
+        self.decisions = Decisions()  # what `status` shows of the daemon's choices
 
     # ------------------------------------------------------------------ the daemon's seam
 
@@ -187,7 +190,7 @@ class SwarmTarget:
         )
 
     def status_data(self) -> Mapping[str, object]:
-        return {}
+        return {"decisions": self.decisions.data()}
 
     def close(self) -> None:
         pass
@@ -234,6 +237,10 @@ class SwarmTarget:
         the_plan, observed = self.the_plan(only)
         done = Pass(notes=tuple(map(str, the_plan.notes)), drift=len(the_plan.actions))
         done.trigger = trigger
+        for svc in self.desired.services:  # what the daemon holds back, for `status`
+            if only in (None, svc.name):
+                says = [str(n) for n in the_plan.notes if n.subject == f"service {svc.name}"]
+                self.decisions.waiting(svc.name, says)
         done.settling = any(s.update_state in UPDATING for s in observed.services)
         for note in done.notes:
             if note not in self._notes:
@@ -282,6 +289,7 @@ class SwarmTarget:
         self.record(event_of(action, outcome, trigger=done.trigger, error=error or None,
                              duration_s=duration_s, revision=self.desired.digest))  # fmt: skip
         done.results.append(result)
+        self.decisions.done(result)
         if outcome == "error":
             log.error("action failed", action=text, error=error)
         else:
@@ -341,11 +349,13 @@ class SwarmTarget:
     # ------------------------------------------------------------------ the CLI's seam
 
     def plan(self) -> PlanReport:
-        the_plan, _ = self.the_plan()
+        the_plan, observed = self.the_plan()
         return PlanReport(
             self.desired.project,
             notes=tuple(map(str, the_plan.notes)),
             steps=tuple(sp.describe(a) for a in the_plan.actions),
+            services=explain_swarm(self.desired, observed, the_plan),
+            actions=the_plan.actions,
         )
 
     def apply_report(self) -> ApplyReport:

@@ -40,6 +40,8 @@ from reconciler.core.desired import (
     RuntimeOptions,
     ownership_labels,
 )
+from reconciler.core.spec_diff import encode
+from reconciler.core.spec_fields import LABEL_SPEC_VIEW, host_view
 from reconciler.engine.client import docker_errors
 from reconciler.engine.host.observe import inspect
 from reconciler.errors import ActionFailed, NameConflict
@@ -287,7 +289,7 @@ def container_config(
         entrypoint=list(spec.entrypoint) if spec.entrypoint is not None else None,
         # as create_container does (use_config_proxy): proxies from config.json
         environment=api._proxy_configs.inject_proxy_environment(list(spec.environment)) or None,
-        labels=spec.all_labels(),
+        labels={**spec.all_labels(), LABEL_SPEC_VIEW: encode(host_view(spec))},  # plan's diff
         ports=exposed(spec) or None,
         stdin_open=opts.stdin_open,
         tty=opts.tty,

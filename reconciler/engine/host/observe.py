@@ -27,6 +27,7 @@ from reconciler.core.desired import (
 )
 from reconciler.core.healing import LastRun
 from reconciler.core.observed import Observed, ObservedContainer, ObservedNetwork, ObservedVolume
+from reconciler.core.spec_fields import LABEL_SPEC_VIEW
 from reconciler.core.takeover import COMPOSE_PROJECT, COMPOSE_SERVICE, ForeignContainer
 from reconciler.engine.client import docker_errors, owned
 from reconciler.errors import ActionFailed
@@ -206,7 +207,7 @@ def last_run_of(info: dict[str, Any] | None) -> LastRun | None:
     started, finished = timestamp(state.get("StartedAt")), timestamp(state.get("FinishedAt"))
     if started is None or finished is None:
         return None
-    return LastRun(started, finished, state.get("ExitCode"))
+    return LastRun(started, finished, state.get("ExitCode"), bool(state.get("OOMKilled")))
 
 
 def log_tail(api: docker.APIClient, container_id: str, lines: int = 5) -> list[str]:
@@ -240,6 +241,7 @@ def container_of(c: dict[str, Any]) -> ObservedContainer:
         networks=frozenset(networks) if not mode.startswith("container:") else frozenset(),
         image=c.get("Image", ""),
         config_hash=labels.get(LABEL_CONFIG_HASH, ""),
+        spec_view=labels.get(LABEL_SPEC_VIEW, ""),
         network_target=mode.removeprefix("container:") if mode.startswith("container:") else "",
     )
 

@@ -44,9 +44,11 @@ from reconciler.targets.base import (
     Settings,
     service_key,
 )
+from reconciler.targets.decisions import Decisions
 from reconciler.targets.host.controller import Controller
 from reconciler.targets.host.events import container_event, filters, infra_event
 from reconciler.targets.host.executor import StepResult, apply
+from reconciler.targets.host.explain import explain_host, oom_marked
 from reconciler.targets.host.image_ledger import ImageLedger
 from reconciler.targets.host.runs import Exit
 
@@ -112,6 +114,7 @@ class HostTarget:
         self.store = StateStore(desired.project, settings.state_dir)
         self._notes: dict[str, Note] = {}  # text -> note, in order, once each
         self.on_done: Callable[[Done], None] | None = None
+        self.decisions = Decisions()  # what `status` shows of the daemon's choices
         self.controller = Controller(
             self.engine,
             desired,
@@ -170,6 +173,8 @@ class HostTarget:
             if action == "start":  # not news: its time makes a later exit's run known
                 self.controller.note_started(container_id, at)
                 return
+            if action == "oom":  # the `die` that follows is an OOM kill (its cause says so)
+                self.controller.runs.note_oom(container_id, at)
             if action == "destroy":
                 self.controller.forget(container_id)
             if action == "die":
@@ -188,7 +193,13 @@ class HostTarget:
         )
 
     def status_data(self) -> Mapping[str, object]:
-        return {"crashloop": self.controller.crashloops(), "images": self.controller.tags()}
+        for service, texts in list(self.controller.waits.items()):
+            self.decisions.waiting(service, texts)
+        return {
+            "crashloop": self.controller.crashloops(),
+            "images": self.controller.tags(),
+            "decisions": self.decisions.data(),
+        }
 
     def close(self) -> None:
         self.engine.cancel_transfers()
@@ -197,6 +208,8 @@ class HostTarget:
     # ------------------------------------------------------------------ the CLI's seam
 
     def _result(self, r: StepResult) -> None:
+        if r.outcome != "waiting":
+            self.decisions.done(done_of(r))
         if self.on_done is not None and r.outcome != "waiting":
             self.on_done(done_of(r))
 
@@ -233,6 +246,7 @@ class HostTarget:
             services = [s for s in services if s.name not in desired.denied]
             kept = tuple(c for c in observed.containers if c.service not in desired.denied)
             observed = replace(observed, containers=kept)
+        observed = oom_marked(observed, engine)
         the_plan = plan_of(replace(desired, services=tuple(services)), observed, holds)
         notes += [str(n) for n in the_plan.notes]
         notes += clashes(desired, seen.others)
@@ -241,6 +255,8 @@ class HostTarget:
             notes=tuple(notes),
             errors=_missing(the_plan.notes),
             steps=tuple(describe(step.action) for step in the_plan.steps),
+            services=explain_host(services, observed, the_plan, desired.secrets),
+            actions=the_plan.actions,
         )
 
     def apply_report(self) -> ApplyReport:

@@ -34,12 +34,14 @@ from reconciler.core.events import Record, discard
 from reconciler.core.healing import HealingBook
 from reconciler.core.notes import Note
 from reconciler.core.observed import ObservedContainer
+from reconciler.core.plan_explain import WAIT_KINDS
 from reconciler.core.planner import Holds, foreign_namespaces, plan
 from reconciler.engine.host.engine import Engine
 from reconciler.errors import EngineUnavailable
 from reconciler.ops.state_store import StateStore
 from reconciler.targets.base import RESYNC, Outcome, image_key, service_key
-from reconciler.targets.host.executor import StepResult, apply
+from reconciler.targets.host.executor import DoneElsewhere, StepResult, apply
+from reconciler.targets.host.explain import rollout_diff
 from reconciler.targets.host.fast_heal import FastHeal
 from reconciler.targets.host.image_follower import ImageFollower
 from reconciler.targets.host.image_ledger import ImageLedger
@@ -99,6 +101,7 @@ class Controller:
         self.on_result = on_result
         self.on_note = on_note
         self.books: dict[str, HealingBook] = {}
+        self.waits: dict[str, tuple[str, ...]] = {}  # service -> its held steps, last pass
         self._drained: dict[str, dict[str, float]] = {}  # service -> container id -> until
         # Services gone from the file are left alone while set (the daemon, when it starts on
         # a file that has just changed: two-step edits).
@@ -305,6 +308,10 @@ class Controller:
         sub = restrict(desired, target)
         sub_observed = replace(observed, containers=mine)
         last_runs = self.runs.last_runs(name, mine)
+        oom = {n for n, run in last_runs.items() if run.oom_killed}
+        if oom:  # the cause of its restart says so
+            mine = tuple(replace(c, oom_killed=c.name in oom) for c in mine)
+            sub_observed = replace(observed, containers=mine)
         base = book.holds(sub, sub_observed, last_runs, now)
         holds = replace(
             base,
@@ -319,6 +326,7 @@ class Controller:
         for note in p.notes:
             log.debug("note", project=desired.project, service=name, note=str(note))
             self.on_note(note)
+        self.waits[name] = tuple(str(n) for n in p.notes if n.kind in WAIT_KINDS)
         results = self._apply(p)
         policies = {f"image:{name}": svc.heal} | {
             k: svc.heal for c in target.replicas for k in keys_of(c.name)
@@ -338,8 +346,10 @@ class Controller:
             record, svc, target, mode, p.verdicts, refused, after_mine, now
         )
         self.store.put(name, new_record)
+        started = any(e.kind == "started" for e in events)
+        changes = rollout_diff(target, mine, desired.secrets) if started else None
         for event in events:
-            self.reporter.rollout_event(name, event)
+            self.reporter.rollout_event(name, event, changes)
             self.images.rollout_event(name, event)
         self.reporter.service(svc, target, after_mine, new_record)
         if any(r.outcome == "success" and isinstance(r.action, StartContainer) for r in results):
@@ -370,12 +380,11 @@ class Controller:
             self.images.ensure(action)
         elif isinstance(action, CreateNetwork | CreateVolume):
             # Services share networks and volumes: one creator at a time, and only once
-            # (Docker lets two networks have one name).
+            # (Docker lets two networks have one name); the others report nothing.
             with self._infra_lock:
-                if not self.engine.exists(action.kind, action.name):
-                    self.engine.execute(action)
-                else:  # another service's worker made it: reported once, by that one
-                    self.reporter.made_by_another(action)
+                if self.engine.exists(action.kind, action.name):
+                    raise DoneElsewhere(f"{action.kind} {action.name} exists")
+                self.engine.execute(action)
         else:
             self.engine.execute(action)
 
@@ -421,7 +430,7 @@ class Controller:
             a = r.action
             if image_gone(r):  # removed behind our back: make it present again next pass
                 self.images.image_gone(service)
-            if r.outcome != "success":
+            if r.outcome != "success" or r.shared:
                 continue
             if isinstance(a, SignalContainer):
                 book.signalled[a.id] = a.digest

@@ -19,6 +19,11 @@ from reconciler.errors import ActionFailed, Deferred, EngineSlow, EngineUnavaila
 Outcome = Literal["success", "error", "skipped", "waiting"]
 
 
+class DoneElsewhere(Exception):
+    """Raised by `execute`: another service's worker already did this shared step (a network
+    or volume several services use). Its dependents go on; it is not reported as done here."""
+
+
 @dataclass(frozen=True, slots=True)
 class StepResult:
     action: Action
@@ -27,6 +32,7 @@ class StepResult:
     duration_s: float = 0.0
     transient: bool = False  # retrying soon may help (back off briefly)
     engine_fault: bool = False  # the engine was away or too slow: says nothing of the action
+    shared: bool = False  # a success another worker brought about (DoneElsewhere): not ours
 
 
 def apply(
@@ -83,6 +89,8 @@ def _run(action: Action, execute: Callable[[Action], None]) -> StepResult:
         execute(action)
     except Deferred as exc:
         return StepResult(action, "waiting", str(exc), time.monotonic() - start)
+    except DoneElsewhere:
+        return StepResult(action, "success", None, time.monotonic() - start, shared=True)
     except EngineUnavailable as exc:
         return StepResult(action, "error", str(exc), time.monotonic() - start, True, True)
     except ActionFailed as exc:

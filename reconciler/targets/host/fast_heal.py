@@ -12,6 +12,7 @@ from typing import Literal
 
 import structlog
 
+from reconciler.core import causes
 from reconciler.core.actions import Plan, StartContainer, Step
 from reconciler.core.desired import LABEL_SPEC_HASH, DesiredState, ServiceSpec
 from reconciler.core.healing import HealingBook, LastRun, docker_will_restart
@@ -159,7 +160,8 @@ class FastHeal:
             book = self._book(svc.name)
             if book.exit_hold(name, run, svc.heal, self._clock()) is not None:
                 return False
-        action = StartContainer(cid, name, svc.name, f"exited ({run.exit_code})")
+        why = causes.exited(run.exit_code, run.oom_killed)
+        action = StartContainer(cid, name, svc.name, why.text, why)
         results = self._apply(Plan(steps=(Step(action),)))
         with self._book_lock(svc.name):
             self._after(svc.name, results, book)

@@ -24,5 +24,5 @@ def outcome_of(p: Plan, results: tuple[StepResult, ...], book: HealingBook, now:
         delay = DEPENDENCY_RECHECK_S if delay is None else min(delay, DEPENDENCY_RECHECK_S)
     busy = waiting or gated or p.wake_at is not None
     errors = sum(1 for r in results if r.outcome == "error")
-    actions = sum(1 for r in results if r.outcome != "waiting")
+    actions = sum(1 for r in results if r.outcome != "waiting" and not r.shared)
     return Outcome(delay, busy, errors, actions)

@@ -43,6 +43,7 @@ class Runs:
         self._lock = threading.Lock()
         self._run_starts: dict[str, float] = {}  # container id -> its last `start` event
         self._exits: dict[str, Exit] = {}  # container id -> its last `die` event
+        self._ooms: dict[str, float] = {}  # container id -> its last `oom` event
         # Per service: exited container id -> its last run; replacement id -> when it started.
         self._last_runs: dict[str, dict[str, LastRun]] = {}
         self._started: dict[str, dict[str, float]] = {}
@@ -59,18 +60,30 @@ class Runs:
         with self._lock:
             self._exits[container_id] = exit
 
+    def note_oom(self, container_id: str, at: float) -> None:
+        """The kernel's OOM killer hit a container of the project (its `oom` event, which
+        Docker sends before the `die`)."""
+        with self._lock:
+            self._ooms[container_id] = at
+
+    def _oom(self, container_id: str, began: float, exit: Exit) -> bool:
+        with self._lock:
+            at = self._ooms.get(container_id)
+        return at is not None and began <= at <= exit.at + 1.0
+
     def forget(self, container_id: str) -> None:
         """A container of the project was removed."""
         with self._lock:
             self._run_starts.pop(container_id, None)
             self._exits.pop(container_id, None)
+            self._ooms.pop(container_id, None)
 
     def of_exit(self, container_id: str, exit: Exit | None) -> LastRun | None:
         """The run a `die` event ended, when its `start` was seen too (else None)."""
         with self._lock:
             began = self._run_starts.get(container_id)
         if exit is not None and began is not None and began <= exit.at:
-            return LastRun(began, exit.at, exit.exit_code)
+            return LastRun(began, exit.at, exit.exit_code, self._oom(container_id, began, exit))
         return None
 
     # ------------------------------------------------------------------ one service
@@ -85,7 +98,7 @@ class Runs:
             return None
         if None not in (c.exit_code, exit.exit_code) and c.exit_code != exit.exit_code:
             return None
-        return LastRun(began, exit.at, exit.exit_code)
+        return LastRun(began, exit.at, exit.exit_code, self._oom(c.id, began, exit))
 
     def restarted(self, service: str, container_id: str) -> None:
         """The controller started this replica: its last run is over (an exit seen from now

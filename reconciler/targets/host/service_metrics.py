@@ -56,15 +56,9 @@ class ServiceMetrics:
         self._on_result = on_result
         self.conditions = HostConditions(record)  # what may notify (core.events)
         self._known: set[str] = set()  # container names seen: a create is then a heal
-        self._raced: set[int] = set()  # ids of create steps another worker did first
         self._rows: dict[str, tuple[str, int, int, int]] = {}
         self._lock = threading.Lock()  # the rows: several services' workers share them
         self.recording = Recording(record, lambda: self._desired().digest)  # the history's
-
-    def made_by_another(self, action: Action) -> None:
-        """A network or volume this step would create exists already (two services' passes
-        raced to it): its success is not reported again (no log line, count or record)."""
-        self._raced.add(id(action))
 
     def note_created(self, name: str) -> None:
         """A replica was created under its own name: creating it again is a heal."""
@@ -78,10 +72,8 @@ class ServiceMetrics:
         a = r.action
         if isinstance(a, EnsureImage) and not job and r.outcome in ("success", "waiting"):
             return  # the image was there, or its pull is queued: the pull itself reports
-        if id(a) in self._raced:
-            self._raced.discard(id(a))
-            if r.outcome == "success":
-                return
+        if r.shared:
+            return  # another service's worker did it, and reported it (once)
         service = a.service
         fields = {
             "service": service,
@@ -135,11 +127,14 @@ class ServiceMetrics:
 
     # ------------------------------------------------------------------ services
 
-    def rollout_event(self, service: str, event: ro.RolloutEvent) -> None:
+    def rollout_event(
+        self, service: str, event: ro.RolloutEvent, changes: list[str] | None = None
+    ) -> None:
+        """A rollout's log line (`changes`: its field diff, on `rollout started`)."""
         fields = {"service": service, "revision": event.revision[:12]}
         match event.kind:
             case "started":
-                log.info("rollout started", **fields)
+                log.info("rollout started", changes=changes or [], **fields)
             case "completed":
                 log.info("rollout completed", note=event.reason or None, **fields)
             case "failure":
