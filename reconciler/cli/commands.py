@@ -13,6 +13,7 @@ from reconciler.config import secrets
 from reconciler.core.policy import Denial
 from reconciler.ops.lock import ProjectLock, status_path
 from reconciler.runtime.daemon import Daemon, Options
+from reconciler.runtime.git_source import GitSource, source_lines
 from reconciler.runtime.settle import apply
 from reconciler.targets.base import Desired, Done, Settings, TargetKind
 
@@ -95,8 +96,11 @@ def _run(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
     _require(kind, args.take_over_compose, "takes_over_compose", "--take-over-compose")
     _require(kind, args.prune_images, "prunes_images", "--prune-images")
     listen = DEFAULT_LISTEN if args.listen is None else tuple(a for a in args.listen if a)
+    git = getattr(args, "git", None)
+    atomic = {"settle": 0.0, "removal_settle": 0.0} if git else {}  # a commit is never half
     opts = Options(
         path=args.file,
+        **atomic,  # type: ignore[arg-type]
         interval=args.interval,
         listen=listen,
         lock_dir=args.lock_dir,
@@ -109,6 +113,8 @@ def _run(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
         web=args.web,
     )
     daemon = Daemon(opts, kind, desired, signals=args.signals, policy=args.policy_obj)
+    if git is not None:
+        daemon.source = GitSource(daemon, git, args.git_refused)
     if args.take_over_compose:
         lock = ProjectLock(desired.project, args.lock_dir)
         lock.acquire(role="reconciler run --take-over-compose")
@@ -129,6 +135,8 @@ def _status(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int
     target = kind.open(desired, _settings(args))
     status_file = status_path(desired.project, args.lock_dir)
     print(target.status(status_file, denied_rules(args.denials)))
+    for line in source_lines(status_file):
+        print(line)
     return EXIT_OK
 
 

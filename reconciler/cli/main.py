@@ -17,6 +17,7 @@ from pathlib import Path
 import structlog
 
 from reconciler import targets
+from reconciler.cli import git_args
 from reconciler.cli.commands import COMMANDS, EXIT_ERROR, EXIT_INPUT, EXIT_OK, Unsupported
 from reconciler.cli.importer import import_compose_file
 from reconciler.cli.parser import build_parser
@@ -66,6 +67,7 @@ def _main(args: argparse.Namespace, signals: SignalRelay | None) -> int:
         error(f"error: RECONCILER_TARGET must be one of {', '.join(targets.names())}, not {name!r}")
         return bad_input
     try:
+        git_args.prepare(args, kind)  # a git source: args.file is its commit's file
         desired = kind.load(args.file)
         policy_path = getattr(args, "policy", None)
         policy = policy_file.load(policy_path) if hasattr(args, "policy") else None

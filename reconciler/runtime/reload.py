@@ -138,16 +138,18 @@ class Reloader:
 
     # ------------------------------------------------------------------ reading
 
-    def load(self) -> tuple[Desired, Policy, tuple[Denial, ...]]:
-        """The file, checked (StrictModes) and judged by the policy (read again too)."""
+    def load(self, path: Path | None = None) -> tuple[Desired, Policy, tuple[Denial, ...]]:
+        """The file (or `path`: a git commit's copy, checked before it is taken), checked
+        (StrictModes) and judged by the policy (read again too)."""
         kind = self.daemon.kind
-        new = kind.load(self.options.path)
+        path = path or self.options.path
+        new = kind.load(path)
         policy = policy_file.load(self.options.policy)
         if self.options.strict_modes:
-            inputs: list[str | Path] = [self.options.path, *new.watched]
+            inputs: list[str | Path] = [path, *new.watched]
             strict_modes.check(
                 [*inputs, self.options.policy or policy_file.DEFAULT_PATH],
-                source=str(self.options.path),
+                source=str(path),
             )
         new, denials = kind.judge(new, policy)
         return new, policy, denials
