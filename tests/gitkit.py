@@ -118,7 +118,7 @@ class Repo:
         self.work = root / f"{name}-work"
         self.branch = branch
         self.remote = str(self.bare)  # where pushes go (a test may push over HTTP)
-        git(root, "init", "--quiet", "--bare", str(self.bare))
+        git(root, "init", "--quiet", "--bare", "-b", branch, str(self.bare))
         git(self.bare, "config", "http.receivepack", "true")
         git(root, "init", "--quiet", "-b", branch, str(self.work))
 

@@ -25,6 +25,7 @@ import yaml
 
 from tests.conftest import DaemonProcess, run_cli, running_names, wait_for, with_test_labels
 from tests.gitkit import GitHTTPServer, Repo, git
+from tests.swarmkit import one_node_swarm, remove_project
 
 pytestmark = pytest.mark.docker
 
@@ -247,3 +248,55 @@ def test_follows_a_path_by_polling_and_verifies_signatures(
     status = json.loads(next((tmp_path).glob("*.status*")).read_text())
     assert status["source"]["in_force"]["sha"] == c3
     assert status["source"]["in_force"]["author"].startswith("Test Author")
+
+
+def test_swarm_target_follows_a_repository_with_an_age_secret(
+    api: docker.APIClient,
+    busybox_image: str,
+    project: str,
+    tmp_path: Path,
+    daemon: Callable[..., DaemonProcess],
+) -> None:
+    """The same source on the Swarm target: a push scales the service, the age secret is
+    decrypted into a Swarm secret that the task reads."""
+    with one_node_swarm(api):
+        identity = pyrage.x25519.Identity.generate()
+        key_file = tmp_path / "age.key"
+        key_file.write_text(f"{identity}\n")
+        key_file.chmod(0o600)
+        repo = Repo(tmp_path)
+        files: dict[str, str | bytes] = {
+            "desired_state.yaml": stack(project, busybox_image, 1, secret=True),
+            "secrets/token.age": pyrage.encrypt(SECRET_TEXT.encode(), [identity.to_public()]),
+            "app.env.age": pyrage.encrypt(
+                f"GREETING={ENV_TEXT}\n".encode(), [identity.to_public()]
+            ),
+        }
+        repo.commit(files, "1")
+        extra = (
+            *("--target", "swarm", "--git", str(repo.bare), "--git-ref", "main"),
+            *("--git-interval", "1", "--age-identity", str(key_file)),
+        )
+        d = daemon(Path("unused.yaml"), interval=600.0, extra=extra)
+        try:
+            service = f"{project}_web"
+
+            def replicas() -> int:
+                found = api.services(filters={"name": service})
+                return int(found[0]["Spec"]["Mode"]["Replicated"]["Replicas"]) if found else 0
+
+            wait_for(lambda: replicas() == 1, DEADLINE_S, what="the Swarm service")
+            task = wait_for(
+                lambda: api.containers(
+                    filters={"label": f"com.docker.swarm.service.name={service}"}
+                ),
+                DEADLINE_S,
+                what="its task running",
+            )[0]
+            exec_id = api.exec_create(task["Id"], ["cat", "/run/secrets/token"])["Id"]
+            assert api.exec_start(exec_id).decode().strip() == SECRET_TEXT
+            repo.commit({"desired_state.yaml": stack(project, busybox_image, 2, secret=True)}, "2")
+            wait_for(lambda: replicas() == 2, DEADLINE_S, what="scaled by a push")
+        finally:
+            d.stop()  # before the removal: a running daemon would create the service again
+            remove_project(api, project)
