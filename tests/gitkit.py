@@ -5,6 +5,7 @@ again on the same port), and a working clone that commits and pushes.
 
 from __future__ import annotations
 
+import base64
 import http.server
 import os
 import subprocess
@@ -40,8 +41,10 @@ class GitHTTPServer:
     """`git http-backend` as CGI for every repository under `root`; stop() and start()
     again keep the port."""
 
-    def __init__(self, root: Path, port: int = 0) -> None:
+    def __init__(self, root: Path, port: int = 0, token: str | None = None) -> None:
         self.root = root
+        self.token = token  # when set: HTTP basic auth with any user and this password
+        self.seen_auth: list[str] = []
         self.port = port
         self._server: http.server.ThreadingHTTPServer | None = None
         self.start()
@@ -50,11 +53,19 @@ class GitHTTPServer:
         return f"http://127.0.0.1:{self.port}/{name}"
 
     def start(self) -> None:
-        root = self.root
+        root, outer = self.root, self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *args: object) -> None:
                 pass
+
+            def _authorized(self) -> bool:
+                given = self.headers.get("Authorization", "")
+                outer.seen_auth.append(given)
+                if not given.startswith("Basic "):
+                    return False
+                _, _, password = base64.b64decode(given[6:]).decode().partition(":")
+                return password == outer.token
 
             def do_GET(self) -> None:
                 self._cgi()
@@ -63,6 +74,12 @@ class GitHTTPServer:
                 self._cgi()
 
             def _cgi(self) -> None:
+                if outer.token is not None and not self._authorized():
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="git"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 path, _, query = self.path.partition("?")
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""

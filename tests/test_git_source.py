@@ -21,12 +21,12 @@ from prometheus_client import CollectorRegistry
 
 from reconciler.config import encrypted
 from reconciler.core.events import Event
-from reconciler.ops.git_repo import redact_url
+from reconciler.ops.git_repo import Credentials, GitError, redact_url
 from reconciler.ops.http import serve
 from reconciler.ops.webhook import Webhook, signed
 from reconciler.runtime.git_checkout import Checkout, GitOptions, Refused, options_from
 from reconciler.runtime.git_source import GitSource, source_lines
-from tests.gitkit import Repo, git
+from tests.gitkit import GitHTTPServer, Repo, git
 
 OK = lambda: (True, "ok")  # noqa: E731
 
@@ -273,3 +273,26 @@ def test_age_files_decrypt_in_memory_and_sops_needs_its_binary(
     monkeypatch.setenv("PATH", str(tmp_path))  # no sops here
     with pytest.raises(encrypted.DecryptError, match="sops binary is not installed"):
         encrypted.plaintext("db.sops.env", b"A=ENC[...]\nsops_version=3.8.1\n")
+
+
+def test_a_token_from_a_file_and_never_in_a_message(tmp_path: Path) -> None:
+    repo = Repo(tmp_path)
+    sha = repo.commit({"desired_state.yaml": _doc(1)}, "1")
+    server = GitHTTPServer(tmp_path, token="tok-" + "9" * 12)
+    try:
+        token_file = tmp_path / "token"
+        token_file.write_text("tok-" + "9" * 12 + "\n")
+        creds = Credentials(token_file=token_file)
+        good = Checkout(GitOptions(url=server.url("stack.git"), credentials=creds), tmp_path / "a")
+        assert good.fetch() == sha
+        anonymous = Checkout(GitOptions(url=server.url("stack.git")), tmp_path / "b")
+        with pytest.raises(GitError):
+            anonymous.fetch()
+        userinfo = server.url("stack.git").replace("http://", "http://me:wrong-pass@")
+        leaky = Checkout(GitOptions(url=userinfo), tmp_path / "c")
+        with pytest.raises(GitError) as err:
+            leaky.fetch()
+        assert "wrong-pass" not in str(err.value)
+        assert "wrong-pass" not in leaky.opts.shown_url
+    finally:
+        server.stop()
