@@ -180,6 +180,7 @@ def test_checkout_refuses_links_out_of_the_tree(tmp_path: Path) -> None:
 
 class _Reloader:
     def __init__(self) -> None:
+        self.daemon = type("D", (), {"desired": type("S", (), {"project": "gitpure"})()})()
         self.trigger = ""
         self.errors: list[str] = []
 

@@ -85,11 +85,12 @@ def _main(args: argparse.Namespace, signals: SignalRelay | None) -> int:
     args.policy_obj = policy
     args.denials = denials
     if args.command == "validate":
+        shown = args.git.describe() if args.git is not None else args.file
         if denials:
             denied = ", ".join(sorted(desired.denied))
-            print(f"{args.file}: valid, but the host policy denies: {denied}")
+            print(f"{shown}: valid, but the host policy denies: {denied}")
             return EXIT_INPUT
-        print(f"{args.file}: {kind.summary(desired)}")
+        print(f"{shown}: {kind.summary(desired)}")
         return EXIT_OK
     if args.command == "reload":  # a signal and a file: no engine call
         return reload(args, desired)

@@ -124,6 +124,11 @@ class Checkout:
         """The desired-state file of the commit in force."""
         return self.tree / self.opts.file
 
+    def describe(self) -> str:
+        """`URL@COMMIT:FILE` of the commit in force (the URL redacted)."""
+        sha = self.in_force() or "?"
+        return f"{self.opts.shown_url}@{sha[:12]}:{self.opts.file}"
+
     def in_force(self) -> str | None:
         try:
             sha = json.loads(self.record.read_text()).get("commit")

@@ -170,7 +170,12 @@ class GitSource:
     def check(self, path: Path) -> None:
         """The Reloader's own read of a candidate file; a policy denial refuses it too."""
         reloader = self.daemon.reloader
-        _, policy, denials = reloader.load(path)
+        new, policy, denials = reloader.load(path)
+        project = reloader.daemon.desired.project
+        if new.project != project:
+            raise Refused(
+                "", f"the project cannot change while running ({project} -> {new.project})"
+            )
         if denials:
             raise Refused("", "; ".join(d.message(str(path), policy) for d in denials))
 
