@@ -144,12 +144,14 @@ def test_checkout_takes_fast_forwards_refuses_rewrites_and_bad_files(tmp_path: P
     assert str(co.next) not in bad.value.reason
     assert co.in_force() == c1 and "replicas: 1" in co.file.read_text()
 
-    c3 = repo.commit({"desired_state.yaml": _doc(2), "conf/a.txt": "two"}, "2")
+    c3 = repo.commit({"desired_state.yaml": _doc(2), "conf/b.txt": "two"}, "2")
     co.vet(co.fetch())
-    inode = co.tree.stat().st_ino
+    inode, kept = co.tree.stat().st_ino, (co.tree / "conf/a.txt").stat()
     co.take(c3, check)
-    assert co.in_force() == c3 and (co.tree / "conf/a.txt").read_text() == "two"
+    assert co.in_force() == c3 and (co.tree / "conf/b.txt").read_text() == "two"
     assert co.tree.stat().st_ino != inode and not co.next.exists()  # swapped whole
+    now = (co.tree / "conf/a.txt").stat()  # unchanged: the same file (a Swarm secret's stamp)
+    assert (now.st_ino, now.st_mtime_ns) == (kept.st_ino, kept.st_mtime_ns)
 
     git(repo.work, "reset", "--quiet", "--hard", c1)
     c4 = repo.commit({"desired_state.yaml": _doc(3)}, "rewrite", force=True)

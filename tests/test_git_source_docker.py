@@ -285,6 +285,10 @@ def test_swarm_target_follows_a_repository_with_an_age_secret(
                 found = api.services(filters={"name": service})
                 return int(found[0]["Spec"]["Mode"]["Replicated"]["Replicas"]) if found else 0
 
+            def secret_name() -> str:
+                spec = api.inspect_service(service)["Spec"]["TaskTemplate"]["ContainerSpec"]
+                return str(spec["Secrets"][0]["SecretName"])
+
             wait_for(lambda: replicas() == 1, DEADLINE_S, what="the Swarm service")
             task = wait_for(
                 lambda: api.containers(
@@ -295,8 +299,11 @@ def test_swarm_target_follows_a_repository_with_an_age_secret(
             )[0]
             exec_id = api.exec_create(task["Id"], ["cat", "/run/secrets/token"])["Id"]
             assert api.exec_start(exec_id).decode().strip() == SECRET_TEXT
+            before = secret_name()
             repo.commit({"desired_state.yaml": stack(project, busybox_image, 2, secret=True)}, "2")
             wait_for(lambda: replicas() == 2, DEADLINE_S, what="scaled by a push")
+            after = secret_name()
+            assert after == before  # an unchanged secret file: no new secret, no task replaced
         finally:
             d.stop()  # before the removal: a running daemon would create the service again
             remove_project(api, project)
