@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import os
+import signal
 import subprocess
 import time
 import urllib.error
@@ -191,6 +192,11 @@ def test_follows_a_repository_over_http_with_webhook_and_refusals(
         wait_for(lambda: len(web(api, project)) == 2, DEADLINE_S, what="2 replicas again")
         wait_for(lambda: d.get("/readyz")[0] == 200, DEADLINE_S, what="ready after outage")
         assert "commit in force: " + c6[:12] in status_text(url, tmp_path, *age)
+
+        # `systemctl reload` (SIGHUP) fetches too: no webhook, no wait for the interval.
+        repo.commit({"desired_state.yaml": stack(project, busybox_image, 1, secret=True)}, "1")
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: len(web(api, project)) == 1, DEADLINE_S, what="taken on SIGHUP")
     finally:
         server.stop()
 

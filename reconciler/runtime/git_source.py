@@ -105,8 +105,19 @@ class GitSource:
                     delay = min(delay, self.opts.interval)
             except Exception:
                 log.exception("git source failed; trying again")
-            self.wake.wait(delay)
-            self.wake.clear()
+            self._sleep(delay)
+
+    def _sleep(self, delay: float) -> None:
+        """Until `delay` passed, a webhook woke us, or a SIGHUP (`systemctl reload`) came:
+        a reload of a followed repository fetches first."""
+        signals = self.daemon.signals
+        hups = signals.hups
+        deadline = time.monotonic() + delay
+        while not signals.stop.is_set() and signals.hups == hups:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.wake.wait(min(left, 0.5)):
+                break
+        self.wake.clear()
 
     def poll(self) -> bool:
         """One fetch and, for a new commit, the whole take; False when unreachable."""
