@@ -24,7 +24,13 @@ from reconciler.core.events import Event
 from reconciler.ops.git_repo import Credentials, GitError, redact_url
 from reconciler.ops.http import serve
 from reconciler.ops.webhook import Webhook, signed
-from reconciler.runtime.git_checkout import Checkout, GitOptions, Refused, options_from
+from reconciler.runtime.git_checkout import (
+    Checkout,
+    GitOptions,
+    Refused,
+    SourceError,
+    options_from,
+)
 from reconciler.runtime.git_source import GitSource, source_lines
 from tests.gitkit import GitHTTPServer, Repo, git
 
@@ -112,6 +118,8 @@ def test_options_from_the_environment() -> None:
     flags = options_from({"git_url": "/srv/s.git", "git_ref": "main"}, env)
     assert flags is not None and (flags.url, flags.ref) == ("/srv/s.git", "main")
     assert options_from({}, {}) is None
+    with pytest.raises(SourceError, match="inside the repository"):
+        options_from({"git_url": "/srv/s.git", "git_path": "../etc/x.yaml"}, {})
 
 
 def _doc(replicas: object) -> str:

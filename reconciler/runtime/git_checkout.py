@@ -94,11 +94,14 @@ def options_from(values: Mapping[str, object], env: Mapping[str, str]) -> GitOpt
     url = get("url")
     if url is None:
         return None
+    file = get("path") or DEFAULT_FILE
+    if Path(file).is_absolute() or ".." in Path(file).parts:
+        raise SourceError(f"{file}: the git path must be relative and stay inside the repository")
     interval = get("interval")
     return GitOptions(
         url=url,
         ref=get("ref"),
-        file=get("path") or DEFAULT_FILE,
+        file=file,
         interval=float(interval) if interval else 60.0,
         webhook_secret=path("webhook_secret_file", "RECONCILER_WEBHOOK_SECRET_FILE"),
         verify_signatures=flag("verify_signatures"),
