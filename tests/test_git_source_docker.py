@@ -24,6 +24,7 @@ import pyrage
 import pytest
 import yaml
 
+from reconciler.engine.host.secret_files import memory_dir
 from tests.conftest import DaemonProcess, run_cli, running_names, wait_for, with_test_labels
 from tests.gitkit import GitHTTPServer, Repo, git
 from tests.swarmkit import one_node_swarm, remove_project
@@ -199,6 +200,8 @@ def test_follows_a_repository_over_http_with_webhook_and_refusals(
         wait_for(lambda: len(web(api, project)) == 1, DEADLINE_S, what="taken on SIGHUP")
     finally:
         server.stop()
+        digest = hashlib.sha256(b"reconciler-secret\0" + SECRET_TEXT.encode()).hexdigest()
+        (memory_dir() / digest[:32]).unlink(missing_ok=True)  # the bind's plaintext, in tmpfs
 
     # The secret's plaintext is in no file the daemon wrote: checkout, state dir, status,
     # log. The env file's values are environment variables: Docker keeps them in the
