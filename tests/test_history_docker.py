@@ -67,7 +67,7 @@ def test_heals_edits_kill_9_apply_and_down_are_in_the_history(
              60, what="the new replica's start")  # fmt: skip
     found = history(path, state)
     (heal,) = rows(found, action="heal", replica=f"{project}-web-1")
-    assert heal["trigger"] == "engine event" and heal["cause"] == "exited (137)", heal
+    assert heal["trigger"] == "engine event" and heal["cause"] == "exited 137 (SIGKILL)", heal
     assert heal["result"] == "success" and heal["duration_s"] > 0 and heal["service"] == "web"
     (reload,) = rows(found, action="reload")
     assert reload["trigger"] == "file edit" and " -> " in reload["cause"], reload
@@ -118,7 +118,7 @@ def test_heals_edits_kill_9_apply_and_down_are_in_the_history(
                     str(state))  # fmt: skip
     head, *body = table.stdout.splitlines()
     assert head.split()[:4] == ["TIME", "SERVICE", "REPLICA", "ACTION"]
-    assert any("heal: start" in line and "exited (137)" in line for line in body)
+    assert any("heal: start" in line and "exited 137 (SIGKILL)" in line for line in body)
     assert not history(path, state, "--since", "2099-01-01T00:00:00Z")
 
 
@@ -159,11 +159,12 @@ def test_swarm_actions_are_in_the_history(
             (create,) = rows(found, action="create", replica=f"{project}_web")
             assert create["trigger"] == "resync" and create["target"] == "swarm"
             (update,) = rows(found, action="rollout_step")
-            assert (update["trigger"], update["cause"]) == ("file edit", "the file changed it")
+            assert update["trigger"] == "file edit", update
+            assert update["cause"].startswith("spec changed"), update
             assert update["duration_s"] is not None and update["result"] == "success"
             (drift,) = rows(found, action="drift_corrected")
             assert drift["trigger"] == "engine event"
-            assert drift["cause"] == "replicas changed by hand", drift
+            assert drift["cause"] == "drift: scaled to 4 by hand", drift
         finally:
             if d is not None:
                 d.stop()

@@ -17,6 +17,7 @@ from reconciler.ops.lock import ProjectLock, status_path
 from reconciler.ops.metrics import Metrics
 from reconciler.runtime.conditions import ENGINE_UNREACHABLE_AFTER_S
 from reconciler.runtime.daemon import Daemon, Options
+from reconciler.runtime.git_source import GitSource, source_lines
 from reconciler.runtime.recorder import Recorder
 from reconciler.runtime.settle import apply
 from reconciler.targets.base import Desired, Done, Settings, TargetKind
@@ -97,13 +98,17 @@ def _run(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
     _require(kind, args.take_over_compose, "takes_over_compose", "--take-over-compose")
     _require(kind, args.prune_images, "prunes_images", "--prune-images")
     listen = DEFAULT_LISTEN if args.listen is None else tuple(a for a in args.listen if a)
+    git = getattr(args, "git", None)
+    atomic = {"settle": 0.0, "removal_settle": 0.0} if git else {}  # a commit is never half
     metrics = Metrics()
-    record = Recorder(history.sink(args, desired.project, kind.name, metrics))
+    journal = history.sink(args, desired.project, kind.name, metrics)
+    record = Recorder(journal)
     sender, notify = notify_setup.sink(args, desired.project, metrics)
     if sender is not None:
         record.add(sender)
     opts = Options(
         path=args.file,
+        **atomic,  # type: ignore[arg-type]
         interval=args.interval,
         listen=listen,
         lock_dir=args.lock_dir,
@@ -131,6 +136,9 @@ def _run(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
         daemon.conditions.after_reload = lambda: notify_setup.reread(
             args, sender, daemon.conditions
         )
+    if git is not None:
+        source = daemon.source = GitSource(daemon, git, args.git_refused)
+        journal.commit = lambda: source.current.sha if source.current else ""
     if args.take_over_compose:
         lock = ProjectLock(desired.project, args.lock_dir)
         lock.acquire(role="reconciler run --take-over-compose")
@@ -157,6 +165,8 @@ def _status(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int
     print(target.status(status_file, denied))
     own = args.policy_obj.source if args.policy_obj is not None else "the default policy"
     print(status_view.account(desired.project, daemon, own))
+    for line in source_lines(status_file):
+        print(line)
     return EXIT_OK
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import structlog
 
 from reconciler import targets
-from reconciler.cli import history, progress
+from reconciler.cli import git_args, history, progress
 from reconciler.cli.commands import COMMANDS, EXIT_ERROR, EXIT_INPUT, EXIT_OK, Unsupported
 from reconciler.cli.importer import import_compose_file
 from reconciler.cli.parser import build_parser
@@ -72,6 +72,7 @@ def _main(args: argparse.Namespace, signals: SignalRelay | None) -> int:
         error(f"error: RECONCILER_TARGET must be one of {', '.join(targets.names())}, not {name!r}")
         return bad_input
     try:
+        git_args.prepare(args, kind)  # a git source: args.file is its commit's file
         desired = kind.load(args.file)
         policy_path = getattr(args, "policy", None)
         policy = policy_file.load(policy_path) if hasattr(args, "policy") else None
@@ -89,11 +90,12 @@ def _main(args: argparse.Namespace, signals: SignalRelay | None) -> int:
     args.policy_obj = policy
     args.denials = denials
     if args.command == "validate":
+        shown = args.git.describe() if args.git is not None else args.file
         if denials:
             denied = ", ".join(sorted(desired.denied))
-            print(f"{args.file}: valid, but the host policy denies: {denied}")
+            print(f"{shown}: valid, but the host policy denies: {denied}")
             return EXIT_INPUT
-        print(f"{args.file}: {kind.summary(desired)}")
+        print(f"{shown}: {kind.summary(desired)}")
         return EXIT_OK
     if args.command == "reload":  # a signal and a file: no engine call
         return reload(args, desired)

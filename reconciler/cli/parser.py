@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from reconciler import __version__, targets
-from reconciler.cli import history
+from reconciler.cli import git_args, history
 from reconciler.config import policy_file
 
 DEFAULT_LISTEN = (("127.0.0.1", 9816),)
@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                 help="where rollout records (the spec a rollback returns to) are kept "
                 "(default $STATE_DIRECTORY, /var/lib/reconciler or ~/.local/state/reconciler)",
             )
+        if name in ("validate", "plan", "apply", "run", "status", "reload", "down"):
+            git_args.add_arguments(p, name)
         if name in ("apply", "run"):
             p.add_argument(
                 "--take-over-compose",

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from reconciler.config import encrypted
 from reconciler.config.interpolation import (
     SECRET_NAME,
     InterpolationError,
@@ -239,6 +240,12 @@ class EnvFiles:
         except OSError as exc:
             return f"cannot be read: {exc.strerror}"
         self.digests[str(path)] = hashlib.sha256(content).hexdigest()
+        secret = encrypted.is_encrypted(path, content)
+        if secret:  # age or SOPS: decrypted in memory, every value kept from any output
+            try:
+                content = encrypted.plaintext(path, content)
+            except encrypted.DecryptError as exc:
+                return f"cannot be decrypted: {exc}"
         text = _decode_env(content, str(path), report)
         if text is None:
             return {}
@@ -249,6 +256,8 @@ class EnvFiles:
         env = parse_env_file(text, lookup, env_first=False, names=own)
         for line, message in env.problems:
             report.add(message, mark=Mark(line, 0), file=str(path))
+        if secret:
+            report.secret_values |= {v for v in env.values.values() if v}
         return env.values
 
 

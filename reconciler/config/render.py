@@ -15,7 +15,7 @@ from graphlib import TopologicalSorter
 from pathlib import Path
 from typing import Any
 
-from reconciler.config import tree
+from reconciler.config import encrypted, tree
 from reconciler.config.forms import (
     Mount,
     depends,
@@ -257,6 +257,11 @@ class Renderer:
             except OSError as exc:
                 message = f"cannot read secret file {path}: {exc.strerror}"
                 self.problems.append(Issue(("services", name, "secrets", i), message))
+                continue
+            try:  # an encrypted secret (*.age, SOPS): its plaintext, in memory only
+                content = encrypted.plaintext(path, content)
+            except encrypted.DecryptError as exc:
+                self.problems.append(Issue(("services", name, "secrets", i), str(exc)))
                 continue
             digest = hashlib.sha256(b"reconciler-secret\0" + content).hexdigest()
             self.config_digests[str(path)] = digest  # watched: a change is a reload

@@ -74,6 +74,7 @@ TRIGGERS = {
     "manual": "operator (apply)",
     "down": "operator (down)",
     "image": "image digest",
+    "git": "git commit",
 }
 
 

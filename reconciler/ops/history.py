@@ -15,7 +15,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,8 +60,11 @@ def parse_size(text: str) -> int:
     return size
 
 
-def line_of(event: Event, *, project: str, target: str, at: float | None = None) -> bytes:
-    """One record as a JSON line (secrets redacted, long texts cut)."""
+def line_of(
+    event: Event, *, project: str, target: str, at: float | None = None, commit: str = ""
+) -> bytes:
+    """One record as a JSON line (secrets redacted, long texts cut); `commit`: the git
+    commit in force when the desired state comes from a repository."""
     at = time.time() if at is None else at
 
     def text(value: str) -> str:
@@ -84,6 +87,8 @@ def line_of(event: Event, *, project: str, target: str, at: float | None = None)
         "message": text(event.message),
         "data": {str(k): text(str(v)) for k, v in event.data.items()},
     }
+    if commit:
+        row["commit"] = commit
     return (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
@@ -112,12 +117,13 @@ class History:
         self._ino: int | None = None
         self._lock = threading.Lock()
         self._failing = False
+        self.commit: Callable[[], str] = lambda: ""  # the git commit in force (git source)
         if metrics is not None:
             for result in ("written", "error"):
                 metrics.history_records.labels(result)
 
     def __call__(self, event: Event) -> None:
-        self.append(line_of(event, project=self.project, target=self.target))
+        self.append(line_of(event, project=self.project, target=self.target, commit=self.commit()))
 
     def append(self, line: bytes) -> bool:
         """Append one whole line; False (logged, counted) when it could not be written."""

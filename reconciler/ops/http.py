@@ -23,7 +23,7 @@ import hmac
 import socket
 import ssl
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -32,9 +32,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from reconciler.config.web_config import WebConfig
 
 Check = Callable[[], tuple[bool, str]]
-# (method, target, headers with lowercase names) -> (status, content type, body, extra headers)
+# (method, target, headers with lowercase names, body) -> (status, content type, body, extra)
 Response = tuple[int, str, bytes, tuple[tuple[str, str], ...]]
-App = Callable[[str, str, dict[str, str]], Awaitable[Response]]
+App = Callable[[str, str, dict[str, str], bytes], Awaitable[Response]]
+# A POST route (the git webhook): (headers, body) -> (status, body); it must not block.
+Hook = Callable[[Mapping[str, str], bytes], tuple[int, bytes]]
+MAX_BODY_BYTES = 1024 * 1024  # a POST's body (a forge's push event is a few KiB)
 
 # Seconds a read or a write may wait for the client: a client that reads no answer does not
 # keep its socket forever.
@@ -197,19 +200,26 @@ class Server:
                     conn.transport = transport
                     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
                     try:
-                        head: bytes | None = await self._head(reader)
+                        head, rest = await self._head(reader)
                     except _BadRequest:
-                        head = None
+                        head, rest = None, b""
                 conn.waiting = False
                 if head is None:
                     response: Response = 431, _TEXT, b"request head too large\n", ()
                 else:
-                    response = await self._respond(head)
+                    response = await self._respond(head, rest, reader)
                 writer.write(_message(*response))
                 await asyncio.wait_for(writer.drain(), self.timeout)
                 writer.close()  # HTTP/1.0: one request per connection, as before
                 await asyncio.wait_for(writer.wait_closed(), self.timeout)
-        except (TimeoutError, ConnectionError, OSError, ssl.SSLError, asyncio.CancelledError):
+        except (
+            TimeoutError,
+            ConnectionError,
+            OSError,
+            ssl.SSLError,
+            asyncio.CancelledError,
+            asyncio.IncompleteReadError,
+        ):
             pass  # a client that went away, or was cut off, is not news
         finally:
             self._conns.pop(conn, None)
@@ -218,23 +228,24 @@ class Server:
             else:
                 conn.sock.close()
 
-    async def _head(self, reader: asyncio.StreamReader) -> bytes:
-        """The request head; no read waits past `timeout` (the whole head: header_timeout)."""
+    async def _head(self, reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+        """The request head and what came after it (a POST's body begins there); no read
+        waits past `timeout` (the whole head: header_timeout)."""
         data = b""
         while True:
-            end = data.find(b"\r\n\r\n")
+            end, gap = data.find(b"\r\n\r\n"), 4
             if end < 0 and (bare := data.find(b"\n\n")) >= 0:
-                end = bare
+                end, gap = bare, 2
             if (end if end >= 0 else len(data)) > MAX_HEAD_BYTES:
                 raise _BadRequest
             if end >= 0:
-                return data[:end]
+                return data[:end], data[end + gap :]
             chunk = await asyncio.wait_for(reader.read(4096), self.timeout)
             if not chunk:
                 raise ConnectionResetError("the client closed before its request was complete")
             data += chunk
 
-    async def _respond(self, head: bytes) -> Response:
+    async def _respond(self, head: bytes, rest: bytes, reader: asyncio.StreamReader) -> Response:
         lines = head.decode("latin-1").replace("\r\n", "\n").split("\n")
         parts = lines[0].split()
         if len(parts) != 3 or not parts[2].startswith("HTTP/"):
@@ -246,10 +257,22 @@ class Server:
                 return 400, _TEXT, b"bad request\n", ()
             headers.setdefault(name.strip().lower(), value.strip())
         method, target = parts[0], parts[1]
-        if method != "GET":
-            return 501, _TEXT, b"only GET is served\n", ()
+        body = b""
+        if method == "POST":
+            try:
+                length = int(headers.get("content-length", ""))
+            except ValueError:
+                return 411, _TEXT, b"a POST needs a Content-Length\n", ()
+            if not 0 <= length <= MAX_BODY_BYTES:
+                return 413, _TEXT, b"body too large\n", ()
+            body = rest[:length]
+            if len(body) < length:
+                more = reader.readexactly(length - len(body))
+                body += await asyncio.wait_for(more, self.timeout)
+        elif method != "GET":
+            return 501, _TEXT, b"only GET and POST are served\n", ()
         try:
-            return await self._app(method, target, headers)
+            return await self._app(method, target, headers, body)
         except Exception:  # a check that failed: say so, keep serving
             return 500, _TEXT, b"internal error\n", ()
 
@@ -296,6 +319,7 @@ def serve(
     max_connections: int = MAX_CONNECTIONS,
     per_address: int = MAX_PER_ADDRESS,
     web: WebConfig | None = None,
+    hooks: Mapping[str, Hook] | None = None,
 ) -> Server:
     """Start serving in a daemon thread (an OSError if the address cannot be bound); call
     `.shutdown()` to stop. See the module doc for what each bound does."""
@@ -305,14 +329,22 @@ def serve(
     if auth is not None:
         pool = concurrent.futures.ThreadPoolExecutor(AUTH_THREADS, thread_name_prefix="http-auth")
 
-    async def app(method: str, target: str, headers: dict[str, str]) -> Response:
+    async def app(method: str, target: str, headers: dict[str, str], body: bytes) -> Response:
+        path = target.split("?", 1)[0]
+        hook = (hooks or {}).get(path)
+        if hook is not None:  # signed by the forge (HMAC): no basic auth asked
+            if method != "POST":
+                return 405, _TEXT, b"POST only\n", (("Allow", "POST"),)
+            status, text = hook(headers, body)
+            return status, _TEXT, text, ()
+        if method != "GET":
+            return 405, _TEXT, b"GET only\n", (("Allow", "GET"),)
         if auth is not None and pool is not None:
             given = headers.get("authorization", "")
             if not auth.known(given):
                 loop = asyncio.get_running_loop()
                 if not await loop.run_in_executor(pool, auth.check, given):
                     return 401, _TEXT, b"", (("WWW-Authenticate", 'Basic realm="reconciler"'),)
-        path = target.split("?", 1)[0]
         if path == "/metrics":
             return 200, CONTENT_TYPE_LATEST, generate_latest(registry), ()
         if path in ("/healthz", "/readyz"):

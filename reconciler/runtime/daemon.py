@@ -31,8 +31,10 @@ from reconciler.ops.lock import ProjectLock, status_path
 from reconciler.ops.metrics import Metrics
 from reconciler.ops.notify import Notifier, watchdog_interval
 from reconciler.ops.state_store import sweep
+from reconciler.ops.webhook import PATH as WEBHOOK_PATH
 from reconciler.runtime.backoff import Backoff, requeue_delay
 from reconciler.runtime.conditions import ENGINE_UNREACHABLE_AFTER_S, DaemonConditions
+from reconciler.runtime.git_source import GitSource
 from reconciler.runtime.recorder import Recorder
 from reconciler.runtime.reload import Reloader
 from reconciler.runtime.signals import SignalRelay
@@ -127,6 +129,7 @@ class Daemon:
         self._triggers: dict[str, str] = {}  # key -> what asked for it first
         self.denied: dict[str, str] = {}  # service -> the policy's rules denying it (status)
         self.reloader = Reloader(self)
+        self.source: GitSource | None = None  # a followed git repository (set by the CLI)
         self.metrics.loaded(desired.digest)
         self.count_denials(denials)
         self.metrics.reloads.labels("success")
@@ -155,6 +158,7 @@ class Daemon:
                             self.healthz,
                             self.readyz,
                             web=self.options.web,
+                            hooks=self._hooks(),
                         )
                     )
                 except OSError as exc:  # e.g. docker0 not up yet: keep reconciling anyway
@@ -171,6 +175,8 @@ class Daemon:
             self._schedule()
             threading.Thread(target=self._events, name="events", daemon=True).start()
             threading.Thread(target=self.reloader.loop, name="reload", daemon=True).start()
+            if self.source is not None:
+                threading.Thread(target=self.source.loop, name="git", daemon=True).start()
             log.info(
                 "started",
                 project=self.desired.project,
@@ -200,6 +206,13 @@ class Daemon:
 
     def stop(self) -> None:
         self.signals.stop.set()
+        if self.source is not None:
+            self.source.wake.set()
+
+    def _hooks(self) -> dict[str, Any]:
+        """POST routes: the git webhook, when a source has a secret for it."""
+        webhook = self.source.webhook if self.source is not None else None
+        return {WEBHOOK_PATH: webhook.handle} if webhook is not None else {}
 
     def _schedule(self) -> None:
         """Periodic ticks; each only enqueues or pings (none of them reconciles)."""
@@ -337,6 +350,7 @@ class Daemon:
             "reload": self.reloader.last,
             "policy": self.policy.source,  # what `status` shows instead of judging again
             "denied": self.denied,
+            "source": self.source.status() if self.source is not None else None,
             **self.target.status_data(),
         }
         try:
@@ -397,6 +411,8 @@ class Daemon:
             problems.append("docker engine unreachable")
         if not self.state_valid:
             problems.append("desired state invalid")
+        if self.source is not None and self.source.problem():
+            problems.append(str(self.source.problem()))
         if self._first_round is not None:
             problems.append("first pass not done")
         return (not problems, "; ".join(problems) or "ready")

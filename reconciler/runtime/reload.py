@@ -72,6 +72,7 @@ class Reloader:
         self.options = daemon.options
         self.trigger = "signal"  # what asked for the next reload
         self.trigger_now = "signal"  # what asked for the reload under way
+        self.context: dict[str, str] = {}  # what the next reload row adds (a git commit)
         self.hups_served = 0
         self.error: str | None = None
         # The last reload, for `reconciler reload` (systemd's ExecReload) to wait on.
@@ -145,16 +146,18 @@ class Reloader:
 
     # ------------------------------------------------------------------ reading
 
-    def load(self) -> tuple[Desired, Policy, tuple[Denial, ...]]:
-        """The file, checked (StrictModes) and judged by the policy (read again too)."""
+    def load(self, path: Path | None = None) -> tuple[Desired, Policy, tuple[Denial, ...]]:
+        """The file (or `path`: a git commit's copy, checked before it is taken), checked
+        (StrictModes) and judged by the policy (read again too)."""
         kind = self.daemon.kind
-        new = kind.load(self.options.path)
+        path = path or self.options.path
+        new = kind.load(path)
         policy = policy_file.load(self.options.policy)
         if self.options.strict_modes:
-            inputs: list[str | Path] = [self.options.path, *new.watched]
+            inputs: list[str | Path] = [path, *new.watched]
             strict_modes.check(
                 [*inputs, self.options.policy or policy_file.DEFAULT_PATH],
-                source=str(self.options.path),
+                source=str(path),
             )
         new, denials = kind.judge(new, policy)
         return new, policy, denials
@@ -246,6 +249,8 @@ class Reloader:
             "changed": ", ".join(sorted(n for n in before.keys() & after.keys()
                                         if before[n] != after[n])),
         }  # fmt: skip
+        data |= self.context
+        self.context = {}
         same = old.digest == new.digest
         self.daemon.record(
             Event(

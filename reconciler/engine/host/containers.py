@@ -44,6 +44,7 @@ from reconciler.core.spec_diff import encode
 from reconciler.core.spec_fields import LABEL_SPEC_VIEW, host_view
 from reconciler.engine.client import docker_errors
 from reconciler.engine.host.observe import inspect
+from reconciler.engine.host.secret_files import bind_source
 from reconciler.errors import ActionFailed, NameConflict
 
 DEFAULT_GRACE_S = 10.0  # Docker's own stop timeout when a service sets none
@@ -311,8 +312,9 @@ def container_config(
 
 def binds(spec: ContainerSpec) -> list[str]:
     """Volumes and binds; secrets as their files bind-mounted read-only (the content never
-    passes through us)."""
-    return [*spec.binds, *(f"{m.source}:{m.target}:ro" for m in spec.secrets)]
+    passes through us, but an encrypted one's plaintext, kept in memory: secret_files)."""
+    secrets = (f"{bind_source(m.source, m.digest)}:{m.target}:ro" for m in spec.secrets)
+    return [*spec.binds, *secrets]
 
 
 def port_bindings(spec: ContainerSpec) -> dict[str, list[Any]]:

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from reconciler.config import forms, loader
+from reconciler.config import encrypted, forms, loader
 from reconciler.config import secrets as redact
 from reconciler.config.loader import Parsed
 from reconciler.config.options import runtime_options
@@ -106,8 +106,12 @@ def render(parsed: Parsed) -> SwarmDesired:
         at = ("secrets", key, "file")
         try:
             data, st = path.read_bytes(), path.stat()
+            data = encrypted.plaintext(path, data)  # *.age, SOPS: decrypted in memory
         except OSError as exc:
             report.add(f"cannot read {path}: {exc.strerror}", at, parsed.doc.mark(at))
+            continue
+        except encrypted.DecryptError as exc:
+            report.add(str(exc), at, parsed.doc.mark(at))
             continue
         if len(data) > MAX_CONFIG_BYTES:
             report.add(
