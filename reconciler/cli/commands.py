@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from reconciler.cli.parser import DEFAULT_LISTEN
+from reconciler.cli.snapshots import restore, snapshots
 from reconciler.config import secrets
 from reconciler.core.policy import Denial
 from reconciler.ops.lock import ProjectLock, status_path
@@ -154,4 +155,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, TargetKind, Desired], int]] = 
     "run": _run,
     "status": _status,
     "down": _down,
+    "snapshots": snapshots,
+    "restore": restore,
 }

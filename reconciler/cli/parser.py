@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from reconciler import __version__, targets
+from reconciler.cli.snapshots import add_parsers as add_snapshot_parsers
 from reconciler.config import policy_file
 
 DEFAULT_LISTEN = (("127.0.0.1", 9816),)
@@ -140,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                 default=None,
                 help="TLS and basic auth for those endpoints (Prometheus exporter-toolkit format)",
             )
+    add_snapshot_parsers(sub)
     imp = sub.add_parser(
         "import",
         help="write a desired-state file from a compose file",

@@ -30,6 +30,7 @@ from reconciler.engine.client import FALLBACK_API_VERSION, connect
 from reconciler.engine.events import follow
 from reconciler.engine.host.engine import Engine
 from reconciler.errors import EngineUnavailable
+from reconciler.ops.snapshot_store import SnapshotStore
 from reconciler.ops.state_store import StateStore
 from reconciler.ops.status import render_status
 from reconciler.targets.base import (
@@ -49,6 +50,7 @@ from reconciler.targets.host.events import container_event, filters, infra_event
 from reconciler.targets.host.executor import StepResult, apply
 from reconciler.targets.host.image_ledger import ImageLedger
 from reconciler.targets.host.runs import Exit
+from reconciler.targets.host.snapshots import VolumeSnapshots
 
 log = structlog.get_logger("reconciler")
 
@@ -72,6 +74,7 @@ class HostKind:
         prunes_images=True,
         takes_over_compose=True,
         removes_volumes=True,
+        snapshots=True,
     )
 
     def load(self, path: Path) -> DesiredState:
@@ -126,6 +129,14 @@ class HostTarget:
             if settings.prune_images
             else None,
         )
+        self.snapshots = VolumeSnapshots(
+            self.engine,
+            SnapshotStore(desired.project, settings.state_dir),
+            self.store,
+            lambda: self.controller.desired,
+            settings.record,
+        )
+        self.controller.snapshots = self.snapshots
 
     # ------------------------------------------------------------------ the daemon's seam
 
