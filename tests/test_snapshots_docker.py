@@ -5,6 +5,7 @@ healthcheck; the rollback brings the old data back and the old version is health
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,10 +41,8 @@ def images(api: docker.APIClient, busybox_image: str, project: str) -> Iterator[
         yield tags
     finally:
         for tag in tags.values():
-            try:
+            with contextlib.suppress(docker.errors.APIError):
                 api.remove_image(tag, force=True)
-            except docker.errors.APIError:
-                pass
 
 
 def doc(images: dict[str, str], version: str, snapshots: dict[str, Any]) -> dict[str, Any]:
