@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import posixpath
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
@@ -34,19 +36,44 @@ def read_volume(
     keep_going: Callable[[int], bool] = lambda size: True,
 ) -> tuple[int, str]:
     """Stream the tar of `path` in the container into `out`; return (bytes, sha256 hex).
-    Raise TooLarge past `limit` bytes, or when `keep_going(bytes so far)` says no."""
+    Raise TooLarge past `limit` bytes, or when `keep_going(bytes so far)` says no.
+
+    The checksum and the file are written on a thread of their own while the next chunk is
+    read (hashlib lets go of the GIL): sha256 costs about as much as the read itself."""
     digest = hashlib.sha256()
     size = 0
-    with docker_errors(f"read {path} of container {container_id[:12]}"):
-        stream, _ = api.get_archive(container_id, path, chunk_size=CHUNK)
-        for chunk in stream:
-            size += len(chunk)
-            if limit is not None and size > limit:
-                raise TooLarge(f"more than {limit} bytes")
-            if not keep_going(size):
-                raise TooLarge("the state directory's disk is below its free-space floor")
-            digest.update(chunk)
-            out.write(chunk)
+    chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+    failed: list[BaseException] = []
+
+    def sink() -> None:
+        while (chunk := chunks.get()) is not None:
+            if failed:
+                continue  # drain: the reader must never block on a full queue
+            try:
+                digest.update(chunk)
+                out.write(chunk)
+            except BaseException as exc:  # a full disk: reported by the reader
+                failed.append(exc)
+
+    writer = threading.Thread(target=sink, name="snapshot-writer", daemon=True)
+    writer.start()
+    try:
+        with docker_errors(f"read {path} of container {container_id[:12]}"):
+            stream, _ = api.get_archive(container_id, path, chunk_size=CHUNK)
+            for chunk in stream:
+                size += len(chunk)
+                if limit is not None and size > limit:
+                    raise TooLarge(f"more than {limit} bytes")
+                if not keep_going(size):
+                    raise TooLarge("the state directory's disk is below its free-space floor")
+                if failed:
+                    break
+                chunks.put(chunk)
+    finally:
+        chunks.put(None)
+        writer.join()
+    if failed:
+        raise failed[0]
     return size, digest.hexdigest()
 
 
