@@ -156,6 +156,36 @@ def test_rollback_brings_the_data_back(
     index = json.loads((state / f"{project}.snapshots.json").read_text())
     assert len(index["app"]) == 1  # nothing new was kept
 
+    # A restore that cannot be done (another container mounts the volume) leaves the service
+    # stopped and held, loudly; a restore by hand, once it is gone, brings it back.
+    volume = f"{project}-data"
+    foreign = api.create_container(
+        images["1"],
+        ["true"],
+        labels={"io.reconciler.test": "1"},
+        host_config=api.create_host_config(binds=[f"{volume}:/x:ro"]),
+    )["Id"]
+    try:
+        write_state(doc(images, "2", keep))
+        fourth = run_cli("apply", str(path), *common, "--timeout", "15", timeout=240)
+        out = fourth.stdout + fourth.stderr
+        assert fourth.returncode != 0 and "rollback restore failed" in out, out
+        assert "held stopped" in out, out
+        assert not app(api, project)["State"]["Running"]
+        listed = run_cli("snapshots", "app", "-f", str(path), *common)
+        assert "held stopped: app" in listed.stdout, listed.stdout
+        newest = listed.stdout.splitlines()[-2].split()[-1]
+    finally:
+        api.remove_container(foreign, force=True)
+    restored = run_cli("restore", "app", newest, "-f", str(path), *common)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    wait_for(lambda: healthy(api, project, "3"), 60, what="v3 healthy after restore")
+    c = app(api, project)["Id"]
+    assert sh(api, c, "cat /data/marker; ls /data/migrated 2>/dev/null || echo absent") == (
+        "v1\nabsent"
+    )
+    assert "held stopped" not in run_cli("snapshots", "-f", str(path), *common).stdout
+
     # Swarm keeps no snapshots: refused clearly.
     refused = run_cli("snapshots", "-f", str(path), "--target", "swarm", *common)
     assert refused.returncode == 2 and "host-only" in refused.stderr, refused.stderr

@@ -127,6 +127,8 @@ class VolumeSnapshots:
         return False
 
     def _before_replacement(self, svc: ServiceSpec, action: StartContainer) -> None:
+        if not ro.is_temp_name(action.name):
+            return  # a heal or a first start: no rollout replaces anything
         containers = self.engine.containers(self.desired().project)
         r = replacement_of(action.id, containers)
         if r is None:
@@ -208,7 +210,13 @@ class VolumeSnapshots:
         spec = next((s for s in svc.replicas if s.replica == old.replica), None)
         if policy is None or spec is None:
             return []
-        volumes = rw_volumes(spec)
+        external = {v.name for v in self.desired().volumes if v.external}
+        for v in rw_volumes(spec):
+            if v.volume in external:  # a restore re-creates the volume: never one not ours
+                self._skipped(svc, v.volume, "an external volume (not ours to re-create)")
+        volumes = tuple(v for v in rw_volumes(spec) if v.volume not in external)
+        if not volumes:
+            return []
         free = self.store.free_bytes()
         if free < policy.min_free:
             self._skipped(
