@@ -109,7 +109,7 @@ def test_rollback_brings_the_data_back(
     assert first.returncode == 0, first.stdout + first.stderr
     wait_for(lambda: healthy(api, project, "1"), 60, what="v1 healthy")
     old_id = app(api, project)["Id"]
-    sh(api, old_id, "echo kept > /data/kept")
+    sh(api, old_id, "echo kept > /data/kept; chown 65534:65534 /data/kept; chmod 640 /data/kept")
 
     # v2 migrates the volume and fails: rolled back, the data restored before v1 starts.
     write_state(doc(images, "2", keep))
@@ -120,7 +120,7 @@ def test_rollback_brings_the_data_back(
     wait_for(lambda: healthy(api, project, "1"), 90, what="v1 healthy after the rollback")
     c = app(api, project)["Id"]
     assert sh(api, c, "cat /data/marker") == "v1"
-    assert sh(api, c, "cat /data/kept") == "kept"
+    assert sh(api, c, "cat /data/kept; stat -c '%u:%g %a' /data/kept") == "kept\n65534:65534 640"
     assert sh(api, c, "ls /data/migrated 2>/dev/null || echo absent") == "absent"
 
     # The snapshot is listed, its file is 0600 in a 0700 folder, its checksum indexed.
