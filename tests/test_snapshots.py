@@ -6,7 +6,9 @@ restore point comes before the old replica starts again, other replicas keep ser
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import tarfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -145,16 +147,26 @@ def test_the_restore_takes_the_newest_snapshot_of_each_volume_before_the_failed_
         assert (e.created, e.id) == max((o.created, o.id) for o in same)
 
 
+def a_tar(content: bytes) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        info = tarfile.TarInfo("data/marker")
+        info.size = len(content)
+        tar.addfile(info, io.BytesIO(content))
+    return out.getvalue()
+
+
 def test_the_store_keeps_n_files_private_and_spots_damage(tmp_path: Path) -> None:
     store = SnapshotStore("p", tmp_path)
     made = []
     for i in range(4):
+        data = a_tar(b"x" * (i + 1))
         with store.writing() as (f, tmp):
-            f.write(b"x" * (i + 1))
+            f.write(data)
             f.flush()
-            sha = hashlib.sha256(b"x" * (i + 1)).hexdigest()
+            sha = hashlib.sha256(data).hexdigest()
             e = SnapshotEntry(
-                f"s{i}", "app", "data", "/d", "r1", "r2", float(i), i + 1, sha, f"s{i}.tar"
+                f"s{i}", "app", "data", "/d", "r1", "r2", float(i), len(data), sha, f"s{i}.tar"
             )
             store.commit(tmp, e, keep=2)
             made.append(e)
@@ -165,6 +177,10 @@ def test_the_store_keeps_n_files_private_and_spots_damage(tmp_path: Path) -> Non
     assert store.verify(made[3]) is None and store.find("app", "s3").id == "s3"
     (store.folder / "s3.tar").write_bytes(b"y" * 4)
     assert "damaged" in (store.verify(made[3]) or "")
+    junk = b"y" * 4096  # the index's size and checksum, but no tar
+    (store.folder / "s2.tar").write_bytes(junk)
+    fake = replace(made[2], size=len(junk), sha256=hashlib.sha256(junk).hexdigest())
+    assert "no readable tar" in (store.verify(fake) or "")
     with pytest.raises(KeyError):
         store.find("app", "s")  # two match
     store.hold("app", "restore failed")

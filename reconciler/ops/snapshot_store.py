@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import tarfile
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ from typing import IO
 
 from reconciler.core.snapshots import SnapshotEntry, retain
 from reconciler.ops.state_store import JsonStore, default_state_dir
+
+FREE_CHECK_EVERY = 64 << 20  # bytes read between two looks at the free space
 
 
 class SnapshotStore:
@@ -76,6 +79,12 @@ class SnapshotStore:
             return f"snapshot file {path}: {exc.strerror or exc}"
         if size != entry.size or digest.hexdigest() != entry.sha256:
             return f"snapshot file {path} is damaged (size or sha256 differs from the index)"
+        try:  # every member reads: a tar the engine can put back
+            with tarfile.open(path, "r:") as tar:
+                for _ in tar:
+                    pass
+        except (OSError, tarfile.TarError) as exc:
+            return f"snapshot file {path} is no readable tar: {exc}"
         return None
 
     def free_bytes(self) -> int:
@@ -131,3 +140,18 @@ class SnapshotStore:
             holds = self._holds()
             if holds.get(service):
                 holds.put(service, "")
+
+
+class FreeFloor:
+    """`keep_going` for a read: the disk keeps `min_free` bytes (looked at every 64 MiB)."""
+
+    def __init__(self, store: SnapshotStore, min_free: int) -> None:
+        self.store = store
+        self.min_free = min_free
+        self.next_look = FREE_CHECK_EVERY
+
+    def ok(self, size: int) -> bool:
+        if size < self.next_look:
+            return True
+        self.next_look = size + FREE_CHECK_EVERY
+        return self.store.free_bytes() >= self.min_free

@@ -17,7 +17,6 @@ hand succeeds: it never starts on half-restored data.
 from __future__ import annotations
 
 import hashlib
-import tarfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -58,12 +57,10 @@ from reconciler.core.snapshots import (
 from reconciler.engine.host import archive
 from reconciler.engine.host.engine import Engine
 from reconciler.errors import ActionFailed, ReconcilerError
-from reconciler.ops.snapshot_store import SnapshotStore
+from reconciler.ops.snapshot_store import FreeFloor, SnapshotStore
 from reconciler.ops.state_store import StateStore
 
 log = structlog.get_logger("reconciler")
-
-FREE_CHECK_EVERY = 64 << 20  # bytes read between two looks at the free space
 
 
 class RestoreFailed(ReconcilerError):
@@ -155,10 +152,13 @@ class VolumeSnapshots:
         spec = next((s for s in stable if old is not None and s.replica == old.replica), None)
         ids = ", ".join(e.id for e in entries)
         start = time.monotonic()
+        # The slot's replica first (it receives the tar); the others sharing the volume are
+        # stopped for the restore, and come back with it, on the stable spec.
+        others = [s for s in stable[: len(svc.replicas)] if spec is None or s.name != spec.name]
         try:
             if spec is None:
                 raise RestoreFailed("no stable replica spec is recorded to restore", touched=False)
-            self._restore(svc, entries, [spec], start=True)
+            self._restore(svc, entries, [spec, *others], start=True)
         except (ReconcilerError, OSError) as exc:
             message = f"restore of snapshot {ids} before the rollback failed: {exc}"
             self.store.hold(svc.name, message)
@@ -366,8 +366,9 @@ class VolumeSnapshots:
         *,
         start: bool,
     ) -> None:
-        """Put `entries` back into their volumes; `specs`: the replicas created on them (the
-        first that mounts a volume at the snapshot's path receives its tar)."""
+        """Put `entries` back into their volumes. `specs`: the replicas to create again, of
+        which those are: the ones whose containers the restore removed, and each snapshot's
+        carrier (the first that mounts its volume at its path: it receives the tar)."""
         carriers: dict[str, ContainerSpec] = {}
         for e in entries:
             carrier = next(
@@ -376,7 +377,7 @@ class VolumeSnapshots:
             if carrier is None:
                 raise RestoreFailed(f"no replica mounts {e.volume} at {e.target}", touched=False)
             carriers[e.id] = carrier
-            problem = self.store.verify(e) or _tar_problem(self.store, e)
+            problem = self.store.verify(e)
             if problem:
                 raise RestoreFailed(problem, touched=False)
         api = self.engine.api
@@ -394,6 +395,10 @@ class VolumeSnapshots:
                     "volume: stop and remove it first",
                     touched=False,
                 )
+        # The replicas removed are created again (a replica on another volume stays as it is).
+        removed = {(c.get("Names") or [cid])[0].lstrip("/") for cid, c in users.items()}
+        wanted = {s.name for s in carriers.values()} | removed
+        create = [s for s in specs if s.name in wanted]
         try:
             for cid, c in users.items():
                 name = (c.get("Names") or [cid])[0].lstrip("/")
@@ -409,7 +414,7 @@ class VolumeSnapshots:
                     driver_opts=info.get("Options") or None,
                     labels=info.get("Labels") or None,
                 )
-            for spec in specs:
+            for spec in create:
                 self.engine.execute(CreateContainer(spec, "restore"))
             for e in entries:
                 with self.store.path(e).open("rb") as f:
@@ -419,31 +424,5 @@ class VolumeSnapshots:
         except Exception as exc:  # docker-py's own errors outside docker_errors
             raise RestoreFailed(f"{type(exc).__name__}: {exc}", touched=True) from exc
         if start:
-            for spec in specs:
+            for spec in create:
                 self.engine.execute(StartContainer(spec.name, spec.name, svc.name, "restored"))
-
-
-class FreeFloor:
-    """`keep_going` for a read: the disk keeps `min_free` bytes (looked at every 64 MiB)."""
-
-    def __init__(self, store: SnapshotStore, min_free: int) -> None:
-        self.store = store
-        self.min_free = min_free
-        self.next_look = FREE_CHECK_EVERY
-
-    def ok(self, size: int) -> bool:
-        if size < self.next_look:
-            return True
-        self.next_look = size + FREE_CHECK_EVERY
-        return self.store.free_bytes() >= self.min_free
-
-
-def _tar_problem(store: SnapshotStore, entry: SnapshotEntry) -> str | None:
-    """Why the file is no tar that can be put back (None: every member reads)."""
-    try:
-        with tarfile.open(store.path(entry), "r:") as tar:
-            for _ in tar:
-                pass
-    except (OSError, tarfile.TarError) as exc:
-        return f"snapshot {entry.id} is no readable tar: {exc}"
-    return None
