@@ -189,3 +189,50 @@ def test_rollback_brings_the_data_back(
     # Swarm keeps no snapshots: refused clearly.
     refused = run_cli("snapshots", "-f", str(path), "--target", "swarm", *common)
     assert refused.returncode == 2 and "host-only" in refused.stderr, refused.stderr
+
+
+def test_several_replicas_on_one_volume(
+    api: docker.APIClient,
+    images: dict[str, str],
+    project: str,
+    tmp_path: Path,
+    write_state: Callable[..., Path],
+) -> None:
+    """Two replicas share the volume: one snapshot (read from the first stopped replica, the
+    other paused for the copy); the rollback restores the old data and both replicas run the
+    old version again, healthy."""
+    state = tmp_path / "state"
+    common = ("--lock-dir", str(tmp_path), "--state-dir", str(state))
+
+    def two(version: str) -> dict[str, Any]:
+        d = doc(images, version, {})
+        d["services"]["app"]["replicas"] = 2
+        return d
+
+    path = write_state(two("1"))
+    first = run_cli("apply", str(path), *common)
+    assert first.returncode == 0, first.stdout + first.stderr
+    write_state(two("2"))
+    second = run_cli("apply", str(path), *common, timeout=240)
+    out = second.stdout + second.stderr
+    assert "volume snapshot taken" in out and "rollback: volumes restored" in out, out
+    taken = [json.loads(line) for line in out.splitlines() if "volume snapshot taken" in line]
+    assert len(taken) == 1  # once per rollout
+
+    def both_v1() -> bool:
+        found = api.containers(
+            all=True,
+            filters={"label": [f"io.reconciler.project={project}", "io.reconciler.service=app"]},
+        )
+        infos = [api.inspect_container(c["Id"]) for c in found]
+        return len(infos) == 2 and all(
+            "APP_VERSION=1" in (i["Config"]["Env"] or [])
+            and (i["State"].get("Health") or {}).get("Status") == "healthy"
+            for i in infos
+        )
+
+    wait_for(both_v1, 90, what="both replicas v1 and healthy")
+    found = api.containers(filters={"label": f"io.reconciler.project={project}"})
+    assert sh(api, found[0]["Id"], "cat /data/marker; ls /data/migrated 2>/dev/null || echo -") == (
+        "v1\n-"
+    )
