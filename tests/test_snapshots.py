@@ -310,3 +310,25 @@ def test_no_snapshot_for_a_service_that_did_not_opt_in_or_a_running_old_replica(
     opted = app(state(2, snapshots={}))
     assert "running" in (snapshot_skip(opted, r, [old, new]) or "")
     assert replacement_of(old.id, [old, new]) is None  # the replica itself is no replacement
+
+
+def test_swarm_refuses_the_key_and_the_commands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Snapshots are host-only: the key is an error with its line for --target swarm, and
+    `snapshots`/`restore` say so (exit 2) instead of listing nothing."""
+    from reconciler.cli.main import main
+
+    doc = {"version": 1, "project": "p", "services": {"app": {"image": "app:1"}}}
+    path = tmp_path / "desired_state.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    path.chmod(0o600)
+    assert main(["snapshots", "-f", str(path), "--target", "swarm"]) == 2
+    assert main(["restore", "app", "abc", "-f", str(path), "--target", "swarm"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("host-only") == 2
+    doc["services"]["app"]["x-reconciler"] = {"snapshots": {"keep": 2}}
+    text = yaml.safe_dump(doc)
+    with pytest.raises(DesiredStateError) as exc:
+        loader.parse_parts(text, source="s.yaml", base_dir=tmp_path, checks=lambda d, p: [])
+    assert "x-reconciler.snapshots" in str(exc.value) and "host-only" in str(exc.value)

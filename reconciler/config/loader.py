@@ -172,7 +172,7 @@ def parse_parts(
         kind = type(data).__name__
         report.add(f"(top level): must be a mapping, not {kind}", mark=doc.mark(()))
         raise report.error()
-    snapshots = snapshot_policies(data, report, doc)  # x-reconciler.snapshots
+    snapshots = snapshot_policies(data, report, doc, host=checks is None)  # x-reconciler
     data = without_extensions(data)
     definition = None
     try:

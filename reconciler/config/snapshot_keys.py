@@ -27,8 +27,11 @@ class SnapshotsDef(StrictModel):
     min_free: Bytes = 1024**3
 
 
-def snapshot_policies(data: Any, report: Report, doc: Document) -> dict[str, SnapshotPolicy]:
-    """service -> its snapshot policy, for services that ask for one (problems: `report`)."""
+def snapshot_policies(
+    data: Any, report: Report, doc: Document, *, host: bool = True
+) -> dict[str, SnapshotPolicy]:
+    """service -> its snapshot policy, for services that ask for one (problems: `report`).
+    Not `host` (Swarm): refused, as Swarm's other keys it cannot honour are."""
     services = data.get("services") if isinstance(data, dict) else None
     out: dict[str, SnapshotPolicy] = {}
     for name, body in (services or {}).items() if isinstance(services, dict) else ():
@@ -36,6 +39,14 @@ def snapshot_policies(data: Any, report: Report, doc: Document) -> dict[str, Sna
         if not isinstance(ext, dict) or "snapshots" not in ext:
             continue
         at: tuple[str | int, ...] = ("services", str(name), EXTENSION, "snapshots")
+        if not host:
+            report.add(
+                "not supported with --target swarm: volume snapshots are host-only (a task's "
+                "volumes live on whichever node runs it)",
+                at,
+                doc.mark(at, key=True),
+            )
+            continue
         raw = ext["snapshots"]
         try:
             d = SnapshotsDef.model_validate({} if raw is None or raw is True else raw)
