@@ -35,6 +35,7 @@ from reconciler.core.snapshots import (
 )
 from reconciler.errors import DesiredStateError
 from reconciler.ops.snapshot_store import SnapshotStore
+from tests.conftest import run_cli
 from tests.simulator import Daemon, simulate
 
 
@@ -312,23 +313,30 @@ def test_no_snapshot_for_a_service_that_did_not_opt_in_or_a_running_old_replica(
     assert replacement_of(old.id, [old, new]) is None  # the replica itself is no replacement
 
 
-def test_swarm_refuses_the_key_and_the_commands(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_swarm_refuses_the_key_and_the_commands(tmp_path: Path) -> None:
     """Snapshots are host-only: the key is an error with its line for --target swarm, and
     `snapshots`/`restore` say so (exit 2) instead of listing nothing."""
-    from reconciler.cli.main import main
-
     doc = {"version": 1, "project": "p", "services": {"app": {"image": "app:1"}}}
     path = tmp_path / "desired_state.yaml"
     path.write_text(yaml.safe_dump(doc))
     path.chmod(0o600)
-    assert main(["snapshots", "-f", str(path), "--target", "swarm"]) == 2
-    assert main(["restore", "app", "abc", "-f", str(path), "--target", "swarm"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("host-only") == 2
+    for args in (["snapshots"], ["restore", "app", "abc"]):
+        done = run_cli(*args, "-f", str(path), "--target", "swarm")
+        assert done.returncode == 2 and "host-only" in done.stderr, done.stderr
     doc["services"]["app"]["x-reconciler"] = {"snapshots": {"keep": 2}}
     text = yaml.safe_dump(doc)
     with pytest.raises(DesiredStateError) as exc:
         loader.parse_parts(text, source="s.yaml", base_dir=tmp_path, checks=lambda d, p: [])
     assert "x-reconciler.snapshots" in str(exc.value) and "host-only" in str(exc.value)
+
+
+def test_a_crash_during_a_copy_leaves_nothing_after_the_sweep(tmp_path: Path) -> None:
+    """The daemon's start sweeps a partial tar a killed copy left (it holds the lock)."""
+    from reconciler.ops.state_store import sweep
+
+    store = SnapshotStore("p", tmp_path)
+    store.folder.mkdir(mode=0o700)
+    (store.folder / ".partial-abc.tar").write_bytes(b"half")
+    (store.folder / "kept.tar").write_bytes(b"whole")
+    assert sweep("p", tmp_path) == 1
+    assert [p.name for p in store.folder.iterdir()] == ["kept.tar"]
