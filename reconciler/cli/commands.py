@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from reconciler.cli import history, notify_setup, plan_output, status_view
 from reconciler.cli.parser import DEFAULT_LISTEN
 from reconciler.cli.progress import ProgressView, objects_in
+from reconciler.cli.snapshots import restore, snapshots
 from reconciler.config import secrets
 from reconciler.core.policy import Denial
 from reconciler.ops.lock import ProjectLock, status_path
@@ -192,4 +193,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, TargetKind, Desired], int]] = 
     "run": _run,
     "status": _status,
     "down": _down,
+    "snapshots": snapshots,
+    "restore": restore,
 }

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from reconciler import __version__, targets
 from reconciler.cli import git_args, history
+from reconciler.cli.snapshots import add_parsers as add_snapshot_parsers
 from reconciler.config import policy_file
 
 DEFAULT_LISTEN = (("127.0.0.1", 9816),)
@@ -172,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                 help="TLS and basic auth for those endpoints (Prometheus exporter-toolkit format)",
             )
     history.add_parser(sub)
+    add_snapshot_parsers(sub)
     imp = sub.add_parser(
         "import",
         help="write a desired-state file from a compose file",

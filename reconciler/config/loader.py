@@ -39,6 +39,7 @@ from reconciler.config.render import REPLICA_PLACEHOLDER, Renderer
 from reconciler.config.report import Checks, Issue, Report, dotted, pydantic_problems
 from reconciler.config.rules import check
 from reconciler.config.schema import DesiredStateDef
+from reconciler.config.snapshot_keys import snapshot_policies, with_snapshots
 from reconciler.config.tree import tree_digest
 from reconciler.config.yamlread import Document, YamlError, compose, read
 from reconciler.core.desired import DesiredState
@@ -171,6 +172,7 @@ def parse_parts(
         kind = type(data).__name__
         report.add(f"(top level): must be a mapping, not {kind}", mark=doc.mark(()))
         raise report.error()
+    snapshots = snapshot_policies(data, report, doc, host=checks is None)  # x-reconciler
     data = without_extensions(data)
     definition = None
     try:
@@ -217,7 +219,10 @@ def parse_parts(
         project=state.project,
         networks=state.networks,
         volumes=state.volumes,
-        services=tuple(with_access(svc, definition, base_dir, doc) for svc in state.services),
+        services=tuple(
+            with_snapshots(with_access(svc, definition, base_dir, doc), snapshots)
+            for svc in state.services
+        ),
         source=source,
         digest=digest,
         volume_templates=state.volume_templates,

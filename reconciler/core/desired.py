@@ -257,6 +257,16 @@ DEFAULT_ROLLBACK = UpdateConfig(failure_action="pause")
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotPolicy:
+    """`x-reconciler: {snapshots: ...}`: before a rollout replaces a replica, its read-write
+    named volumes are saved (core.snapshots); a rollback puts the data back."""
+
+    keep: int = 3  # snapshots kept per volume (older ones are deleted)
+    max_size: int | None = None  # bytes; a larger volume is skipped with a warning
+    min_free: int = 1024**3  # bytes the state directory's disk keeps free (else skipped)
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceSpec:
     name: str
     image: str
@@ -277,6 +287,7 @@ class ServiceSpec:
     # Identifies what the file asks of the service's containers, whatever the replica count.
     revision: str = ""
     access: HostAccess = field(default=HostAccess(), compare=False)  # for core.policy
+    snapshots: SnapshotPolicy | None = None  # opt-in volume snapshots (x-reconciler)
 
     @property
     def has_healthcheck(self) -> bool:

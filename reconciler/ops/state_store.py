@@ -7,6 +7,7 @@ that fails (a full disk) leaves no temporary file behind; the daemon sweeps olde
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import tempfile
 import threading
@@ -132,10 +133,12 @@ def write_atomic(path: Path, data: bytes) -> None:
 def sweep(project: str, directory: Path | None = None) -> int:
     """Remove the temporary files saves of `project` left (`.<project>.*.json-*`: a crash
     between creating one and renaming it); call it holding the project's lock, so that no
-    save of ours is under way. Returns how many were removed."""
+    save of ours is under way. Returns how many were removed. Also a volume snapshot's
+    partial tar (`<project>.snapshots/.partial-*`: a crash during the copy)."""
     folder = directory or default_state_dir()
     removed = 0
-    for stale in folder.glob(f".{project}.*.json-*"):
+    partial = (folder / f"{project}.snapshots").glob(".partial-*")
+    for stale in itertools.chain(folder.glob(f".{project}.*.json-*"), partial):
         try:
             stale.unlink()
             removed += 1

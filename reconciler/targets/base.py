@@ -53,6 +53,7 @@ class Capabilities:
     prunes_images: bool = False  # --prune-images
     takes_over_compose: bool = False  # --take-over-compose
     removes_volumes: bool = False  # down --volumes
+    snapshots: bool = False  # volume snapshots (x-reconciler.snapshots), snapshots, restore
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from reconciler.engine.client import FALLBACK_API_VERSION, connect
 from reconciler.engine.events import follow
 from reconciler.engine.host.engine import Engine
 from reconciler.errors import EngineUnavailable
+from reconciler.ops.snapshot_store import SnapshotStore
 from reconciler.ops.state_store import StateStore
 from reconciler.ops.status import render_status
 from reconciler.targets.base import (
@@ -51,6 +52,7 @@ from reconciler.targets.host.executor import StepResult, apply
 from reconciler.targets.host.explain import explain_host, oom_marked
 from reconciler.targets.host.image_ledger import ImageLedger
 from reconciler.targets.host.runs import Exit
+from reconciler.targets.host.snapshots import VolumeSnapshots
 
 log = structlog.get_logger("reconciler")
 
@@ -74,6 +76,7 @@ class HostKind:
         prunes_images=True,
         takes_over_compose=True,
         removes_volumes=True,
+        snapshots=True,
     )
 
     def load(self, path: Path) -> DesiredState:
@@ -130,6 +133,14 @@ class HostTarget:
             else None,
             record=settings.record,
         )
+        self.snapshots = VolumeSnapshots(
+            self.engine,
+            SnapshotStore(desired.project, settings.state_dir),
+            self.store,
+            lambda: self.controller.desired,
+            settings.record,
+        )
+        self.controller.snapshots = self.snapshots
 
     # ------------------------------------------------------------------ the daemon's seam
 

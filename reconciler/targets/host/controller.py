@@ -57,6 +57,7 @@ from reconciler.targets.host.service_view import (
     restrict,
     without_project_objects,
 )
+from reconciler.targets.host.snapshots import VolumeSnapshots
 
 if TYPE_CHECKING:  # prometheus_client is imported only where metrics are served
     from reconciler.ops.metrics import Metrics
@@ -88,9 +89,11 @@ class Controller:
         follow_tags: bool = False,
         ledger: ImageLedger | None = None,
         record: Record = discard,
+        snapshots: VolumeSnapshots | None = None,
     ) -> None:
         self.engine = engine
         self.desired = desired
+        self.snapshots = snapshots  # volume snapshots around rollouts (opt-in)
         self.store = store
         self.metrics = metrics
         self.enqueue = enqueue  # callers may set it later (their queue): always called late
@@ -376,6 +379,8 @@ class Controller:
     # ------------------------------------------------------------------ apply
 
     def _execute(self, action: Action) -> None:
+        if self.snapshots is not None and self.snapshots.before(action):
+            return  # a restore before the old replica starts again has started it
         if isinstance(action, EnsureImage):
             self.images.ensure(action)
         elif isinstance(action, CreateNetwork | CreateVolume):
