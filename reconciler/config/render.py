@@ -10,17 +10,19 @@ import contextlib
 import hashlib
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from graphlib import TopologicalSorter
 from pathlib import Path
 from typing import Any
 
 from reconciler.config import tree
+from reconciler.config.build import build_spec, revision_form
 from reconciler.config.forms import (
     Mount,
     depends,
     extra_hosts,
     joins,
+    links,
     mount,
     port_text,
     scalar,
@@ -30,6 +32,7 @@ from reconciler.config.inputs import TooLarge, read_limited, resolve
 from reconciler.config.options import (
     OPTION_DEFAULTS,
     argv,
+    device_requests,
     environment,
     port_binding,
     runtime_options,
@@ -57,6 +60,7 @@ REPLICA_PLACEHOLDER = "{replica}"
 MAX_SECRET_BYTES = 1024 * 1024  # each secrets: file
 # Keys that do not change what a service's containers are: left out of its revision.
 _NOT_IN_REVISION = {
+    "profiles",
     "replicas",
     "scale",
     "deploy",
@@ -68,7 +72,10 @@ _NOT_IN_REVISION = {
     "depends_on",
 }
 # Keys added after revisions were first recorded: left out of a revision when not given.
-_ADDED_KEYS = ("privileged", "devices", "ipc", "uts", "userns_mode", "security_opt", "secrets")
+_ADDED_KEYS = (
+    *("privileged", "devices", "ipc", "uts", "userns_mode", "security_opt", "secrets"),
+    "links",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,26 +185,18 @@ class Renderer:
             return NetworkSpec(name=self.network_name(name))
         ipam = tuple((c.subnet, c.gateway or "") for c in n.ipam.config) if n.ipam else ()
         labels = tuple(sorted(n.labels.items()))
-        return NetworkSpec(self.network_name(name), n.driver, n.internal, labels, ipam, n.external)
+        flags = (n.external, n.attachable, n.enable_ipv6)
+        return NetworkSpec(self.network_name(name), n.driver, n.internal, labels, ipam, *flags)
 
     def _service(self, name: str, s: ServiceDef) -> ServiceSpec:
-        build = None
-        if s.build is not None:
-            ctx, dockerfile = (
-                (s.build, "Dockerfile")
-                if isinstance(s.build, str)
-                else (
-                    s.build.context,
-                    s.build.dockerfile,
-                )
-            )
-            build = BuildSpec(str(self.path(ctx)), dockerfile)
+        build = self._build(name, s)
         image = s.image or f"{self.project}-{name}"
         configs = self._configs(name, s)
         mounts = self._secrets(name, s)
         options = runtime_options(s)  # once: the same for every replica
+        digest = build.digest if build else ""
         replicas = tuple(
-            self.container(name, s, image, i, configs, options, mounts)
+            self.container(name, s, image, i, configs, options, mounts, digest)
             for i in range(1, s.replica_count + 1)
         )
         heal = HealPolicy(
@@ -231,6 +230,15 @@ class Renderer:
             stop_grace_s=s.stop_grace_period,
             revision=self._revision(name, s, configs, mounts),
         )
+
+    def _build(self, name: str, s: ServiceDef) -> BuildSpec | None:
+        """The service's BuildSpec; bare args nothing sets are noted (left out)."""
+        if s.build is None:
+            return None
+        spec, unset = build_spec(s.build, self.path, self.lookup)
+        for at, key in unset:
+            self.unset[("services", name, "build", *at)] = key
+        return spec
 
     def _environment(self, name: str, s: ServiceDef) -> tuple[str, ...]:
         """The service's environment (see `options.environment`); bare names left out are noted."""
@@ -298,10 +306,13 @@ class Renderer:
             {"source": str(self.path(c.source)), "target": c.target} for c in s.configs
         ]
         if s.build is not None:
-            build = body["build"]
-            ctx = build if isinstance(build, str) else build["context"]
-            dockerfile = "Dockerfile" if isinstance(build, str) else build["dockerfile"]
-            body["build"] = {"context": str(self.path(ctx)), "dockerfile": dockerfile}
+            body["build"] = revision_form(build_spec(s.build, self.path, self.lookup)[0])
+        for key, default in (("ipv4_address", None),):  # added later: absent when unset
+            for attach in (body["networks"] if isinstance(body["networks"], dict) else {}).values():
+                if isinstance(attach, dict) and attach.get(key, default) == default:
+                    attach.pop(key, None)
+        if body.get("resources", {}).get("reservations", {}).get("devices") == []:
+            del body["resources"]["reservations"]["devices"]
         payload = {
             "project": self.project,
             "service": name,
@@ -313,6 +324,15 @@ class Renderer:
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
+    def _links(self, s: ServiceDef) -> tuple[str, ...]:
+        """CONTAINER:ALIAS of each link: the linked service's first replica (a legacy link
+        names one container; the service's own name reaches every replica)."""
+        out = []
+        for other, alias in links(s):
+            t = self.d.services[other]
+            out.append(f"{t.container_name or f'{self.project}-{other}-1'}:{alias}")
+        return tuple(dict.fromkeys(out))
+
     def _mount_text(self, m: Mount | None, named: bool = False) -> str:
         """SOURCE:TARGET[:ro] for Docker (`named`: the volume source is its Docker name)."""
         assert m is not None  # checked
@@ -322,7 +342,8 @@ class Renderer:
             source = str(self.path(m.source))
         else:
             source = m.source if named else self.volume_name(m.source)
-        return f"{source}:{m.target}{':ro' if m.read_only else ''}" if source else m.target
+        mode = ",".join(x for x in ("ro" if m.read_only else "", m.propagation) if x)
+        return f"{source}:{m.target}{':' + mode if mode else ''}" if source else m.target
 
     def _configs(self, name: str, s: ServiceDef) -> Configs:
         binds: list[str] = []
@@ -369,6 +390,7 @@ class Renderer:
         configs: Configs,
         options: RuntimeOptions,
         mounts: tuple[SecretMount, ...] = (),
+        build_digest: str = "",
     ) -> ContainerSpec:
         """The container spec of one replica of service `name`."""
         binds, volumes = list(configs.binds), []
@@ -380,7 +402,7 @@ class Renderer:
             if m.type == "volume" and m.source:
                 source = self.volume_name(m.source).replace(REPLICA_PLACEHOLDER, str(replica))
                 volumes.append(source)
-                m = Mount(m.type, source, m.target, m.read_only)
+                m = replace(m, source=source)
             binds.append(self._mount_text(m, named=True))
         nets = s.networks
         attachments: list[NetworkAttachment] = []
@@ -391,8 +413,15 @@ class Renderer:
                 attach = nets.get(net) if isinstance(nets, dict) else None
                 extra = attach.aliases if attach else []
                 attachments.append(
-                    NetworkAttachment(self.network_name(net), tuple(dict.fromkeys([name, *extra])))
+                    NetworkAttachment(
+                        self.network_name(net),
+                        tuple(dict.fromkeys([name, *extra])),
+                        ipv4_address=attach.ipv4_address if attach else None,
+                    )
                 )
+        if attachments and s.links:  # on the first network, as compose: CONTAINER:ALIAS
+            first = attachments[0]
+            attachments[0] = replace(first, links=self._links(s))
         modes = {"network_mode": s.network_mode, "pid": s.pid, "ipc": s.ipc}
         for key, target in joins(s):  # as compose: X's first replica
             t = self.d.services[target]
@@ -445,6 +474,8 @@ class Renderer:
             userns_mode=s.userns_mode,
             security_opt=tuple(s.security_opt),
             secrets=mounts,
+            device_requests=device_requests(s),
+            build_digest=build_digest,
             config_digests=configs.digests,
             options=options,
             reload_digest=configs.reload_digest,

@@ -11,11 +11,14 @@ from __future__ import annotations
 from typing import Literal
 
 from reconciler.config.schema_service import (
+    BUILD_SECRETS_REASON,
     DEFAULT_MAX_REPLICAS,
+    BindOptionsDef,
     BuildDef,
     ConfigMountDef,
     DependsOnDef,
     DeployDef,
+    DeviceReservationDef,
     EnvFileDef,
     FailureAction,
     HealDef,
@@ -49,14 +52,17 @@ from reconciler.config.schema_values import (
 )
 
 __all__ = [
+    "BUILD_SECRETS_REASON",
     "DEFAULT_MAX_REPLICAS",
     "PULL_EVERY_MAX_S",
     "PULL_EVERY_MIN_S",
+    "BindOptionsDef",
     "BuildDef",
     "ConfigMountDef",
     "DependsOnDef",
     "DeployDef",
     "DesiredStateDef",
+    "DeviceReservationDef",
     "EnvFileDef",
     "FailureAction",
     "HealDef",
@@ -105,6 +111,8 @@ class NetworkDef(StrictModel):
     ipam: Ipam | None = None
     name: str | None = None  # the Docker name (default: the key)
     external: Bool = False  # made elsewhere: used, never created nor removed
+    attachable: Bool = False  # Swarm overlay: plain containers may join it too
+    enable_ipv6: Bool = False
 
 
 class VolumeDef(StrictModel):
