@@ -147,7 +147,7 @@ def _addresses(d: DesiredStateDef, name: str, svc: ServiceDef) -> Iterable[Issue
         inside = [(s, g) for s, g in v4 if address in s]
         if not inside:
             shown = ", ".join(str(s) for s, _ in v4)
-            yield Issue(at, f"{address} is not in network {net!r}'s subnet ({shown})")
+            yield Issue(at, f"{address} is not in the subnet of network {net!r} ({shown})")
             continue
         subnet, gateway = inside[0]
         if address in (subnet.network_address, subnet.broadcast_address) or str(address) == (
@@ -159,4 +159,4 @@ def _addresses(d: DesiredStateDef, name: str, svc: ServiceDef) -> Iterable[Issue
                 continue
             theirs = osvc.networks.get(net)
             if isinstance(theirs, NetworkAttachDef) and theirs.ipv4_address == str(address):
-                yield Issue(at, f"{address} is also service {other!r}'s on network {net!r}")
+                yield Issue(at, f"{address} is also held by service {other!r} on network {net!r}")
