@@ -509,7 +509,8 @@ def test_validate_takes_profiles_from_the_command_line(tmp_path: Path) -> None:
     path = tmp_path / "state.yaml"
     path.write_text(yaml.safe_dump({"version": 1, "project": "p", **profiled()}))
     plain = run_cli("validate", str(path))
-    assert plain.returncode == 0 and "(project p: web x1)" in plain.stdout, plain.stderr
+    assert plain.returncode == 0, plain.stderr
+    assert "(project p: web x1; not selected: debug, seed)" in plain.stdout
     both = run_cli("validate", str(path), "--profile", "debug", "--profile", "tools")
     assert both.returncode == 0 and "debug x1" in both.stdout and "seed x1" in both.stdout
     broken = run_cli("validate", str(path), "--profile", "tools")
