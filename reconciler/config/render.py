@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from graphlib import TopologicalSorter
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.config import tree
-from reconciler.config.build import build_spec, revision_form
+from reconciler.config.build import build_spec
 from reconciler.config.forms import (
     Mount,
     depends,
@@ -30,7 +29,6 @@ from reconciler.config.forms import (
 )
 from reconciler.config.inputs import TooLarge, read_limited, resolve
 from reconciler.config.options import (
-    OPTION_DEFAULTS,
     argv,
     device_requests,
     environment,
@@ -40,7 +38,8 @@ from reconciler.config.options import (
     update_config,
 )
 from reconciler.config.report import Issue
-from reconciler.config.schema import DesiredStateDef, ResourcesDef, ServiceDef, parse_pull_policy
+from reconciler.config.revision import service_revision
+from reconciler.config.schema import DesiredStateDef, ServiceDef, parse_pull_policy
 from reconciler.config.yamlread import Path as DataPath
 from reconciler.core.desired import (
     BuildSpec,
@@ -58,24 +57,6 @@ from reconciler.core.desired import (
 
 REPLICA_PLACEHOLDER = "{replica}"
 MAX_SECRET_BYTES = 1024 * 1024  # each secrets: file
-# Keys that do not change what a service's containers are: left out of its revision.
-_NOT_IN_REVISION = {
-    "profiles",
-    "replicas",
-    "scale",
-    "deploy",
-    "heal",
-    "drain_period",
-    "state",
-    "pull",
-    "pull_policy",
-    "depends_on",
-}
-# Keys added after revisions were first recorded: left out of a revision when not given.
-_ADDED_KEYS = (
-    *("privileged", "devices", "ipc", "uts", "userns_mode", "security_opt", "secrets"),
-    "links",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +209,18 @@ class Renderer:
             rollback=update_config(s.deploy.rollback_config),
             drain_s=s.drain_period,
             stop_grace_s=s.stop_grace_period,
-            revision=self._revision(name, s, configs, mounts),
+            revision=service_revision(
+                self.project,
+                name,
+                s,
+                environment=self._environment(name, s),
+                network_name=self.network_name,
+                path=self.path,
+                mount_text=self._mount_text,
+                build=build,
+                config_digests=configs.digests,
+                mounts=mounts,
+            ),
         )
 
     def _build(self, name: str, s: ServiceDef) -> BuildSpec | None:
@@ -272,57 +264,6 @@ class Renderer:
                 self.secret_values.add(content.decode().strip())  # never printed
             out.append(SecretMount(source, str(path), target, digest))
         return tuple(out)
-
-    def _revision(
-        self, name: str, s: ServiceDef, configs: Configs, mounts: tuple[SecretMount, ...] = ()
-    ) -> str:
-        """sha256 of what the file asks of the service's containers, whatever their count.
-
-        Replica count, deploy, heal, drain, state, pull and depends_on are left out (they
-        change no container); equivalent spellings (environment as map or list, relative
-        paths) are normalised; the content of the config files it mounts is included,
-        except those applied by reload_signal (as for the spec hash).
-        """
-        added = {k for k in _ADDED_KEYS if k not in s.model_fields_set}
-        body = s.model_dump(mode="json", exclude=_NOT_IN_REVISION | added)
-        body["environment"] = list(self._environment(name, s))
-        body.pop("env_file", None)  # its content is in environment
-        body["labels"] = text_labels(s.labels)
-        body["command"], body["entrypoint"] = argv(s.command), argv(s.entrypoint)
-        body["ports"] = [port_text(p) for p in s.ports]
-        for key, default in OPTION_DEFAULTS.items():  # unset: the revision files had before
-            if body.get(key) == default:
-                body.pop(key, None)
-        body["extra_hosts"] = list(extra_hosts(s.extra_hosts))
-        renamed = {k: self.network_name(k) for k in s.networks if self.network_name(k) != k}
-        if renamed:  # a network's name: changes what the containers join
-            body["network_names"] = renamed
-        if s.deploy.resources != ResourcesDef():  # deploy is left out, its resources are not
-            body["resources"] = s.deploy.resources.model_dump(mode="json")
-        if body.get("healthcheck") and body["healthcheck"].get("start_interval") is None:
-            body["healthcheck"].pop("start_interval", None)
-        body["volumes"] = [self._mount_text(mount(v)) for v in s.volumes]
-        body["configs"] = [
-            {"source": str(self.path(c.source)), "target": c.target} for c in s.configs
-        ]
-        if s.build is not None:
-            body["build"] = revision_form(build_spec(s.build, self.path, self.lookup)[0])
-        for key, default in (("ipv4_address", None),):  # added later: absent when unset
-            for attach in (body["networks"] if isinstance(body["networks"], dict) else {}).values():
-                if isinstance(attach, dict) and attach.get(key, default) == default:
-                    attach.pop(key, None)
-        if body.get("resources", {}).get("reservations", {}).get("devices") == []:
-            del body["resources"]["reservations"]["devices"]
-        payload = {
-            "project": self.project,
-            "service": name,
-            "definition": body,
-            "config_digests": [list(d) for d in configs.digests],
-        }
-        if mounts:  # a content change is a new revision (the digest, never the value)
-            payload["secret_digests"] = [[m.target, m.digest] for m in mounts]
-        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
 
     def _links(self, s: ServiceDef) -> tuple[str, ...]:
         """CONTAINER:ALIAS of each link: the linked service's first replica (a legacy link
