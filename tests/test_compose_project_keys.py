@@ -176,6 +176,12 @@ def test_each_key_changes_the_spec_hash_and_revision(
     assert (after.revision != before.revision) is changes
 
 
+def test_a_secret_looking_build_arg_is_never_printed() -> None:
+    doc = two(build={"context": ".", "args": ["NPM_TOKEN", "A=plain"]})
+    state = parse(doc, {"NPM_TOKEN": "s3"})
+    assert "s3" in state.secrets and "plain" not in state.secrets
+
+
 def test_a_new_build_arg_value_is_a_new_build() -> None:
     one = parse(two(build={"context": ".", "args": {"V": "1"}})).service("web")
     other = parse(two(build={"context": ".", "args": {"V": "2"}})).service("web")

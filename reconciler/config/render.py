@@ -28,6 +28,7 @@ from reconciler.config.forms import (
     secret_ref,
 )
 from reconciler.config.inputs import TooLarge, read_limited, resolve
+from reconciler.config.interpolation import SECRET_NAME
 from reconciler.config.options import (
     argv,
     device_requests,
@@ -230,6 +231,8 @@ class Renderer:
         spec, unset = build_spec(s.build, self.path, self.lookup)
         for at, key in unset:
             self.unset[("services", name, "build", *at)] = key
+        # A secret-looking arg's value is never printed (as a passthrough environment one).
+        self.secret_values |= {v for k, v in spec.args if v and SECRET_NAME.search(k)}
         return spec
 
     def _environment(self, name: str, s: ServiceDef) -> tuple[str, ...]:
