@@ -166,9 +166,9 @@ def test_unsupported_keys_are_listed_with_lines_and_fail(tmp_path: Path) -> None
         services:
           web:
             image: nginx
-            links: [db]
-            profiles: [debug]
-            build: {context: ., args: {A: "1"}}
+            external_links: [db]
+            volumes_from: [db]
+            build: {context: ., secrets: [npm]}
             deploy:
               placement: {constraints: [node.role == manager]}
           db:
@@ -179,14 +179,14 @@ def test_unsupported_keys_are_listed_with_lines_and_fail(tmp_path: Path) -> None
     refused = run_cli("import", str(compose), "-o", str(out))
     assert refused.returncode == 2 and not out.exists()
     err = refused.stderr
-    assert f"{compose}:4:5: services.web.links: not supported (legacy" in err
-    assert f"{compose}:5:5: services.web.profiles: not supported" in err
-    assert f"{compose}:6:25: services.web.build.args: not supported" in err
+    assert f"{compose}:4:5: services.web.external_links: not supported (legacy" in err
+    assert f"{compose}:5:5: services.web.volumes_from: not supported" in err
+    assert f"{compose}:6:25: services.web.build.secrets: not supported (build secrets need" in err
     assert f"{compose}:8:7: services.web.deploy.placement: not supported (Swarm" in err
     dropped = run_cli("import", str(compose), "-o", str(out), "--drop-unsupported")
     assert dropped.returncode == 0, dropped.stderr
     assert dropped.stderr.count("warning: dropped") == 4
-    assert "links" not in out.read_text()
+    assert "links" not in out.read_text() and "secrets" not in out.read_text()
     assert [s.name for s in loader.load(out).services] == ["web", "db"]
 
 

@@ -8,7 +8,14 @@ from pathlib import Path
 
 from reconciler.cli.commands import EXIT_INPUT, EXIT_OK
 from reconciler.config import loader as desired_file
+from reconciler.config import profiles
 from reconciler.errors import DesiredStateError
+
+
+def every_profile(environ: dict[str, str]) -> dict[str, str]:
+    """The result is checked with every service unless profiles are selected (--profile,
+    COMPOSE_PROFILES): an import translates every service of the file."""
+    return {profiles.ENV: profiles.ALL, **environ}
 
 
 def import_compose_file(args: argparse.Namespace) -> int:
@@ -41,7 +48,7 @@ def import_compose_file(args: argparse.Namespace) -> int:
             result.text,
             source=source,
             base_dir=out_dir,
-            environ=compose_environment(args.compose_file.resolve().parent),
+            environ=every_profile(compose_environment(args.compose_file.resolve().parent)),
             positions=result.positions,
             warn=lambda line: print(f"warning: {line}", file=sys.stderr),
         )

@@ -8,10 +8,11 @@ Exit codes: 0 done / in sync; 2 bad input (for `plan`: changes pending); 1 other
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json as jsonlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import structlog
@@ -22,7 +23,7 @@ from reconciler.cli.commands import COMMANDS, EXIT_ERROR, EXIT_INPUT, EXIT_OK, U
 from reconciler.cli.importer import import_compose_file
 from reconciler.cli.parser import build_parser
 from reconciler.cli.reload import reload
-from reconciler.config import policy_file, secrets, strict_modes, web_config
+from reconciler.config import policy_file, profiles, secrets, strict_modes, web_config
 from reconciler.core.policy import Denial
 from reconciler.errors import DesiredStateError, EngineUnavailable, LockHeld, NotASwarmManager
 from reconciler.ops import logs
@@ -33,10 +34,29 @@ from reconciler.targets.base import Desired
 def main(argv: Sequence[str] | None = None, signals: SignalRelay | None = None) -> int:
     """The CLI; returns the exit code. `signals`: handlers the entry point installed first."""
     args = build_parser().parse_args(argv)
-    if args.command == "import":  # prints the file it writes: nothing to redact there
-        return _main(args, signals)
-    with secrets.redacted_output():  # no printer shows what a secret-looking variable gave
-        return _main(args, signals)
+    with selected_profiles(args.profile):
+        if args.command == "import":  # prints the file it writes: nothing to redact there
+            return _main(args, signals)
+        with secrets.redacted_output():  # no printer shows what a secret-looking variable gave
+            return _main(args, signals)
+
+
+@contextlib.contextmanager
+def selected_profiles(names: list[str] | None) -> Iterator[None]:
+    """`--profile` replaces COMPOSE_PROFILES for this run, as compose: the loader reads it
+    there, so the daemon's reloads select the same services."""
+    if not names:
+        yield
+        return
+    before = os.environ.get(profiles.ENV)
+    os.environ[profiles.ENV] = ",".join(names)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(profiles.ENV, None)
+        else:
+            os.environ[profiles.ENV] = before
 
 
 def _main(args: argparse.Namespace, signals: SignalRelay | None) -> int:

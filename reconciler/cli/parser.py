@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="accept input files others can write (development only; says so loudly)",
         )
+        p.add_argument(
+            "--profile",
+            action="append",
+            metavar="NAME",
+            help="run the services of this profile too (repeatable; '*' for all; default "
+            "$COMPOSE_PROFILES); services without profiles always run",
+        )
         if name == "down":
             p.add_argument(
                 "--volumes",
@@ -183,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("compose_file", type=Path)
     imp.add_argument("--project", default=None, help="project name (default: compose's)")
     imp.add_argument("-o", "--output", type=Path, default=None, help="file to write (stdout)")
+    imp.add_argument(
+        "--profile",
+        action="append",
+        metavar="NAME",
+        help="validate the result with these profiles selected (repeatable; default "
+        "$COMPOSE_PROFILES, else every profile); the file keeps every service",
+    )
     imp.add_argument(
         "--drop-unsupported",
         action="store_true",

@@ -31,6 +31,9 @@ def with_access(svc: ServiceSpec, d: DesiredStateDef, base_dir: Path, doc: Docum
         mark = doc.mark(("services", svc.name, key), key=True)
         if key in s.model_fields_set and mark is not None:
             lines.append((key, mark.line))
+    gpus = ("services", svc.name, "deploy", "resources", "reservations", "devices")
+    if s.deploy.resources.reservations.devices and (mark := doc.mark(gpus, key=True)):
+        lines.append(("deploy.resources.reservations.devices", mark.line))  # rule gpus
     binds = []
     for i, vol in enumerate(s.volumes):
         m = mount(vol)

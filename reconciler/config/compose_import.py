@@ -26,26 +26,23 @@ from ruamel.yaml.error import YAMLError
 from reconciler.config import loader
 from reconciler.config.interpolation import parse_env_file
 from reconciler.config.names import project_from_folder
-from reconciler.config.schema import DesiredStateDef
+from reconciler.config.schema import BUILD_SECRETS_REASON, DesiredStateDef
 from reconciler.config.yamlread import Document, Mark
 from reconciler.errors import DesiredStateError
 
 # Why a compose key has no place in a desired-state file (the README's table says the same).
 REASONS: dict[str, str] = {
-    "links": "legacy: services reach each other by name on a shared network",
     "external_links": "legacy: join the other container's network instead",
-    "profiles": "every service of the file runs: split the file instead",
     "extends": "merge the extended service in by hand",
     "volumes_from": "name the volumes themselves",
     "placement": "Swarm scheduling: one engine has nothing to place",
     "mode": "Swarm (global/replicated): use replicas",
     "restart_policy": "Swarm's: use the service's restart",
     "endpoint_mode": "Swarm's",
-    "args": "build takes context and dockerfile only: bake arguments into the Dockerfile",
-    "ipv4_address": "fixed addresses are not supported",
-    "ipv6_address": "fixed addresses are not supported",
+    "ipv6_address": "a fixed IPv6 address is not supported (ipv4_address is)",
     "content": "configs come from files only",
     "include": "merge the included files by hand",
+    "build.secrets": BUILD_SECRETS_REASON,  # in the schema, refused by the rules
 }
 _PATH_KEYS = ("env_file", "build")  # service keys whose relative paths are rewritten
 # deploy keys the schema has for `--target swarm` only: an import is for the single host.
@@ -282,7 +279,9 @@ def _unsupported(
             continue  # extension fields: the loader ignores them
         info = model.model_fields.get(str(key))
         here = (*path, key)
-        if info is None or (path[-1:] == ("deploy",) and key in _SWARM_DEPLOY):
+        extra = info.json_schema_extra if info is not None else None
+        refused = isinstance(extra, dict) and "refused" in extra
+        if info is None or refused or (path[-1:] == ("deploy",) and key in _SWARM_DEPLOY):
             yield node, key, here
             continue
         yield from _walk(node[key], info.annotation, here)
@@ -397,5 +396,5 @@ def _dotted(path: tuple[Any, ...]) -> str:
 def _reason(path: tuple[Any, ...]) -> str:
     """Why the key at `path` is left out."""
     key = str(path[-1])
-    why = REASONS.get(key, "reconciler has no such key")
+    why = REASONS.get(".".join(map(str, path[-2:])), REASONS.get(key, "reconciler has no such key"))
     return f"not supported ({why})"

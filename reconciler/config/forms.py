@@ -34,9 +34,21 @@ def joins(svc: ServiceDef) -> list[tuple[str, str]]:
     return [(k, mode.removeprefix("service:")) for k, mode in modes if mode.startswith("service:")]
 
 
+def links(svc: ServiceDef) -> list[tuple[str, str]]:
+    """(service, alias) of each `links` entry: `db` is (db, db), `db:database` (db, database)."""
+    out = []
+    for entry in svc.links:
+        service, _, alias = entry.partition(":")
+        out.append((service, alias or service))
+    return out
+
+
 def depends(svc: ServiceDef) -> list[str]:
-    """The services it starts after: depends_on, then those whose namespace it joins."""
-    return list(dict.fromkeys([*svc.depends_on, *(owner for _, owner in joins(svc))]))
+    """The services it starts after: depends_on, those whose namespace it joins, and those it
+    links to (as compose)."""
+    joined = (owner for _, owner in joins(svc))
+    linked = (service for service, _ in links(svc))
+    return list(dict.fromkeys([*svc.depends_on, *joined, *linked]))
 
 
 def secret_ref(ref: str | SecretRefDef) -> tuple[str, str]:
@@ -55,20 +67,33 @@ class Mount:
     source: str
     target: str
     read_only: bool
+    propagation: str = ""  # a bind's: rslave, rshared... ("": Docker's rprivate)
+
+
+PROPAGATIONS = ("rprivate", "private", "rshared", "shared", "rslave", "slave")
 
 
 def mount(vol: str | VolumeMountDef) -> Mount | None:
-    """A `volumes:` entry, short or long syntax; None if the short one cannot be read."""
+    """A `volumes:` entry, short or long syntax; None if the short one cannot be read (its
+    mode: ro or rw, and a bind's propagation, `ro,rslave`, as compose)."""
     if isinstance(vol, VolumeMountDef):
-        return Mount(vol.type, vol.source or "", vol.target, vol.read_only)
+        chosen = (vol.bind.propagation if vol.bind else None) or ""
+        return Mount(vol.type, vol.source or "", vol.target, vol.read_only, chosen)
     parts = vol.split(":")
     if len(parts) == 1:
         return Mount("volume", "", parts[0], False)  # anonymous volume
-    if len(parts) > 3 or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+    if len(parts) > 3:
         return None
     source, target = parts[0], parts[1]
     kind = "bind" if source.startswith(("/", ".", "~")) else "volume"
-    return Mount(kind, source, target, len(parts) == 3 and parts[2] == "ro")
+    modes = parts[2].split(",") if len(parts) == 3 else []
+    access = [m for m in modes if m in ("ro", "rw")]
+    propagation = [m for m in modes if m in PROPAGATIONS]
+    if len(access) + len(propagation) != len(modes) or len(access) > 1 or len(propagation) > 1:
+        return None
+    if propagation and kind != "bind":
+        return None
+    return Mount(kind, source, target, access == ["ro"], "".join(propagation))
 
 
 def scalar(value: Any) -> str:

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import structlog
 from pydantic import ValidationError
 
-from reconciler.config import secrets
+from reconciler.config import profiles, secrets
 from reconciler.config.access import with_access
 from reconciler.config.forms import port_text
 from reconciler.config.inputs import (
@@ -188,6 +188,14 @@ def parse_parts(
             doc.mark(("services",)),
         )
         raise report.error()
+    selection = profiles.select(definition, profiles.selected(dotenv.lookup))
+    for issue in selection.issues:
+        report.add(issue.message, issue.path, doc.mark(issue.at or issue.path))
+    if report:
+        raise report.error()
+    definition = selection.definition  # the services of the selected profiles
+    for name in selection.unknown:
+        (warn or log.warning)(f"{source}: profile {name} is selected but no service has it")
     project = project_name(definition, base_dir, report, doc)
     for issue in check(definition, project, single_host=checks is None):
         report.add(issue.message, issue.path, doc.mark(issue.at or issue.path))
@@ -200,9 +208,13 @@ def parse_parts(
     state = renderer.render()
     for at, name in renderer.unset.items():
         where = f"{source}:{doc.mark(at, key=True) or '?'}: {dotted(at)}"
+        left = (
+            "the build's args (the Dockerfile's default applies"
+            if at[2:3] == ("build",)
+            else "the container's environment (as compose does"
+        )
         (warn or log.warning)(
-            f"{where}: {name} is set neither in the environment nor in .env: left out of "
-            "the container's environment (as compose does)"
+            f"{where}: {name} is set neither in the environment nor in .env: left out of {left})"
         )
     for issue in renderer.problems:
         report.add(issue.message, issue.path, doc.mark(issue.at or issue.path))
@@ -228,5 +240,6 @@ def parse_parts(
         volume_templates=state.volume_templates,
         watched=tuple(sorted(files)),
         secrets=frozenset(report.secret_values | renderer.secret_values),
+        dormant=selection.dormant,
     )
     return Parsed(state, definition, doc, renderer, report, base_dir)

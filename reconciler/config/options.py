@@ -14,7 +14,7 @@ from reconciler.config.forms import PORT, scalar, words
 from reconciler.config.interpolation import SECRET_NAME
 from reconciler.config.schema import ServiceDef, UpdateConfigDef, VolumeMountDef
 from reconciler.config.yamlread import Path as DataPath
-from reconciler.core.desired import PortBinding, RuntimeOptions, UpdateConfig
+from reconciler.core.desired import DeviceRequest, PortBinding, RuntimeOptions, UpdateConfig
 
 
 def update_config(c: UpdateConfigDef) -> UpdateConfig:
@@ -129,7 +129,26 @@ def runtime_options(s: ServiceDef) -> RuntimeOptions:
         dns_search=words(s.dns_search),
         group_add=tuple(str(g) for g in s.group_add),
         health_start_interval_s=start_interval,
+        memswap_limit=s.memswap_limit,
     )
+
+
+def device_requests(s: ServiceDef) -> tuple[DeviceRequest, ...]:
+    """deploy.resources.reservations.devices as the engine's DeviceRequests (`--gpus`):
+    count all (-1) unless a count or device_ids is given."""
+    out = []
+    for d in s.deploy.resources.reservations.devices:
+        count = d.count if isinstance(d.count, int) else (0 if d.device_ids else -1)
+        out.append(
+            DeviceRequest(
+                driver=d.driver or "",
+                count=count,
+                device_ids=tuple(d.device_ids),
+                capabilities=tuple(d.capabilities),
+                options=tuple(sorted((k, scalar(v)) for k, v in d.options.items())),
+            )
+        )
+    return tuple(out)
 
 
 # The RuntimeOptions keys of ServiceDef at their defaults (left out of the revision).
@@ -150,6 +169,7 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "dns": [],
     "dns_search": [],
     "group_add": [],
+    "memswap_limit": None,
 }
 
 

@@ -8,28 +8,30 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from graphlib import TopologicalSorter
 from pathlib import Path
 from typing import Any
 
 from reconciler.config import encrypted, tree
+from reconciler.config.build import build_spec
 from reconciler.config.forms import (
     Mount,
     depends,
     extra_hosts,
     joins,
+    links,
     mount,
     port_text,
     scalar,
     secret_ref,
 )
 from reconciler.config.inputs import TooLarge, read_limited, resolve
+from reconciler.config.interpolation import SECRET_NAME
 from reconciler.config.options import (
-    OPTION_DEFAULTS,
     argv,
+    device_requests,
     environment,
     port_binding,
     runtime_options,
@@ -37,7 +39,8 @@ from reconciler.config.options import (
     update_config,
 )
 from reconciler.config.report import Issue
-from reconciler.config.schema import DesiredStateDef, ResourcesDef, ServiceDef, parse_pull_policy
+from reconciler.config.revision import service_revision
+from reconciler.config.schema import DesiredStateDef, ServiceDef, parse_pull_policy
 from reconciler.config.yamlread import Path as DataPath
 from reconciler.core.desired import (
     BuildSpec,
@@ -55,20 +58,6 @@ from reconciler.core.desired import (
 
 REPLICA_PLACEHOLDER = "{replica}"
 MAX_SECRET_BYTES = 1024 * 1024  # each secrets: file
-# Keys that do not change what a service's containers are: left out of its revision.
-_NOT_IN_REVISION = {
-    "replicas",
-    "scale",
-    "deploy",
-    "heal",
-    "drain_period",
-    "state",
-    "pull",
-    "pull_policy",
-    "depends_on",
-}
-# Keys added after revisions were first recorded: left out of a revision when not given.
-_ADDED_KEYS = ("privileged", "devices", "ipc", "uts", "userns_mode", "security_opt", "secrets")
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,26 +167,18 @@ class Renderer:
             return NetworkSpec(name=self.network_name(name))
         ipam = tuple((c.subnet, c.gateway or "") for c in n.ipam.config) if n.ipam else ()
         labels = tuple(sorted(n.labels.items()))
-        return NetworkSpec(self.network_name(name), n.driver, n.internal, labels, ipam, n.external)
+        flags = (n.external, n.attachable, n.enable_ipv6)
+        return NetworkSpec(self.network_name(name), n.driver, n.internal, labels, ipam, *flags)
 
     def _service(self, name: str, s: ServiceDef) -> ServiceSpec:
-        build = None
-        if s.build is not None:
-            ctx, dockerfile = (
-                (s.build, "Dockerfile")
-                if isinstance(s.build, str)
-                else (
-                    s.build.context,
-                    s.build.dockerfile,
-                )
-            )
-            build = BuildSpec(str(self.path(ctx)), dockerfile)
+        build = self._build(name, s)
         image = s.image or f"{self.project}-{name}"
         configs = self._configs(name, s)
         mounts = self._secrets(name, s)
         options = runtime_options(s)  # once: the same for every replica
+        digest = build.digest if build else ""
         replicas = tuple(
-            self.container(name, s, image, i, configs, options, mounts)
+            self.container(name, s, image, i, configs, options, mounts, digest)
             for i in range(1, s.replica_count + 1)
         )
         heal = HealPolicy(
@@ -229,8 +210,30 @@ class Renderer:
             rollback=update_config(s.deploy.rollback_config),
             drain_s=s.drain_period,
             stop_grace_s=s.stop_grace_period,
-            revision=self._revision(name, s, configs, mounts),
+            revision=service_revision(
+                self.project,
+                name,
+                s,
+                environment=self._environment(name, s),
+                network_name=self.network_name,
+                path=self.path,
+                mount_text=self._mount_text,
+                build=build,
+                config_digests=configs.digests,
+                mounts=mounts,
+            ),
         )
+
+    def _build(self, name: str, s: ServiceDef) -> BuildSpec | None:
+        """The service's BuildSpec; bare args nothing sets are noted (left out)."""
+        if s.build is None:
+            return None
+        spec, unset = build_spec(s.build, self.path, self.lookup)
+        for at, key in unset:
+            self.unset[("services", name, "build", *at)] = key
+        # A secret-looking arg's value is never printed (as a passthrough environment one).
+        self.secret_values |= {v for k, v in spec.args if v and SECRET_NAME.search(k)}
+        return spec
 
     def _environment(self, name: str, s: ServiceDef) -> tuple[str, ...]:
         """The service's environment (see `options.environment`); bare names left out are noted."""
@@ -270,53 +273,14 @@ class Renderer:
             out.append(SecretMount(source, str(path), target, digest))
         return tuple(out)
 
-    def _revision(
-        self, name: str, s: ServiceDef, configs: Configs, mounts: tuple[SecretMount, ...] = ()
-    ) -> str:
-        """sha256 of what the file asks of the service's containers, whatever their count.
-
-        Replica count, deploy, heal, drain, state, pull and depends_on are left out (they
-        change no container); equivalent spellings (environment as map or list, relative
-        paths) are normalised; the content of the config files it mounts is included,
-        except those applied by reload_signal (as for the spec hash).
-        """
-        added = {k for k in _ADDED_KEYS if k not in s.model_fields_set}
-        body = s.model_dump(mode="json", exclude=_NOT_IN_REVISION | added)
-        body["environment"] = list(self._environment(name, s))
-        body.pop("env_file", None)  # its content is in environment
-        body["labels"] = text_labels(s.labels)
-        body["command"], body["entrypoint"] = argv(s.command), argv(s.entrypoint)
-        body["ports"] = [port_text(p) for p in s.ports]
-        for key, default in OPTION_DEFAULTS.items():  # unset: the revision files had before
-            if body.get(key) == default:
-                body.pop(key, None)
-        body["extra_hosts"] = list(extra_hosts(s.extra_hosts))
-        renamed = {k: self.network_name(k) for k in s.networks if self.network_name(k) != k}
-        if renamed:  # a network's name: changes what the containers join
-            body["network_names"] = renamed
-        if s.deploy.resources != ResourcesDef():  # deploy is left out, its resources are not
-            body["resources"] = s.deploy.resources.model_dump(mode="json")
-        if body.get("healthcheck") and body["healthcheck"].get("start_interval") is None:
-            body["healthcheck"].pop("start_interval", None)
-        body["volumes"] = [self._mount_text(mount(v)) for v in s.volumes]
-        body["configs"] = [
-            {"source": str(self.path(c.source)), "target": c.target} for c in s.configs
-        ]
-        if s.build is not None:
-            build = body["build"]
-            ctx = build if isinstance(build, str) else build["context"]
-            dockerfile = "Dockerfile" if isinstance(build, str) else build["dockerfile"]
-            body["build"] = {"context": str(self.path(ctx)), "dockerfile": dockerfile}
-        payload = {
-            "project": self.project,
-            "service": name,
-            "definition": body,
-            "config_digests": [list(d) for d in configs.digests],
-        }
-        if mounts:  # a content change is a new revision (the digest, never the value)
-            payload["secret_digests"] = [[m.target, m.digest] for m in mounts]
-        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+    def _links(self, s: ServiceDef) -> tuple[str, ...]:
+        """CONTAINER:ALIAS of each link: the linked service's first replica (a legacy link
+        names one container; the service's own name reaches every replica)."""
+        out = []
+        for other, alias in links(s):
+            t = self.d.services[other]
+            out.append(f"{t.container_name or f'{self.project}-{other}-1'}:{alias}")
+        return tuple(dict.fromkeys(out))
 
     def _mount_text(self, m: Mount | None, named: bool = False) -> str:
         """SOURCE:TARGET[:ro] for Docker (`named`: the volume source is its Docker name)."""
@@ -327,7 +291,8 @@ class Renderer:
             source = str(self.path(m.source))
         else:
             source = m.source if named else self.volume_name(m.source)
-        return f"{source}:{m.target}{':ro' if m.read_only else ''}" if source else m.target
+        mode = ",".join(x for x in ("ro" if m.read_only else "", m.propagation) if x)
+        return f"{source}:{m.target}{':' + mode if mode else ''}" if source else m.target
 
     def _configs(self, name: str, s: ServiceDef) -> Configs:
         binds: list[str] = []
@@ -374,6 +339,7 @@ class Renderer:
         configs: Configs,
         options: RuntimeOptions,
         mounts: tuple[SecretMount, ...] = (),
+        build_digest: str = "",
     ) -> ContainerSpec:
         """The container spec of one replica of service `name`."""
         binds, volumes = list(configs.binds), []
@@ -385,7 +351,7 @@ class Renderer:
             if m.type == "volume" and m.source:
                 source = self.volume_name(m.source).replace(REPLICA_PLACEHOLDER, str(replica))
                 volumes.append(source)
-                m = Mount(m.type, source, m.target, m.read_only)
+                m = replace(m, source=source)
             binds.append(self._mount_text(m, named=True))
         nets = s.networks
         attachments: list[NetworkAttachment] = []
@@ -396,8 +362,15 @@ class Renderer:
                 attach = nets.get(net) if isinstance(nets, dict) else None
                 extra = attach.aliases if attach else []
                 attachments.append(
-                    NetworkAttachment(self.network_name(net), tuple(dict.fromkeys([name, *extra])))
+                    NetworkAttachment(
+                        self.network_name(net),
+                        tuple(dict.fromkeys([name, *extra])),
+                        ipv4_address=attach.ipv4_address if attach else None,
+                    )
                 )
+        if attachments and s.links:  # on the first network, as compose: CONTAINER:ALIAS
+            first = attachments[0]
+            attachments[0] = replace(first, links=self._links(s))
         modes = {"network_mode": s.network_mode, "pid": s.pid, "ipc": s.ipc}
         for key, target in joins(s):  # as compose: X's first replica
             t = self.d.services[target]
@@ -450,6 +423,8 @@ class Renderer:
             userns_mode=s.userns_mode,
             security_opt=tuple(s.security_opt),
             secrets=mounts,
+            device_requests=device_requests(s),
+            build_digest=build_digest,
             config_digests=configs.digests,
             options=options,
             reload_digest=configs.reload_digest,

@@ -11,6 +11,7 @@ import shlex
 from collections.abc import Iterable
 from graphlib import CycleError, TopologicalSorter
 
+from reconciler.config import rules_compose
 from reconciler.config.forms import (
     MAX_PORT,
     PORT,
@@ -52,6 +53,7 @@ def check(d: DesiredStateDef, project: str, *, single_host: bool = True) -> Iter
             )
         yield from _check_pull_policy(svc, at)
         yield from _check_compose_keys(d, name, svc)
+        yield from rules_compose.check(d, name, svc)
         if svc.container_name and replicas > 1:
             yield Issue((*at, "container_name"), "only allowed with replicas: 1 (names are unique)")
         for i, dep in enumerate(svc.depends_on):
@@ -82,7 +84,11 @@ def check(d: DesiredStateDef, project: str, *, single_host: bool = True) -> Iter
         for i, vol in enumerate(svc.volumes):
             m = mount(vol)
             if m is None:
-                yield Issue((*at, "volumes", i), "must be SOURCE:TARGET[:ro] or TARGET")
+                yield Issue(
+                    (*at, "volumes", i),
+                    "must be SOURCE:TARGET[:MODE] or TARGET (MODE: ro or rw, and for a bind a "
+                    "propagation such as rslave: ro,rslave)",
+                )
             elif m.type == "bind" and not m.source:
                 yield Issue((*at, "volumes", i), "a bind mount needs a source")
             elif m.type == "tmpfs" and m.source:

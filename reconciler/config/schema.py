@@ -12,11 +12,14 @@ from typing import Literal
 
 from reconciler.config.notify_config import NotifyDef
 from reconciler.config.schema_service import (
+    BUILD_SECRETS_REASON,
     DEFAULT_MAX_REPLICAS,
+    BindOptionsDef,
     BuildDef,
     ConfigMountDef,
     DependsOnDef,
     DeployDef,
+    DeviceReservationDef,
     EnvFileDef,
     FailureAction,
     HealDef,
@@ -50,14 +53,17 @@ from reconciler.config.schema_values import (
 )
 
 __all__ = [
+    "BUILD_SECRETS_REASON",
     "DEFAULT_MAX_REPLICAS",
     "PULL_EVERY_MAX_S",
     "PULL_EVERY_MIN_S",
+    "BindOptionsDef",
     "BuildDef",
     "ConfigMountDef",
     "DependsOnDef",
     "DeployDef",
     "DesiredStateDef",
+    "DeviceReservationDef",
     "EnvFileDef",
     "FailureAction",
     "HealDef",
@@ -106,6 +112,8 @@ class NetworkDef(StrictModel):
     ipam: Ipam | None = None
     name: str | None = None  # the Docker name (default: the key)
     external: Bool = False  # made elsewhere: used, never created nor removed
+    attachable: Bool = False  # Swarm overlay: plain containers may join it too
+    enable_ipv6: Bool = False
 
 
 class VolumeDef(StrictModel):

@@ -6,6 +6,7 @@ Re-exported by config/schema.py, which the loader and the renderers import.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Literal
 
@@ -21,6 +22,7 @@ from reconciler.config.schema_values import (
     Number,
     Scalar,
     StrictModel,
+    SwapBytes,
     parse_pull_policy,
 )
 
@@ -38,9 +40,27 @@ def _replica_limit(value: int | None, info: ValidationInfo) -> int | None:
     return value
 
 
+BUILD_SECRETS_REASON = (
+    "build secrets need BuildKit (RUN --mount=type=secret), which the engine's classic build "
+    "API that reconciler uses does not have: build the image with `docker buildx build "
+    "--secret ...` and name it under image"
+)
+
+
 class BuildDef(StrictModel):
+    """What the engine's build API takes (docker-py's build: buildargs, target, shmsize,
+    labels, cache_from); `secrets` is refused by the rules (BUILD_SECRETS_REASON)."""
+
     context: str = "."
     dockerfile: str = "Dockerfile"
+    args: dict[str, Scalar | None] | list[str] = {}  # a bare name: from the environment
+    target: str | None = None
+    shm_size: Bytes | None = None
+    labels: dict[str, Scalar | None] | list[str] = {}
+    cache_from: list[str] = []
+    secrets: list[str | dict[str, Scalar | None]] = Field(
+        default=[], json_schema_extra={"refused": BUILD_SECRETS_REASON}
+    )
 
 
 class HealthcheckDef(StrictModel):
@@ -55,6 +75,18 @@ class HealthcheckDef(StrictModel):
 
 class NetworkAttachDef(StrictModel):
     aliases: list[str] = []
+    ipv4_address: str | None = None  # static: the network needs an ipam subnet holding it
+
+    @field_validator("ipv4_address")
+    @classmethod
+    def _ipv4(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ipaddress.IPv4Address(value.strip())
+            except ValueError:
+                raise ValueError("must be an IPv4 address such as 172.28.0.10") from None
+            return value.strip()
+        return value
 
 
 class DependsOnDef(StrictModel):
@@ -68,6 +100,13 @@ class TmpfsMountDef(StrictModel):
     mode: FileMode | None = None  # octal, as written: 1777 or 0o1777 (the value: 0o1777)
 
 
+Propagation = Literal["rprivate", "private", "rshared", "shared", "rslave", "slave"]
+
+
+class BindOptionsDef(StrictModel):
+    propagation: Propagation | None = None  # Docker's default: rprivate
+
+
 class VolumeMountDef(StrictModel):
     """Long syntax of a service volume (`type: tmpfs` is a tmpfs mount, as `tmpfs:`)."""
 
@@ -76,6 +115,7 @@ class VolumeMountDef(StrictModel):
     target: str
     read_only: Bool = False
     tmpfs: TmpfsMountDef | None = None
+    bind: BindOptionsDef | None = None
 
 
 class ConfigMountDef(StrictModel):
@@ -160,9 +200,35 @@ class ResourceDef(StrictModel):
     pids: Int | None = Field(default=None, ge=-1)
 
 
+class DeviceReservationDef(StrictModel):
+    """deploy.resources.reservations.devices: GPUs and other devices, as `--gpus`
+    (HostConfig.DeviceRequests); judged by the host policy (rule gpus)."""
+
+    capabilities: list[str]
+    driver: str | None = None
+    count: Literal["all"] | Int | None = None  # neither count nor device_ids: all
+    device_ids: list[str] = []
+    options: dict[str, Scalar | None] = {}
+
+    @field_validator("count")
+    @classmethod
+    def _count(cls, value: str | int | None) -> str | int | None:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be a number of devices (1 or more) or all")
+        return value
+
+    @field_validator("capabilities")
+    @classmethod
+    def _capabilities(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("must name at least one capability, such as [gpu]")
+        return value
+
+
 class ReservationDef(StrictModel):
     cpus: Cpus | None = None  # a Swarm scheduling hint: no effect on one engine (as compose)
     memory: Bytes | None = None
+    devices: list[DeviceReservationDef] = []
 
 
 class ResourcesDef(StrictModel):
@@ -221,6 +287,7 @@ class EnvFileDef(StrictModel):
 
 
 _RESTART = re.compile(r"^(no|always|unless-stopped|on-failure(:\d+)?)$")
+_PROFILE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 
 
 class ServiceDef(StrictModel):
@@ -283,6 +350,21 @@ class ServiceDef(StrictModel):
     dns: str | list[str] = []
     dns_search: str | list[str] = []
     group_add: list[str | Int] = []
+    # compose keys of issue #22
+    profiles: list[str] = []  # run only when one is selected (config.profiles)
+    memswap_limit: SwapBytes | None = None
+    links: list[str] = []  # SERVICE[:ALIAS]: the alias this service alone resolves
+
+    @field_validator("profiles")
+    @classmethod
+    def _profile_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _PROFILE.match(name):
+                raise ValueError(
+                    f"profile {name!r} must start with a letter or digit and hold only "
+                    "letters, digits, _, . and - (as compose)"
+                )
+        return value
 
     @property
     def replica_count(self) -> int:

@@ -151,8 +151,16 @@ def _cpus(value: Any) -> Any:
     return value
 
 
+def _swap_bytes(value: Any) -> Any:
+    """memswap_limit: a size, or -1 (unlimited swap), as compose and Docker take it."""
+    if not isinstance(value, bool) and str(value).strip() == "-1":
+        return -1
+    return parse_bytes(value)
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Bytes = Annotated[int, BeforeValidator(parse_bytes)]
+SwapBytes = Annotated[int, BeforeValidator(_swap_bytes)]
 Int = Annotated[int, BeforeValidator(_integer)]
 
 

@@ -66,7 +66,7 @@ SWARM_KEYS = frozenset(
         "volumes", "configs", "secrets", "networks", "user", "restart", "healthcheck",
         "depends_on", "labels", "working_dir", "hostname", "extra_hosts", "cap_add",
         "cap_drop", "read_only", "stop_signal", "stop_grace_period", "init", "state", "heal",
-        "deploy", "drain_period", "pull", "pull_policy",
+        "deploy", "drain_period", "pull", "pull_policy", "profiles",
     }
 )  # fmt: skip
 
@@ -77,6 +77,8 @@ def _service_issues(at: tuple[str | int, ...], s: ServiceDef) -> Iterable[Issue]
         "network_mode": "Swarm tasks join the service's overlay networks",
         "pid": "Swarm services cannot share a PID namespace",
         "build": "Swarm does not build: build and push the image, and name it under image",
+        "links": "Swarm services reach each other by service name (or a network alias)",
+        "memswap_limit": "a Swarm service has no swap limit (deploy.resources.limits.memory)",
     }
     for key, why in unsupported.items():
         if getattr(s, key):
@@ -123,7 +125,21 @@ def _service_issues(at: tuple[str | int, ...], s: ServiceDef) -> Iterable[Issue]
                 "(the routing mesh balances it over the replicas), or use the long syntax "
                 "with mode: host",
             )
+    if isinstance(s.networks, dict):
+        for net, attach in s.networks.items():
+            if attach is not None and attach.ipv4_address is not None:
+                yield Issue(
+                    (*at, "networks", net, "ipv4_address"),
+                    "not supported with --target swarm: Swarm gives each task its own address "
+                    "(use the service name, or an alias)",
+                )
     deploy = s.deploy
+    if deploy.resources.reservations.devices:
+        yield Issue(
+            (*at, "deploy", "resources", "reservations", "devices"),
+            "not supported with --target swarm: Swarm services reserve generic resources "
+            "of the nodes, not device requests (run GPU work with the host target)",
+        )
     if deploy.mode == "global":
         if "replicas" in s.model_fields_set or deploy.replicas is not None:
             yield Issue((*at, "replicas"), "cannot be combined with deploy.mode: global")

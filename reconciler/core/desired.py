@@ -18,6 +18,7 @@ LABEL_REPLICA = "io.reconciler.replica"
 LABEL_SPEC_HASH = "io.reconciler.spec-hash"
 LABEL_CONFIG_HASH = "io.reconciler.config-hash"
 LABEL_REVISION = "io.reconciler.revision"  # the service revision a container was created from
+LABEL_BUILD_HASH = "io.reconciler.build-hash"  # on a built image: BuildSpec.digest it was made by
 
 PullPolicy = Literal["missing", "always", "never"]
 
@@ -42,6 +43,8 @@ class NetworkSpec:
     labels: tuple[tuple[str, str], ...] = ()
     ipam: tuple[tuple[str, str], ...] = ()  # (subnet, gateway) pairs; gateway may be ""
     external: bool = False  # made by someone else: never created nor removed, must exist
+    attachable: bool = False  # containers outside Swarm services may join (overlay)
+    enable_ipv6: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +98,7 @@ class RuntimeOptions:
     dns_search: tuple[str, ...] = ()
     group_add: tuple[str, ...] = ()
     health_start_interval_s: float | None = None  # API >= 1.44; older engines drop it
+    memswap_limit: int | None = None  # bytes of memory and swap together; -1: unlimited swap
 
     def hashed(self) -> dict[str, object]:
         """The fields set to something other than their default."""
@@ -109,6 +113,35 @@ _DEFAULT_OPTIONS = RuntimeOptions()
 class NetworkAttachment:
     network: str
     aliases: tuple[str, ...] = ()
+    ipv4_address: str | None = None  # a static address in the network's ipam subnet
+    links: tuple[str, ...] = ()  # compose's links, CONTAINER:ALIAS: names only this one sees
+
+
+# NetworkAttachment fields added later: left out of the spec hash at their defaults.
+_ATTACHMENT_DEFAULTS: dict[str, object] = {"ipv4_address": None, "links": ()}
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRequest:
+    """One deploy.resources.reservations.devices entry (HostConfig.DeviceRequests, what
+    `docker run --gpus` asks for); host power, judged by core.policy (rule gpus)."""
+
+    driver: str = ""  # "": the engine picks (nvidia for capabilities [gpu])
+    count: int = -1  # -1: all the devices that match
+    device_ids: tuple[str, ...] = ()
+    capabilities: tuple[str, ...] = ()
+    options: tuple[tuple[str, str], ...] = ()
+
+    def describe(self) -> str:
+        """`driver nvidia, count all, capabilities gpu`, for policy denials and notes."""
+        which = f"ids {','.join(self.device_ids)}" if self.device_ids else None
+        count = "all" if self.count < 0 else str(self.count)
+        parts = [
+            f"driver {self.driver or '(any)'}",
+            which or f"count {count}",
+            f"capabilities {','.join(self.capabilities) or '(none)'}",
+        ]
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +163,8 @@ _ADDED_DEFAULTS: dict[str, object] = {
     "userns_mode": None,
     "security_opt": (),
     "secrets": (),
+    "device_requests": (),
+    "build_digest": "",
 }
 
 
@@ -185,6 +220,9 @@ class ContainerSpec:
     userns_mode: str | None = None
     security_opt: tuple[str, ...] = ()
     secrets: tuple[SecretMount, ...] = ()  # files under /run/secrets (digests, never values)
+    device_requests: tuple[DeviceRequest, ...] = ()  # GPUs (host power: core.policy)
+    # BuildSpec.digest of the image it runs (a built image of other args is rebuilt).
+    build_digest: str = ""
     config_digests: tuple[tuple[str, str], ...] = ()  # (target, sha256) of declared configs
     options: RuntimeOptions = _DEFAULT_OPTIONS  # compose keys of issue #10
     # Configs applied by a signal: not part of the hash, so a change reloads, not recreates.
@@ -204,6 +242,10 @@ class ContainerSpec:
             for key, default in _ADDED_DEFAULTS.items():  # keys added later: hashes unchanged
                 if payload.get(key) == default:
                     del payload[key]
+            for net in payload["networks"]:
+                for key, default in _ATTACHMENT_DEFAULTS.items():
+                    if net.get(key) == default:
+                        del net[key]
             grace = self.stop_grace_s
             if grace is not None and grace == int(grace):
                 payload["stop_grace_s"] = int(grace)  # 10.0 hashes as 10 did: no mass recreate
@@ -224,8 +266,25 @@ class ContainerSpec:
 
 @dataclass(frozen=True, slots=True)
 class BuildSpec:
+    """What the engine's build API takes (compose's build section, BuildKit's secrets aside)."""
+
     context: str
     dockerfile: str = "Dockerfile"
+    args: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # may carry secrets
+    target: str | None = None
+    shm_size: int | None = None  # bytes, for the build's RUN steps
+    labels: tuple[tuple[str, str], ...] = ()
+    cache_from: tuple[str, ...] = ()
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the definition when it sets more than context and dockerfile (the
+        image's LABEL_BUILD_HASH; a changed one is rebuilt); "" otherwise, as before."""
+        extra = (self.args, self.target, self.shm_size, self.labels, self.cache_from)
+        if extra == ((), None, None, (), ()):
+            return ""
+        text = json.dumps(asdict(self), sort_keys=True, default=list)
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +388,9 @@ class DesiredState:
     secrets: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
     # Services the host policy denies (core.policy.enforce): never created nor touched.
     denied: frozenset[str] = field(default=frozenset(), compare=False)
+    # Services of profiles not selected (config.profiles): not part of the project, so
+    # their containers are neither created, changed nor removed (as compose).
+    dormant: frozenset[str] = frozenset()
 
     def service(self, name: str) -> ServiceSpec:
         return next(s for s in self.services if s.name == name)

@@ -80,6 +80,8 @@ def plan(desired: DesiredState, observed: Observed, holds: Holds = NO_HOLDS) -> 
     extra: list[ObservedContainer] = []
     for c in sorted(observed.containers, key=lambda c: (c.service, c.replica, c.name)):
         svc = services.get(c.service)
+        if svc is None and c.service in desired.dormant:
+            continue  # of a profile not selected: not part of the project, left alone
         if svc is None or not 1 <= c.replica <= len(svc.replicas):
             extra.append(c)
         else:

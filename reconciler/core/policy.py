@@ -1,11 +1,11 @@
 """The host policy: what services may ask of the host, decided outside the desired state.
 
 Pure. Without a policy file nothing that is root on the host is granted: privileged,
-devices, capabilities beyond Docker's defaults, the host's pid/ipc/uts/user/network
-namespaces, bind mounts of the Docker socket and of system folders, security options that
-turn seccomp/AppArmor/SELinux off. A policy file (config.policy_file) allows a rule for named
-services (and paths, capabilities or options). `enforce` marks denied services; the
-controller never creates nor touches them.
+devices, GPUs and other device requests, capabilities beyond Docker's defaults, the host's
+pid/ipc/uts/user/network namespaces, bind mounts of the Docker socket and of system
+folders, security options that turn seccomp/AppArmor/SELinux off. A policy file
+(config.policy_file) allows a rule for named services (and paths, capabilities or
+options). `enforce` marks denied services; the controller never creates nor touches them.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ RULES = (
     "host_network",
     "host_path",
     "security_opt",
+    "gpus",  # deploy.resources.reservations.devices: DeviceRequests, as `docker run --gpus`
 )
 # Docker's default capability set: adding one of these grants nothing new.
 SAFE_CAPS = frozenset(
@@ -124,6 +125,9 @@ def denials(svc: ServiceSpec, policy: Policy = DEFAULT) -> tuple[Denial, ...]:
     for dev in c.devices:
         host = dev.split(":")[0]
         deny("devices", "devices", f"device {host}", posixpath.normpath(host))
+    for request in c.device_requests:
+        key = "deploy.resources.reservations.devices"
+        deny("gpus", key, f"device request ({request.describe()})")
     for cap in c.cap_add:
         name = normalise_cap(cap)
         if name not in SAFE_CAPS:

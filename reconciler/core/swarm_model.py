@@ -38,6 +38,7 @@ class SwarmNetwork:
     internal: bool = False
     attachable: bool = True
     ipam: tuple[tuple[str, str], ...] = ()
+    enable_ipv6: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,8 @@ class SwarmDesired:
     # file): denied services are never created nor touched.
     denied: frozenset[str] = field(default=frozenset(), compare=False)
     host: DesiredState | None = field(default=None, compare=False, repr=False)
+    # Services of profiles not selected: not part of the project, never created nor removed.
+    dormant: frozenset[str] = frozenset()
 
     def service(self, name: str) -> SwarmService:
         return next(s for s in self.services if s.name == name)

@@ -211,6 +211,7 @@ def plan(
 
     if only is None:
         wanted = {s.full_name for s in desired.services}
+        wanted |= {f"{project}_{name}" for name in desired.dormant}  # left alone (profiles)
         for obs in observed.services:
             if obs.owned_by(project) and obs.name not in wanted:
                 actions.append(RemoveService(obs.id, obs.name, obs.service))

@@ -89,7 +89,8 @@ class SwarmKind:
         services = ", ".join(
             f"{s.name} {'global' if s.global_mode else f'x{s.replicas}'}" for s in d.services
         )
-        return f"valid for swarm (project {d.project}: {services})"
+        dormant = f"; not selected: {', '.join(sorted(d.dormant))}" if d.dormant else ""
+        return f"valid for swarm (project {d.project}: {services}{dormant})"
 
     def open(self, desired: Desired, settings: Settings) -> SwarmTarget:
         try:

@@ -37,6 +37,7 @@ from reconciler.core.desired import (
     LABEL_MANAGED,
     LABEL_PROJECT,
     ContainerSpec,
+    NetworkAttachment,
     RuntimeOptions,
     ownership_labels,
 )
@@ -81,6 +82,8 @@ class Containers:
                         labels=labels,
                         ipam=ipam,
                         check_duplicate=True,
+                        attachable=spec.attachable or None,
+                        enable_ipv6=spec.enable_ipv6 or None,
                     )
             case CreateVolume(spec=spec, project=project):
                 labels = dict(spec.labels) | ownership_labels(project)
@@ -95,7 +98,7 @@ class Containers:
             case CreateContainer(spec=spec):
                 self.create(spec, action.name)
             case StartContainer(id=cid, name=name):
-                with docker_errors(f"start {name}"):
+                with device_hint(), docker_errors(f"start {name}"):
                     self._call("container_start")
                     api.start(cid)
             case RestartContainer(id=cid, name=name, grace_s=grace):
@@ -111,7 +114,7 @@ class Containers:
                     if reconnect:
                         self.disconnect(cid, att.network)
                     self._call("network_connect")
-                    api.connect_container_to_network(cid, att.network, aliases=list(att.aliases))
+                    api.connect_container_to_network(cid, att.network, **endpoint(att))
             case DrainContainer(id=cid, name=name, networks=networks):
                 # Docker cannot drop an alias in place: attach again without our aliases, so
                 # DNS stops naming this replica while it finishes what it serves.
@@ -234,7 +237,7 @@ class Containers:
         with docker_errors(f"connect {name}"):
             for att in spec.networks[1:] if not spec.network_mode else ():
                 self._call("network_connect")
-                api.connect_container_to_network(cid, att.network, aliases=list(att.aliases))
+                api.connect_container_to_network(cid, att.network, **endpoint(att))
         return cid
 
 
@@ -259,8 +262,50 @@ def host_config(api: docker.APIClient, spec: ContainerSpec) -> dict[str, Any]:
         uts_mode=spec.uts,
         userns_mode=spec.userns_mode,
         security_opt=list(spec.security_opt) or None,
+        device_requests=device_requests(spec) or None,
     )
     return config
+
+
+def device_requests(spec: ContainerSpec) -> list[docker.types.DeviceRequest]:
+    """HostConfig.DeviceRequests (`--gpus`): only what the host policy allowed reaches here."""
+    return [
+        docker.types.DeviceRequest(
+            driver=d.driver,
+            count=d.count,
+            device_ids=list(d.device_ids),
+            capabilities=[list(d.capabilities)],  # one set, all of them required (as compose)
+            options=dict(d.options),
+        )
+        for d in spec.device_requests
+    ]
+
+
+def endpoint(att: NetworkAttachment) -> dict[str, Any]:
+    """The endpoint settings of one network (docker-py's names): aliases, a static address,
+    and compose's links (CONTAINER:ALIAS)."""
+    out: dict[str, Any] = {"aliases": list(att.aliases)}
+    if att.ipv4_address:
+        out["ipv4_address"] = att.ipv4_address
+    if att.links:
+        out["links"] = [tuple(link.split(":", 1)) for link in att.links]
+    return out
+
+
+@contextmanager
+def device_hint() -> Iterator[None]:
+    """A start the engine refuses for want of a device driver: say which key asked for it."""
+    try:
+        yield
+    except ActionFailed as exc:
+        if "could not select device driver" not in str(exc):
+            raise
+        raise ActionFailed(
+            f"{exc}: deploy.resources.reservations.devices asks for devices this host has no "
+            "driver for (GPUs need the NVIDIA Container Toolkit); install it or remove the "
+            "reservation",
+            transient=exc.transient,
+        ) from exc.__cause__
 
 
 def networking_config(api: docker.APIClient, spec: ContainerSpec) -> dict[str, Any] | None:
@@ -269,7 +314,7 @@ def networking_config(api: docker.APIClient, spec: ContainerSpec) -> dict[str, A
         return None
     first = spec.networks[0]
     config: dict[str, Any] = api.create_networking_config(
-        {first.network: api.create_endpoint_config(aliases=list(first.aliases))}
+        {first.network: api.create_endpoint_config(**endpoint(first))}
     )
     return config
 
@@ -362,6 +407,7 @@ def host_options(o: RuntimeOptions) -> dict[str, Any]:
     """HostConfig arguments of compose's resource, logging and DNS keys (unset: omitted)."""
     args: dict[str, Any] = {
         "mem_limit": o.mem_limit,
+        "memswap_limit": o.memswap_limit,
         "mem_reservation": o.mem_reservation,
         "nano_cpus": round(o.cpus * 1e9) if o.cpus is not None else None,
         "pids_limit": o.pids_limit,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 import docker
 import docker.auth
@@ -16,10 +17,36 @@ from docker.utils import config as docker_config
 from docker.utils import parse_repository_tag
 
 from reconciler.core.actions import EnsureImage
+from reconciler.core.desired import LABEL_BUILD_HASH, BuildSpec
 from reconciler.engine.client import Transfers, docker_errors
 from reconciler.errors import ActionFailed
 
 STALL_TIMEOUT_S = 60.0  # a pull or build that sends nothing for this long is cut off
+
+
+def build_kwargs(build: BuildSpec, image: str) -> dict[str, Any]:
+    """docker-py's `APIClient.build` arguments of a BuildSpec (the classic build API: args,
+    target, shm size, labels, cache_from); the image carries LABEL_BUILD_HASH when the
+    definition sets more than context and dockerfile, so a changed one is rebuilt."""
+    labels = dict(build.labels)
+    if build.digest:
+        labels[LABEL_BUILD_HASH] = build.digest
+    optional = {
+        "buildargs": dict(build.args) or None,
+        "target": build.target,
+        "shmsize": build.shm_size,
+        "labels": labels or None,
+        "cache_from": list(build.cache_from) or None,
+    }
+    return {
+        "path": build.context,
+        "dockerfile": build.dockerfile,
+        "tag": image,
+        "rm": True,
+        "decode": True,
+        "timeout": STALL_TIMEOUT_S,
+        **{k: v for k, v in optional.items() if v is not None},
+    }
 
 
 class Images:
@@ -100,12 +127,12 @@ class Images:
         """Pull or build as the pull policy says, within `timeout_s` (a stalled or slow
         transfer is cut off, not waited for); `progress` gets a line every few seconds."""
         what = f"image {action.image} for {action.service}"
-        present = self.present(action.image)
         if action.build is not None:
-            if present and action.pull != "always":
-                return
+            if action.pull != "always" and self.built_by(action):
+                return  # present, and built from this definition
             self.build(action, what, timeout_s, progress)
             return
+        present = self.present(action.image)
         if action.pull == "never" or (present and action.pull == "missing"):
             if not present:
                 raise ActionFailed(f"{what}: not present and pull policy is never")
@@ -166,6 +193,21 @@ class Images:
             self.api.reload_config()
             self._auth_stamp = stamp
 
+    def built_by(self, action: EnsureImage) -> bool | None:
+        """Whether the local image was built from this build definition (its
+        LABEL_BUILD_HASH; an image without one counts as "", what a definition of context
+        and dockerfile alone gives); None when the image is absent."""
+        assert action.build is not None
+        try:
+            with docker_errors(f"inspect image {action.image}"):
+                info = self.api.inspect_image(action.image)
+        except ActionFailed as exc:
+            if isinstance(exc.__cause__, docker.errors.NotFound):
+                return None
+            raise
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        return str(labels.get(LABEL_BUILD_HASH, "")) == action.build.digest
+
     def build(
         self, action: EnsureImage, what: str, timeout_s: float, progress: Callable[[str], None]
     ) -> None:
@@ -176,14 +218,7 @@ class Images:
             self.transfers.deadline(timeout_s, f"build {what}") as watch,
         ):
             self._call("image_build")
-            for chunk in self.api.build(
-                path=action.build.context,
-                dockerfile=action.build.dockerfile,
-                tag=action.image,
-                rm=True,
-                decode=True,
-                timeout=STALL_TIMEOUT_S,
-            ):
+            for chunk in self.api.build(**build_kwargs(action.build, action.image)):
                 if "error" in chunk:
                     raise ActionFailed(f"build {what}: {chunk['error'].strip()}")
                 watch.check()

@@ -207,6 +207,7 @@ class SwarmEngine:
                         ipam=ipam,
                         check_duplicate=True,
                         scope="swarm",
+                        enable_ipv6=n.enable_ipv6 or None,
                     )
                 case CreateSwarmConfig(spec=c):
                     self.api.create_config(c.name, c.data, labels=dict(c.labels))

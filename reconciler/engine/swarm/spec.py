@@ -94,7 +94,10 @@ def render(parsed: Parsed) -> SwarmDesired:
             f"{project}_{name}",
             tuple(sorted(labels.items())),
             internal=bool(n and n.internal),
+            # attachable unless the file says otherwise (`docker run --network` joins it)
+            attachable=not (n and "attachable" in n.model_fields_set and not n.attachable),
             ipam=ipam,
+            enable_ipv6=bool(n and n.enable_ipv6),
         )
     if any(not s.networks for s in d.services.values()) and "default" not in networks:
         networks["default"] = SwarmNetwork(f"{project}_default", tuple(sorted(own.items())))
@@ -177,6 +180,7 @@ def render(parsed: Parsed) -> SwarmDesired:
         ).hexdigest(),
         watched=tuple(sorted({*parsed.state.watched, *secret_files})),
         host=parsed.state,
+        dormant=parsed.state.dormant,
     )
 
 
@@ -238,6 +242,8 @@ def _service(
             mount["ReadOnly"] = True
         if m.type == "bind":
             mount["Source"] = str(parsed.renderer.path(m.source))
+            if m.propagation:
+                mount["BindOptions"] = {"Propagation": m.propagation}
         elif m.source:
             vdef = parsed.definition.volumes.get(m.source)
             # {replica} is the task's slot: each replica keeps its volume on its node.

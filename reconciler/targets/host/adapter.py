@@ -88,7 +88,8 @@ class HostKind:
     def summary(self, desired: Desired) -> str:
         d = cast(DesiredState, desired)
         services = ", ".join(f"{s.name} x{len(s.replicas)}" for s in d.services)
-        return f"valid (project {d.project}: {services})"
+        dormant = f"; not selected: {', '.join(sorted(d.dormant))}" if d.dormant else ""
+        return f"valid (project {d.project}: {services}{dormant})"
 
     def open(self, desired: Desired, settings: Settings) -> HostTarget:
         try:  # a command asks no version of its own: the first answer gives it

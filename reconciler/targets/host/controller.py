@@ -261,7 +261,7 @@ class Controller:
             if p.steps or p.wake_at or not self.heals.is_quiet(svc.name):
                 self.reporter.recording.asked(svc.name, trigger)
                 self.enqueue(service_key(svc.name), 0.0)
-        wanted = {s.name for s in desired.services}
+        wanted = {s.name for s in desired.services} | desired.dormant  # profiles: left alone
         for gone in sorted({c.service for c in observed.containers} - wanted):
             self.reporter.recording.asked(gone, trigger)
             self.enqueue(service_key(gone), 0.0)
@@ -283,6 +283,8 @@ class Controller:
         svc = next((self.images.pinned(s) for s in desired.services if s.name == name), None)
         if svc is None and self.hold_removals:  # the daemon's start: the file may be half
             return Outcome()  # written; it is read again before anything is removed
+        if svc is None and name in desired.dormant:  # a profile not selected: left alone
+            return Outcome()
         # Replicas that just died may be started on the heal pool; the full reconcile waits.
         taken = self.heals.take(desired, name, svc)
         if taken is not None:
