@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import replace
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NamedTuple
@@ -38,6 +39,7 @@ from reconciler.config.names import project_name
 from reconciler.config.render import REPLICA_PLACEHOLDER, Renderer
 from reconciler.config.report import Checks, Issue, Report, dotted, pydantic_problems
 from reconciler.config.rules import check
+from reconciler.config.update_policy import update_policies
 from reconciler.config.schema import DesiredStateDef
 from reconciler.config.tree import tree_digest
 from reconciler.config.yamlread import Document, YamlError, compose, read
@@ -171,6 +173,7 @@ def parse_parts(
         kind = type(data).__name__
         report.add(f"(top level): must be a mapping, not {kind}", mark=doc.mark(()))
         raise report.error()
+    policies = update_policies(data, doc, report)  # x-reconciler.update, before the strip
     data = without_extensions(data)
     definition = None
     try:
@@ -217,7 +220,12 @@ def parse_parts(
         project=state.project,
         networks=state.networks,
         volumes=state.volumes,
-        services=tuple(with_access(svc, definition, base_dir, doc) for svc in state.services),
+        services=tuple(
+            replace(
+                with_access(svc, definition, base_dir, doc), update_policy=policies.get(svc.name)
+            )
+            for svc in state.services
+        ),
         source=source,
         digest=digest,
         volume_templates=state.volume_templates,
