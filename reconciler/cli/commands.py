@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from reconciler.cli.parser import DEFAULT_LISTEN
 from reconciler.config import secrets
 from reconciler.core.policy import Denial
+from reconciler.ops.image_lock import check_lock, lock_path, read_lock
 from reconciler.ops.lock import ProjectLock, status_path
 from reconciler.runtime.daemon import Daemon, Options
 from reconciler.runtime.settle import apply
@@ -68,10 +69,11 @@ def _show(r: Done) -> None:
 
 def _apply(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
     _require(kind, args.take_over_compose, "takes_over_compose", "--take-over-compose")
+    settings = locked_settings(args, desired)  # --locked, --lock-file (image lock file)
     lock = ProjectLock(desired.project, args.lock_dir)
     lock.acquire(role="reconciler apply")
     try:
-        target = kind.open(desired, _settings(args))
+        target = kind.open(desired, settings)
         if args.take_over_compose and not target.take_over(_show, log_only=False):
             return EXIT_ERROR
         applied = apply(target, timeout_s=args.timeout, on_done=_show)
@@ -89,6 +91,18 @@ def _apply(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
     elif not applied.results and not problems:
         print(f"{desired.project}: in sync")
     return EXIT_OK if applied.ok and not problems else EXIT_ERROR
+
+
+def locked_settings(args: argparse.Namespace, desired: Desired) -> Settings:
+    """apply's settings: where the image lock file is, and with --locked what it pins (a
+    stale lock raises LockStale, before anything is touched)."""
+    path = lock_path(desired.project, args.state_dir, args.lock_file)
+    locked = None
+    if args.locked:
+        names = [s.name for s in desired.services]
+        found = read_lock(path)
+        locked = check_lock(path, found, desired.project, desired.digest, names)
+    return Settings(state_dir=args.state_dir, image_lock=path, locked=locked)
 
 
 def _run(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:

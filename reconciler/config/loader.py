@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import replace
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -39,9 +39,9 @@ from reconciler.config.names import project_name
 from reconciler.config.render import REPLICA_PLACEHOLDER, Renderer
 from reconciler.config.report import Checks, Issue, Report, dotted, pydantic_problems
 from reconciler.config.rules import check
-from reconciler.config.update_policy import update_policies
 from reconciler.config.schema import DesiredStateDef
 from reconciler.config.tree import tree_digest
+from reconciler.config.update_policy import update_policies
 from reconciler.config.yamlread import Document, YamlError, compose, read
 from reconciler.core.desired import DesiredState
 from reconciler.errors import DesiredStateError

@@ -53,7 +53,8 @@ def pin_tag(svc: ServiceSpec, tag: str, digest: str) -> ServiceSpec:
     repo = repository(svc.image)
     ref = f"{repo}:{tag}@{digest}"
     replicas = tuple(replace(c, image=ref, spec_hash="") for c in svc.replicas)
-    revision = hashlib.sha256(f"{svc.revision}@{tag}@{digest}".encode()).hexdigest()
+    key = digest if tag == tag_of(svc.image) else f"{tag}@{digest}"  # the file's tag: as pin()
+    revision = hashlib.sha256(f"{svc.revision}@{key}".encode()).hexdigest()
     return replace(svc, image=ref, replicas=replicas, revision=revision)
 
 

@@ -16,6 +16,8 @@ from docker.utils import config as docker_config
 from docker.utils import parse_repository_tag
 
 from reconciler.core.actions import EnsureImage
+from reconciler.core.image_policy import Published
+from reconciler.engine import registry
 from reconciler.engine.client import Transfers, docker_errors
 from reconciler.errors import ActionFailed
 
@@ -30,6 +32,7 @@ class Images:
         self._call = call
         self.transfers = Transfers()
         self._auth_stamp: tuple[str, int, int] | None = None  # the credentials file last read
+        self.registry = registry.for_api(api, self.reload_credentials)
 
     def present(self, image: str) -> bool:
         try:
@@ -64,6 +67,16 @@ class Images:
             self._call("distribution_inspect")
             found = self.api.inspect_distribution(image)
         return str((found.get("Descriptor") or {}).get("digest") or "")
+
+    def registry_tags(self, image: str) -> list[str]:
+        """Every tag of `image`'s repository in its registry (the pull's credentials)."""
+        self._call("registry_tags")
+        return self.registry.tags(image)
+
+    def published(self, image: str, tag: str) -> Published:
+        """`tag` of `image`'s repository in the registry: its digest and creation time."""
+        self._call("registry_manifest")
+        return self.registry.published(image, tag)
 
     def image_id(self, image: str) -> str | None:
         try:
