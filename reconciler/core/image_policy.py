@@ -23,6 +23,12 @@ DEFAULT_CHECK_EVERY_S = 3600.0  # a range without a periodic pull_policy: the re
 # numbers, then the tail that holds a pre-release and/or the variant suffix. Only the split is
 # done here; nodesemver parses, orders and matches the version itself.
 _TAG = re.compile(r"^(?P<v>[vV]?)(?P<core>\d+\.\d+\.\d+)(?P<tail>.*)$")
+# What a pre-release looks like in a tag (`-rc1`, `-beta.2`, `-alpha`): a variant such as
+# `-alpine` or `-slim` never is one, even when pre-releases are asked for.
+_PRE = re.compile(
+    r"^-(alpha|beta|rc|pre|preview|dev|next|canary|a|b)([.-]?\d[0-9A-Za-z]*)?(\.[0-9A-Za-z]+)*$",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +135,7 @@ def version_of(tag: str, suffix: str, prerelease: bool) -> nodesemver.SemVer | N
     if not tail.endswith(suffix):
         return None
     pre = tail[: len(tail) - len(suffix)] if suffix else tail
-    if pre and (not pre.startswith("-") or not prerelease):
+    if pre and (not prerelease or not _PRE.match(pre)):
         return None
     try:
         return nodesemver.make_semver(core + pre, loose=False)

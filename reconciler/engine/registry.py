@@ -1,35 +1,87 @@
 """A registry's v2 API, read with the credentials a pull uses: the tags of a repository, and a
-tag's digest and creation time (the image config's `created`). Through python-dxf (basic and
-token auth, manifest lists); the login is the one docker-py resolves from `docker login`'s file.
+tag's digest and creation time (the image config's `created`). Plain `requests` (docker-py's
+own HTTP client) with the registry's Basic or Bearer-token challenge answered from the login
+docker-py resolves (`docker login`'s file); python-dxf was tried and refuses any login over
+plain HTTP, which Docker allows for loopback and insecure registries.
 Called by the image followers of both targets (through their engines).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
-import json
 import platform
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import docker
 import docker.auth
+import docker.errors
 import requests
 from docker.utils import parse_repository_tag
-from dxf import DXF, DXFBase
+from requests.utils import parse_dict_header
 
 from reconciler.core.image_policy import Published
 from reconciler.errors import ActionFailed
 
 TIMEOUT_S = 30.0
+MAX_TAG_PAGES = 50
 DOCKER_HUB = ("docker.io", "index.docker.io", "registry-1.docker.io")
+MANIFESTS = ", ".join(
+    [
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+    ]
+)
 
 
 def _arch() -> str:
     machine = platform.machine().lower()
     return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, machine)
+
+
+class _Repository:
+    """One repository of one registry, with its login; answers 401 challenges once each."""
+
+    def __init__(self, base: str, name: str, creds: dict[str, Any]) -> None:
+        self.base, self.name = base, name
+        user = creds.get("username") or creds.get("Username")
+        password = creds.get("password") or creds.get("Password")
+        self.login = (str(user), str(password)) if user and password else None
+        self.session = requests.Session()
+
+    def get(self, path: str, accept: str = "") -> requests.Response:
+        url = path if path.startswith("http") else f"{self.base}/v2/{self.name}/{path}"
+        headers = {"Accept": accept} if accept else {}
+        r = self.session.get(url, headers=headers, timeout=TIMEOUT_S)
+        if r.status_code == 401 and self._answer(r.headers.get("WWW-Authenticate", "")):
+            r = self.session.get(url, headers=headers, timeout=TIMEOUT_S)
+        r.raise_for_status()
+        return r
+
+    def _answer(self, challenge: str) -> bool:
+        """Set the session's credentials for `challenge`; False when there is nothing to try."""
+        scheme, _, params = challenge.partition(" ")
+        if scheme.lower() == "basic" and self.login:
+            self.session.auth = self.login
+            return True
+        if scheme.lower() != "bearer":
+            return False
+        info = parse_dict_header(params)
+        query = {"service": info.get("service") or "", "scope": info.get("scope") or
+                 f"repository:{self.name}:pull"}  # fmt: skip
+        r = requests.get(str(info.get("realm")), params=query, auth=self.login, timeout=TIMEOUT_S)
+        r.raise_for_status()
+        body = r.json()
+        token = body.get("token") or body.get("access_token")
+        if not token:
+            return False
+        self.session.headers["Authorization"] = f"Bearer {token}"
+        return True
 
 
 class Registry:
@@ -42,7 +94,7 @@ class Registry:
         self._auth_configs = auth_configs
         self._secure = secure
 
-    def _client(self, image: str) -> tuple[DXF, str]:
+    def _repository(self, image: str) -> tuple[_Repository, str]:
         repo, _ = parse_repository_tag(image.partition("@")[0])
         index, name = docker.auth.resolve_repository_name(repo)
         host = index
@@ -50,35 +102,46 @@ class Registry:
             host = "registry-1.docker.io"
             name = name if "/" in name else f"library/{name}"
         creds = docker.auth.resolve_authconfig(self._auth_configs(), index) or {}
-
-        def login(dxf: DXFBase, response: requests.Response) -> None:
-            dxf.authenticate(
-                creds.get("username") or creds.get("Username"),
-                creds.get("password") or creds.get("Password"),
-                response=response,
-            )
-
-        client = DXF(host, name, auth=login, insecure=not self._secure(host), timeout=TIMEOUT_S)
-        return client, f"{host}/{name}"
+        scheme = "https" if self._secure(host) else "http"
+        return _Repository(f"{scheme}://{host}", name, creds), f"{host}/{name}"
 
     def tags(self, image: str) -> list[str]:
-        """Every tag of `image`'s repository."""
-        client, where = self._client(image)
+        """Every tag of `image`'s repository (following the registry's pages)."""
+        client, where = self._repository(image)
+        out: list[str] = []
         with _errors(f"list the tags of {where}"):
-            return [str(t) for t in client.list_aliases()]
+            r = client.get("tags/list?n=1000")
+            for _ in range(MAX_TAG_PAGES):
+                out += [str(t) for t in r.json().get("tags") or []]
+                nxt = r.links.get("next", {}).get("url")
+                if not nxt:
+                    break
+                r = client.get(nxt if nxt.startswith("http") else client.base + nxt)
+        return out
 
     def published(self, image: str, tag: str) -> Published:
         """`tag` of `image`'s repository: its digest (as a pull pins it) and creation time."""
-        client, where = self._client(image)
+        client, where = self._repository(image)
         with _errors(f"read {where}:{tag}"):
-            digest = str(client.get_digest(tag))
-            manifest = json.loads(str(client.get_manifest(tag, platform=f"linux/{_arch()}")))
+            r = client.get(f"manifests/{tag}", MANIFESTS)
+            digest = r.headers.get("Docker-Content-Digest") or (
+                "sha256:" + hashlib.sha256(r.content).hexdigest()
+            )
+            manifest = r.json()
+            if "manifests" in manifest:  # a list / index: this machine's platform
+                mine = [
+                    m
+                    for m in manifest["manifests"]
+                    if (m.get("platform") or {}).get("os") == "linux"
+                    and (m.get("platform") or {}).get("architecture") == _arch()
+                ]
+                if not mine:
+                    return Published(tag, digest, None)
+                manifest = client.get(f"manifests/{mine[0]['digest']}", MANIFESTS).json()
             config = (manifest.get("config") or {}).get("digest")
-            created = None
-            if config:
-                chunks = cast(Iterable[bytes], client.pull_blob(config))
-                blob = b"".join(chunks)
-                created = _epoch(json.loads(blob).get("created"))
+            created = (
+                _epoch(client.get(f"blobs/{config}").json().get("created")) if config else None
+            )
         return Published(tag, digest, created)
 
 

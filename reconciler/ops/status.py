@@ -45,7 +45,7 @@ def tag_line(svc: ServiceSpec, containers: tuple[ObservedContainer, ...], tag: A
             running[digest[:19]] = running.get(digest[:19], 0) + 1
     runs = ", ".join(f"{d} ({n})" for d, n in sorted(running.items())) or "nothing"
     if svc.update_policy is not None and tag:
-        return policy_line(svc, runs, tag)
+        return policy_line(svc, runs if len(running) != 1 else "", sum(running.values()), tag)
     line = f"  {svc.name}: follows {im.unpinned(svc.image)} every {every:g}s: running {runs}"
     if tag and tag.get("checked_at"):
         at = time.strftime("%H:%M:%S", time.localtime(float(tag["checked_at"])))
@@ -55,14 +55,14 @@ def tag_line(svc: ServiceSpec, containers: tuple[ObservedContainer, ...], tag: A
     return line
 
 
-def policy_line(svc: ServiceSpec, runs: str, tag: Any) -> str:
+def policy_line(svc: ServiceSpec, runs: str, replicas: int, tag: Any) -> str:
     """`  web: follows app ^11.6: running 11.6.3@sha256:ab.. (2), newest allowed ..., newest
     published ..., held ...` and why newer versions were skipped."""
     policy = svc.update_policy
     rule = policy.semver if policy and policy.semver else f"tag {im.tag_of(svc.image)}"
-    line = f"  {svc.name}: follows {im.repository(svc.image)} {rule}: running {runs}"
-    if tag.get("running"):
-        line += f" = {_short(str(tag['running']))}"
+    now = runs or _short(str(tag.get("running") or ""))  # runs: "" unless mixed
+    line = f"  {svc.name}: follows {im.repository(svc.image)} {rule}: running {now or '-'}"
+    line += f" ({replicas})" if not runs else ""
     for key in ("newest_allowed", "newest_published"):
         line += f", {key.replace('_', ' ')} {_short(str(tag.get(key) or '-'))}"
     held = [_short(str(h)) for h in tag.get("held") or []]
@@ -160,7 +160,7 @@ def render_status(
                 str(running),
                 str(healthy),
                 str(restarts),
-                svc.image,
+                svc.image if svc.update_policy is None else im.unpinned(pinned[svc.name].image),
                 f"denied ({denied[svc.name]})"
                 if svc.name in denied
                 else rollout_state(pinned[svc.name], record, observed.containers),

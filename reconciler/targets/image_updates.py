@@ -153,6 +153,6 @@ class PolicyLooker:
             "running": found.running,
             "newest_allowed": d.newest_allowed,
             "newest_published": d.newest_published,
-            "skipped": [f"{ref} ({reason}: {detail})" for ref, reason, detail in d.skipped],
+            "skipped": [f"{ref[:32]} ({reason}: {detail})" for ref, reason, detail in d.skipped],
             "checked_at": found.checked_at,
         }
