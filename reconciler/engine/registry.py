@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import ipaddress
+import os
 import platform
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ import docker
 import docker.auth
 import docker.errors
 import requests
+from docker.utils import config as docker_config
 from docker.utils import parse_repository_tag
 from requests.utils import parse_dict_header
 
@@ -179,6 +181,26 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+class Credentials:
+    """docker-py reads $DOCKER_CONFIG/config.json (or ~/.docker/config.json) once: `reload`
+    reads it again when it changed (a `docker login` since)."""
+
+    def __init__(self, api: docker.APIClient) -> None:
+        self.api = api
+        self._stamp: tuple[str, int, int] | None = None  # the file last read
+
+    def reload(self) -> None:
+        path = docker_config.find_config_file()
+        try:
+            st = os.stat(path) if path else None
+        except OSError:
+            st = None
+        stamp = (path, st.st_mtime_ns, st.st_size) if path and st else None
+        if stamp != self._stamp:
+            self.api.reload_config()
+            self._stamp = stamp
 
 
 def for_api(api: docker.APIClient, reload_credentials: Callable[[], None]) -> Registry:

@@ -38,6 +38,7 @@ from reconciler.targets.base import (
     PlanReport,
     Settings,
 )
+from reconciler.targets.swarm_images import SwarmImages
 
 log = structlog.get_logger("reconciler")
 SETTLE_S = 1.0  # Swarm is at work (an update, tasks not yet where they should be): look again
@@ -118,6 +119,7 @@ class SwarmTarget:
         self._notes: list[str] = []
         self._lock = threading.Lock()  # one pass at a time may record its judgement
         self._update_states: dict[str, str] = {}  # Swarm's UpdateStatus.State, last seen
+        self.images = SwarmImages(self.engine, desired.project, settings)  # x-reconciler.update
 
     # ------------------------------------------------------------------ the daemon's seam
 
@@ -182,16 +184,18 @@ class SwarmTarget:
         )
 
     def status_data(self) -> Mapping[str, object]:
-        return {}
+        return {"images": self.images.status()}
 
     def close(self) -> None:
         pass
 
     # ------------------------------------------------------------------ one pass
 
-    def held(self, observed: sp.SwarmObserved) -> dict[str, str]:
+    def held(
+        self, observed: sp.SwarmObserved, desired: sp.SwarmDesired | None = None
+    ) -> dict[str, str]:
         """Judge Swarm's rollbacks against our records (and persist what changed)."""
-        desired = self.desired
+        desired = desired or self.desired
         with self._lock:
             recs = self.records.all()
             pushed = {k: r.pushed for k, r in recs.items() if r.pushed}
@@ -219,13 +223,19 @@ class SwarmTarget:
 
     def the_plan(self, only: str | None = None) -> tuple[sp.SwarmPlan, sp.SwarmObserved]:
         observed = self.engine.observe(self.desired.project)
-        the_plan = sp.plan(self.desired, observed, self.held(observed), only=only)
+        desired = self.images.resolve(self.desired)  # update policies' and --locked images
+        failed = self.held(observed, desired)
+        self.images.judge(self.desired, observed, failed)
+        desired = self.images.resolve(self.desired)  # a rolled-back version: the one before
+        the_plan = sp.plan(desired, observed, failed, only=only)
         if self.hold_removals:  # the file may be half written: remove nothing yet
             kept = tuple(a for a in the_plan.actions if a.verb != "remove")
             the_plan = sp.SwarmPlan(kept, the_plan.notes)
         return the_plan, observed
 
     def run(self, only: str | None = None) -> tuple[sp.SwarmPlan, Pass]:
+        if only is None:
+            self.images.look(self.desired, time.time())  # the daemon: registries when due
         the_plan, observed = self.the_plan(only)
         done = Pass(notes=tuple(map(str, the_plan.notes)), drift=len(the_plan.actions))
         done.settling = any(s.update_state in UPDATING for s in observed.services)
@@ -328,6 +338,7 @@ class SwarmTarget:
         )
 
     def apply_report(self) -> ApplyReport:
+        self.images.write_lock(self.desired)  # what apply ran, for --locked
         problems = []
         for svc in self.desired.services:
             record = self.records.get(svc.name) or SwarmRecord()

@@ -6,13 +6,11 @@ Called by `engine.host.engine.Engine`; the runtime's image work and tag follower
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import docker
 import docker.auth
 import docker.errors
-from docker.utils import config as docker_config
 from docker.utils import parse_repository_tag
 
 from reconciler.core.actions import EnsureImage
@@ -31,8 +29,8 @@ class Images:
         self.api = api
         self._call = call
         self.transfers = Transfers()
-        self._auth_stamp: tuple[str, int, int] | None = None  # the credentials file last read
-        self.registry = registry.for_api(api, self.reload_credentials)
+        self._credentials = registry.Credentials(api)
+        self.registry = registry.for_api(api, self._credentials.reload)
 
     def present(self, image: str) -> bool:
         try:
@@ -169,15 +167,7 @@ class Images:
     def reload_credentials(self) -> None:
         """docker-py reads $DOCKER_CONFIG/config.json (or ~/.docker/config.json) once: read it
         again when it changed (a `docker login` since), so a pull uses the current login."""
-        path = docker_config.find_config_file()
-        try:
-            st = os.stat(path) if path else None
-        except OSError:
-            st = None
-        stamp = (path, st.st_mtime_ns, st.st_size) if path and st else None
-        if stamp != self._auth_stamp:
-            self.api.reload_config()
-            self._auth_stamp = stamp
+        self._credentials.reload()
 
     def build(
         self, action: EnsureImage, what: str, timeout_s: float, progress: Callable[[str], None]
