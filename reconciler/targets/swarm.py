@@ -27,6 +27,7 @@ from reconciler.engine.swarm.engine import SwarmEngine, TaskCounts, check_manage
 from reconciler.errors import ActionFailed, EngineUnavailable, NotASwarmManager
 from reconciler.ops.metrics import Metrics
 from reconciler.ops.state_store import JsonStore
+from reconciler.ops.status import policy_line, read_crashloops
 from reconciler.targets.base import (
     RESYNC,
     ApplyReport,
@@ -353,7 +354,14 @@ class SwarmTarget:
 
     def status(self, status_file: Path, denials: Mapping[str, str]) -> str:
         observed = self.engine.observe(self.desired.project)
-        return render_status(self.desired, observed, self.tasks(), self.records, denials)
+        counts = self.tasks()
+        text = render_status(self.desired, observed, counts, self.records, denials)
+        followed = SwarmImages.policies(self.desired)  # update policies: what the daemon saw
+        for name, seen in read_crashloops(status_file, "images").items():
+            if name in followed:
+                running = counts.get(f"{self.desired.project}_{name}", TaskCounts(0, 0, 0))
+                text += "\n" + policy_line(followed[name], "", running.running, seen)
+        return text
 
     def down(self, *, volumes: bool) -> tuple[Done, ...]:
         the_plan = sp.plan_down(self.desired, self.engine.observe(self.desired.project))
