@@ -100,3 +100,8 @@ def test_swarm_follows_a_range_and_holds_a_version_swarm_rolled_back(
     assert lock["images"] == {"app": f"{v.repo}:1.1.0@{v.digests['1.1.0']}"}
     skipped = target.status_data()["images"]["app"]["skipped"]  # type: ignore[index]
     assert any("2.0.0 (range" in s for s in skipped) and any("(held" in s for s in skipped)
+    status_file = tmp_path / "status.json"  # as the daemon leaves it for `status`
+    status_file.write_text(json.dumps({"updated_at": time.time(), **target.status_data()}))
+    text = target.status(status_file, {})
+    assert "follows" in text and "^1.0: running 1.1.0@" in text, text
+    assert "newest published 2.0.0" in text and f"held 1.2.0@{v.digests['1.2.0'][:19]}" in text

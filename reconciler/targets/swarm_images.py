@@ -140,6 +140,10 @@ class SwarmImages:
 
     def status(self) -> dict[str, dict[str, object]]:
         out: dict[str, dict[str, object]] = {}
+        records = self.states.all()
         for name in self.looker.looks:
-            out[name] = dict(self.looker.status(name) or {}, error=self._errors.get(name))
+            held = list(records[name].held) if name in records else []
+            out[name] = dict(
+                self.looker.status(name) or {}, error=self._errors.get(name), held=held
+            )
         return out
