@@ -128,17 +128,19 @@ class PolicyLooker:
         )
 
     def ended(self, svc_name: str, image: str, ref: str, kind: str) -> None:
-        """The rollout of a taken version ended: completed, or rolled back and held."""
-        held = kind != "completed"
+        """The rollout of a taken version ended: completed, rolled_back (held) or paused."""
+        text = {
+            "completed": "runs",
+            "rolled_back": "rolled back and held (not retried until a newer version)",
+        }.get(kind, f"rollout {kind}")
         self.record(
             Event(
                 "image_update",
                 service=svc_name,
-                message=f"{repository(image)}:{ref} "
-                + ("rolled back and held (not retried until a newer version)" if held else "runs"),
+                message=f"{repository(image)}:{ref} {text}",
                 trigger="image policy",
-                cause="rollout failed" if held else "rollout completed",
-                result="error" if held else "success",
+                cause=f"rollout {kind}",
+                result="success" if kind == "completed" else "error",
                 data={"image": f"{repository(image)}:{ref}"},
             )
         )
