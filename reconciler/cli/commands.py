@@ -14,6 +14,7 @@ from reconciler.cli.progress import ProgressView, objects_in
 from reconciler.cli.snapshots import restore, snapshots
 from reconciler.config import secrets
 from reconciler.core.policy import Denial
+from reconciler.ops.image_lock import check_lock, lock_path, read_lock
 from reconciler.ops.lock import ProjectLock, status_path
 from reconciler.ops.metrics import Metrics
 from reconciler.runtime.conditions import ENGINE_UNREACHABLE_AFTER_S
@@ -67,10 +68,11 @@ def _show(r: Done) -> None:
 
 def _apply(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
     _require(kind, args.take_over_compose, "takes_over_compose", "--take-over-compose")
+    settings = locked_settings(args, desired)  # --locked, --lock-file (image lock file)
     lock = ProjectLock(desired.project, args.lock_dir)
     lock.acquire(role="reconciler apply")
     try:
-        target = kind.open(desired, _recording(args, kind, desired))
+        target = kind.open(desired, settings)
         if args.take_over_compose and not target.take_over(_show, log_only=False):
             return EXIT_ERROR
         if getattr(args, "view", False):  # a terminal: one line per object, N/M
@@ -93,6 +95,23 @@ def _apply(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
     elif not applied.results and not problems:
         print(f"{desired.project}: in sync")
     return EXIT_OK if applied.ok and not problems else EXIT_ERROR
+
+
+def locked_settings(args: argparse.Namespace, desired: Desired) -> Settings:
+    """apply's settings: where the image lock file is, and with --locked what it pins (a
+    stale lock raises LockStale, before anything is touched)."""
+    path = lock_path(desired.project, args.state_dir, args.lock_file)
+    locked = None
+    if args.locked:
+        names = [s.name for s in desired.services]
+        found = read_lock(path)
+        locked = check_lock(path, found, desired.project, desired.digest, names)
+    return Settings(
+        state_dir=args.state_dir,
+        image_lock=path,
+        locked=locked,
+        record=history.sink(args, desired.project, "host" if args.target is None else args.target),
+    )
 
 
 def _run(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:

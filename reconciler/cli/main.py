@@ -27,6 +27,7 @@ from reconciler.config import policy_file, profiles, secrets, strict_modes, web_
 from reconciler.core.policy import Denial
 from reconciler.errors import DesiredStateError, EngineUnavailable, LockHeld, NotASwarmManager
 from reconciler.ops import logs
+from reconciler.ops.image_lock import LockStale
 from reconciler.runtime.signals import SignalRelay
 from reconciler.targets.base import Desired
 
@@ -124,7 +125,7 @@ def _main(args: argparse.Namespace, signals: SignalRelay | None) -> int:
     except (EngineUnavailable, NotASwarmManager) as exc:
         error(f"error: {exc}")
         return EXIT_ERROR
-    except (LockHeld, Unsupported) as exc:
+    except (LockHeld, Unsupported, LockStale) as exc:
         error(f"error: {exc}")
         return EXIT_INPUT
 

@@ -114,6 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if name == "apply":
             p.add_argument(
+                "--locked",
+                action="store_true",
+                help="run exactly the images of the lock file (refused when it is stale: the "
+                "file changed since, or a service is missing from it)",
+            )
+            p.add_argument(
+                "--lock-file",
+                type=Path,
+                default=None,
+                help="the image lock file to write (and read with --locked), e.g. next to the "
+                "file (default <state-dir>/<project>.images.lock.json)",
+            )
+            p.add_argument(
                 "--timeout",
                 type=float,
                 default=600.0,

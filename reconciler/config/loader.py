@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -41,6 +42,7 @@ from reconciler.config.rules import check
 from reconciler.config.schema import DesiredStateDef
 from reconciler.config.snapshot_keys import snapshot_policies, with_snapshots
 from reconciler.config.tree import tree_digest
+from reconciler.config.update_policy import update_policies
 from reconciler.config.yamlread import Document, YamlError, compose, read
 from reconciler.core.desired import DesiredState
 from reconciler.errors import DesiredStateError
@@ -173,6 +175,7 @@ def parse_parts(
         report.add(f"(top level): must be a mapping, not {kind}", mark=doc.mark(()))
         raise report.error()
     snapshots = snapshot_policies(data, report, doc, host=checks is None)  # x-reconciler
+    policies = update_policies(data, doc, report)  # x-reconciler.update, before the strip
     data = without_extensions(data)
     definition = None
     try:
@@ -232,7 +235,10 @@ def parse_parts(
         networks=state.networks,
         volumes=state.volumes,
         services=tuple(
-            with_snapshots(with_access(svc, definition, base_dir, doc), snapshots)
+            replace(
+                with_snapshots(with_access(svc, definition, base_dir, doc), snapshots),
+                update_policy=policies.get(svc.name),
+            )
             for svc in state.services
         ),
         source=source,

@@ -11,6 +11,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from reconciler.core.image_policy import UpdatePolicy
+
 LABEL_MANAGED = "io.reconciler.managed"
 LABEL_PROJECT = "io.reconciler.project"
 LABEL_SERVICE = "io.reconciler.service"
@@ -332,6 +334,7 @@ class ServiceSpec:
     replicas: tuple[ContainerSpec, ...]
     pull: PullPolicy = "missing"
     pull_every_s: float | None = None  # follow the tag: ask the registry this often
+    update_policy: UpdatePolicy | None = None  # x-reconciler.update: a range, cooldown, window
     build: BuildSpec | None = None
     depends_on: tuple[str, ...] = ()
     # depends_on conditions other than service_started, as (service, condition).

@@ -36,7 +36,7 @@ EventKind = Literal[
     "reload_rejected",
 ]
 
-Result = Literal["success", "error", "skipped", "firing", "resolved"]
+Result = Literal["success", "error", "skipped", "started", "firing", "resolved"]
 
 
 @dataclass(frozen=True, slots=True)

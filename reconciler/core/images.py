@@ -19,8 +19,10 @@ CHECK_BACKOFF_MAX_S = 300.0
 
 
 def follows(svc: ServiceSpec) -> bool:
-    """Whether the daemon checks the service's tag on a schedule (a periodic pull_policy)."""
-    return svc.pull_every_s is not None and svc.build is None
+    """Whether the daemon checks the service's tag on a schedule (a periodic pull_policy, or
+    an update policy: x-reconciler.update)."""
+    followed = svc.pull_every_s is not None or svc.update_policy is not None
+    return followed and svc.build is None
 
 
 def unpinned(image: str) -> str:
@@ -41,6 +43,33 @@ def pin(svc: ServiceSpec, digest: str) -> ServiceSpec:
     replicas = tuple(replace(c, image=ref, spec_hash="") for c in svc.replicas)
     revision = hashlib.sha256(f"{svc.revision}@{digest}".encode()).hexdigest()
     return replace(svc, image=ref, replicas=replicas, revision=revision)
+
+
+def pin_tag(svc: ServiceSpec, tag: str, digest: str) -> ServiceSpec:
+    """`svc` running another tag of its repository at `digest` (an update policy's choice,
+    or a lock file's): `repo:11.7.1@sha256:...`."""
+    if not digest:
+        return svc
+    repo = repository(svc.image)
+    ref = f"{repo}:{tag}@{digest}"
+    replicas = tuple(replace(c, image=ref, spec_hash="") for c in svc.replicas)
+    key = digest if tag == tag_of(svc.image) else f"{tag}@{digest}"  # the file's tag: as pin()
+    revision = hashlib.sha256(f"{svc.revision}@{key}".encode()).hexdigest()
+    return replace(svc, image=ref, replicas=replicas, revision=revision)
+
+
+def repository(image: str) -> str:
+    """`registry:5000/app` of `registry:5000/app:1.2@sha256:x` (a port is not a tag)."""
+    name = unpinned(image)
+    head, sep, tail = name.rpartition(":")
+    return head if sep and "/" not in tail else name
+
+
+def tag_of(image: str) -> str:
+    """The tag of a reference (`latest` when none is written)."""
+    name = unpinned(image)
+    repo = repository(name)
+    return name[len(repo) + 1 :] if name != repo else "latest"
 
 
 def pin_all(desired: DesiredState, digest: Callable[[str], str | None]) -> DesiredState:

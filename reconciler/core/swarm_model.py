@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from reconciler.core.actions import BaseAction, CreateMissing, RemoveOwned
@@ -303,3 +303,14 @@ class SwarmPlan:
 def describe(action: SwarmAction) -> str:
     """One line for humans (core.actions.describe, for either target)."""
     return describe_any(action)
+
+
+def with_image(svc: SwarmService, image: str) -> SwarmService:
+    """`svc` running `image` instead (an update policy's or a lock file's `repo:tag@digest`):
+    a new spec, so a new revision that Swarm rolls out with its update_config."""
+    spec = svc.spec
+    spec["TaskTemplate"]["ContainerSpec"]["Image"] = image
+    spec["Labels"].pop(LABEL_SPEC_HASH, None)
+    digest = spec_hash(spec)
+    spec["Labels"][LABEL_SPEC_HASH] = digest
+    return replace(svc, spec_json=json.dumps(spec, sort_keys=True), spec_hash=digest)

@@ -108,6 +108,13 @@ class Metrics:
             ["service", "result"],
             registry=r,
         )
+        self.image_update_skipped = Counter(
+            "reconciler_image_update_skipped",
+            "Newer image versions (or digests) an update policy did not take, by service and "
+            "reason: range, cooldown, window, held (counted once per version and reason).",
+            ["service", "reason"],
+            registry=r,
+        )
         self.docker_up = Gauge("reconciler_docker_up", "1 when the engine answers.", registry=r)
         self.docker_errors = Counter(
             "reconciler_docker_errors",

@@ -114,7 +114,7 @@ class Gate:
             return None
         now = self.clock()
         if event.kind in NEWS:
-            if event.result == "error":
+            if event.result != "success":  # a skipped version, a start, a failure: no news
                 return None
             key: tuple[str, ...] = (event.service, event.kind, event.message)
             last = self._told.get(key)

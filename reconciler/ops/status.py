@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ def tag_line(svc: ServiceSpec, containers: tuple[ObservedContainer, ...], tag: A
             digest = im.digest_of(c.image) or "?"
             running[digest[:19]] = running.get(digest[:19], 0) + 1
     runs = ", ".join(f"{d} ({n})" for d, n in sorted(running.items())) or "nothing"
+    if svc.update_policy is not None and tag:
+        return policy_line(svc, runs if len(running) != 1 else "", sum(running.values()), tag)
     line = f"  {svc.name}: follows {im.unpinned(svc.image)} every {every:g}s: running {runs}"
     if tag and tag.get("checked_at"):
         at = time.strftime("%H:%M:%S", time.localtime(float(tag["checked_at"])))
@@ -50,6 +53,31 @@ def tag_line(svc: ServiceSpec, containers: tuple[ObservedContainer, ...], tag: A
     if tag and tag.get("error"):
         line += f"; last ask failed: {tag['error']}"
     return line
+
+
+def policy_line(svc: ServiceSpec, runs: str, replicas: int, tag: Any) -> str:
+    """`  web: follows app ^11.6: running 11.6.3@sha256:ab.. (2), newest allowed ..., newest
+    published ..., held ...` and why newer versions were skipped."""
+    policy = svc.update_policy
+    rule = policy.semver if policy and policy.semver else f"tag {im.tag_of(svc.image)}"
+    now = runs or _short(str(tag.get("running") or ""))  # runs: "" unless mixed
+    line = f"  {svc.name}: follows {im.repository(svc.image)} {rule}: running {now or '-'}"
+    line += f" ({replicas})" if not runs else ""
+    for key in ("newest_allowed", "newest_published"):
+        line += f", {key.replace('_', ' ')} {_short(str(tag.get(key) or '-'))}"
+    held = [_short(str(h)) for h in tag.get("held") or []]
+    line += f", held {', '.join(held) if held else '-'}"
+    for skipped in tag.get("skipped") or []:
+        line += f"\n    skipped {skipped}"
+    if tag.get("error"):
+        line += f"; last ask failed: {tag['error']}"
+    return line
+
+
+def _short(ref: str) -> str:
+    """`11.6.3@sha256:abcdef012345` (a digest cut to 12 hex digits)."""
+    tag, _, digest = ref.partition("@")
+    return f"{tag}@{digest[:19]}" if digest else tag
 
 
 def rollout_state(
@@ -79,6 +107,7 @@ def render_status(
     status_file: Path | None = None,
     store: Any = None,
     denied: Mapping[str, str] | None = None,
+    pin: Callable[[ServiceSpec], ServiceSpec] | None = None,
 ) -> str:
     """service, desired, running, healthy, restarts, image, rollout — plus a line per broken
     replica. `store` (a StateStore) gives each service's rollout record; `denied` the rules
@@ -88,7 +117,9 @@ def render_status(
     live = {c.name: c for c in observed.containers}
     loops = read_crashloops(status_file) if status_file else {}
     tags = read_crashloops(status_file, "images") if status_file else {}
-    if any(im.follows(s) for s in desired.services):
+    if pin is not None:  # the adapter's own pins (update policies, --locked)
+        desired_now = replace(desired, services=tuple(map(pin, desired.services)))
+    elif any(im.follows(s) for s in desired.services):
         desired_now = im.pin_all(desired, engine.local_digest)  # followed tags run pinned
     else:
         desired_now = desired
@@ -129,7 +160,7 @@ def render_status(
                 str(running),
                 str(healthy),
                 str(restarts),
-                svc.image,
+                svc.image if svc.update_policy is None else im.unpinned(pinned[svc.name].image),
                 f"denied ({denied[svc.name]})"
                 if svc.name in denied
                 else rollout_state(pinned[svc.name], record, observed.containers),

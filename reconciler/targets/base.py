@@ -67,6 +67,8 @@ class Settings:
     metrics: Metrics | None = None
     cancelled: Callable[[], bool] = lambda: False
     record: Record = discard  # what happened (core.events): history, notifications
+    image_lock: Path | None = None  # the image lock file (None: <state-dir>/<project>...)
+    locked: Mapping[str, str] | None = None  # apply --locked: service -> repo:tag@digest
 
 
 class Named(Protocol):

@@ -28,6 +28,7 @@ from reconciler.engine.swarm.engine import SwarmEngine, TaskCounts, check_manage
 from reconciler.errors import ActionFailed, EngineUnavailable, NotASwarmManager
 from reconciler.ops.metrics import Metrics
 from reconciler.ops.state_store import JsonStore
+from reconciler.ops.status import policy_line, read_crashloops
 from reconciler.targets.base import (
     RESYNC,
     ApplyReport,
@@ -42,6 +43,7 @@ from reconciler.targets.base import (
 from reconciler.targets.decisions import Decisions
 from reconciler.targets.swarm_conditions import SwarmConditions
 from reconciler.targets.swarm_explain import explain_swarm
+from reconciler.targets.swarm_images import SwarmImages
 
 log = structlog.get_logger("reconciler")
 SETTLE_S = 1.0  # Swarm is at work (an update, tasks not yet where they should be): look again
@@ -127,6 +129,7 @@ class SwarmTarget:
         self._update_states: dict[str, str] = {}  # Swarm's UpdateStatus.State, last seen
         self.conditions = SwarmConditions(settings.record)  # what may notify (core.events)
         self.decisions = Decisions()  # what `status` shows of the daemon's choices
+        self.images = SwarmImages(self.engine, desired.project, settings)  # x-reconciler.update
 
     # ------------------------------------------------------------------ the daemon's seam
 
@@ -191,16 +194,18 @@ class SwarmTarget:
         )
 
     def status_data(self) -> Mapping[str, object]:
-        return {"decisions": self.decisions.data()}
+        return {"decisions": self.decisions.data(), "images": self.images.status()}
 
     def close(self) -> None:
         pass
 
     # ------------------------------------------------------------------ one pass
 
-    def held(self, observed: sp.SwarmObserved) -> dict[str, str]:
+    def held(
+        self, observed: sp.SwarmObserved, desired: sp.SwarmDesired | None = None
+    ) -> dict[str, str]:
         """Judge Swarm's rollbacks against our records (and persist what changed)."""
-        desired = self.desired
+        desired = desired or self.desired
         with self._lock:
             recs = self.records.all()
             pushed = {k: r.pushed for k, r in recs.items() if r.pushed}
@@ -228,13 +233,19 @@ class SwarmTarget:
 
     def the_plan(self, only: str | None = None) -> tuple[sp.SwarmPlan, sp.SwarmObserved]:
         observed = self.engine.observe(self.desired.project)
-        the_plan = sp.plan(self.desired, observed, self.held(observed), only=only)
+        desired = self.images.resolve(self.desired)  # update policies' and --locked images
+        failed = self.held(observed, desired)
+        self.images.judge(self.desired, observed, failed)
+        desired = self.images.resolve(self.desired)  # a rolled-back version: the one before
+        the_plan = sp.plan(desired, observed, failed, only=only)
         if self.hold_removals:  # the file may be half written: remove nothing yet
             kept = tuple(a for a in the_plan.actions if a.verb != "remove")
             the_plan = sp.SwarmPlan(kept, the_plan.notes)
         return the_plan, observed
 
     def run(self, only: str | None = None, trigger: str = "manual") -> tuple[sp.SwarmPlan, Pass]:
+        if only is None:
+            self.images.look(self.desired, time.time())  # the daemon: registries when due
         the_plan, observed = self.the_plan(only)
         done = Pass(notes=tuple(map(str, the_plan.notes)), drift=len(the_plan.actions))
         done.trigger = trigger
@@ -360,6 +371,7 @@ class SwarmTarget:
         )
 
     def apply_report(self) -> ApplyReport:
+        self.images.write_lock(self.desired)  # what apply ran, for --locked
         problems = []
         for svc in self.desired.services:
             record = self.records.get(svc.name) or SwarmRecord()
@@ -374,7 +386,14 @@ class SwarmTarget:
 
     def status(self, status_file: Path, denials: Mapping[str, str]) -> str:
         observed = self.engine.observe(self.desired.project)
-        return render_status(self.desired, observed, self.tasks(), self.records, denials)
+        counts = self.tasks()
+        text = render_status(self.desired, observed, counts, self.records, denials)
+        followed = SwarmImages.policies(self.desired)  # update policies: what the daemon saw
+        for name, seen in read_crashloops(status_file, "images").items():
+            if name in followed:
+                running = counts.get(f"{self.desired.project}_{name}", TaskCounts(0, 0, 0))
+                text += "\n" + policy_line(followed[name], "", running.running, seen)
+        return text
 
     def down(self, *, volumes: bool) -> tuple[Done, ...]:
         the_plan = sp.plan_down(self.desired, self.engine.observe(self.desired.project))

@@ -14,6 +14,7 @@ import docker
 from reconciler.core.actions import EnsureImage
 from reconciler.core.actions import HostAction as Action
 from reconciler.core.healing import LastRun
+from reconciler.core.image_policy import Published
 from reconciler.core.observed import Observed, ObservedContainer
 from reconciler.core.takeover import ForeignContainer
 from reconciler.engine.host import observe as reads
@@ -105,6 +106,12 @@ class Engine:
         """The digest the registry gives `image` (a tag) now, with the credentials a pull would
         use, without pulling a layer (the engine's distribution inspect: one manifest HEAD)."""
         return self._images.registry_digest(image)
+
+    def registry_tags(self, image: str) -> list[str]:
+        return self._images.registry_tags(image)
+
+    def published(self, image: str, tag: str) -> Published:
+        return self._images.published(image, tag)
 
     def image_id(self, image: str) -> str | None:
         return self._images.image_id(image)

@@ -6,18 +6,18 @@ Called by `engine.host.engine.Engine`; the runtime's image work and tag follower
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 import docker
 import docker.auth
 import docker.errors
-from docker.utils import config as docker_config
 from docker.utils import parse_repository_tag
 
 from reconciler.core.actions import EnsureImage
 from reconciler.core.desired import LABEL_BUILD_HASH, BuildSpec
+from reconciler.core.image_policy import Published
+from reconciler.engine import registry
 from reconciler.engine.client import Transfers, docker_errors
 from reconciler.errors import ActionFailed
 
@@ -56,7 +56,8 @@ class Images:
         self.api = api
         self._call = call
         self.transfers = Transfers()
-        self._auth_stamp: tuple[str, int, int] | None = None  # the credentials file last read
+        self._credentials = registry.Credentials(api)
+        self.registry = registry.for_api(api, self._credentials.reload)
 
     def present(self, image: str) -> bool:
         try:
@@ -91,6 +92,16 @@ class Images:
             self._call("distribution_inspect")
             found = self.api.inspect_distribution(image)
         return str((found.get("Descriptor") or {}).get("digest") or "")
+
+    def registry_tags(self, image: str) -> list[str]:
+        """Every tag of `image`'s repository in its registry (the pull's credentials)."""
+        self._call("registry_tags")
+        return self.registry.tags(image)
+
+    def published(self, image: str, tag: str) -> Published:
+        """`tag` of `image`'s repository in the registry: its digest and creation time."""
+        self._call("registry_manifest")
+        return self.registry.published(image, tag)
 
     def image_id(self, image: str) -> str | None:
         try:
@@ -183,15 +194,7 @@ class Images:
     def reload_credentials(self) -> None:
         """docker-py reads $DOCKER_CONFIG/config.json (or ~/.docker/config.json) once: read it
         again when it changed (a `docker login` since), so a pull uses the current login."""
-        path = docker_config.find_config_file()
-        try:
-            st = os.stat(path) if path else None
-        except OSError:
-            st = None
-        stamp = (path, st.st_mtime_ns, st.st_size) if path and st else None
-        if stamp != self._auth_stamp:
-            self.api.reload_config()
-            self._auth_stamp = stamp
+        self._credentials.reload()
 
     def built_by(self, action: EnsureImage) -> bool | None:
         """Whether the local image was built from this build definition (its

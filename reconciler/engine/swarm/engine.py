@@ -19,6 +19,7 @@ import docker
 import docker.errors
 from docker.types import IPAMConfig, IPAMPool
 
+from reconciler.core.image_policy import Published
 from reconciler.core.swarm_model import (
     CreateService,
     CreateSwarmConfig,
@@ -37,6 +38,7 @@ from reconciler.core.swarm_model import (
     UpdateService,
 )
 from reconciler.engine.client import docker_errors, owned
+from reconciler.engine.host.images import Images
 from reconciler.errors import ActionFailed, NotASwarmManager
 
 RUNNING_STATES = ("starting", "running")
@@ -84,6 +86,20 @@ def swarm_problem(info: dict[str, Any]) -> str | None:
 class SwarmEngine:
     def __init__(self, api: docker.APIClient) -> None:
         self.api = api
+        self._images = Images(api, lambda operation: None)  # update policies' pulls
+
+    # ------------------------------------------------------------------ update policies
+
+    def registry_tags(self, image: str) -> list[str]:
+        return self._images.registry_tags(image)
+
+    def published(self, image: str, tag: str) -> Published:
+        return self._images.published(image, tag)
+
+    def pull(self, image: str, timeout_s: float = 600.0) -> None:
+        """Pull `image` onto this node with the current login (a policy's chosen version, so
+        the task finds it here; other nodes pull it themselves)."""
+        self._images.pull(image, f"image {image}", timeout_s, lambda line: None)
 
     # ------------------------------------------------------------------ observe
 

@@ -20,7 +20,6 @@ from reconciler.config import loader
 from reconciler.core import rollout as ro
 from reconciler.core.actions import describe
 from reconciler.core.desired import DesiredState
-from reconciler.core.images import pin_all
 from reconciler.core.notes import Note
 from reconciler.core.planner import Holds, foreign_namespaces
 from reconciler.core.planner import plan as plan_of
@@ -30,6 +29,8 @@ from reconciler.engine.client import FALLBACK_API_VERSION, connect
 from reconciler.engine.events import follow
 from reconciler.engine.host.engine import Engine
 from reconciler.errors import EngineUnavailable
+from reconciler.ops.image_lock import lock_path
+from reconciler.ops.image_state import ImageStates
 from reconciler.ops.snapshot_store import SnapshotStore
 from reconciler.ops.state_store import StateStore
 from reconciler.ops.status import render_status
@@ -133,6 +134,12 @@ class HostTarget:
             if settings.prune_images
             else None,
             record=settings.record,
+            image_options={
+                "states": ImageStates(desired.project, settings.state_dir),
+                "record": settings.record,
+                "lock_file": lock_path(desired.project, settings.state_dir, settings.image_lock),
+                "locked": settings.locked,
+            },
         )
         self.snapshots = VolumeSnapshots(
             self.engine,
@@ -231,7 +238,8 @@ class HostTarget:
     def plan(self) -> PlanReport:
         desired = self.desired
         engine = self.engine
-        desired = pin_all(desired, engine.local_digest)  # a followed tag runs pinned
+        pinned = tuple(map(self.controller.images.pinned, desired.services))
+        desired = replace(desired, services=pinned)  # followed tags, policies, --locked
         notes: list[str] = []
         services, rollouts = [], {}
         for svc in desired.services:
@@ -272,6 +280,7 @@ class HostTarget:
         )
 
     def apply_report(self) -> ApplyReport:
+        self.controller.images.write_image_lock()  # what apply resolved, for --locked
         desired = self.desired
         held = clashes(desired, self.engine.others(desired.project))
         problems = []
@@ -322,7 +331,8 @@ class HostTarget:
 
     def status(self, status_file: Path, denials: Mapping[str, str]) -> str:
         desired = self.desired
-        text = render_status(desired, self.engine, status_file, self.store, dict(denials))
+        text = render_status(desired, self.engine, status_file, self.store, dict(denials),
+                             pin=self.controller.images.pinned)  # fmt: skip
         lines = [f"note: {line}" for line in clashes(desired, self.engine.others(desired.project))]
         return "\n".join([text, *lines])
 

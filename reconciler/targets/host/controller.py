@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -90,6 +90,7 @@ class Controller:
         ledger: ImageLedger | None = None,
         record: Record = discard,
         snapshots: VolumeSnapshots | None = None,
+        image_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.engine = engine
         self.desired = desired
@@ -131,6 +132,7 @@ class Controller:
             pull_timeout_s=pull_timeout_s,
             follow_tags=follow_tags,
             ledger=ledger,
+            **(image_options or {}),  # x-reconciler.update: states, record, lock file, locked
         )
         self.heals = FastHeal(
             engine,

@@ -7,22 +7,29 @@ schedule; a moved tag is pulled and rolled out), and --prune-images. Owned by th
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
 
 import structlog
 
+from reconciler.core import image_policy as ip
 from reconciler.core import images as im
 from reconciler.core import rollout as ro
 from reconciler.core.actions import EnsureImage
 from reconciler.core.desired import DesiredState, ServiceSpec
+from reconciler.core.events import Record, discard
 from reconciler.core.healing import HealingBook
 from reconciler.engine.host.engine import Engine
 from reconciler.errors import ActionFailed, Deferred
+from reconciler.ops.image_lock import ImageLock, write_lock
+from reconciler.ops.image_state import ImageStates
 from reconciler.ops.state_store import StateStore
 from reconciler.targets.base import Outcome, image_key, service_key
 from reconciler.targets.host.executor import StepResult
 from reconciler.targets.host.image_ledger import ImageLedger
 from reconciler.targets.host.service_metrics import ServiceMetrics
+from reconciler.targets.image_updates import PolicyLooker
 
 log = structlog.get_logger("reconciler")
 
@@ -44,6 +51,10 @@ class ImageFollower:
         pull_timeout_s: float,
         follow_tags: bool,
         ledger: ImageLedger | None,
+        states: ImageStates | None = None,
+        record: Record = discard,
+        lock_file: Path | None = None,
+        locked: Mapping[str, str] | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -62,6 +73,13 @@ class ImageFollower:
         self._updating: dict[str, str] = {}  # service -> new digest pulled, rollout to come
         self._images_ready: dict[str, EnsureImage] = {}  # service -> image made present
         self._images_wanted: dict[str, EnsureImage] = {}
+        # x-reconciler.update: the chosen versions (state dir), the looks, the lock file.
+        self.states = states
+        self.looker = PolicyLooker(
+            engine, record=record, metrics=reporter.metrics, clock=lambda: self._clock()
+        )
+        self.lock_file = lock_file
+        self.locked = dict(locked or {})  # apply --locked: service -> repo:tag@digest
 
     def _service(self, service: str) -> ServiceSpec | None:
         return next((s for s in self._desired().services if s.name == service), None)
@@ -78,8 +96,15 @@ class ImageFollower:
     def pinned(self, svc: ServiceSpec) -> ServiceSpec:
         """A service that follows its tag, pinned to the digest the tag has locally (looked up
         once, again after each pull or check of it)."""
+        if svc.name in self.locked:
+            ref = self.locked[svc.name]
+            return im.pin_tag(svc, im.tag_of(ref), im.digest_of(ref))
         if not im.follows(svc):
             return svc
+        if svc.update_policy is not None and self.states is not None:
+            rec = self.states.get(svc.name, svc.image)
+            if rec.digest:
+                return im.pin_tag(svc, rec.tag, rec.digest)
         tag, digest = self._pins.get(svc.name, ("", None))
         if tag != svc.image:  # not looked up yet, or the file names another tag now
             digest = self.engine.local_digest(svc.image)
@@ -115,9 +140,11 @@ class ImageFollower:
             self._prune_wanted.add(service)  # the old image may be unused now
             self._enqueue(image_key(service), 0.0)
         if service in self._updating and event.kind in ("completed", "rolled_back", "paused"):
-            digest = self._updating.pop(service, "")
+            digest = self._updating.get(service, "")
+            self._policy_ended(service, event.kind)
+            self._updating.pop(service, None)
             svc = self._service(service)
-            if event.kind == "completed" and svc is not None:
+            if event.kind == "completed" and svc is not None and svc.update_policy is None:
                 self.reporter.conditions.image_updated(service, svc.image, digest, event.revision)
             self.reporter.count_update(
                 service, "updated" if event.kind == "completed" else event.kind
@@ -125,15 +152,20 @@ class ImageFollower:
 
     def tags(self) -> dict[str, dict[str, object]]:
         """The followed tags, for `reconciler status` (JSON-ready)."""
-        return {
-            name: {
+        out: dict[str, dict[str, object]] = {}
+        for name, c in list(self._tags.items()):
+            out[name] = {
                 "newest": c.newest,
                 "checked_at": c.checked_at,
                 "next_at": c.next_at,
                 "error": c.error or None,
             }
-            for name, c in list(self._tags.items())
-        }
+            policy = self.looker.status(name)
+            if policy is not None and self.states is not None:
+                svc = self._service(name)
+                held = self.states.get(name, svc.image).held if svc else []
+                out[name].update(policy, held=list(held))
+        return out
 
     # ------------------------------------------------------------------ image keys
 
@@ -196,11 +228,14 @@ class ImageFollower:
         service roll out to it. A registry that fails changes nothing and is asked again
         with back-off."""
         svc = self._service(service)
-        if svc is None or not im.follows(svc) or svc.pull_every_s is None:
+        if svc is None or not im.follows(svc):
             self._tags.pop(service, None)
             return Outcome()
-        every, now = svc.pull_every_s, self._clock()
+        every = svc.pull_every_s or ip.DEFAULT_CHECK_EVERY_S
+        now = self._clock()
         check = self._tags.get(service, im.TagCheck())
+        if svc.update_policy is not None and self.states is not None:
+            return self._check_policy(svc, check, now)
         if check.image != svc.image:  # another tag since: ask at once
             check = im.TagCheck(image=svc.image)
         if now < check.next_at:
@@ -244,6 +279,95 @@ class ImageFollower:
         if result:
             self.reporter.count_update(service, result)
         return Outcome(requeue_after=every)
+
+    def _check_policy(self, svc: ServiceSpec, check: im.TagCheck, now: float) -> Outcome:
+        """x-reconciler.update: let the policy choose among the registry's versions (or the
+        tag's new digest); pull the one taken and let the service roll out to it."""
+        assert self.states is not None
+        service, policy = svc.name, svc.update_policy or ip.UpdatePolicy()
+        every = svc.pull_every_s or ip.DEFAULT_CHECK_EVERY_S
+        if check.image != svc.image:
+            check = im.TagCheck(image=svc.image)
+        if now < check.next_at:
+            return Outcome(requeue_after=check.next_at - now)
+        if service in self._updating:  # a taken version is rolling out: look after it ends
+            return Outcome(requeue_after=every)
+        rec = self.states.get(service, svc.image)
+        try:
+            local = None if rec.digest else self.engine.local_digest(svc.image)
+            look = self.looker.look(svc, rec, local)
+            take = look.decision.take
+            if take is not None:
+                ref = f"{im.repository(svc.image)}:{take.tag}"
+                self._image_job(EnsureImage(service, ref, "always", reason="update policy"))
+                digest = self.engine.local_digest(ref) or take.digest
+                if rec.digest or local:  # an update of what runs (not the first pull)
+                    base = rec if rec.digest else replace(rec, tag=im.tag_of(svc.image),
+                                                          digest=local or "")  # fmt: skip
+                    self.states.put(service, base.taken(take.tag, digest))
+                    self._updating[service] = f"{take.tag}@{digest}"
+                    self.looker.taken(svc, f"{take.tag}@{digest}", look.running)
+                else:
+                    self.states.put(service, replace(rec, tag=take.tag, digest=digest))
+                self._pins.pop(service, None)
+                self._enqueue(service_key(service), 0.0)
+        except ActionFailed as exc:
+            check = im.failed(check, now, every, str(exc))
+            self._tags[service] = check
+            log.warning("image check failed; what runs is left alone", service=service,
+                        image=svc.image, error=str(exc),
+                        retry_s=round(check.next_at - now, 3))  # fmt: skip
+            self.reporter.count_update(service, "error")
+            return Outcome(requeue_after=check.next_at - now, errors=1)
+        delay = ip.recheck_after(look.decision, policy, now, every)
+        checked = im.checked(check, now, every, look.decision.newest_published)
+        self._tags[service] = replace(checked, next_at=now + delay)
+        if take is None:
+            self.reporter.count_update(service, "unchanged")
+        self.write_image_lock()
+        return Outcome(requeue_after=delay)
+
+    def _policy_ended(self, service: str, kind: str) -> None:
+        """The rollout of a version the policy took ended: a failure holds it (and the
+        previous version is chosen again, the one the rollback runs)."""
+        svc = self._service(service)
+        if svc is None or svc.update_policy is None or self.states is None:
+            return
+        rec = self.states.get(service, svc.image)
+        ref = rec.pending or self._updating.get(service, "")
+        if kind == "rolled_back" and rec.pending:
+            self.states.put(service, rec.rolled_back())
+            log.warning("image update rolled back and held", service=service, image=ref)
+        elif rec.pending:
+            self.states.put(service, replace(rec, pending=""))
+        self.looker.ended(service, svc.image, ref, kind)
+        self._pins.pop(service, None)
+        self._enqueue(service_key(service), 0.0)
+        self.write_image_lock()
+
+    def resolved_images(self) -> dict[str, str]:
+        """service -> the `repo:tag@digest` it runs (or is asked to), for the lock file; a
+        service whose image came from no registry (built, or never pulled) is left out."""
+        out = {}
+        for svc in self._desired().services:
+            ref = self.pinned(svc).image
+            if "@" not in ref and svc.build is None:
+                digest = self.engine.local_digest(ref)
+                ref = f"{ref}@{digest}" if digest else ref
+            if "@" in ref:
+                out[svc.name] = ref
+        return out
+
+    def write_image_lock(self) -> None:
+        """Rewrite the lock file (when one is kept) with what every service resolves to."""
+        if self.lock_file is None or self.locked:
+            return
+        desired = self._desired()
+        try:
+            images = self.resolved_images()
+            write_lock(self.lock_file, ImageLock(desired.project, desired.digest, images))
+        except (ActionFailed, OSError) as exc:
+            log.warning("image lock file not written", path=str(self.lock_file), error=str(exc))
 
     def _image_job(self, action: EnsureImage) -> None:
         """Pull for a followed tag on this (image) worker; raise ActionFailed."""

@@ -1,0 +1,195 @@
+"""Image update policies for real: Debian's docker-registry on 127.0.0.1 with htpasswd, several
+versions of a small busybox image pushed by the test, and the daemon following `^1.0` of it:
+the newest version in the range runs (2.0.0 skipped for the range), a never-healthy 1.2.0 is
+rolled back and held, 1.3.0 is taken, a cooldown and a closed window (real time) hold 1.4.0
+back until the window opens; then the lock file, `apply --locked`, and a stale lock refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+
+from tests.conftest import DaemonProcess, run_cli, wait_for
+from tests.registrykit import DEADLINE_S, Registry, docker_cli, login, running_registry
+
+pytestmark = pytest.mark.docker
+
+
+class Versions:
+    """Builds distinct small images (a label; /healthy when good) and pushes each as a
+    version tag, as a release pipeline would (through localhost:PORT, its own login)."""
+
+    def __init__(self, api: docker.APIClient, registry: Registry, busybox: str, work: Path):
+        self.api, self.busybox = api, busybox
+        port = registry.address.rsplit(":", 1)[1]
+        self.path = f"reconciler-test-{uuid.uuid4().hex[:10]}/app"
+        self.repo = f"{registry.address}/{self.path}"  # what the daemon follows
+        self._remote = f"localhost:{port}/{self.path}"
+        self.config = work / "pusher-config"
+        self.config.mkdir()
+        login(self.config, replace(registry, address=f"localhost:{port}"))
+        self.ids: list[str] = []
+        self.digests: dict[str, str] = {}
+
+    def push(self, tag: str, healthy: bool = True) -> str:
+        lines = [f"FROM {self.busybox}", f"LABEL version={tag} marker={uuid.uuid4().hex}"]
+        if healthy:
+            lines.append('RUN ["/bin/touch", "/healthy"]')
+        source = f"{self._remote}:{tag}"
+        for chunk in self.api.build(
+            fileobj=io.BytesIO("\n".join(lines).encode()), tag=source, rm=True, decode=True
+        ):
+            assert "error" not in chunk, chunk
+        self.ids.append(self.api.inspect_image(source)["Id"])
+        pushed = docker_cli(self.config, "push", source)
+        assert pushed.returncode == 0, pushed.stderr
+        digest = str(self.api.inspect_image(source)["RepoDigests"][0].partition("@")[2])
+        self.api.remove_image(source)  # the tag only: the image id stays (self.ids)
+        self.digests[tag] = digest
+        return digest
+
+    def cleanup(self) -> None:
+        for ref in self.ids:
+            with contextlib.suppress(docker.errors.APIError):
+                self.api.remove_image(ref, force=True)
+
+
+@pytest.fixture
+def versions(
+    api: docker.APIClient, busybox_image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Versions]:
+    folder = tmp_path / "docker-config"
+    folder.mkdir()
+    monkeypatch.setenv("DOCKER_CONFIG", str(folder))
+    with running_registry() as registry:
+        v = Versions(api, registry, busybox_image, tmp_path)
+        login(folder, registry)  # the daemon's own login (DOCKER_CONFIG)
+        try:
+            yield v
+        finally:
+            v.cleanup()
+
+
+def running_tags(api: docker.APIClient, project: str) -> list[str]:
+    """`tag@digest` of each running container of the project (the pinned refs)."""
+    cs = api.containers(filters={"label": f"io.reconciler.project={project}"})
+    return sorted(
+        str(c["Image"]).rsplit("/", 1)[1].partition(":")[2] for c in cs if c["State"] == "running"
+    )
+
+
+def service(v: Versions, **update: Any) -> dict[str, Any]:
+    return {
+        "services": {
+            "app": {
+                "image": f"{v.repo}:1.0.0",
+                "pull_policy": "every_2s",
+                "x-reconciler": {"update": {"semver": "^1.0", **update}},
+                "init": True,
+                "command": ["sleep", "100000"],
+                "healthcheck": {
+                    "test": ["CMD", "test", "-f", "/healthy"],
+                    "interval": "1s",
+                    "retries": 2,
+                },
+                "drain_period": "0s",
+                "stop_grace_period": "1s",
+                "deploy": {"update_config": {"monitor": "1s"}},
+            }
+        }
+    }
+
+
+def test_a_range_is_followed_a_bad_version_held_cooldown_window_and_the_lock_file(
+    versions: Versions,
+    api: docker.APIClient,
+    project: str,
+    write_state: Callable[..., Path],
+    daemon: Callable[..., DaemonProcess],
+    state_directory: Path,
+) -> None:
+    v = versions
+    for tag in ("1.0.0", "1.1.0", "2.0.0"):
+        v.push(tag)
+    path = write_state(service(v))
+    d = daemon(path)
+
+    def ref(tag: str) -> str:
+        return f"{tag}@{v.digests[tag]}"
+
+    def skipped(reason: str) -> float:
+        return d.metric("reconciler_image_update_skipped_total", service="app", reason=reason) or 0
+
+    # 1. The newest version inside ^1.0 runs; 2.0.0 is skipped for the range.
+    wait_for(lambda: running_tags(api, project) == [ref("1.1.0")], DEADLINE_S, what="1.1.0")
+    wait_for(lambda: skipped("range") >= 1, DEADLINE_S, what="2.0.0 skipped for the range")
+
+    # 2. A never-healthy 1.2.0: rolled back to 1.1.0 and held (in the state dir).
+    v.push("1.2.0", healthy=False)
+    wait_for(lambda: skipped("held") >= 1, DEADLINE_S, what="1.2.0 rolled back and held")
+    wait_for(lambda: running_tags(api, project) == [ref("1.1.0")], DEADLINE_S, what="1.1.0 again")
+    states = json.loads((state_directory / f"{project}.image-policy.json").read_text())
+    assert states["app"]["held"] == [ref("1.2.0")]
+    started = len(d.events("rollout started"))
+    looks = d.metric("reconciler_image_updates_total", service="app", result="unchanged") or 0
+    wait_for(
+        lambda: (
+            (d.metric("reconciler_image_updates_total", service="app", result="unchanged") or 0)
+            >= looks + 3
+        ),
+        DEADLINE_S,
+        what="three more looks",
+    )
+    assert len(d.events("rollout started")) == started  # held: not retried
+
+    # 3. A newer good version ends the hold.
+    v.push("1.3.0")
+    wait_for(lambda: running_tags(api, project) == [ref("1.3.0")], DEADLINE_S, what="1.3.0")
+
+    # 4. Cooldown: 1.4.0 is a minute old at most, the policy wants an hour.
+    write_state(service(v, cooldown="1h"))
+    v.push("1.4.0")
+    wait_for(lambda: skipped("cooldown") >= 1, DEADLINE_S, what="1.4.0 skipped (cooldown)")
+    status = run_cli("status", str(path), "--lock-dir", str(d.log_path.parent))
+    out = status.stdout
+    assert f"running 1.3.0@{v.digests['1.3.0'][:19]}" in out, out
+    assert "newest published 2.0.0" in out and f"held 1.2.0@{v.digests['1.2.0'][:19]}" in out, out
+    assert "(cooldown: published" in out, out
+
+    # 5. A window (real time): opens at each minute for 10 s. Edit while it is closed.
+    wait_for(lambda: 15 <= time.time() % 60 <= 40, 70, interval=0.5, what="a closed window")
+    write_state(service(v, window={"cron": "* * * * *", "duration": "10s"}))
+    wait_for(lambda: skipped("window") >= 1, DEADLINE_S, what="1.4.0 skipped (window)")
+    assert running_tags(api, project) == [ref("1.3.0")]
+    wait_for(lambda: running_tags(api, project) == [ref("1.4.0")], 120, what="1.4.0 in the window")
+    assert [e for e in d.events("image update taken") if "1.4.0" in e.get("image", "")]
+    assert d.stop() == 0
+
+    # 6. The lock file: what ran, for this file; --locked runs it; a stale lock is refused.
+    lock_file = state_directory / f"{project}.images.lock.json"
+    lock = json.loads(lock_file.read_text())
+    assert lock["images"] == {"app": f"{v.repo}:{ref('1.4.0')}"}
+    beside = path.parent / "images.lock.json"
+    beside.write_text(lock_file.read_text())
+    applied = run_cli("apply", str(path), "--locked", "--lock-file", str(beside))
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert running_tags(api, project) == [ref("1.4.0")]
+    doc = service(v, window={"cron": "* * * * *", "duration": "10s"})
+    doc["services"]["app"]["environment"] = {"EDITED": "1"}
+    write_state(doc)
+    stale = run_cli("apply", str(path), "--locked", "--lock-file", str(beside))
+    assert stale.returncode == 2, stale.stdout + stale.stderr
+    assert "is stale: the file (or a config or .env it uses) changed" in stale.stderr, stale.stderr
+    assert running_tags(api, project) == [ref("1.4.0")]  # nothing touched
