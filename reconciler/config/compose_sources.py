@@ -63,6 +63,33 @@ def from_environment(environ: Mapping[str, str]) -> list[Path]:
     return [Path(p) for p in text.split(sep) if p]
 
 
+DEFAULT_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
+
+
+def chosen(
+    positional: Path | None,
+    given: Sequence[Path] | None,
+    environ: Mapping[str, str],
+    default: Path | None = None,
+) -> Path:
+    """The file(s) a command reads, as compose chooses them: `-f` files (after a file
+    named on its own), else COMPOSE_FILE, else `default` (none: compose's default names
+    in the current folder). Only a file not given with -f takes its override file."""
+    if given:
+        return files_path([*([positional] if positional else []), *given])
+    if positional is not None:
+        return positional
+    from_env = from_environment(environ)
+    if from_env:
+        return files_path(from_env)
+    if default is not None:
+        return default
+    for name in DEFAULT_NAMES:
+        if Path(name).is_file():
+            return Path(name)
+    return Path(DEFAULT_NAMES[0])
+
+
 def file_set(path: Path) -> tuple[list[Path], list[Path]]:
     """The files to merge for `path`, and the absent ones whose creation is a change: a
     path given alone (not with -f) takes its folder's override file, as compose's default."""
