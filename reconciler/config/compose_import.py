@@ -45,6 +45,11 @@ REASONS: dict[str, str] = {
     "ipv6_address": "fixed addresses are not supported",
     "content": "configs come from files only",
 }
+# service keys holding a list or mapping: written empty (null), compose reads them as empty
+_LISTS = frozenset(
+    {"environment", "labels", "ports", "volumes", "networks", "depends_on", "env_file",
+     "extra_hosts", "dns", "cap_add", "cap_drop", "expose", "secrets", "configs", "sysctls"}
+)  # fmt: skip
 _PATH_KEYS = ("env_file", "build")  # service keys whose relative paths are rewritten
 # deploy keys the schema has for `--target swarm` only: an import is for the single host.
 _SWARM_DEPLOY = frozenset({"placement", "mode", "restart_policy", "labels"})
@@ -223,7 +228,18 @@ class _Converter:
                     body["file"] = self._path(body["file"], bare=True)
         for name, svc in doc["services"].items():
             if isinstance(svc, CommentedMap):
+                self._empty_lists(name, svc)
                 self._service_paths(name, svc)
+
+    def _empty_lists(self, name: str, svc: CommentedMap) -> None:
+        """`environment:` with nothing (compose reads it as empty): left out; so is
+        `develop` (what `docker compose watch` syncs: `up` ignores it too)."""
+        if "develop" in svc:
+            self.note(svc, "develop", ("services", name, "develop"), "left out (compose watch)")
+            del svc["develop"]
+        for key in [k for k in svc if k in _LISTS and svc[k] is None]:
+            self.note(svc, key, ("services", name, key), "empty: left out")
+            del svc[key]
 
     def _name(self, section: str, defs: CommentedMap, key: str) -> None:
         """`<project>_<key>` unless name: or external: say otherwise (compose's names)."""

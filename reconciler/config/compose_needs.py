@@ -17,12 +17,14 @@ from reconciler.config.yamlread import Document, Mark
 from reconciler.config.yamlread import Path as DataPath
 
 PLACEHOLDER = "1"  # what a missing variable stands for while the import is validated
+PATH_PLACEHOLDER = "/stand-in"  # ... where it begins a bind mount's source (${DATA}/db:/x)
 
 
 @dataclass(frozen=True, slots=True)
 class Need:
     what: str  # "variable NAME" / "env file PATH"
     mark: Mark | None
+    stand_in: str = PLACEHOLDER
 
     def show(self, source: str) -> str:
         if self.mark is None:
@@ -40,7 +42,7 @@ class Needs:
 
     def stand_ins(self) -> dict[str, str]:
         """A value for each missing variable, to validate the import with."""
-        return dict.fromkeys(self.variables, PLACEHOLDER)
+        return {name: need.stand_in for name, need in self.variables.items()}
 
 
 def needs(
@@ -60,7 +62,8 @@ def needs(
         elif isinstance(node, str) and "$" in node:
             for name in unset_names(node, lookup):
                 if name not in found.variables:
-                    found.variables[name] = Need(f"variable {name}", positions.mark(path))
+                    stand_in = PATH_PLACEHOLDER if _begins_a_source(path, node) else PLACEHOLDER
+                    found.variables[name] = Need(f"variable {name}", positions.mark(path), stand_in)
 
     walk(data, ())
     services = data.get("services") if isinstance(data, Mapping) else None
@@ -77,3 +80,9 @@ def needs(
                 at = (*at, i) if isinstance(entries, list) else at
                 found.env_files.append(Need(f"env file {given}", positions.mark(at)))
     return found
+
+
+def _begins_a_source(path: DataPath, text: str) -> bool:
+    """services.S.volumes[i] (or its source) starting with a variable: a host path."""
+    volume = len(path) >= 4 and path[0] == "services" and path[2] == "volumes"
+    return volume and path[4:] in ((), ("source",)) and text.startswith("$")
