@@ -8,6 +8,8 @@ import os
 import shutil
 import subprocess
 import textwrap
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,8 @@ from reconciler.config import compose_merge, compose_sources, loader
 from reconciler.config.compose_tree import read_as_written
 from reconciler.config.yamlread import compose, core_value, read
 from reconciler.errors import DesiredStateError
+from reconciler.runtime.daemon import Daemon, Options
+from reconciler.targets.host import KIND as HOST
 
 
 def merged(*texts: str) -> Any:
@@ -390,3 +394,29 @@ def test_simple_merges_agree_with_docker_compose_config(tmp_path: Path) -> None:
     assert ours["volumes"][0] == "bar:/work" and theirs["volumes"][0].startswith("bar:/work")
     assert len(ours["volumes"]) == len(theirs["volumes"])
     assert {p.split(":")[-1] for p in ours["ports"]} == {str(p["target"]) for p in theirs["ports"]}
+
+
+def test_the_daemon_reloads_when_the_override_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The override file is an input like the main file: an edit is noticed by the watch
+    and read (with the same settle) as a reload."""
+    base = write(tmp_path, "compose.yaml", "services:\n  web:\n    image: nginx:1.25\n")
+    override = write(tmp_path, "compose.override.yaml", "services:\n  web:\n    image: nginx:1\n")
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")
+    options = Options(path=base, state_dir=tmp_path, lock_dir=tmp_path, settle=0.01)
+    d = Daemon(options, HOST, loader.load(base))
+    assert d.desired.service("web").replicas[0].image == "nginx:1"
+    thread = threading.Thread(target=d.reloader.loop, daemon=True)
+    thread.start()
+    try:
+        assert not d.reloader.changed()
+        override.write_text("services:\n  web:\n    image: nginx:1.27.3\n")
+        assert d.reloader.changed()
+        deadline = time.monotonic() + 30
+        while d.desired.service("web").replicas[0].image != "nginx:1.27.3":
+            assert time.monotonic() < deadline, "the override's edit was not reloaded"
+            time.sleep(0.05)
+    finally:
+        d.signals.stop.set()
+        thread.join(10)
