@@ -14,8 +14,10 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 from reconciler.cli.main import main
+from reconciler.ops import logs
 
 CORPUS = Path(__file__).parent / "data" / "compose-corpus"
 # The keys another change of issue 22 adds (build.args/target/..., profiles, links, ...).
@@ -49,8 +51,12 @@ def run_import(files: list[str], *, drop: bool) -> tuple[int, str]:
         argv += ["--drop-unsupported"] if drop else []
         err, out = io.StringIO(), io.StringIO()
         saved = {k: os.environ.pop(k) for k in CLEAN_ENV if k in os.environ}
-        try:
-            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:  # (main's log set-up is skipped: it would bind logs to `err`, gone after)
+            with (
+                contextlib.redirect_stderr(err),
+                contextlib.redirect_stdout(out),
+                mock.patch.object(logs, "configure"),
+            ):
                 code = main(argv)
         finally:
             os.environ.update(saved)

@@ -23,8 +23,16 @@ from reconciler.config import compose_merge, compose_sources, loader
 from reconciler.config.compose_tree import read_as_written
 from reconciler.config.yamlread import compose, core_value, read
 from reconciler.errors import DesiredStateError
+from reconciler.ops import logs
 from reconciler.runtime.daemon import Daemon, Options
 from reconciler.targets.host import KIND as HOST
+
+
+@pytest.fixture
+def in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`main()` called here: its log set-up would bind later tests' logs to this test's
+    captured stderr (closed by then)."""
+    monkeypatch.setattr(logs, "configure", lambda *_a, **_k: None)
 
 
 def merged(*texts: str) -> Any:
@@ -283,6 +291,7 @@ def test_the_daemons_file_merges_its_override_and_errors_name_the_override(tmp_p
     assert alone.service("web").replicas[0].image == "nginx:1.25"
 
 
+@pytest.mark.usefixtures("in_process")
 def test_cli_f_and_compose_file_choose_the_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -299,6 +308,7 @@ def test_cli_f_and_compose_file_choose_the_files(
     assert f"[from {a} + {b}]" in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("in_process")
 def test_import_keeps_variables_and_env_files_and_lists_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

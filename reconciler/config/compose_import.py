@@ -103,7 +103,7 @@ def import_compose(
     if compose_tree.needs_merge(paths):  # several files, extends, include, !reset...
         doc, files = compose_tree.merged_tree(paths)
     else:
-        doc = _load_one(path, yaml)
+        doc = compose_tree.load_one(path, yaml)
     if not isinstance(doc, CommentedMap) or not isinstance(doc.get("services"), CommentedMap):
         raise DesiredStateError(source, ["not a compose file: no services mapping"])
     conv = _Converter(doc, path.resolve().parent, output_dir.resolve(), project)
@@ -135,23 +135,6 @@ def import_compose(
         raise DesiredStateError(source, [f"cannot write the result: {exc}"]) from None
     converted = sorted(conv.converted, key=lambda f: (f.file, f.line, f.column))
     return Imported(out.getvalue(), conv.project, found, converted, positions, files, doc)
-
-
-def _load_one(path: Path, yaml: YAML) -> Any:
-    """One compose file as a round-trip tree (its comments, order and quoting kept)."""
-    source = str(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DesiredStateError(source, [f"cannot read: {exc.strerror}"]) from None
-    if len(raw) > loader.MAX_FILE_BYTES:
-        raise DesiredStateError(source, ["the file is larger than 4 MiB"])
-    try:
-        return yaml.load(raw.decode("utf-8", errors="strict"))
-    except (YAMLError, UnicodeDecodeError) as exc:
-        raise DesiredStateError(source, [f"cannot read as YAML: {exc}"]) from None
-    except RecursionError:
-        raise DesiredStateError(source, ["nested too deeply"]) from None
 
 
 def note_dropped(doc: CommentedMap, found: list[Finding], source: str) -> None:
@@ -248,6 +231,11 @@ class _Converter:
             body = defs[key] = CommentedMap()
         if not isinstance(body, CommentedMap) or str(key).startswith("x-"):
             return
+        labels = body.get("labels")
+        if isinstance(labels, CommentedSeq) and all(isinstance(x, str) for x in labels):
+            pairs = (str(x).partition("=") for x in labels)  # compose's `[k=v]`: a mapping
+            body["labels"] = CommentedMap((k, v) for k, _, v in pairs)
+            self.note(body, "labels", (section, key, "labels"), "[k=v] -> {k: v}")
         ext = body.get("external")
         if isinstance(ext, Mapping):  # version 2/3.x: external: {name: x}
             body["external"] = True

@@ -8,14 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import YAMLError
 
 from reconciler.config import compose_sources
 from reconciler.config.inputs import MAX_FILE_BYTES, TooLarge, read_limited
 from reconciler.config.yamlread import (
     STR,
     Document,
-    Mark,
     Scalar,
     YamlError,
     compose,
@@ -112,5 +113,18 @@ def origin(parent: Any, key: Any) -> str:
     return str(found.get(key, "")) if isinstance(found, dict) else ""
 
 
-def with_file(mark: Mark, file: str) -> Mark:
-    return Mark(mark.line, mark.column, file or None)
+def load_one(path: Path, yaml: YAML) -> Any:
+    """One compose file as a round-trip tree (its comments, order and quoting kept)."""
+    source = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DesiredStateError(source, [f"cannot read: {exc.strerror}"]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise DesiredStateError(source, ["the file is larger than 1 MiB"])
+    try:
+        return yaml.load(raw.decode("utf-8", errors="strict"))
+    except (YAMLError, UnicodeDecodeError) as exc:
+        raise DesiredStateError(source, [f"cannot read as YAML: {exc}"]) from None
+    except RecursionError:
+        raise DesiredStateError(source, ["nested too deeply"]) from None
