@@ -11,6 +11,6 @@ def test_the_corpus_imports_without_a_crash_and_keeps_its_rates() -> None:
     assert len(results) >= 100
     assert all(o.strict in (0, 2) and o.dropping in (0, 2) for o in results), report(results)
     n = len(results)
-    # README "Importing compose projects": 66 % strict, 98 % with --drop-unsupported today.
+    # README "Several files": 66 % strict, 98 % with --drop-unsupported today.
     assert sum(o.dropping == 0 for o in results) >= 0.9 * n, report(results)
     assert sum(o.strict == 0 for o in results) >= 0.6 * n, report(results)
