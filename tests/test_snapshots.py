@@ -47,7 +47,7 @@ def state(
     volumes: list[str] | None = None,
 ) -> DesiredState:
     svc: dict[str, Any] = {
-        "image": "app:1",
+        "image": "app:1.0.0",
         "replicas": replicas,
         "environment": {"REVISION": str(revision)},
         "volumes": volumes if volumes is not None else ["data:/var/lib/app", "conf:/etc/app:ro"],
@@ -55,7 +55,7 @@ def state(
         "deploy": {"update_config": update or {}},
     }
     if snapshots is not None:
-        svc["x-reconciler"] = {"snapshots": snapshots, "update": {"range": "^1"}}
+        svc["x-reconciler"] = {"snapshots": snapshots, "update": {"semver": "^1"}}
     doc = {
         "version": 1,
         "project": "p",

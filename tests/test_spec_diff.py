@@ -17,6 +17,7 @@ from reconciler.core import causes
 from reconciler.core import swarm_plan as sp
 from reconciler.core.desired import (
     ContainerSpec,
+    DeviceRequest,
     Healthcheck,
     NetworkAttachment,
     PortBinding,
@@ -44,6 +45,14 @@ BASE = ContainerSpec(
 # ContainerSpec field -> (a changed value, what `plan` prints of the change)
 HOST: dict[str, tuple[Any, list[str]]] = {
     "image": ("app:2", ["image app:1 -> app:2"]),
+    "device_requests": (
+        (DeviceRequest(capabilities=("gpu",)),),
+        [
+            "deploy.resources.reservations.devices (unset) -> "
+            '["driver (any), count all, capabilities gpu"]'
+        ],
+    ),
+    "build_digest": ("0123456789abcdef", ["build (unset) -> sha256:0123456789ab"]),
     "command": (("sleep", "1"), ['command (unset) -> ["sleep", "1"]']),
     "entrypoint": (("/bin/sh", "-c"), ['entrypoint (unset) -> ["/bin/sh", "-c"]']),
     "environment": (
@@ -100,6 +109,7 @@ HOST: dict[str, tuple[Any, list[str]]] = {
 OPTIONS: dict[str, tuple[Any, list[str]]] = {
     "expose": (("80/tcp",), ['expose (unset) -> ["80/tcp"]']),
     "cpus": (0.5, ["cpus (unset) -> 0.5"]),
+    "memswap_limit": (1 << 21, ["memswap_limit (unset) -> 2097152"]),
     "mem_limit": (1 << 20, ["mem_limit (unset) -> 1048576"]),
     "mem_reservation": (1 << 19, ["mem_reservation (unset) -> 524288"]),
     "pids_limit": (100, ["pids_limit (unset) -> 100"]),

@@ -1,4 +1,5 @@
-"""`reconciler import`: a desired-state file from a compose file."""
+"""`reconciler import`: a desired-state file from compose files (a translation: `${VAR}`
+and env_file entries stay as written; what must exist before it runs is listed)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ def every_profile(environ: dict[str, str]) -> dict[str, str]:
 
 def import_compose_file(args: argparse.Namespace) -> int:
     from reconciler.config.compose_import import compose_environment, import_compose
+    from reconciler.config.compose_needs import needs
 
     out_dir = (args.output.parent if args.output else Path.cwd()).resolve()
     try:
@@ -32,7 +34,8 @@ def import_compose_file(args: argparse.Namespace) -> int:
     except DesiredStateError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_INPUT
-    source = str(args.compose_file)
+    first = result.files[0] if result.files else Path(args.compose_file)
+    source = str(first)
     for f in result.unsupported:
         kind = "warning: dropped" if args.drop_unsupported else "error"
         print(f"{kind}: {f.show(source)}", file=sys.stderr)
@@ -43,14 +46,17 @@ def import_compose_file(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_INPUT
-    try:  # what the daemon would say of the file (the compose folder's .env gives ${VAR}),
-        desired_file.parse(  # pointing at the compose file's lines (the result is not written)
+    environ = compose_environment(first.resolve().parent)
+    wanted = needs(result.tree, result.positions, environ.get, out_dir)
+    try:  # what the daemon would say of the file once what it needs is there (the
+        desired_file.parse_parts(  # compose file's lines; the result is not written)
             result.text,
             source=source,
             base_dir=out_dir,
-            environ=every_profile(compose_environment(args.compose_file.resolve().parent)),
+            environ={**every_profile(environ), **wanted.stand_ins()},
             positions=result.positions,
             warn=lambda line: print(f"warning: {line}", file=sys.stderr),
+            provisional=True,
         )
     except DesiredStateError as exc:
         print(str(exc), file=sys.stderr)
@@ -65,4 +71,18 @@ def import_compose_file(args: argparse.Namespace) -> int:
         tmp.write_text(result.text)
         tmp.replace(args.output)
         print(f"wrote {args.output} (project {result.project})", file=sys.stderr)
+    services = list(result.tree.get("services", {}))
+    files = " + ".join(str(p) for p in result.files) or source
+    print(f"services ({len(services)}): {', '.join(map(str, services))} [from {files}]",
+          file=sys.stderr)  # fmt: skip
+    if result.unsupported:
+        print(
+            f"dropped: {len(result.unsupported)} key(s) (listed above; "
+            "a comment in the output marks each)",
+            file=sys.stderr,
+        )
+    if wanted.all():
+        print("to provide before it runs (the daemon refuses it until then):", file=sys.stderr)
+        for need in wanted.all():
+            print(f"  {need.show(source)}", file=sys.stderr)
     return EXIT_OK

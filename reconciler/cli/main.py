@@ -24,6 +24,7 @@ from reconciler.cli.importer import import_compose_file
 from reconciler.cli.parser import build_parser
 from reconciler.cli.reload import reload
 from reconciler.config import policy_file, profiles, secrets, strict_modes, web_config
+from reconciler.config.compose_sources import chosen
 from reconciler.core.policy import Denial
 from reconciler.errors import DesiredStateError, EngineUnavailable, LockHeld, NotASwarmManager
 from reconciler.ops import logs
@@ -35,7 +36,8 @@ from reconciler.targets.base import Desired
 def main(argv: Sequence[str] | None = None, signals: SignalRelay | None = None) -> int:
     """The CLI; returns the exit code. `signals`: handlers the entry point installed first."""
     args = build_parser().parse_args(argv)
-    with selected_profiles(args.profile):
+    _choose_files(args)
+    with selected_profiles(getattr(args, "profile", None)):
         if args.command == "import":  # prints the file it writes: nothing to redact there
             return _main(args, signals)
         with secrets.redacted_output():  # no printer shows what a secret-looking variable gave
@@ -58,6 +60,18 @@ def selected_profiles(names: list[str] | None) -> Iterator[None]:
             os.environ.pop(profiles.ENV, None)
         else:
             os.environ[profiles.ENV] = before
+
+
+def _choose_files(args: argparse.Namespace) -> None:
+    """`-f` files, COMPOSE_FILE or the file named: one path (`compose_sources.chosen`).
+    (`history`, `snapshots` and `restore` read one file's project name: their own -f.)"""
+    if not hasattr(args, "files"):
+        return
+    if args.command == "import":
+        args.compose_file = chosen(args.compose_file, args.files, os.environ)
+    else:
+        default = Path("desired_state.yaml")
+        args.file = chosen(args.file, args.files, os.environ, default)
 
 
 def _main(args: argparse.Namespace, signals: SignalRelay | None) -> int:

@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("down", "stop and remove the project's containers and networks (volumes: --volumes)"),
     ]:
         p = sub.add_parser(name, help=text, description=text)
-        p.add_argument("file", nargs="?", default="desired_state.yaml", type=Path)
+        p.add_argument("file", nargs="?", default=None, type=Path)
+        _file_options(p)
         if name in ("validate", "plan", "apply", "run", "status"):
             p.add_argument(
                 "--policy",
@@ -200,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert a compose file (version 2, 3.x or none) into a desired-state "
         "file; volumes and networks keep compose's names so their data is adopted.",
     )
-    imp.add_argument("compose_file", type=Path)
+    imp.add_argument("compose_file", nargs="?", default=None, type=Path)
+    _file_options(imp)
     imp.add_argument("--project", default=None, help="project name (default: compose's)")
     imp.add_argument("-o", "--output", type=Path, default=None, help="file to write (stdout)")
     imp.add_argument(
@@ -216,3 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave out the keys reconciler cannot carry (listed as warnings) instead of failing",
     )
     return parser
+
+
+def _file_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-f",
+        "--file",
+        dest="files",
+        action="append",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a compose file to merge over the ones before it (repeat; compose's rules); "
+        "default $COMPOSE_FILE, else the file named (with its folder's override file)",
+    )

@@ -23,7 +23,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 
-from reconciler.config import loader
+from reconciler.config import compose_sources, compose_tree, loader
 from reconciler.config.interpolation import parse_env_file
 from reconciler.config.names import project_from_folder
 from reconciler.config.schema import BUILD_SECRETS_REASON, DesiredStateDef
@@ -33,7 +33,6 @@ from reconciler.errors import DesiredStateError
 # Why a compose key has no place in a desired-state file (the README's table says the same).
 REASONS: dict[str, str] = {
     "external_links": "legacy: join the other container's network instead",
-    "extends": "merge the extended service in by hand",
     "volumes_from": "name the volumes themselves",
     "placement": "Swarm scheduling: one engine has nothing to place",
     "mode": "Swarm (global/replicated): use replicas",
@@ -41,9 +40,13 @@ REASONS: dict[str, str] = {
     "endpoint_mode": "Swarm's",
     "ipv6_address": "a fixed IPv6 address is not supported (ipv4_address is)",
     "content": "configs come from files only",
-    "include": "merge the included files by hand",
     "build.secrets": BUILD_SECRETS_REASON,  # in the schema, refused by the rules
 }
+# service keys holding a list or mapping: written empty (null), compose reads them as empty
+_LISTS = frozenset(
+    {"environment", "labels", "ports", "volumes", "networks", "depends_on", "env_file",
+     "extra_hosts", "dns", "cap_add", "cap_drop", "expose", "secrets", "configs", "sysctls"}
+)  # fmt: skip
 _PATH_KEYS = ("env_file", "build")  # service keys whose relative paths are rewritten
 # deploy keys the schema has for `--target swarm` only: an import is for the single host.
 _SWARM_DEPLOY = frozenset({"placement", "mode", "restart_policy", "labels"})
@@ -57,9 +60,11 @@ class Finding:
     column: int
     path: str
     message: str
+    file: str = ""  # the compose file it is in ("": the one given)
 
     def show(self, source: str) -> str:
-        where = f"{source}:{self.line}:{self.column}" if self.line else source
+        file = self.file or source
+        where = f"{file}:{self.line}:{self.column}" if self.line else file
         return f"{where}: {self.path}: {self.message}"
 
 
@@ -71,6 +76,8 @@ class Imported:
     converted: list[Finding] = field(default_factory=list)
     # Where each value of `text` was in the compose file: the loader's errors point there.
     positions: Document = field(default_factory=lambda: Document(None))
+    files: list[Path] = field(default_factory=list)  # every compose file read
+    tree: Any = None  # the converted round-trip tree (what `text` is the dump of)
 
 
 def import_compose(
@@ -85,20 +92,15 @@ def import_compose(
     Unsupported keys are removed from the text only with `drop_unsupported` (the caller
     decides whether to write it at all).
     """
+    paths, _ = compose_sources.file_set(path)
+    path = paths[0]
     source = str(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DesiredStateError(source, [f"cannot read: {exc.strerror}"]) from None
-    if len(raw) > loader.MAX_FILE_BYTES:
-        raise DesiredStateError(source, ["the file is larger than 4 MiB"])
     yaml = _yaml()
-    try:
-        doc = yaml.load(raw.decode("utf-8", errors="strict"))
-    except (YAMLError, UnicodeDecodeError) as exc:
-        raise DesiredStateError(source, [f"cannot read as YAML: {exc}"]) from None
-    except RecursionError:
-        raise DesiredStateError(source, ["nested too deeply"]) from None
+    files = paths
+    if compose_tree.needs_merge(paths):  # several files, extends, include, !reset...
+        doc, files = compose_tree.merged_tree(paths)
+    else:
+        doc = compose_tree.load_one(path, yaml)
     if not isinstance(doc, CommentedMap) or not isinstance(doc.get("services"), CommentedMap):
         raise DesiredStateError(source, ["not a compose file: no services mapping"])
     conv = _Converter(doc, path.resolve().parent, output_dir.resolve(), project)
@@ -112,20 +114,44 @@ def import_compose(
     ]
     unsupported += whole
     unsupported.sort(key=lambda u: _where(u[0], u[1]))
-    found = [Finding(*_where(parent, key), _dotted(p), why) for parent, key, p, why in unsupported]
+    found = [
+        Finding(*_where(parent, key), _dotted(p), why, compose_tree.origin(parent, key))
+        for parent, key, p, why in unsupported
+    ]
     if drop_unsupported:  # list items last first, so the other indices stay right
         for parent, key, _, _ in sorted(
             unsupported, key=lambda u: u[1] if isinstance(u[1], int) else -1, reverse=True
         ):
             del parent[key]
+        note_dropped(doc, found, source)
     positions = _positions(doc)  # the compose file's line:column of every value still there
     out = io.StringIO()
     try:
         yaml.dump(doc, out)
     except (YAMLError, RecursionError) as exc:
         raise DesiredStateError(source, [f"cannot write the result: {exc}"]) from None
-    converted = sorted(conv.converted, key=lambda f: (f.line, f.column))
-    return Imported(out.getvalue(), conv.project, found, converted, positions)
+    converted = sorted(conv.converted, key=lambda f: (f.file, f.line, f.column))
+    return Imported(out.getvalue(), conv.project, found, converted, positions, files, doc)
+
+
+def note_dropped(doc: CommentedMap, found: list[Finding], source: str) -> None:
+    """A comment in the output where each dropped key was: before its service (or other
+    named definition), else at the top of the file."""
+    by_anchor: dict[tuple[str, str], list[str]] = {}
+    top: list[str] = []
+    for f in found:
+        parts = f.path.split(".")
+        line = f"dropped {f.show(source)}"
+        section = doc.get(parts[0]) if parts else None
+        name = parts[1].split("[")[0] if len(parts) > 2 else ""
+        if isinstance(section, CommentedMap) and name in section:
+            by_anchor.setdefault((parts[0], name), []).append(line)
+        else:
+            top.append(line)
+    for (section, name), lines in by_anchor.items():
+        doc[section].yaml_set_comment_before_after_key(name, before="\n".join(lines), indent=2)
+    if top:
+        doc.yaml_set_start_comment("reconciler import:\n" + "\n".join(top))
 
 
 def compose_environment(compose_dir: Path) -> dict[str, str]:
@@ -157,7 +183,8 @@ class _Converter:
         self.converted: list[Finding] = []
 
     def note(self, parent: Any, key: Any, path: tuple[Any, ...], message: str) -> None:
-        self.converted.append(Finding(*_where(parent, key), _dotted(path), message))
+        file = compose_tree.origin(parent, key)
+        self.converted.append(Finding(*_where(parent, key), _dotted(path), message, file))
 
     def convert(self) -> None:
         doc = self.doc
@@ -181,7 +208,18 @@ class _Converter:
                     body["file"] = self._path(body["file"], bare=True)
         for name, svc in doc["services"].items():
             if isinstance(svc, CommentedMap):
+                self._empty_lists(name, svc)
                 self._service_paths(name, svc)
+
+    def _empty_lists(self, name: str, svc: CommentedMap) -> None:
+        """`environment:` with nothing (compose reads it as empty): left out; so is
+        `develop` (what `docker compose watch` syncs: `up` ignores it too)."""
+        if "develop" in svc:
+            self.note(svc, "develop", ("services", name, "develop"), "left out (compose watch)")
+            del svc["develop"]
+        for key in [k for k in svc if k in _LISTS and svc[k] is None]:
+            self.note(svc, key, ("services", name, key), "empty: left out")
+            del svc[key]
 
     def _name(self, section: str, defs: CommentedMap, key: str) -> None:
         """`<project>_<key>` unless name: or external: say otherwise (compose's names)."""
@@ -190,6 +228,11 @@ class _Converter:
             body = defs[key] = CommentedMap()
         if not isinstance(body, CommentedMap) or str(key).startswith("x-"):
             return
+        labels = body.get("labels")
+        if isinstance(labels, CommentedSeq) and all(isinstance(x, str) for x in labels):
+            pairs = (str(x).partition("=") for x in labels)  # compose's `[k=v]`: a mapping
+            body["labels"] = CommentedMap((k, v) for k, _, v in pairs)
+            self.note(body, "labels", (section, key, "labels"), "[k=v] -> {k: v}")
         ext = body.get("external")
         if isinstance(ext, Mapping):  # version 2/3.x: external: {name: x}
             body["external"] = True
@@ -352,15 +395,17 @@ def _positions(doc: Any) -> Document:
             for key in node:
                 here = (*path, str(key))
                 line, col = _where(node, key)
+                file = compose_tree.origin(node, key) or None
                 if line:
-                    found.key_marks[here] = Mark(line, col)
-                    found.marks[here] = _value_mark(node, key) or Mark(line, col)
+                    found.key_marks[here] = Mark(line, col, file)
+                    value = _value_mark(node, key) or Mark(line, col)
+                    found.marks[here] = Mark(value.line, value.column, file)
                 walk(node[key], here)
         elif isinstance(node, CommentedSeq):
             for i, item in enumerate(node):
                 line, col = _where(node, i)
                 if line:
-                    found.marks[(*path, i)] = Mark(line, col)
+                    found.marks[(*path, i)] = Mark(line, col, compose_tree.origin(node, i) or None)
                 walk(item, (*path, i))
 
     with_root = getattr(doc, "lc", None)

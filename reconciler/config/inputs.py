@@ -202,8 +202,12 @@ class EnvFiles:
         lookup: Callable[[str], str | None],
         report: Report,
         doc: Document,
+        provisional: bool = False,
     ) -> None:
+        """`provisional` (`reconciler import`): a file not there yet is listed in `absent`,
+        not reported (it must exist before the daemon runs)."""
         self.values: dict[str, dict[str, str]] = {}
+        self.absent: list[tuple[str, DataPath]] = []
         self.digests: dict[str, str] = {}
         self.base_dir = base_dir
         parsed: dict[Path, dict[str, str] | str] = {}  # the values, or why they cannot be read
@@ -223,6 +227,8 @@ class EnvFiles:
                 values = parsed[path]
                 if isinstance(values, dict):
                     merged.update(values)
+                elif values == _ABSENT and provisional:
+                    self.absent.append((given, at))
                 elif values != _ABSENT or required:
                     report.add(f"env file {given!r} {values} ({path})", at, doc.mark(at))
             self.values[name] = merged

@@ -24,7 +24,12 @@ _OPERATORS = (":-", ":?", ":+", "-", "?", "+")
 
 
 class InterpolationError(ValueError):
-    """A reference that cannot be substituted; the message names the variable only."""
+    """A reference that cannot be substituted; the message names the variable only.
+    `name`: the variable that is not set (None for a malformed reference)."""
+
+    def __init__(self, message: str, name: str | None = None) -> None:
+        super().__init__(message)
+        self.name = name
 
 
 @dataclass(slots=True)
@@ -83,7 +88,7 @@ class _Interpolator:
                 out.append(self._braced(text[j + 2 : end], depth))
                 i = end + 1
             elif (m := _NAME.match(text, j + 1)) is not None:
-                out.append(self._value(m.group()))
+                out.append(self._value(m.group(), braced=False))
                 i = m.end()
             else:
                 out.append("$")  # `$1`, `$ `, a trailing `$`: kept, as compose does
@@ -93,19 +98,27 @@ class _Interpolator:
     def _bad(self, what: str) -> str:
         return f"invalid interpolation: {what} (write $$ for a literal $)"
 
-    def _value(self, name: str) -> str:
+    def _value(self, name: str, *, braced: bool = True) -> str:
         self.result.names.add(name)
         value = self.lookup(name)
         if value is None:
-            if self.hide:
+            if self.hide and not braced:  # `$abc` in a secret may be a piece of it: unquoted
                 raise InterpolationError(
                     "a $ reference in this value names a variable that is not set "
-                    "(write $$ for a literal $, or quote the value in an env file with '...')"
+                    "(write $$ for a literal $, or quote the value in an env file with '...')",
+                    name,
+                )
+            if self.hide:  # ${NAME} in a secret: surely a reference, and a name is no secret
+                raise InterpolationError(
+                    f"variable {name} is not set (a $ reference in this value; write $$ for "
+                    "a literal $, or quote the value in an env file with '...')",
+                    name,
                 )
             raise InterpolationError(
                 f"variable {name} is not set and has no default "
                 f"(set it in the environment or in .env, or write ${{{name}:-default}}; "
-                "$$ is a literal $)"
+                "$$ is a literal $)",
+                name,
             )
         return self._used(name, value)
 
@@ -133,13 +146,36 @@ class _Interpolator:
             if value is None or (op == ":?" and empty):
                 why = "is missing a value" if value is None else "is empty"
                 raise InterpolationError(
-                    f"required variable {name} {why}" + (f": {arg}" if arg else "")
+                    f"required variable {name} {why}" + (f": {arg}" if arg else ""), name
                 )
             return self._used(name, value)
         # ":+" / "+": the replacement when set (and not empty, for ":+")
         if value is None or (op == ":+" and empty):
             return ""
         return self._used(name, self.run(arg, depth + 1))
+
+
+def unset_names(text: str, lookup: Lookup) -> list[str]:
+    """The variables `text` needs that `lookup` does not give (a default is no need);
+    [] also when the text is malformed (the loader says why)."""
+    found: list[str] = []
+    given: dict[str, str] = {}
+
+    def look(name: str) -> str | None:
+        value = lookup(name)
+        return value if value is not None else given.get(name)
+
+    for _ in range(64):
+        try:
+            interpolate(text, look)
+        except InterpolationError as exc:
+            if exc.name is None or exc.name in given:
+                return found
+            found.append(exc.name)
+            given[exc.name] = "1"
+            continue
+        return found
+    return found
 
 
 def _closing_brace(text: str, start: int) -> int:

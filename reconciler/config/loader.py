@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
@@ -21,7 +21,7 @@ from typing import NamedTuple
 import structlog
 from pydantic import ValidationError
 
-from reconciler.config import profiles, secrets
+from reconciler.config import compose_sources, profiles, secrets
 from reconciler.config.access import with_access
 from reconciler.config.forms import port_text
 from reconciler.config.inputs import (
@@ -84,11 +84,25 @@ def load(path: str | Path) -> DesiredState:
 
 def load_parts(path: str | Path, checks: Checks | None = None) -> Parsed:
     """`load`, keeping what a target other than the single host renders from (`checks`:
-    that target's own rules, reported with the others)."""
-    path = Path(path)
+    that target's own rules, reported with the others). A `compose_sources.Files` path
+    (`-f`, COMPOSE_FILE) is several files merged; a compose.yaml takes its override file."""
+    path = path if isinstance(path, Path) else Path(path)
+    files, absent = compose_sources.file_set(path)
+    raw = _read_file(files[0])
+    return parse_parts(
+        raw,
+        source=str(files[0]),
+        base_dir=files[0].resolve().parent,
+        checks=checks,
+        files=files,
+        absent=absent,
+    )
+
+
+def _read_file(path: Path) -> bytes:
     source = str(path)
     try:
-        raw = read_limited(path, MAX_FILE_BYTES)
+        return read_limited(path, MAX_FILE_BYTES)
     except FileNotFoundError:
         raise DesiredStateError(source, ["file not found"]) from None
     except TooLarge:
@@ -97,7 +111,32 @@ def load_parts(path: str | Path, checks: Checks | None = None) -> Parsed:
         ) from None
     except OSError as exc:
         raise DesiredStateError(source, [f"cannot read: {exc.strerror}"]) from exc
-    return parse_parts(raw, source=source, base_dir=path.resolve().parent, checks=checks)
+
+
+def _reader(
+    lookup: Callable[[str], str | None], report: Report, digests: dict[str, str]
+) -> compose_sources.Reader:
+    """How the merge reads each file: as the first, its problems raised at once."""
+
+    def read_one(path: Path) -> Document:
+        raw = _read_file(path)
+        digests[str(path)] = hashlib.sha256(raw).hexdigest()
+        own = Report(str(path))
+        text = decode(raw, own)
+        try:
+            node = compose(text)
+            doc = read(node, Scalars(lookup, own)) if node is not None else Document({})
+        except YamlError as exc:
+            own.add(exc.message, mark=exc.mark)
+            raise own.error() from None
+        for at, mark, message in doc.problems:
+            own.add(message, at, mark)
+        if own:
+            raise own.error()
+        report.secret_values |= own.secret_values
+        return doc
+
+    return read_one
 
 
 def parse(
@@ -139,8 +178,15 @@ def parse_parts(
     checks: Checks | None = None,
     positions: Document | None = None,
     warn: Callable[[str], None] | None = None,
+    files: Sequence[Path] = (),
+    absent: Sequence[Path] = (),
+    provisional: bool = False,
 ) -> Parsed:
-    """`parse`, returning the definition, document and renderer too (see `load_parts`)."""
+    """`parse`, returning the definition, document and renderer too (see `load_parts`).
+
+    `files`: the files `raw` is the first of, merged with compose's rules (extends and
+    include too); `absent`: files whose creation is a change (watched). `provisional`
+    (`reconciler import`): an env_file that is not there yet is no error."""
     env = os.environ if environ is None else environ
     report = Report(source)
     limit = replica_limit(max_replicas, env, report)
@@ -165,6 +211,12 @@ def parse_parts(
         doc.marks, doc.key_marks = positions.marks, positions.key_marks
     for path, mark, message in doc.problems:
         report.add(message, path, positions.mark(path) if positions else mark)
+    merged_digests: dict[str, str] = {str(p): "absent" for p in absent}
+    if files and (len(files) > 1 or compose_sources.needs_merge(doc)):
+        if report:
+            raise report.error()
+        read_one = _reader(dotenv.lookup, report, merged_digests)
+        doc = compose_sources.merge_files(files, read_one).doc
     data = doc.data
     if data is None:
         raise DesiredStateError(
@@ -204,7 +256,7 @@ def parse_parts(
         report.add(issue.message, issue.path, doc.mark(issue.at or issue.path))
     for issue in checks(definition, project) if checks else ():
         report.add(issue.message, issue.path, doc.mark(issue.at or issue.path))
-    env_files = EnvFiles(definition, base_dir, dotenv.lookup, report, doc)
+    env_files = EnvFiles(definition, base_dir, dotenv.lookup, report, doc, provisional)
     if report:
         raise report.error()
     renderer = Renderer(definition, project, base_dir, env_files.values, dotenv.lookup)
@@ -223,9 +275,14 @@ def parse_parts(
         report.add(issue.message, issue.path, doc.mark(issue.at or issue.path))
     if report:
         raise report.error()
-    files = {**renderer.config_digests, **env_files.digests, str(dotenv.path): dotenv.digest}
+    inputs = {
+        **merged_digests,  # the other compose files of the merge: a change is a reload
+        **renderer.config_digests,
+        **env_files.digests,
+        str(dotenv.path): dotenv.digest,
+    }
     h = hashlib.sha256(text.encode())
-    for file, file_digest in sorted(files.items()):
+    for file, file_digest in sorted(inputs.items()):
         h.update(f"\0{file}={file_digest}".encode())
     digest = h.hexdigest()  # the file, every config it mounts, .env and every env_file
     # What secret-looking variables gave: never printed (environment values never are).
@@ -244,7 +301,7 @@ def parse_parts(
         source=source,
         digest=digest,
         volume_templates=state.volume_templates,
-        watched=tuple(sorted(files)),
+        watched=tuple(sorted(inputs)),
         secrets=frozenset(report.secret_values | renderer.secret_values),
         dormant=selection.dormant,
     )

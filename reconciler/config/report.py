@@ -62,12 +62,13 @@ class Report:
     def lines(self) -> list[str]:
         def order(p: _Problem) -> tuple[int, str, int, int]:
             line, column = (p.mark.line, p.mark.column) if p.mark else (0, 0)
-            return (p.file is not None, p.file or "", line, column)
+            at = p.file or (p.mark.file if p.mark else None) or ""  # a merged file's own
+            return (p.file is not None, at, line, column)
 
         out: list[str] = []
         hide = [v for v in self.secret_values if len(v) >= secrets.MIN_LENGTH]
         for p in sorted(self.items, key=order):
-            file = p.file or self.source
+            file = p.file or (p.mark.file if p.mark else None) or self.source
             if p.mark is None:
                 where = f"{p.file}: " if p.file else ""
             elif p.file is not None or not p.mark.column:

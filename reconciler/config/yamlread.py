@@ -41,6 +41,8 @@ MAX_EXPANDED_BYTES = 4 * 1024 * 1024
 _Y = "tag:yaml.org,2002:"
 STR, NULL, BOOL, INT, FLOAT = (f"{_Y}{t}" for t in ("str", "null", "bool", "int", "float"))
 MAP, SEQ, MERGE, TIMESTAMP = (f"{_Y}{t}" for t in ("map", "seq", "merge", "timestamp"))
+# Compose's merge tags: kept in `Document.tags` for the merge (`compose_merge`) to apply.
+COMPOSE_TAGS = {"!reset": "reset", "!override": "override"}
 _CORE_INT = re.compile(r"[-+]?[0-9]+\Z")
 _CORE_OCT = re.compile(r"0o[0-7]+\Z")
 _CORE_HEX = re.compile(r"0x[0-9a-fA-F]+\Z")
@@ -53,6 +55,7 @@ _CORE_NAN = re.compile(r"\.(?:nan|NaN|NAN)\Z")
 class Mark:
     line: int  # 1-based
     column: int  # 1-based
+    file: str | None = None  # None: the file being read (set when several are merged)
 
     def __str__(self) -> str:
         return f"{self.line}:{self.column}"
@@ -195,6 +198,7 @@ class Document:
     marks: dict[Path, Mark] = field(default_factory=dict)  # where to point for a value
     key_marks: dict[Path, Mark] = field(default_factory=dict)  # the key of a mapping entry
     problems: list[tuple[Path, Mark, str]] = field(default_factory=list)
+    tags: dict[Path, str] = field(default_factory=dict)  # compose's !reset / !override
 
     def mark(self, path: Path, *, key: bool = False) -> Mark | None:
         """The mark of `path` (of its key with `key`), else of its nearest ancestor."""
@@ -264,6 +268,9 @@ class _Converter:
         self._count(node)
         mark = _mark(node.start_mark) or Mark(1, 1)
         self.doc.marks.setdefault(path, mark)
+        compose_tag = COMPOSE_TAGS.get(str(node.tag))
+        if compose_tag is not None:
+            self.doc.tags[path] = compose_tag
         if isinstance(node, ScalarNode):
             return self._scalar(node, path, mark)
         if depth >= MAX_DEPTH:
@@ -273,13 +280,13 @@ class _Converter:
         self.active.add(id(node))
         try:
             if isinstance(node, MappingNode):
-                if str(node.tag) != MAP:
+                if str(node.tag) not in (MAP, "!reset", "!override"):
                     raise YamlError(
                         f"unsupported tag {_tag_name(str(node.tag))} on a mapping", mark
                     )
                 return self._mapping(node, path, depth)
             if isinstance(node, SequenceNode):
-                if str(node.tag) != SEQ:
+                if str(node.tag) not in (SEQ, "!reset", "!override"):
                     raise YamlError(
                         f"unsupported tag {_tag_name(str(node.tag))} on a sequence", mark
                     )
@@ -292,6 +299,9 @@ class _Converter:
 
     def _scalar(self, node: ScalarNode, path: Path, mark: Mark) -> Any:
         tag = str(node.tag)
+        if tag in COMPOSE_TAGS:  # `!reset null`, `!override 8080`: typed as if untagged
+            text = str(node.value)
+            tag = core_tag(text) if node.style is None else STR
         if tag in (TIMESTAMP, MERGE):  # a date stays text; `<<` merges only as a key
             tag = STR
         if tag not in (STR, NULL, BOOL, INT, FLOAT):

@@ -97,6 +97,12 @@ def host_view(spec: ContainerSpec, hidden: frozenset[str] = frozenset()) -> View
         elif name == "config_digests":
             for target, digest in value:
                 view[f"configs.{target}"] = f"sha256:{digest[:12]}"
+        elif name == "device_requests":
+            devices = [d.describe() for d in value]
+            _put(view, "deploy.resources.reservations.devices", devices, hidden)
+        elif name == "build_digest":
+            if value:  # build args, target, labels...: the image is rebuilt
+                view["build"] = f"sha256:{value[:12]}"
         elif name == "options":
             _options(view, value, hidden)
         else:

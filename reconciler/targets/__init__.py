@@ -1,6 +1,7 @@
-"""Targets: where a project runs. Each module or package here (but `base`) is one adapter
-exposing `KIND` (a `base.TargetKind`); `--target NAME` picks it. A new target (Podman,
-Nomad, ...) is one new module here and nothing else."""
+"""Targets: where a project runs. Each module or package here whose name is in `ADAPTERS`
+is one adapter exposing `KIND` (a `base.TargetKind`); `--target NAME` picks it. The other
+modules are what adapters share (the seam `base`, conditions, image updates...). A new target
+(Podman, Nomad, ...) is one new module here and its name in `ADAPTERS`."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import pkgutil
 
 from reconciler.targets.base import TargetKind
 
+ADAPTERS = ("host", "swarm")
+
 
 def names() -> tuple[str, ...]:
     """The adapters there are, `host` first."""
-    found = {m.name for m in pkgutil.iter_modules(__path__) if m.name != "base"}
+    found = {m.name for m in pkgutil.iter_modules(__path__)} & set(ADAPTERS)
     return tuple(sorted(found, key=lambda n: (n != "host", n)))
 
 
