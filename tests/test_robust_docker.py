@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +128,10 @@ def test_daemon_start_on_a_just_written_file_holds_removals(
     done = run_cli("apply", str(path), "--lock-dir", str(tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr
     write_state({"services": {"web": svc}})
+    # "Just written" as the daemon sees it at start, however long a loaded machine takes to
+    # start it: the write is dated a little ahead, so it is younger than 5 s when read.
+    ahead = time.time() + 15
+    os.utime(path, (ahead, ahead))
     d = daemon(path, interval=60.0)
     wait_for(lambda: d.get("/readyz")[0] == 200, 60, what="the daemon's first pass")
     assert d.events(

@@ -631,7 +631,7 @@ def test_journal_lines_are_json(unit: SystemdHost) -> None:
     """Every line the unit's processes wrote to the journal (the daemon across its restarts,
     and `reconciler reload`) is one JSON object."""
     lines = unit.journal()
-    assert len(lines) > 10
+    assert len(lines) > 5  # a few passes at least (the checks below say which)
     events = set()
     for line in lines:
         entry = json.loads(line)
