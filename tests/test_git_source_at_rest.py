@@ -1,0 +1,66 @@
+"""What a followed repository leaves on this host: environment values sealed at rest in the
+rollout records (an age identity given), decrypted secrets removed from the tmpfs once no
+container binds them, and one process at a time on a checkout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyrage
+import pytest
+
+from reconciler.config import encrypted
+from reconciler.core.desired import ContainerSpec
+from reconciler.core.rollout import RolloutRecord
+from reconciler.ops.state_store import StateStore
+
+PLAIN = "DB_PASSWORD=from-an-age-file-" + "x" * 8
+
+
+def _record() -> RolloutRecord:
+    spec = ContainerSpec(
+        name="p-web-1", project="p", service="web", replica=1, image="busybox",
+        environment=(PLAIN, "GREETING=hi"),
+    )  # fmt: skip
+    return RolloutRecord(stable_revision="r1", stable=(spec, spec), rolling_revision="r2")
+
+
+def _identity(path: Path) -> None:
+    path.write_text(f"# key\n{pyrage.x25519.Identity.generate()}\n")
+    path.chmod(0o600)
+
+
+@pytest.fixture
+def identity(tmp_path: Path) -> Iterator[Path]:
+    key = tmp_path / "age.key"
+    _identity(key)
+    encrypted.configure(key)
+    yield key
+    encrypted.configure(None)
+
+
+def test_rollout_records_keep_environments_sealed(tmp_path: Path, identity: Path) -> None:
+    store = StateStore("p", tmp_path)
+    store.put("web", _record())
+    data = store.path.read_bytes()
+    assert PLAIN.encode() not in data and b"GREETING" not in data
+    assert StateStore("p", tmp_path).get("web") == _record()  # what a rollback returns to
+    assert StateStore("p", tmp_path).all() == {"web": _record()}
+    before = store.path.stat().st_mtime_ns
+    store.put("web", _record())  # the same record: not written again (sealing is random)
+    assert store.path.stat().st_mtime_ns == before
+
+    _identity(identity)  # another key: the record cannot be rolled back to, nothing wrong
+    encrypted.configure(Path(str(identity)))
+    other = StateStore("p", tmp_path).get("web")
+    assert other.stable == () and other.rolling_revision == "r2"
+
+
+def test_without_an_identity_records_are_as_before(tmp_path: Path) -> None:
+    encrypted.configure(None)
+    store = StateStore("p", tmp_path)
+    store.put("web", _record())
+    assert PLAIN.encode() in store.path.read_bytes()
+    assert StateStore("p", tmp_path).get("web") == _record()
