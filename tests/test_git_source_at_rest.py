@@ -15,6 +15,7 @@ from reconciler.config import encrypted
 from reconciler.core.desired import ContainerSpec
 from reconciler.core.rollout import RolloutRecord
 from reconciler.ops.state_store import StateStore
+from reconciler.runtime.git_checkout import Checkout, GitOptions, SourceError
 
 PLAIN = "DB_PASSWORD=from-an-age-file-" + "x" * 8
 
@@ -64,3 +65,15 @@ def test_without_an_identity_records_are_as_before(tmp_path: Path) -> None:
     store.put("web", _record())
     assert PLAIN.encode() in store.path.read_bytes()
     assert StateStore("p", tmp_path).get("web") == _record()
+
+
+def test_one_process_at_a_time_on_a_checkout(tmp_path: Path) -> None:
+    """`apply` beside a daemon that follows the same repository is refused before it fetches
+    into (or swaps) the daemon's tree."""
+    opts = GitOptions(url=str(tmp_path / "none.git"))
+    daemon = Checkout(opts, tmp_path / "co")
+    daemon.hold("reconciler daemon")
+    with pytest.raises(SourceError, match=r"a reconciler daemon \(pid \d+\) follows"):
+        Checkout(opts, tmp_path / "co").hold("reconciler apply")
+    assert not (tmp_path / "co" / "repo.git").exists()
+    Checkout(opts, tmp_path / "other").hold("reconciler apply")  # another checkout: free

@@ -88,6 +88,8 @@ def prepare(args: argparse.Namespace, kind: TargetKind) -> None:
             raise SourceError(f"{opts.shown_url}: no commit checked out yet in {root}")
         args.file = checkout.file
         return
+    # Before the first fetch: a daemon following the same repository owns this checkout.
+    checkout.hold("reconciler daemon" if args.command == "run" else f"reconciler {args.command}")
     sha = _fetch(args, checkout)
     args.file = checkout.file
     if sha is None or sha == checkout.in_force():
