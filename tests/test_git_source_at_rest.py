@@ -5,6 +5,8 @@ container binds them, and one process at a time on a checkout.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 from reconciler.config import encrypted
 from reconciler.core.desired import ContainerSpec
 from reconciler.core.rollout import RolloutRecord
+from reconciler.engine.host import secret_files
 from reconciler.ops.state_store import StateStore
 from reconciler.runtime.git_checkout import Checkout, GitOptions, SourceError
 
@@ -77,3 +80,40 @@ def test_one_process_at_a_time_on_a_checkout(tmp_path: Path) -> None:
         Checkout(opts, tmp_path / "co").hold("reconciler apply")
     assert not (tmp_path / "co" / "repo.git").exists()
     Checkout(opts, tmp_path / "other").hold("reconciler apply")  # another checkout: free
+
+
+class _Engine:
+    def __init__(self, sources: list[str]) -> None:
+        self.sources = sources
+
+    def containers(self, all: bool = False) -> list[dict[str, object]]:
+        return [{"Mounts": [{"Type": "bind", "Source": s}]} for s in self.sources]
+
+
+def test_decrypted_secrets_no_container_binds_are_removed(
+    tmp_path: Path, identity: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not Path("/dev/shm").is_dir():
+        pytest.skip("no /dev/shm")
+    monkeypatch.setenv("RUNTIME_DIRECTORY", "")
+    secret = tmp_path / "token.age"
+    recipient = pyrage.x25519.Identity.from_str(identity.read_text().split()[-1]).to_public()
+    paths = []
+    for n in range(3):
+        secret.write_bytes(pyrage.encrypt(f"version-{n}".encode(), [recipient]))
+        digest = f"{n:02d}" + os.urandom(16).hex()
+        paths.append(Path(secret_files.bind_source(str(secret), digest)))
+    try:
+        assert [p.read_text() for p in paths] == ["version-0", "version-1", "version-2"]
+        old = time.time() - 3600
+        for p in paths[:2]:
+            os.utime(p, (old, old))
+        engine = _Engine([str(paths[1])])  # version 1 is still bound; 0 by nothing
+        assert secret_files.forget_unused(engine) == [paths[0]]  # type: ignore[arg-type]
+        assert not paths[0].exists() and paths[1].exists()
+        assert paths[2].exists()  # just written: perhaps about to be bound
+        secret_files.bind_source(str(secret), "01" + paths[1].name[2:])  # bound again: fresh
+        assert secret_files.forget_unused(_Engine([])) == []  # type: ignore[arg-type]
+    finally:
+        for p in paths:
+            p.unlink(missing_ok=True)
