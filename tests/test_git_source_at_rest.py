@@ -17,6 +17,7 @@ from reconciler.config import encrypted
 from reconciler.core.desired import ContainerSpec
 from reconciler.core.rollout import RolloutRecord
 from reconciler.engine.host import secret_files
+from reconciler.errors import ActionFailed
 from reconciler.ops.state_store import StateStore
 from reconciler.runtime.git_checkout import Checkout, GitOptions, SourceError
 
@@ -100,11 +101,12 @@ def test_decrypted_secrets_no_container_binds_are_removed(
     recipient = pyrage.x25519.Identity.from_str(identity.read_text().split()[-1]).to_public()
     paths = []
     for n in range(3):
-        secret.write_bytes(pyrage.encrypt(f"version-{n}".encode(), [recipient]))
-        digest = f"{n:02d}" + os.urandom(16).hex()
+        plain = f"version-{n}-{os.urandom(4).hex()}".encode()
+        secret.write_bytes(pyrage.encrypt(plain, [recipient]))
+        digest = encrypted.secret_digest(plain)
         paths.append(Path(secret_files.bind_source(str(secret), digest)))
     try:
-        assert [p.read_text() for p in paths] == ["version-0", "version-1", "version-2"]
+        assert [p.read_text()[:9] for p in paths] == ["version-0", "version-1", "version-2"]
         old = time.time() - 3600
         for p in paths[:2]:
             os.utime(p, (old, old))
@@ -112,8 +114,14 @@ def test_decrypted_secrets_no_container_binds_are_removed(
         assert secret_files.forget_unused(engine) == [paths[0]]  # type: ignore[arg-type]
         assert not paths[0].exists() and paths[1].exists()
         assert paths[2].exists()  # just written: perhaps about to be bound
-        secret_files.bind_source(str(secret), "01" + paths[1].name[2:])  # bound again: fresh
-        assert secret_files.forget_unused(_Engine([])) == []  # type: ignore[arg-type]
+        os.utime(paths[2], (old, old))
+        rebound = paths[1].read_bytes()  # bound again (by a new replica): fresh again
+        secret_files.bind_source(str(secret), encrypted.secret_digest(rebound))
+        assert secret_files.forget_unused(_Engine([])) == [paths[2]]  # type: ignore[arg-type]
+        # A rollback to version 0, whose plaintext is gone and whose file now holds 2:
+        # refused rather than binding the wrong secret.
+        with pytest.raises(ActionFailed, match="no longer holds the version"):
+            secret_files.bind_source(str(secret), paths[0].name + "0" * 32)
     finally:
         for p in paths:
             p.unlink(missing_ok=True)

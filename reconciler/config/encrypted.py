@@ -6,6 +6,7 @@ binds, through a tmpfs) and the Swarm spec (secret data) call `plaintext`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -33,6 +34,11 @@ def identity_file() -> Path | None:
         return _identity
     value = os.environ.get(IDENTITY_ENV)
     return Path(value) if value else None
+
+
+def secret_digest(plain: bytes) -> str:
+    """The digest a secret's plaintext is known by (its spec, its file in the tmpfs)."""
+    return hashlib.sha256(b"reconciler-secret\0" + plain).hexdigest()
 
 
 def is_age(path: Path | str) -> bool:

@@ -103,6 +103,12 @@ def bind_source(source: str, digest: str) -> str:
         raise ActionFailed(str(exc)) from None
     target = memory_dir() / digest[:32]
     if not target.exists():
+        if encrypted.secret_digest(plain) != digest:  # e.g. a rollback to an older secret
+            raise ActionFailed(
+                f"secret file {source} no longer holds the version this container is made "
+                "with, and that version's plaintext is no longer in memory: not bound (the "
+                "wrong secret is worse than none)"
+            )
         tmp = target.with_suffix(".tmp")
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()  # a crash's leftover (read-only: O_TRUNC would be refused)
