@@ -5,6 +5,7 @@ container binds them, and one process at a time on a checkout.
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from reconciler.engine.host import secret_files
 from reconciler.errors import ActionFailed
 from reconciler.ops.state_store import StateStore
 from reconciler.runtime.git_checkout import Checkout, GitOptions, SourceError
+from tests.gitkit import Repo
 
 PLAIN = "DB_PASSWORD=from-an-age-file-" + "x" * 8
 
@@ -125,3 +127,29 @@ def test_decrypted_secrets_no_container_binds_are_removed(
     finally:
         for p in paths:
             p.unlink(missing_ok=True)
+
+
+def test_plan_reads_the_daemons_tree_when_it_holds_the_same_commit(tmp_path: Path) -> None:
+    """`plan --git` compares what runs with the file at the paths the containers were made
+    from (a throwaway copy would make every repo path differ: `spec changed`)."""
+    from reconciler.cli import git_args
+    from reconciler.targets.host import KIND
+
+    repo = Repo(tmp_path)
+    doc = "project: gitplan\nservices:\n  web:\n    image: x:1\n    replicas: 1\n"
+    repo.commit({"desired_state.yaml": doc}, "1")
+    state = tmp_path / "state"
+    values = {"git_url": str(repo.bare), "git_ref": "main", "state_dir": state}
+    run = argparse.Namespace(command="apply", **values)
+    git_args.prepare(run, KIND)
+    assert Path(run.file).is_relative_to(state)
+
+    plan = argparse.Namespace(command="plan", **values)
+    git_args.prepare(plan, KIND)
+    assert plan.file == run.file  # the same commit: the daemon's own tree
+    repo.commit({"desired_state.yaml": doc.replace("replicas: 1", "replicas: 2")}, "2")
+    newer = argparse.Namespace(command="plan", **values)
+    git_args.prepare(newer, KIND)
+    assert not Path(newer.file).is_relative_to(state)  # a newer one: a copy, left alone
+    assert "replicas: 2" in Path(newer.file).read_text()
+    assert "replicas: 1" in Path(run.file).read_text()

@@ -76,11 +76,11 @@ def prepare(args: argparse.Namespace, kind: TargetKind) -> None:
     opts = options_from(vars(args), os.environ)
     if opts is None:
         return
+    own = checkout_root(getattr(args, "state_dir", None) or default_state_dir(), opts)
+    root = own
     if args.command in ("validate", "plan"):  # a throwaway copy: the daemon's is its own
         root = Path(tempfile.mkdtemp(prefix="reconciler-git-"))
         atexit.register(shutil.rmtree, root, True)
-    else:
-        root = checkout_root(getattr(args, "state_dir", None) or default_state_dir(), opts)
     checkout = Checkout(opts, root)
     args.git = checkout
     if args.command in ("status", "reload", "down"):  # the daemon's copy, as it is
@@ -92,6 +92,12 @@ def prepare(args: argparse.Namespace, kind: TargetKind) -> None:
     checkout.hold("reconciler daemon" if args.command == "run" else f"reconciler {args.command}")
     sha = _fetch(args, checkout)
     args.file = checkout.file
+    daemons = Checkout(opts, own)
+    if root != own and sha is not None and sha == daemons.in_force():
+        # The daemon's tree holds this very commit: read it there, at the paths the running
+        # containers were made from (in a copy, every path it names differs: `spec changed`).
+        args.git, args.file = daemons, daemons.file
+        return
     if sha is None or sha == checkout.in_force():
         return
     try:
