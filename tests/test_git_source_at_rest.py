@@ -132,7 +132,7 @@ def test_decrypted_secrets_no_container_binds_are_removed(
 def test_plan_reads_the_daemons_tree_when_it_holds_the_same_commit(tmp_path: Path) -> None:
     """`plan --git` compares what runs with the file at the paths the containers were made
     from (a throwaway copy would make every repo path differ: `spec changed`)."""
-    from reconciler.cli import git_args
+    from reconciler.cli import git_args, history
     from reconciler.targets.host import KIND
 
     repo = Repo(tmp_path)
@@ -143,6 +143,8 @@ def test_plan_reads_the_daemons_tree_when_it_holds_the_same_commit(tmp_path: Pat
     run = argparse.Namespace(command="apply", **values)
     git_args.prepare(run, KIND)
     assert Path(run.file).is_relative_to(state)
+    shown = argparse.Namespace(project=None, target=None, file="absent.yaml", **values)
+    assert history.project_of(shown) == "gitplan"  # `history` names the followed project
 
     plan = argparse.Namespace(command="plan", **values)
     git_args.prepare(plan, KIND)

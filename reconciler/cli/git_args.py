@@ -109,6 +109,17 @@ def prepare(args: argparse.Namespace, kind: TargetKind) -> None:
         args.git_refused = exc  # the daemon starts on the last good commit and says so
 
 
+def followed_file(args: argparse.Namespace) -> Path | None:
+    """The desired-state file of the commit the daemon has in force, when a git source is
+    given (flags or RECONCILER_GIT_*) and checked out; else None (`history` reads it)."""
+    opts = options_from(vars(args), os.environ)
+    if opts is None:
+        return None
+    state_dir = getattr(args, "state_dir", None) or default_state_dir()
+    checkout = Checkout(opts, checkout_root(state_dir, opts))
+    return checkout.file if checkout.in_force() is not None else None
+
+
 def _check(kind: TargetKind, path: Path) -> None:
     kind.load(path)  # StrictModes and the policy: cli.main, on the file taken
 
