@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyrage
 import pytest
@@ -20,7 +22,7 @@ from reconciler.core.rollout import RolloutRecord
 from reconciler.engine.host import secret_files
 from reconciler.errors import ActionFailed
 from reconciler.ops.state_store import StateStore
-from reconciler.runtime.git_checkout import Checkout, GitOptions, SourceError
+from reconciler.runtime.git_checkout import Checkout, GitOptions, Refused, SourceError
 from tests.gitkit import Repo
 
 PLAIN = "DB_PASSWORD=from-an-age-file-" + "x" * 8
@@ -155,3 +157,34 @@ def test_plan_reads_the_daemons_tree_when_it_holds_the_same_commit(tmp_path: Pat
     assert not Path(newer.file).is_relative_to(state)  # a newer one: a copy, left alone
     assert "replicas: 2" in Path(newer.file).read_text()
     assert "replicas: 1" in Path(run.file).read_text()
+
+
+def test_run_waits_for_a_good_first_commit(tmp_path: Path) -> None:
+    """`run` with nothing checked out and a bad (or unsigned) head waits for a good commit
+    instead of exiting (a crash loop under systemd); the unsigned one is named so."""
+    from reconciler.cli import git_args
+    from reconciler.targets.host import KIND
+
+    repo = Repo(tmp_path)
+    doc = "project: gitwait\nservices:\n  web:\n    image: x:1\n    replicas: {}\n"
+    repo.commit({"desired_state.yaml": doc.format("many")}, "bad")
+    values = {"git_url": str(repo.bare), "git_ref": "main", "state_dir": tmp_path / "s"}
+    stop = threading.Event()
+    args = argparse.Namespace(command="run", git_interval=0.2, signals=SimpleNamespace(stop=stop))
+    vars(args).update(values)
+    good = threading.Timer(0.5, lambda: repo.commit({"desired_state.yaml": doc.format(2)}, "ok"))
+    good.start()
+    try:
+        git_args.prepare(args, KIND)
+    finally:
+        good.cancel()
+    assert "replicas: 2" in Path(args.file).read_text() and args.git_refused is None
+
+    unsigned = Checkout(GitOptions(url=str(repo.bare), verify_signatures=True), tmp_path / "u")
+    with pytest.raises(Refused, match="is unsigned"):
+        unsigned.vet(unsigned.fetch())
+    stop.set()  # told to stop while waiting: an error, not a hang
+    args = argparse.Namespace(command="run", git_interval=30, signals=SimpleNamespace(stop=stop))
+    vars(args).update(values, verify_signatures=True, state_dir=tmp_path / "s2")
+    with pytest.raises(SourceError, match="stopped"):
+        git_args.prepare(args, KIND)

@@ -98,15 +98,37 @@ def prepare(args: argparse.Namespace, kind: TargetKind) -> None:
         # containers were made from (in a copy, every path it names differs: `spec changed`).
         args.git, args.file = daemons, daemons.file
         return
-    if sha is None or sha == checkout.in_force():
-        return
-    try:
-        checkout.vet(sha)
-        checkout.take(sha, lambda path: _check(kind, path))
-    except Refused as exc:
-        if checkout.in_force() is None or args.command != "run":
-            raise SourceError(f"git commit {sha[:12]} refused: {exc.reason}") from None
-        args.git_refused = exc  # the daemon starts on the last good commit and says so
+    while sha is not None and sha != checkout.in_force():
+        try:
+            checkout.vet(sha)
+            checkout.take(sha, lambda path: _check(kind, path))
+            return
+        except Refused as exc:
+            if args.command != "run":
+                raise SourceError(f"git commit {sha[:12]} refused: {exc.reason}") from None
+            if checkout.in_force() is not None:
+                args.git_refused = exc  # the daemon starts on the last good commit, says so
+                return
+            # Nothing good to start on: wait for a commit that passes (a crash loop under
+            # systemd would fetch again every 2 s and then hit its start limit).
+            log.error(
+                "git commit refused and no good commit checked out yet; waiting for one",
+                url=checkout.opts.shown_url,
+                commit=sha[:12],
+                error=exc.reason,
+                retry_in_s=checkout.opts.interval,
+            )
+            _wait(args, checkout.opts.interval)
+            sha = _fetch(args, checkout)
+
+
+def _wait(args: argparse.Namespace, delay: float) -> None:
+    """Sleep `delay`, or until the daemon is told to stop (SourceError then)."""
+    stop: threading.Event | None = getattr(getattr(args, "signals", None), "stop", None)
+    if stop is None:
+        time.sleep(delay)
+    elif stop.wait(delay):
+        raise SourceError("stopped before a commit could be taken")
 
 
 def followed_file(args: argparse.Namespace) -> Path | None:
