@@ -76,11 +76,11 @@ def prepare(args: argparse.Namespace, kind: TargetKind) -> None:
     opts = options_from(vars(args), os.environ)
     if opts is None:
         return
+    own = checkout_root(getattr(args, "state_dir", None) or default_state_dir(), opts)
+    root = own
     if args.command in ("validate", "plan"):  # a throwaway copy: the daemon's is its own
         root = Path(tempfile.mkdtemp(prefix="reconciler-git-"))
         atexit.register(shutil.rmtree, root, True)
-    else:
-        root = checkout_root(getattr(args, "state_dir", None) or default_state_dir(), opts)
     checkout = Checkout(opts, root)
     args.git = checkout
     if args.command in ("status", "reload", "down"):  # the daemon's copy, as it is
@@ -88,17 +88,58 @@ def prepare(args: argparse.Namespace, kind: TargetKind) -> None:
             raise SourceError(f"{opts.shown_url}: no commit checked out yet in {root}")
         args.file = checkout.file
         return
+    # Before the first fetch: a daemon following the same repository owns this checkout.
+    checkout.hold("reconciler daemon" if args.command == "run" else f"reconciler {args.command}")
     sha = _fetch(args, checkout)
     args.file = checkout.file
-    if sha is None or sha == checkout.in_force():
+    daemons = Checkout(opts, own)
+    if root != own and sha is not None and sha == daemons.in_force():
+        # The daemon's tree holds this very commit: read it there, at the paths the running
+        # containers were made from (in a copy, every path it names differs: `spec changed`).
+        args.git, args.file = daemons, daemons.file
         return
-    try:
-        checkout.vet(sha)
-        checkout.take(sha, lambda path: _check(kind, path))
-    except Refused as exc:
-        if checkout.in_force() is None or args.command != "run":
-            raise SourceError(f"git commit {sha[:12]} refused: {exc.reason}") from None
-        args.git_refused = exc  # the daemon starts on the last good commit and says so
+    while sha is not None and sha != checkout.in_force():
+        try:
+            checkout.vet(sha)
+            checkout.take(sha, lambda path: _check(kind, path))
+            return
+        except Refused as exc:
+            if args.command != "run":
+                raise SourceError(f"git commit {sha[:12]} refused: {exc.reason}") from None
+            if checkout.in_force() is not None:
+                args.git_refused = exc  # the daemon starts on the last good commit, says so
+                return
+            # Nothing good to start on: wait for a commit that passes (a crash loop under
+            # systemd would fetch again every 2 s and then hit its start limit).
+            log.error(
+                "git commit refused and no good commit checked out yet; waiting for one",
+                url=checkout.opts.shown_url,
+                commit=sha[:12],
+                error=exc.reason,
+                retry_in_s=checkout.opts.interval,
+            )
+            _wait(args, checkout.opts.interval)
+            sha = _fetch(args, checkout)
+
+
+def _wait(args: argparse.Namespace, delay: float) -> None:
+    """Sleep `delay`, or until the daemon is told to stop (SourceError then)."""
+    stop: threading.Event | None = getattr(getattr(args, "signals", None), "stop", None)
+    if stop is None:
+        time.sleep(delay)
+    elif stop.wait(delay):
+        raise SourceError("stopped before a commit could be taken")
+
+
+def followed_file(args: argparse.Namespace) -> Path | None:
+    """The desired-state file of the commit the daemon has in force, when a git source is
+    given (flags or RECONCILER_GIT_*) and checked out; else None (`history` reads it)."""
+    opts = options_from(vars(args), os.environ)
+    if opts is None:
+        return None
+    state_dir = getattr(args, "state_dir", None) or default_state_dir()
+    checkout = Checkout(opts, checkout_root(state_dir, opts))
+    return checkout.file if checkout.in_force() is not None else None
 
 
 def _check(kind: TargetKind, path: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import targets
+from reconciler.cli import git_args
 from reconciler.errors import DesiredStateError
 from reconciler.ops import history
 from reconciler.ops.metrics import Metrics
@@ -120,7 +121,8 @@ def project_of(args: argparse.Namespace) -> str:
         return str(args.project)
     name = args.target or os.environ.get("RECONCILER_TARGET") or "host"
     try:
-        return targets.kind(name).load(args.file).project
+        file = git_args.followed_file(args) or args.file  # a followed repository's, if any
+        return targets.kind(name).load(file).project
     except (DesiredStateError, OSError, KeyError) as exc:
         text = f"cannot tell the project from {args.file} ({exc}); give --project"
         raise UnknownProject(text) from None

@@ -6,10 +6,12 @@ binds, through a tmpfs) and the Swarm spec (secret data) call `plaintext`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 IDENTITY_ENV = "RECONCILER_AGE_IDENTITY"
 SOPS_TIMEOUT_S = 30.0
@@ -32,6 +34,11 @@ def identity_file() -> Path | None:
         return _identity
     value = os.environ.get(IDENTITY_ENV)
     return Path(value) if value else None
+
+
+def secret_digest(plain: bytes) -> str:
+    """The digest a secret's plaintext is known by (its spec, its file in the tmpfs)."""
+    return hashlib.sha256(b"reconciler-secret\0" + plain).hexdigest()
 
 
 def is_age(path: Path | str) -> bool:
@@ -57,20 +64,23 @@ def plaintext(path: Path | str, data: bytes) -> bytes:
     return data
 
 
-def _age(path: Path | str, data: bytes) -> bytes:
+def age_identities(about: Path | str | None = None) -> list[Any]:
+    """The pyrage identities of the identity file (DecryptError naming `about`, else the
+    identity file, when there is none or it cannot be read)."""
     import pyrage
 
     ident = identity_file()
+    name = about if about is not None else "age"
     if ident is None:
         raise DecryptError(
-            f"{path}: an age-encrypted file, but no identity was given "
+            f"{name}: an age-encrypted file, but no identity was given "
             f"(--age-identity or ${IDENTITY_ENV})"
         )
     try:
         lines = ident.read_text().splitlines()
     except OSError as exc:
         why = exc.strerror
-        raise DecryptError(f"{path}: cannot read the age identity {ident}: {why}") from None
+        raise DecryptError(f"{name}: cannot read the age identity {ident}: {why}") from None
     keys = []
     for line in lines:
         line = line.strip()
@@ -80,11 +90,18 @@ def _age(path: Path | str, data: bytes) -> bytes:
             except Exception:
                 raise DecryptError(f"{ident}: not a valid age identity line") from None
     if not keys:
-        raise DecryptError(f"{path}: the identity file {ident} holds no AGE-SECRET-KEY line")
+        raise DecryptError(f"{name}: the identity file {ident} holds no AGE-SECRET-KEY line")
+    return keys
+
+
+def _age(path: Path | str, data: bytes) -> bytes:
+    import pyrage
+
+    keys = age_identities(path)
     try:
         return bytes(pyrage.decrypt(data, keys))
     except Exception as exc:  # pyrage.DecryptError: wrong key, damaged file
-        raise DecryptError(f"{path}: cannot decrypt with {ident}: {exc}") from None
+        raise DecryptError(f"{path}: cannot decrypt with {identity_file()}: {exc}") from None
 
 
 def _sops(path: Path | str) -> bytes:

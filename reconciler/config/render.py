@@ -266,7 +266,7 @@ class Renderer:
             except encrypted.DecryptError as exc:
                 self.problems.append(Issue(("services", name, "secrets", i), str(exc)))
                 continue
-            digest = hashlib.sha256(b"reconciler-secret\0" + content).hexdigest()
+            digest = encrypted.secret_digest(content)
             self.config_digests[str(path)] = digest  # watched: a change is a reload
             with contextlib.suppress(UnicodeDecodeError):
                 self.secret_values.add(content.decode().strip())  # never printed

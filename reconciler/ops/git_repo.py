@@ -110,7 +110,7 @@ class GitRepo:
         if done.returncode != 0:
             words = done.stderr.decode("utf-8", "replace").strip().splitlines()
             why = redact_url(" / ".join(w for w in words if w)[-500:]) or f"exit {done.returncode}"
-            raise GitError(f"git {args[0]} failed: {why}")
+            raise GitError(f"git {_subcommand(args)} failed: {why}")
         return done.stdout
 
     def ensure(self) -> None:
@@ -159,6 +159,8 @@ class GitRepo:
         if allowed_signers is not None:
             args += ["-c", f"gpg.ssh.allowedSignersFile={allowed_signers}"]
         home = {"GNUPGHOME": str(gnupg_home)} if gnupg_home is not None else {}
+        if not self.git("cat-file", "commit", sha).partition(b"\n\n")[0].count(b"\ngpgsig"):
+            raise GitError(f"commit {sha[:12]} is unsigned (no signature to verify)")
         try:
             self.git(*args, "verify-commit", sha, env=home)
         except GitError as exc:
@@ -182,6 +184,14 @@ class GitRepo:
             raise GitError(f"commit {sha[:12]}: {exc}") from None
         finally:
             os.umask(old)
+
+
+def _subcommand(args: tuple[str, ...]) -> str:
+    """The git command in `args` (`-c NAME=VALUE` options before it skipped)."""
+    rest = list(args)
+    while rest and rest[0].startswith("-"):
+        rest = rest[2:] if rest[0] == "-c" else rest[1:]
+    return rest[0] if rest else "?"
 
 
 def _owner_only(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:

@@ -18,6 +18,7 @@ import structlog
 from pydantic import TypeAdapter, ValidationError
 
 from reconciler.core.rollout import RolloutRecord
+from reconciler.ops import sealed_env
 from reconciler.ops.lock import systemd_dir
 
 log = structlog.get_logger("reconciler")
@@ -86,15 +87,18 @@ class StateStore:
         self.path = self._records.path
 
     def get(self, service: str) -> RolloutRecord:
-        return self._records.get(service) or RolloutRecord()
+        found = self._records.get(service)
+        return sealed_env.unseal(found, str(self.path)) if found else RolloutRecord()
 
     def all(self) -> dict[str, RolloutRecord]:
-        return self._records.all()
+        return {k: sealed_env.unseal(v, str(self.path)) for k, v in self._records.all().items()}
 
     def put(self, service: str, record: RolloutRecord) -> None:
         if self._records.get(service) is None and record == RolloutRecord():
             return
-        self._records.put(service, record)
+        if self._records.get(service) is not None and self.get(service) == record:
+            return  # sealing is not deterministic: compare what it holds, not its bytes
+        self._records.put(service, sealed_env.seal(record))  # encrypted env values at rest
 
     def drains(self, service: str) -> dict[str, float]:
         return dict(self._drains.get(service) or {})

@@ -409,10 +409,11 @@ class Daemon:
         problems = []
         if not self._engine_up:
             problems.append("docker engine unreachable")
-        if not self.state_valid:
+        refused = self.source.problem() if self.source is not None else None
+        if not self.state_valid and not refused:  # a refused commit says why by itself
             problems.append("desired state invalid")
-        if self.source is not None and self.source.problem():
-            problems.append(str(self.source.problem()))
+        if refused:
+            problems.append(refused)
         if self._first_round is not None:
             problems.append("first pass not done")
         return (not problems, "; ".join(problems) or "ready")

@@ -6,6 +6,7 @@ Used by the CLI (the first fetch, one-shot commands) and runtime.git_source (the
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -122,6 +123,7 @@ class Checkout:
         self.tree = root / "tree"  # the commit in force: paths stay the same across commits
         self.next = root / "next"  # a candidate, checked before it is swapped in
         self.record = root / "source.json"
+        self._held: int | None = None
 
     @property
     def file(self) -> Path:
@@ -132,6 +134,28 @@ class Checkout:
         """`URL@COMMIT:FILE` of the commit in force (the URL redacted)."""
         sha = self.in_force() or "?"
         return f"{self.opts.shown_url}@{sha[:12]}:{self.opts.file}"
+
+    def hold(self, role: str) -> None:
+        """Take this checkout for the rest of the process (an exclusive flock on `root/lock`,
+        released by the kernel when the process ends): one process at a time fetches into
+        it and swaps its tree. SourceError naming the holder when another process has it."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self.root / "lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid, _, holder = os.pread(fd, 128, 0).decode(errors="replace").strip().partition(" ")
+            os.close(fd)
+            raise SourceError(
+                f"{self.opts.shown_url}: a {holder or 'reconciler'} (pid {pid or 'unknown'}) "
+                f"follows this repository in {self.root} and takes each commit itself (a push "
+                "with its webhook, or `systemctl reload`, makes it fetch now); refusing to run "
+                f"a {role} beside it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {role}\n".encode(), 0)
+        self._held = fd  # kept open: the lock lasts as long as the process
 
     def in_force(self) -> str | None:
         try:

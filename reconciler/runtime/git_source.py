@@ -221,7 +221,7 @@ class GitSource:
         return f"git commit {exc.sha[:12]} refused: {exc.reason}" if exc else ""
 
     def _event_data(self, sha: str) -> dict[str, str]:
-        info = self.checkout.info(sha)
+        info = self.current if self.current and self.current.sha == sha else None
         data = {"commit": sha, "ref": self.opts.shown_ref, "repository": self.opts.shown_url}
         if info is not None:
             data |= {"author": info.author, "subject": info.subject}

@@ -45,7 +45,7 @@ from reconciler.core.spec_diff import encode
 from reconciler.core.spec_fields import LABEL_SPEC_VIEW, host_view
 from reconciler.engine.client import docker_errors
 from reconciler.engine.host.observe import inspect
-from reconciler.engine.host.secret_files import bind_source
+from reconciler.engine.host.secret_files import bind_source, forget_unused
 from reconciler.errors import ActionFailed, NameConflict
 
 DEFAULT_GRACE_S = 10.0  # Docker's own stop timeout when a service sets none
@@ -202,6 +202,7 @@ class Containers:
         except ActionFailed as exc:
             if not isinstance(exc.__cause__, docker.errors.NotFound):
                 raise
+        forget_unused(self.api)  # a decrypted secret no container binds any more
 
     @contextmanager
     def name_clash(self, name: str) -> Iterator[None]:

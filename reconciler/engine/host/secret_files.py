@@ -1,17 +1,23 @@
 """Encrypted secrets on the single host: a bind mount needs a file, so the plaintext of an
 `*.age` (or SOPS) secret is written to a tmpfs (memory: $RUNTIME_DIRECTORY, /run/reconciler
-or /dev/shm), owner-only, named by its digest; never to the checkout or the state dir.
-engine.host.containers calls `bind_source` when it creates a container.
+or /dev/shm), owner-only, named by its digest; never to the checkout or the state dir, and
+removed once no container binds it. engine.host.containers calls `bind_source` when it
+creates a container and `forget_unused` when it has removed one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
+
+import docker
 
 from reconciler.config import encrypted
 from reconciler.errors import ActionFailed
+
+GRACE_S = 120.0  # a plaintext written (or used) this recently may be about to be bound
 
 
 def _fs_type(path: Path) -> str:
@@ -32,17 +38,54 @@ def _fs_type(path: Path) -> str:
     return kind
 
 
-def memory_dir() -> Path:
-    """A folder on a tmpfs that only we can read (created on first use)."""
+def _memory_dir(create: bool) -> Path | None:
     candidates = [os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0], "/run/reconciler"]
     candidates.append("/dev/shm")
     for base in filter(None, candidates):
         root = Path(base)
         if root.is_dir() and os.access(root, os.W_OK) and _fs_type(root) == "tmpfs":
             folder = root / f"reconciler-secrets-{os.getuid()}"
-            folder.mkdir(mode=0o700, exist_ok=True)
+            if create:
+                folder.mkdir(mode=0o700, exist_ok=True)
             return folder
-    raise ActionFailed("no tmpfs to hold a decrypted secret ($RUNTIME_DIRECTORY, /dev/shm)")
+    return None
+
+
+def memory_dir() -> Path:
+    """A folder on a tmpfs that only we can read (created on first use)."""
+    folder = _memory_dir(create=True)
+    if folder is None:
+        raise ActionFailed("no tmpfs to hold a decrypted secret ($RUNTIME_DIRECTORY, /dev/shm)")
+    return folder
+
+
+def forget_unused(api: docker.APIClient, grace_s: float = GRACE_S) -> list[Path]:
+    """Remove the plaintexts no container (of any project: the folder is shared by this
+    user's daemons) binds any more; one untouched for less than `grace_s` is kept, as it
+    may be about to be bound (bind_source touches it each time). Returns those removed."""
+    folder = _memory_dir(create=False)
+    try:
+        files = [p for p in folder.iterdir() if p.is_file()] if folder else []
+        now = time.time()
+        stale = [p for p in files if now - p.stat().st_mtime > grace_s]
+    except OSError:
+        return []
+    if not stale:
+        return []  # the usual case costs no engine call
+    used: set[str] = set()
+    try:
+        containers = api.containers(all=True)
+    except (docker.errors.DockerException, OSError):
+        return []  # the next removal tries again
+    for c in containers:
+        for m in c.get("Mounts") or []:
+            source = str(m.get("Source") or "")
+            used |= {source, os.path.realpath(source)}
+    gone = [p for p in stale if str(p) not in used and os.path.realpath(p) not in used]
+    for p in gone:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    return gone
 
 
 def bind_source(source: str, digest: str) -> str:
@@ -60,6 +103,12 @@ def bind_source(source: str, digest: str) -> str:
         raise ActionFailed(str(exc)) from None
     target = memory_dir() / digest[:32]
     if not target.exists():
+        if encrypted.secret_digest(plain) != digest:  # e.g. a rollback to an older secret
+            raise ActionFailed(
+                f"secret file {source} no longer holds the version this container is made "
+                "with, and that version's plaintext is no longer in memory: not bound (the "
+                "wrong secret is worse than none)"
+            )
         tmp = target.with_suffix(".tmp")
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()  # a crash's leftover (read-only: O_TRUNC would be refused)
@@ -69,4 +118,6 @@ def bind_source(source: str, digest: str) -> str:
         finally:
             os.close(fd)
         os.replace(tmp, target)
+    else:
+        os.utime(target)  # in use again: forget_unused leaves it alone for a while
     return str(target)
