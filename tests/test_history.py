@@ -79,6 +79,56 @@ def test_a_torn_line_is_skipped_and_never_swallows_the_next_record(tmp_path: Pat
     assert numbers(found) == [1, 2] and found.skipped == 1
 
 
+def test_a_fragment_another_process_appends_is_never_glued_to_the_next_record(
+    tmp_path: Path,
+) -> None:
+    """The review's scenario: the daemon's writer is open, another process appends half a
+    line (`printf '{"time":...,"action":"hea' >> P.history.jsonl`), then the daemon records a
+    heal: the fragment is skipped, the heal is read."""
+    h = history.History("p", tmp_path)
+    h(event(1))
+    fragment = '{"time":"2026-12-07T03:12:00.000Z","ts":1796,"action":"hea'
+    subprocess.run(
+        [sys.executable, "-c", f"open({str(h.path)!r}, 'a').write({fragment!r})"], check=True
+    )
+    h(event(2))
+    found = history.read("p", tmp_path)
+    assert numbers(found) == [1, 2] and found.skipped == 1
+    assert h.path.read_bytes().count(b"\n") == 3  # the fragment ended on its own line
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.integers(min_value=1, max_value=400)), min_size=1, max_size=30
+    )
+)
+def test_torn_pieces_anywhere_never_cost_a_record(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[bool, int]]
+) -> None:
+    """Records and torn pieces (a strict prefix of a record, as a full disk or another
+    writer leaves) in any order, through one open writer: every record is read, each run of
+    pieces (nothing ends one before the next) is one skipped line."""
+    folder = tmp_path_factory.mktemp("t")
+    h = history.History("p", folder)
+    written, torn, last_torn = [], 0, False
+    for n, (is_record, cut_at) in enumerate(steps):
+        line = history.line_of(event(n), project="p", target="host")
+        if is_record:
+            assert h.append(line)
+            written.append(n)
+        else:
+            with h.path.open("ab") as f:
+                f.write(line[: min(cut_at, len(line) - 2)])
+            torn += not last_torn
+        last_torn = not is_record
+    found = history.read("p", folder)
+    assert numbers(found) == written
+    assert found.skipped == torn
+
+
 def test_a_short_write_is_reported_and_the_next_record_is_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

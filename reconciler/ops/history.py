@@ -4,7 +4,9 @@ one JSON line in `<project>.history.jsonl` in the state directory, bounded and r
 `History` is a sink of the event stream (the daemon's Recorder, `apply`'s and `down`'s
 Settings.record); `read` serves `reconciler history`. Each line is written by one write()
 on an O_APPEND descriptor, so threads and processes (`apply` beside a daemon) never mix
-lines, and a torn tail (a crash inside a write on a full disk) is never read as a record.
+lines; before each write the file's last byte is read (under an flock): a torn tail, whoever
+left it (a full disk, a crash, another process), is ended first, never glued to a record,
+and is skipped when read.
 """
 
 from __future__ import annotations
@@ -132,8 +134,12 @@ class History:
                 fd = self._current()
                 if os.fstat(fd).st_size + len(line) > self.rotate_at:
                     fd = self._rotate(fd)
-                written = os.write(fd, line)
-                if written != len(line):  # a full disk: end the torn piece, report it
+                with _flocked(fd):  # our other writers wait; the last byte stays the last
+                    size = os.fstat(fd).st_size
+                    if size and os.pread(fd, 1, size - 1) != b"\n":
+                        line = b"\n" + line  # a torn piece ends here; the record is whole
+                    written = os.write(fd, line)
+                if written != len(line):  # a full disk: the next append ends the torn piece
                     self._close()
                     raise OSError(f"short write ({written} of {len(line)} bytes)")
             except OSError as exc:
@@ -162,13 +168,11 @@ class History:
                 pass
             self._close()
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # Read and write: each append reads the last byte (a torn piece is ended first).
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         st = os.fstat(fd)
         if st.st_mode & 0o077:
             os.fchmod(fd, 0o600)
-        # A line torn by a crash mid-write must not swallow the next record: end it first.
-        if st.st_size and _last_byte(self.path, st.st_size) != b"\n":
-            os.write(fd, b"\n")
         self._fd, self._ino = fd, st.st_ino
         return fd
 
@@ -207,15 +211,6 @@ def _flocked(fd: int) -> Iterator[None]:
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
-
-
-def _last_byte(path: Path, size: int) -> bytes:
-    try:
-        with path.open("rb") as f:
-            f.seek(size - 1)
-            return f.read(1)
-    except OSError:
-        return b"\n"
 
 
 # ---------------------------------------------------------------------- reading
