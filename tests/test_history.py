@@ -306,6 +306,46 @@ def test_the_table_reads_like_the_readme() -> None:
     assert text[3].endswith("error: conflict") and "remove" in text[3]
 
 
+def test_a_multi_line_cause_stays_on_its_row() -> None:
+    cause = "desired_state.yaml:3:5: bad\ndesired_state.yaml:9:1: worse"
+    rejected = Event("reload_rejected", trigger="file edit", result="firing", cause=cause)
+    row = json.loads(history.line_of(rejected, project="p", target="host"))
+    text = cli.table([row]).splitlines()
+    assert len(text) == 2 and "bad / desired_state.yam" in text[1]
+
+
+def show(tmp_path: Path, *argv: str) -> tuple[int, str, str]:
+    import contextlib
+    import io
+
+    from reconciler.cli.parser import build_parser
+
+    args = build_parser().parse_args(
+        ["history", "--project", "p", "--file", str(tmp_path / "none.yaml"),
+         "--state-dir", str(tmp_path), *argv]
+    )  # fmt: skip
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.show(args)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_an_unknown_service_an_empty_window_and_no_file_are_told_apart(tmp_path: Path) -> None:
+    """As `docker compose logs nosuch` (exit 1) and `journalctl --since` (no entries, 0)."""
+    code, out, _ = show(tmp_path)
+    assert code == 0 and "no history yet" in out and "does not exist" in out
+    h = history.History("p", tmp_path)
+    h(Event("heal", service="web", message="1"))
+    code, out, err = show(tmp_path, "nosuch", "--since", "1h")
+    assert code == 1 and out == "" and "no such service: nosuch (project p: web)" in err
+    code, out, _ = show(tmp_path, "--since", "2099-01-01")
+    assert code == 0 and "no records since 2099-01-01 00:00:00 UTC (1 older)" in out
+    code, out, _ = show(tmp_path, "web", "--since", "2099-01-01")
+    assert code == 0 and "no records of web since" in out
+    code, out, _ = show(tmp_path, "web", "--json")
+    assert code == 0 and json.loads(out)["service"] == "web"
+
+
 # ---------------------------------------------------------------------- the actions' kinds
 
 

@@ -218,10 +218,15 @@ def _flocked(fd: int) -> Iterator[None]:
 
 @dataclass(frozen=True, slots=True)
 class Read:
-    """What `read` found: the records, oldest first, and how many lines were not records."""
+    """What `read` found: the records, oldest first, and how many lines were not records;
+    `total` and `services`: every record before the filters (an empty window, an unknown
+    service are told apart from an empty history)."""
 
     records: tuple[dict[str, Any], ...]
     skipped: int
+    total: int = 0
+    services: frozenset[str] = frozenset()
+    exists: bool = False  # a history file was found
 
 
 def parse_lines(data: bytes) -> tuple[list[dict[str, Any]], int]:
@@ -265,11 +270,13 @@ def read(
     )
     records: list[dict[str, Any]] = []
     skipped = 0
+    exists = False
     for file in [p for p in rotated if p.suffix[1:].isdigit()] + [path]:
         try:
             data = file.read_bytes()
         except FileNotFoundError:
             continue
+        exists = True
         rows, bad = parse_lines(data)
         skipped += bad
         records += rows
@@ -279,4 +286,5 @@ def read(
         for r in records
         if (since is None or r["ts"] >= since) and (service is None or r.get("service") == service)
     )
-    return Read(picked, skipped)
+    seen = frozenset(str(r.get("service") or "") for r in records) - {""}
+    return Read(picked, skipped, len(records), seen, exists)
