@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from reconciler.cli import history as cli
+from reconciler.core import causes
 from reconciler.core import rollout as ro
 from reconciler.core.action_events import event_of, kind_of
 from reconciler.core.actions import (
@@ -377,9 +379,7 @@ def test_heals_are_heals() -> None:
     cid = _id("p-web-1")
     assert kind_of(RestartContainer(cid, "p-web-1", "web", "unhealthy")) == "heal"
     assert kind_of(UnpauseContainer(cid, "p-web-1", "web")) == "heal"
-    assert kind_of(StartContainer(cid, "p-web-1", "web", "its replacement failed")) == (
-        "rollout_step"
-    )
+    assert kind_of(StartContainer(cid, "p-web-1", "web", "its replacement failed")) == ("rollback")
     assert kind_of(StopContainer(cid, "p-web-1", "web")) == "drift_corrected"
     assert kind_of(SignalContainer(cid, "p-web-1", "web", "SIGHUP", "d", "config")) == "reload"
 
@@ -441,6 +441,98 @@ def test_a_rollout_keeps_the_trigger_that_started_it() -> None:
     assert len(seen) == rows
     rec.step(StepResult(swap, "success"))
     assert seen[-1].trigger == "engine event"
+
+
+def test_a_death_the_engine_announced_is_healed_on_its_event() -> None:
+    """The first heal after a `docker kill`: the event's pass hands it to the heal pool, and
+    a resync's pass may run before the start is reported; or the resync's pass is the one
+    that gets to the death the event announced. Either way: `engine event`."""
+    seen: list[Event] = []
+    rec = Recording(seen.append, lambda: "d")
+    start = StartContainer("c1", "p-web-1", "web", "exited 137 (SIGKILL)")
+    rec.died("p-web-1", "c1")
+    rec.begin("service:web", "event")
+    asked = rec.trigger("web")  # FastHeal.take: the pass that hands the heal over
+    rec.asked("web", "interval")
+    rec.begin("service:web", "backoff")  # a resync's pass, while the heal runs
+    rec.step(StepResult(start, "success"), "exited", trigger=asked)
+    assert (seen[-1].kind, seen[-1].trigger) == ("heal", "engine event")
+    rec.died("p-web-1", "c1")
+    rec.step(StepResult(start, "success"), "exited")  # the resync's pass heals it
+    assert seen[-1].trigger == "engine event"
+    rec.step(StepResult(start, "success"), "exited")  # a death no event announced
+    assert seen[-1].trigger == "resync"
+    rec.died("p-web-1", "c1")
+    rec.started("c1")  # Docker's restart policy brought it back: the announcement is over
+    rec.step(StepResult(start, "success"), "exited")
+    assert seen[-1].trigger == "resync"
+
+
+def test_a_rollout_and_its_rollback_keep_their_trigger_across_a_restart() -> None:
+    from reconciler.core.actions import ConnectNetwork, DrainContainer
+    from reconciler.core.desired import NetworkAttachment
+
+    seen: list[Event] = []
+    rec = Recording(seen.append, lambda: "file-digest-1234")
+    rec.begin("service:web", "file")
+    started = ro.RolloutEvent("web", "started", "svc-rev")
+    record = rec.kept("web", ro.RolloutRecord(rolling_revision="svc-rev"), [started])
+    assert record.trigger == "file"
+    rec.rollout("web", started, ['environment.A "1" -> "2"'])
+    assert (seen[-1].kind, seen[-1].data["diff"]) == ("rollout_started", 'environment.A "1" -> "2"')
+    assert seen[-1].revision == "file-digest-" and seen[-1].data["service_revision"] == "svc-rev"
+    # kill -9, a new daemon: the rollout goes on, on its old replica's `die`.
+    rec = Recording(seen.append, lambda: "file-digest-1234")
+    rec.begin("service:web", "event")
+    rec.under_way("web", record, "normal")
+    swap = StartContainer("c2", "0123456789ab_p-web-2", "web", "replaces p-web-2")
+    rec.step(StepResult(swap, "success"))
+    assert (seen[-1].kind, seen[-1].trigger) == ("rollout_step", "file edit")
+    # It fails and rolls back: every step back is a `rollback`, with the rollout's trigger.
+    failed = ro.RolloutRecord(rolling_revision="stable", failed_revision="svc-rev", trigger="file")
+    assert rec.kept("web", failed, []).trigger == "file"
+    rec.begin("service:web", "interval")
+    rec.under_way("web", failed, "rolled_back")
+    net = NetworkAttachment("p_default", aliases=("web",))
+    back = [
+        StartContainer("c1", "p-web-1", "web", "its replacement failed"),
+        ConnectNetwork("c1", "p-web-1", "web", net, reconnect=True),
+        RemoveContainer("c2", "0123456789ab_p-web-2", "web", "replaced"),
+    ]
+    for a in back:
+        rec.step(StepResult(a, "success"), "network" if isinstance(a, ConnectNetwork) else None)
+    assert [(e.kind, e.trigger) for e in seen[-3:]] == [("rollback", "file edit")] * 3
+    rec.rollout("web", ro.RolloutEvent("web", "rollback_completed", "stable"))
+    assert (seen[-1].kind, seen[-1].trigger) == ("rollback", "file edit")
+    assert rec.kept("web", replace(failed, rolling_revision=""), []).trigger == ""
+    # A removal keeps what started it (its drain), whatever pass removes it.
+    rec.begin("service:db", "file")
+    rec.step(StepResult(DrainContainer("d1", "p-db-1", "db", ("p_default",),
+                                       "service removed from the file"), "success"))  # fmt: skip
+    rec.begin("service:db", "event")
+    rec.step(StepResult(RemoveContainer("d1", "p-db-1", "db", "service removed from the file"),
+                        "success"))  # fmt: skip
+    assert [(e.kind, e.trigger) for e in seen[-2:]] == [("remove", "file edit")] * 2
+
+
+def test_conditions_carry_the_file_revision_a_trigger_and_a_cause() -> None:
+    from reconciler.targets.host.conditions import HostConditions
+
+    seen: list[Event] = []
+    conditions = HostConditions(seen.append)
+    rec = Recording(seen.append, lambda: "d")
+    conditions.context = rec.context
+    rolled = ro.RolloutEvent("web", "rolled_back", "svc-rev", "exited 1")
+    conditions.rollout_event("web", rolled, trigger="file edit", file_revision="file-rev")
+    assert (seen[-1].kind, seen[-1].revision, seen[-1].trigger) == (
+        "rolled_back", "file-rev", "file edit")  # fmt: skip
+    assert seen[-1].data["service_revision"] == "svc-rev"
+    rec.begin("service:web", "event")
+    oom = StartContainer("c1", "p-web-1", "web", "x", causes.exited(137, oom_killed=True))
+    rec.step(StepResult(oom, "success"), "exited")
+    conditions.crash_loops("web", frozenset({"p-web-1"}), 300.0)
+    assert (seen[-1].kind, seen[-1].trigger, seen[-1].cause) == (
+        "crash_loop", "engine event", "exited 137 (OOM killed)")  # fmt: skip
 
 
 def test_down_records_an_operator_row(tmp_path: Path) -> None:
