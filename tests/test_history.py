@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from reconciler.cli import history as cli
+from reconciler.core import causes
 from reconciler.core import rollout as ro
 from reconciler.core.action_events import event_of, kind_of
 from reconciler.core.actions import (
@@ -77,6 +79,56 @@ def test_a_torn_line_is_skipped_and_never_swallows_the_next_record(tmp_path: Pat
     history.History("p", tmp_path)(event(2))
     found = history.read("p", tmp_path)
     assert numbers(found) == [1, 2] and found.skipped == 1
+
+
+def test_a_fragment_another_process_appends_is_never_glued_to_the_next_record(
+    tmp_path: Path,
+) -> None:
+    """The review's scenario: the daemon's writer is open, another process appends half a
+    line (`printf '{"time":...,"action":"hea' >> P.history.jsonl`), then the daemon records a
+    heal: the fragment is skipped, the heal is read."""
+    h = history.History("p", tmp_path)
+    h(event(1))
+    fragment = '{"time":"2026-12-07T03:12:00.000Z","ts":1796,"action":"hea'
+    subprocess.run(
+        [sys.executable, "-c", f"open({str(h.path)!r}, 'a').write({fragment!r})"], check=True
+    )
+    h(event(2))
+    found = history.read("p", tmp_path)
+    assert numbers(found) == [1, 2] and found.skipped == 1
+    assert h.path.read_bytes().count(b"\n") == 3  # the fragment ended on its own line
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.integers(min_value=1, max_value=400)), min_size=1, max_size=30
+    )
+)
+def test_torn_pieces_anywhere_never_cost_a_record(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[bool, int]]
+) -> None:
+    """Records and torn pieces (a strict prefix of a record, as a full disk or another
+    writer leaves) in any order, through one open writer: every record is read, each run of
+    pieces (nothing ends one before the next) is one skipped line."""
+    folder = tmp_path_factory.mktemp("t")
+    h = history.History("p", folder)
+    written, torn, last_torn = [], 0, False
+    for n, (is_record, cut_at) in enumerate(steps):
+        line = history.line_of(event(n), project="p", target="host")
+        if is_record:
+            assert h.append(line)
+            written.append(n)
+        else:
+            with h.path.open("ab") as f:
+                f.write(line[: min(cut_at, len(line) - 2)])
+            torn += not last_torn
+        last_torn = not is_record
+    found = history.read("p", folder)
+    assert numbers(found) == written
+    assert found.skipped == torn
 
 
 def test_a_short_write_is_reported_and_the_next_record_is_whole(
@@ -256,6 +308,46 @@ def test_the_table_reads_like_the_readme() -> None:
     assert text[3].endswith("error: conflict") and "remove" in text[3]
 
 
+def test_a_multi_line_cause_stays_on_its_row() -> None:
+    cause = "desired_state.yaml:3:5: bad\ndesired_state.yaml:9:1: worse"
+    rejected = Event("reload_rejected", trigger="file edit", result="firing", cause=cause)
+    row = json.loads(history.line_of(rejected, project="p", target="host"))
+    text = cli.table([row]).splitlines()
+    assert len(text) == 2 and "bad / desired_state.yam" in text[1]
+
+
+def show(tmp_path: Path, *argv: str) -> tuple[int, str, str]:
+    import contextlib
+    import io
+
+    from reconciler.cli.parser import build_parser
+
+    args = build_parser().parse_args(
+        ["history", "--project", "p", "--file", str(tmp_path / "none.yaml"),
+         "--state-dir", str(tmp_path), *argv]
+    )  # fmt: skip
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.show(args)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_an_unknown_service_an_empty_window_and_no_file_are_told_apart(tmp_path: Path) -> None:
+    """As `docker compose logs nosuch` (exit 1) and `journalctl --since` (no entries, 0)."""
+    code, out, _ = show(tmp_path)
+    assert code == 0 and "no history yet" in out and "does not exist" in out
+    h = history.History("p", tmp_path)
+    h(Event("heal", service="web", message="1"))
+    code, out, err = show(tmp_path, "nosuch", "--since", "1h")
+    assert code == 1 and out == "" and "no such service: nosuch (project p: web)" in err
+    code, out, _ = show(tmp_path, "--since", "2099-01-01")
+    assert code == 0 and "no records since 2099-01-01 00:00:00 UTC (1 older)" in out
+    code, out, _ = show(tmp_path, "web", "--since", "2099-01-01")
+    assert code == 0 and "no records of web since" in out
+    code, out, _ = show(tmp_path, "web", "--json")
+    assert code == 0 and json.loads(out)["service"] == "web"
+
+
 # ---------------------------------------------------------------------- the actions' kinds
 
 
@@ -287,9 +379,7 @@ def test_heals_are_heals() -> None:
     cid = _id("p-web-1")
     assert kind_of(RestartContainer(cid, "p-web-1", "web", "unhealthy")) == "heal"
     assert kind_of(UnpauseContainer(cid, "p-web-1", "web")) == "heal"
-    assert kind_of(StartContainer(cid, "p-web-1", "web", "its replacement failed")) == (
-        "rollout_step"
-    )
+    assert kind_of(StartContainer(cid, "p-web-1", "web", "its replacement failed")) == ("rollback")
     assert kind_of(StopContainer(cid, "p-web-1", "web")) == "drift_corrected"
     assert kind_of(SignalContainer(cid, "p-web-1", "web", "SIGHUP", "d", "config")) == "reload"
 
@@ -351,6 +441,98 @@ def test_a_rollout_keeps_the_trigger_that_started_it() -> None:
     assert len(seen) == rows
     rec.step(StepResult(swap, "success"))
     assert seen[-1].trigger == "engine event"
+
+
+def test_a_death_the_engine_announced_is_healed_on_its_event() -> None:
+    """The first heal after a `docker kill`: the event's pass hands it to the heal pool, and
+    a resync's pass may run before the start is reported; or the resync's pass is the one
+    that gets to the death the event announced. Either way: `engine event`."""
+    seen: list[Event] = []
+    rec = Recording(seen.append, lambda: "d")
+    start = StartContainer("c1", "p-web-1", "web", "exited 137 (SIGKILL)")
+    rec.died("p-web-1", "c1")
+    rec.begin("service:web", "event")
+    asked = rec.trigger("web")  # FastHeal.take: the pass that hands the heal over
+    rec.asked("web", "interval")
+    rec.begin("service:web", "backoff")  # a resync's pass, while the heal runs
+    rec.step(StepResult(start, "success"), "exited", trigger=asked)
+    assert (seen[-1].kind, seen[-1].trigger) == ("heal", "engine event")
+    rec.died("p-web-1", "c1")
+    rec.step(StepResult(start, "success"), "exited")  # the resync's pass heals it
+    assert seen[-1].trigger == "engine event"
+    rec.step(StepResult(start, "success"), "exited")  # a death no event announced
+    assert seen[-1].trigger == "resync"
+    rec.died("p-web-1", "c1")
+    rec.started("c1")  # Docker's restart policy brought it back: the announcement is over
+    rec.step(StepResult(start, "success"), "exited")
+    assert seen[-1].trigger == "resync"
+
+
+def test_a_rollout_and_its_rollback_keep_their_trigger_across_a_restart() -> None:
+    from reconciler.core.actions import ConnectNetwork, DrainContainer
+    from reconciler.core.desired import NetworkAttachment
+
+    seen: list[Event] = []
+    rec = Recording(seen.append, lambda: "file-digest-1234")
+    rec.begin("service:web", "file")
+    started = ro.RolloutEvent("web", "started", "svc-rev")
+    record = rec.kept("web", ro.RolloutRecord(rolling_revision="svc-rev"), [started])
+    assert record.trigger == "file"
+    rec.rollout("web", started, ['environment.A "1" -> "2"'])
+    assert (seen[-1].kind, seen[-1].data["diff"]) == ("rollout_started", 'environment.A "1" -> "2"')
+    assert seen[-1].revision == "file-digest-" and seen[-1].data["service_revision"] == "svc-rev"
+    # kill -9, a new daemon: the rollout goes on, on its old replica's `die`.
+    rec = Recording(seen.append, lambda: "file-digest-1234")
+    rec.begin("service:web", "event")
+    rec.under_way("web", record, "normal")
+    swap = StartContainer("c2", "0123456789ab_p-web-2", "web", "replaces p-web-2")
+    rec.step(StepResult(swap, "success"))
+    assert (seen[-1].kind, seen[-1].trigger) == ("rollout_step", "file edit")
+    # It fails and rolls back: every step back is a `rollback`, with the rollout's trigger.
+    failed = ro.RolloutRecord(rolling_revision="stable", failed_revision="svc-rev", trigger="file")
+    assert rec.kept("web", failed, []).trigger == "file"
+    rec.begin("service:web", "interval")
+    rec.under_way("web", failed, "rolled_back")
+    net = NetworkAttachment("p_default", aliases=("web",))
+    back = [
+        StartContainer("c1", "p-web-1", "web", "its replacement failed"),
+        ConnectNetwork("c1", "p-web-1", "web", net, reconnect=True),
+        RemoveContainer("c2", "0123456789ab_p-web-2", "web", "replaced"),
+    ]
+    for a in back:
+        rec.step(StepResult(a, "success"), "network" if isinstance(a, ConnectNetwork) else None)
+    assert [(e.kind, e.trigger) for e in seen[-3:]] == [("rollback", "file edit")] * 3
+    rec.rollout("web", ro.RolloutEvent("web", "rollback_completed", "stable"))
+    assert (seen[-1].kind, seen[-1].trigger) == ("rollback", "file edit")
+    assert rec.kept("web", replace(failed, rolling_revision=""), []).trigger == ""
+    # A removal keeps what started it (its drain), whatever pass removes it.
+    rec.begin("service:db", "file")
+    rec.step(StepResult(DrainContainer("d1", "p-db-1", "db", ("p_default",),
+                                       "service removed from the file"), "success"))  # fmt: skip
+    rec.begin("service:db", "event")
+    rec.step(StepResult(RemoveContainer("d1", "p-db-1", "db", "service removed from the file"),
+                        "success"))  # fmt: skip
+    assert [(e.kind, e.trigger) for e in seen[-2:]] == [("remove", "file edit")] * 2
+
+
+def test_conditions_carry_the_file_revision_a_trigger_and_a_cause() -> None:
+    from reconciler.targets.host.conditions import HostConditions
+
+    seen: list[Event] = []
+    conditions = HostConditions(seen.append)
+    rec = Recording(seen.append, lambda: "d")
+    conditions.context = rec.context
+    rolled = ro.RolloutEvent("web", "rolled_back", "svc-rev", "exited 1")
+    conditions.rollout_event("web", rolled, trigger="file edit", file_revision="file-rev")
+    assert (seen[-1].kind, seen[-1].revision, seen[-1].trigger) == (
+        "rolled_back", "file-rev", "file edit")  # fmt: skip
+    assert seen[-1].data["service_revision"] == "svc-rev"
+    rec.begin("service:web", "event")
+    oom = StartContainer("c1", "p-web-1", "web", "x", causes.exited(137, oom_killed=True))
+    rec.step(StepResult(oom, "success"), "exited")
+    conditions.crash_loops("web", frozenset({"p-web-1"}), 300.0)
+    assert (seen[-1].kind, seen[-1].trigger, seen[-1].cause) == (
+        "crash_loop", "engine event", "exited 137 (OOM killed)")  # fmt: skip
 
 
 def test_down_records_an_operator_row(tmp_path: Path) -> None:

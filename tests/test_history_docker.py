@@ -22,13 +22,14 @@ from tests.swarmkit import one_node_swarm, remove_project
 pytestmark = pytest.mark.docker
 
 
-def web(image: str, replicas: int) -> dict[str, Any]:
+def web(image: str, replicas: int, **extra: Any) -> dict[str, Any]:
     return {
         "image": image,
         "init": True,
         "command": ["sleep", "100000"],
         "stop_grace_period": "1s",
         "deploy": {"replicas": replicas},
+        **extra,
     }
 
 
@@ -100,10 +101,31 @@ def test_heals_edits_kill_9_apply_and_down_are_in_the_history(
     assert "1 line(s) that are no whole record skipped" in proc.stderr
     lines = hist.read_bytes().split(b"\n")
     assert sum(1 for line in lines if line.startswith(b'{"time": "2026-12-07T03:12')) == 1
-    assert d2.stop() == 0
+
+    # A rollout (one replica at a time, each watched 2 s) with the daemon killed mid-way: the
+    # next daemon's steps still say `file edit`, the rollout's start carries its field diff.
+    update = {"parallelism": 1, "monitor": "2s"}
+    slow = {"environment": {"A": "2"}, "deploy": {"replicas": 3, "update_config": update}}
+    write_state({"services": {"web": web(busybox_image, 3, **slow)}})
+    wait_for(lambda: rows(history(path, state), action="rollout_started"), 60, 0.05,
+             what="the rollout's first pass")  # fmt: skip
+    d2.proc.send_signal(signal.SIGKILL)
+    d2.proc.wait(30)
+    d3 = daemon(path, 60.0, extra)
+    wait_for(lambda: rows(history(path, state), action="rollout_completed"), 120,
+             what="the rollout completed by the next daemon")  # fmt: skip
+    found = history(path, state)
+    (started,) = rows(found, action="rollout_started")
+    assert started["trigger"] == "file edit" and "environment.A" in started["data"]["diff"]
+    steps = rows(found, action="rollout_step")
+    assert len(steps) >= 3 and {r["trigger"] for r in steps} == {"file edit"}, steps
+    (completed,) = rows(found, action="rollout_completed")
+    assert completed["revision"] == started["revision"]  # the file's, not the service's
+    assert completed["data"]["service_revision"] != completed["revision"]
+    assert d3.stop() == 0
 
     # `apply` and `down` are the operator's: 3 -> 1, then everything.
-    write_state({"services": {"web": web(busybox_image, 1)}})
+    write_state({"services": {"web": web(busybox_image, 1, environment={"A": "2"})}})
     applied = run_cli("apply", str(path), "--state-dir", str(state), "--lock-dir", str(tmp_path))
     assert applied.returncode == 0, applied.stdout + applied.stderr
     removed = rows(history(path, state), action="remove", trigger="operator (apply)")

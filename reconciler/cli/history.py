@@ -115,23 +115,30 @@ class UnknownProject(Exception):
     """Neither --project nor a readable file names the project."""
 
 
-def project_of(args: argparse.Namespace) -> str:
-    """--project, else the project the file names (read with its target's rules)."""
-    if args.project:
-        return str(args.project)
+def project_of(args: argparse.Namespace) -> tuple[str, frozenset[str] | None]:
+    """--project, else the project the file names (read with its target's rules), and the
+    services the file names (None: not read)."""
     name = args.target or os.environ.get("RECONCILER_TARGET") or "host"
     try:
         file = git_args.followed_file(args) or args.file  # a followed repository's, if any
-        return targets.kind(name).load(file).project
+        desired = targets.kind(name).load(file)
     except (DesiredStateError, OSError, KeyError) as exc:
+        if args.project:
+            return str(args.project), None
         text = f"cannot tell the project from {args.file} ({exc}); give --project"
         raise UnknownProject(text) from None
+    if args.project and args.project != desired.project:
+        return str(args.project), None
+    return desired.project, frozenset(s.name for s in desired.services)
 
 
 def show(args: argparse.Namespace) -> int:
-    """Print the records (a table, or JSON lines); 0, or 2 when the project is unknown."""
+    """Print the records (a table, or JSON lines). Exit codes as `docker compose logs` and
+    `journalctl`: 0 with records or an empty window (`-- No entries --`), 1 for a service
+    neither the file nor the history knows, or a history that cannot be read, 2 when the
+    project is unknown."""
     try:
-        project = project_of(args)
+        project, in_file = project_of(args)
     except UnknownProject as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -140,18 +147,40 @@ def show(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: cannot read the history of {project}: {exc}", file=sys.stderr)
         return 1
+    where = history.history_path(project, args.state_dir)
+    service = args.service
+    if service and service not in found.services and service not in (in_file or ()):
+        known = sorted((in_file or frozenset()) | found.services)
+        names = ", ".join(known) if known else "none"
+        print(f"error: no such service: {service} (project {project}: {names})", file=sys.stderr)
+        return 1
     if found.skipped:
         print(f"note: {found.skipped} line(s) that are no whole record skipped", file=sys.stderr)
     if args.json:
         for row in found.records:
             print(json.dumps(row, ensure_ascii=False, separators=(",", ":")))
         return 0
-    if not found.records:
-        where = history.history_path(project, args.state_dir)
-        print(f"{project}: no history{' for ' + args.service if args.service else ''} ({where})")
-        return 0
-    print(table(found.records))
+    if found.records:
+        print(table(found.records))
+    elif not found.exists:
+        print(f"{project}: no history yet ({where} does not exist)")
+    else:
+        print(f"{project}: {empty(found, service, args.since)} ({where})")
     return 0
+
+
+def empty(found: history.Read, service: str | None, since: float | None) -> str:
+    """Why nothing is listed from a history that exists."""
+    window = (
+        f" since {datetime.fromtimestamp(since, UTC).strftime('%Y-%m-%d %H:%M:%S')} UTC"
+        if since is not None
+        else ""
+    )
+    if service:
+        return f"no records of {service}{window}"
+    if found.total:
+        return f"no records{window} ({found.total} older)"
+    return "the history has no records"
 
 
 def table(rows: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> str:
@@ -164,7 +193,13 @@ def table(rows: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> str:
 
 
 def _cut(text: str) -> str:
+    text = one_line(text)
     return text if len(text) <= COLUMN_MAX else text[: COLUMN_MAX - 1] + "…"
+
+
+def one_line(text: str) -> str:
+    """A cell on one line: a multi-line text (a rejected file's errors) joined with ` / `."""
+    return " / ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 def _cells(r: dict[str, Any]) -> tuple[str, ...]:
@@ -184,7 +219,7 @@ def _cells(r: dict[str, Any]) -> tuple[str, ...]:
     if data.get("error"):
         result += f": {data['error']}"
     replica = str(r.get("replica") or ("" if verb == "" else data.get("name", "")))
-    return (
+    cells = (
         at,
         str(r.get("service") or "-"),
         replica or "-",
@@ -194,3 +229,4 @@ def _cells(r: dict[str, Any]) -> tuple[str, ...]:
         "-" if duration is None else f"{float(duration):.2f}s",
         result,
     )
+    return tuple(one_line(c) or "-" for c in cells)

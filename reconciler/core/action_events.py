@@ -61,7 +61,7 @@ def kind_of(action: Action, heal_reason: str | None = None) -> EventKind:
         case EnsureImage():
             return "pull"  # a moved tag's update is told once rolled out (HostConditions)
         case StartContainer() | UnpauseContainer() if reason == ROLLBACK:
-            return "rollout_step"
+            return "rollback"
         case CreateContainer(as_name=as_name) if as_name is not None:
             return "recreate" if reason == "dead" or "was recreated" in reason else "rollout_step"
         case StartContainer() if reason == JUST_CREATED:
@@ -97,8 +97,10 @@ def event_of(
     revision: str = "",
     heal_reason: str | None = None,
     data: dict[str, str] | None = None,
+    kind: EventKind | None = None,
 ) -> Event:
-    """The history's record of one executed action (`outcome`: success, error, skipped)."""
+    """The history's record of one executed action (`outcome`: success, error, skipped);
+    `kind`: the caller's word for it (a step of a rollback), else `kind_of`'s."""
     result: Result = outcome if outcome in ("success", "error", "skipped") else "error"  # type: ignore[assignment]
     extra = {"verb": action.verb, "object": action.kind, "name": action.name}
     changes = action.cause.changes
@@ -107,7 +109,7 @@ def event_of(
     if error:
         extra["error"] = cut(error)
     return Event(
-        kind=kind_of(action, heal_reason),
+        kind=kind or kind_of(action, heal_reason),
         service=action.service or "",
         message=cut(action.describe()),
         replica=replica_of(action),

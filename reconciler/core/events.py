@@ -18,6 +18,7 @@ EventKind = Literal[
     "heal",
     "recreate",
     "rollout_step",
+    "rollback",  # a step returning a service to its stable revision (and the rollback's end)
     "remove",
     "image_update",
     "drift_corrected",

@@ -55,6 +55,9 @@ class RolloutRecord:
     paused_reason: str = ""
     failures: tuple[str, ...] = ()  # failed new replicas (container ids/names) of this rollout
     last_batch_at: float = 0.0  # when the last replaced replica passed its monitor
+    # What started the rollout under way (`file`, `image`, `git`...): its later steps, and its
+    # rollback, say so in the history, after a restart too (targets/host/recording).
+    trigger: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,9 @@ one JSON line in `<project>.history.jsonl` in the state directory, bounded and r
 `History` is a sink of the event stream (the daemon's Recorder, `apply`'s and `down`'s
 Settings.record); `read` serves `reconciler history`. Each line is written by one write()
 on an O_APPEND descriptor, so threads and processes (`apply` beside a daemon) never mix
-lines, and a torn tail (a crash inside a write on a full disk) is never read as a record.
+lines; before each write the file's last byte is read (under an flock): a torn tail, whoever
+left it (a full disk, a crash, another process), is ended first, never glued to a record,
+and is skipped when read.
 """
 
 from __future__ import annotations
@@ -132,8 +134,12 @@ class History:
                 fd = self._current()
                 if os.fstat(fd).st_size + len(line) > self.rotate_at:
                     fd = self._rotate(fd)
-                written = os.write(fd, line)
-                if written != len(line):  # a full disk: end the torn piece, report it
+                with _flocked(fd):  # our other writers wait; the last byte stays the last
+                    size = os.fstat(fd).st_size
+                    if size and os.pread(fd, 1, size - 1) != b"\n":
+                        line = b"\n" + line  # a torn piece ends here; the record is whole
+                    written = os.write(fd, line)
+                if written != len(line):  # a full disk: the next append ends the torn piece
                     self._close()
                     raise OSError(f"short write ({written} of {len(line)} bytes)")
             except OSError as exc:
@@ -162,13 +168,11 @@ class History:
                 pass
             self._close()
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # Read and write: each append reads the last byte (a torn piece is ended first).
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         st = os.fstat(fd)
         if st.st_mode & 0o077:
             os.fchmod(fd, 0o600)
-        # A line torn by a crash mid-write must not swallow the next record: end it first.
-        if st.st_size and _last_byte(self.path, st.st_size) != b"\n":
-            os.write(fd, b"\n")
         self._fd, self._ino = fd, st.st_ino
         return fd
 
@@ -209,24 +213,20 @@ def _flocked(fd: int) -> Iterator[None]:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def _last_byte(path: Path, size: int) -> bytes:
-    try:
-        with path.open("rb") as f:
-            f.seek(size - 1)
-            return f.read(1)
-    except OSError:
-        return b"\n"
-
-
 # ---------------------------------------------------------------------- reading
 
 
 @dataclass(frozen=True, slots=True)
 class Read:
-    """What `read` found: the records, oldest first, and how many lines were not records."""
+    """What `read` found: the records, oldest first, and how many lines were not records;
+    `total` and `services`: every record before the filters (an empty window, an unknown
+    service are told apart from an empty history)."""
 
     records: tuple[dict[str, Any], ...]
     skipped: int
+    total: int = 0
+    services: frozenset[str] = frozenset()
+    exists: bool = False  # a history file was found
 
 
 def parse_lines(data: bytes) -> tuple[list[dict[str, Any]], int]:
@@ -270,11 +270,13 @@ def read(
     )
     records: list[dict[str, Any]] = []
     skipped = 0
+    exists = False
     for file in [p for p in rotated if p.suffix[1:].isdigit()] + [path]:
         try:
             data = file.read_bytes()
         except FileNotFoundError:
             continue
+        exists = True
         rows, bad = parse_lines(data)
         skipped += bad
         records += rows
@@ -284,4 +286,5 @@ def read(
         for r in records
         if (since is None or r["ts"] >= since) and (service is None or r.get("service") == service)
     )
-    return Read(picked, skipped)
+    seen = frozenset(str(r.get("service") or "") for r in records) - {""}
+    return Read(picked, skipped, len(records), seen, exists)

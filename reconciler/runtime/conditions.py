@@ -56,6 +56,7 @@ class DaemonConditions:
                 Event(
                     "engine_unreachable",
                     message=f"the Docker engine answers again (gone {gone:.0f} s)",
+                    trigger="engine",
                     result="resolved",
                     duration_s=round(gone, 1),
                 )
@@ -77,6 +78,7 @@ class DaemonConditions:
             Event(
                 "engine_unreachable",
                 message=f"the Docker engine has been unreachable for {gone:.0f} s; retrying",
+                trigger="engine",  # the daemon's own calls found it gone
                 cause=error,
                 result="firing",
                 duration_s=round(gone, 1),
@@ -85,9 +87,12 @@ class DaemonConditions:
 
     # ------------------------------------------------------------------ policy and reloads
 
-    def denials(self, denials: Iterable[Denial], services: Iterable[str]) -> None:
+    def denials(
+        self, denials: Iterable[Denial], services: Iterable[str], trigger: str = "resync"
+    ) -> None:
         """The denials of the state just loaded: new ones fire, those gone (or of services
-        no longer in the file) are resolved."""
+        no longer in the file) are resolved; `trigger`: what had it loaded (the start's
+        first pass: `resync`; a reload: `file edit`, `reload signal`, `git commit`)."""
         rules: dict[str, set[str]] = {}
         for d in denials:
             rules.setdefault(d.service, set()).add(d.rule)
@@ -102,6 +107,7 @@ class DaemonConditions:
                         "denied",
                         service=svc,
                         message=f"service {svc} is denied by the host policy; not created",
+                        trigger=trigger,
                         cause=f"rule {text}",
                         result="firing",
                     )
@@ -113,6 +119,7 @@ class DaemonConditions:
                     "denied",
                     service=svc,
                     message=f"service {svc} {gone}",
+                    trigger=trigger,
                     result="resolved",
                 )
             )

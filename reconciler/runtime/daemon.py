@@ -22,7 +22,7 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from reconciler.config.web_config import WebConfig
-from reconciler.core.events import Record, discard
+from reconciler.core.events import Record, discard, trigger_text
 from reconciler.core.policy import DEFAULT as DEFAULT_POLICY
 from reconciler.core.policy import Denial, Policy
 from reconciler.errors import EngineUnavailable
@@ -378,8 +378,9 @@ class Daemon:
         ]
         return f"{self.desired.project}: " + ", ".join(parts)
 
-    def count_denials(self, denials: tuple[Denial, ...]) -> None:
-        self.conditions.denials(denials, (s.name for s in self.desired.services))
+    def count_denials(self, denials: tuple[Denial, ...], trigger: str = "interval") -> None:
+        services = (s.name for s in self.desired.services)
+        self.conditions.denials(denials, services, trigger_text(trigger))
         rules: dict[str, list[str]] = {}
         for d in denials:
             rules.setdefault(d.service, []).append(d.rule)

@@ -7,7 +7,7 @@ Owned by the controller's `ServiceMetrics` and `ImageFollower`, which call it af
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from reconciler.core import rollout as ro
 from reconciler.core.desired import HealPolicy, ServiceSpec
@@ -30,14 +30,24 @@ class HostConditions:
         self._lock = threading.Lock()
         self._rollout: dict[str, tuple[EventKind, str]] = {}  # service -> (kind, rev) firing
         self._looping: dict[str, frozenset[str]] = {}  # service -> replicas at the cap
+        # (service, replica) -> (trigger, cause) of a crash loop: what asked for the pass that
+        # saw it, the replica's last exit (set by ServiceMetrics from its Recording)
+        self.context: Callable[[str, str], tuple[str, str]] = lambda service, replica: ("", "")
 
     def rollout_event(
-        self, service: str, event: ro.RolloutEvent, pause_chosen: bool = False, trigger: str = ""
+        self,
+        service: str,
+        event: ro.RolloutEvent,
+        pause_chosen: bool = False,
+        trigger: str = "",
+        file_revision: str = "",
     ) -> None:
         """A rollout's end: completed (news; clears what fired), rolled back, paused (the
         file's `failure_action: pause`, `pause_chosen`) or failed (paused with nothing to
-        return to: no stable revision, or the rollback failed too)."""
+        return to: no stable revision, or the rollback failed too). Its row's revision is
+        the file's (`file_revision`, beside `trigger`), the service's is in its data."""
         rev = event.revision
+        data = {"service_revision": rev[:12]}
         if event.kind == "completed":
             self._clear_rollout(service, f"revision {rev[:12]} rolled out", rev)
             self.record(
@@ -47,7 +57,8 @@ class HostConditions:
                     message=f"every replica of {service} runs revision {rev[:12]}",
                     trigger=trigger,
                     cause=event.reason,
-                    revision=rev,
+                    revision=file_revision or rev,
+                    data=data,
                 )
             )
         elif event.kind in ("rolled_back", "paused"):
@@ -74,7 +85,8 @@ class HostConditions:
                     message=text,
                     trigger=trigger,
                     cause=event.reason,
-                    revision=rev,
+                    revision=file_revision or rev,
+                    data=data,
                     result="firing",
                 )
             )
@@ -104,10 +116,13 @@ class HostConditions:
             before = self._looping.get(service, frozenset())
             self._looping[service] = looping
         if looping and not before:
+            trigger, cause = self.context(service, sorted(looping)[0])
             self.record(
                 Event(
                     "crash_loop",
                     service=service,
+                    trigger=trigger,
+                    cause=cause,
                     message=f"{', '.join(sorted(looping))} keep exiting; restarts wait {cap:g} s "
                     "(the back-off cap)",
                     replica=sorted(looping)[0],

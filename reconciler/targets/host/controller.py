@@ -138,7 +138,8 @@ class Controller:
             engine,
             self.runs,
             book=self._book,
-            apply=self._apply,
+            apply=lambda p, trigger: self._apply(p, trigger),
+            trigger=lambda service: self.reporter.recording.trigger(service),
             after=self._after_heal,
             enqueue=lambda key, delay: self.enqueue(key, delay),
             clock=lambda: self.clock(),
@@ -152,12 +153,14 @@ class Controller:
         straight away, without a full observe, if nothing else is pending for the service."""
         if exit is not None:
             self.runs.note_died(container_id, exit)
+            self.reporter.recording.died(exit.name, container_id)  # its heal: `engine event`
         self.heals.hint_died(service, container_id, exit)
 
     def note_started(self, container_id: str, at: float) -> None:
         """A container of the project started (Docker event): with the time of its `die`,
         its last run is known without an inspect."""
         self.runs.note_started(container_id, at)
+        self.reporter.recording.started(container_id)
 
     def forget(self, container_id: str) -> None:
         """A container of the project was removed."""
@@ -334,6 +337,7 @@ class Controller:
             log.debug("note", project=desired.project, service=name, note=str(note))
             self.on_note(note)
         self.waits[name] = tuple(str(n) for n in p.notes if n.kind in WAIT_KINDS)
+        self.reporter.recording.under_way(name, record, mode)  # a rollout's, a rollback's
         results = self._apply(p)
         policies = {f"image:{name}": svc.heal} | {
             k: svc.heal for c in target.replicas for k in keys_of(c.name)
@@ -352,6 +356,7 @@ class Controller:
         new_record, events = ro.record_pass(
             record, svc, target, mode, p.verdicts, refused, after_mine, now
         )
+        new_record = self.reporter.recording.kept(name, new_record, events)  # its trigger
         self.store.put(name, new_record)
         started = any(e.kind == "started" for e in events)
         changes = rollout_diff(target, mine, desired.secrets) if started else None
@@ -397,14 +402,15 @@ class Controller:
         else:
             self.engine.execute(action)
 
-    def _apply(self, p: Plan) -> tuple[StepResult, ...]:
+    def _apply(self, p: Plan, trigger: str | None = None) -> tuple[StepResult, ...]:
+        """Run a plan's steps, each reported (`trigger`: what asked for a fast heal's pass)."""
         if not p.steps:
             return ()
         return apply(
             p,
             self._execute,
             workers=self.workers,
-            on_result=self.reporter.report,
+            on_result=lambda r: self.reporter.report(r, trigger=trigger),
             cancelled=self.cancelled,
         )
 

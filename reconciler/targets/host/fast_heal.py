@@ -42,14 +42,17 @@ class FastHeal:
         runs: Runs,
         *,
         book: Callable[[str], HealingBook],
-        apply: Callable[[Plan], tuple[StepResult, ...]],
+        apply: Callable[[Plan, str | None], tuple[StepResult, ...]],
         after: Callable[[str, tuple[StepResult, ...], HealingBook], None],
         enqueue: Callable[[str, float], None],
         clock: Callable[[], float],
         cancelled: Callable[[], bool],
+        trigger: Callable[[str], str] = lambda service: "event",
     ) -> None:
-        """`book`: a service's healing book; `apply`: run a plan (reported); `after`: the
-        controller's bookkeeping after a heal's step, under the service's book lock."""
+        """`book`: a service's healing book; `apply`: run a plan (reported with the trigger
+        given); `after`: the controller's bookkeeping after a heal's step, under the
+        service's book lock; `trigger`: what asked for a service's pass under way (a heal
+        is the pass's that handed it over, whatever pass runs when it is reported)."""
         self.engine = engine
         self.runs = runs
         self._book = book
@@ -58,6 +61,7 @@ class FastHeal:
         self._enqueue = enqueue
         self._clock = clock
         self._cancelled = cancelled
+        self._trigger = trigger
         self._lock = threading.Lock()
         # service -> replicas that just died (id -> what the event said)
         self._hints: dict[str, dict[str, Exit | None]] = {}
@@ -102,21 +106,22 @@ class FastHeal:
                 # Replicas died and nothing else is pending: each is started on one inspect,
                 # in parallel and without waiting for the others (a mass failure comes back
                 # as fast as Docker brings back its own).
+                asked = self._trigger(name)
                 for cid in sorted(hints.keys() - healing):
                     healing.add(cid)
-                    self._pool.submit(self._job, svc, cid, hints[cid])
+                    self._pool.submit(self._job, svc, cid, hints[cid], asked)
                 return "busy"
             if healing:  # the full reconcile waits for the fast heals under way
                 self._deferred.add(name)
                 return "busy"
         return None
 
-    def _job(self, svc: ServiceSpec, cid: str, exit: Exit | None) -> None:
+    def _job(self, svc: ServiceSpec, cid: str, exit: Exit | None, asked: str) -> None:
         """A fast heal on the heal pool; then its service is looked at again (at once when
         it was not plainly ours to start, or its reconcile waited for it)."""
         started = False
         try:
-            started = not self._cancelled() and self._heal(svc, cid, exit)
+            started = not self._cancelled() and self._heal(svc, cid, exit, asked)
         except Exception as exc:  # an engine fault: the full reconcile takes over
             log.warning("fast heal failed", service=svc.name, container=cid[:12], error=str(exc))
         with self._lock:
@@ -130,7 +135,7 @@ class FastHeal:
         now = not started or waited
         self._enqueue(service_key(svc.name), 0.0 if now else VERIFY_AFTER_FAST_HEAL_S)
 
-    def _heal(self, svc: ServiceSpec, cid: str, exit: Exit | None) -> bool:
+    def _heal(self, svc: ServiceSpec, cid: str, exit: Exit | None, asked: str) -> bool:
         """Start a replica that just died when it is plainly ours to start: its spec is
         current, no back-off holds it, Docker's restart policy will not. Its last run comes
         from the events (its `start`, then this `die`), else from one inspect."""
@@ -162,7 +167,7 @@ class FastHeal:
                 return False
         why = causes.exited(run.exit_code, run.oom_killed)
         action = StartContainer(cid, name, svc.name, why.text, why)
-        results = self._apply(Plan(steps=(Step(action),)))
+        results = self._apply(Plan(steps=(Step(action),)), asked)
         with self._book_lock(svc.name):
             self._after(svc.name, results, book)
         return bool(results) and results[0].outcome == "success"

@@ -59,6 +59,7 @@ class ServiceMetrics:
         self._rows: dict[str, tuple[str, int, int, int]] = {}
         self._lock = threading.Lock()  # the rows: several services' workers share them
         self.recording = Recording(record, lambda: self._desired().digest)  # the history's
+        self.conditions.context = self.recording.context  # a crash loop's trigger and cause
 
     def note_created(self, name: str) -> None:
         """A replica was created under its own name: creating it again is a heal."""
@@ -66,9 +67,10 @@ class ServiceMetrics:
 
     # ------------------------------------------------------------------ actions
 
-    def report(self, r: StepResult, *, job: bool = False) -> None:
+    def report(self, r: StepResult, *, job: bool = False, trigger: str | None = None) -> None:
         """One step's result: its log line, `on_result`, counters (`job`: a pull or build
-        reported by its image key)."""
+        reported by its image key; `trigger`: what asked for the pass that took it, when
+        that pass is over already: a fast heal's)."""
         a = r.action
         if isinstance(a, EnsureImage) and not job and r.outcome in ("success", "waiting"):
             return  # the image was there, or its pull is queued: the pull itself reports
@@ -94,7 +96,7 @@ class ServiceMetrics:
             log.warning("action", error=r.error, **fields)
         self._on_result(r)
         reason = self._heal_reason(a)
-        self.recording.step(r, reason, job=job)
+        self.recording.step(r, reason, job=job, trigger=trigger)
         if self.metrics and r.outcome in ("success", "error"):
             self.metrics.actions.labels(a.verb, a.kind, r.outcome).inc()
             if r.outcome == "error":
@@ -145,10 +147,16 @@ class ServiceMetrics:
                 log.info("rollback completed", **fields)
             case "paused":
                 log.warning("rollout paused", reason=event.reason, **fields)
-        trigger = self.recording.rollout(service, event)
+        trigger = self.recording.rollout(service, event, changes)
         svc = next((s for s in self._desired().services if s.name == service), None)
         chosen = svc is not None and svc.update.failure_action == "pause"
-        self.conditions.rollout_event(service, event, pause_chosen=chosen, trigger=trigger)
+        self.conditions.rollout_event(
+            service,
+            event,
+            pause_chosen=chosen,
+            trigger=trigger,
+            file_revision=self._desired().digest[:12],
+        )
         if self.metrics and event.kind in ("completed", "rolled_back", "paused"):
             self.metrics.rollout_finished(service, event.kind)
 
