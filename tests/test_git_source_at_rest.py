@@ -146,7 +146,7 @@ def test_plan_reads_the_daemons_tree_when_it_holds_the_same_commit(tmp_path: Pat
     git_args.prepare(run, KIND)
     assert Path(run.file).is_relative_to(state)
     shown = argparse.Namespace(project=None, target=None, file="absent.yaml", **values)
-    assert history.project_of(shown) == "gitplan"  # `history` names the followed project
+    assert history.project_of(shown)[0] == "gitplan"  # `history` names the followed project
 
     plan = argparse.Namespace(command="plan", **values)
     git_args.prepare(plan, KIND)
