@@ -331,8 +331,9 @@ class HostTarget:
 
     def status(self, status_file: Path, denials: Mapping[str, str]) -> str:
         desired = self.desired
+        held = {s.name: why for s in desired.services if (why := self.snapshots.store.held(s.name))}
         text = render_status(desired, self.engine, status_file, self.store, dict(denials),
-                             pin=self.controller.images.pinned)  # fmt: skip
+                             pin=self.controller.images.pinned, held=held)  # fmt: skip
         lines = [f"note: {line}" for line in clashes(desired, self.engine.others(desired.project))]
         return "\n".join([text, *lines])
 
