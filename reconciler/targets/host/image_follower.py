@@ -299,7 +299,7 @@ class ImageFollower:
         rec = self.states.get(service, svc.image)
         try:
             local = None if rec.digest else self.engine.local_digest(svc.image)
-            wait = self._not_settled(service) if (rec.digest or local) else ""
+            wait = self.update_waits(service) if (rec.digest or local) else ""
             if wait:  # an update now would have nothing to roll back (or restore) to
                 if self._waiting.get(service) != wait:
                     log.info("image update waits", service=service, reason=wait)
@@ -338,7 +338,7 @@ class ImageFollower:
         self.write_image_lock()
         return Outcome(requeue_after=delay)
 
-    def _not_settled(self, service: str) -> str:
+    def update_waits(self, service: str) -> str:
         """Why an update of what runs must wait ("" when it may go): the service has not run
         healthy yet (no revision a failed update could be rolled back to, nor data to restore
         for it), or a rollout is under way (a file edit, a rollback)."""
