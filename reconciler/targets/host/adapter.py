@@ -145,10 +145,16 @@ class HostTarget:
             self.engine,
             SnapshotStore(desired.project, settings.state_dir),
             self.store,
-            lambda: self.controller.desired,
+            self._running_desired,
             settings.record,
         )
         self.controller.snapshots = self.snapshots
+
+    def _running_desired(self) -> DesiredState:
+        """The file with each service pinned as it runs (followed tags, update policies,
+        --locked): the revision a rollout goes to, and the one a restore starts."""
+        d = self.controller.desired
+        return replace(d, services=tuple(map(self.controller.images.pinned, d.services)))
 
     # ------------------------------------------------------------------ the daemon's seam
 
