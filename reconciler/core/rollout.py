@@ -30,6 +30,7 @@ from reconciler.core.observed import ObservedContainer
 
 Mode = Literal["normal", "rolled_back", "paused"]
 TEMP_SEPARATOR = "_"
+IMAGE_HEALTHCHECK_WAIT_S = 90.0  # Docker's defaults: interval 30 s x 3 retries
 
 
 def temp_name(spec: ContainerSpec) -> str:
@@ -153,15 +154,21 @@ def judge(
     if new.health == "unhealthy":
         return Verdict("failed", "new replica unhealthy")
     hc = spec.healthcheck if spec.healthcheck and spec.healthcheck.test != ("NONE",) else None
+    # A HEALTHCHECK of the image itself (none in the file): Docker reports a health too, and
+    # a new version whose own check fails must not pass; its timing is unknown here, so the
+    # wait is Docker's defaults (interval 30 s x 3 retries).
+    image_hc = hc is None and new.health is not None
     started = new.started_at if new.started_at is not None else now
     monitor_end = started + config.monitor_s
     window = config.monitor_s + (hc.start_period_s + hc.interval_s * hc.retries if hc else 0.0)
+    window += IMAGE_HEALTHCHECK_WAIT_S if image_hc else 0.0
     deadline = started + window
-    ok = new.state == "running" and (hc is None or new.health == "healthy")
+    gated = hc is not None or image_hc
+    ok = new.state == "running" and (not gated or new.health == "healthy")
     if ok and now >= monitor_end:
         return Verdict("passed")
     if now >= deadline:
-        what = "healthy" if hc else "running"
+        what = "healthy" if gated else "running"
         return Verdict("failed", f"new replica not {what} within {window:g}s")
     return Verdict("pending", recheck_at=monitor_end if now < monitor_end else deadline)
 

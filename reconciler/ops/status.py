@@ -108,11 +108,14 @@ def render_status(
     store: Any = None,
     denied: Mapping[str, str] | None = None,
     pin: Callable[[ServiceSpec], ServiceSpec] | None = None,
+    held: Mapping[str, str] | None = None,
 ) -> str:
     """service, desired, running, healthy, restarts, image, rollout — plus a line per broken
     replica. `store` (a StateStore) gives each service's rollout record; `denied` the rules
-    the host policy denies a service by (it is not created: `denied (<rule>)`)."""
+    the host policy denies a service by (it is not created: `denied (<rule>)`); `held` why a
+    service is held stopped (a snapshot restore failed: `held stopped`, and the reason)."""
     denied = denied or {}
+    held = held or {}
     observed = engine.observe(desired.project)
     live = {c.name: c for c in observed.containers}
     loops = read_crashloops(status_file) if status_file else {}
@@ -163,9 +166,17 @@ def render_status(
                 svc.image if svc.update_policy is None else im.unpinned(pinned[svc.name].image),
                 f"denied ({denied[svc.name]})"
                 if svc.name in denied
+                else "held stopped"
+                if svc.name in held
                 else rollout_state(pinned[svc.name], record, observed.containers),
             )
         )
+        if svc.name in held:
+            problems.append(
+                f"  {svc.name}: HELD STOPPED: {held[svc.name]}; every start is refused until "
+                f"`reconciler restore {svc.name} SNAPSHOT` succeeds (`reconciler snapshots "
+                f"{svc.name}` lists them)"
+            )
         if im.follows(svc):
             problems.append(tag_line(svc, observed.containers, tags.get(svc.name)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -24,6 +24,7 @@ from reconciler.targets.base import Settings
 from reconciler.targets.image_updates import PolicyLooker
 
 log = structlog.get_logger("reconciler")
+PAUSED = ("paused",)  # Swarm's UpdateStatus.State of an update that stopped (rollbacks: held)
 
 
 class SwarmImages:
@@ -118,10 +119,16 @@ class SwarmImages:
                 self.looker.ended(name, host.image, rec.pending, "rolled_back")
             else:
                 obs = live.get(svc.full_name)
-                done = obs is not None and obs.update_state in ("completed", "")
-                if done and obs is not None and obs.label(LABEL_SPEC_HASH) == svc.spec_hash:
+                if obs is None or obs.label(LABEL_SPEC_HASH) != svc.spec_hash:
+                    continue
+                if obs.update_state in ("completed", ""):
                     self.states.put(name, replace(rec, pending=""))
                     self.looker.ended(name, host.image, rec.pending, "completed")
+                elif obs.update_state in PAUSED:  # failure_action pause, or a failed rollback
+                    # Settled as the host settles a paused rollout: no longer pending (the
+                    # registry is asked again, a newer version may be taken), not held.
+                    self.states.put(name, replace(rec, pending=""))
+                    self.looker.ended(name, host.image, rec.pending, "paused")
         self.write_lock(desired)
 
     def write_lock(self, desired: SwarmDesired) -> None:

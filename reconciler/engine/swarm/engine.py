@@ -234,6 +234,7 @@ class SwarmEngine:
                         self.api.remove_secret(sid)
                 case CreateService(spec=s):
                     body = self._resolved(s)
+                    self._images.reload_credentials()  # docker-py sends them: X-Registry-Auth
                     self.api.create_service(
                         body["TaskTemplate"],
                         name=body["Name"],
@@ -274,6 +275,10 @@ class SwarmEngine:
                 time.sleep(0.5)
 
     def _update(self, sid: str, version: int, body: dict[str, Any]) -> None:
+        """docker-py sends the login for the image's registry with the update (X-Registry-Auth,
+        as `docker service update --with-registry-auth`): Swarm hands it to the nodes that pull.
+        Read again first, so a `docker login` since the start counts."""
+        self._images.reload_credentials()
         self.api.update_service(
             sid,
             version,

@@ -145,10 +145,16 @@ class HostTarget:
             self.engine,
             SnapshotStore(desired.project, settings.state_dir),
             self.store,
-            lambda: self.controller.desired,
+            self._running_desired,
             settings.record,
         )
         self.controller.snapshots = self.snapshots
+
+    def _running_desired(self) -> DesiredState:
+        """The file with each service pinned as it runs (followed tags, update policies,
+        --locked): the revision a rollout goes to, and the one a restore starts."""
+        d = self.controller.desired
+        return replace(d, services=tuple(map(self.controller.images.pinned, d.services)))
 
     # ------------------------------------------------------------------ the daemon's seam
 
@@ -331,8 +337,9 @@ class HostTarget:
 
     def status(self, status_file: Path, denials: Mapping[str, str]) -> str:
         desired = self.desired
+        held = {s.name: why for s in desired.services if (why := self.snapshots.store.held(s.name))}
         text = render_status(desired, self.engine, status_file, self.store, dict(denials),
-                             pin=self.controller.images.pinned)  # fmt: skip
+                             pin=self.controller.images.pinned, held=held)  # fmt: skip
         lines = [f"note: {line}" for line in clashes(desired, self.engine.others(desired.project))]
         return "\n".join([text, *lines])
 

@@ -32,6 +32,8 @@ from reconciler.targets.host.service_metrics import ServiceMetrics
 from reconciler.targets.image_updates import PolicyLooker
 
 log = structlog.get_logger("reconciler")
+SETTLE_RECHECK_S = 2.0  # an update waiting for the service to settle looks again this soon
+SETTLE_MAX_WAIT_S = 600.0  # a service never healthy on its first version: update it anyway
 
 
 class ImageFollower:
@@ -73,6 +75,8 @@ class ImageFollower:
         self._updating: dict[str, str] = {}  # service -> new digest pulled, rollout to come
         self._images_ready: dict[str, EnsureImage] = {}  # service -> image made present
         self._images_wanted: dict[str, EnsureImage] = {}
+        self._waiting: dict[str, str] = {}  # service -> why its update waits (logged once)
+        self._unsettled_since: dict[str, float] = {}  # service -> first seen with no stable
         # x-reconciler.update: the chosen versions (state dir), the looks, the lock file.
         self.states = states
         self.looker = PolicyLooker(
@@ -295,6 +299,13 @@ class ImageFollower:
         rec = self.states.get(service, svc.image)
         try:
             local = None if rec.digest else self.engine.local_digest(svc.image)
+            wait = self.update_waits(service) if (rec.digest or local) else ""
+            if wait:  # an update now would have nothing to roll back (or restore) to
+                if self._waiting.get(service) != wait:
+                    log.info("image update waits", service=service, reason=wait)
+                self._waiting[service] = wait
+                return Outcome(requeue_after=min(every, SETTLE_RECHECK_S))
+            self._waiting.pop(service, None)
             look = self.looker.look(svc, rec, local)
             take = look.decision.take
             if take is not None:
@@ -326,6 +337,20 @@ class ImageFollower:
             self.reporter.count_update(service, "unchanged")
         self.write_image_lock()
         return Outcome(requeue_after=delay)
+
+    def update_waits(self, service: str) -> str:
+        """Why an update of what runs must wait ("" when it may go): the service has not run
+        healthy yet (no revision a failed update could be rolled back to, nor data to restore
+        for it), or a rollout is under way (a file edit, a rollback)."""
+        record = self.store.get(service)
+        if record.rolling_revision:
+            return f"a rollout of revision {record.rolling_revision[:12]} is under way"
+        if not record.stable:  # bounded: a version that never runs healthy may need the update
+            since = self._unsettled_since.setdefault(service, self._clock())
+            if self._clock() - since < SETTLE_MAX_WAIT_S:
+                return "the service has not run healthy yet (nothing to roll back to)"
+        self._unsettled_since.pop(service, None)
+        return ""
 
     def _policy_ended(self, service: str, kind: str) -> None:
         """The rollout of a version the policy took ended: a failure holds it (and the

@@ -180,11 +180,11 @@ class VolumeSnapshots:
             raise ActionFailed(message) from exc
         message = f"restored {', '.join(e.volume for e in entries)} from snapshot {ids}"
         log.warning("rollback: volumes restored", service=svc.name, snapshots=ids)
-        self.record(
-            Event(
-                "rolled_back",
+        self.record(  # a step of the rollback: the rollout's own rolled_back Event (with the
+            Event(  # cause) is the one notifications tell, not this one taking its place
+                "rollout_step",
                 svc.name,
-                message,
+                f"rollback: {message}",
                 replica=spec.name,
                 duration_s=time.monotonic() - start,
                 revision=entries[0].revision,
