@@ -78,7 +78,9 @@ def chosen(
 ) -> Path:
     """The file(s) a command reads, as compose chooses them: `-f` files (after a file
     named on its own), else COMPOSE_FILE, else `default` (none: compose's default names
-    in the current folder). Only a file not given with -f takes its override file."""
+    in the current folder; a `default` that is not there gives way to them, so that
+    `reconciler plan` in a compose project's folder reads its compose.yaml). Only a file
+    not given with -f takes its override file."""
     if given:
         return files_path([*([positional] if positional else []), *given])
     if positional is not None:
@@ -86,12 +88,12 @@ def chosen(
     from_env = from_environment(environ)
     if from_env:
         return files_path(from_env)
-    if default is not None:
+    if default is not None and default.is_file():
         return default
     for name in DEFAULT_NAMES:
         if Path(name).is_file():
             return Path(name)
-    return Path(DEFAULT_NAMES[0])
+    return default if default is not None else Path(DEFAULT_NAMES[0])
 
 
 def file_set(path: Path) -> tuple[list[Path], list[Path]]:
