@@ -46,17 +46,19 @@ Reader = Callable[[Path, tuple[Path, ...]], Document]
 
 class Files(PosixPath):
     """Several files given with `-f` (or COMPOSE_FILE): the path of the first, carrying all
-    of them, so that it travels wherever one desired-state path does."""
+    of them, so that it travels wherever one desired-state path does (the targets' `load`).
+    A path derived from it (`resolve()`, `parent / x`...) is a `Files` without them:
+    `file_set` refuses it rather than read the first file alone."""
 
     merged: tuple[Path, ...]
 
 
 def files_path(paths: Sequence[Path]) -> Path:
-    """One path for `paths`: the path itself when there is one, else a `Files`."""
-    if len(paths) == 1:
-        return Files(paths[0]) if not isinstance(paths[0], Files) else paths[0]
+    """One path for `paths` (one given with -f, too: it takes no override file)."""
+    if len(paths) == 1 and isinstance(paths[0], Files):
+        return paths[0]
     out = Files(paths[0])
-    out.merged = tuple(paths)
+    out.merged = tuple(Path(p) for p in paths)
     return out
 
 
@@ -99,11 +101,11 @@ def chosen(
 def file_set(path: Path) -> tuple[list[Path], list[Path]]:
     """The files to merge for `path`, and the absent ones whose creation is a change: a
     path given alone (not with -f) takes its folder's override file, as compose's default."""
-    merged = getattr(path, "merged", None)
-    if merged:
-        return [Path(p) for p in merged], []
     if isinstance(path, Files):
-        return [Path(path)], []
+        merged = getattr(path, "merged", None)
+        if not merged:
+            raise ValueError(f"{path}: a path derived from -f files no longer names them")
+        return list(merged), []
     names = OVERRIDES.get(path.name)
     if names is None:
         return [path], []
