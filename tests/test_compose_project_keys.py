@@ -342,6 +342,7 @@ def test_profiles_select_services(selection: str, running: list[str]) -> None:
 def test_a_dependency_on_a_dormant_service_names_the_profile_to_select() -> None:
     text = problems(profiled(), {profiles.ENV: "tools"})
     assert "services.seed.depends_on: service 'debug' is not part of the project" in text
+    assert "none of its profiles debug, all is selected (selected: tools)" in text
     assert "--profile debug" in text
 
 
