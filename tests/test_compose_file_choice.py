@@ -1,5 +1,6 @@
 """Which file(s) a command reads (`compose_sources.chosen`), as compose chooses them: -f,
-else COMPOSE_FILE, else the default (desired_state.yaml, else compose's default names)."""
+else COMPOSE_FILE (the environment, then ./.env), else the default (desired_state.yaml,
+else compose's default names)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.cli.main import main
 from reconciler.config.compose_sources import chosen, file_set
+from reconciler.ops import logs
 
 DEFAULT = Path("desired_state.yaml")
 CASES = [  # (files in the folder, positional, -f, environment) -> the files merged
@@ -69,3 +72,21 @@ def test_the_files_read_are_composes_choice(
     )
     files, _ = file_set(path)
     assert [str(f) for f in files] == expected
+
+
+def test_compose_file_may_come_from_the_folders_env_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Compose reads COMPOSE_FILE from the .env of the folder it runs in; the environment
+    wins over it."""
+    monkeypatch.setattr(logs, "configure", lambda *_a, **_k: None)
+    monkeypatch.delenv("COMPOSE_FILE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.yml").write_text("services:\n  web: {image: nginx}\n")
+    (tmp_path / "b.yml").write_text("services:\n  web: {command: [echo, b]}\n")
+    (tmp_path / ".env").write_text("COMPOSE_FILE=a.yml:b.yml\n")
+    assert main(["import", "-o", "state.yaml"]) == 0
+    assert "[from a.yml + b.yml]" in capsys.readouterr().err
+    monkeypatch.setenv("COMPOSE_FILE", "a.yml")
+    assert main(["import", "-o", "state.yaml"]) == 0
+    assert "[from a.yml]" in capsys.readouterr().err
