@@ -20,12 +20,6 @@ from reconciler.cli.main import main
 from reconciler.ops import logs
 
 CORPUS = Path(__file__).parent / "data" / "compose-corpus"
-# The keys another change of issue 22 adds (build.args/target/..., profiles, links, ...).
-POINT_3 = frozenset(
-    {"args", "target", "shm_size", "labels", "cache_from", "secrets", "profiles",
-     "memswap_limit", "links", "devices", "ipv4_address", "propagation", "attachable",
-     "enable_ipv6"}
-)  # fmt: skip
 CLEAN_ENV = ("COMPOSE_FILE", "COMPOSE_PATH_SEPARATOR", "COMPOSE_PROJECT_NAME")
 
 
@@ -96,14 +90,6 @@ def report(outcomes: list[Outcome]) -> str:
         f"{n} cases: strict {strict}/{n} ({100 * strict / n:.0f} %), "
         f"--drop-unsupported {dropping}/{n} ({100 * dropping / n:.0f} %)"
     ]
-    coming = sum(
-        o.strict == 0 or (o.dropping == 0 and bool(o.unsupported) and set(o.unsupported) <= POINT_3)
-        for o in outcomes
-    )
-    lines.append(
-        f"strict once the keys of issue 22's point 3 are carried (estimate): {coming}/{n} "
-        f"({100 * coming / n:.0f} %)"
-    )
     keys = Counter(k for o in outcomes if o.strict != 0 for k in set(o.unsupported))
     lines.append("strict imports refused for a key reconciler lacks (cases per key):")
     lines.append("  " + ", ".join(f"{k} {n}" for k, n in keys.most_common()))

@@ -150,6 +150,7 @@ EDITS: list[tuple[str, dict[str, Any], bool]] = [
     ("build.shm_size", {"build": {"context": ".", "shm_size": "1g"}}, True),
     ("build.labels", {"build": {"context": ".", "labels": {"a": "b"}}}, True),
     ("build.cache_from", {"build": {"context": ".", "cache_from": ["x:1"]}}, True),
+    ("build.dockerfile_inline", {"build": {"context": ".", "dockerfile_inline": "FROM x"}}, True),
     ("memswap_limit", {"memswap_limit": "128m"}, True),
     ("links", {"links": ["db:database"]}, True),
     ("ipv4_address", {"networks": {"front": {"ipv4_address": "172.29.7.9"}}}, True),
@@ -174,6 +175,16 @@ def test_each_key_changes_the_spec_hash_and_revision(
     after = parse(two(**{**BASE_WEB, **edit}), {profiles.ENV: "*"}).service("web")
     assert (after.replicas[0].spec_hash != before.replicas[0].spec_hash) is changes
     assert (after.revision != before.revision) is changes
+
+
+def test_dockerfile_inline_is_the_builds_dockerfile_and_not_with_dockerfile() -> None:
+    inline = {"context": ".", "dockerfile_inline": "FROM busybox\nLABEL a=b\n"}
+    one = parse(two(build=inline)).service("web").build
+    other = parse(two(build={**inline, "dockerfile_inline": "FROM busybox\n"})).service("web")
+    assert one is not None and one.dockerfile_inline == inline["dockerfile_inline"]
+    assert other.build is not None and one.digest != other.build.digest != ""
+    text = problems(two(build={**inline, "dockerfile": "Dockerfile.dev"}))
+    assert "services.web.build.dockerfile_inline: give either dockerfile or" in text
 
 
 def test_a_secret_looking_build_arg_is_never_printed() -> None:
@@ -342,6 +353,7 @@ def test_profiles_select_services(selection: str, running: list[str]) -> None:
 def test_a_dependency_on_a_dormant_service_names_the_profile_to_select() -> None:
     text = problems(profiled(), {profiles.ENV: "tools"})
     assert "services.seed.depends_on: service 'debug' is not part of the project" in text
+    assert "none of its profiles debug, all is selected (selected: tools)" in text
     assert "--profile debug" in text
 
 

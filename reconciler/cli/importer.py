@@ -85,4 +85,12 @@ def import_compose_file(args: argparse.Namespace) -> int:
         print("to provide before it runs (the daemon refuses it until then):", file=sys.stderr)
         for need in wanted.all():
             print(f"  {need.show(source)}", file=sys.stderr)
+    for env_file, at in result.include_env:  # compose reads them; the output does not
+        where = f" (the include at {at.file or source}:{at})" if at is not None else ""
+        print(
+            f"warning: {env_file}{where} gives the included files' ${{VAR}} values: the "
+            "desired-state file reads only the .env beside it and the environment; copy "
+            "what it sets there (a variable with a default would take the default)",
+            file=sys.stderr,
+        )
     return EXIT_OK

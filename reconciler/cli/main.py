@@ -67,11 +67,14 @@ def _choose_files(args: argparse.Namespace) -> None:
     (`history`, `snapshots` and `restore` read one file's project name: their own -f.)"""
     if not hasattr(args, "files"):
         return
+    from reconciler.config.compose_import import compose_environment
+
+    environ = compose_environment(Path.cwd())  # COMPOSE_FILE in ./.env too, as compose
     if args.command == "import":
-        args.compose_file = chosen(args.compose_file, args.files, os.environ)
+        args.compose_file = chosen(args.compose_file, args.files, environ)
     else:
         default = Path("desired_state.yaml")
-        args.file = chosen(args.file, args.files, os.environ, default)
+        args.file = chosen(args.file, args.files, environ, default)
 
 
 def _main(args: argparse.Namespace, signals: SignalRelay | None) -> int:

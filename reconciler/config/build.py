@@ -1,6 +1,6 @@
 """A service's `build:` section as the engine's build API takes it (`BuildSpec`): context and
-dockerfile, args (a bare name from the environment, as compose), target, shm_size, labels and
-cache_from; and the form of it that enters the service's revision.
+dockerfile (or dockerfile_inline), args (a bare name from the environment, as compose), target,
+shm_size, labels and cache_from; and the form of it that enters the service's revision.
 
 Called by the renderer (`render`).
 """
@@ -62,6 +62,7 @@ def build_spec(
             shm_size=build.shm_size,
             labels=tuple(sorted(text_labels(build.labels).items())),
             cache_from=tuple(build.cache_from),
+            dockerfile_inline=build.dockerfile_inline,
         ),
         unset,
     )

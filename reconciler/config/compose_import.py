@@ -77,6 +77,8 @@ class Imported:
     # Where each value of `text` was in the compose file: the loader's errors point there.
     positions: Document = field(default_factory=lambda: Document(None))
     files: list[Path] = field(default_factory=list)  # every compose file read
+    # env files an `include` interpolates its files with (the output does not read them)
+    include_env: list[tuple[Path, Mark | None]] = field(default_factory=list)
     tree: Any = None  # the converted round-trip tree (what `text` is the dump of)
 
 
@@ -97,8 +99,10 @@ def import_compose(
     source = str(path)
     yaml = _yaml()
     files = paths
+    include_env: list[tuple[Path, Mark | None]] = []
     if compose_tree.needs_merge(paths):  # several files, extends, include, !reset...
-        doc, files = compose_tree.merged_tree(paths)
+        doc, merged = compose_tree.merged_tree(paths)
+        files, include_env = merged.files, merged.env_files
     else:
         doc = compose_tree.load_one(path, yaml)
     if not isinstance(doc, CommentedMap) or not isinstance(doc.get("services"), CommentedMap):
@@ -131,7 +135,9 @@ def import_compose(
     except (YAMLError, RecursionError) as exc:
         raise DesiredStateError(source, [f"cannot write the result: {exc}"]) from None
     converted = sorted(conv.converted, key=lambda f: (f.file, f.line, f.column))
-    return Imported(out.getvalue(), conv.project, found, converted, positions, files, doc)
+    return Imported(
+        out.getvalue(), conv.project, found, converted, positions, files, include_env, doc
+    )
 
 
 def note_dropped(doc: CommentedMap, found: list[Finding], source: str) -> None:

@@ -37,22 +37,28 @@ OVERRIDES = {
 }
 MAX_FILES = 64  # files one model may read (extends and include chains included)
 
-Reader = Callable[[Path], Document]  # one file's document (raises DesiredStateError)
+# One file's document (raises DesiredStateError). The second argument: the env files an
+# `include` gives the file (its `env_file`, else the included project's `.env`); they fill
+# the variables the project's environment and .env leave unset, the first file that sets
+# one winning (an outer include's before an inner one's, as compose).
+Reader = Callable[[Path, tuple[Path, ...]], Document]
 
 
 class Files(PosixPath):
     """Several files given with `-f` (or COMPOSE_FILE): the path of the first, carrying all
-    of them, so that it travels wherever one desired-state path does."""
+    of them, so that it travels wherever one desired-state path does (the targets' `load`).
+    A path derived from it (`resolve()`, `parent / x`...) is a `Files` without them:
+    `file_set` refuses it rather than read the first file alone."""
 
     merged: tuple[Path, ...]
 
 
 def files_path(paths: Sequence[Path]) -> Path:
-    """One path for `paths`: the path itself when there is one, else a `Files`."""
-    if len(paths) == 1:
-        return Files(paths[0]) if not isinstance(paths[0], Files) else paths[0]
+    """One path for `paths` (one given with -f, too: it takes no override file)."""
+    if len(paths) == 1 and isinstance(paths[0], Files):
+        return paths[0]
     out = Files(paths[0])
-    out.merged = tuple(paths)
+    out.merged = tuple(Path(p) for p in paths)
     return out
 
 
@@ -74,7 +80,9 @@ def chosen(
 ) -> Path:
     """The file(s) a command reads, as compose chooses them: `-f` files (after a file
     named on its own), else COMPOSE_FILE, else `default` (none: compose's default names
-    in the current folder). Only a file not given with -f takes its override file."""
+    in the current folder; a `default` that is not there gives way to them, so that
+    `reconciler plan` in a compose project's folder reads its compose.yaml). Only a file
+    not given with -f takes its override file."""
     if given:
         return files_path([*([positional] if positional else []), *given])
     if positional is not None:
@@ -82,22 +90,22 @@ def chosen(
     from_env = from_environment(environ)
     if from_env:
         return files_path(from_env)
-    if default is not None:
+    if default is not None and default.is_file():
         return default
     for name in DEFAULT_NAMES:
         if Path(name).is_file():
             return Path(name)
-    return Path(DEFAULT_NAMES[0])
+    return default if default is not None else Path(DEFAULT_NAMES[0])
 
 
 def file_set(path: Path) -> tuple[list[Path], list[Path]]:
     """The files to merge for `path`, and the absent ones whose creation is a change: a
     path given alone (not with -f) takes its folder's override file, as compose's default."""
-    merged = getattr(path, "merged", None)
-    if merged:
-        return [Path(p) for p in merged], []
     if isinstance(path, Files):
-        return [Path(path)], []
+        merged = getattr(path, "merged", None)
+        if not merged:
+            raise ValueError(f"{path}: a path derived from -f files no longer names them")
+        return list(merged), []
     names = OVERRIDES.get(path.name)
     if names is None:
         return [path], []
@@ -123,6 +131,8 @@ def needs_merge(doc: Document) -> bool:
 class Merged:
     doc: Document
     files: list[Path] = field(default_factory=list)  # every file read, in order
+    # the env files includes interpolate their files with, and the include naming each
+    env_files: list[tuple[Path, Mark | None]] = field(default_factory=list)
 
 
 def merge_files(paths: Sequence[Path], read: Reader) -> Merged:
@@ -135,7 +145,7 @@ def merge_files(paths: Sequence[Path], read: Reader) -> Merged:
     except MergeError as exc:
         raise _error(paths[0], exc.message, exc.mark) from None
     assert acc is not None
-    return Merged(document(acc), loader.read_files)
+    return Merged(document(acc), loader.read_files, loader.env_files)
 
 
 def _error(first: Path, message: str, mark: Mark | None) -> DesiredStateError:
@@ -147,18 +157,20 @@ class _Loader:
     def __init__(self, read: Reader, project_dir: Path) -> None:
         self.read, self.project_dir = read, project_dir
         self.read_files: list[Path] = []
-        self.cache: dict[Path, Value] = {}
+        self.cache: dict[tuple[Path, tuple[Path, ...]], Value] = {}
+        self.env: tuple[Path, ...] = ()  # the env files of the includes being read
+        self.env_files: list[tuple[Path, Mark | None]] = []
 
     def raw(self, path: Path, at: Mark | None) -> Value:
         """One file as written (cached: a file extended twice is read once)."""
-        key = path.resolve()
+        key = (path.resolve(), self.env)
         if key not in self.cache:
             if len(self.read_files) >= MAX_FILES:
                 raise MergeError(f"more than {MAX_FILES} compose files in one model", at)
-            if not key.is_file():
+            if not key[0].is_file():
                 raise MergeError(f"{path}: no such file", at)
             self.read_files.append(path)
-            doc = self.read(path)
+            doc = self.read(path, self.env)
             self.cache[key] = located(doc if doc.data is not None else Document({}), str(path))
         return copy.deepcopy(self.cache[key])
 
@@ -171,7 +183,7 @@ class _Loader:
         if not isinstance(value.data, dict):
             return value
         here = path.resolve().parent
-        self.includes(value, here, (*stack, path.resolve()))
+        self.includes(value, here, (*stack, path.resolve()), path.parent)
         services = value.data.get("services")
         if services is not None and isinstance(services.data, dict):
             for name in list(services.data):
@@ -211,22 +223,46 @@ class _Loader:
 
     # ------------------------------------------------------------------ include
 
-    def includes(self, model: Value, here: Path, stack: tuple[Path, ...]) -> None:
+    def includes(self, model: Value, here: Path, stack: tuple[Path, ...], named: Path) -> None:
+        """`named`: `here` as the user wrote it (the included files are named from it)."""
         inc = model.data.pop("include", None)
         if inc is None:
             return
         entries = inc.data if isinstance(inc.data, list) else [inc]
         for entry in entries:
-            paths, project = _include_entry(entry)
+            paths, project, env_files = _include_entry(entry)
             if not paths:
                 raise MergeError("include: takes paths, or {path, project_directory}", entry.mark)
-            acc: Value | None = None
-            for p in paths:
-                acc = merge(acc, self.file(here / p, stack, entry.mark))
-            assert acc is not None
             own = (here / project) if project else (here / paths[0]).parent
+            outer = self.env
+            own_named = (named / project) if project else (named / paths[0]).parent
+            self.env = (*outer, *self.include_env(named, own_named, env_files, entry.mark))
+            try:
+                acc: Value | None = None
+                for p in paths:
+                    acc = merge(acc, self.file(named / p, stack, entry.mark))
+            finally:
+                self.env = outer
+            assert acc is not None
             _rebase_model(acc, own.resolve(), here)
             self.add_resources(model, acc, entry.mark)
+
+    def include_env(
+        self, here: Path, own: Path, given: list[str] | None, at: Mark | None
+    ) -> list[Path]:
+        """The env files of one include, as compose reads them: its `env_file` (each must
+        exist), else the included project's `.env` when there is one; later files win."""
+        if given is None:
+            found = [own / ".env"] if (own / ".env").is_file() else []
+        else:
+            found = [here / f for f in given]
+            for f in found:
+                if not f.is_file():
+                    raise MergeError(f"include: env_file {f}: no such file", at)
+        for f in found:
+            if f.resolve() not in {p.resolve() for p, _ in self.env_files}:
+                self.env_files.append((f, at))
+        return list(reversed(found))  # the last one first: it wins
 
     def add_resources(self, model: Value, included: Value, at: Mark | None) -> None:
         if not isinstance(included.data, dict):
@@ -261,15 +297,21 @@ def _extends_target(ext: Value) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _include_entry(entry: Value) -> tuple[list[str], str | None]:
+def _include_entry(entry: Value) -> tuple[list[str], str | None, list[str] | None]:
+    """An include's paths, project_directory and env_file (None: not given)."""
     if isinstance(entry.data, str):
-        return [entry.data], None
+        return [entry.data], None, None
     if not isinstance(entry.data, dict) or "path" not in entry.data:
-        return [], None
+        return [], None, None
     given = entry.data["path"].data
     paths = [str(v.data) for v in given] if isinstance(given, list) else [str(given)]
     project = entry.data.get("project_directory")
-    return paths, (str(project.data) if project is not None else None)
+    env = entry.data.get("env_file")
+    env_files = None
+    if env is not None:
+        items = env.data if isinstance(env.data, list) else [env]
+        env_files = [str(v.data) for v in items]
+    return paths, (str(project.data) if project is not None else None), env_files
 
 
 # --------------------------------------------------------------------------- paths

@@ -39,8 +39,9 @@ def as_written(path: DataPath, scalar: Scalar) -> Any:
     return core_value(scalar.tag, scalar.text)
 
 
-def read_as_written(path: Path) -> Document:
-    """One compose file, its values as written (`compose_sources.Reader`)."""
+def read_as_written(path: Path, env_files: tuple[Path, ...] = ()) -> Document:
+    """One compose file, its values as written (`compose_sources.Reader`: no variable is
+    substituted, so `env_files` play no part)."""
     source = str(path)
     try:
         raw = read_limited(path, MAX_FILE_BYTES)
@@ -67,14 +68,14 @@ def needs_merge(paths: list[Path]) -> bool:
     return len(paths) > 1 or compose_sources.needs_merge(read_as_written(paths[0]))
 
 
-def merged_tree(paths: list[Path]) -> tuple[CommentedMap, list[Path]]:
-    """The merged model of `paths` as a round-trip tree, and every file read."""
+def merged_tree(paths: list[Path]) -> tuple[CommentedMap, compose_sources.Merged]:
+    """The merged model of `paths` as a round-trip tree, and the merge (files read...)."""
     merged = compose_sources.merge_files(paths, read_as_written)
     doc = merged.doc
     tree = _build(doc.data, (), doc)
     if not isinstance(tree, CommentedMap):
         raise DesiredStateError(str(paths[0]), ["not a compose file: not a mapping"])
-    return tree, merged.files
+    return tree, merged
 
 
 def _build(data: Any, path: DataPath, doc: Document) -> Any:

@@ -118,14 +118,15 @@ def _reader(
 ) -> compose_sources.Reader:
     """How the merge reads each file: as the first, its problems raised at once."""
 
-    def read_one(path: Path) -> Document:
+    def read_one(path: Path, env_files: tuple[Path, ...]) -> Document:
         raw = _read_file(path)
         digests[str(path)] = hashlib.sha256(raw).hexdigest()
         own = Report(str(path))
         text = decode(raw, own)
         try:
             node = compose(text)
-            doc = read(node, Scalars(lookup, own)) if node is not None else Document({})
+            scalars = Scalars(included_lookup(lookup, env_files, own, digests), own)
+            doc = read(node, scalars) if node is not None else Document({})
         except YamlError as exc:
             own.add(exc.message, mark=exc.mark)
             raise own.error() from None
@@ -137,6 +138,31 @@ def _reader(
         return doc
 
     return read_one
+
+
+def included_lookup(
+    lookup: Callable[[str], str | None],
+    env_files: tuple[Path, ...],
+    report: Report,
+    digests: dict[str, str],
+) -> Callable[[str], str | None]:
+    """`lookup`, then the env files an `include` gives its files (compose: the project's
+    environment wins, an included project's .env fills the rest); each is an input."""
+    if not env_files:
+        return lookup
+    found = [DotEnv(p, {}, report) for p in env_files]
+    for env in found:
+        digests[str(env.path)] = env.digest
+
+    def chained(name: str) -> str | None:
+        value = lookup(name)
+        for env in found:
+            if value is not None:
+                break
+            value = env.values.get(name)
+        return value
+
+    return chained
 
 
 def parse(

@@ -77,13 +77,13 @@ def _needs(
             continue
         profiles = d.services[other].profiles
         which = (
-            f"its profile {profiles[0]} is"
+            f"its profile {profiles[0]} is not"
             if len(profiles) == 1
             else f"none of its profiles {', '.join(profiles)} is"
         )
         yield Issue(
             (*at, key),
             f"service {other!r} is not part of the project: {which} selected "
-            f"({', '.join(sorted(chosen)) or 'none are'}); select it with --profile "
+            f"(selected: {', '.join(sorted(chosen)) or 'none'}); select it with --profile "
             f"{profiles[0]} (or COMPOSE_PROFILES), or give {name!r} a profile too",
         )

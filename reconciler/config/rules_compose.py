@@ -41,6 +41,11 @@ def check(d: DesiredStateDef, name: str, svc: ServiceDef) -> Iterable[Issue]:
 
 
 def _build(at: DataPath, build: BuildDef) -> Iterable[Issue]:
+    if build.dockerfile_inline is not None and "dockerfile" in build.model_fields_set:
+        yield Issue(
+            (*at, "build", "dockerfile_inline"),
+            "give either dockerfile or dockerfile_inline, not both (as compose)",
+        )
     if build.secrets:
         yield Issue((*at, "build", "secrets"), f"not supported: {BUILD_SECRETS_REASON}")
     for key in ("args", "labels"):

@@ -53,6 +53,7 @@ class BuildDef(StrictModel):
 
     context: str = "."
     dockerfile: str = "Dockerfile"
+    dockerfile_inline: str | None = None  # the Dockerfile's text (not with `dockerfile`)
     args: dict[str, Scalar | None] | list[str] = {}  # a bare name: from the environment
     target: str | None = None
     shm_size: Bytes | None = None

@@ -277,15 +277,19 @@ class BuildSpec:
     shm_size: int | None = None  # bytes, for the build's RUN steps
     labels: tuple[tuple[str, str], ...] = ()
     cache_from: tuple[str, ...] = ()
+    dockerfile_inline: str | None = None  # the Dockerfile's text, instead of `dockerfile`
 
     @property
     def digest(self) -> str:
         """sha256 of the definition when it sets more than context and dockerfile (the
         image's LABEL_BUILD_HASH; a changed one is rebuilt); "" otherwise, as before."""
         extra = (self.args, self.target, self.shm_size, self.labels, self.cache_from)
-        if extra == ((), None, None, (), ()):
+        if extra == ((), None, None, (), ()) and self.dockerfile_inline is None:
             return ""
-        text = json.dumps(asdict(self), sort_keys=True, default=list)
+        body = asdict(self)
+        if self.dockerfile_inline is None:  # absent: the digest of a build as before
+            del body["dockerfile_inline"]
+        text = json.dumps(body, sort_keys=True, default=list)
         return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -6,7 +6,10 @@ Called by `engine.host.engine.Engine`; the runtime's image work and tag follower
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -47,6 +50,19 @@ def build_kwargs(build: BuildSpec, image: str) -> dict[str, Any]:
         "timeout": STALL_TIMEOUT_S,
         **{k: v for k, v in optional.items() if v is not None},
     }
+
+
+@contextlib.contextmanager
+def dockerfile_for(build: BuildSpec) -> Iterator[str]:
+    """The `dockerfile` argument of a build: the file named, or `dockerfile_inline`'s text
+    in a temporary file (outside the context: docker-py sends it inside the context's tar)."""
+    if build.dockerfile_inline is None:
+        yield build.dockerfile
+        return
+    with tempfile.TemporaryDirectory(prefix="reconciler-dockerfile-") as folder:
+        path = Path(folder) / "Dockerfile"
+        path.write_text(build.dockerfile_inline)
+        yield str(path)
 
 
 class Images:
@@ -219,9 +235,12 @@ class Images:
         with (
             docker_errors(f"build {what}"),
             self.transfers.deadline(timeout_s, f"build {what}") as watch,
+            contextlib.ExitStack() as stack,
         ):
             self._call("image_build")
-            for chunk in self.api.build(**build_kwargs(action.build, action.image)):
+            kwargs = build_kwargs(action.build, action.image)
+            kwargs["dockerfile"] = stack.enter_context(dockerfile_for(action.build))
+            for chunk in self.api.build(**kwargs):
                 if "error" in chunk:
                     raise ActionFailed(f"build {what}: {chunk['error'].strip()}")
                 watch.check()
