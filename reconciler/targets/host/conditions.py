@@ -89,7 +89,8 @@ class HostConditions:
         self._memory.put(
             f"rollout:{service}", {"kind": rollout[0], "revision": rollout[1]} if rollout else {}
         )
-        self._memory.put(f"crash_loop:{service}", {"replicas": ",".join(sorted(looping))})
+        replicas = ",".join(sorted(looping))
+        self._memory.put(f"crash_loop:{service}", {"replicas": replicas} if replicas else {})
 
     def rollout_event(
         self, service: str, event: ro.RolloutEvent, pause_chosen: bool = False, trigger: str = ""
@@ -168,6 +169,8 @@ class HostConditions:
             first = svc.name not in self._derived
             self._derived.add(svc.name)
             firing = self._rollout.get(svc.name)
+            if kind is not None and firing is not None and svc.name in self._carried:
+                kind = firing[0]  # as the run before judged it (from the rollout's events)
             refire = first and kind is not None and (firing is None or svc.name in self._carried)
             if refire and kind is not None:
                 self._rollout[svc.name] = (kind, svc.revision)
