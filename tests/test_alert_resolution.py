@@ -319,3 +319,21 @@ def test_the_drift_notification_reads_as_a_sentence() -> None:
         "shop_web: scaled to 1 by hand; put back as the file says",
         "changes: replicas 1 -> 3",
     ]
+
+
+def test_a_looping_replica_that_serves_for_min_uptime_ends_its_crash_loop() -> None:
+    book = HealingBook()
+    unhealthy_restarts(book, 6)
+    svc = SICK.services[0]
+    seen: list[Event] = []
+    cond = HostConditions(seen.append)
+    cond.service(svc, ro.RolloutRecord(), {"w": book})
+    healthy = Observed(containers=(replace(C, health="healthy"),))
+    book.holds(SICK, healthy, {}, 3000.0)
+    assert book.next_wakeup(3000.0) == 3010.0  # looked at again once it has served
+    book.holds(SICK, healthy, {}, 3010.0)
+    cond.service(svc, ro.RolloutRecord(), {"w": book})
+    assert [(e.kind, e.result) for e in seen] == [
+        ("crash_loop", "firing"),
+        ("crash_loop", "resolved"),
+    ]

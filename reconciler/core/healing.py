@@ -55,6 +55,8 @@ class HealingBook:
     docker_window: dict[str, float] = field(default_factory=dict)  # name -> end of Docker's turn
     healthy_at: dict[str, float] = field(default_factory=dict)  # name -> first seen healthy
     healthy_for: dict[str, float] = field(default_factory=dict)  # name -> before unhealthy
+    up_since: dict[str, float] = field(default_factory=dict)  # name -> first seen serving
+    served_at: dict[str, float] = field(default_factory=dict)  # looping name -> loop over at
 
     def holds(
         self,
@@ -86,6 +88,19 @@ class HealingBook:
                     # manual stop leaves it down, and we start that one after the window.
                     held[f"container:{c.name}"] = "left to Docker's restart policy"
                     self.docker_window[c.name] = run.finished_at + DOCKER_RESTART_WINDOW_S
+            key = f"container:{c.name}"
+            if c.state == "running" and c.health in (None, "healthy"):
+                up = self.up_since.setdefault(c.name, now)
+                entry = self.backoffs.get(key)
+                self.served_at.pop(c.name, None)
+                if entry is not None and entry.seen_finish is not None:
+                    if now - up >= heal.min_uptime_s:  # served for min_uptime: loop over
+                        del self.backoffs[key]
+                    else:  # look again then (the crash_loop alert resolves)
+                        self.served_at[c.name] = up + heal.min_uptime_s
+            else:
+                self.up_since.pop(c.name, None)
+                self.served_at.pop(c.name, None)
             if c.health == "healthy":
                 self.healthy_at.setdefault(c.name, now)
             elif c.name in self.healthy_at:  # how long it stayed healthy
@@ -106,7 +121,7 @@ class HealingBook:
         held |= {k: b.reason for k, b in self.backoffs.items() if b.not_before > now}
         for name in [n for n, t in self.docker_window.items() if t <= now or n not in present]:
             del self.docker_window[name]
-        for seen in (self.healthy_at, self.healthy_for):
+        for seen in (self.healthy_at, self.healthy_for, self.up_since, self.served_at):
             for name in [n for n in seen if n not in present]:
                 del seen[name]
         since = {
@@ -221,6 +236,7 @@ class HealingBook:
         times = [b.not_before for b in self.backoffs.values() if b.not_before > now]
         times += [t for t in self.unhealthy_due_at.values() if t > now]
         times += [t for t in self.docker_window.values() if t > now]
+        times += [t for t in self.served_at.values() if t > now]
         return min(times) if times else None
 
 
