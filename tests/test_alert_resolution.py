@@ -193,6 +193,7 @@ def test_a_held_revision_fires_again_after_a_restart_and_resolves_later(tmp_path
         stable=spec("r1").replicas, failed_revision="r2", failed_reason="unhealthy for 3 s"
     )
     cond = HostConditions(seen.append)  # a fresh daemon: nothing in memory
+    cond.keep_in(FiringMemory("p", tmp_path))
     cond.look(spec("r2"), held, running("r1"))
     cond.look(spec("r2"), held, running("r1"))  # once
     assert [(e.kind, e.result, e.cause) for e in seen] == [

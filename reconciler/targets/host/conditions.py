@@ -161,12 +161,12 @@ class HostConditions:
         self, svc: ServiceSpec, record: ro.RolloutRecord, containers: Iterable[ObservedContainer]
     ) -> None:
         """The service's rollout condition from its record (`ro.refresh`ed) and replicas: a
-        firing one resolves once nothing is held and the file's revision runs; the first look
-        (the daemon's start) fires what rollouts.json still holds."""
+        firing one resolves once nothing is held and the file's revision runs; the daemon's
+        first look (`keep_in`) fires what rollouts.json still holds."""
         record = ro.refresh(record, svc)
         kind = held_kind(svc, record)
         with self._lock:
-            first = svc.name not in self._derived
+            first = svc.name not in self._derived and self._memory is not None  # the daemon
             self._derived.add(svc.name)
             firing = self._rollout.get(svc.name)
             if kind is not None and firing is not None and svc.name in self._carried:
