@@ -15,7 +15,7 @@ from reconciler.config.notify_config import NotifyConfig
 from reconciler.core import rollout as ro
 from reconciler.core.desired import ContainerSpec, ServiceSpec
 from reconciler.core.events import Event
-from reconciler.core.healing import HealingBook
+from reconciler.core.healing import HealingBook, LastRun
 from reconciler.core.observed import Observed, ObservedContainer
 from reconciler.core.swarm_model import ObservedService, SwarmService
 from reconciler.ops.firing_memory import FiringMemory
@@ -338,3 +338,18 @@ def test_a_looping_replica_that_serves_for_min_uptime_ends_its_crash_loop() -> N
         ("crash_loop", "firing"),
         ("crash_loop", "resolved"),
     ]
+
+
+def test_a_fast_heal_exit_between_two_passes_keeps_the_back_off() -> None:
+    """Seen running, then (unseen by any pass) exits quickly and is started again: the
+    next pass does not take the old running stretch for min_uptime served."""
+    book = HealingBook()
+    heal = SICK.services[0].heal
+    up = Observed(containers=(replace(C, health="healthy"),))
+    book.holds(SICK, up, {}, 1000.0)
+    for t in (1011.0, 1012.0):  # two quick exits counted by the fast path
+        book.exit_hold("p-w-1", LastRun(t - 0.5, t, 1), heal, t)
+    book.holds(SICK, up, {}, 1012.5)  # 12.5 s after the first sighting, 0.5 s after the exit
+    assert book.backoffs["container:p-w-1"].failures == 2
+    book.holds(SICK, up, {}, 1022.0)  # 10 s serving since the last exit: over
+    assert "container:p-w-1" not in book.backoffs

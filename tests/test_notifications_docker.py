@@ -236,8 +236,9 @@ def test_swarm_drift_a_rejected_file_and_a_denied_service_are_told_and_resolved(
             write({"web": web})
             wait_for(lambda: told("RESOLVED denied by the host policy: root"), 60, what="allowed")
             assert len([t for t in titles(receiver) if "FIRING" in t]) == 2, titles(receiver)
-            assert (d.metric("reconciler_notifications_total", kind="denied", result="sent")
-                    == 2)  # fmt: skip
+            # counted once Apprise has its answer, just after the receiver saw the message
+            wait_for(lambda: d.metric("reconciler_notifications_total", kind="denied",
+                                      result="sent") == 2, 30, what="both counted")  # fmt: skip
         finally:
             d.stop()
             remove_project(api, project)

@@ -94,7 +94,10 @@ class HealingBook:
                 entry = self.backoffs.get(key)
                 self.served_at.pop(c.name, None)
                 if entry is not None and entry.seen_finish is not None:
-                    if now - up >= heal.min_uptime_s:  # served for min_uptime: loop over
+                    # serving since its last counted failure (a fast heal's exit, unseen
+                    # by any pass, counts too): for min_uptime, its loop is over
+                    up = max(up, entry.seen_finish)
+                    if now - up >= heal.min_uptime_s:
                         del self.backoffs[key]
                     else:  # look again then (the crash_loop alert resolves)
                         self.served_at[c.name] = up + heal.min_uptime_s
