@@ -203,8 +203,8 @@ def test_host_rollback_fires_and_is_resolved_by_the_next_completed_rollout() -> 
     ]
     paused = ro.RolloutEvent("web", "paused", "r4", "exited 1")
     cond.rollout_event("web", paused, pause_chosen=True)  # failure_action: pause
-    svc5 = ServiceSpec(name="web", image="busybox", replicas=(), revision="r5")
-    cond.service(svc5, ro.RolloutRecord(), {})  # the file moved on
+    svc5_on_r5 = ServiceSpec(name="web", image="busybox", replicas=(), revision="r5")
+    cond.service(svc5_on_r5, ro.RolloutRecord(), {}, ())  # moved on, and r5 runs
     assert [(e.kind, e.result) for e in seen][3:] == [("paused", "firing"), ("paused", "resolved")]
     # A rollback that fails in turn (or nothing to roll back to): the rollout failed, held.
     cond.rollout_event("web", ro.RolloutEvent("web", "rolled_back", "r5", "unhealthy"))

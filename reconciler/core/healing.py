@@ -4,7 +4,9 @@ Docker's own rule, per replica: a container that fails within `min_uptime` of it
 start is crash-looping, and each further attempt waits twice as long (capped); one
 that ran longer, or was removed, is healed at once and its back-off starts over.
 Failed actions (a pull that cannot reach a registry, a port already taken) back
-off the same way, so an error is retried, never hot-looped.
+off the same way, so an error is retried, never hot-looped. A replica restarted for being
+unhealthy counts as one that exited (kubelet's CrashLoopBackOff after liveness failures):
+unless it had been healthy for `min_uptime` first, each restart waits twice as long.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from reconciler.core import causes
 from reconciler.core.desired import ContainerSpec, DesiredState, HealPolicy
 from reconciler.core.observed import Observed
 from reconciler.core.planner import Holds
@@ -37,8 +40,9 @@ class _Backoff:
     failures: int
     not_before: float
     reason: str
-    seen_finish: float | None = None  # the exit already counted
+    seen_finish: float | None = None  # the exit (or unhealthy verdict) already counted
     exit_code: int | None = None
+    cause: str = ""  # the last failure: `exited 137 (OOM killed)`, `unhealthy for 31 s`
 
 
 @dataclass(slots=True)
@@ -49,6 +53,10 @@ class HealingBook:
     unhealthy_due_at: dict[str, float] = field(default_factory=dict)
     signalled: dict[str, str] = field(default_factory=dict)
     docker_window: dict[str, float] = field(default_factory=dict)  # name -> end of Docker's turn
+    healthy_at: dict[str, float] = field(default_factory=dict)  # name -> first seen healthy
+    healthy_for: dict[str, float] = field(default_factory=dict)  # name -> before unhealthy
+    up_since: dict[str, float] = field(default_factory=dict)  # name -> first seen serving
+    served_at: dict[str, float] = field(default_factory=dict)  # looping name -> loop over at
 
     def holds(
         self,
@@ -80,12 +88,33 @@ class HealingBook:
                     # manual stop leaves it down, and we start that one after the window.
                     held[f"container:{c.name}"] = "left to Docker's restart policy"
                     self.docker_window[c.name] = run.finished_at + DOCKER_RESTART_WINDOW_S
+            key = f"container:{c.name}"
+            if c.state == "running" and c.health in (None, "healthy"):
+                up = self.up_since.setdefault(c.name, now)
+                entry = self.backoffs.get(key)
+                self.served_at.pop(c.name, None)
+                if entry is not None and entry.seen_finish is not None:
+                    # serving since its last counted failure (a fast heal's exit, unseen
+                    # by any pass, counts too): for min_uptime, its loop is over
+                    up = max(up, entry.seen_finish)
+                    if now - up >= heal.min_uptime_s:
+                        del self.backoffs[key]
+                    else:  # look again then (the crash_loop alert resolves)
+                        self.served_at[c.name] = up + heal.min_uptime_s
+            else:
+                self.up_since.pop(c.name, None)
+                self.served_at.pop(c.name, None)
+            if c.health == "healthy":
+                self.healthy_at.setdefault(c.name, now)
+            elif c.name in self.healthy_at:  # how long it stayed healthy
+                self.healthy_for[c.name] = now - self.healthy_at.pop(c.name)
             if c.health == "unhealthy":
                 grace = heal.unhealthy_grace_s
                 if grace is None:
                     grace = hc.interval_s if hc else 0.0
                 due_at = self.unhealthy_due_at.setdefault(c.name, now + grace)
                 if now >= due_at:
+                    self._unhealthy(c.name, due_at, now - (due_at - grace), heal)
                     due.add(c.name)
             else:
                 self.unhealthy_due_at.pop(c.name, None)
@@ -95,6 +124,9 @@ class HealingBook:
         held |= {k: b.reason for k, b in self.backoffs.items() if b.not_before > now}
         for name in [n for n, t in self.docker_window.items() if t <= now or n not in present]:
             del self.docker_window[name]
+        for seen in (self.healthy_at, self.healthy_for, self.up_since, self.served_at):
+            for name in [n for n in seen if n not in present]:
+                del seen[name]
         since = {
             name: at - grace_of(specs.get(name))
             for name, at in self.unhealthy_due_at.items()
@@ -114,6 +146,27 @@ class HealingBook:
         entry = self.backoffs.get(key)
         return entry.reason if entry is not None and entry.not_before > now else None
 
+    def _unhealthy(self, name: str, due_at: float, for_s: float, heal: HealPolicy) -> None:
+        """Count one unhealthy verdict whose grace ran out (once: `due_at` marks it). It is a
+        quick failure unless the replica had stayed healthy for `min_uptime` before."""
+        key = f"container:{name}"
+        entry = self.backoffs.get(key)
+        if entry is not None and entry.seen_finish == due_at:
+            return
+        if self.healthy_for.pop(name, 0.0) >= heal.min_uptime_s:
+            entry = None  # it had served well: its back-off starts over
+        failures = (entry.failures if entry else 0) + 1
+        delay = _delay(heal, failures)
+        cause = causes.unhealthy(for_s).text
+        self.backoffs[key] = _Backoff(
+            failures,
+            due_at + delay,
+            f"crash-loop back-off {delay:g}s after {failures} quick failure(s), last {cause}",
+            seen_finish=due_at,
+            exit_code=entry.exit_code if entry else None,
+            cause=cause,
+        )
+
     def _exited(self, key: str, run: LastRun, heal: HealPolicy) -> None:
         entry = self.backoffs.get(key)
         if entry is not None and entry.seen_finish == run.finished_at:
@@ -131,6 +184,7 @@ class HealingBook:
             f"last exit code {run.exit_code}",
             seen_finish=run.finished_at,
             exit_code=run.exit_code,
+            cause=causes.exited(run.exit_code, run.oom_killed).text,
         )
 
     def record_failures(
@@ -171,7 +225,12 @@ class HealingBook:
     def snapshot(self, now: float) -> dict[str, dict[str, object]]:
         """Replicas in crash-loop back-off, for `reconciler status` (JSON-ready)."""
         return {
-            name: {"next_attempt": b.not_before, "failures": b.failures, "exit_code": b.exit_code}
+            name: {
+                "next_attempt": b.not_before,
+                "failures": b.failures,
+                "exit_code": b.exit_code,
+                "cause": b.cause,
+            }
             for name, b in self.crashlooping(now).items()
         }
 
@@ -180,6 +239,7 @@ class HealingBook:
         times = [b.not_before for b in self.backoffs.values() if b.not_before > now]
         times += [t for t in self.unhealthy_due_at.values() if t > now]
         times += [t for t in self.docker_window.values() if t > now]
+        times += [t for t in self.served_at.values() if t > now]
         return min(times) if times else None
 
 

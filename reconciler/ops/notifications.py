@@ -22,6 +22,7 @@ import structlog
 from reconciler.config import secrets
 from reconciler.config.notify_config import NotifyConfig
 from reconciler.core.events import Event
+from reconciler.ops.firing_memory import AFTER_RESTART
 
 if TYPE_CHECKING:
     from reconciler.ops.metrics import Metrics
@@ -55,6 +56,9 @@ TITLES = {
     "image_update": "image updated",
 }
 
+# An action's own fields in an event's data (the history keeps them): not for people.
+ACTION_KEYS = frozenset({"verb", "object", "name", AFTER_RESTART})
+
 Status = Literal["firing", "repeat", "resolved", "news"]
 
 
@@ -82,13 +86,22 @@ def render(event: Event, status: Status, project: str) -> Notice:
     head = f"[{project}] {label[status]} {what}".replace("  ", " ")
     title = f"{head}: {subject}" if event.service else head
     lines = [event.message or what]
-    if event.cause:
-        lines.append(f"cause: {event.cause}")
-    if event.replica:
+    cause = event.cause
+    if event.kind == "drift_corrected":  # `shop_web: scaled to 1 by hand; put back ...`
+        done = cause.removeprefix("drift: ") or "changed by hand"
+        lines = [f"{event.replica or subject}: {done}; put back as the file says"]
+        cause = ""
+    if cause:
+        lines.append(f"cause: {cause}")
+    if event.replica and event.kind != "drift_corrected":
         lines.append(f"replica: {event.replica}")
     if event.revision:
         lines.append(f"revision: {event.revision[:12]}")
-    lines += [f"{k}: {v}" for k, v in sorted(event.data.items())]
+    lines += [
+        f"{'changes' if k == 'diff' else k}: {v}"
+        for k, v in sorted(event.data.items())
+        if k not in ACTION_KEYS
+    ]
     return Notice(event.kind, status, secrets.redact(title), secrets.redact("\n".join(lines)))
 
 
@@ -125,9 +138,9 @@ class Gate:
             key = (event.service, event.kind)
             last = self._told.get(key)
             if event.result == "resolved":
-                if last is None:
-                    return None  # never told firing: nothing to clear
-                del self._told[key]
+                if last is None and AFTER_RESTART not in event.data:
+                    return None  # never told firing (nor by the run before): nothing to clear
+                self._told.pop(key, None)
                 if not self.config.send_resolved:
                     return None
                 status = "resolved"

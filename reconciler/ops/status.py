@@ -120,6 +120,7 @@ def render_status(
     live = {c.name: c for c in observed.containers}
     loops = read_crashloops(status_file) if status_file else {}
     tags = read_crashloops(status_file, "images") if status_file else {}
+    ours = read_crashloops(status_file, "restarts") if status_file else {}  # the daemon's heals
     if pin is not None:  # the adapter's own pins (update policies, --locked)
         desired_now = replace(desired, services=tuple(map(pin, desired.services)))
     elif any(im.follows(s) for s in desired.services):
@@ -139,6 +140,7 @@ def render_status(
                 continue
             info = engine.inspect(c.id) or {}
             restarts += int(info.get("RestartCount") or 0)
+            restarts += int((ours.get(spec.name) or {}).get("count") or 0)
             if c.state == "running":
                 running += 1
                 healthy += c.health in (None, "healthy")

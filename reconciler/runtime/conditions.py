@@ -33,7 +33,7 @@ class DaemonConditions:
         self._down_error = ""
         self._engine_firing = False
         self._denied: dict[str, str] = {}  # service -> rules
-        self._rejected = False
+        self._rejected: tuple[str, str] | None = None  # (error, content) last rejected
         self.after_reload: Callable[[], None] = lambda: None  # e.g. read `notify:` again
 
     # ------------------------------------------------------------------ the engine
@@ -124,10 +124,15 @@ class DaemonConditions:
                 )
             )
 
-    def reload_rejected(self, error: str, trigger: str = "", revision: str = "") -> None:
-        """Each rejected read (the history's row; the notifications de-duplicate)."""
+    def reload_rejected(
+        self, error: str, trigger: str = "", revision: str = "", content: str = ""
+    ) -> None:
+        """A rejected read: one row per rejected content and error (`content`: a digest of
+        the file); the same file read again with the same error is not told twice."""
         with self._lock:
-            self._rejected = True
+            before, self._rejected = self._rejected, (error, content)
+        if before == (error, content):
+            return
         self.record(
             Event(
                 "reload_rejected",
@@ -141,7 +146,7 @@ class DaemonConditions:
 
     def reload_accepted(self, digest: str) -> None:
         with self._lock:
-            was, self._rejected = self._rejected, False
+            was, self._rejected = self._rejected is not None, None
         self.after_reload()
         if was:
             self.record(

@@ -5,6 +5,7 @@ the file is fresh, and the last good state kept on any error. Owned by the daemo
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -85,6 +86,15 @@ class Reloader:
     def stamps(self, desired: Desired) -> tuple[object, ...]:
         policy = self.options.policy or policy_file.DEFAULT_PATH
         return stamps(self.options.path, (*desired.watched, str(policy)))
+
+    def content_digest(self) -> str:
+        """What the desired-state file holds now, as a digest ("" for a directory: the error
+        alone tells one rejection from the next)."""
+        path = Path(self.options.path)
+        try:
+            return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+        except OSError:
+            return ""
 
     def changed(self) -> bool:
         """The file watch's tick: ask for a reload when an input changed."""
@@ -233,7 +243,10 @@ class Reloader:
         d.state_valid = False
         self.error = error
         d.conditions.reload_rejected(  # the history and the notifications
-            error, trigger=trigger_text(self.trigger_now), revision=d.desired.digest[:12]
+            error,
+            trigger=trigger_text(self.trigger_now),
+            revision=d.desired.digest[:12],
+            content=self.content_digest(),
         )
         return False
 

@@ -20,12 +20,14 @@ from pydantic import BaseModel
 
 from reconciler.core import swarm_plan as sp
 from reconciler.core.action_events import event_of
+from reconciler.core.desired import LABEL_SPEC_HASH
 from reconciler.core.policy import Denial, Policy
 from reconciler.engine.client import FALLBACK_API_VERSION, connect
 from reconciler.engine.events import follow
 from reconciler.engine.swarm import spec as swarm_file
 from reconciler.engine.swarm.engine import SwarmEngine, TaskCounts, check_manager
 from reconciler.errors import ActionFailed, EngineUnavailable, NotASwarmManager
+from reconciler.ops.firing_memory import FiringMemory
 from reconciler.ops.metrics import Metrics
 from reconciler.ops.state_store import JsonStore
 from reconciler.ops.status import policy_line, read_crashloops
@@ -128,6 +130,8 @@ class SwarmTarget:
         self._lock = threading.Lock()  # one pass at a time may record its judgement
         self._update_states: dict[str, str] = {}  # Swarm's UpdateStatus.State, last seen
         self.conditions = SwarmConditions(settings.record)  # what may notify (core.events)
+        if settings.daemon:  # what fires is resolved even after a restart
+            self.conditions.keep_in(FiringMemory(desired.project, settings.state_dir))
         self.decisions = Decisions()  # what `status` shows of the daemon's choices
         self.images = SwarmImages(self.engine, desired.project, settings)  # x-reconciler.update
 
@@ -261,7 +265,10 @@ class SwarmTarget:
         self.conditions.observed(
             (s for s in self.desired.services if only is None or s.name == only),
             {s.name: s for s in observed.services},
+            self._settled(observed),
         )
+        if only is None:
+            self.conditions.gone(s.name for s in self.desired.services)
         failed_prereq: set[str] = set()
         for action in the_plan.actions:
             needs = set()
@@ -287,6 +294,18 @@ class SwarmTarget:
                     action.spec.name, rec.model_copy(update={"pushed": action.spec.spec_hash})
                 )
         return the_plan, done
+
+    def _settled(self, observed: sp.SwarmObserved) -> set[str]:
+        """Services that run their file spec, with no revision held (for SwarmConditions)."""
+        live = {s.name: s for s in observed.services}
+        held = {k for k, r in self.records.all().items() if r.failed}
+        return {
+            svc.name
+            for svc in self.images.resolve(self.desired).services
+            if svc.name not in held
+            and (obs := live.get(svc.full_name)) is not None
+            and obs.label(LABEL_SPEC_HASH) == svc.spec_hash
+        }
 
     def _done(
         self,

@@ -29,6 +29,7 @@ from reconciler.engine.client import FALLBACK_API_VERSION, connect
 from reconciler.engine.events import follow
 from reconciler.engine.host.engine import Engine
 from reconciler.errors import EngineUnavailable
+from reconciler.ops.firing_memory import FiringMemory
 from reconciler.ops.image_lock import lock_path
 from reconciler.ops.image_state import ImageStates
 from reconciler.ops.snapshot_store import SnapshotStore
@@ -141,6 +142,9 @@ class HostTarget:
                 "locked": settings.locked,
             },
         )
+        if settings.daemon:  # what fires is resolved even after a restart
+            memory = FiringMemory(desired.project, settings.state_dir)
+            self.controller.reporter.conditions.keep_in(memory)
         self.snapshots = VolumeSnapshots(
             self.engine,
             SnapshotStore(desired.project, settings.state_dir),
@@ -222,6 +226,7 @@ class HostTarget:
             self.decisions.waiting(service, texts)
         return {
             "crashloop": self.controller.crashloops(),
+            "restarts": self.controller.restarts(),
             "images": self.controller.tags(),
             "decisions": self.decisions.data(),
         }

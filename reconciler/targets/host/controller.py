@@ -174,6 +174,10 @@ class Controller:
         """Replicas in crash-loop back-off, for `reconciler status` (JSON-ready)."""
         return self.reporter.crashloops()
 
+    def restarts(self) -> dict[str, dict[str, object]]:
+        """Per replica, how often a heal restarted it (for `reconciler status`)."""
+        return self.reporter.restarts()
+
     def tags(self) -> dict[str, dict[str, object]]:
         """The followed tags, for `reconciler status` (JSON-ready)."""
         return self.images.tags()
@@ -244,12 +248,16 @@ class Controller:
                 self.on_note(note)
         observed = without_project_objects(observed)  # reported above, once
         foreign, absent = self._namespaces(desired)
+        self.reporter.conditions.gone(s.name for s in desired.services)
         for svc in map(self.images.pinned, desired.services):
             if svc.name in desired.denied:
                 continue  # the host policy denies it: never created nor touched
             self.images.schedule(svc, now)
             target, _, rollout = self._target(svc)
             mine = containers_of(observed, svc.name)
+            # A held revision fires (at the start), the file going back to what runs resolves
+            # it even when the service has nothing to do.
+            self.reporter.conditions.look(svc, self.store.get(svc.name), mine)
             holds = Holds(
                 now=now,
                 drained=dict(self._drained.get(svc.name, {})),
@@ -303,6 +311,7 @@ class Controller:
         drained = self._drained[name]
 
         if svc is None:  # gone from the file: drain and remove what is left of it
+            self.reporter.conditions.gone(s.name for s in desired.services)
             sub = DesiredState(desired.project, (), (), ())
             holds = Holds(now=now, drained=dict(drained), outside=outside(observed, name))
             p = plan(sub, replace(observed, containers=mine), holds)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from reconciler.core import rollout as ro
+from reconciler.core.action_events import replica_of
 from reconciler.core.actions import (
     JUST_CREATED,
     ConnectNetwork,
@@ -56,6 +57,7 @@ class ServiceMetrics:
         self._on_result = on_result
         self.conditions = HostConditions(record)  # what may notify (core.events)
         self._known: set[str] = set()  # container names seen: a create is then a heal
+        self._restarts: dict[str, int] = {}  # replica -> heals that restarted it (status)
         self._rows: dict[str, tuple[str, int, int, int]] = {}
         self._lock = threading.Lock()  # the rows: several services' workers share them
         self.recording = Recording(record, lambda: self._desired().digest)  # the history's
@@ -97,6 +99,10 @@ class ServiceMetrics:
         self._on_result(r)
         reason = self._heal_reason(a)
         self.recording.step(r, reason, job=job, trigger=trigger)
+        if reason in ("exited", "unhealthy", "dead") and r.outcome == "success":
+            with self._lock:  # `status`'s RESTARTS: ours, beside Docker's RestartCount
+                replica = replica_of(a)
+                self._restarts[replica] = self._restarts.get(replica, 0) + 1
         if self.metrics and r.outcome in ("success", "error"):
             self.metrics.actions.labels(a.verb, a.kind, r.outcome).inc()
             if r.outcome == "error":
@@ -168,7 +174,7 @@ class ServiceMetrics:
         record: ro.RolloutRecord,
     ) -> None:
         """After a service's reconcile: its replica row, rollout and crash-loop gauges."""
-        self.conditions.service(svc, record, self._books())
+        self.conditions.service(svc, record, self._books(), containers)
         if self.metrics is None:
             return
         live = {c.name: c for c in containers}
@@ -188,6 +194,11 @@ class ServiceMetrics:
                 1 for _ in self._books().get(svc.name, HealingBook()).crashlooping(self._clock())
             )
             self.metrics.crashloop.labels(svc.name).set(loops)
+
+    def restarts(self) -> dict[str, dict[str, object]]:
+        """Per replica, how often a heal restarted it (for `reconciler status`)."""
+        with self._lock:
+            return {name: {"count": n} for name, n in self._restarts.items()}
 
     def crashloops(self) -> dict[str, dict[str, object]]:
         """Replicas in crash-loop back-off, for `reconciler status` (JSON-ready)."""
