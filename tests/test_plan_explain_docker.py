@@ -2,11 +2,14 @@
 `status` shows the running daemon's judgement (its policy) and says when none runs; after an
 edit of environment A "1" -> "2" and replicas 2 -> 3, `plan` names the diff and the causes
 (no false wait, no secret value), `plan --json` matches its schema, and the daemon's
-`rollout started` line carries the diff."""
+`rollout started` line carries the diff. After a rollback, `plan` shows the held revision as
+pending (exit 2) and `status` shows the image that runs."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -152,3 +155,75 @@ def _validate_with_json_schema(data: dict[str, Any]) -> None:
     import jsonschema
 
     jsonschema.validate(data, plan_schema.json_schema())
+
+
+def held_stack(image: str, a: str) -> dict[str, Any]:
+    """web: healthy unless its environment says A=2 (a change that fails its rollout)."""
+    web = {
+        "image": image,
+        "init": True,
+        "command": ["sleep", "100000"],
+        "replicas": 2,
+        "environment": {"A": a},
+        "healthcheck": {"test": ["CMD-SHELL", 'test "$$A" != 2'], "interval": "1s", "retries": 1},
+        "deploy": {"update_config": {"monitor": "1s"}},
+    }
+    return {"services": {"web": web}}
+
+
+def test_a_rolled_back_revision_is_pending_and_status_shows_what_runs(
+    api: docker.APIClient,
+    busybox_image: str,
+    project: str,
+    write_state: Callable[[dict[str, Any]], Path],
+    tmp_path: Path,
+) -> None:
+    lock = ("--lock-dir", str(tmp_path))
+    path = write_state(held_stack(busybox_image, "1"))
+    first = run_cli("apply", str(path), *lock, timeout=180)
+    assert first.returncode == 0, first.stdout + first.stderr
+    write_state(held_stack(busybox_image, "2"))
+    failed = run_cli("apply", str(path), *lock, timeout=180)
+    assert failed.returncode == 1 and "rolled back" in failed.stdout, failed.stdout
+
+    # The file asks A=2, A=1 runs: the diff, held (when, why, what retries it), exit 2.
+    out = run_cli("plan", str(path), *lock)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert 'environment.A "1" -> "2"' in out.stdout
+    assert "is held (rolled back at " in out.stdout, out.stdout
+    assert "because new replica unhealthy" in out.stdout
+    assert "`reconciler apply` keeps it held" in out.stdout
+    assert f"{project}: in sync" not in out.stdout
+    raw = run_cli("plan", str(path), *lock, "--json")
+    doc = plan_schema.load(json.loads(raw.stdout))
+    assert raw.returncode == 2 and not doc.in_sync
+    (web,) = doc.services
+    assert not web.in_sync and [c.field for c in web.changes] == ["environment.A"]
+    (held,) = web.waits
+    assert held.subject == "service web"
+    assert held.waits_for == "an edit of the file that changes this service"
+    assert held.cause is not None and "new replica unhealthy" in held.cause
+
+    # Another image in the file, nothing applied, a replica stopped: `status` shows what
+    # runs (and the file's), and no rollout where none is under way.
+    other = f"{project}-img:2"
+    api.tag(busybox_image, f"{project}-img", "2")
+    try:
+        write_state(held_stack(other, "1"))
+        api.stop(f"{project}-web-1", timeout=1)
+        seen = run_cli("status", str(path), *lock)
+        assert seen.returncode == 0, seen.stderr
+        (row,) = [line for line in seen.stdout.splitlines() if line.startswith("web ")]
+        assert f"{busybox_image} (file: {other})" in row, seen.stdout
+        assert "pending (not started)" in row and "rolling out" not in row, row
+        assert row.split()[1:3] == ["2", "1"], row  # DESIRED 2, RUNNING 1
+
+        # Its reader gone (`| true`), status ends quietly: no traceback.
+        piped = subprocess.run(
+            ["bash", "-c", 'set -o pipefail; "$@" | true', "-", sys.executable, "-m",
+             "reconciler", "status", str(path), *lock],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert piped.returncode in (0, 141) and "Traceback" not in piped.stderr, piped.stderr
+    finally:
+        api.remove_image(other)

@@ -36,7 +36,7 @@ def test_one_line_per_object_with_its_latest_state_and_the_errors_at_the_end() -
         view.update(Done(_Step("create", "container", "p-db-1"), "error", "port is taken"))
     text = console.export_text()
     final = text[text.rfind("[+]") :]
-    assert "[+] Done 1/3" in final
+    assert "[+] Failed 1/3" in final and "Done" not in final  # compose marks an error
     assert final.count("p-web-1") == 1 and "Started" in final and "Created" not in final
     assert "error: container p-db-1: port is taken" in final
 
@@ -46,7 +46,7 @@ def test_a_real_action_reads_the_same() -> None:
     with ProgressView("p", console=console) as view:
         view.update(Done(CreateNetwork(NetworkSpec(name="n"), "missing"), "success"))
     text = console.export_text()  # export_text() empties the record
-    assert "Network n" in text and "Created" in text
+    assert "Network n" in text and "Created" in text and "[+] Done 1/1" in text
 
 
 def test_counting_and_words() -> None:

@@ -124,7 +124,7 @@ def test_never_healthy_change_is_rolled_back_and_held_after_a_restart(
     status = run_cli("status", str(path), "--lock-dir", str(tmp_path))
     assert "rolled back from" in status.stdout, status.stdout
     plan = run_cli("plan", str(path))
-    assert "held as failed" in plan.stdout and plan.returncode == 0, plan.stdout
+    assert "is held (rolled back at" in plan.stdout and plan.returncode == 2, plan.stdout
 
     d.proc.send_signal(signal.SIGKILL)
     d.proc.wait()

@@ -199,7 +199,6 @@ SWARM: dict[str, tuple[dict[str, Any], list[str]]] = {
         [
             "healthcheck.interval (unset) -> 5",
             "healthcheck.retries (unset) -> 3",
-            "healthcheck.start_period (unset) -> 0",
             'healthcheck.test (unset) -> ["CMD", "true"]',
             "healthcheck.timeout (unset) -> 30",
         ],
@@ -322,3 +321,21 @@ def test_causes() -> None:
     assert causes.drift("scaled to 1 by hand").text == "drift: scaled to 1 by hand"
     many = tuple(FieldChange(f"environment.V{i}", "1", "2") for i in range(6))
     assert causes.spec_changed(many).text.endswith("environment.V3 +2 more")
+
+
+def test_zeros_swarm_leaves_out_are_no_difference(tmp_path: Path) -> None:
+    """Swarm drops zero durations it was sent (Go's omitempty): an edit of the environment
+    of a service with a healthcheck names only the environment, never
+    `healthcheck.start_period (unset) -> 0` (the review's false change)."""
+    check = {"healthcheck": {"test": ["CMD", "true"], "interval": "5s"}}
+    base = _swarm(tmp_path, check)
+    observed = simulate(sp.SwarmObserved(), sp.plan(base, sp.SwarmObserved()), "demo")
+    obs = next(s for s in observed.services if s.name == "demo_web")
+    body = obs.spec
+    body["TaskTemplate"]["ContainerSpec"]["Healthcheck"].pop("StartPeriod", None)
+    obs = replace(obs, spec_json=json.dumps(body))
+    assert swarm_changes(base.service("web"), obs) == ()
+    edited = _swarm(tmp_path, {**check, "environment": {"A": "2"}})
+    assert [str(c) for c in swarm_changes(edited.service("web"), obs)] == [
+        'environment.A (unset) -> "2"'
+    ]

@@ -16,6 +16,7 @@ from typing import Any
 import docker
 import docker.errors
 import pytest
+import structlog
 import yaml
 from prometheus_client import CollectorRegistry
 
@@ -292,7 +293,8 @@ def test_a_revision_swarm_rolled_back_is_held_until_the_file_changes(
     passes leave it (held, persisted in the state dir: a new reconciler reads it), and a
     file that changes the service again is pushed."""
     deploy = {"update_config": {"monitor": "3s", "failure_action": "rollback"}}
-    good = web(busybox_image, deploy=deploy)
+    check = {"test": ["CMD", "true"], "interval": "1s"}  # start_period 0: Swarm leaves it out
+    good = web(busybox_image, deploy=deploy, healthcheck=check)
     path = swrite({"services": {"web": good}})
     rec = reconciler(path, swarm, tmp_path)
     rec.metrics = Metrics(CollectorRegistry(), process=False)
@@ -317,6 +319,11 @@ def test_a_revision_swarm_rolled_back_is_held_until_the_file_changes(
     assert not the_plan.actions, the_plan
     assert any("held" in n for n in the_plan.notes), the_plan.notes
     assert fresh.records.get("web").failed == fresh.desired.service("web").spec_hash
+    (held,) = fresh.plan().services  # `plan`: the diff, held (why, when), never in sync
+    assert not held.in_sync and [str(c) for c in held.changes] == [
+        'command ["httpd", "-f", "-p", "8080", "-h", "/tmp"] -> ["sh", "-c", "sleep 1; exit 3"]'
+    ]
+    assert "is held (Swarm rolled it back at " in held.waits[0].text, held.waits
     # A hand scale resets Swarm's UpdateStatus; the hold stays (it is ours), and only the
     # replica count is put back (the rolled-back spec otherwise stays as Swarm left it).
     subprocess.run(
@@ -335,8 +342,13 @@ def test_a_revision_swarm_rolled_back_is_held_until_the_file_changes(
     fixed = {**good, "environment": {"FIXED": "1"}}
     path = swrite({"services": {"web": fixed}})
     fresh.desired = swarm_file.load(path)
-    applied = apply_once(fresh, timeout_s=120)
+    with structlog.testing.capture_logs() as logs:
+        applied = apply_once(fresh, timeout_s=120)
     assert applied.ok
+    started = [e for e in logs if e["event"] == "rollout started"]  # as the host's line
+    assert started and started[0]["service"] == "web", logs
+    # Swarm runs the good command again: only the new variable differs (no start_period).
+    assert started[0]["changes"] == ['environment.FIXED (unset) -> "1"']
     env = swarm.inspect_service(name)["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"]
     assert env == ["FIXED=1"]
     assert not fresh.records.get("web").failed

@@ -16,13 +16,11 @@ EXIT_OK, EXIT_ERROR, EXIT_PENDING = 0, 1, 2
 def show(
     report: PlanReport, desired: Desired, denied: Mapping[str, str], target: str, as_json: bool
 ) -> int:
-    """Print the plan; the exit code: 0 in sync, 2 changes pending, 1 an error or a denial."""
-    in_sync = not report.errors and not report.steps and not desired.denied
-    code = (
-        EXIT_ERROR
-        if report.errors or desired.denied
-        else (EXIT_OK if not report.steps else EXIT_PENDING)
-    )
+    """Print the plan; the exit code: 0 in sync, 2 changes pending (steps, or what runs
+    differs from the file: a held revision, a rollout that waits), 1 an error or a denial."""
+    pending = [s.name for s in report.services if not s.in_sync]
+    in_sync = not report.errors and not report.steps and not desired.denied and not pending
+    code = EXIT_ERROR if report.errors or desired.denied else (EXIT_OK if in_sync else EXIT_PENDING)
     if as_json:
         data = document(
             project=report.project,
@@ -51,6 +49,8 @@ def show(
         print(f"error: service {name} is denied by the host policy (rule {rules}); not created")
     if in_sync:
         print(f"{report.project}: in sync")
+    elif not report.steps and pending:  # nothing to do now, yet what runs is not the file's
+        print(f"{report.project}: not in sync, nothing to do now: {', '.join(pending)} held")
     for step in report.steps:
         print(step)
     return code

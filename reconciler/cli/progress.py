@@ -142,9 +142,13 @@ class ProgressView:
             rows = list(self._rows.values())
         done = sum(r.outcome == "success" for r in rows)
         total = max(self.total, len(rows))
+        failed = any(r.outcome == "error" for r in rows)
+        word, style = ("Running", "bold")  # compose: an error marks the summary, in red
+        if self._finished:
+            word, style = ("Failed", "bold red") if failed else ("Done", "bold")
         title = Text.assemble(
-            ("[+] ", "bold"),
-            ("Done" if self._finished else "Running", "bold"),
+            ("[+] ", style),
+            (word, style),
             f" {done}/{total}",
             (f"  {self.project}", "dim"),
         )

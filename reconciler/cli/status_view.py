@@ -65,10 +65,11 @@ def account(project: str, status: Mapping[str, Any] | None, own_policy: str) -> 
     for name, rules in sorted(dict(status.get("denied") or {}).items()):
         lines.append(f"  {name}: denied by the host policy (rule {rules}); never created")
     for name, seen in sorted(decisions.items()):
+        who = name or f"project {project}"  # a network, volume, config of the project
         for wait in seen.get("waits") or ():
-            lines.append(f"  {name}: holds {wait}")
+            lines.append(f"  {who}: holds {wait}")
         for row in seen.get("recent") or ():
-            line = f"  {name}: {_clock(row.get('at'))} {row.get('result')} {row.get('action')}"
+            line = f"  {who}: {_clock(row.get('at'))} {row.get('result')} {row.get('action')}"
             lines.append(line + (f": {row['error']}" if row.get("error") else ""))
     if len(lines) == 1:
         lines.append("  nothing held, no action taken yet")

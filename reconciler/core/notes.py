@@ -31,12 +31,14 @@ NoteKind = Literal[
 @dataclass(frozen=True, slots=True)
 class Note:
     """One note: its kind, what it is about (a `network x`, a step key, a container name),
-    its text as printed, and `detail` (a held step's reason alone) where a consumer quotes it."""
+    its text as printed, `detail` (a held step's reason alone: what it waits for) where a
+    consumer quotes it, and `cause` (why the held step is needed, when known)."""
 
     kind: NoteKind
     subject: str
     text: str
     detail: str = ""
+    cause: str = ""
 
     def __str__(self) -> str:
         return self.text
@@ -46,6 +48,6 @@ class Note:
         return part in self.text
 
 
-def note(kind: NoteKind, subject: str, message: str, detail: str = "") -> Note:
+def note(kind: NoteKind, subject: str, message: str, detail: str = "", cause: str = "") -> Note:
     """A note printed as `<subject>: <message>`."""
-    return Note(kind, subject, f"{subject}: {message}", detail)
+    return Note(kind, subject, f"{subject}: {message}", detail, cause)

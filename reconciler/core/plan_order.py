@@ -88,7 +88,8 @@ def gate_on_dependencies(
     kept = []
     for action, after in local:
         if gated(action):
-            notes.append(note("waiting", action.key, f"waiting for {', '.join(waiting)} to run"))
+            deps = f"{', '.join(waiting)} to run"
+            notes.append(note("waiting", action.key, f"waiting for {deps}", deps, action.reason))
         elif not (isinstance(action, StopContainer) and action.key in stops):
             kept.append((action, after))
     return kept

@@ -155,7 +155,7 @@ def service_steps(
             as_name = ro.temp_name(spec) if spec.name in p.ids else None
             if as_name:
                 why = f"name taken, created as {as_name} until it is free"
-                p.notes.append(note("name_taken", spec.name, why))
+                p.notes.append(note("name_taken", spec.name, why, "its name to be free"))
             create = CreateContainer(spec, "missing", as_name, causes.MISSING)
             out.append((create, _NO))
             start = StartContainer(create.name, create.name, svc.name, JUST_CREATED)
@@ -187,7 +187,8 @@ def service_steps(
             else:
                 if not down:
                     why = f"replacement waits ({waiting_reason}); needed: {cause.text}"
-                    p.notes.append(note("replacement_waits", spec.name, why, waiting_reason))
+                    waits = note("replacement_waits", spec.name, why, waiting_reason, cause.text)
+                    p.notes.append(waits)
                 out += _heal(spec, cur, holds, svc.job)
                 if cur.name != spec.name:  # serving under another name: give it the replica's
                     why = "serving under another name"
@@ -406,7 +407,8 @@ def _drain(
         return [(drain, _NO)], False
     if p.holds.now < until:
         p.wake(until)
-        p.notes.append(note("draining", c.name, f"draining until {until:.1f}"))
+        says = f"draining until {until:.1f}"
+        p.notes.append(note("draining", c.name, says, f"its drain to end ({until:.1f})"))
         return [], False
     return [], True
 

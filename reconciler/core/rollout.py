@@ -59,6 +59,7 @@ class RolloutRecord:
     # What started the rollout under way (`file`, `image`, `git`...): its later steps, and its
     # rollback, say so in the history, after a restart too (targets/host/recording).
     trigger: str = ""
+    failed_at: float = 0.0  # when the failed revision was rolled back (0: not known)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +85,7 @@ class Verdict:
 def refresh(record: RolloutRecord, svc: ServiceSpec) -> RolloutRecord:
     """Forget a failed or paused revision once the file asks for another one."""
     if record.failed_revision and record.failed_revision != svc.revision:
-        record = replace(record, failed_revision="", failed_reason="", failures=())
+        record = replace(record, failed_revision="", failed_reason="", failed_at=0.0, failures=())
     if record.paused_revision and record.paused_revision != svc.revision:
         record = replace(record, paused_revision="", paused_reason="", failures=())
     return record
@@ -307,7 +308,7 @@ def record_pass(
         elif not ok and under_way and not trigger:
             trigger = reason
     if trigger:
-        return _fail(record, svc, mode, trigger, events)
+        return _fail(record, svc, mode, trigger, events, now)
 
     # Over when every replica runs the target healthy, or, with failures tolerated on the way
     # (failure_action continue, max_failure_ratio), once every replica runs it at all.
@@ -329,7 +330,12 @@ def record_pass(
 
 
 def _fail(
-    record: RolloutRecord, svc: ServiceSpec, mode: Mode, reason: str, events: list[RolloutEvent]
+    record: RolloutRecord,
+    svc: ServiceSpec,
+    mode: Mode,
+    reason: str,
+    events: list[RolloutEvent],
+    now: float = 0.0,
 ) -> tuple[RolloutRecord, tuple[RolloutEvent, ...]]:
     """Apply the failure_action of the rollout under way."""
     done = replace(record, rolling_revision="", failures=())
@@ -343,6 +349,7 @@ def _fail(
             done,
             failed_revision=svc.revision,
             failed_reason=reason,
+            failed_at=now,
             rolling_revision=record.stable_revision,
         )
         return done, (*events, RolloutEvent(svc.name, "rolled_back", svc.revision, reason))

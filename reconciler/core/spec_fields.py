@@ -223,12 +223,17 @@ def _walk(view: View, path: str, value: Any, hidden: frozenset[str]) -> None:
 def swarm_observed(observed: View, desired: View) -> View:
     """The observed view as far as it can differ from the desired one: a field the file
     leaves out that Swarm shows is a default it filled in, unless the file owns it (then it
-    was removed); a whole value holding all the file's (and Swarm's defaults) is equal."""
+    was removed); a whole value holding all the file's (and Swarm's defaults) is equal; a
+    zero the file sends that Swarm leaves out (`healthcheck.start_period: 0`: Go's omitempty)
+    is no difference either."""
     kept = {}
     for key, value in observed.items():
         if key in desired and covers(value, desired[key]):
             kept[key] = desired[key]
         elif key in desired or key.startswith(SWARM_OWNED):
+            kept[key] = value
+    for key, value in desired.items():
+        if key not in observed and _zero(value):
             kept[key] = value
     return kept
 

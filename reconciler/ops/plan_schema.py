@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from reconciler.core.actions import Action
 from reconciler.core.causes import Cause
-from reconciler.core.plan_explain import ServicePlan
+from reconciler.core.plan_explain import ServicePlan, Wait, plan_line, replaces
 from reconciler.core.spec_diff import FieldChange
 
 SCHEMA: Literal["reconciler.plan/v1"] = "reconciler.plan/v1"
@@ -55,6 +55,16 @@ class StepDoc(_Strict):
     name: str
     text: str  # the line `plan` prints
     cause: CauseDoc
+    replaces: str | None = None  # a replacement (created under `name`): the replica it replaces
+
+
+class WaitDoc(_Strict):
+    """A held step, or a held revision: what it waits for and why it is needed."""
+
+    subject: str  # what is held: a container, a step key (`create:p-web-3`), `service web`
+    waits_for: str  # parallelism 1 reached, db to run, an edit of the file that changes it
+    cause: str | None  # why the step is needed (spec changed: environment.A), when known
+    text: str  # the line `plan` prints
 
 
 class ServiceDoc(_Strict):
@@ -64,7 +74,7 @@ class ServiceDoc(_Strict):
     in_sync: bool
     changes: list[Change]
     steps: list[StepDoc]
-    waits: list[str]  # held steps: what each actually waits for
+    waits: list[WaitDoc]  # held steps (and a held revision): what each waits for, and why
 
 
 class Denied(_Strict):
@@ -78,7 +88,7 @@ class PlanDocument(_Strict):
     schema_: Literal["reconciler.plan/v1"] = Field(alias="schema")
     project: str
     target: str  # host, swarm
-    in_sync: bool  # nothing to do (exit 0)
+    in_sync: bool  # nothing to do and nothing held: what runs is the file's (exit 0)
     errors: list[str]  # each stops the plan (exit 1)
     denied: list[Denied]  # services the host policy denies (exit 1)
     notes: list[str]
@@ -103,14 +113,19 @@ def _cause(cause: Cause) -> CauseDoc:
     return CauseDoc(kind=cause.kind, text=cause.text, fields=[c.field for c in cause.changes])
 
 
+def _wait(w: Wait) -> WaitDoc:
+    return WaitDoc(subject=w.subject, waits_for=w.waits_for, cause=w.cause or None, text=w.text)
+
+
 def _step(a: Action) -> StepDoc:
     return StepDoc(
         service=a.service,
         verb=a.verb,
         kind=a.kind,
         name=a.name,
-        text=a.describe(),
+        text=plan_line(a),
         cause=_cause(a.cause),
+        replaces=replaces(a),
     )
 
 
@@ -140,7 +155,7 @@ def document(
                 in_sync=s.in_sync and s.name not in denied,
                 changes=[_change(c) for c in s.changes],
                 steps=[_step(a) for a in actions if a.service == s.name],
-                waits=list(s.waits),
+                waits=[_wait(w) for w in s.waits],
             )
             for s in services
         ],

@@ -83,7 +83,9 @@ def _short(ref: str) -> str:
 def rollout_state(
     svc: ServiceSpec, record: ro.RolloutRecord, containers: tuple[ObservedContainer, ...]
 ) -> str:
-    """`rolling out 2/3`, `rolled back from <rev>: <reason>`, `paused: <reason>` or `-`."""
+    """`rolling out 2/3` (only while the rollout record says one is under way), `pending
+    (not started)` (what runs is not the file's, and no rollout of it began), `rolled back
+    from <rev>: <reason>`, `paused: <reason>` or `-` (a replica down is no rollout)."""
     record = ro.refresh(record, svc)
     target, mode = ro.target(svc, record)
     mine = tuple(c for c in containers if c.service == svc.name)
@@ -96,9 +98,28 @@ def rollout_state(
     stale = any(
         c.spec_hash != s.spec_hash for s in target.replicas for c in mine if c.replica == s.replica
     )
-    if stale and (record.rolling_revision or not ro.converged(target, mine)):
+    if stale and record.rolling_revision == target.revision:
         return f"rolling out {done}/{len(target.replicas)}"
+    if stale:
+        return "pending (not started)"
     return "-"
+
+
+def image_shown(svc: ServiceSpec, wanted: str, containers: tuple[ObservedContainer, ...]) -> str:
+    """The IMAGE column: what the service's containers run (`x:1 (file: x:2)` when the file
+    asks another), the file's when none exists (`x:2 (file; none runs)`)."""
+    runs = sorted({_image(c.image) for c in containers if c.service == svc.name and c.image})
+    asked = im.unpinned(wanted)
+    if not runs:
+        return f"{asked} (file; none runs)"
+    text = ", ".join(runs)
+    return text if runs == [asked] else f"{text} (file: {asked})"
+
+
+def _image(ref: str) -> str:
+    """A container's image as the list gives it: `repo:tag` (a digest dropped), or a short
+    image id when its tag has moved on since (`sha256:0123456789ab`)."""
+    return ref[:19] if ref.startswith("sha256:") else im.unpinned(ref)
 
 
 def render_status(
@@ -165,7 +186,7 @@ def render_status(
                 str(running),
                 str(healthy),
                 str(restarts),
-                svc.image if svc.update_policy is None else im.unpinned(pinned[svc.name].image),
+                image_shown(svc, pinned[svc.name].image, observed.containers),
                 f"denied ({denied[svc.name]})"
                 if svc.name in denied
                 else "held stopped"

@@ -44,7 +44,7 @@ from reconciler.targets.base import (
 )
 from reconciler.targets.decisions import Decisions
 from reconciler.targets.swarm_conditions import SwarmConditions
-from reconciler.targets.swarm_explain import explain_swarm
+from reconciler.targets.swarm_explain import explain_swarm, held_note, held_waits
 from reconciler.targets.swarm_images import SwarmImages
 
 log = structlog.get_logger("reconciler")
@@ -59,6 +59,7 @@ class SwarmRecord(BaseModel):
     pushed: str = ""
     failed: str = ""
     failed_reason: str = ""
+    failed_at: float = 0.0  # when we saw Swarm roll it back
 
 
 def records(project: str, directory: Path | None) -> JsonStore[SwarmRecord]:
@@ -230,8 +231,12 @@ class SwarmTarget:
                         )
                         if self.metrics:
                             self.metrics.rollout_finished(svc.name, "rolled_back")
+                    at = time.time() if failed else 0.0
                     self.records.put(
-                        svc.name, rec.model_copy(update={"failed": failed, "failed_reason": reason})
+                        svc.name,
+                        rec.model_copy(
+                            update={"failed": failed, "failed_reason": reason, "failed_at": at}
+                        ),
                     )
         return new
 
@@ -287,6 +292,13 @@ class SwarmTarget:
                     failed_prereq.add(action.name)
                 continue
             self._done(done, action, "success", "", time.monotonic() - started)
+            if isinstance(action, sp.UpdateService) and action.cause.kind != "drift":
+                log.info(  # as the host's: the rollout Swarm now runs, and its field diff
+                    "rollout started",
+                    service=action.spec.name,
+                    revision=action.spec.spec_hash[:12],
+                    changes=[str(c) for c in action.cause.changes],
+                )
             if isinstance(action, sp.CreateService | sp.UpdateService):
                 done.settling = True
                 rec = self.records.get(action.spec.name) or SwarmRecord()
@@ -381,11 +393,13 @@ class SwarmTarget:
 
     def plan(self) -> PlanReport:
         the_plan, observed = self.the_plan()
+        held = held_waits(self.desired, self.records)  # why, since when, what retries it
+        notes = [str(n) for n in the_plan.notes if not held_note(n, held)]
         return PlanReport(
             self.desired.project,
-            notes=tuple(map(str, the_plan.notes)),
+            notes=(*map(str, held.values()), *notes),
             steps=tuple(sp.describe(a) for a in the_plan.actions),
-            services=explain_swarm(self.desired, observed, the_plan),
+            services=explain_swarm(self.desired, observed, the_plan, held),
             actions=the_plan.actions,
         )
 

@@ -18,9 +18,9 @@ import structlog
 
 from reconciler.config import loader
 from reconciler.core import rollout as ro
-from reconciler.core.actions import describe
 from reconciler.core.desired import DesiredState
 from reconciler.core.notes import Note
+from reconciler.core.plan_explain import plan_line
 from reconciler.core.planner import Holds, foreign_namespaces
 from reconciler.core.planner import plan as plan_of
 from reconciler.core.policy import Denial, Policy, enforce
@@ -51,7 +51,7 @@ from reconciler.targets.decisions import Decisions
 from reconciler.targets.host.controller import Controller
 from reconciler.targets.host.events import container_event, filters, infra_event
 from reconciler.targets.host.executor import StepResult, apply
-from reconciler.targets.host.explain import explain_host, oom_marked
+from reconciler.targets.host.explain import explain_host, held_wait, oom_marked
 from reconciler.targets.host.image_ledger import ImageLedger
 from reconciler.targets.host.runs import Exit
 from reconciler.targets.host.snapshots import VolumeSnapshots
@@ -252,18 +252,15 @@ class HostTarget:
         pinned = tuple(map(self.controller.images.pinned, desired.services))
         desired = replace(desired, services=pinned)  # followed tags, policies, --locked
         notes: list[str] = []
-        services, rollouts = [], {}
+        services, rollouts, held = [], {}, {}
         for svc in desired.services:
             record = ro.refresh(self.store.get(svc.name), svc)
             target, mode = ro.target(svc, record)
             services.append(target)
             rollouts[svc.name] = ro.rollout_for(svc, record, mode)
-            if mode == "rolled_back":
-                notes.append(
-                    f"service {svc.name}: revision {svc.revision[:12]} is held as failed "
-                    f"({record.failed_reason}); it runs {record.stable_revision[:12]} until the "
-                    "file changes the service again"
-                )
+            if mode == "rolled_back":  # the file's revision does not run: never in sync
+                held[svc.name] = held_wait(svc, record)
+                notes.append(str(held[svc.name]))
             elif mode == "paused":
                 notes.append(f"service {svc.name}: rollout paused ({record.paused_reason})")
         wanted = foreign_namespaces(desired)
@@ -285,8 +282,14 @@ class HostTarget:
             desired.project,
             notes=tuple(notes),
             errors=_missing(the_plan.notes),
-            steps=tuple(describe(step.action) for step in the_plan.steps),
-            services=explain_host(services, observed, the_plan, desired.secrets),
+            steps=tuple(plan_line(step.action) for step in the_plan.steps),
+            services=explain_host(  # the diff: what runs against what the file asks
+                [s for s in desired.services if s.name not in desired.denied],
+                observed,
+                the_plan,
+                desired.secrets,
+                held,
+            ),
             actions=the_plan.actions,
         )
 

@@ -6,13 +6,15 @@ Called by the host adapter's `plan` and by the controller when a rollout starts.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
+from reconciler.core import rollout as ro
 from reconciler.core.actions import Plan
 from reconciler.core.desired import ServiceSpec
 from reconciler.core.observed import Observed, ObservedContainer
-from reconciler.core.plan_explain import ServicePlan, explain, host_changes
+from reconciler.core.plan_explain import ServicePlan, Wait, explain, held_revision, host_changes
 from reconciler.engine.host.engine import Engine
 
 KILLED = 137  # 128 + SIGKILL: the kernel's OOM killer, or a kill -9
@@ -30,14 +32,36 @@ def oom_marked(observed: Observed, engine: Engine) -> Observed:
     return replace(observed, containers=tuple(marked))
 
 
+def clock(at: float) -> str:
+    """`17:50:36` (local time), "" when not known."""
+    return time.strftime("%H:%M:%S", time.localtime(at)) if at else ""
+
+
+def held_wait(svc: ServiceSpec, record: ro.RolloutRecord) -> Wait:
+    """The file's revision of `svc`, rolled back and held: why, since when, what runs."""
+    return held_revision(
+        svc.name,
+        svc.revision,
+        record.stable_revision,
+        record.failed_reason,
+        clock(record.failed_at),
+    )
+
+
 def explain_host(
-    services: Sequence[ServiceSpec], observed: Observed, plan: Plan, hidden: frozenset[str]
+    services: Sequence[ServiceSpec],
+    observed: Observed,
+    plan: Plan,
+    hidden: frozenset[str],
+    held: Mapping[str, Wait] | None = None,
 ) -> tuple[ServicePlan, ...]:
-    """Per service of the plan (denied ones left out): its diff, steps and waits."""
+    """Per service of the plan (denied ones left out): its diff against the file's
+    `services` (also while a held revision runs the stable one instead), steps and waits."""
     changes = {s.name: host_changes(s, observed.containers, hidden) for s in services}
     owners = {c.name: c.service for c in observed.containers}
     owners |= {spec.name: s.name for s in services for spec in s.replicas}
-    return explain([s.name for s in services], plan.actions, plan.notes, changes, owners)
+    names = [s.name for s in services]
+    return explain(names, plan.actions, plan.notes, changes, owners, held)
 
 
 def rollout_diff(
