@@ -81,7 +81,7 @@ def test_apply_on_a_terminal_shows_objects_and_a_counter(
     assert code == 1, screen  # the missing image
     final = screen[screen.rfind("[+]") :]
     # 2 networks and 12 replicas done; the image failed and its container was skipped
-    assert re.search(r"\[\+\] Done 14/16", final), final
+    assert re.search(r"\[\+\] Failed 14/16", final), final  # as compose: the run failed
     for i in range(1, 13):
         assert re.search(rf"Container {project}-web-{i}\s+Started", final), final
     assert re.search(r"Network \S+\s+Created\s+missing", final), final
