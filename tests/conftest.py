@@ -27,6 +27,7 @@ import docker.errors
 import pytest
 import yaml
 
+from reconciler.config import secrets
 from tests.enginekit import EventRecorder, ImageBuildError, build_scratch_image, remove_labelled
 
 TEST_LABEL = "io.reconciler.test"
@@ -42,6 +43,14 @@ def _engine() -> docker.APIClient | None:
         return api
     except Exception:
         return None
+
+
+@pytest.fixture(autouse=True)
+def _no_secret_from_another_test() -> Iterator[None]:
+    """Values a test marked secret (config.secrets, process-wide) are not another test's:
+    under pytest-xdist a worker runs tests in any order."""
+    yield
+    secrets.forget()
 
 
 # Modules whose fixtures are module- or session-wide and costly (a systemd host, a registry,

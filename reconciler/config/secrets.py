@@ -29,6 +29,13 @@ def mark(values: Iterable[str]) -> None:
             _known = _known | new
 
 
+def forget() -> None:
+    """Forget every marked value (a process that loads another project; each test)."""
+    global _known
+    with _lock:
+        _known = frozenset()
+
+
 def known() -> frozenset[str]:
     return _known
 
