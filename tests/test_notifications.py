@@ -449,3 +449,11 @@ def _wait(predicate: Any, timeout: float = 30.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+def test_the_file_names_every_kind_a_notification_tells() -> None:
+    """notify.kinds (a Literal, for errors at the file's line) lists core.events' kinds."""
+    from reconciler.config.notify_config import ALL_KINDS
+    from reconciler.core.events import CONDITIONS, NEWS
+
+    assert set(ALL_KINDS) == CONDITIONS | NEWS

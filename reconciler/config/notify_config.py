@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -122,12 +122,4 @@ def resolve(
     if not urls:
         return None
     secrets.mark(urls)
-    return NotifyConfig(
-        urls=urls,
-        kinds=base.kinds,
-        repeat_interval=base.repeat_interval,
-        rate_limit=base.rate_limit,
-        queue_size=base.queue_size,
-        engine_unreachable_after=base.engine_unreachable_after,
-        send_resolved=base.send_resolved,
-    )
+    return replace(base, urls=urls)

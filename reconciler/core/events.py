@@ -25,7 +25,6 @@ EventKind = Literal[
     "reload",
     "operator",
     "pull",  # an image pulled or built (a moved tag's pull is an image_update)
-    # conditions (each may notify; a later event with result "resolved" clears it)
     "rollout_started",
     "rollout_completed",
     "rollout_failed",
@@ -36,6 +35,21 @@ EventKind = Literal[
     "engine_unreachable",
     "reload_rejected",
 ]
+
+# What a notification tells (ops.notifications): conditions fire until an event with result
+# "resolved" clears them; news is told once (a rollout completed, an image update, a drift undone).
+CONDITIONS: frozenset[EventKind] = frozenset(
+    {
+        "rollout_failed",
+        "rolled_back",
+        "paused",
+        "crash_loop",
+        "denied",
+        "engine_unreachable",
+        "reload_rejected",
+    }
+)
+NEWS: frozenset[EventKind] = frozenset({"rollout_completed", "image_update", "drift_corrected"})
 
 Result = Literal["success", "error", "skipped", "started", "firing", "resolved"]
 

@@ -21,7 +21,7 @@ import structlog
 
 from reconciler.config import secrets
 from reconciler.config.notify_config import NotifyConfig
-from reconciler.core.events import Event
+from reconciler.core.events import CONDITIONS, NEWS, Event
 from reconciler.ops.firing_memory import AFTER_RESTART
 
 if TYPE_CHECKING:
@@ -29,20 +29,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("reconciler")
 
-# Conditions: firing until an event with result "resolved" clears them. The other kinds a
-# notification tells are one-shot news (a rollout completed, an image update, a drift undone).
-CONDITIONS = frozenset(
-    {
-        "rollout_failed",
-        "rolled_back",
-        "paused",
-        "crash_loop",
-        "denied",
-        "engine_unreachable",
-        "reload_rejected",
-    }
-)
-NEWS = frozenset({"rollout_completed", "image_update", "drift_corrected"})
 TITLES = {
     "rollout_failed": "rollout failed",
     "rolled_back": "rolled back",
