@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -192,16 +193,58 @@ def test_the_files_update_keys_and_their_errors(tmp_path: Path) -> None:
 
 
 def test_the_lock_file_is_refused_when_stale(tmp_path: Path) -> None:
+    """Stale: another project, a service not locked, or one whose image request changed (the
+    image, its range); any other edit of the file leaves the lock good, as a package lock."""
     path = tmp_path / "p.images.lock.json"
     with pytest.raises(LockStale, match="no lock file"):
         read_lock(path)
-    write_lock(path, ImageLock("p", "d1", {"web": "app:1@sha256:a"}))
+    asked = {"web": "app:1 semver ^1"}
+    write_lock(path, ImageLock("p", asked, {"web": "app:1.4@sha256:a"}))
     lock = read_lock(path)
-    assert check_lock(path, lock, "p", "d1", ["web"]) == {"web": "app:1@sha256:a"}
-    with pytest.raises(LockStale, match="changed since the lock"):
-        check_lock(path, lock, "p", "d2", ["web"])
+    assert check_lock(path, lock, "p", asked) == {"web": "app:1.4@sha256:a"}
+    with pytest.raises(LockStale, match=r"web asks for app:1 semver \^2, the lock .* app:1 semver"):
+        check_lock(path, lock, "p", {"web": "app:1 semver ^2"})
     with pytest.raises(LockStale, match="no image locked for db"):
-        check_lock(path, lock, "p", "d1", ["web", "db"])
+        check_lock(path, lock, "p", {**asked, "db": "pg:16"})
+    with pytest.raises(LockStale, match="for project p, the file is project q"):
+        check_lock(path, lock, "q", asked)
+    old = json.loads(path.read_text())
+    path.write_text(json.dumps({**old, "version": 1}))
+    with pytest.raises(LockStale, match="of version 1"):
+        read_lock(path)
     path.write_text("{")
     with pytest.raises(LockStale, match="not a readable lock file"):
         read_lock(path)
+    path.write_text("[]")
+    with pytest.raises(LockStale, match="not a readable lock file"):
+        read_lock(path)
+
+
+def written(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "desired_state.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_image_requests_change_with_the_image_and_range_only(tmp_path: Path) -> None:
+    """A comment, a replica count, an environment value, a cooldown: the same requests."""
+    base = """project: p
+services:
+  web:
+    image: app:1.2.0
+    replicas: 1
+    x-reconciler: {update: {semver: "^1"}}
+  built:
+    build: .
+    image: mine:1
+"""
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    first = load(written(tmp_path, base)).image_requests
+    assert first == {"web": "app:1.2.0 semver ^1"}  # a built image comes from no registry
+    same = base.replace("replicas: 1", "replicas: 3  # scaled\n    environment: {A: '2'}")
+    same = same.replace('"^1"}', '"^1", cooldown: 1h}')
+    assert load(written(tmp_path, same)).image_requests == first
+    moved = base.replace('"^1"', '"~1.2", prerelease: true')
+    assert load(written(tmp_path, moved)).image_requests == {
+        "web": "app:1.2.0 semver ~1.2 prerelease"
+    }

@@ -103,9 +103,8 @@ def locked_settings(args: argparse.Namespace, desired: Desired) -> Settings:
     path = lock_path(desired.project, args.state_dir, args.lock_file)
     locked = None
     if args.locked:
-        names = [s.name for s in desired.services]
         found = read_lock(path)
-        locked = check_lock(path, found, desired.project, desired.digest, names)
+        locked = check_lock(path, found, desired.project, desired.image_requests)
     return Settings(
         state_dir=args.state_dir,
         image_lock=path,

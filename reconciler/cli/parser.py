@@ -117,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--locked",
                 action="store_true",
-                help="run exactly the images of the lock file (refused when it is stale: the "
-                "file changed since, or a service is missing from it)",
+                help="run exactly the images of the lock file (refused when it is stale: a "
+                "service asks for another image or update range, or is missing from it)",
             )
             p.add_argument(
                 "--lock-file",

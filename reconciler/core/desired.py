@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from reconciler.core.image_policy import UpdatePolicy
+from reconciler.core.image_policy import UpdatePolicy, resolution
 
 LABEL_MANAGED = "io.reconciler.managed"
 LABEL_PROJECT = "io.reconciler.project"
@@ -401,3 +401,11 @@ class DesiredState:
 
     def service(self, name: str) -> ServiceSpec:
         return next(s for s in self.services if s.name == name)
+
+    @property
+    def image_requests(self) -> dict[str, str]:
+        """service -> what its image resolves from (image_policy.resolution); built images
+        come from no registry and are left out. An image lock is stale when these differ."""
+        return {
+            s.name: resolution(s.image, s.update_policy) for s in self.services if s.build is None
+        }

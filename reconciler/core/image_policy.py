@@ -56,6 +56,20 @@ class UpdatePolicy:
     window: Window | None = None
 
 
+def resolution(image: str, policy: UpdatePolicy | None) -> str:
+    """What decides which image a service resolves to: the file's image and, under a policy,
+    its range, pre-release and suffix (`app:1.2.0 semver ^1`). Cooldown and window only say
+    when a move happens, not where it may go: they are left out."""
+    if policy is None:
+        return image
+    parts = [image, f"semver {policy.semver}" if policy.semver else "digest"]
+    if policy.prerelease:
+        parts.append("prerelease")
+    if policy.suffix is not None:
+        parts.append(f"suffix {policy.suffix!r}")
+    return " ".join(parts)
+
+
 @dataclass(frozen=True, slots=True)
 class Published:
     """One tag as the registry has it now: its digest, and when the image was built."""

@@ -106,6 +106,11 @@ class SwarmDesired:
     def service(self, name: str) -> SwarmService:
         return next(s for s in self.services if s.name == name)
 
+    @property
+    def image_requests(self) -> dict[str, str]:
+        """As DesiredState.image_requests, from the single-host rendering of the same file."""
+        return self.host.image_requests if self.host is not None else {}
+
 
 # --------------------------------------------------------------------------- observed
 

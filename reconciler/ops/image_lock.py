@@ -1,20 +1,22 @@
-"""The image lock file: the `repo:tag@digest` every service ran, with the digest of the file it
-was resolved for, so that another host (or a later restore) runs exactly the same images.
-Written by the daemon and `apply`; `apply --locked` reads it and refuses a stale one.
+"""The image lock file: the `repo:tag@digest` every service ran, with what each was resolved
+from (the file's image and update range), so that another host (or a later restore) runs exactly
+the same images. Written by the daemon and `apply`; `apply --locked` reads it and refuses a
+stale one: one whose services or image requests differ from the file's (as a package lock, an
+edit elsewhere in the file, a comment, a replica count, an environment value, leaves it good).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.errors import ReconcilerError
 from reconciler.ops.state_store import default_state_dir, write_atomic
 
-VERSION = 1
+VERSION = 2  # 2: `requested` per service (1 held only the file's digest)
 
 
 class LockStale(ReconcilerError):
@@ -23,10 +25,10 @@ class LockStale(ReconcilerError):
 
 @dataclass(frozen=True)
 class ImageLock:
-    """What a lock file holds: service -> `repo:tag@digest`, for the file of `digest`."""
+    """What a lock file holds: service -> `repo:tag@digest`, and what each was resolved from."""
 
     project: str
-    digest: str  # the desired state's digest (the file, its configs, .env)
+    requested: Mapping[str, str]  # service -> Desired.image_requests when it was resolved
     images: Mapping[str, str]
     written_at: float = 0.0
 
@@ -41,7 +43,7 @@ def write_lock(path: Path, lock: ImageLock) -> None:
     body = {
         "version": VERSION,
         "project": lock.project,
-        "file_digest": lock.digest,
+        "requested": dict(sorted(lock.requested.items())),
         "images": dict(sorted(lock.images.items())),
     }
     try:
@@ -57,36 +59,43 @@ def write_lock(path: Path, lock: ImageLock) -> None:
 
 
 def read_lock(path: Path) -> ImageLock:
-    """The lock at `path`; LockStale when it is missing or unreadable."""
+    """The lock at `path`; LockStale when it is missing, unreadable or of another version."""
     try:
         data = json.loads(path.read_text())
+        if data.get("version") != VERSION:
+            raise LockStale(
+                f"{path}: a lock file of version {data.get('version')} (this reconciler writes "
+                f"{VERSION}): run `reconciler apply` once without --locked to write it again"
+            )
         images = {str(k): str(v) for k, v in dict(data["images"]).items()}
-        return ImageLock(
-            str(data["project"]), str(data["file_digest"]), images, float(data["written_at"])
-        )
+        requested = {str(k): str(v) for k, v in dict(data["requested"]).items()}
+        return ImageLock(str(data["project"]), requested, images, float(data["written_at"]))
     except FileNotFoundError:
         raise LockStale(
             f"{path}: no lock file (run `reconciler apply` once without --locked to write it)"
         ) from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise LockStale(f"{path}: not a readable lock file ({exc})") from None
 
 
-def check_lock(path: Path, lock: ImageLock, project: str, digest: str, services: Sequence[str]
+def check_lock(path: Path, lock: ImageLock, project: str, requested: Mapping[str, str]
                ) -> dict[str, str]:  # fmt: skip
-    """The locked images to run; LockStale (saying why) when the lock does not fit the file."""
+    """The locked images of the services in `requested` (Desired.image_requests); LockStale,
+    saying why, when the lock was resolved for another project or other image requests."""
     why: list[str] = []
     if lock.project != project:
         why.append(f"it is for project {lock.project}, the file is project {project}")
-    if lock.digest != digest:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(lock.written_at))
-        why.append(f"the file (or a config or .env it uses) changed since the lock ({when})")
-    missing = [s for s in services if s not in lock.images]
+    missing = [s for s in requested if s not in lock.images]
     if missing:
         why.append(f"no image locked for {', '.join(missing)}")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(lock.written_at))
+    for service, now in requested.items():
+        then = lock.requested.get(service)
+        if service in lock.images and then != now:
+            why.append(f"{service} asks for {now}, the lock ({when}) was resolved for {then}")
     if why:
         raise LockStale(
             f"{path} is stale: " + "; ".join(why) + ". Refusing --locked: run `reconciler apply` "
             "(or the daemon) without --locked to resolve the images again and rewrite it"
         )
-    return {s: lock.images[s] for s in services}
+    return {s: lock.images[s] for s in requested}

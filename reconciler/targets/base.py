@@ -95,6 +95,8 @@ class Desired(Protocol):
     def denied(self) -> frozenset[str]: ...
     @property
     def services(self) -> Sequence[Named]: ...
+    @property
+    def image_requests(self) -> dict[str, str]: ...  # service -> what its image resolves from
 
 
 @dataclass(frozen=True, slots=True)

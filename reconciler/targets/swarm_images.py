@@ -141,7 +141,7 @@ class SwarmImages:
             if "@" in image:
                 images[svc.name] = image
         try:
-            write_lock(self.lock_file, ImageLock(desired.project, desired.digest, images))
+            write_lock(self.lock_file, ImageLock(desired.project, desired.image_requests, images))
         except OSError as exc:
             log.warning("image lock file not written", path=str(self.lock_file), error=str(exc))
 

@@ -390,7 +390,7 @@ class ImageFollower:
         desired = self._desired()
         try:
             images = self.resolved_images()
-            write_lock(self.lock_file, ImageLock(desired.project, desired.digest, images))
+            write_lock(self.lock_file, ImageLock(desired.project, desired.image_requests, images))
         except (ActionFailed, OSError) as exc:
             log.warning("image lock file not written", path=str(self.lock_file), error=str(exc))
 
