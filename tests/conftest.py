@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from reconciler.config import secrets
+from tests import swarmkit
 from tests.enginekit import EventRecorder, ImageBuildError, build_scratch_image, remove_labelled
 
 TEST_LABEL = "io.reconciler.test"
@@ -80,6 +81,14 @@ def api() -> docker.APIClient:
             pytest.fail(message)
         pytest.skip(message)
     return client
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _swarm_users_in_the_runs_temp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The swarm's use count lives in this run's temporary folder (shared by its pytest-xdist
+    workers: the parent of each worker's), which pytest itself rotates away."""
+    base = tmp_path_factory.getbasetemp()
+    swarmkit.USERS_DIR = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 @pytest.fixture(scope="session", autouse=True)

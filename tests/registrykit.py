@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import secrets
 import shutil
@@ -16,7 +17,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import docker
@@ -153,3 +154,56 @@ def pushed_image(
     finally:
         with contextlib.suppress(docker.errors.APIError):
             api.remove_image(image)
+
+
+class Publisher:
+    """Builds small distinct images (a label; `/healthy` in the good ones) and pushes each under
+    a tag, as a release pipeline on another machine would: through the name localhost:PORT
+    and a login of its own, so the daemon's engine only learns of them by pulling."""
+
+    def __init__(self, api: docker.APIClient, registry: Registry, busybox: str, work: Path):
+        self.api, self.busybox = api, busybox
+        port = registry.address.rsplit(":", 1)[1]
+        self.path = f"reconciler-test-{uuid.uuid4().hex[:10]}/app"
+        self.repo = f"{registry.address}/{self.path}"  # what the daemon pulls from
+        self._remote = f"localhost:{port}/{self.path}"
+        self.config = work / "pusher-config"
+        self.config.mkdir()
+        login(self.config, replace(registry, address=f"localhost:{port}"))
+        self.ids: list[str] = []  # every image built (by id: removing it removes its pulls)
+        self.digests: dict[str, str] = {}  # tag -> the digest last pushed under it
+        self._sources: list[str] = []
+
+    def push(self, tag: str, healthy: bool = True) -> str:
+        """Build a new image, push it as `tag`; its digest."""
+        marker = uuid.uuid4().hex
+        lines = [f"FROM {self.busybox}", f"LABEL version={tag} marker={marker}"]
+        if healthy:
+            lines.append('RUN ["/bin/touch", "/healthy"]')
+        source = f"reconciler-test-publish-src:{marker[:12]}"
+        self._sources.append(source)
+        for chunk in self.api.build(
+            fileobj=io.BytesIO("\n".join(lines).encode()), tag=source, rm=True, decode=True
+        ):
+            assert "error" not in chunk, chunk
+        self.ids.append(self.api.inspect_image(source)["Id"])
+        self.api.tag(source, self._remote, tag)
+        pushed = docker_cli(self.config, "push", f"{self._remote}:{tag}")
+        assert pushed.returncode == 0, pushed.stderr
+        digest = str(self.api.inspect_image(source)["RepoDigests"][0].partition("@")[2])
+        # Untag only (`source` keeps the image): deleting it while the daemon pulls the same
+        # image races in the engine, which can delete what the pull just tagged.
+        self.api.remove_image(f"{self._remote}:{tag}")
+        self.digests[tag] = digest
+        return digest
+
+    def untag_sources(self) -> None:
+        """Leave the pushed images with the names the daemon pulled them by only."""
+        for source in self._sources:
+            with contextlib.suppress(docker.errors.NotFound):
+                self.api.remove_image(source)
+
+    def cleanup(self) -> None:
+        for ref in self.ids:  # by id, forced: the sources and every name they were pulled by
+            with contextlib.suppress(docker.errors.APIError):
+                self.api.remove_image(ref, force=True)

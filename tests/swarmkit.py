@@ -17,6 +17,9 @@ from typing import Any
 import docker
 import docker.errors
 
+# This run's temporary folder (tests/conftest.py sets it; shared by the run's xdist workers).
+USERS_DIR: Path | None = None
+
 
 def swarm_state(api: docker.APIClient) -> str:
     return str((api.info().get("Swarm") or {}).get("LocalNodeState", "inactive"))
@@ -62,8 +65,9 @@ def leave_swarm(api: docker.APIClient) -> None:
 @contextlib.contextmanager
 def _swarm_users() -> Iterator[dict[str, Any]]:
     """{count, made} of this test run (one file per run, shared by its xdist workers)."""
-    run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
-    path = Path(tempfile.gettempdir()) / f"reconciler-swarm-users-{run}.json"
+    if USERS_DIR is None:
+        raise RuntimeError("tests/conftest.py sets swarmkit.USERS_DIR at the start of the run")
+    path = USERS_DIR / "reconciler-swarm-users.json"
     with open(path.with_suffix(".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -117,7 +121,6 @@ class SecondNode:
     def __init__(self, manager: docker.APIClient, images: list[str]) -> None:
         import random
         import shutil
-        import tempfile
         from pathlib import Path
 
         for tool in ("ip", "nsenter", "unshare", "dockerd"):

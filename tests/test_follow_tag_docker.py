@@ -8,10 +8,7 @@ one is rolled back and held while the tag stays; a registry that is down changes
 from __future__ import annotations
 
 import contextlib
-import io
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +17,7 @@ import docker.errors
 import pytest
 
 from tests.conftest import DaemonProcess, run_cli, wait_for
-from tests.registrykit import DEADLINE_S, Registry, docker_cli, login, running_registry
+from tests.registrykit import DEADLINE_S, Publisher, Registry, login, running_registry
 
 pytestmark = pytest.mark.docker
 
@@ -33,64 +30,14 @@ def docker_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-class Pusher:
-    """Builds small distinct images and pushes them under one tag, as another machine would
-    (through the name localhost:PORT): the daemon's engine only learns of them by pulling."""
-
-    def __init__(self, api: docker.APIClient, registry: Registry, busybox: str, work: Path):
-        self.api, self.busybox = api, busybox
-        port = registry.address.rsplit(":", 1)[1]
-        self.path = f"reconciler-test-{uuid.uuid4().hex[:10]}/app"
-        self.followed = f"{registry.address}/{self.path}:t"  # what the daemon follows
-        self._remote = f"localhost:{port}/{self.path}"
-        self.config = work / "pusher-config"
-        self.config.mkdir()
-        login(self.config, replace(registry, address=f"localhost:{port}"))
-        self.ids: list[str] = []
-        self.sources: list[str] = []
-
-    def push(self, healthy: bool) -> str:
-        """Build a new image (with /healthy or without), push it as the tag; its digest."""
-        marker = uuid.uuid4().hex
-        lines = [f"FROM {self.busybox}", f"LABEL marker={marker}"]
-        if healthy:
-            lines.append('RUN ["/bin/touch", "/healthy"]')
-        source = f"reconciler-test-follow-src:{marker[:12]}"
-        self.sources.append(source)
-        for chunk in self.api.build(
-            fileobj=io.BytesIO("\n".join(lines).encode()), tag=source, rm=True, decode=True
-        ):
-            assert "error" not in chunk, chunk
-        self.ids.append(self.api.inspect_image(source)["Id"])
-        self.api.tag(source, self._remote, "t")
-        pushed = docker_cli(self.config, "push", f"{self._remote}:t")
-        assert pushed.returncode == 0, pushed.stderr
-        digests = self.api.inspect_image(source)["RepoDigests"]
-        # Untag only (`source` keeps the image): deleting it while the daemon pulls the same
-        # image races in the engine, which can delete what the pull just tagged.
-        self.api.remove_image(f"{self._remote}:t")
-        return str(digests[0].partition("@")[2])
-
-    def untag_sources(self) -> None:
-        """Leave the pushed images with the names the daemon pulled them by only."""
-        for source in self.sources:
-            with contextlib.suppress(docker.errors.NotFound):
-                self.api.remove_image(source)
-
-    def cleanup(self) -> None:
-        for ref in [self.followed, *self.ids]:  # by id: the sources, and what was pulled
-            with contextlib.suppress(docker.errors.APIError):
-                self.api.remove_image(ref, force=True)
-
-
 @pytest.fixture
 def pusher(
     api: docker.APIClient, busybox_image: str, tmp_path: Path
-) -> Iterator[tuple[Pusher, Registry, Callable[[], None]]]:
+) -> Iterator[tuple[Publisher, Registry, Callable[[], None]]]:
     with contextlib.ExitStack() as stack:
         registry_cm = running_registry()
         registry = stack.enter_context(registry_cm)
-        p = Pusher(api, registry, busybox_image, tmp_path)
+        p = Publisher(api, registry, busybox_image, tmp_path)
         stack.callback(p.cleanup)
 
         def stop_registry() -> None:
@@ -105,12 +52,12 @@ def running_digests(api: docker.APIClient, project: str) -> list[str]:
     return sorted(str(c["Image"]).partition("@")[2] for c in cs if c["State"] == "running")
 
 
-def following(p: Pusher) -> dict[str, Any]:
+def following(p: Publisher) -> dict[str, Any]:
     """Two replicas of the followed tag, checked every 2 s, healthy when /healthy exists."""
     return {
         "services": {
             "app": {
-                "image": p.followed,
+                "image": f"{p.repo}:t",
                 "pull_policy": "every_2s",
                 "replicas": 2,
                 "init": True,
@@ -133,7 +80,7 @@ def events(d: DaemonProcess, name: str, **fields: Any) -> list[dict[str, Any]]:
 
 
 def test_a_moving_tag_is_rolled_out_rolled_back_held_and_left_alone_when_the_registry_is_down(
-    pusher: tuple[Pusher, Registry, Callable[[], None]],  # first: its images go last
+    pusher: tuple[Publisher, Registry, Callable[[], None]],  # first: its images go last
     api: docker.APIClient,
     project: str,
     docker_config: Path,
@@ -146,13 +93,13 @@ def test_a_moving_tag_is_rolled_out_rolled_back_held_and_left_alone_when_the_reg
     checks fail with back-off and no container is touched."""
     p, registry, stop_registry = pusher
     login(docker_config, registry)
-    v1 = p.push(healthy=True)
+    v1 = p.push("t", healthy=True)
     path = write_state(following(p))
     d = daemon(path)
     wait_for(lambda: running_digests(api, project) == [v1, v1], DEADLINE_S, what="v1 to run")
 
     # 1. A healthy new digest under the tag: pulled and rolled out.
-    v2 = p.push(healthy=True)
+    v2 = p.push("t", healthy=True)
     wait_for(lambda: running_digests(api, project) == [v2, v2], DEADLINE_S, what="v2 rolled out")
     wait_for(
         lambda: d.metric("reconciler_image_updates_total", service="app", result="updated"),
@@ -162,7 +109,7 @@ def test_a_moving_tag_is_rolled_out_rolled_back_held_and_left_alone_when_the_reg
     assert events(d, "image tag moved; pulling", service="app", newest=v2)
 
     # 2. A never-healthy digest: rolled back to v2 and held.
-    v3 = p.push(healthy=False)
+    v3 = p.push("t", healthy=False)
     wait_for(
         lambda: d.metric("reconciler_image_updates_total", service="app", result="rolled_back"),
         DEADLINE_S,
@@ -197,7 +144,7 @@ def test_a_moving_tag_is_rolled_out_rolled_back_held_and_left_alone_when_the_reg
     assert plan.returncode == 2 and "is held (rolled back at" in plan.stdout, plan.stdout
 
     # 3. The tag moves on to a good digest: the hold ends with it.
-    v4 = p.push(healthy=True)
+    v4 = p.push("t", healthy=True)
     wait_for(lambda: running_digests(api, project) == [v4, v4], DEADLINE_S, what="v4 rolled out")
     wait_for(
         lambda: len(events(d, "rollout completed", service="app")) >= 2,  # v2's, then v4's
@@ -218,7 +165,7 @@ def test_a_moving_tag_is_rolled_out_rolled_back_held_and_left_alone_when_the_reg
     failures = events(d, "image check failed; what runs is left alone", service="app")
     delays = [f["retry_s"] for f in failures]
     assert delays[:3] == sorted(delays[:3]) and delays[1] > delays[0], delays
-    assert all(p.followed in f["error"] for f in failures), failures
+    assert all(f"{p.repo}:t" in f["error"] for f in failures), failures
     assert d.metric("reconciler_image_updates_total", service="app", result="error")
     after = sorted(
         c["Id"] for c in api.containers(filters={"label": f"io.reconciler.project={project}"})
@@ -229,7 +176,7 @@ def test_a_moving_tag_is_rolled_out_rolled_back_held_and_left_alone_when_the_reg
 
 
 def test_prune_images_removes_what_the_daemon_pulled_and_nothing_uses_keeping_the_previous(
-    pusher: tuple[Pusher, Registry, Callable[[], None]],
+    pusher: tuple[Publisher, Registry, Callable[[], None]],
     api: docker.APIClient,
     busybox_image: str,
     project: str,
@@ -242,12 +189,12 @@ def test_prune_images_removes_what_the_daemon_pulled_and_nothing_uses_keeping_th
     image the daemon did not pull."""
     p, registry, _ = pusher
     login(docker_config, registry)
-    v1 = p.push(healthy=True)
+    v1 = p.push("t", healthy=True)
     d = daemon(write_state(following(p)), extra=("--prune-images",))
     wait_for(lambda: running_digests(api, project) == [v1, v1], DEADLINE_S, what="v1 to run")
-    v2 = p.push(healthy=True)
+    v2 = p.push("t", healthy=True)
     wait_for(lambda: running_digests(api, project) == [v2, v2], DEADLINE_S, what="v2 to run")
-    v3 = p.push(healthy=True)
+    v3 = p.push("t", healthy=True)
     wait_for(lambda: running_digests(api, project) == [v3, v3], DEADLINE_S, what="v3 to run")
     p.untag_sources()  # as if pulled from elsewhere: only the daemon's names are left
 

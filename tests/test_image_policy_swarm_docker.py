@@ -17,8 +17,9 @@ import yaml
 from reconciler.engine.swarm import spec as swarm_file
 from reconciler.targets.base import RESYNC, Settings
 from reconciler.targets.swarm import SwarmTarget
+from tests.registrykit import Publisher
 from tests.swarmkit import one_node_swarm, remove_project
-from tests.test_image_policy_docker import Versions, versions  # noqa: F401 (a fixture)
+from tests.test_image_policy_docker import versions  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.docker
 
@@ -34,7 +35,7 @@ def sproject(api: docker.APIClient) -> Iterator[str]:
 
 
 def test_swarm_follows_a_range_and_holds_a_version_swarm_rolled_back(
-    versions: Versions,  # noqa: F811
+    versions: Publisher,  # noqa: F811
     api: docker.APIClient,
     sproject: str,
     tmp_path: Path,

@@ -197,7 +197,7 @@ def test_shipped_stack_end_to_end(
 
     write(2)
     # The shipped policy grants node-exporter its read-only host binds (README, "Security model").
-    daemon(path, interval=5.0, extra=("--policy", str(tmp_path / "configs" / "policy.yaml")))
+    d = daemon(path, interval=5.0, extra=("--policy", str(tmp_path / "configs" / "policy.yaml")))
     haproxy = f"{project}-haproxy-1"
     wait_for(
         lambda: len(api.containers(filters={"label": f"io.reconciler.project={project}"})) == 6,
@@ -240,10 +240,20 @@ def test_shipped_stack_end_to_end(
             write(1)
 
             def scaled_down() -> bool:
-                live = [n for n, st in haproxy_servers().items() if not st.startswith("MAINT")]
-                return len(grafana_containers(api, project)) == 1 and len(live) == 1
+                # A slot HAProxy took out (MAINT: its name no longer resolves; DOWN: it stopped
+                # answering checks) serves nothing: one slot UP is the one replica left.
+                serving = [n for n, st in haproxy_servers().items() if st.startswith("UP")]
+                return len(grafana_containers(api, project)) == 1 and len(serving) == 1
 
-            wait_for(scaled_down, 60, interval=0.2, what="HAProxy to serve the one replica left")
+            try:
+                wait_for(scaled_down, 120, interval=0.2, what="HAProxy to serve one replica")
+            except pytest.fail.Exception as exc:  # say which half did not happen
+                names = [c["Names"][0] for c in grafana_containers(api, project)]
+                drains = [e for e in d.lines() if "grafana" in json.dumps(e)][-12:]
+                raise AssertionError(
+                    f"round {round_}: {exc}; grafana containers {names}; "
+                    f"HAProxy slots {haproxy_servers()}; daemon said {drains}"
+                ) from exc
         seen, errs = backends(30)
         assert (round_, len(seen), errs + errors) == (round_, 1, [])
 
