@@ -22,7 +22,7 @@ from reconciler.ops.firing_memory import FiringMemory
 from reconciler.ops.notifications import Gate, render
 from reconciler.runtime.conditions import DaemonConditions
 from reconciler.targets.host.conditions import HostConditions
-from reconciler.targets.swarm_conditions import SwarmConditions
+from reconciler.targets.swarm.conditions import SwarmConditions
 from tests.test_planner import state
 
 SICK = state(

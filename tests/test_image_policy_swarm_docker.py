@@ -16,7 +16,7 @@ import yaml
 
 from reconciler.engine.swarm import spec as swarm_file
 from reconciler.targets.base import RESYNC, Settings
-from reconciler.targets.swarm import SwarmTarget
+from reconciler.targets.swarm.adapter import SwarmTarget
 from tests.registrykit import Publisher
 from tests.swarmkit import one_node_swarm, remove_project
 from tests.test_image_policy_docker import versions  # noqa: F401 (a fixture)

@@ -28,7 +28,7 @@ from reconciler.ops.metrics import Metrics
 from reconciler.ops.notifications import Gate, Notice, Notifications, redact_url, render
 from reconciler.runtime.conditions import DaemonConditions
 from reconciler.targets.host.conditions import HostConditions, at_cap
-from reconciler.targets.swarm_conditions import SwarmConditions, condition
+from reconciler.targets.swarm.conditions import SwarmConditions, condition
 
 
 class Clock:

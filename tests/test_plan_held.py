@@ -36,8 +36,8 @@ from reconciler.core.spec_diff import FieldChange
 from reconciler.ops import plan_schema
 from reconciler.ops.status import image_shown, rollout_state
 from reconciler.targets.base import PlanReport
-from reconciler.targets.swarm import SwarmRecord
-from reconciler.targets.swarm_explain import explain_swarm, held_note, held_waits
+from reconciler.targets.swarm.explain import explain_swarm, held_note, held_waits
+from reconciler.targets.swarm.records import SwarmRecord
 from tests.test_plan_output import _running, _state
 from tests.test_rollout import STABLE, V1, V2, converged_daemon, mine, record, verdict, web
 from tests.test_swarm_plan import observed_of, two, with_spec

@@ -25,9 +25,9 @@ from reconciler.engine.swarm import spec as swarm_file
 from reconciler.ops.metrics import Metrics
 from reconciler.runtime.daemon import Daemon, Options
 from reconciler.runtime.settle import apply as apply_once
-from reconciler.targets import swarm as swarm_target
 from reconciler.targets.base import Settings
-from reconciler.targets.swarm import SwarmTarget
+from reconciler.targets.swarm import adapter as swarm_target
+from reconciler.targets.swarm.adapter import SwarmTarget
 from tests.swarmkit import one_node_swarm, remove_project
 from tests.test_stack_e2e import stack_images  # noqa: F401 (a fixture)
 

@@ -75,7 +75,7 @@ def test_a_paused_swarm_update_of_a_taken_version_is_no_longer_pending(tmp_path:
     from reconciler.core.events import Event
     from reconciler.engine.swarm import spec as swarm_file
     from reconciler.targets.base import Settings
-    from reconciler.targets.swarm_images import SwarmImages
+    from reconciler.targets.swarm.images import SwarmImages
     from tests.swarm_simulator import simulate
 
     doc = {

@@ -21,9 +21,10 @@ from reconciler.engine.swarm import spec as swarm_file
 from reconciler.ops.metrics import Metrics
 from reconciler.runtime.daemon import Daemon, Options
 from reconciler.runtime.settle import apply as apply_once
-from reconciler.targets import swarm as swarm_target
 from reconciler.targets.base import Settings
-from reconciler.targets.swarm import SwarmTarget, render_status
+from reconciler.targets.swarm import adapter as swarm_target
+from reconciler.targets.swarm.adapter import SwarmTarget
+from reconciler.targets.swarm.status_view import render_status
 from tests.conftest import REQUIRE_DOCKER
 from tests.swarmkit import SecondNode, remove_project, swarm_state
 from tests.test_swarm_docker import wait, web

@@ -449,7 +449,7 @@ def test_keys_swarm_does_not_render_are_refused_not_dropped(tmp_path: Path) -> N
 def test_which_events_wake_which_key(kind: str, action: str, name: str, key: str | None) -> None:
     """Our services' events wake their key; nodes, our configs and a removed network of ours
     wake the project; other projects' objects and container attachments wake nothing."""
-    from reconciler.targets.swarm import event_key
+    from reconciler.targets.swarm.events import event_key
 
     event = {"Type": kind, "Action": action, "Actor": {"Attributes": {"name": name}}}
     assert event_key(event, "demo_") == key

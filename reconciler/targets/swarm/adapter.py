@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import structlog
-from pydantic import BaseModel
 
 from reconciler.core import swarm_plan as sp
 from reconciler.core.action_events import event_of
@@ -29,7 +28,6 @@ from reconciler.engine.swarm.engine import SwarmEngine, TaskCounts, check_manage
 from reconciler.errors import ActionFailed, EngineUnavailable, NotASwarmManager
 from reconciler.ops.firing_memory import FiringMemory
 from reconciler.ops.metrics import Metrics
-from reconciler.ops.state_store import JsonStore
 from reconciler.ops.status import policy_line, read_crashloops
 from reconciler.targets.base import (
     RESYNC,
@@ -43,28 +41,16 @@ from reconciler.targets.base import (
     Settings,
 )
 from reconciler.targets.decisions import Decisions
-from reconciler.targets.swarm_conditions import SwarmConditions
-from reconciler.targets.swarm_explain import explain_swarm, held_note, held_waits
-from reconciler.targets.swarm_images import SwarmImages
+from reconciler.targets.swarm.conditions import SwarmConditions
+from reconciler.targets.swarm.events import SWARM_EVENTS, event_key
+from reconciler.targets.swarm.explain import explain_swarm, held_note, held_waits
+from reconciler.targets.swarm.images import SwarmImages
+from reconciler.targets.swarm.records import SwarmRecord, records
+from reconciler.targets.swarm.status_view import render_status
 
 log = structlog.get_logger("reconciler")
 SETTLE_S = 1.0  # Swarm is at work (an update, tasks not yet where they should be): look again
-SWARM_EVENTS = ("service", "node", "config", "secret", "network")
 UPDATING = ("updating", "rollback_started")
-
-
-class SwarmRecord(BaseModel):
-    """Per service: the spec hash we last pushed, and one Swarm rolled back (held)."""
-
-    pushed: str = ""
-    failed: str = ""
-    failed_reason: str = ""
-    failed_at: float = 0.0  # when we saw Swarm roll it back
-
-
-def records(project: str, directory: Path | None) -> JsonStore[SwarmRecord]:
-    """`<project>.swarm.json` in the state directory."""
-    return JsonStore(project, "swarm", SwarmRecord, directory)
 
 
 @dataclass
@@ -443,68 +429,6 @@ class SwarmTarget:
                          duration_s=time.monotonic() - started, revision=self.desired.digest)
             )  # fmt: skip
         return tuple(out)
-
-
-def event_key(event: dict[str, object], prefix: str) -> str | None:
-    """The work-queue key a Docker event asks for: one of our services, the project (a node
-    came, went or changed; one of our networks or configs went), or none (someone else's)."""
-    kind = event.get("Type")
-    actor = event.get("Actor")
-    attributes = actor.get("Attributes") if isinstance(actor, dict) else None
-    name = str((attributes or {}).get("name", ""))
-    if kind == "node":
-        return RESYNC
-    if not name.startswith(prefix):
-        return None
-    if kind == "service":
-        return f"service:{name.removeprefix(prefix)}"
-    if kind in ("config", "secret") or (
-        kind == "network" and event.get("Action") in ("destroy", "remove")
-    ):
-        return RESYNC
-    return None
-
-
-def render_status(
-    desired: sp.SwarmDesired,
-    observed: sp.SwarmObserved,
-    counts: dict[str, TaskCounts],
-    records: JsonStore[SwarmRecord],
-    denials: Mapping[str, str] | None = None,
-) -> str:
-    """A table of services (desired, running, healthy, update state, image), then the tasks
-    of each service per node."""
-    denials = denials or {}
-    live = {s.name: s for s in observed.services}
-    head = ("SERVICE", "MODE", "DESIRED", "RUNNING", "HEALTHY", "UPDATE", "IMAGE")
-    rows = [head]
-    nodes: list[str] = []
-    for svc in desired.services:
-        c = counts.get(svc.full_name, TaskCounts(0, 0, 0))
-        obs = live.get(svc.full_name)
-        want = c.desired if svc.global_mode else svc.replicas
-        healthy = c.healthy if svc.has_healthcheck else c.running
-        image = ""
-        update = "missing"
-        if obs is not None:
-            image = obs.spec.get("TaskTemplate", {}).get("ContainerSpec", {}).get("Image", "")
-            update = obs.update_state or ("in sync" if sp.drift(svc, obs) is None else "drifted")
-        record = records.get(svc.name) or SwarmRecord()
-        if svc.name in denials:
-            update = f"denied ({denials[svc.name]})"
-        elif record.failed and record.failed == svc.spec_hash:
-            update = "held (rolled back)"
-        mode = "global" if svc.global_mode else "replicated"
-        rows.append((svc.name, mode, str(want), str(c.running), str(healthy), update, image))
-        for node, states in c.nodes:
-            text = ", ".join(f"{n} {state}" for state, n in states)
-            nodes.append(f"  {svc.name:20} {node:24} {text}")
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    lines.append("")
-    lines.append("TASKS PER NODE")
-    lines.extend(nodes or ["  (none)"])
-    return "\n".join(lines)
 
 
 KIND = SwarmKind()
