@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.auth
@@ -207,3 +208,27 @@ class Publisher:
         for ref in self.ids:  # by id, forced: the sources and every name they were pulled by
             with contextlib.suppress(docker.errors.APIError):
                 self.api.remove_image(ref, force=True)
+
+
+def pulled_service(image: str, **keys: Any) -> dict[str, Any]:
+    """A file with one service `app` of a Publisher's image, looked up every 2 s, healthy when
+    its image has /healthy, quick to drain, stop and judge (a rollout monitored for 1 s)."""
+    return {
+        "services": {
+            "app": {
+                "image": image,
+                "pull_policy": "every_2s",
+                **keys,
+                "init": True,
+                "command": ["sleep", "100000"],
+                "healthcheck": {
+                    "test": ["CMD", "test", "-f", "/healthy"],
+                    "interval": "1s",
+                    "retries": 2,
+                },
+                "drain_period": "0s",
+                "stop_grace_period": "1s",
+                "deploy": {"update_config": {"monitor": "1s"}},
+            }
+        }
+    }

@@ -17,7 +17,14 @@ import docker.errors
 import pytest
 
 from tests.conftest import DaemonProcess, run_cli, wait_for
-from tests.registrykit import DEADLINE_S, Publisher, Registry, login, running_registry
+from tests.registrykit import (
+    DEADLINE_S,
+    Publisher,
+    Registry,
+    login,
+    pulled_service,
+    running_registry,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -54,25 +61,7 @@ def running_digests(api: docker.APIClient, project: str) -> list[str]:
 
 def following(p: Publisher) -> dict[str, Any]:
     """Two replicas of the followed tag, checked every 2 s, healthy when /healthy exists."""
-    return {
-        "services": {
-            "app": {
-                "image": f"{p.repo}:t",
-                "pull_policy": "every_2s",
-                "replicas": 2,
-                "init": True,
-                "command": ["sleep", "100000"],
-                "healthcheck": {
-                    "test": ["CMD", "test", "-f", "/healthy"],
-                    "interval": "1s",
-                    "retries": 2,
-                },
-                "drain_period": "0s",
-                "stop_grace_period": "1s",
-                "deploy": {"update_config": {"monitor": "1s"}},
-            }
-        }
-    }
+    return pulled_service(f"{p.repo}:t", replicas=2)
 
 
 def events(d: DaemonProcess, name: str, **fields: Any) -> list[dict[str, Any]]:

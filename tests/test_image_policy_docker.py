@@ -18,7 +18,7 @@ import docker.errors
 import pytest
 
 from tests.conftest import DaemonProcess, run_cli, wait_for
-from tests.registrykit import DEADLINE_S, Publisher, login, running_registry
+from tests.registrykit import DEADLINE_S, Publisher, login, pulled_service, running_registry
 
 pytestmark = pytest.mark.docker
 
@@ -48,25 +48,10 @@ def running_tags(api: docker.APIClient, project: str) -> list[str]:
 
 
 def service(v: Publisher, **update: Any) -> dict[str, Any]:
-    return {
-        "services": {
-            "app": {
-                "image": f"{v.repo}:1.0.0",
-                "pull_policy": "every_2s",
-                "x-reconciler": {"update": {"semver": "^1.0", **update}},
-                "init": True,
-                "command": ["sleep", "100000"],
-                "healthcheck": {
-                    "test": ["CMD", "test", "-f", "/healthy"],
-                    "interval": "1s",
-                    "retries": 2,
-                },
-                "drain_period": "0s",
-                "stop_grace_period": "1s",
-                "deploy": {"update_config": {"monitor": "1s"}},
-            }
-        }
-    }
+    """1.0.0 of the published image, following `^1.0` (and `update`'s other keys)."""
+    return pulled_service(
+        f"{v.repo}:1.0.0", **{"x-reconciler": {"update": {"semver": "^1.0", **update}}}
+    )
 
 
 def test_a_range_is_followed_a_bad_version_held_cooldown_window_and_the_lock_file(
