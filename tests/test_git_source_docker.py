@@ -198,6 +198,15 @@ def test_follows_a_repository_over_http_with_webhook_and_refusals(
         repo.commit({"desired_state.yaml": stack(project, busybox_image, 1, secret=True)}, "1")
         d.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: len(web(api, project)) == 1, DEADLINE_S, what="taken on SIGHUP")
+
+        # `down` removes the containers and the plaintext they bound, however recent.
+        digest = hashlib.sha256(b"reconciler-secret\0" + SECRET_TEXT.encode()).hexdigest()
+        assert (memory_dir() / digest[:32]).exists()
+        assert d.stop() == 0
+        down = run_cli("down", "--git", url, "--git-ref", "main", "--lock-dir", str(tmp_path), *age)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert not web(api, project)
+        assert not (memory_dir() / digest[:32]).exists()
     finally:
         server.stop()
         digest = hashlib.sha256(b"reconciler-secret\0" + SECRET_TEXT.encode()).hexdigest()

@@ -19,6 +19,8 @@ from reconciler.core import image_policy as ip
 from reconciler.core.images import pin_tag, repository, tag_of
 from reconciler.errors import DesiredStateError
 from reconciler.ops.image_lock import ImageLock, LockStale, check_lock, read_lock, write_lock
+from reconciler.ops.image_state import ImageRecord
+from reconciler.targets.image_updates import PolicyLooker
 
 MADRID = ZoneInfo("Europe/Madrid")
 versions_st = st.tuples(st.integers(0, 30), st.integers(0, 30), st.integers(0, 30))
@@ -248,3 +250,33 @@ services:
     assert load(written(tmp_path, moved)).image_requests == {
         "web": "app:1.2.0 semver ~1.2 prerelease"
     }
+
+
+class Offered:
+    """A registry's tags for the looker (a stand-in for the registry reader, not for Docker)."""
+
+    def __init__(self, digests: dict[str, str]) -> None:
+        self.digests = digests
+
+    def registry_tags(self, image: str) -> list[str]:
+        return list(self.digests)
+
+    def published(self, image: str, tag: str) -> ip.Published:
+        return ip.Published(tag, self.digests[tag], created=0.0)
+
+
+def test_status_says_what_runs_once_a_taken_version_rolled_out(tmp_path: Path) -> None:
+    """Not the version before it until the next look (an hour by default)."""
+    svc = load(written(tmp_path, 'project: p\nservices:\n  web:\n    image: app:1.0.0\n'
+                       '    x-reconciler: {update: {semver: "^1"}}\n')).service("web")  # fmt: skip
+    looker = PolicyLooker(
+        Offered({"1.0.0": "sha256:a", "1.1.0": "sha256:b"}),
+        record=lambda e: None, metrics=None, clock=lambda: 100.0,
+    )  # fmt: skip
+    look = looker.look(svc, ImageRecord(base="app:1.0.0"), "sha256:a")
+    assert look.decision.take is not None and look.decision.take.ref == "1.1.0@sha256:b"
+    assert looker.status("web")["running"] == "1.0.0@sha256:a"  # type: ignore[index]
+    looker.ended("web", svc.image, "1.1.0@sha256:b", "rolled_back")
+    assert looker.status("web")["running"] == "1.0.0@sha256:a"  # type: ignore[index]
+    looker.ended("web", svc.image, "1.1.0@sha256:b", "completed")
+    assert looker.status("web")["running"] == "1.1.0@sha256:b"  # type: ignore[index]

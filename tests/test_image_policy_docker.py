@@ -2,7 +2,8 @@
 versions of a small busybox image pushed by the test, and the daemon following `^1.0` of it:
 the newest version in the range runs (2.0.0 skipped for the range), a never-healthy 1.2.0 is
 rolled back and held, 1.3.0 is taken, a cooldown and a closed window (real time) hold 1.4.0
-back until the window opens; then the lock file, `apply --locked`, and a stale lock refused.
+back until the window opens; then the lock file, `apply --locked`, a stale lock refused, and
+`apply` resolving the range as the daemon does.
 """
 
 from __future__ import annotations
@@ -101,7 +102,9 @@ def test_a_range_is_followed_a_bad_version_held_cooldown_window_and_the_lock_fil
     wait_for(lambda: running_tags(api, project) == [ref("1.3.0")], DEADLINE_S, what="1.3.0")
 
     # 4. Cooldown: 1.4.0 is a minute old at most, the policy wants an hour.
-    write_state(service(v, cooldown="1h"))
+    loaded = len(d.events("desired state loaded"))
+    write_state(service(v, cooldown="1h"))  # in force before 1.4.0 exists (else it is taken)
+    wait_for(lambda: len(d.events("desired state loaded")) > loaded, DEADLINE_S, what="cooldown")
     v.push("1.4.0")
     wait_for(lambda: skipped("cooldown") >= 1, DEADLINE_S, what="1.4.0 skipped (cooldown)")
     status = run_cli("status", str(path), "--lock-dir", str(d.log_path.parent))
@@ -145,3 +148,15 @@ def test_a_range_is_followed_a_bad_version_held_cooldown_window_and_the_lock_fil
     assert stale.returncode == 2, stale.stdout + stale.stderr
     assert "is stale: app asks for" in stale.stderr and "semver ^2.0" in stale.stderr, stale.stderr
     assert running_tags(api, project) == [ref("1.4.0")]  # nothing touched
+
+    # 7. `apply` without --locked resolves the range as the daemon would (1.5.0, rolled out
+    # health-gated) and writes the lock again with it; `--locked` then finds it in sync.
+    v.push("1.5.0")
+    doc["services"]["app"]["x-reconciler"]["update"] = {"semver": "^1.0"}
+    write_state(doc)
+    applied = run_cli("apply", str(path), "--lock-file", str(beside))
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert running_tags(api, project) == [ref("1.5.0")], applied.stdout
+    assert json.loads(beside.read_text())["images"] == {"app": f"{v.repo}:{ref('1.5.0')}"}
+    applied = run_cli("apply", str(path), "--locked", "--lock-file", str(beside))
+    assert applied.returncode == 0 and "in sync" in applied.stdout, applied.stdout

@@ -7,7 +7,7 @@ Called by the host's ImageFollower and the Swarm adapter on their image keys.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
@@ -129,7 +129,11 @@ class PolicyLooker:
         )
 
     def ended(self, svc_name: str, image: str, ref: str, kind: str) -> None:
-        """The rollout of a taken version ended: completed, rolled_back (held) or paused."""
+        """The rollout of a taken version ended: completed, rolled_back (held) or paused.
+        A completed one is what runs now (`status` says so before the next look)."""
+        found = self.looks.get(svc_name)
+        if kind == "completed" and found is not None:
+            self.looks[svc_name] = replace(found, running=ref)
         text = {
             "completed": "runs",
             "rolled_back": "rolled back and held (not retried until a newer version)",

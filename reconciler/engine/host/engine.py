@@ -21,6 +21,7 @@ from reconciler.engine.host import observe as reads
 from reconciler.engine.host.containers import Containers
 from reconciler.engine.host.images import Images
 from reconciler.engine.host.observe import HostView
+from reconciler.engine.host.secret_files import forget_unused
 
 
 class Engine:
@@ -135,6 +136,11 @@ class Engine:
         """Pull or build as the pull policy says, within `timeout_s` (a stalled or slow
         transfer is cut off, not waited for); `progress` gets a line every few seconds."""
         self._images.ensure(action, timeout_s=timeout_s, progress=progress)
+
+    def forget_secrets(self) -> list[str]:
+        """Remove every decrypted secret no container binds now, however recent (`down`:
+        nothing of the project is about to be bound); the paths removed."""
+        return [str(p) for p in forget_unused(self.api, grace_s=0.0)]
 
     def cancel_transfers(self) -> None:
         """Cut off every pull and build under way (shutdown)."""

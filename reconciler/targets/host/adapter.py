@@ -361,6 +361,7 @@ class HostTarget:
         results = apply(
             the_plan, self.engine.execute, on_result=lambda r: recording.step(r, trigger="down")
         )
+        self.engine.forget_secrets()  # decrypted secrets the removed containers bound
         return tuple(done_of(r) for r in results)
 
 

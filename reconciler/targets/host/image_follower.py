@@ -66,7 +66,8 @@ class ImageFollower:
         self._enqueue = enqueue
         self._clock = clock
         self.pull_timeout_s = pull_timeout_s
-        # Periodic pull_policy: ask the registry on schedule (the daemon; `apply` only pins).
+        # Periodic pull_policy: ask the registry on schedule (the daemon; `apply` only pins
+        # moving tags, and resolves update policies once, as the daemon would).
         self.follow_tags = follow_tags
         self.ledger = ledger  # --prune-images: the images pulled, to remove once unused
         self._prune_wanted: set[str] = set()
@@ -90,9 +91,16 @@ class ImageFollower:
 
     # ------------------------------------------------------------------ the resync, a plan
 
+    def looks_at(self, svc: ServiceSpec) -> bool:
+        """Whether the registry is asked for this service: a followed tag in the daemon, an
+        update policy always (`apply` resolves the range), a locked image never."""
+        if svc.name in self.locked or not im.follows(svc):
+            return False
+        return self.follow_tags or svc.update_policy is not None
+
     def schedule(self, svc: ServiceSpec, now: float) -> None:
         """The resync: queue the next look at a followed tag."""
-        if self.follow_tags and im.follows(svc):
+        if self.looks_at(svc):
             check = self._tags.get(svc.name, im.TagCheck())
             due = check.next_at if check.image == im.unpinned(svc.image) else 0.0
             self._enqueue(image_key(svc.name), max(0.0, due - now))
@@ -180,7 +188,7 @@ class ImageFollower:
             self._prune(service)
         action = self._images_wanted.get(service)
         if action is None:
-            return self._check_tag(service) if self.follow_tags else Outcome()
+            return self._check_tag(service)
         started = time.monotonic()
         log.info(
             "action",
@@ -232,7 +240,7 @@ class ImageFollower:
         service roll out to it. A registry that fails changes nothing and is asked again
         with back-off."""
         svc = self._service(service)
-        if svc is None or not im.follows(svc):
+        if svc is None or not self.looks_at(svc):
             self._tags.pop(service, None)
             return Outcome()
         every = svc.pull_every_s or ip.DEFAULT_CHECK_EVERY_S
@@ -304,7 +312,9 @@ class ImageFollower:
                 if self._waiting.get(service) != wait:
                     log.info("image update waits", service=service, reason=wait)
                 self._waiting[service] = wait
-                return Outcome(requeue_after=min(every, SETTLE_RECHECK_S))
+                # `apply` waits for it too: it resolves the range before it is done.
+                busy = not self.follow_tags
+                return Outcome(requeue_after=min(every, SETTLE_RECHECK_S), busy=busy)
             self._waiting.pop(service, None)
             look = self.looker.look(svc, rec, local)
             take = look.decision.take

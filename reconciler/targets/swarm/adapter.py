@@ -240,7 +240,7 @@ class SwarmTarget:
 
     def run(self, only: str | None = None, trigger: str = "manual") -> tuple[sp.SwarmPlan, Pass]:
         if only is None:
-            self.images.look(self.desired, time.time())  # the daemon: registries when due
+            self.images.look(self.desired, time.time())  # registries, when due
         the_plan, observed = self.the_plan(only)
         done = Pass(notes=tuple(map(str, the_plan.notes)), drift=len(the_plan.actions))
         done.trigger = trigger

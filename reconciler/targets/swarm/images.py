@@ -36,7 +36,6 @@ class SwarmImages:
         self.looker = PolicyLooker(
             engine, record=settings.record, metrics=settings.metrics, clock=time.time
         )
-        self.follow = settings.daemon
         self.pull_timeout = settings.pull_timeout
         self.locked = dict(settings.locked or {})
         self.lock_file = lock_path(project, settings.state_dir, settings.image_lock)
@@ -68,9 +67,10 @@ class SwarmImages:
         return replace(desired, services=tuple(services))
 
     def look(self, desired: SwarmDesired, now: float) -> bool:
-        """Ask the registry for each followed service that is due (the daemon only); True
-        when a version was taken (the pass then plans with it)."""
-        if not self.follow or self.locked:
+        """Ask the registry for each followed service that is due (the daemon on schedule,
+        `apply` once: it resolves the range as the daemon would); True when a version was
+        taken (the pass then plans with it)."""
+        if self.locked:
             return False
         taken = False
         for name, host in self.policies(desired).items():
