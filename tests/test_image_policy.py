@@ -19,8 +19,8 @@ from reconciler.core import image_policy as ip
 from reconciler.core.images import pin_tag, repository, tag_of
 from reconciler.errors import DesiredStateError
 from reconciler.ops.image_lock import ImageLock, LockStale, check_lock, read_lock, write_lock
-from reconciler.ops.image_state import ImageRecord
-from reconciler.targets.image_updates import PolicyLooker
+from reconciler.ops.image_state import ImageRecord, ImageStates
+from reconciler.targets.image_updates import PolicyLooker, policy_notes
 
 MADRID = ZoneInfo("Europe/Madrid")
 versions_st = st.tuples(st.integers(0, 30), st.integers(0, 30), st.integers(0, 30))
@@ -280,3 +280,17 @@ def test_status_says_what_runs_once_a_taken_version_rolled_out(tmp_path: Path) -
     assert looker.status("web")["running"] == "1.0.0@sha256:a"  # type: ignore[index]
     looker.ended("web", svc.image, "1.1.0@sha256:b", "completed")
     assert looker.status("web")["running"] == "1.1.0@sha256:b"  # type: ignore[index]
+
+
+def test_plan_notes_say_which_versions_a_policy_holds_and_what_rolls_out(tmp_path: Path) -> None:
+    desired = load(written(tmp_path, 'project: p\nservices:\n  web:\n    image: app:1.0.0\n'
+                                     '    x-reconciler: {update: {semver: "^1"}}\n'
+                                     '  db:\n    image: pg:16\n'))  # fmt: skip
+    states = ImageStates("p", tmp_path)
+    assert policy_notes(desired.services, states) == []
+    states.put("web", ImageRecord(base="app:1.0.0", tag="1.1.0", digest="sha256:" + "b" * 64,
+                                  held=["1.2.0@sha256:" + "c" * 64]))  # fmt: skip
+    assert policy_notes(desired.services, states) == [
+        "service web: app 1.2.0@sha256:cccccccccccc held (its rollout failed; a newer version "
+        "in ^1 ends the hold)"
+    ]

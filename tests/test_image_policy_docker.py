@@ -85,6 +85,8 @@ def test_a_range_is_followed_a_bad_version_held_cooldown_window_and_the_lock_fil
     wait_for(lambda: running_tags(api, project) == [ref("1.1.0")], DEADLINE_S, what="1.1.0 again")
     states = json.loads((state_directory / f"{project}.image-policy.json").read_text())
     assert states["app"]["held"] == [ref("1.2.0")]
+    planned = run_cli("plan", str(path))
+    assert f"1.2.0@{v.digests['1.2.0'][:19]} held (its rollout failed" in planned.stdout, planned
     started = len(d.events("rollout started"))
     looks = d.metric("reconciler_image_updates_total", service="app", result="unchanged") or 0
     wait_for(

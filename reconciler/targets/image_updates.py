@@ -6,7 +6,7 @@ Called by the host's ImageFollower and the Swarm adapter on their image keys.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -16,7 +16,7 @@ from reconciler.core import image_policy as ip
 from reconciler.core.desired import ServiceSpec
 from reconciler.core.events import Event, Record
 from reconciler.core.images import repository, tag_of
-from reconciler.ops.image_state import ImageRecord
+from reconciler.ops.image_state import ImageRecord, ImageStates
 
 if TYPE_CHECKING:
     from reconciler.ops.metrics import Metrics
@@ -163,3 +163,30 @@ class PolicyLooker:
             "skipped": [f"{ref[:32]} ({reason}: {detail})" for ref, reason, detail in d.skipped],
             "checked_at": found.checked_at,
         }
+
+
+def policy_notes(services: Iterable[ServiceSpec], states: ImageStates) -> list[str]:
+    """`plan`'s notes on update policies: the versions held (their rollout failed: not taken
+    again until a newer one is published in the range) and a version rolling out now."""
+    out = []
+    for svc in services:
+        if svc.update_policy is None:
+            continue
+        rec = states.get(svc.name, svc.image)
+        within = svc.update_policy.semver or tag_of(svc.image)
+        if rec.held:
+            refs = ", ".join(_short(ref) for ref in rec.held[-3:])
+            out.append(
+                f"service {svc.name}: {repository(svc.image)} {refs} held (its rollout failed; "
+                f"a newer version in {within} ends the hold)"
+            )
+        if rec.pending:
+            out.append(f"service {svc.name}: {repository(svc.image)}:{_short(rec.pending)} "
+                       "is rolling out (taken by the update policy)")  # fmt: skip
+    return out
+
+
+def _short(ref: str) -> str:
+    """`1.2.0@sha256:8d6bb93b6c04` of `1.2.0@sha256:<64 hex>`."""
+    tag, _, digest = ref.partition("@")
+    return f"{tag}@{digest[:19]}" if digest else tag

@@ -55,6 +55,7 @@ from reconciler.targets.host.explain import explain_host, held_wait, oom_marked
 from reconciler.targets.host.image_ledger import ImageLedger
 from reconciler.targets.host.runs import Exit
 from reconciler.targets.host.snapshots import VolumeSnapshots
+from reconciler.targets.image_updates import policy_notes
 
 log = structlog.get_logger("reconciler")
 
@@ -277,6 +278,8 @@ class HostTarget:
         observed = oom_marked(observed, engine)
         the_plan = plan_of(replace(desired, services=tuple(services)), observed, holds)
         notes += [str(n) for n in the_plan.notes]
+        if self.controller.images.states is not None:  # versions an update policy holds
+            notes += policy_notes(self.desired.services, self.controller.images.states)
         notes += clashes(desired, seen.others)
         return PlanReport(
             desired.project,
