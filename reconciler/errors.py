@@ -39,6 +39,16 @@ class EngineSlow(ActionFailed):
         super().__init__(message, transient=True)
 
 
+class ConfigRejected(ActionFailed):
+    """A config's `check` command exited non-zero in the container: the edit is refused (not
+    signalled) until the file changes; `output` is what the command said (trimmed)."""
+
+    def __init__(self, message: str, *, exit_code: int, output: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.output = output
+
+
 class NameConflict(ActionFailed):
     """A container name we need is taken by a container we do not manage."""
 

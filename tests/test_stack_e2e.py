@@ -54,7 +54,7 @@ def stack_images(api: docker.APIClient) -> dict[str, str]:
             "prometheus": build_scratch_image(
                 api,
                 "reconciler-test-prometheus:1",
-                binaries=["/usr/bin/prometheus"],
+                binaries=["/usr/bin/prometheus", "/usr/bin/promtool"],  # the config's check
                 files={
                     "/etc/prometheus/consoles": Path("/etc/prometheus/consoles"),
                     "/etc/prometheus/console_libraries": Path("/etc/prometheus/console_libraries"),

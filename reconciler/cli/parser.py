@@ -9,21 +9,16 @@ from reconciler import __version__, targets
 from reconciler.cli import git_args, history
 from reconciler.cli.snapshots import add_parsers as add_snapshot_parsers
 from reconciler.config import policy_file
+from reconciler.ops import listen_address
 
 DEFAULT_LISTEN = (("127.0.0.1", 9816),)
 
 
 def listen(text: str) -> tuple[str, int] | None:
-    if text in ("", "none", "off"):
-        return None
-    host, _, port = text.rpartition(":")
     try:
-        number = int(port)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}") from None
-    if not 1 <= number <= 65535:
-        raise argparse.ArgumentTypeError(f"port {number} in {text!r} is not in 1..65535")
-    return (host.strip("[]") or "127.0.0.1", number)
+        return listen_address.parse(text)
+    except listen_address.ListenError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "--listen",
                 type=listen,
                 action="append",
-                help="HOST:PORT for /metrics, /healthz, /readyz; repeat for several, "
+                help="HOST:PORT for /metrics, /healthz, /readyz; HOST may be an interface "
+                "(docker0:9816: its IPv4 address at start); repeat for several, "
                 "'off' for none (default 127.0.0.1:9816)",
             )
             p.add_argument(

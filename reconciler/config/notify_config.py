@@ -26,6 +26,7 @@ NotifyKind = Literal[
     "denied",
     "engine_unreachable",
     "reload_rejected",
+    "config_rejected",
     "drift_corrected",
     "image_update",
 ]

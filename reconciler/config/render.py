@@ -68,6 +68,7 @@ class Configs:
     digests: tuple[tuple[str, str], ...]  # configs whose change recreates
     reload_digest: str  # configs whose change is applied by reload_signal
     reload_signal: str | None
+    reload_check: tuple[tuple[str, ...], ...] = ()  # `check` commands, argv each
 
 
 class Renderer:
@@ -299,6 +300,7 @@ class Renderer:
         hashed: list[tuple[str, str]] = []
         signalled: list[str] = []
         signal = None
+        checks: list[tuple[str, ...]] = []
         for i, c in enumerate(s.configs):
             path = self.path(c.source)
             try:
@@ -319,12 +321,16 @@ class Renderer:
             if c.reload_signal:
                 signal = signal or c.reload_signal
                 signalled.append(f"{c.target}={digest}")
+                if c.check:
+                    checks.append(
+                        ("sh", "-c", c.check) if isinstance(c.check, str) else tuple(c.check)
+                    )
             else:
                 hashed.append((c.target, digest))
         reload_digest = (
             hashlib.sha256("\n".join(signalled).encode()).hexdigest() if signalled else ""
         )
-        return Configs(tuple(binds), tuple(hashed), reload_digest, signal)
+        return Configs(tuple(binds), tuple(hashed), reload_digest, signal, tuple(checks))
 
     def path(self, text: str) -> Path:
         """A path of the file, absolute (relative ones from the file's folder)."""
@@ -429,4 +435,5 @@ class Renderer:
             options=options,
             reload_digest=configs.reload_digest,
             reload_signal=configs.reload_signal,
+            reload_check=configs.reload_check,
         )

@@ -112,6 +112,17 @@ def check(d: DesiredStateDef, project: str, *, single_host: bool = True) -> Iter
                     "only with --target swarm (the single host does not implement it; "
                     "see `restart` and `heal` for restarts)",
                 )
+        for i, c in enumerate(svc.configs):
+            if c.check is not None and not c.reload_signal:
+                yield Issue(
+                    (*at, "configs", i, "check"),
+                    "needs reload_signal: it vets an edit before the signal (a config "
+                    "without one recreates the container instead)",
+                )
+            elif c.check is not None and not (
+                c.check.strip() if isinstance(c.check, str) else c.check
+            ):
+                yield Issue((*at, "configs", i, "check"), "is empty: give a command")
         if svc.heal.backoff_max < svc.heal.backoff_initial:
             yield Issue((*at, "heal", "backoff_max"), "must be >= backoff_initial")
     graph = {name: depends(svc) for name, svc in d.services.items()}

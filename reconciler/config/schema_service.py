@@ -125,6 +125,9 @@ class ConfigMountDef(StrictModel):
     source: str
     target: str
     reload_signal: str | None = None
+    # run in the running container before reload_signal; non-zero: not signalled (a list is
+    # argv, a string runs with sh -c, as a healthcheck's test)
+    check: str | list[str] | None = None
 
 
 class SecretRefDef(StrictModel):

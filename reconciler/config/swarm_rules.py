@@ -93,6 +93,12 @@ def _service_issues(at: tuple[str | int, ...], s: ServiceDef) -> Iterable[Issue]
                 "give an address",
             )
     for i, c in enumerate(s.configs):
+        if c.check is not None:
+            yield Issue(
+                (*at, "configs", i, "check"),
+                "not supported with --target swarm (host only): a Swarm config is an "
+                "immutable object, so an edit is a new config the tasks are replaced with",
+            )
         if c.reload_signal:
             yield Issue(
                 (*at, "configs", i, "reload_signal"),

@@ -11,6 +11,7 @@ from reconciler.core import swarm_model as sm
 from reconciler.core.actions import (
     JUST_CREATED,
     Action,
+    CheckConfig,
     ConnectNetwork,
     CreateContainer,
     CreateNetwork,
@@ -74,7 +75,7 @@ def kind_of(action: Action, heal_reason: str | None = None) -> EventKind:
             return "remove" if reason in REMOVALS else "rollout_step"
         case StopContainer():
             return "rollout_step" if reason.startswith("replaced") else "drift_corrected"
-        case SignalContainer():
+        case SignalContainer() | CheckConfig():
             return "reload"
         case sm.UpdateService() | sm.ScaleService():
             return "drift_corrected" if "by hand" in reason else "rollout_step"

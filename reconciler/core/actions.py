@@ -322,6 +322,25 @@ class SignalContainer(BaseAction):
 
 
 @dataclass(frozen=True, slots=True)
+class CheckConfig(BaseAction):
+    """Run a config's `check` command inside the running container before its reload signal:
+    a non-zero exit rejects the edit (no signal; the container keeps its last good config)."""
+
+    id: str
+    name: str
+    service: str
+    command: tuple[tuple[str, ...], ...]  # each run in turn (argv; a string form is sh -c)
+    digest: str  # the reload-config digest it vets
+    reason: str
+    verb = "check"
+    kind = "container"
+    key_prefix = "check"
+
+    def describe(self) -> str:
+        return f"check the config of container {self.name} before its reload ({self.reason})"
+
+
+@dataclass(frozen=True, slots=True)
 class RemoveContainer(BaseAction):
     id: str
     name: str
@@ -366,6 +385,7 @@ HostAction = (
     | UnpauseContainer
     | StopContainer
     | ConnectNetwork
+    | CheckConfig
     | SignalContainer
     | RemoveContainer
     | RemoveNetwork

@@ -230,11 +230,13 @@ class ContainerSpec:
     # Configs applied by a signal: not part of the hash, so a change reloads, not recreates.
     reload_digest: str = field(default="", compare=False)
     reload_signal: str | None = field(default=None, compare=False)
+    # `check` commands of those configs (argv each), run in the container before the signal
+    reload_check: tuple[tuple[str, ...], ...] = field(default=(), compare=False)
     spec_hash: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if not self.spec_hash:
-            unhashed = ("spec_hash", "reload_digest", "reload_signal")
+            unhashed = ("spec_hash", "reload_digest", "reload_signal", "reload_check")
             payload = {k: v for k, v in asdict(self).items() if k not in unhashed}
             options = self.options.hashed()
             if options:

@@ -34,6 +34,7 @@ EventKind = Literal[
     "denied",
     "engine_unreachable",
     "reload_rejected",
+    "config_rejected",  # a config edit its `check` refused (not signalled)
 ]
 
 # What a notification tells (ops.notifications): conditions fire until an event with result
@@ -47,6 +48,7 @@ CONDITIONS: frozenset[EventKind] = frozenset(
         "denied",
         "engine_unreachable",
         "reload_rejected",
+        "config_rejected",
     }
 )
 NEWS: frozenset[EventKind] = frozenset({"rollout_completed", "image_update", "drift_corrected"})

@@ -41,6 +41,9 @@ class Holds:
     outside: Mapping[str, str] = field(default_factory=dict)
     absent: frozenset[str] = frozenset()
     unhealthy_since: Mapping[str, float] = field(default_factory=dict)  # name -> first seen
+    # container id -> reload-config digest its `check` rejected: not checked nor signalled
+    # again until the file changes (targets.host.config_checks keeps it)
+    rejected: Mapping[str, str] = field(default_factory=dict)
 
 
 NO_HOLDS = Holds()

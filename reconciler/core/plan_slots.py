@@ -10,13 +10,14 @@ one renamed. A replacement that fails is removed and the old one runs again.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from reconciler.core import causes
 from reconciler.core import rollout as ro
 from reconciler.core.actions import (
     JUST_CREATED,
+    CheckConfig,
     ConnectNetwork,
     CreateContainer,
     DrainContainer,
@@ -363,24 +364,32 @@ def _heal(
         case "paused":
             out.append((UnpauseContainer(c.id, c.name, c.service), _NO))
         case "running":
-            out += [(a, _NO) for a in _running(spec, c, holds)]
+            out += _running(spec, c, holds)
         case _:  # restarting (Docker is on it) or removing
             pass
     return out
 
 
-def _running(spec: ContainerSpec, c: ObservedContainer, holds: Holds) -> Iterable[HostAction]:
+def _running(spec: ContainerSpec, c: ObservedContainer, holds: Holds) -> list[Local]:
     if c.health == "unhealthy" and (holds.unhealthy_due is None or c.name in holds.unhealthy_due):
         since = holds.unhealthy_since.get(c.name)
         why = causes.unhealthy(None if since is None else holds.now - since)
-        yield RestartContainer(c.id, c.name, c.service, why.text, _grace(spec), why)
-        return
+        return [(RestartContainer(c.id, c.name, c.service, why.text, _grace(spec), why), _NO)]
     if spec.reload_digest and spec.reload_signal:
         delivered = holds.signalled.get(c.id, c.config_hash)
         if delivered != spec.reload_digest:
-            yield SignalContainer(
+            if holds.rejected.get(c.id) == spec.reload_digest:
+                return []  # its check refused this very content: wait for the next edit
+            signal = SignalContainer(
                 c.id, c.name, c.service, spec.reload_signal, spec.reload_digest, "config changed"
             )
+            if not spec.reload_check:
+                return [(signal, _NO)]
+            check = CheckConfig(
+                c.id, c.name, c.service, spec.reload_check, spec.reload_digest, "config changed"
+            )
+            return [(check, _NO), (signal, _keys(check))]
+    return []
 
 
 def _rejoin(spec: ContainerSpec, c: ObservedContainer, reason: str) -> list[ConnectNetwork]:

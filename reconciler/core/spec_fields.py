@@ -27,6 +27,7 @@ HOST_NOT_SHOWN = {
     "spec_hash": "a digest of the others",
     "reload_digest": "a config applied by a signal (the signal's cause says so)",
     "reload_signal": "applied by a signal, not a replacement",
+    "reload_check": "run before the signal, not a replacement",
 }
 # RuntimeOptions fields under their compose names.
 _OPTION_NAMES = {

@@ -138,6 +138,12 @@ class Metrics:
             ["digest"],
             registry=r,
         )
+        self.config_rejected = Gauge(
+            "reconciler_config_rejected",
+            "1 while a config edit of the service was refused by its check (not signalled).",
+            ["service"],
+            registry=r,
+        )
         self.policy_denials = Counter(
             "reconciler_policy_denials",
             "Services denied by the host policy, by service and rule (once per state loaded).",

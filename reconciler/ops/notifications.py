@@ -38,6 +38,7 @@ TITLES = {
     "denied": "denied by the host policy",
     "engine_unreachable": "Docker engine unreachable",
     "reload_rejected": "desired state rejected",
+    "config_rejected": "config edit rejected",
     "drift_corrected": "drift corrected",
     "image_update": "image updated",
 }

@@ -26,6 +26,7 @@ from reconciler.core.events import Record, discard, trigger_text
 from reconciler.core.policy import DEFAULT as DEFAULT_POLICY
 from reconciler.core.policy import Denial, Policy
 from reconciler.errors import EngineUnavailable
+from reconciler.ops import listen_address
 from reconciler.ops.http import serve
 from reconciler.ops.lock import ProjectLock, status_path
 from reconciler.ops.metrics import Metrics
@@ -153,7 +154,7 @@ class Daemon:
                 try:
                     servers.append(
                         serve(
-                            address,
+                            listen_address.resolve(address),  # docker0:9816 -> its IPv4
                             self.metrics.registry,
                             self.healthz,
                             self.readyz,

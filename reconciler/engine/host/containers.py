@@ -17,6 +17,7 @@ import docker.errors
 import requests.exceptions
 
 from reconciler.core.actions import (
+    CheckConfig,
     ConnectNetwork,
     CreateContainer,
     CreateNetwork,
@@ -44,6 +45,7 @@ from reconciler.core.desired import (
 from reconciler.core.spec_diff import encode
 from reconciler.core.spec_fields import LABEL_SPEC_VIEW, host_view
 from reconciler.engine.client import docker_errors
+from reconciler.engine.host.config_check import run_check
 from reconciler.engine.host.observe import inspect
 from reconciler.engine.host.secret_files import bind_source, forget_unused
 from reconciler.errors import ActionFailed, NameConflict
@@ -129,6 +131,8 @@ class Containers:
                 with docker_errors(f"rename {name} to {new_name}"):
                     self._call("container_rename")
                     api.rename(cid, new_name)
+            case CheckConfig():
+                run_check(api, action, self._call)
             case SignalContainer(id=cid, name=name, signal=sig):
                 with docker_errors(f"signal {sig} to {name}"):
                     self._call("container_kill")

@@ -20,6 +20,7 @@ import structlog
 
 from reconciler.core import rollout as ro
 from reconciler.core.actions import (
+    CheckConfig,
     CreateContainer,
     CreateNetwork,
     CreateVolume,
@@ -40,6 +41,7 @@ from reconciler.engine.host.engine import Engine
 from reconciler.errors import EngineUnavailable
 from reconciler.ops.state_store import StateStore
 from reconciler.targets.base import RESYNC, Outcome, image_key, service_key
+from reconciler.targets.host.config_checks import ConfigChecks
 from reconciler.targets.host.executor import DoneElsewhere, StepResult, apply
 from reconciler.targets.host.explain import rollout_diff
 from reconciler.targets.host.fast_heal import FastHeal
@@ -113,6 +115,7 @@ class Controller:
         self._known_volumes: set[str] = set()
         self._infra_lock = threading.Lock()
         self.runs = Runs(engine)
+        self.checks = ConfigChecks(metrics, record)  # edits a config's `check` refused
         self.reporter = ServiceMetrics(
             metrics,
             desired=lambda: self.desired,
@@ -249,6 +252,7 @@ class Controller:
         observed = without_project_objects(observed)  # reported above, once
         foreign, absent = self._namespaces(desired)
         self.reporter.conditions.gone(s.name for s in desired.services)
+        self.checks.gone(s.name for s in desired.services)
         for svc in map(self.images.pinned, desired.services):
             if svc.name in desired.denied:
                 continue  # the host policy denies it: never created nor touched
@@ -340,6 +344,7 @@ class Controller:
             rollouts={name: rollout},
             outside={**foreign, **outside(observed, name)},
             absent=absent,
+            rejected=self.checks.rejected(target, mine),
         )
         p = plan(sub, sub_observed, holds)
         for note in p.notes:
@@ -401,6 +406,8 @@ class Controller:
             return  # a restore before the old replica starts again has started it
         if isinstance(action, EnsureImage):
             self.images.ensure(action)
+        elif isinstance(action, CheckConfig):
+            self.checks.run(action, self.engine.execute)
         elif isinstance(action, CreateNetwork | CreateVolume):
             # Services share networks and volumes: one creator at a time, and only once
             # (Docker lets two networks have one name); the others report nothing.
