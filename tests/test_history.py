@@ -24,6 +24,7 @@ from reconciler.core import causes
 from reconciler.core import rollout as ro
 from reconciler.core.action_events import event_of, kind_of
 from reconciler.core.actions import (
+    CreateContainer,
     RemoveContainer,
     RestartContainer,
     SignalContainer,
@@ -606,8 +607,14 @@ def test_a_replica_our_create_left_unstarted_is_started_not_healed(tmp_path: Pat
     assert heals("reconciler_heals_total", {"service": "web", "reason": "exited"}) == 1
     assert reporter().restarts() == {start.name: {"count": 1}}  # a new daemon knows it
     gone = RemoveContainer(start.id, start.name, "web", "scaled down")
+    rep.note_created(start.name)
     rep.report(StepResult(gone, "success"))
     assert StateStore("p", tmp_path).restarts.all() == {}  # a new replica starts at 0
+    # Scaled up again (3 -> 1 -> 2): its slot's replica is created as missing, no heal.
+    spec = next(c for c in STACK.services[1].replicas if c.name == start.name)
+    rep.report(StepResult(CreateContainer(spec), "success"))
+    assert seen[-1].kind == "create"
+    assert heals("reconciler_heals_total", {"service": "web", "reason": "removed"}) is None
 
 
 def _created_replica() -> tuple[Any, Observed, Holds]:

@@ -113,6 +113,7 @@ class ServiceMetrics:
                     self._kept.put(replica, n)
         elif isinstance(a, RemoveContainer) and a.reason in REMOVALS and r.outcome == "success":
             with self._lock:  # the replica is gone (scaled down, down): a new one starts at 0
+                self._known.discard(a.name)  # and scaling up again creates it: no heal
                 self._restarts.pop(a.name, None)
                 if self._kept is not None:
                     self._kept.drop(a.name)
