@@ -24,6 +24,7 @@ from reconciler.core import causes
 from reconciler.core import rollout as ro
 from reconciler.core.action_events import event_of, kind_of
 from reconciler.core.actions import (
+    CreateContainer,
     RemoveContainer,
     RestartContainer,
     SignalContainer,
@@ -563,3 +564,60 @@ def test_a_network_two_passes_raced_to_is_recorded_once() -> None:
     reporter.report(StepResult(made, "success", duration_s=0.1))
     reporter.report(StepResult(raced, "success", duration_s=0.0, shared=True))  # DoneElsewhere
     assert [(e.kind, e.replica, e.data["name"]) for e in seen] == [("create", "", "net")]
+
+
+# ---------------------------------------------------------------------- starts and heals
+
+
+def test_a_replica_our_create_left_unstarted_is_started_not_healed(tmp_path: Path) -> None:
+    """A fresh deploy: a replica whose start waited for its dependency is found "created"
+    on the next pass. Starting it finishes its creation: a `start` row, no heal counted,
+    no RESTARTS. A heal that did bring a replica back is counted, also after a restart."""
+    from reconciler.core.desired import DesiredState
+    from reconciler.ops.state_store import StateStore
+    from reconciler.targets.host.service_metrics import ServiceMetrics
+
+    seen: list[Event] = []
+    metrics = Metrics(CollectorRegistry(), process=False)
+    store = StateStore("p", tmp_path)
+
+    def reporter() -> ServiceMetrics:
+        return ServiceMetrics(
+            metrics,
+            desired=lambda: DesiredState("p", (), (), ()),
+            books=dict,
+            clock=lambda: 0.0,
+            on_result=lambda r: None,
+            record=seen.append,
+            restarts=store.restarts,
+        )
+
+    created = plan(*_created_replica())
+    (start,) = [a for a in created.actions if isinstance(a, StartContainer)]
+    assert kind_of(start) == "start"
+    rep = reporter()
+    rep.report(StepResult(start, "success", duration_s=0.1))
+    assert (seen[-1].kind, seen[-1].cause) == ("start", "created, never started")
+    heals = metrics.registry.get_sample_value
+    assert heals("reconciler_heals_total", {"service": "web", "reason": "exited"}) is None
+    assert rep.restarts() == {}
+    healed = StartContainer(start.id, start.name, "web", "exited 137 (SIGKILL)")
+    rep.report(StepResult(healed, "success", duration_s=0.1))
+    assert seen[-1].kind == "heal"
+    assert heals("reconciler_heals_total", {"service": "web", "reason": "exited"}) == 1
+    assert reporter().restarts() == {start.name: {"count": 1}}  # a new daemon knows it
+    gone = RemoveContainer(start.id, start.name, "web", "scaled down")
+    rep.note_created(start.name)
+    rep.report(StepResult(gone, "success"))
+    assert StateStore("p", tmp_path).restarts.all() == {}  # a new replica starts at 0
+    # Scaled up again (3 -> 1 -> 2): its slot's replica is created as missing, no heal.
+    spec = next(c for c in STACK.services[1].replicas if c.name == start.name)
+    rep.report(StepResult(CreateContainer(spec), "success"))
+    assert seen[-1].kind == "create"
+    assert heals("reconciler_heals_total", {"service": "web", "reason": "removed"}) is None
+
+
+def _created_replica() -> tuple[Any, Observed, Holds]:
+    """One replica of STACK's web on its spec, in Docker's state "created"."""
+    c = next(c for c in _CONVERGED.containers if c.service == "web")
+    return STACK, _with(c.name, state="created"), Holds()

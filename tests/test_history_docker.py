@@ -76,7 +76,10 @@ def test_heals_edits_kill_9_apply_and_down_are_in_the_history(
     assert (create["trigger"], create["cause"]) == ("file edit", "missing"), create
     assert create["revision"] == reload["revision"]  # the file's revision that asked for it
     first = rows(found, action="create", replica=f"{project}-web-2")[0]
-    assert first["trigger"] == "resync" and first["revision"] != reload["revision"]
+    assert first["trigger"] == "start" and first["revision"] != reload["revision"]
+    # A fresh deploy is no heal: only the kill above was one (nothing else exited).
+    assert len(rows(found, action="heal")) == 1, rows(found, action="heal")
+    assert d.metric("reconciler_heals_total", service="web", reason="exited") == 1.0
     hist = state / f"{project}.history.jsonl"
     assert hist.stat().st_mode & 0o777 == 0o600
 
@@ -179,7 +182,7 @@ def test_swarm_actions_are_in_the_history(
                      what="the scale by hand put back")  # fmt: skip
             found = swarm_history()
             (create,) = rows(found, action="create", replica=f"{project}_web")
-            assert create["trigger"] == "resync" and create["target"] == "swarm"
+            assert create["trigger"] == "start" and create["target"] == "swarm"
             (update,) = rows(found, action="rollout_step")
             assert update["trigger"] == "file edit", update
             assert update["cause"].startswith("spec changed"), update

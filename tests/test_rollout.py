@@ -163,6 +163,21 @@ def test_failure_past_the_ratio_rolls_back_to_the_stable_spec() -> None:
     assert ro.target(web(state(3)), ro.refresh(rec, web(state(3))))[1] == "normal"
 
 
+def test_the_return_of_a_rollback_is_never_a_completed_rollout() -> None:
+    """A rollback's return to the stable revision ends as `rollback_completed` (counted and
+    recorded as the rollback's end), also when the file goes back to what runs meanwhile:
+    nothing was rolled out (review: completed 1 and rolled_back 1 for one failed update)."""
+    old = mine(converged_daemon(V1).observed)
+    rolled, _ = record(STABLE, V2, old, (verdict("n1", False),))
+    rec, events = record(rolled, V1, old)  # the file is reverted to what runs
+    assert events == [("rollback_completed", "")] and not rec.rolling_revision
+    assert rec.stable_revision == web(V1).revision
+    rec, events = record(rec, V2, old)  # the held revision released: a real rollout again
+    assert events == [("started", "")]
+    new = mine(converged_daemon(V2).observed)
+    assert record(rec, V2, new)[1] == [("completed", "")]
+
+
 def test_failure_with_pause_or_nothing_to_roll_back_to_pauses() -> None:
     """failure_action pause, or rollback without a stable spec: the rollout pauses."""
     old = mine(converged_daemon(V1).observed)

@@ -120,6 +120,9 @@ def test_never_healthy_change_is_rolled_back_and_held_after_a_restart(
     event = d.events("rollout failed; rolling back")[0]
     assert event["service"] == "app" and "unhealthy" in event["reason"]
     assert d.metric("reconciler_rollouts_total", service="app", result="rolled_back") == 1.0
+    d.forced_pass()  # the rollback's end is the rollback's, not a completed rollout
+    assert not d.metric("reconciler_rollouts_total", service="app", result="completed")
+    assert not d.events("rollout completed") and d.events("rollback completed")
 
     status = run_cli("status", str(path), "--lock-dir", str(tmp_path))
     assert "rolled back from" in status.stdout, status.stdout

@@ -9,7 +9,7 @@ from __future__ import annotations
 from reconciler.core import rollout as ro
 from reconciler.core import swarm_model as sm
 from reconciler.core.actions import (
-    JUST_CREATED,
+    STARTS_OF_CREATION,
     Action,
     CheckConfig,
     ConnectNetwork,
@@ -65,7 +65,7 @@ def kind_of(action: Action, heal_reason: str | None = None) -> EventKind:
             return "rollback"
         case CreateContainer(as_name=as_name) if as_name is not None:
             return "recreate" if reason == "dead" or "was recreated" in reason else "rollout_step"
-        case StartContainer() if reason == JUST_CREATED:
+        case StartContainer() if reason in STARTS_OF_CREATION:
             return "start"
         case StartContainer() if ro.is_temp_name(action.name) or reason.startswith("replaces"):
             return "rollout_step"

@@ -23,6 +23,11 @@ from reconciler.core.desired import (
 from reconciler.core.notes import Note
 
 JUST_CREATED = "just created"  # the reason of the start that follows a create
+# The start of a replica our create left unstarted (its start waited for a dependency, or the
+# daemon stopped in between): Docker's "created" is never started. It finishes the creation;
+# it is no heal.
+NEVER_STARTED = "created, never started"
+STARTS_OF_CREATION = (JUST_CREATED, NEVER_STARTED)
 
 
 class Action(Protocol):

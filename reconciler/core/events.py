@@ -83,16 +83,22 @@ Record = Callable[[Event], None]
 
 # What asked for a pass, as the daemon and `apply` name it, in the words the history shows.
 TRIGGERS = {
+    "start": "start",  # the first pass after the daemon started
     "file": "file edit",
     "signal": "reload signal",
     "interval": "resync",
     "event": "engine event",
-    "backoff": "retry",
+    "requeue": "requeue",  # the target asked to look again (a monitor, a settle re-check)
+    "backoff": "retry",  # a retry after an error
     "manual": "operator (apply)",
     "down": "operator (down)",
     "image": "image digest",
     "git": "git commit",
 }
+
+
+# Passes no outside cause asked for: they inherit what started the work they go on with.
+FOLLOW_UPS = ("requeue", "backoff")
 
 
 def trigger_text(trigger: str) -> str:

@@ -17,6 +17,7 @@ from reconciler.core import causes
 from reconciler.core import rollout as ro
 from reconciler.core.actions import (
     JUST_CREATED,
+    NEVER_STARTED,
     CheckConfig,
     ConnectNetwork,
     CreateContainer,
@@ -360,7 +361,7 @@ def _heal(
             why = causes.exited(c.exit_code, c.oom_killed)
             out.append((StartContainer(c.id, c.name, c.service, why.text, why), _NO))
         case "created":
-            out.append((StartContainer(c.id, c.name, c.service, "created, never started"), _NO))
+            out.append((StartContainer(c.id, c.name, c.service, NEVER_STARTED), _NO))
         case "paused":
             out.append((UnpauseContainer(c.id, c.name, c.service), _NO))
         case "running":

@@ -60,6 +60,9 @@ class RolloutRecord:
     # rollback, say so in the history, after a restart too (targets/host/recording).
     trigger: str = ""
     failed_at: float = 0.0  # when the failed revision was rolled back (0: not known)
+    # The rollout under way returns to the stable revision (a rollback): converged, it is the
+    # rollback's end, never a completed rollout, even if the file went back to that revision.
+    returning: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,7 +276,9 @@ def record_pass(
     mine = tuple(c for c in containers if c.service == svc.name)
     revision = target_svc.revision
     if mode != "paused" and rolling(target_svc, mine) and record.rolling_revision != revision:
-        record = replace(record, rolling_revision=revision, failures=())
+        record = replace(
+            record, rolling_revision=revision, failures=(), returning=mode == "rolled_back"
+        )
         if mode == "normal":
             events.append(RolloutEvent(svc.name, "started", revision))
     under_way = mode != "paused" and bool(revision) and record.rolling_revision == revision
@@ -315,6 +320,9 @@ def record_pass(
     replaced_all = not rolling(target_svc, mine) and not any(is_temp_name(c.name) for c in mine)
     done = converged(target_svc, mine) or (bool(record.failures) and replaced_all)
     if mode != "paused" and done:
+        if mode == "normal" and record.returning and record.rolling_revision == revision:
+            events.append(RolloutEvent(svc.name, "rollback_completed", revision))
+            record = replace(record, rolling_revision="", failures=(), returning=False)
         if mode == "normal":
             if record.rolling_revision:
                 n = len(record.failures)
@@ -325,7 +333,7 @@ def record_pass(
                 record = replace(record, stable=target_svc.replicas, stable_revision=revision)
         elif record.rolling_revision:
             events.append(RolloutEvent(svc.name, "rollback_completed", revision))
-            record = replace(record, rolling_revision="", failures=())
+            record = replace(record, rolling_revision="", failures=(), returning=False)
     return record, tuple(events)
 
 
@@ -338,7 +346,7 @@ def _fail(
     now: float = 0.0,
 ) -> tuple[RolloutRecord, tuple[RolloutEvent, ...]]:
     """Apply the failure_action of the rollout under way."""
-    done = replace(record, rolling_revision="", failures=())
+    done = replace(record, rolling_revision="", failures=(), returning=False)
     if mode == "rolled_back":
         why = f"rollback failed: {reason}"
         done = replace(done, paused_revision=svc.revision, paused_reason=why)
@@ -351,6 +359,7 @@ def _fail(
             failed_reason=reason,
             failed_at=now,
             rolling_revision=record.stable_revision,
+            returning=True,
         )
         return done, (*events, RolloutEvent(svc.name, "rolled_back", svc.revision, reason))
     why = reason if svc.update.failure_action == "pause" else f"{reason}; no stable revision"

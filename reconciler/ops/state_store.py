@@ -72,6 +72,12 @@ class JsonStore(Generic[V]):
             self._values[key] = value
             write_atomic(self.path, self._adapter.dump_json(self._values))
 
+    def drop(self, key: str) -> None:
+        """Forget `key` (and save; nothing is written when it was not there)."""
+        with self._lock:
+            if self._values.pop(key, None) is not None:
+                write_atomic(self.path, self._adapter.dump_json(self._values))
+
 
 class StateStore:
     """Rollout records and drains of one project; readable by `status` and `plan` while a
@@ -84,6 +90,8 @@ class StateStore:
         self._drains: JsonStore[dict[str, float]] = JsonStore(
             project, "drains", dict[str, float], directory
         )
+        # replica -> how often a heal brought it back (`status`'s RESTARTS, beside Docker's)
+        self.restarts: JsonStore[int] = JsonStore(project, "restarts", int, directory)
         self.path = self._records.path
 
     def get(self, service: str) -> RolloutRecord:

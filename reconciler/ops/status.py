@@ -142,6 +142,9 @@ def render_status(
     loops = read_crashloops(status_file) if status_file else {}
     tags = read_crashloops(status_file, "images") if status_file else {}
     ours = read_crashloops(status_file, "restarts") if status_file else {}  # the daemon's heals
+    kept = getattr(store, "restarts", None)  # ...as kept in the state directory (any daemon)
+    if kept is not None:
+        ours = {name: {"count": n} for name, n in kept.all().items()}
     if pin is not None:  # the adapter's own pins (update policies, --locked)
         desired_now = replace(desired, services=tuple(map(pin, desired.services)))
     elif any(im.follows(s) for s in desired.services):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import threading
 
+from reconciler.core.events import FOLLOW_UPS
 from reconciler.targets.base import Outcome
 
 BASE_S = 0.5
@@ -41,13 +42,25 @@ class Backoff:
             return self._failures.get(key, 0)
 
 
+# What asked for a pass (the daemon's label: logs, `reconciler_reconcile_trigger_total`, and
+# through core.events.TRIGGERS the history). A follow-up is a pass no outside cause asked for.
+START = "start"  # the first pass after the daemon started (and the keys it queued)
+REQUEUE, BACKOFF = FOLLOW_UPS  # the target asked to look again; a retry after an error
+
+
 def requeue_delay(outcome: Outcome, key: str, backoff: Backoff) -> float | None:
     """When a key comes back after a reconcile: its own requeue, or (it failed, asked for
     none and is busy) the key's back-off with jitter; a pass without errors forgets the
     back-off. None: only when something asks."""
+    return requeue(outcome, key, backoff)[0]
+
+
+def requeue(outcome: Outcome, key: str, backoff: Backoff) -> tuple[float | None, str]:
+    """`requeue_delay` and what to call the pass it queues: `requeue` when the target asked
+    for it (with or without errors), `backoff` only for a retry after an error."""
     if not outcome.errors:
         backoff.forget(key)
-        return outcome.requeue_after
+        return outcome.requeue_after, REQUEUE
     if outcome.requeue_after is not None:
-        return outcome.requeue_after
-    return backoff.next(key) if outcome.busy else None
+        return outcome.requeue_after, REQUEUE
+    return (backoff.next(key) if outcome.busy else None), BACKOFF

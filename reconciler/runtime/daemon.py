@@ -33,7 +33,7 @@ from reconciler.ops.metrics import Metrics
 from reconciler.ops.notify import Notifier, watchdog_interval
 from reconciler.ops.state_store import sweep
 from reconciler.ops.webhook import PATH as WEBHOOK_PATH
-from reconciler.runtime.backoff import Backoff, requeue_delay
+from reconciler.runtime.backoff import BACKOFF, FOLLOW_UPS, REQUEUE, START, Backoff, requeue
 from reconciler.runtime.conditions import ENGINE_UNREACHABLE_AFTER_S, DaemonConditions
 from reconciler.runtime.git_source import GitSource
 from reconciler.runtime.recorder import Recorder
@@ -118,7 +118,7 @@ class Daemon:
             desired, options.settings(self.metrics, self.signals.stop.is_set, self.record)
         )
         self.target.desired = desired
-        self.target.bind(lambda key, delay: self.enqueue(key, delay))
+        self.target.bind(self._asked_by_target)
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.state_valid = True
         self.unfinished = False  # run() returned with a worker still inside a Docker call
@@ -128,6 +128,7 @@ class Daemon:
         self._busy = 0
         self._busy_lock = threading.Lock()
         self._triggers: dict[str, str] = {}  # key -> what asked for it first
+        self._passing = threading.local()  # .trigger: the label of the pass this thread runs
         self.denied: dict[str, str] = {}  # service -> the policy's rules denying it (status)
         self.reloader = Reloader(self)
         self.source: GitSource | None = None  # a followed git repository (set by the CLI)
@@ -172,7 +173,7 @@ class Daemon:
                 workers.append(self._spawn(self.images, f"images-{i}"))
             self._first_round = set(self.target.first_keys())
             self.reloader.hold_start_removals()
-            self.enqueue(RESYNC, 0.0, "interval")
+            self.enqueue(RESYNC, 0.0, START)
             self._schedule()
             threading.Thread(target=self._events, name="events", daemon=True).start()
             threading.Thread(target=self.reloader.loop, name="reload", daemon=True).start()
@@ -261,16 +262,21 @@ class Daemon:
 
     # ------------------------------------------------------------------ work
 
-    def enqueue(self, key: str, delay: float = 0.0, trigger: str = "backoff") -> None:
+    def enqueue(self, key: str, delay: float = 0.0, trigger: str = REQUEUE) -> None:
         if self.signals.stop.is_set():
             return
-        if trigger != "backoff" or delay > 0:
-            self.metrics.triggers.labels(trigger).inc()
         queue = self.images if key.startswith("image:") else self.queue
-        # What asked first names the pass; an explicit ask outranks a back-off's requeue.
-        if self._triggers.get(key, "backoff") == "backoff":
+        # What asked first names the pass; an explicit ask outranks a requeue or a back-off.
+        if self._triggers.get(key, REQUEUE) in FOLLOW_UPS:
             self._triggers[key] = trigger
         queue.add_after(key, delay)
+
+    def _asked_by_target(self, key: str, delay: float) -> None:
+        """A key the target queues: at once, from inside a pass (a resync's services, a
+        dependency, a finished pull), it is that pass's work and says what asked for it
+        (`start`, `file`, `event`...); later, it is the target's `requeue`."""
+        asking = getattr(self._passing, "trigger", None) if delay <= 0 else None
+        self.enqueue(key, delay, asking or REQUEUE)
 
     def _spawn(self, queue: WorkQueue, name: str) -> threading.Thread:
         thread = threading.Thread(target=self._work, args=(queue,), name=name, daemon=True)
@@ -293,24 +299,27 @@ class Daemon:
             with self._busy_lock:
                 self._busy += 1
             try:
-                trigger = self._triggers.pop(key, "backoff")
+                trigger = self._triggers.pop(key, REQUEUE)
+                self.metrics.triggers.labels(trigger).inc()
+                self._passing.trigger = trigger
                 outcome = self.target.reconcile(key, trigger)
                 self._engine_ok()
             except EngineUnavailable as exc:
                 self._engine_down(exc)
-                queue.add_after(key, self.backoff.next(key))
+                self.enqueue(key, self.backoff.next(key), BACKOFF)
             except Exception:
                 log.exception("reconcile failed", key=key)
-                queue.add_after(key, max(self.backoff.next(key), self.options.interval))
+                self.enqueue(key, max(self.backoff.next(key), self.options.interval), BACKOFF)
             finally:
+                self._passing.trigger = None
                 queue.done(key)
                 with self._busy_lock:
                     self._busy -= 1
                 self._last_end = time.monotonic()
             if outcome is not None:
-                delay = requeue_delay(outcome, key, self.backoff)
+                delay, why = requeue(outcome, key, self.backoff)
                 if delay is not None:
-                    self.enqueue(key, delay, "backoff")
+                    self.enqueue(key, delay, why)
                 self._first_round_done(key)
 
     def _first_round_done(self, key: str) -> None:

@@ -31,7 +31,7 @@ from reconciler.core.actions import (
 )
 from reconciler.core.actions import HostAction as Action
 from reconciler.core.desired import DesiredState, HealPolicy, ServiceSpec
-from reconciler.core.events import Record, discard
+from reconciler.core.events import FOLLOW_UPS, Record, discard
 from reconciler.core.healing import HealingBook
 from reconciler.core.notes import Note
 from reconciler.core.observed import ObservedContainer
@@ -123,6 +123,7 @@ class Controller:
             clock=lambda: self.clock(),
             on_result=self._on_result,
             record=record,
+            restarts=store.restarts,  # kept across daemon restarts
         )
         self.images = ImageFollower(
             engine,
@@ -201,7 +202,9 @@ class Controller:
             if self.metrics:
                 self.metrics.runs.labels("error").inc()
             raise
-        level = log.info if outcome.actions or trigger not in ("interval", "backoff") else log.debug
+        level = (
+            log.info if outcome.actions or trigger not in ("interval", *FOLLOW_UPS) else log.debug
+        )
         level(
             "pass",
             project=self.desired.project,

@@ -18,10 +18,10 @@ from dataclasses import replace
 from reconciler.core import rollout as ro
 from reconciler.core.action_events import TAG_MOVED, cut, event_of, kind_of, replica_of
 from reconciler.core.actions import EnsureImage, RemoveContainer
-from reconciler.core.events import Event, EventKind, Record, Result, trigger_text
+from reconciler.core.events import FOLLOW_UPS, Event, EventKind, Record, Result, trigger_text
 from reconciler.targets.host.executor import StepResult
 
-FOLLOW_UP = "backoff"  # a pass the adapter queued itself (a requeue): it inherits its cause
+FOLLOW_UP = "requeue"  # a pass the adapter queued itself: it inherits its cause
 
 ROLLOUT_KINDS: dict[str, tuple[EventKind, Result]] = {
     "started": ("rollout_started", "success"),
@@ -29,7 +29,11 @@ ROLLOUT_KINDS: dict[str, tuple[EventKind, Result]] = {
     "rollback_completed": ("rollback", "success"),
 }
 HEALS = ("heal", "recreate")
-PASSING = ("interval", FOLLOW_UP)  # triggers that only looked: an announced death outranks them
+PASSING = (
+    "interval",
+    "start",
+    *FOLLOW_UPS,
+)  # triggers that only looked: an announced death outranks them
 
 
 class Recording:
@@ -54,20 +58,20 @@ class Recording:
         kind, _, name = key.partition(":")
         if kind not in ("service", "image"):
             return
-        if trigger != FOLLOW_UP:
+        if kind == "service" and trigger in PASSING and name in self._asked:
+            self._current[key] = self._asked.pop(name)  # a resync or a moved tag queued it
+        elif trigger not in FOLLOW_UPS:
             self._asked.pop(name, None)
             self._current[key] = trigger
         elif kind == "image":  # a pull the service's pass asked for: that pass's cause
             self._current[key] = self._current.get(f"service:{name}", FOLLOW_UP)
-        elif name in self._asked:
-            self._current[key] = self._asked.pop(name)
         else:
             self._current.setdefault(key, FOLLOW_UP)
         self._last = self._current[key]
 
     def asked(self, service: str, trigger: str) -> None:
         """A pass with `trigger` (a resync, a moved tag) queued `service`."""
-        if trigger != FOLLOW_UP:
+        if trigger not in FOLLOW_UPS:
             self._asked[service] = trigger
 
     def trigger(self, service: str, *, image: bool = False) -> str:

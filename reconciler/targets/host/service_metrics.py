@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING
 import structlog
 
 from reconciler.core import rollout as ro
-from reconciler.core.action_events import replica_of
+from reconciler.core.action_events import REMOVALS, replica_of
 from reconciler.core.actions import (
-    JUST_CREATED,
+    STARTS_OF_CREATION,
     ConnectNetwork,
     CreateContainer,
     EnsureImage,
+    RemoveContainer,
     RestartContainer,
     StartContainer,
     UnpauseContainer,
@@ -33,6 +34,7 @@ from reconciler.targets.host.recording import Recording
 
 if TYPE_CHECKING:  # prometheus_client is imported only where metrics are served
     from reconciler.ops.metrics import Metrics
+    from reconciler.ops.state_store import JsonStore
 
 log = structlog.get_logger("reconciler")
 
@@ -49,15 +51,19 @@ class ServiceMetrics:
         clock: Callable[[], float],
         on_result: Callable[[StepResult], None],
         record: Record = discard,
+        restarts: JsonStore[int] | None = None,
     ) -> None:
+        """`restarts`: where the heals of each replica are kept across daemon restarts."""
         self.metrics = metrics
+        self._kept = restarts
         self._desired = desired
         self._books = books
         self._clock = clock
         self._on_result = on_result
         self.conditions = HostConditions(record)  # what may notify (core.events)
         self._known: set[str] = set()  # container names seen: a create is then a heal
-        self._restarts: dict[str, int] = {}  # replica -> heals that restarted it (status)
+        # replica -> heals that brought it back (status's RESTARTS), kept across restarts
+        self._restarts: dict[str, int] = restarts.all() if restarts is not None else {}
         self._rows: dict[str, tuple[str, int, int, int]] = {}
         self._lock = threading.Lock()  # the rows: several services' workers share them
         self.recording = Recording(record, lambda: self._desired().digest)  # the history's
@@ -102,7 +108,15 @@ class ServiceMetrics:
         if reason in ("exited", "unhealthy", "dead") and r.outcome == "success":
             with self._lock:  # `status`'s RESTARTS: ours, beside Docker's RestartCount
                 replica = replica_of(a)
-                self._restarts[replica] = self._restarts.get(replica, 0) + 1
+                self._restarts[replica] = n = self._restarts.get(replica, 0) + 1
+                if self._kept is not None:
+                    self._kept.put(replica, n)
+        elif isinstance(a, RemoveContainer) and a.reason in REMOVALS and r.outcome == "success":
+            with self._lock:  # the replica is gone (scaled down, down): a new one starts at 0
+                self._known.discard(a.name)  # and scaling up again creates it: no heal
+                self._restarts.pop(a.name, None)
+                if self._kept is not None:
+                    self._kept.drop(a.name)
         if self.metrics and r.outcome in ("success", "error"):
             self.metrics.actions.labels(a.verb, a.kind, r.outcome).inc()
             if r.outcome == "error":
@@ -112,7 +126,7 @@ class ServiceMetrics:
 
     def _heal_reason(self, a: Action) -> str | None:
         match a:
-            case StartContainer(reason=reason) if reason != JUST_CREATED and not (
+            case StartContainer(reason=reason) if reason not in STARTS_OF_CREATION and not (
                 ro.is_temp_name(a.name) or reason.startswith("replaces")
             ):
                 return "exited"
