@@ -149,6 +149,8 @@ def test_checkout_takes_fast_forwards_refuses_rewrites_and_bad_files(tmp_path: P
     with pytest.raises(Refused) as bad:
         co.take(c2, check)
     assert bad.value.sha == c2 and "desired_state.yaml:6" in bad.value.reason
+    # Named where it is (`URL@COMMIT:path`): `next/` is gone, a bare path reads as one's own.
+    assert f"{repo.bare}@{c2[:12]}:desired_state.yaml:6" in bad.value.reason
     assert str(co.next) not in bad.value.reason
     assert co.in_force() == c1 and "replicas: 1" in co.file.read_text()
 

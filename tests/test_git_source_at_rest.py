@@ -188,3 +188,27 @@ def test_run_waits_for_a_good_first_commit(tmp_path: Path) -> None:
     vars(args).update(values, verify_signatures=True, state_dir=tmp_path / "s2")
     with pytest.raises(SourceError, match="stopped"):
         git_args.prepare(args, KIND)
+
+
+def test_a_commit_refused_for_want_of_an_identity_names_the_file_in_the_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not `hosts/web.env.age` (read as relative to one's own folder: a file that does not
+    exist there), but `URL@COMMIT:hosts/web.env.age`."""
+    from reconciler.cli import git_args
+    from reconciler.targets.host import KIND
+
+    monkeypatch.delenv(encrypted.IDENTITY_ENV, raising=False)
+    monkeypatch.setattr(encrypted, "_identity", None)
+    monkeypatch.chdir(tmp_path)
+    repo = Repo(tmp_path)
+    doc = "project: gitage\nservices:\n  web:\n    image: x:1\n    env_file: hosts/web.env.age\n"
+    sha = repo.commit({"desired_state.yaml": doc, "hosts/web.env.age": "not age"}, "1")
+    args = argparse.Namespace(
+        command="apply", git_url=str(repo.bare), git_ref="main", state_dir=tmp_path / "s"
+    )
+    with pytest.raises(SourceError) as refused:
+        git_args.prepare(args, KIND)
+    text = str(refused.value)
+    assert f"{repo.bare}@{sha[:12]}:hosts/web.env.age: an age-encrypted file" in text, text
+    assert " hosts/web.env.age: " not in text

@@ -317,6 +317,31 @@ def test_a_multi_line_cause_stays_on_its_row() -> None:
     assert len(text) == 2 and "bad / desired_state.yam" in text[1]
 
 
+def test_the_cause_is_cut_only_to_fit_a_terminal_and_never_in_a_pipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rejected file's cause (its file:line and problem) shows whole on a wide terminal
+    and in a pipe; a narrow terminal cuts TRIGGER and CAUSE just enough to fit."""
+    cause = (
+        "desired_state.yaml: invalid desired state:\n  desired_state.yaml:12:7: "
+        "services.grafana: expected a mapping of the service's keys, got nothing (null)"
+    )
+    rejected = Event("reload_rejected", trigger="file edit", result="firing", cause=cause)
+    row = json.loads(history.line_of(rejected, project="p", target="host"))
+    whole = cli.one_line(cause)
+    assert whole in cli.table([row]) and whole in cli.table([row], width=300)
+    narrow = cli.table([row], width=160).splitlines()
+    assert all(len(line) <= 160 for line in narrow) and "…" in narrow[1]
+    assert "desired_state.yaml: invalid desired state" in narrow[1]
+    h = history.History("p", tmp_path)
+    h(rejected)
+    h.close()
+    monkeypatch.setattr(cli, "terminal_width", lambda: 300)
+    assert whole in show(tmp_path)[1]
+    monkeypatch.undo()
+    assert whole in show(tmp_path)[1]  # stdout is no terminal here: whole lines
+
+
 def show(tmp_path: Path, *argv: str) -> tuple[int, str, str]:
     import contextlib
     import io

@@ -194,6 +194,44 @@ def test_the_files_update_keys_and_their_errors(tmp_path: Path) -> None:
         load(write(tmp_path, '{semver: "^1"}', image="app:latest"))
 
 
+def test_each_bad_update_key_is_reported_at_its_own_line(tmp_path: Path) -> None:
+    """In block style, `semver`, `cooldown`, `window.cron`, `window.timezone` each point at
+    their own line, not at `update:`'s."""
+    head = "project: p\nservices:\n  web:\n    image: app:1.0.0\n    x-reconciler:\n"
+    good = {"semver": '"^1"', "cooldown": "1h", "cron": '"0 2 * * 6"', "timezone": "UTC"}
+    for key, bad in (("semver", '"banana"'), ("cooldown", "3x"), ("cron", '"0 2 * *"'),
+                     ("timezone", "Mars/Base")):  # fmt: skip
+        v = {**good, key: bad}
+        body = (
+            f"      update:\n        semver: {v['semver']}\n        cooldown: {v['cooldown']}\n"
+            f"        window:\n          cron: {v['cron']}\n          duration: 4h\n"
+            f"          timezone: {v['timezone']}\n"
+        )
+        text = head + body
+        line = next(i for i, t in enumerate(text.splitlines(), 1) if t.strip().startswith(key))
+        with pytest.raises(DesiredStateError) as err:
+            load(written(tmp_path, text))
+        assert f"desired_state.yaml:{line}:" in str(err.value), (key, str(err.value))
+
+
+def test_the_lock_file_says_when_it_was_written_in_iso_too(tmp_path: Path) -> None:
+    path = tmp_path / "p.images.lock.json"
+    write_lock(path, ImageLock("p", {"web": "app:1"}, {"web": "app:1@sha256:a"}, 1796673942.7))
+    data = json.loads(path.read_text())
+    assert data["written_at"] == 1796673942.7 and data["written"] == "2026-12-07T20:05:42+00:00"
+    assert read_lock(path).written_at == 1796673942.7
+
+
+def test_status_without_a_daemon_shows_the_real_check_interval(tmp_path: Path) -> None:
+    """No pull_policy: a range is looked up hourly (README), not `every 0s`."""
+    from reconciler.ops.status import tag_line
+
+    svc = load(written(tmp_path, 'project: p\nservices:\n  app:\n    image: app:1.0.0\n'
+                       '    x-reconciler: {update: {semver: "^1"}}\n')).service("app")  # fmt: skip
+    line = tag_line(svc, (), {})
+    assert "every 3600s" in line and "every 0s" not in line
+
+
 def test_the_lock_file_is_refused_when_stale(tmp_path: Path) -> None:
     """Stale: another project, a service not locked, or one whose image request changed (the
     image, its range); any other edit of the file leaves the lock good, as a package lock."""

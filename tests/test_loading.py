@@ -951,3 +951,26 @@ def test_fuzz_mutated_valid_files(text: str) -> None:
     refused with DesiredStateError, never anything else (as text and as bytes)."""
     _only_our_error(text)
     _only_our_error(text.encode("utf-8", "surrogatepass"))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("services:\n  grafana:\n", "state.yaml:2:3: services.grafana: expected a mapping of "
+         "the service's keys, got nothing (null)"),
+        ("services:\n  web:\n    image: x:1\n    volumes:\n",
+         "state.yaml:4:5: services.web.volumes: expected a list, got nothing (null)"),
+        ("services:\n  web:\n    image: x:1\n    healthcheck: 5\n",
+         "services.web.healthcheck: expected a mapping of the healthcheck's keys, got a number"),
+        ("services:\n  web:\n    image: x:1\n    environment: 3\n",
+         "services.web.environment: expected a mapping or a list, got a number"),
+        ("networks:\n  front:\n    ipam: [1]\n",
+         "networks.front.ipam: expected a mapping of the ipam's keys, got a list"),
+    ],
+)  # fmt: skip
+def test_a_cut_off_file_is_told_in_the_files_terms(text: str, expected: str) -> None:
+    """Never pydantic's words (`instance of ServiceDef`): what the file should hold there,
+    and what kind of value it holds (never the value: it may be a secret)."""
+    message = problems(text)
+    assert expected in message, message
+    assert "Def" not in message and "input should be" not in message.lower()

@@ -131,6 +131,8 @@ def test_scale_down_drains_then_removes_highest_replicas() -> None:
     assert first.wake_at == 102.0
     draining = plan(smaller, live, Holds(now=101.0, drained={web2: 102.0}))
     assert not draining and draining.wake_at == 102.0
+    said = [(str(n), n.detail) for n in draining.notes if n.kind == "draining"]
+    assert said == [("p-web-2: draining for 1 s more", "its drain to end (in 1 s)")]  # no epoch
     done = plan(smaller, live, Holds(now=102.0, drained={web2: 102.0}))
     assert done.actions == (RemoveContainer(web2, "p-web-2", "web", "scaled down", 1.5),)
 

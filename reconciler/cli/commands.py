@@ -49,6 +49,8 @@ def _require(kind: TargetKind, wanted: bool, capability: str, option: str) -> No
 
 def _plan(args: argparse.Namespace, kind: TargetKind, desired: Desired) -> int:
     report = kind.open(desired, _settings(args)).plan()
+    if args.policy_said:  # not the default policy: say which (the daemon's, or --policy)
+        print(f"# {args.policy_said}", file=sys.stderr if args.json else sys.stdout)
     return plan_output.show(report, desired, denied_rules(args.denials), kind.name, args.json)
 
 

@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from datetime import UTC, datetime
@@ -23,7 +24,8 @@ from reconciler.ops.metrics import Metrics
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 HEAD = ("TIME", "SERVICE", "REPLICA", "ACTION", "TRIGGER", "CAUSE", "DURATION", "RESULT")
-COLUMN_MAX = 48  # a longer cause or trigger is cut in the table (--json has it whole)
+CUT = (HEAD.index("TRIGGER"), HEAD.index("CAUSE"))  # cut to fit a terminal (--json: whole)
+COLUMN_MIN = 16  # a cut column keeps at least this much
 
 
 def size(text: str) -> int:
@@ -161,7 +163,7 @@ def show(args: argparse.Namespace) -> int:
             print(json.dumps(row, ensure_ascii=False, separators=(",", ":")))
         return 0
     if found.records:
-        print(table(found.records))
+        print(table(found.records, width=terminal_width()))
     elif not found.exists:
         print(f"{project}: no history yet ({where} does not exist)")
     else:
@@ -183,18 +185,42 @@ def empty(found: history.Read, service: str | None, since: float | None) -> str:
     return "the history has no records"
 
 
-def table(rows: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> str:
-    """The records as aligned columns, oldest first."""
+def terminal_width() -> int | None:
+    """The terminal's columns when stdout is one; None (never cut) for a pipe or a file."""
+    if not sys.stdout.isatty():
+        return None
+    return shutil.get_terminal_size().columns
+
+
+def table(rows: tuple[dict[str, Any], ...] | list[dict[str, Any]], width: int | None = None) -> str:
+    """The records as aligned columns, oldest first; with `width` (a terminal's), TRIGGER and
+    CAUSE are cut (`…`) only as much as the line needs to fit it."""
     lines = [HEAD] + [_cells(r) for r in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(HEAD))]
+    if width is not None:
+        widths = _fit(widths, width)
+        lines = [tuple(_cut(c, w) for c, w in zip(line, widths, strict=True)) for line in lines]
     return "\n".join(
         "  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in lines
     )
 
 
-def _cut(text: str) -> str:
-    text = one_line(text)
-    return text if len(text) <= COLUMN_MAX else text[: COLUMN_MAX - 1] + "…"
+def _fit(widths: list[int], width: int) -> list[int]:
+    """Narrow the cut columns (the widest first, to COLUMN_MIN at least) until a line fits."""
+    out = list(widths)
+    over = sum(out) + 2 * (len(out) - 1) - width
+    while over > 0:
+        i = max(CUT, key=lambda c: out[c])
+        if out[i] <= COLUMN_MIN:
+            break
+        step = min(over, out[i] - COLUMN_MIN, max(1, out[i] - max(out[c] for c in CUT if c != i)))
+        out[i] -= step
+        over -= step
+    return out
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def one_line(text: str) -> str:
@@ -224,8 +250,8 @@ def _cells(r: dict[str, Any]) -> tuple[str, ...]:
         str(r.get("service") or "-"),
         replica or "-",
         action,
-        _cut(trigger),
-        _cut(str(r.get("cause") or "-")),
+        trigger,
+        str(r.get("cause") or "-"),
         "-" if duration is None else f"{float(duration):.2f}s",
         result,
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 import structlog
 
 from reconciler import targets
-from reconciler.cli import git_args, history, progress
+from reconciler.cli import git_args, history, policy_choice, progress
 from reconciler.cli.commands import COMMANDS, EXIT_ERROR, EXIT_INPUT, EXIT_OK, Unsupported
 from reconciler.cli.importer import import_compose_file
 from reconciler.cli.parser import build_parser
@@ -112,8 +112,9 @@ def _main(args: argparse.Namespace, signals: SignalRelay | None) -> int:
     try:
         git_args.prepare(args, kind)  # a git source: args.file is its commit's file
         desired = kind.load(args.file)
-        policy_path = getattr(args, "policy", None)
-        policy = policy_file.load(policy_path) if hasattr(args, "policy") else None
+        judged = policy_choice.choose(args, desired.project) if hasattr(args, "policy") else None
+        policy = judged.policy if judged is not None else None
+        args.policy_said = judged.said if judged is not None else None  # plan says which
         args.web = web_config.load(web_path) if web_path else None
     except DesiredStateError as exc:
         error(str(exc))

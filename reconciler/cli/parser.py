@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from reconciler import __version__, targets
-from reconciler.cli import git_args, history
+from reconciler.cli import git_args, global_options, history
 from reconciler.cli.snapshots import add_parsers as add_snapshot_parsers
 from reconciler.config import policy_file
 from reconciler.ops import listen_address
@@ -22,19 +22,16 @@ def listen(text: str) -> tuple[str, int] | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = global_options.CommandParser(
         prog="reconciler", description="Keep a Docker host converged on desired_state.yaml."
     )
     parser.add_argument("--version", action="version", version=f"reconciler {__version__}")
-    parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
-    )
-    parser.add_argument("--log-format", default="auto", choices=["auto", "json", "console"])
+    global_options.add(parser, defaults=True)  # also after the command: add_global_options
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in [
         ("validate", "check the file and exit"),
         ("plan", "print the actions a pass would take (exit 2 when changes are pending)"),
-        ("apply", "run one pass, then exit"),
+        ("apply", "converge once: run a pass, wait for its rollouts (up to --timeout), exit"),
         ("run", "run the daemon"),
         ("reload", "make the running daemon re-read the file, and wait until it has"),
         ("status", "a table of services: desired, running, healthy, restarts, image"),
@@ -44,12 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("file", nargs="?", default=None, type=Path)
         _file_options(p)
         if name in ("validate", "plan", "apply", "run", "status"):
+            daemons = "the running daemon's, else " if name in ("plan", "status") else ""
             p.add_argument(
                 "--policy",
                 type=Path,
                 default=None,
                 help="the host policy: what services may ask of the host "
-                f"(default {policy_file.DEFAULT_PATH}; absent: deny all that is root on the host)",
+                f"(default {daemons}{policy_file.DEFAULT_PATH}; absent: deny all that is "
+                "root on the host)",
             )
         p.add_argument(
             "--no-strict-modes",
@@ -155,7 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
                 help="seconds to wait for the daemon to confirm (default 30)",
             )
         if name == "run":
-            p.add_argument("--interval", type=float, default=5.0, help="seconds between resyncs")
+            p.add_argument(
+                "--interval",
+                type=float,
+                default=5.0,
+                help="seconds between resyncs (default: %(default)s)",
+            )
             p.add_argument(
                 "--notify",
                 action="append",
@@ -164,7 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
                 "file's notify: block and $RECONCILER_NOTIFY_URLS_FILE); prefer those for secrets",
             )
             p.add_argument(
-                "--pull-timeout", type=float, default=600.0, help="seconds a pull or build may take"
+                "--pull-timeout",
+                type=float,
+                default=600.0,
+                help="seconds a pull or build may take (default: %(default)s)",
             )
             p.add_argument(
                 "--workers", type=int, default=4, help="services reconciled at once (default 4)"
@@ -213,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave out the keys reconciler cannot carry (listed as warnings) instead of failing",
     )
+    parser.add_global_options()
     return parser
 
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from reconciler.config.schema_messages import schema_message
 from reconciler.config.tree import read_regular
 from reconciler.config.yamlread import Scalar, YamlError, compose, core_value, read
 from reconciler.core.policy import DEFAULT, RULES, Allow, Policy, normalise_cap
@@ -82,7 +83,7 @@ def load(path: Path | None) -> Policy:
             mark = doc.mark(loc)  # type: ignore[arg-type]
             where = f"{source}:{mark.line}: " if mark else f"{source}: "
             dotted = ".".join(str(p) for p in loc)
-            lines.append(f"{where}{dotted}: {err['msg']}")
+            lines.append(f"{where}{dotted}: {schema_message(err)}")
         raise DesiredStateError(source, lines) from None
     allows = []
     for a in definition.allow:

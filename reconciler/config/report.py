@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from reconciler.config import secrets
 from reconciler.config.schema import DesiredStateDef
+from reconciler.config.schema_messages import either, schema_message
 from reconciler.config.yamlread import Document, Mark
 from reconciler.config.yamlread import Path as DataPath
 from reconciler.errors import DesiredStateError
@@ -103,13 +104,14 @@ def pydantic_problems(
         path = _data_path(err["loc"], doc.data)
         if any(path[: len(failed)] == failed for failed in skip):
             continue  # a ${VAR} that could not be substituted: reported already
-        mark = doc.mark(path, key=err["type"] == "extra_forbidden")
-        message = _message(err)
+        nothing = err.get("input", "") is None  # `grafana:` and nothing under it: the key
+        mark = doc.mark(path, key=err["type"] == "extra_forbidden" or nothing)
+        message = schema_message(err)
         _, messages = seen.setdefault(path, (mark, []))
         if message not in messages:
             messages.append(message)
     for path, (mark, messages) in seen.items():
-        report.add(" or ".join(messages), path, mark)
+        report.add(either(messages), path, mark)
 
 
 def _data_path(loc: tuple[Any, ...], data: Any) -> DataPath:
@@ -133,25 +135,3 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> DataPath:
             parts.append(part)
             node = None
     return tuple(parts)
-
-
-def _message(err: Mapping[str, Any]) -> str:
-    kind, ctx = err["type"], err.get("ctx") or {}
-    if kind == "greater_than_equal":
-        return f"must be >= {ctx['ge']}"
-    if kind == "less_than_equal":
-        return f"must be <= {ctx['le']}"
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "is required"
-    if kind == "literal_error":
-        return f"must be one of {ctx.get('expected')}"
-    if kind == "string_pattern_mismatch":
-        return f"must match {ctx.get('pattern')}"
-    if kind == "value_error":
-        return str(ctx.get("error", err["msg"]))
-    if kind == "finite_number":
-        return "must be a finite number"
-    msg = str(err["msg"])  # pydantic's messages name the expected type, never the input
-    return msg[:1].lower() + msg[1:]

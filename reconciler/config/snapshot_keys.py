@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from reconciler.config.report import Report
+from reconciler.config.schema_messages import schema_message
 from reconciler.config.schema_values import Bytes, Int, StrictModel
 from reconciler.config.yamlread import Document
 from reconciler.core.desired import ServiceSpec, SnapshotPolicy
@@ -53,7 +54,7 @@ def snapshot_policies(
         except ValidationError as exc:
             for err in exc.errors():
                 path = at + tuple(p for p in err["loc"] if isinstance(p, str | int))
-                report.add(err["msg"], path, doc.mark(path))
+                report.add(schema_message(err), path, doc.mark(path))
             continue
         out[str(name)] = SnapshotPolicy(d.keep, d.max_size, d.min_free)
     return out

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import ConfigDict, ValidationError
 
 from reconciler.config.report import Report
+from reconciler.config.schema_messages import schema_message
 from reconciler.config.schema_values import Bool, Duration, StrictModel, parse_duration
 from reconciler.config.yamlread import Document
 from reconciler.core import image_policy as ip
@@ -66,7 +67,7 @@ def update_policies(
         except ValidationError as exc:
             for err in exc.errors():
                 path = (*at, *err["loc"])
-                report.add(str(err["msg"]), path, doc.mark(path) or doc.mark(at))
+                report.add(schema_message(err), path, doc.mark(path) or doc.mark(at))
             continue
         if ext.update is None:
             continue
@@ -74,8 +75,25 @@ def update_policies(
             out[name] = _policy(ext.update, body)
         except ValueError as exc:
             path = (*at, "update")
-            report.add(str(exc), path, doc.mark(path))
+            key = (*path, *_KeyError.key_of(exc))  # its own key's line, else `update:`'s
+            report.add(str(exc), path, doc.mark(key, key=True))
     return out
+
+
+class _KeyError(ValueError):
+    """A bad value of one key of `update` (its path under `update`, for its line)."""
+
+    def __init__(self, key: tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+    @staticmethod
+    def key_of(exc: ValueError) -> tuple[str, ...]:
+        return exc.key if isinstance(exc, _KeyError) else ()
+
+
+# check_window's message starts with the key it is about.
+_WINDOW_KEYS = ("cron", "timezone", "duration")
 
 
 def _policy(u: UpdateDef, body: dict[str, Any]) -> ip.UpdatePolicy:
@@ -85,7 +103,10 @@ def _policy(u: UpdateDef, body: dict[str, Any]) -> ip.UpdatePolicy:
     if "@" in image:
         raise ValueError(f"image {image} is pinned to a digest: nothing to follow")
     if u.semver is not None:
-        ip.check_range(u.semver)
+        try:
+            ip.check_range(u.semver)
+        except ValueError as exc:
+            raise _KeyError(("semver",), str(exc)) from None
         tag = tag_of(image)
         if ip.split_tag(tag) is None:
             raise ValueError(
@@ -95,11 +116,16 @@ def _policy(u: UpdateDef, body: dict[str, Any]) -> ip.UpdatePolicy:
     window = None
     if u.window is not None:
         window = ip.Window(u.window.cron, u.window.duration, u.window.timezone)
-        ip.check_window(window)
+        try:
+            ip.check_window(window)
+        except ValueError as exc:
+            first = str(exc).split(" ", 1)[0]
+            key = ("window", first) if first in _WINDOW_KEYS else ("window",)
+            raise _KeyError(key, str(exc)) from None
     try:
         cooldown = cooldown_seconds(u.cooldown)
     except ValueError as exc:
-        raise ValueError(f"cooldown {exc}") from None
+        raise _KeyError(("cooldown",), f"cooldown {exc}") from None
     return ip.UpdatePolicy(
         semver=u.semver,
         prerelease=u.prerelease,

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from reconciler.config.schema_messages import schema_message
 from reconciler.config.tree import read_regular
 from reconciler.config.yamlread import Scalar, YamlError, compose, core_value, read
 from reconciler.errors import DesiredStateError
@@ -70,7 +71,7 @@ def load(path: Path) -> WebConfig:
             loc = tuple(p for p in err["loc"] if isinstance(p, int | str))
             mark = doc.mark(loc)
             where = f"{source}:{mark.line}: " if mark else f"{source}: "
-            lines.append(f"{where}{'.'.join(map(str, loc))}: {err['msg']}")
+            lines.append(f"{where}{'.'.join(map(str, loc))}: {schema_message(err)}")
         raise DesiredStateError(source, lines) from None
     bad = [u for u, h in d.basic_auth_users.items() if not h.startswith(("$2a$", "$2b$", "$2y$"))]
     if bad:

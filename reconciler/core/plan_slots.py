@@ -10,6 +10,7 @@ one renamed. A replacement that fails is removed and the old one runs again.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -417,8 +418,9 @@ def _drain(
         return [(drain, _NO)], False
     if p.holds.now < until:
         p.wake(until)
-        says = f"draining until {until:.1f}"
-        p.notes.append(note("draining", c.name, says, f"its drain to end ({until:.1f})"))
+        left = math.ceil(until - p.holds.now)  # a duration: an epoch means nothing to a reader
+        says = f"draining for {left} s more"
+        p.notes.append(note("draining", c.name, says, f"its drain to end (in {left} s)"))
         return [], False
     return [], True
 

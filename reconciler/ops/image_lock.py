@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from reconciler.errors import ReconcilerError
@@ -49,11 +50,14 @@ def write_lock(path: Path, lock: ImageLock) -> None:
     try:
         old = json.loads(path.read_text())
         old.pop("written_at", None)
+        old.pop("written", None)
         if old == body:
             return
     except (OSError, ValueError):
         pass
-    body["written_at"] = lock.written_at or time.time()
+    at = lock.written_at or time.time()
+    body["written_at"] = at
+    body["written"] = datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")  # readers'
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, (json.dumps(body, indent=2) + "\n").encode())
 

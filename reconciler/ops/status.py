@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.config import secrets
+from reconciler.core import image_policy as ip
 from reconciler.core import images as im
 from reconciler.core import rollout as ro
 from reconciler.core.desired import DesiredState, ServiceSpec
@@ -37,7 +38,7 @@ def read_crashloops(path: Path, section: str = "crashloop") -> dict[str, dict[st
 
 def tag_line(svc: ServiceSpec, containers: tuple[ObservedContainer, ...], tag: Any) -> str:
     """`  web: follows app:t every 5m: running sha256:ab.. (2), newest sha256:cd.. (12:00:01)`"""
-    every = svc.pull_every_s or 0.0
+    every = svc.pull_every_s or (ip.DEFAULT_CHECK_EVERY_S if svc.update_policy else 0.0)
     running: dict[str, int] = {}
     for c in containers:
         if c.service == svc.name and c.state == "running":

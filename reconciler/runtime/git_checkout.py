@@ -202,8 +202,10 @@ class Checkout:
             check(self.next / self.opts.file)
         except Exception as exc:
             shutil.rmtree(self.next, ignore_errors=True)
-            # Name the file as it is in the repository, not as it sits in `next/`.
-            text = str(exc).replace(f"{self.next}/", "").replace(str(self.next), ".")
+            # Name the file as it is in the repository (`URL@COMMIT:hosts/web.env.age`), not
+            # as it sat in `next/` (removed) nor bare (read as relative to one's own folder).
+            where = f"{self.opts.shown_url}@{sha[:12]}"
+            text = str(exc).replace(f"{self.next}/", f"{where}:").replace(str(self.next), where)
             raise Refused(sha, text) from None
         if self.tree.is_dir():
             exchange(self.tree, self.next)
