@@ -931,3 +931,21 @@ def test_scaled_to_zero_replicas_are_stopped_with_the_services_grace() -> None:
     none = state({"services": {"w": {"image": "w:1", "replicas": 0, "stop_grace_period": "60s"}}})
     (remove,) = plan(none, live, Holds(drained={c.id: 0.0 for c in live.containers})).actions
     assert isinstance(remove, RemoveContainer) and remove.grace_s == 60.0
+
+
+def test_a_missing_external_network_holds_connects_and_names_itself() -> None:
+    """The file's network made external under a name that does not exist: nothing is tried
+    (a connect would fail every pass), the plan says which network is missing."""
+    missing = state(
+        {
+            "networks": {"net": {"external": True, "name": "nosuchnet"}},
+            "volumes": {"data": {}},
+            "services": {
+                "db": {"image": "db:1", "volumes": ["data:/data"], "networks": ["net"]},
+                "web": {"image": "web:1", "replicas": 2, "depends_on": ["db"], "networks": ["net"]},
+            },
+        }
+    )
+    p = plan(missing, _CONVERGED, Holds(now=0.0, rollouts=rollouts(missing)))
+    assert not [a for a in p.actions if isinstance(a, ConnectNetwork | CreateContainer)], p.actions
+    assert any("external nosuchnet not found" in str(n) for n in p.notes), p.notes

@@ -9,7 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from fnmatch import fnmatchcase
 
-from reconciler.core.actions import CreateContainer, CreateNetwork, CreateVolume, Step
+from reconciler.core.actions import (
+    ConnectNetwork,
+    CreateContainer,
+    CreateNetwork,
+    CreateVolume,
+    Step,
+)
 from reconciler.core.desired import DesiredState
 from reconciler.core.notes import Note, note
 from reconciler.core.observed import Observed
@@ -67,7 +73,8 @@ def external_missing(
     desired: DesiredState, observed: Observed, steps: Iterable[Step]
 ) -> dict[str, str]:
     """Creates of containers that use an external network or volume that does not exist
-    (Docker would make a missing volume itself, unlabelled: that is not ours to make)."""
+    (Docker would make a missing volume itself, unlabelled: that is not ours to make), and
+    connects to such a network (they would fail every pass until someone creates it)."""
     nets = {n.name for n in observed.networks}
     vols = {v.name for v in observed.volumes}
     missing = {n.name for n in desired.networks if n.external and n.name not in nets} | {
@@ -81,4 +88,6 @@ def external_missing(
             if used & missing:
                 what = ", ".join(sorted(used & missing))
                 held[step.key] = f"external {what} not found"
+        elif isinstance(step.action, ConnectNetwork) and step.action.attachment.network in missing:
+            held[step.key] = f"external {step.action.attachment.network} not found"
     return held
