@@ -61,7 +61,8 @@ def import_compose_file(args: argparse.Namespace) -> int:
     compose_env = first.resolve().parent / ".env"
     environ = compose_environment(out_dir)  # what the output reads: not the compose .env
     wanted = needs(result.tree, result.positions, environ.get, out_dir)
-    left_behind = carried_elsewhere(wanted, compose_environment(compose_env.parent), environ)
+    compose_view = compose_environment(compose_env.parent)
+    left_behind = carried_elsewhere(wanted, compose_view, environ)
     for name in left_behind:
         note = f"set in {compose_env}, which is not beside the output"
         wanted.variables[name] = replace(wanted.variables[name], note=note)
@@ -70,7 +71,11 @@ def import_compose_file(args: argparse.Namespace) -> int:
             result.text,
             source=source,
             base_dir=out_dir,
-            environ={**every_profile(environ), **wanted.stand_ins()},
+            # once provided: the compose .env's values (copied), a stand-in for the rest
+            environ={
+                **every_profile({**compose_view, **environ}),
+                **{k: v for k, v in wanted.stand_ins().items() if k not in compose_view},
+            },
             positions=result.positions,
             warn=lambda line: print(f"warning: {line}", file=sys.stderr),
             provisional=True,
