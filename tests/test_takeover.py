@@ -266,8 +266,9 @@ def test_run_takes_over_at_start(
     tmp_path: Path,
     daemon: Callable[..., DaemonProcess],
 ) -> None:
-    """`run --take-over-compose`: the daemon replaces compose's container before its first
-    pass and serves the volume's data on the same host port."""
+    """`run --take-over-compose` on the compose file itself (its project named by .env's
+    COMPOSE_PROJECT_NAME, not the folder): the daemon replaces compose's container before its
+    first pass and serves the data of compose's volume (`<project>_data`) on the same port."""
     port = free_port()
     labels = yaml.safe_dump({TEST_LABEL: "1", OWNER_LABEL: project}, default_flow_style=True)
     compose_dir = tmp_path / "compose"
@@ -296,17 +297,8 @@ def test_run_takes_over_at_start(
         assert _compose(compose_dir, project, "up", "-d").returncode == 0
         exec_id = api.exec_create(f"{project}_web_1", ["sh", "-c", "echo from-compose > /data/f"])
         api.exec_start(exec_id)
-        state = tmp_path / "state.yaml"
-        imported = run_cli(
-            "import",
-            str(compose_dir / "docker-compose.yml"),
-            "--project",
-            project,
-            "-o",
-            str(state),
-        )
-        assert imported.returncode == 0, imported.stderr
-        d = daemon(state, interval=2.0, extra=("--take-over-compose",))
+        (compose_dir / ".env").write_text(f"COMPOSE_PROJECT_NAME={project}\n")
+        d = daemon(compose_dir / "docker-compose.yml", interval=2.0, extra=("--take-over-compose",))
         wait_for(
             lambda: (
                 not api.containers(
@@ -320,6 +312,10 @@ def test_run_takes_over_at_start(
         assert got == "from-compose\n"
         assert any(e["note"].startswith("service web") for e in d.events("take over compose"))
         assert d.proc.poll() is None  # the daemon runs on
+        ours = api.containers(filters={"label": f"io.reconciler.project={project}"})
+        assert [c["Names"][0] for c in ours] == [f"/{project}-web-1"]
+        assert [m["Name"] for m in ours[0]["Mounts"]] == [f"{project}_data"]
+        assert not api.volumes(filters={"name": "^data$"})["Volumes"]  # no empty stand-in
     finally:
         if d is not None:
             d.stop()  # before removing: it would heal what is removed

@@ -24,6 +24,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 
 from reconciler.config import compose_sources, compose_tree, loader
+from reconciler.config.dialect import PROJECT_ENV
 from reconciler.config.interpolation import parse_env_file
 from reconciler.config.names import project_from_folder
 from reconciler.config.schema import BUILD_SECRETS_REASON, DesiredStateDef
@@ -107,7 +108,8 @@ def import_compose(
         doc = compose_tree.load_one(path, yaml)
     if not isinstance(doc, CommentedMap) or not isinstance(doc.get("services"), CommentedMap):
         raise DesiredStateError(source, ["not a compose file: no services mapping"])
-    conv = _Converter(doc, path.resolve().parent, output_dir.resolve(), project)
+    given = project or compose_environment(path.resolve().parent).get(PROJECT_ENV) or None
+    conv = _Converter(doc, path.resolve().parent, output_dir.resolve(), given)
     conv.convert()
     whole = list(_sourceless_secrets(doc))  # dropped whole, with their references
     dropped = [p for _, _, p, _ in whole]

@@ -25,11 +25,11 @@ class Need:
     what: str  # "variable NAME" / "env file PATH"
     mark: Mark | None
     stand_in: str = PLACEHOLDER
+    note: str = ""  # where it is set that the output will not read (the compose .env)
 
     def show(self, source: str) -> str:
-        if self.mark is None:
-            return f"{self.what} ({source})"
-        return f"{self.what} ({self.mark.file or source}:{self.mark})"
+        where = source if self.mark is None else f"{self.mark.file or source}:{self.mark}"
+        return f"{self.what} ({where}){': ' + self.note if self.note else ''}"
 
 
 @dataclass(slots=True)

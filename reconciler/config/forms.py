@@ -51,6 +51,13 @@ def depends(svc: ServiceDef) -> list[str]:
     return list(dict.fromkeys([*svc.depends_on, *joined, *linked]))
 
 
+def required(svc: ServiceDef, dep: str) -> bool:
+    """Whether a depends_on entry must be part of the project (compose's `required: false`:
+    a dependency that is not, left out by a profile or not defined, is no error)."""
+    deps = svc.depends_on
+    return not isinstance(deps, dict) or dep not in deps or deps[dep].required
+
+
 def secret_ref(ref: str | SecretRefDef) -> tuple[str, str]:
     """(secret name, path in the container): /run/secrets/NAME unless a target is given."""
     if isinstance(ref, str):

@@ -21,7 +21,14 @@ from typing import NamedTuple
 import structlog
 from pydantic import ValidationError
 
-from reconciler.config import compose_sources, profiles, secrets
+from reconciler.config import (
+    compose_configs,
+    compose_sources,
+    dependencies,
+    dialect,
+    profiles,
+    secrets,
+)
 from reconciler.config.access import with_access
 from reconciler.config.forms import port_text
 from reconciler.config.inputs import (
@@ -35,7 +42,6 @@ from reconciler.config.inputs import (
     replica_limit,
     without_extensions,
 )
-from reconciler.config.names import project_name
 from reconciler.config.render import REPLICA_PLACEHOLDER, Renderer
 from reconciler.config.report import Checks, Issue, Report, dotted, pydantic_problems
 from reconciler.config.rules import check
@@ -255,6 +261,10 @@ def parse_parts(
     snapshots = snapshot_policies(data, report, doc, host=checks is None)  # x-reconciler
     policies = update_policies(data, doc, report)  # x-reconciler.update, before the strip
     data = without_extensions(data)
+    native = dialect.is_native(data)  # else a compose file: compose's names (`dialect`)
+    if not native:
+        data = dialect.without_compose_version(data, source, doc, warn or log.warning)
+    data = compose_configs.as_mounts(data, doc, report)  # compose's configs: mounted files
     definition = None
     try:
         definition = DesiredStateDef.model_validate(data, context={"max_replicas": limit})
@@ -275,9 +285,14 @@ def parse_parts(
     if report:
         raise report.error()
     definition = selection.definition  # the services of the selected profiles
+    definition, notes = dependencies.settled(definition)  # depends_on's required, restart
+    for at, message in notes:
+        (warn or log.warning)(f"{source}:{doc.mark(at, key=True) or '?'}: {dotted(at)}: {message}")
     for name in selection.unknown:
         (warn or log.warning)(f"{source}: profile {name} is selected but no service has it")
-    project = project_name(definition, base_dir, report, doc)
+    project = dialect.project_of(
+        definition, base_dir, report, doc, native=native, lookup=dotenv.lookup
+    )
     for issue in check(definition, project, single_host=checks is None):
         report.add(issue.message, issue.path, doc.mark(issue.at or issue.path))
     for issue in checks(definition, project) if checks else ():
@@ -285,7 +300,9 @@ def parse_parts(
     env_files = EnvFiles(definition, base_dir, dotenv.lookup, report, doc, provisional)
     if report:
         raise report.error()
-    renderer = Renderer(definition, project, base_dir, env_files.values, dotenv.lookup)
+    renderer = Renderer(
+        definition, project, base_dir, env_files.values, dotenv.lookup, native=native
+    )
     state = renderer.render()
     for at, name in renderer.unset.items():
         where = f"{source}:{doc.mark(at, key=True) or '?'}: {dotted(at)}"

@@ -29,6 +29,16 @@ def project_from_folder(folder: Path) -> str:
     return name or "default"
 
 
+def project_problem(value: str) -> str | None:
+    """What is wrong with a project name (None: nothing)."""
+    if _PROJECT_NAME.match(value) and len(value) <= MAX_PROJECT_NAME:
+        return None
+    return (
+        "must be lowercase letters, digits, '-' and '_', starting with a letter or digit, "
+        f"at most {MAX_PROJECT_NAME} characters"
+    )
+
+
 def project_name(d: DesiredStateDef, base_dir: Path, report: Report, doc: Document) -> str:
     """project:, or name: (compose), or the folder's name; lowercase, at most 63 characters."""
     rule = (

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from reconciler.config.forms import joins, links
+from reconciler.config.forms import joins, links, required
 from reconciler.config.report import Issue
 from reconciler.config.schema import DesiredStateDef, ServiceDef
 
@@ -69,7 +69,7 @@ def _needs(
     d: DesiredStateDef, name: str, svc: ServiceDef, dormant: frozenset[str], chosen: frozenset[str]
 ) -> Iterable[Issue]:
     at = ("services", name)
-    refs = [("depends_on", dep) for dep in svc.depends_on]
+    refs = [("depends_on", dep) for dep in svc.depends_on if required(svc, dep)]
     refs += [(key, owner) for key, owner in joins(svc)]
     refs += [("links", service) for service, _ in links(svc)]
     for key, other in refs:

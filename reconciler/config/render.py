@@ -16,6 +16,7 @@ from typing import Any
 
 from reconciler.config import encrypted, tree
 from reconciler.config.build import build_spec
+from reconciler.config.dialect import docker_name
 from reconciler.config.forms import (
     Mount,
     depends,
@@ -81,8 +82,11 @@ class Renderer:
         base_dir: Path,
         env_files: Mapping[str, Mapping[str, str]],
         lookup: Callable[[str], str | None] = lambda _: None,
+        *,
+        native: bool = True,
     ) -> None:
         self.d, self.project, self.base_dir = d, project, base_dir
+        self.native = native  # reconciler's format: named by their keys (`dialect`)
         self.env_files = env_files  # service -> what its env_file entries set
         self.lookup = lookup  # a bare environment name: the environment, then .env
         self.unset: dict[DataPath, str] = {}  # bare names neither sets: left out
@@ -151,17 +155,19 @@ class Renderer:
         }
 
     def network_name(self, key: str) -> str:
-        """The Docker name of a network of the file: its name:, else its key (`default` is
-        compose's default network, `<project>_default`)."""
+        """The Docker name of a network of the file: its name:, else its key (a compose
+        file: `<project>_<key>`; `default` is compose's default network, `<project>_default`)."""
         n = self.d.networks.get(key)
-        if n is not None and n.name:
-            return n.name
-        return f"{self.project}_default" if key == "default" else key
+        native = self.native and key != "default"
+        external = n is not None and n.external
+        return docker_name(self.project, key, n.name if n else None, external, native)
 
     def volume_name(self, key: str) -> str:
-        """The Docker name of a volume of the file: its name:, else its key."""
+        """The Docker name of a volume of the file: its name:, else its key (a compose
+        file: `<project>_<key>`, as compose names it)."""
         v = self.d.volumes.get(key)
-        return v.name if v is not None and v.name else key
+        external = v is not None and v.external
+        return docker_name(self.project, key, v.name if v else None, external, self.native)
 
     def _network(self, name: str, n: Any) -> NetworkSpec:
         if n is None:

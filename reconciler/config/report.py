@@ -100,6 +100,7 @@ def pydantic_problems(
     """Each schema error as a problem at its key (`skip`: paths reported already); the
     messages of one path joined by "or"."""
     seen: dict[DataPath, tuple[Mark | None, list[str]]] = {}
+    deep: set[DataPath] = set()  # paths with an error other than a wrong type
     for err in exc.errors():
         path = _data_path(err["loc"], doc.data)
         if any(path[: len(failed)] == failed for failed in skip):
@@ -110,7 +111,11 @@ def pydantic_problems(
         _, messages = seen.setdefault(path, (mark, []))
         if message not in messages:
             messages.append(message)
+        if not str(err["type"]).endswith("_type"):
+            deep.add(path)
     for path, (mark, messages) in seen.items():
+        if path not in deep and any(p[: len(path)] == path != p for p in deep):
+            continue  # a union's other shape (`[a, b]` for a mapping wrong inside): noise
         report.add(either(messages), path, mark)
 
 

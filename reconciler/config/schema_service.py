@@ -94,6 +94,8 @@ class DependsOnDef(StrictModel):
     condition: Literal["service_started", "service_healthy", "service_completed_successfully"] = (
         "service_started"
     )
+    required: Bool = True  # false: a dependency not in the project is no error (compose 2.20)
+    restart: Bool = False  # compose restarts the dependant: accepted, not acted on (a warning)
 
 
 class TmpfsMountDef(StrictModel):
