@@ -40,7 +40,7 @@ class EngineSlow(ActionFailed):
 
 
 class NameConflict(ActionFailed):
-    """A container name we need is taken by a container we do not manage."""
+    """A container (Swarm service) name we need is taken by one we do not manage."""
 
 
 class LockHeld(ReconcilerError):

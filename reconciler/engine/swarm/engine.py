@@ -19,6 +19,7 @@ import docker
 import docker.errors
 from docker.types import IPAMConfig, IPAMPool
 
+from reconciler.core.desired import LABEL_SPEC_HASH
 from reconciler.core.image_policy import Published
 from reconciler.core.swarm_model import (
     CreateService,
@@ -39,7 +40,7 @@ from reconciler.core.swarm_model import (
 )
 from reconciler.engine.client import docker_errors, owned
 from reconciler.engine.host.images import Images
-from reconciler.errors import ActionFailed, NotASwarmManager
+from reconciler.errors import ActionFailed, NameConflict, NotASwarmManager
 
 RUNNING_STATES = ("starting", "running")
 
@@ -152,6 +153,7 @@ class SwarmEngine:
             for ref in task.get("ContainerSpec", {}).get(kind) or []:
                 ref.pop(f"{kind[:-1]}ID", None)
         status = s.get("UpdateStatus") or {}
+        previous = (s.get("PreviousSpec") or {}).get("Labels") or {}
         return ObservedService(
             id=s["ID"],
             name=spec["Name"],
@@ -163,6 +165,8 @@ class SwarmEngine:
             configs_in_use=tuple(sorted(in_use["Configs"] - {""})),
             secrets_in_use=tuple(sorted(in_use["Secrets"] - {""})),
             force_update=int(task.get("ForceUpdate") or 0),
+            update_started=str(status.get("StartedAt", "")),
+            previous_hash=str(previous.get(LABEL_SPEC_HASH, "")),
         )
 
     def tasks(self, services: list[str]) -> dict[str, TaskCounts]:
@@ -232,6 +236,11 @@ class SwarmEngine:
                 case RemoveSwarmSecret(id=sid):
                     with contextlib.suppress(docker.errors.NotFound):
                         self.api.remove_secret(sid)
+                case CreateService(spec=s, taken_by=holder) if holder:
+                    raise NameConflict(
+                        f"create service {s.full_name}: the name is taken by service "
+                        f"{holder[:12]}, which reconciler does not manage; it is left alone"
+                    )
                 case CreateService(spec=s):
                     body = self._resolved(s)
                     self._images.reload_credentials()  # docker-py sends them: X-Registry-Auth

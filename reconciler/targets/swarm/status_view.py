@@ -32,7 +32,9 @@ def render_status(
         healthy = c.healthy if svc.has_healthcheck else c.running
         image = ""
         update = "missing"
-        if obs is not None:
+        if obs is not None and not obs.owned_by(desired.project):
+            update = f"missing: the name is taken by service {obs.id[:12]} (not ours)"
+        elif obs is not None:
             image = obs.spec.get("TaskTemplate", {}).get("ContainerSpec", {}).get("Image", "")
             update = obs.update_state or ("in sync" if sp.drift(svc, obs) is None else "drifted")
         record = records.get(svc.name) or SwarmRecord()
