@@ -625,8 +625,9 @@ def test_a_paused_rollback_is_settled_and_a_hand_rollback_is_drift(
     tmp_path: Path,
 ) -> None:
     """Swarm's rollback fails too (rollback_paused): it fires `rollout failed` (never a
-    resolved `rolled back` beside it) and is settled: an edit of the file is pushed. Then a
-    hand `docker service rollback` is drift put back (drift_corrected), not a failed update."""
+    resolved `rolled back` beside it) and is settled: an edit of the file is pushed. Its
+    failing tasks are a crash loop (condition, status). Then a hand `docker service rollback`
+    is drift put back (drift_corrected), not a failed update."""
     seen: list[Any] = []
     rollback = {"monitor": "2s", "failure_action": "pause"}
     first = {"update_config": {"monitor": "2s", "failure_action": "continue"}}
@@ -656,10 +657,25 @@ def test_a_paused_rollback_is_settled_and_a_hand_rollback_is_drift(
     rec.run()
 
     def paused() -> bool:
-        rec.run()
+        rec.reconcile("resync", "interval")  # a daemon's pass: plan, act, tasks, crash loops
         return state() == "rollback_paused"
 
-    wait(paused, 120, "Swarm's rollback to pause")
+    try:
+        wait(paused, 120, "Swarm's rollback to pause")
+    except AssertionError as exc:  # say what Swarm did instead
+        status = swarm.inspect_service(name).get("UpdateStatus")
+        raise AssertionError(f"{exc}; UpdateStatus {status}") from exc
+
+    def looping() -> bool:
+        rec.reconcile("resync", "interval")
+        return any(e.kind == "crash_loop" and e.result == "firing" for e in seen)
+
+    try:
+        wait(looping, 90, "the crash loop")
+    except AssertionError as exc:
+        tasks = [t["Status"] for t in swarm.tasks(filters={"service": name})]
+        raise AssertionError(f"{exc}; tasks {tasks}") from exc
+    assert "worker: CrashLoopBackOff (slot 1: " in rec.status(tmp_path / "none.json", {})
     kinds = [(e.kind, e.result) for e in seen if e.kind in ("rolled_back", "rollout_failed")]
     assert ("rollout_failed", "firing") in kinds and ("rolled_back", "resolved") not in kinds
     started = [e for e in seen if e.kind == "rollout_started"]

@@ -13,6 +13,7 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import docker
@@ -21,6 +22,7 @@ from docker.types import IPAMConfig, IPAMPool
 
 from reconciler.core.desired import LABEL_SPEC_HASH
 from reconciler.core.image_policy import Published
+from reconciler.core.swarm_crashloop import TaskEnd
 from reconciler.core.swarm_model import (
     CreateService,
     CreateSwarmConfig,
@@ -55,6 +57,31 @@ class TaskCounts:
     running: int
     healthy: int
     nodes: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
+    ended: tuple[TaskEnd, ...] = ()  # every task Swarm still lists (its crash loops)
+
+
+def task_end(t: dict[str, Any]) -> TaskEnd:
+    """A task as the crash-loop judgement reads it (core.swarm_crashloop)."""
+    status = t.get("Status") or {}
+    code = (status.get("ContainerStatus") or {}).get("ExitCode")
+    return TaskEnd(
+        slot=str(t.get("Slot") or t.get("NodeID") or "?"),
+        at=_epoch(str(status.get("Timestamp", ""))),
+        state=str(status.get("State", "")),
+        exit_code=int(code) if isinstance(code, int) else None,
+        error=str(status.get("Err", "")),
+    )
+
+
+def _epoch(stamp: str) -> float:
+    """Swarm's RFC 3339 time with nanoseconds (`2026-01-02T03:04:05.123456789Z`) in epoch s."""
+    head, dot, rest = stamp.partition(".")
+    digits = len(rest) - len(rest.lstrip("0123456789"))
+    text = head + (f".{rest[:digits][:6]}" + rest[digits:] if dot else "")
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
 
 
 def check_manager(api: docker.APIClient) -> None:
@@ -203,6 +230,7 @@ class SwarmEngine:
                 nodes=tuple(
                     (node, tuple(sorted(c.items()))) for node, c in sorted(by_node.items())
                 ),
+                ended=tuple(map(task_end, ts)),
             )
         return out
 

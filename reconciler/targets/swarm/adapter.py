@@ -42,6 +42,7 @@ from reconciler.targets.base import (
 )
 from reconciler.targets.decisions import Decisions
 from reconciler.targets.swarm.conditions import SwarmConditions
+from reconciler.targets.swarm.crashloops import SwarmCrashLoops, loops_of, status_lines
 from reconciler.targets.swarm.events import SWARM_EVENTS, event_key
 from reconciler.targets.swarm.explain import explain_swarm, held_note, held_waits
 from reconciler.targets.swarm.images import SwarmImages
@@ -123,6 +124,7 @@ class SwarmTarget:
         if settings.daemon:  # what fires is resolved even after a restart
             self.conditions.keep_in(FiringMemory(desired.project, settings.state_dir))
         self.decisions = Decisions()  # what `status` shows of the daemon's choices
+        self.crashloops = SwarmCrashLoops(settings.record, settings.metrics)  # from the tasks
         self.images = SwarmImages(self.engine, desired.project, settings)  # x-reconciler.update
 
     # ------------------------------------------------------------------ the daemon's seam
@@ -379,8 +381,10 @@ class SwarmTarget:
         return self.engine.tasks(names)
 
     def export(self, observed_drift: int | None = None) -> dict[str, TaskCounts]:
-        """reconciler_service_replicas from the tasks (and drift) into the metrics."""
+        """reconciler_service_replicas from the tasks (and drift) into the metrics; crash
+        loops told (SwarmCrashLoops)."""
         counts = self.tasks()
+        self.crashloops.look(self.desired.services, counts)
         if self.metrics:
             rows = []
             for svc in self.desired.services:
@@ -425,6 +429,9 @@ class SwarmTarget:
         observed = self.engine.observe(self.desired.project)
         counts = self.tasks(sp.taken_names(self.desired, observed))
         text = render_status(self.desired, observed, counts, self.records, denials)
+        looping = status_lines(loops_of(self.desired.services, counts, time.time()))
+        if looping:
+            text += "\n\nCRASH LOOPS\n" + "\n".join(looping)
         followed = SwarmImages.policies(self.desired)  # update policies: what the daemon saw
         for name, seen in read_crashloops(status_file, "images").items():
             if name in followed:
