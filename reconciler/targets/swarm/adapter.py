@@ -53,6 +53,7 @@ from reconciler.targets.swarm.status_view import render_status
 log = structlog.get_logger("reconciler")
 SETTLE_S = 1.0  # Swarm is at work (an update, tasks not yet where they should be): look again
 UPDATING = ("updating", "rollback_started")
+READY_WAIT_S = 60.0  # the first round waits this long at most for Swarm to start the tasks
 
 
 @dataclass
@@ -119,6 +120,7 @@ class SwarmTarget:
         self._lock = threading.Lock()  # one pass at a time may record its judgement
         self._update_states: dict[str, str] = {}  # Swarm's UpdateStatus.State, last seen
         self._taken: dict[str, str] = {}  # service -> the foreign service holding its name
+        self._born = 0.0  # the first reconcile (how long READY=1 may wait for the tasks)
         # What may notify (core.events); each row with the file's revision.
         self.conditions = SwarmConditions(settings.record, lambda: self.desired.digest)
         if settings.daemon:  # what fires is resolved even after a restart
@@ -169,7 +171,11 @@ class SwarmTarget:
               duration_ms=round((time.monotonic() - started) * 1000, 1))  # fmt: skip
         if errors and done.transient:
             return Outcome(busy=True, errors=errors, actions=len(done.results))
-        return Outcome(SETTLE_S if settling else None, settling, errors, len(done.results))
+        # Ready (READY=1) once the tasks run as the file says, as the host once its first pass
+        # started the containers; not for longer than READY_WAIT_S (a task that never starts).
+        self._born = self._born or time.monotonic()
+        ready = not settling or errors > 0 or time.monotonic() - self._born > READY_WAIT_S
+        return Outcome(SETTLE_S if settling else None, settling, errors, len(done.results), ready)
 
     def watch(self, stop: threading.Event, emit: Emit, count: Callable[[], None]) -> None:
         prefix = f"{self.desired.project}_"
