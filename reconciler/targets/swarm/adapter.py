@@ -42,12 +42,12 @@ from reconciler.targets.base import (
 )
 from reconciler.targets.decisions import Decisions
 from reconciler.targets.swarm.conditions import SwarmConditions
-from reconciler.targets.swarm.crashloops import SwarmCrashLoops, loops_of, status_lines
+from reconciler.targets.swarm.crashloops import SwarmCrashLoops
 from reconciler.targets.swarm.events import SWARM_EVENTS, event_key
 from reconciler.targets.swarm.explain import explain_swarm, held_note, held_waits
 from reconciler.targets.swarm.images import SwarmImages
 from reconciler.targets.swarm.records import SwarmRecord, records
-from reconciler.targets.swarm.rollouts import rollout_of, started_event
+from reconciler.targets.swarm.rollouts import announce, rollout_of
 from reconciler.targets.swarm.status_view import render_status
 
 log = structlog.get_logger("reconciler")
@@ -297,13 +297,7 @@ class SwarmTarget:
                 continue
             self._done(done, action, "success", "", time.monotonic() - started)
             if isinstance(action, sp.UpdateService) and rollout_of(action):
-                log.info(  # as the host's: the rollout Swarm now runs, and its field diff
-                    "rollout started",
-                    service=action.spec.name,
-                    revision=action.spec.spec_hash[:12],
-                    changes=[str(c) for c in action.cause.changes],
-                )
-                self.record(started_event(action, done.trigger, self.desired.digest))
+                announce(action, done.trigger, self.desired.digest, self.record)
                 self.conditions.started(action.spec.name, action.spec.spec_hash,
                                         live.get(action.name))  # fmt: skip
             if isinstance(action, sp.RemoveService):
@@ -435,9 +429,6 @@ class SwarmTarget:
         observed = self.engine.observe(self.desired.project)
         counts = self.tasks(sp.taken_names(self.desired, observed))
         text = render_status(self.desired, observed, counts, self.records, denials)
-        looping = status_lines(loops_of(self.desired.services, counts, time.time()))
-        if looping:
-            text += "\n\nCRASH LOOPS\n" + "\n".join(looping)
         followed = SwarmImages.policies(self.desired)  # update policies: what the daemon saw
         for name, seen in read_crashloops(status_file, "images").items():
             if name in followed:

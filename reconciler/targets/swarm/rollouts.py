@@ -1,12 +1,16 @@
 """A rollout the Swarm adapter starts (an update of a service's tasks, not a scale nor a
-drift put back): its history row `rollout_started` with the field diff, as the host writes
-one. Called by targets/swarm.SwarmTarget after each update it pushed."""
+drift put back): its log line and history row `rollout_started` with the field diff, as the
+host writes them. Called by targets/swarm.SwarmTarget after each update it pushed."""
 
 from __future__ import annotations
 
+import structlog
+
 from reconciler.core.action_events import cut
-from reconciler.core.events import Event, trigger_text
+from reconciler.core.events import Event, Record, trigger_text
 from reconciler.core.swarm_model import UpdateService
+
+log = structlog.get_logger("reconciler")
 
 
 def rollout_of(action: UpdateService) -> bool:
@@ -16,6 +20,18 @@ def rollout_of(action: UpdateService) -> bool:
     if cause.kind == "drift":
         return False
     return not cause.changes or any(c.field != "replicas" for c in cause.changes)
+
+
+def announce(action: UpdateService, trigger: str, file_revision: str, record: Record) -> None:
+    """The log line (as the host's: the rollout Swarm now runs, and its field diff) and the
+    history row of a rollout just pushed."""
+    log.info(
+        "rollout started",
+        service=action.spec.name,
+        revision=action.spec.spec_hash[:12],
+        changes=[str(c) for c in action.cause.changes],
+    )
+    record(started_event(action, trigger, file_revision))
 
 
 def started_event(action: UpdateService, trigger: str, file_revision: str) -> Event:

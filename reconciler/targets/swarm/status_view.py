@@ -1,13 +1,15 @@
 """`reconciler status --target swarm`: services (desired, running, healthy, update state,
-image), then each service's tasks per node."""
+image), then each service's tasks per node, then the crash loops."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 from reconciler.core import swarm_plan as sp
 from reconciler.engine.swarm.engine import TaskCounts
 from reconciler.ops.state_store import JsonStore
+from reconciler.targets.swarm.crashloops import loops_of, status_lines
 from reconciler.targets.swarm.records import SwarmRecord
 
 
@@ -52,4 +54,7 @@ def render_status(
     lines.append("")
     lines.append("TASKS PER NODE")
     lines.extend(nodes or ["  (none)"])
+    looping = status_lines(loops_of(desired.services, counts, time.time()))
+    if looping:
+        lines += ["", "CRASH LOOPS", *looping]
     return "\n".join(lines)
