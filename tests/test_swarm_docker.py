@@ -212,7 +212,9 @@ def test_daemon_corrects_drift_by_hand_through_events(
         wait(lambda: swarm.services(filters={"name": name}), 30, "service recreated")
         figures["rm"] = time.monotonic() - t
         wait(lambda: running(swarm, name) == 2, 90, "2 tasks again")
-        assert daemon.healthz()[0] and daemon.readyz()[0]
+        # Ready once a first-round pass saw every task run (READY=1 waits for Swarm).
+        wait(lambda: daemon.readyz()[0], 60, "ready")
+        assert daemon.healthz()[0]
         done = metrics.registry.get_sample_value(
             "reconciler_actions_total", {"action": "update", "kind": "service", "result": "success"}
         )
