@@ -50,7 +50,7 @@ class ConfigRejected(ActionFailed):
 
 
 class NameConflict(ActionFailed):
-    """A container name we need is taken by a container we do not manage."""
+    """A container (Swarm service) name we need is taken by one we do not manage."""
 
 
 class LockHeld(ReconcilerError):

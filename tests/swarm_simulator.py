@@ -42,6 +42,8 @@ def simulate(observed: SwarmObserved, the_plan: SwarmPlan, project: str) -> Swar
                 secrets[c.name] = ObservedObject(c.name, f"id-{c.name}", True)
             case RemoveSwarmSecret(name=n):
                 secrets.pop(n, None)
+            case CreateService(taken_by=holder) if holder:
+                pass  # the name is someone else's: the create fails, nothing changes
             case CreateService(spec=s) | UpdateService(spec=s):
                 spec = s.spec
                 old = services.get(s.full_name)  # its spec becomes PreviousSpec: still in use

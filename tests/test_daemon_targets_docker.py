@@ -139,8 +139,12 @@ def test_ready_status_watchdog_and_status_file(
         d = start()
         wait_for(lambda: notify.seen("READY=1"), 120, what="READY=1")
         wait_for(lambda: stack.running("web") == 1, 120, what="one replica")
-        status = [m for _, m in notify.drain() if m.startswith("STATUS=")]
+        lines = [m for _, m in notify.drain()]
+        status = [m for m in lines if m.startswith("STATUS=")]
         assert any(m.startswith(f"STATUS={stack.project}: web ") for m in status), status
+        # READY=1 once the replica runs (the Swarm daemon sent it with `web 0/1`).
+        at_ready = lines[lines.index("READY=1") + 1]
+        assert at_ready == f"STATUS={stack.project}: web 1/1", lines
         seen = len(notify.seen("WATCHDOG=1"))
         wait_for(lambda: len(notify.seen("WATCHDOG=1")) >= seen + 5, 60, what="5 more pings")
         files = list(tmp_path.glob(f"*{stack.project}*.status.json"))

@@ -296,3 +296,44 @@ def test_a_fifo_input_is_refused_not_waited_on(tmp_path: Path, fifo: str) -> Non
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "not a regular file" in proc.stderr, proc.stderr
+
+
+def test_ready_waits_for_a_first_pass_that_is_done(tmp_path: Path, monkeypatch: Any) -> None:
+    """READY=1 comes with the first pass of a first-round key that is done (Swarm's tasks
+    running: `Outcome.ready`), not with the one that only asked Swarm to start them."""
+    from reconciler.targets.base import Outcome
+
+    f = tmp_path / "d.yaml"
+    f.write_text(HEAD)
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")
+    passes: list[str] = []
+
+    class Settling:
+        desired = loader.load(f)
+        hold_removals = False
+
+        def bind(self, emit: Any) -> None:
+            pass
+
+        def status_data(self) -> dict[str, object]:
+            return {}
+
+        def reconcile(self, key: str, trigger: str) -> Outcome:
+            passes.append(key)
+            return Outcome(0.01, True, ready=len(passes) >= 3)
+
+    options = Options(path=f, state_dir=tmp_path, lock_dir=tmp_path, settle=0.01)
+    d = Daemon(options, HOST, Settling.desired, target=Settling())  # type: ignore[arg-type]
+    sent: list[tuple[str, int]] = []
+    monkeypatch.setattr(d.notifier, "send", lambda *lines: sent.append((lines[0], len(passes))))
+    d._first_round = {"resync"}
+    d._engine_up = True
+    d.queue.add_after("resync", 0.0)
+    worker = threading.Thread(target=d._work, args=(d.queue,), daemon=True)
+    worker.start()
+    try:
+        _wait(lambda: any(line == "READY=1" for line, _ in sent))
+        assert ("READY=1", 3) in sent
+    finally:
+        d.queue.shut_down()
+        worker.join(10)

@@ -212,7 +212,9 @@ def test_daemon_corrects_drift_by_hand_through_events(
         wait(lambda: swarm.services(filters={"name": name}), 30, "service recreated")
         figures["rm"] = time.monotonic() - t
         wait(lambda: running(swarm, name) == 2, 90, "2 tasks again")
-        assert daemon.healthz()[0] and daemon.readyz()[0]
+        # Ready once a first-round pass saw every task run (READY=1 waits for Swarm).
+        wait(lambda: daemon.readyz()[0], 60, "ready")
+        assert daemon.healthz()[0]
         done = metrics.registry.get_sample_value(
             "reconciler_actions_total", {"action": "update", "kind": "service", "result": "success"}
         )
@@ -366,7 +368,8 @@ def test_services_without_our_labels_are_never_touched(
     tmp_path: Path,
 ) -> None:
     """A service named like ours but not labelled ours is reported, neither updated nor
-    removed; a service of ours that left the file is removed."""
+    removed (ours cannot be created: a failed step, not in sync, none of its tasks counted as
+    ours); a service of ours that left the file is removed."""
     foreign = swarm.create_service(
         {"ContainerSpec": {"Image": busybox_image, "Args": ["sleep", "600"]}},
         name=f"{sproject}_web",
@@ -374,18 +377,34 @@ def test_services_without_our_labels_are_never_touched(
     )
     path = swrite({"services": {"web": web(busybox_image), "gone": web(busybox_image)}})
     rec = reconciler(path, swarm, tmp_path)
-    the_plan, _ = rec.run()
+    taken = (
+        f"create service {sproject}_web (missing: the name is taken by service "
+        f"{foreign['ID'][:12]}, which reconciler does not manage)"
+    )
+    version = swarm.inspect_service(foreign["ID"])["Version"]["Index"]
+    the_plan, done = rec.run()
     assert [sp.describe(a) for a in the_plan.actions if a.kind == "service"] == [
-        f"create service {sproject}_gone (missing)"
+        taken,
+        f"create service {sproject}_gone (missing)",
     ]
+    assert [r.outcome for r in done.results if r.action.kind == "service"] == [
+        "error",
+        "success",
+    ]
+    assert "which reconciler does not manage; it is left alone" in str(done.results[1].error)
     assert any("without our labels" in n for n in the_plan.notes)
+    assert not rec.plan().services[0].in_sync
+    assert rec.tasks().get(f"{sproject}_web") is None  # its tasks are not ours
+    status = rec.status(tmp_path / "none.json", {})
+    assert "the name is taken by service" in status.splitlines()[1], status
     path = swrite({"services": {"web": web(busybox_image)}})
     rec.desired = swarm_file.load(path)
     the_plan, _ = rec.run()
     assert [sp.describe(a) for a in the_plan.actions] == [
-        f"remove service {sproject}_gone (no longer in the file)"
+        taken,
+        f"remove service {sproject}_gone (no longer in the file)",
     ]
-    assert swarm.inspect_service(foreign["ID"])["Version"]["Index"]
+    assert swarm.inspect_service(foreign["ID"])["Version"]["Index"] == version
 
 
 def test_a_removed_service_and_its_network_come_back(
@@ -420,7 +439,7 @@ def test_a_removed_service_and_its_network_come_back(
     # the service's create fails (transient, retried); then the network comes first.
     assert [r.text for r in applied.results if r.outcome == "success"] == [
         f"create network {net} (missing)",
-        f"create service {sproject}_web (missing)",
+        f"create service {sproject}_web (drift: removed by hand)",  # README: drift put back
     ]
     attached = swarm.inspect_service(f"{sproject}_web")["Spec"]["TaskTemplate"]["Networks"]
     assert attached[0]["Target"] == swarm.inspect_network(net)["Id"]
@@ -598,3 +617,89 @@ def test_a_secret_reaches_the_task_and_rotates_when_its_file_is_rewritten(
         for s in swarm.secrets(filters={"label": f"io.reconciler.project={sproject}"})
     }
     assert live == set(names)  # the current one and the one a rollback would need
+
+
+def test_a_paused_rollback_is_settled_and_a_hand_rollback_is_drift(
+    swarm: docker.APIClient,
+    swrite: Callable[..., Path],
+    sproject: str,
+    busybox_image: str,
+    tmp_path: Path,
+) -> None:
+    """Swarm's rollback fails too (rollback_paused): it fires `rollout failed` (never a
+    resolved `rolled back` beside it) and is settled: an edit of the file is pushed. Its
+    failing tasks are a crash loop (condition, status). Then a hand `docker service rollback`
+    is drift put back (drift_corrected), not a failed update."""
+    seen: list[Any] = []
+    rollback = {"monitor": "2s", "failure_action": "pause"}
+    first = {"update_config": {"monitor": "2s", "failure_action": "continue"}}
+    worker = {
+        "image": busybox_image,
+        "command": ["sh", "-c", "exit 1"],
+        "labels": TEST,
+        "deploy": {**first, "rollback_config": rollback},
+    }
+    path = swrite({"services": {"worker": worker}})
+    rec = SwarmTarget(
+        swarm, swarm_file.load(path), Settings(state_dir=tmp_path, record=seen.append)
+    )
+    rec.run()
+    name = f"{sproject}_worker"
+
+    def state() -> str:
+        return str((swarm.inspect_service(name).get("UpdateStatus") or {}).get("State", ""))
+
+    failing = {"monitor": "2s", "failure_action": "rollback"}
+    bad = {
+        **worker,
+        "command": ["sh", "-c", "exit 2"],
+        "deploy": {"update_config": failing, "rollback_config": rollback},
+    }
+    rec.desired = swarm_file.load(swrite({"services": {"worker": bad}}))
+    rec.run()
+
+    def paused() -> bool:
+        rec.reconcile("resync", "interval")  # a daemon's pass: plan, act, tasks, crash loops
+        return state() == "rollback_paused"
+
+    try:
+        wait(paused, 120, "Swarm's rollback to pause")
+    except AssertionError as exc:  # say what Swarm did instead
+        status = swarm.inspect_service(name).get("UpdateStatus")
+        raise AssertionError(f"{exc}; UpdateStatus {status}") from exc
+
+    def looping() -> bool:
+        rec.reconcile("resync", "interval")
+        return any(e.kind == "crash_loop" and e.result == "firing" for e in seen)
+
+    try:
+        wait(looping, 90, "the crash loop")
+    except AssertionError as exc:
+        tasks = [t["Status"] for t in swarm.tasks(filters={"service": name})]
+        raise AssertionError(f"{exc}; tasks {tasks}") from exc
+    assert "worker: CrashLoopBackOff (slot 1: " in rec.status(tmp_path / "none.json", {})
+    kinds = [(e.kind, e.result) for e in seen if e.kind in ("rolled_back", "rollout_failed")]
+    assert ("rollout_failed", "firing") in kinds and ("rolled_back", "resolved") not in kinds
+    started = [e for e in seen if e.kind == "rollout_started"]
+    assert (
+        started
+        and 'command ["sh", "-c", "exit 1"] -> ["sh", "-c", "exit 2"]' in started[0].data["diff"]
+    )
+    assert "deploy.update_config.failure_action continue -> rollback" in started[0].data["diff"]
+    # An edit while the rollback is paused is pushed.
+    good = {**bad, "command": ["sleep", "600"], "environment": {"B": "1"}}
+    rec.desired = swarm_file.load(swrite({"services": {"worker": good}}))
+    the_plan, _ = rec.run()
+    assert [a.verb for a in the_plan.actions] == ["update"], the_plan
+    env = swarm.inspect_service(name)["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"]
+    assert env == ["B=1"]
+    wait(lambda: rec.run() and state() == "completed", 120, "the good update")
+    # A hand rollback (to the paused spec): drift, put back.
+    subprocess.run(["docker", "service", "rollback", "-d", name], check=True, capture_output=True)
+    wait(lambda: state().startswith("rollback"), 60, "the hand rollback")
+    before = len(seen)
+    the_plan, _ = rec.run()
+    assert [a.reason for a in the_plan.actions] == ["drift: rolled back by hand"], the_plan
+    assert not [e for e in seen[before:] if e.kind == "rolled_back"]
+    assert [e.kind for e in seen[before:] if e.kind == "drift_corrected"] == ["drift_corrected"]
+    assert swarm.inspect_service(name)["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"] == ["B=1"]

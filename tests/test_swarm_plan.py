@@ -248,8 +248,9 @@ def test_drift_is_updated_with_its_reason(
 
 
 def test_not_ours_is_never_touched_and_ours_that_left_is_removed(tmp_path: Path) -> None:
-    """A same-named service without our labels is a note; our service gone from the file is
-    removed; another project's service is not seen as ours."""
+    """A same-named service without our labels is a note and a create that fails (ours does
+    not run: plan is not in sync, as the host's taken container name); our service gone from
+    the file is removed; another project's service is not seen as ours."""
     d = two(tmp_path)
     o = observed_of(d)
     web = next(s for s in o.services if s.name == "demo_web")
@@ -271,8 +272,13 @@ def test_not_ours_is_never_touched_and_ours_that_left_is_removed(tmp_path: Path)
         (foreign, extra, other, *(s for s in o.services if s is not web)), o.networks
     )
     p = sp.plan(d, o)
-    assert [(a.verb, a.name) for a in p.actions] == [("remove", "demo_old")]
+    assert [(a.verb, a.name) for a in p.actions] == [("create", "demo_web"), ("remove", "demo_old")]
+    create = p.actions[0]
+    assert isinstance(create, sp.CreateService) and create.taken_by == foreign.id
+    assert "the name is taken by service" in create.describe()
     assert any("without our labels" in n for n in p.notes)
+    assert sp.taken_names(d, o) == {"web": foreign.id}
+    assert simulate(o, p, d.project).services[0] == foreign  # never touched
 
 
 def test_a_rolled_back_revision_is_held_and_released_by_a_file_change(tmp_path: Path) -> None:

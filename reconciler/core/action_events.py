@@ -77,6 +77,8 @@ def kind_of(action: Action, heal_reason: str | None = None) -> EventKind:
             return "rollout_step" if reason.startswith("replaced") else "drift_corrected"
         case SignalContainer() | CheckConfig():
             return "reload"
+        case sm.CreateService() if "by hand" in reason:  # `docker service rm`, put back
+            return "drift_corrected"
         case sm.UpdateService() | sm.ScaleService():
             return "drift_corrected" if "by hand" in reason else "rollout_step"
     if heal_reason == "dead":

@@ -163,10 +163,21 @@ _WHOLE = {
     "TaskTemplate.Placement",
     "TaskTemplate.Resources",
     "TaskTemplate.RestartPolicy",
-    "UpdateConfig",
-    "RollbackConfig",
     "EndpointSpec.Ports",
     "Mode.Global",
+}
+# update_config / rollback_config by the file's names, durations as the file says them.
+_UPDATE_CONFIGS = {
+    "UpdateConfig": "deploy.update_config",
+    "RollbackConfig": "deploy.rollback_config",
+}
+_UPDATE_KEYS = {
+    "Parallelism": "parallelism",
+    "Delay": "delay",
+    "FailureAction": "failure_action",
+    "Monitor": "monitor",
+    "MaxFailureRatio": "max_failure_ratio",
+    "Order": "order",
 }
 _NANOSECONDS = {
     "TaskTemplate.ContainerSpec.StopGracePeriod",
@@ -205,6 +216,10 @@ def _walk(view: View, path: str, value: Any, hidden: frozenset[str]) -> None:
         for ref in value or ():
             target = (ref.get("File") or {}).get("Name", "")
             view[f"secrets.{target}"] = {HIDDEN: fingerprint(target, ref.get("SecretName", ""))}
+    elif path in _UPDATE_CONFIGS and isinstance(value, dict):
+        for key, item in value.items():
+            name = f"{_UPDATE_CONFIGS[path]}.{_UPDATE_KEYS.get(key, key)}"
+            _put(view, name, _duration(item) if key in ("Delay", "Monitor") else item, hidden)
     elif path == "TaskTemplate.Networks":
         for ref in value or ():
             name = ref.get("Target", "")
@@ -237,6 +252,20 @@ def swarm_observed(observed: View, desired: View) -> View:
         if key not in observed and _zero(value):
             kept[key] = value
     return kept
+
+
+def _duration(nanoseconds: Any) -> Any:
+    """A Swarm duration (nanoseconds) as the file writes it: `2s`, `1m30s`, `500ms` (a zero
+    stays 0: Swarm leaves it out)."""
+    if not isinstance(nanoseconds, int) or nanoseconds == 0:
+        return nanoseconds
+    ms = nanoseconds // 1_000_000
+    if ms % 1000:
+        return f"{ms}ms"
+    minutes, seconds = divmod(ms // 1000, 60)
+    hours, minutes = divmod(minutes, 60)
+    parts = [(hours, "h"), (minutes, "m"), (seconds, "s")]
+    return "".join(f"{n}{unit}" for n, unit in parts if n) or "0s"
 
 
 def _zero(value: Any) -> bool:

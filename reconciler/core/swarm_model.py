@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from reconciler.core import causes
 from reconciler.core.actions import BaseAction, CreateMissing, RemoveOwned
 from reconciler.core.actions import describe as describe_any
 from reconciler.core.causes import Cause
@@ -127,6 +128,8 @@ class ObservedService:
     configs_in_use: tuple[str, ...] = ()  # by Spec or PreviousSpec (a rollback needs them)
     secrets_in_use: tuple[str, ...] = ()
     force_update: int = 0
+    update_started: str = ""  # UpdateStatus.StartedAt: which update or rollback it tells of
+    previous_hash: str = ""  # our spec-hash label on PreviousSpec (what a rollback returns to)
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -188,10 +191,24 @@ class CreateSwarmSecret(CreateMissing):
 @dataclass(frozen=True, slots=True)
 class CreateService(BaseAction):
     spec: SwarmService
+    taken_by: str = ""  # the ID of a service without our labels that holds the name
+    removed_by_hand: bool = False  # ours existed (we created it) and is gone: drift put back
     verb = "create"
     kind = "service"
     key_prefix = "service"
-    reason = "missing"
+
+    @property
+    def reason(self) -> str:
+        if self.taken_by:
+            return (
+                f"missing: the name is taken by service {self.taken_by[:12]}, which reconciler "
+                "does not manage"
+            )
+        return "drift: removed by hand" if self.removed_by_hand else "missing"
+
+    @property
+    def why(self) -> Cause | None:
+        return causes.drift("removed by hand") if self.removed_by_hand else None
 
     @property
     def name(self) -> str:

@@ -10,7 +10,7 @@ re-exported here.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from reconciler.core import causes
 from reconciler.core.causes import Cause
@@ -63,6 +63,8 @@ __all__ = [
     "plan",
     "plan_down",
     "rolled_back",
+    "rolled_back_by_hand",
+    "taken_names",
 ]
 
 # Swarm's UpdateStatus.State values after a rollback it started itself.
@@ -73,8 +75,22 @@ MANUAL_ROLLBACK = "manually requested rollback"
 # --------------------------------------------------------------------------- planning
 
 
+def rolled_back_by_hand(svc: SwarmService, obs: ObservedService) -> bool:
+    """An operator's `docker service rollback` took the service off the file's spec (drift
+    to put back, not a failed update): Swarm's status says so, and the spec it left is the
+    file's (a file edit since is a change of the file, whatever the status still says)."""
+    return (
+        obs.update_state in ROLLBACK_STATES
+        and obs.update_message == MANUAL_ROLLBACK
+        and obs.previous_hash == svc.spec_hash
+        and obs.label(LABEL_SPEC_HASH) != svc.spec_hash
+    )
+
+
 def drift(svc: SwarmService, obs: ObservedService) -> str | None:
     """Why the observed service differs from the desired one (None: it does not)."""
+    if rolled_back_by_hand(svc, obs):
+        return "rolled back by hand"
     if obs.label(LABEL_SPEC_HASH) != svc.spec_hash:
         return "the file changed it"
     current, wanted = obs.spec, svc.spec
@@ -92,6 +108,8 @@ def drift_cause(svc: SwarmService, obs: ObservedService, hidden: frozenset[str])
     """`drift`'s answer as a cause with its field diff: `spec changed: environment.A`,
     `drift: scaled to 1 by hand`, `drift: image changed to x by hand`."""
     changes = swarm_changes(svc, obs, hidden)
+    if rolled_back_by_hand(svc, obs):
+        return causes.drift("rolled back by hand", changes)
     if obs.label(LABEL_SPEC_HASH) != svc.spec_hash:
         return causes.spec_changed(changes)
     current = obs.spec
@@ -112,6 +130,17 @@ def rolled_back(obs: ObservedService) -> bool:
     return obs.update_state in ROLLBACK_STATES and obs.update_message != MANUAL_ROLLBACK
 
 
+def taken_names(desired: SwarmDesired, observed: SwarmObserved) -> dict[str, str]:
+    """Services of the file whose Swarm name a service without our labels holds: service ->
+    that service's ID (none of ours runs; its tasks are not ours to count)."""
+    live = {s.name: s for s in observed.services}
+    return {
+        svc.name: obs.id
+        for svc in desired.services
+        if (obs := live.get(svc.full_name)) is not None and not obs.owned_by(desired.project)
+    }
+
+
 def _unlabelled(subject: str) -> Note:
     """A network or config of the file that exists without our labels (used as it is)."""
     return Note("adopted", subject, f"{subject} exists without our labels: used as it is")
@@ -122,12 +151,14 @@ def plan(
     observed: SwarmObserved,
     held: Mapping[str, str] | None = None,
     only: str | None = None,
+    known: Collection[str] = (),
 ) -> SwarmPlan:
     """The actions converging `observed` on `desired`.
 
     `held`: service -> a spec hash Swarm rolled back; while the file asks for that same
     spec, the service is left as Swarm left it. `only`: plan that one service (and the
-    networks and configs it needs), as a per-service work-queue key does.
+    networks and configs it needs), as a per-service work-queue key does. `known`: services
+    we created before (one of them missing was removed by hand: drift put back).
     """
     held = held or {}
     project = desired.project
@@ -169,14 +200,19 @@ def plan(
             continue
         obs = live.get(svc.full_name)
         if obs is None:
-            actions.append(CreateService(svc))
+            actions.append(CreateService(svc, removed_by_hand=svc.name in known))
             continue
         if not obs.owned_by(project):
+            # Ours is missing and cannot be created under its name (as the host's container
+            # whose name is taken): a step that fails, never a touch of the other service.
             subject = f"service {svc.full_name}"
             text = f"{subject} exists without our labels for project {project}: left alone"
             notes.append(Note("foreign", subject, f"{text} (remove it or rename ours)"))
+            actions.append(CreateService(svc, taken_by=obs.id))
             continue
-        if obs.update_state in ("rollback_started", "rollback_paused") and rolled_back(obs):
+        # A rollback under way is Swarm's; a paused one (rollback_paused) is settled: a file
+        # edit is pushed, a hand scale put back (the held revision below still holds).
+        if obs.update_state == "rollback_started" and rolled_back(obs):
             says = f"Swarm is rolling it back ({obs.update_message})"
             notes.append(note("rolling_back", f"service {svc.name}", says))
             continue

@@ -320,7 +320,8 @@ class Daemon:
                 delay, why = requeue(outcome, key, self.backoff)
                 if delay is not None:
                     self.enqueue(key, delay, why)
-                self._first_round_done(key)
+                if outcome.ready or delay is None:
+                    self._first_round_done(key)
 
     def _first_round_done(self, key: str) -> None:
         pending = self._first_round

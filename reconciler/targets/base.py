@@ -44,6 +44,9 @@ class Outcome:
     busy: bool = False
     errors: int = 0
     actions: int = 0
+    # False: what this pass did is not done yet (Swarm has not started the tasks): a key of
+    # the first round makes the daemon ready (READY=1) only on a pass that is.
+    ready: bool = True
 
 
 @dataclass(frozen=True, slots=True)

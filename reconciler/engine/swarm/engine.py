@@ -13,13 +13,16 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import docker
 import docker.errors
 from docker.types import IPAMConfig, IPAMPool
 
+from reconciler.core.desired import LABEL_SPEC_HASH
 from reconciler.core.image_policy import Published
+from reconciler.core.swarm_crashloop import TaskEnd
 from reconciler.core.swarm_model import (
     CreateService,
     CreateSwarmConfig,
@@ -39,7 +42,7 @@ from reconciler.core.swarm_model import (
 )
 from reconciler.engine.client import docker_errors, owned
 from reconciler.engine.host.images import Images
-from reconciler.errors import ActionFailed, NotASwarmManager
+from reconciler.errors import ActionFailed, NameConflict, NotASwarmManager
 
 RUNNING_STATES = ("starting", "running")
 
@@ -54,6 +57,31 @@ class TaskCounts:
     running: int
     healthy: int
     nodes: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
+    ended: tuple[TaskEnd, ...] = ()  # every task Swarm still lists (its crash loops)
+
+
+def task_end(t: dict[str, Any]) -> TaskEnd:
+    """A task as the crash-loop judgement reads it (core.swarm_crashloop)."""
+    status = t.get("Status") or {}
+    code = (status.get("ContainerStatus") or {}).get("ExitCode")
+    return TaskEnd(
+        slot=str(t.get("Slot") or t.get("NodeID") or "?"),
+        at=_epoch(str(status.get("Timestamp", ""))),
+        state=str(status.get("State", "")),
+        exit_code=int(code) if isinstance(code, int) else None,
+        error=str(status.get("Err", "")),
+    )
+
+
+def _epoch(stamp: str) -> float:
+    """Swarm's RFC 3339 time with nanoseconds (`2026-01-02T03:04:05.123456789Z`) in epoch s."""
+    head, dot, rest = stamp.partition(".")
+    digits = len(rest) - len(rest.lstrip("0123456789"))
+    text = head + (f".{rest[:digits][:6]}" + rest[digits:] if dot else "")
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
 
 
 def check_manager(api: docker.APIClient) -> None:
@@ -152,6 +180,7 @@ class SwarmEngine:
             for ref in task.get("ContainerSpec", {}).get(kind) or []:
                 ref.pop(f"{kind[:-1]}ID", None)
         status = s.get("UpdateStatus") or {}
+        previous = (s.get("PreviousSpec") or {}).get("Labels") or {}
         return ObservedService(
             id=s["ID"],
             name=spec["Name"],
@@ -163,6 +192,8 @@ class SwarmEngine:
             configs_in_use=tuple(sorted(in_use["Configs"] - {""})),
             secrets_in_use=tuple(sorted(in_use["Secrets"] - {""})),
             force_update=int(task.get("ForceUpdate") or 0),
+            update_started=str(status.get("StartedAt", "")),
+            previous_hash=str(previous.get(LABEL_SPEC_HASH, "")),
         )
 
     def tasks(self, services: list[str]) -> dict[str, TaskCounts]:
@@ -199,6 +230,7 @@ class SwarmEngine:
                 nodes=tuple(
                     (node, tuple(sorted(c.items()))) for node, c in sorted(by_node.items())
                 ),
+                ended=tuple(map(task_end, ts)),
             )
         return out
 
@@ -232,6 +264,11 @@ class SwarmEngine:
                 case RemoveSwarmSecret(id=sid):
                     with contextlib.suppress(docker.errors.NotFound):
                         self.api.remove_secret(sid)
+                case CreateService(spec=s, taken_by=holder) if holder:
+                    raise NameConflict(
+                        f"create service {s.full_name}: the name is taken by service "
+                        f"{holder[:12]}, which reconciler does not manage; it is left alone"
+                    )
                 case CreateService(spec=s):
                     body = self._resolved(s)
                     self._images.reload_credentials()  # docker-py sends them: X-Registry-Auth

@@ -42,15 +42,18 @@ from reconciler.targets.base import (
 )
 from reconciler.targets.decisions import Decisions
 from reconciler.targets.swarm.conditions import SwarmConditions
+from reconciler.targets.swarm.crashloops import SwarmCrashLoops
 from reconciler.targets.swarm.events import SWARM_EVENTS, event_key
 from reconciler.targets.swarm.explain import explain_swarm, held_note, held_waits
 from reconciler.targets.swarm.images import SwarmImages
 from reconciler.targets.swarm.records import SwarmRecord, records
+from reconciler.targets.swarm.rollouts import announce, rollout_of
 from reconciler.targets.swarm.status_view import render_status
 
 log = structlog.get_logger("reconciler")
 SETTLE_S = 1.0  # Swarm is at work (an update, tasks not yet where they should be): look again
 UPDATING = ("updating", "rollback_started")
+READY_WAIT_S = 60.0  # the first round waits this long at most for Swarm to start the tasks
 
 
 @dataclass
@@ -116,10 +119,14 @@ class SwarmTarget:
         self._notes: list[str] = []
         self._lock = threading.Lock()  # one pass at a time may record its judgement
         self._update_states: dict[str, str] = {}  # Swarm's UpdateStatus.State, last seen
-        self.conditions = SwarmConditions(settings.record)  # what may notify (core.events)
+        self._taken: dict[str, str] = {}  # service -> the foreign service holding its name
+        self._born = 0.0  # the first reconcile (how long READY=1 may wait for the tasks)
+        # What may notify (core.events); each row with the file's revision.
+        self.conditions = SwarmConditions(settings.record, lambda: self.desired.digest)
         if settings.daemon:  # what fires is resolved even after a restart
             self.conditions.keep_in(FiringMemory(desired.project, settings.state_dir))
         self.decisions = Decisions()  # what `status` shows of the daemon's choices
+        self.crashloops = SwarmCrashLoops(settings.record, settings.metrics)  # from the tasks
         self.images = SwarmImages(self.engine, desired.project, settings)  # x-reconciler.update
 
     # ------------------------------------------------------------------ the daemon's seam
@@ -164,7 +171,11 @@ class SwarmTarget:
               duration_ms=round((time.monotonic() - started) * 1000, 1))  # fmt: skip
         if errors and done.transient:
             return Outcome(busy=True, errors=errors, actions=len(done.results))
-        return Outcome(SETTLE_S if settling else None, settling, errors, len(done.results))
+        # Ready (READY=1) once the tasks run as the file says, as the host once its first pass
+        # started the containers; not for longer than READY_WAIT_S (a task that never starts).
+        self._born = self._born or time.monotonic()
+        ready = not settling or errors > 0 or time.monotonic() - self._born > READY_WAIT_S
+        return Outcome(SETTLE_S if settling else None, settling, errors, len(done.results), ready)
 
     def watch(self, stop: threading.Event, emit: Emit, count: Callable[[], None]) -> None:
         prefix = f"{self.desired.project}_"
@@ -232,7 +243,9 @@ class SwarmTarget:
         failed = self.held(observed, desired)
         self.images.judge(self.desired, observed, failed)
         desired = self.images.resolve(self.desired)  # a rolled-back version: the one before
-        the_plan = sp.plan(desired, observed, failed, only=only)
+        known = {k for k, r in self.records.all().items() if r.pushed}  # created by us
+        the_plan = sp.plan(desired, observed, failed, only=only, known=known)
+        self._taken = sp.taken_names(desired, observed)
         if self.hold_removals:  # the file may be half written: remove nothing yet
             kept = tuple(a for a in the_plan.actions if a.verb != "remove")
             the_plan = sp.SwarmPlan(kept, the_plan.notes)
@@ -248,7 +261,12 @@ class SwarmTarget:
             if only in (None, svc.name):
                 says = [str(n) for n in the_plan.notes if n.subject == f"service {svc.name}"]
                 self.decisions.waiting(svc.name, says)
+        # A service holding one of our names without our labels is not ours: its update
+        # state and tasks say nothing of ours (its create fails, see engine.execute).
+        project = self.desired.project
+        observed = sp.SwarmObserved(tuple(s for s in observed.services if s.owned_by(project)))
         done.settling = any(s.update_state in UPDATING for s in observed.services)
+        live = {s.name: s for s in observed.services}
         for note in done.notes:
             if note not in self._notes:
                 self._notes.append(note)
@@ -278,13 +296,12 @@ class SwarmTarget:
                     failed_prereq.add(action.name)
                 continue
             self._done(done, action, "success", "", time.monotonic() - started)
-            if isinstance(action, sp.UpdateService) and action.cause.kind != "drift":
-                log.info(  # as the host's: the rollout Swarm now runs, and its field diff
-                    "rollout started",
-                    service=action.spec.name,
-                    revision=action.spec.spec_hash[:12],
-                    changes=[str(c) for c in action.cause.changes],
-                )
+            if isinstance(action, sp.UpdateService) and rollout_of(action):
+                announce(action, done.trigger, self.desired.digest, self.record)
+                self.conditions.started(action.spec.name, action.spec.spec_hash,
+                                        live.get(action.name))  # fmt: skip
+            if isinstance(action, sp.RemoveService):
+                self.records.put(action.service, SwarmRecord())  # gone: a create is no drift
             if isinstance(action, sp.CreateService | sp.UpdateService):
                 done.settling = True
                 rec = self.records.get(action.spec.name) or SwarmRecord()
@@ -349,20 +366,25 @@ class SwarmTarget:
     def settled(self, counts: dict[str, TaskCounts]) -> bool:
         """Every service runs as many tasks as it should (past their healthchecks)."""
         for svc in self.desired.services:
-            if svc.name in self.desired.denied:  # never created: nothing to wait for
-                continue
+            if svc.name in self.desired.denied or svc.name in self._taken:
+                continue  # never created (denied, or its name is taken): nothing to wait for
             c = counts.get(svc.full_name, TaskCounts(0, 0, 0))
             want = c.desired if svc.global_mode else svc.replicas
             if c.healthy < want or (svc.global_mode and want == 0):
                 return False
         return True
 
-    def tasks(self) -> dict[str, TaskCounts]:
-        return self.engine.tasks([s.full_name for s in self.desired.services])
+    def tasks(self, taken: Mapping[str, str] | None = None) -> dict[str, TaskCounts]:
+        """Task counts of our services (none for one whose name another service holds)."""
+        taken = self._taken if taken is None else taken
+        names = [s.full_name for s in self.desired.services if s.name not in taken]
+        return self.engine.tasks(names)
 
     def export(self, observed_drift: int | None = None) -> dict[str, TaskCounts]:
-        """reconciler_service_replicas from the tasks (and drift) into the metrics."""
+        """reconciler_service_replicas from the tasks (and drift) into the metrics; crash
+        loops told (SwarmCrashLoops)."""
         counts = self.tasks()
+        self.crashloops.look(self.desired.services, counts)
         if self.metrics:
             rows = []
             for svc in self.desired.services:
@@ -405,7 +427,7 @@ class SwarmTarget:
 
     def status(self, status_file: Path, denials: Mapping[str, str]) -> str:
         observed = self.engine.observe(self.desired.project)
-        counts = self.tasks()
+        counts = self.tasks(sp.taken_names(self.desired, observed))
         text = render_status(self.desired, observed, counts, self.records, denials)
         followed = SwarmImages.policies(self.desired)  # update policies: what the daemon saw
         for name, seen in read_crashloops(status_file, "images").items():
@@ -422,6 +444,8 @@ class SwarmTarget:
             try:
                 self.engine.execute(action)
                 out.append(Done(action, "success"))
+                if isinstance(action, sp.RemoveService):
+                    self.records.put(action.service, SwarmRecord())  # `down`: not drift
             except ActionFailed as exc:
                 out.append(Done(action, "error", str(exc)))
             self.record(  # the history: `operator (down)`

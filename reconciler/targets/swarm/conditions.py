@@ -7,13 +7,17 @@ undone (a service scaled or changed by hand, put back). Called by `SwarmTarget` 
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 from reconciler.core import swarm_model as sp
+from reconciler.core.desired import LABEL_SPEC_HASH
 from reconciler.core.events import Event, EventKind, Record, discard
 from reconciler.ops.firing_memory import AFTER_RESTART, FiringMemory
 
 UPDATING = ("updating", "rollback_started")
+ROLLBACK = ("rollback_started", "rollback_completed", "rollback_paused")
+MANUAL = "manually requested rollback"  # Swarm's message for `docker service rollback`
+KINDS = ("rolled_back", "paused", "rollout_failed")
 FILE_CHANGED = "the file changed it"  # swarm_plan.drift's reason for an edit, not drift
 
 
@@ -28,14 +32,26 @@ def condition(state: str) -> EventKind | None:
     return None
 
 
-class SwarmConditions:
-    """Per service: the last update state seen and the condition it fires."""
+def _rollback(obs: sp.ObservedService | None) -> str:
+    """Which rollback Swarm's status tells of: when it started, and the spec it left."""
+    return f"{obs.update_started}|{obs.previous_hash}" if obs is not None else ""
 
-    def __init__(self, record: Record = discard) -> None:
+
+class SwarmConditions:
+    """Per service: the last update state seen and the conditions it fires. `revision`: the
+    file's digest now (each row's revision, as the host's; the service's is in its data)."""
+
+    def __init__(self, record: Record = discard, revision: Callable[[], str] = str) -> None:
         self.record = record
+        self.revision = revision
         self._lock = threading.Lock()
         self._states: dict[str, str] = {}
         self._firing: dict[str, EventKind] = {}
+        # Conditions fired before the current one and not resolved (a rollback that then
+        # paused: still firing, resolved with it; never a success while it got worse).
+        self._open: dict[str, set[EventKind]] = {}
+        self._settled: dict[str, str] = {}  # service -> the rollback resolved (`_rollback`)
+        self._pending: dict[str, tuple[str, str]] = {}  # service -> (hash pushed, its status)
         self._memory: FiringMemory | None = None
         self._carried: set[str] = set()  # firing told by an earlier run of the daemon
 
@@ -45,15 +61,26 @@ class SwarmConditions:
         self._memory = memory
         for key, value in memory.all().items():
             what, _, service = key.partition(":")
-            if what == "swarm" and value.get("kind") in ("rolled_back", "paused", "rollout_failed"):
+            if what == "swarm" and value.get("kind") in KINDS:
                 with self._lock:
                     self._firing[service] = value["kind"]  # type: ignore[assignment]
+                    also = {k for k in value.get("also", "").split(",") if k in KINDS}
+                    if also:
+                        self._open[service] = also  # type: ignore[assignment]
                     self._carried.add(service)
 
     def _save(self, service: str) -> None:
         if self._memory is not None:
             kind = self._firing.get(service)
-            self._memory.put(f"swarm:{service}", {"kind": kind} if kind else {})
+            also = ",".join(sorted(self._open.get(service, ())))
+            value = {"kind": kind, **({"also": also} if also else {})} if kind else {}
+            self._memory.put(f"swarm:{service}", value)
+
+    def started(self, service: str, spec_hash: str, obs: sp.ObservedService | None) -> None:
+        """We pushed `spec_hash` (a rollout): its completion is told once Swarm's status is
+        about it (not the status `obs` showed before the push)."""
+        with self._lock:
+            self._pending[service] = (spec_hash, obs.update_started if obs is not None else "")
 
     def observed(
         self,
@@ -63,29 +90,42 @@ class SwarmConditions:
     ) -> None:
         """One look at the services' update states (those of `services` only). `settled`:
         services whose file spec runs and of which no revision is held (the file went back to
-        what Swarm rolled back to): a rollback of theirs is resolved. The first look (the
-        daemon's start) fires what Swarm still shows rolled back or paused."""
+        what Swarm rolled back to): a rollback of theirs is resolved, and never fires again
+        (Swarm keeps showing it until its next update). A rollback an operator asked for
+        (`docker service rollback`) is drift the planner puts back, not a failed update. The
+        first look (the daemon's start) fires what Swarm still shows rolled back or paused."""
         for svc in services:
             obs = live.get(svc.full_name)
             state = obs.update_state if obs is not None else ""
             now = condition(state)
             back = state == "rollback_completed" and settled is not None and svc.name in settled
-            if back:
+            manual = obs is not None and state in ROLLBACK and obs.update_message == MANUAL
+            which = _rollback(obs)
+            stale = now == "rolled_back" and self._settled.get(svc.name) == which
+            if back or manual or stale:
                 now = None
             with self._lock:
+                if back:
+                    self._settled[svc.name] = which
                 before = self._states.get(svc.name)
                 self._states[svc.name] = state
                 firing = self._firing.get(svc.name)
                 clears = now is None and (back or state == "completed" or obs is None)
+                earlier = set(self._open.get(svc.name, ()))
                 if now is not None:
+                    if firing is not None and firing != now:
+                        self._open.setdefault(svc.name, set()).add(firing)
+                    self._open.get(svc.name, set()).discard(now)
                     self._firing[svc.name] = now
                 elif clears:
                     self._firing.pop(svc.name, None)
-                if firing != self._firing.get(svc.name):
+                    self._open.pop(svc.name, None)
+                if firing != self._firing.get(svc.name) or earlier != self._open.get(svc.name):
                     self._save(svc.name)
-            if firing is not None and firing != now and (now is not None or clears):
+            if firing is not None and now is None and clears:
                 why = "its file spec runs again" if back else f"update {state or 'gone'}"
-                self._emit(firing, svc.name, f"{svc.name}: {why}", "resolved")
+                for kind in (firing, *sorted(earlier - {firing})):
+                    self._emit(kind, svc, f"{svc.name}: {why}", "resolved")
             again = now is not None and now == firing and condition(before or "") is None
             restarted = before is None and svc.name in self._carried  # told again at start
             if now is not None and (now != firing or (again and before is not None) or restarted):
@@ -95,17 +135,35 @@ class SwarmConditions:
                     "rollout_failed": f"Swarm paused the rollback of {svc.name}: it failed too",
                 }.get(now, state)
                 cause = obs.update_message if obs is not None else ""
-                self._emit(now, svc.name, text, "firing", cause)
-            if state == "completed" and before in UPDATING:
-                self.record(
-                    Event(
-                        "rollout_completed",
-                        service=svc.name,
-                        message=f"Swarm completed the update of {svc.name}",
-                        trigger="swarm",
-                        revision=svc.spec_hash,
-                    )
+                self._emit(now, svc, text, "firing", cause, obs)
+            self._completed(svc, obs, state, before)
+
+    def _completed(
+        self, svc: sp.SwarmService, obs: sp.ObservedService | None, state: str, before: str | None
+    ) -> None:
+        """`rollout_completed` once Swarm completed the update we pushed (or one we saw)."""
+        with self._lock:
+            pushed, status_then = self._pending.get(svc.name, ("", ""))
+            ours = (
+                obs is not None
+                and bool(pushed)
+                and obs.label(LABEL_SPEC_HASH) == pushed
+                and obs.update_started != status_then
+            )
+            done = state == "completed" and (before in UPDATING or ours)
+            if done or obs is None or obs.label(LABEL_SPEC_HASH) != pushed:
+                self._pending.pop(svc.name, None)  # told, or another spec took its place
+        if done:
+            self.record(
+                Event(
+                    "rollout_completed",
+                    service=svc.name,
+                    message=f"Swarm completed the update of {svc.name}",
+                    trigger="swarm",
+                    revision=self.revision()[:12],
+                    data={"service_revision": svc.spec_hash[:12]},
                 )
+            )
 
     def gone(self, wanted: Iterable[str]) -> None:
         """Services no longer in the file: what they fire is resolved."""
@@ -120,8 +178,22 @@ class SwarmConditions:
         for name, kind in sorted(left.items()):
             self._emit(kind, name, f"{name} left the file", "resolved")
 
-    def _emit(self, kind: EventKind, service: str, text: str, result: str, cause: str = "") -> None:
+    def _emit(
+        self,
+        kind: EventKind,
+        svc: sp.SwarmService | str,
+        text: str,
+        result: str,
+        cause: str = "",
+        obs: sp.ObservedService | None = None,
+    ) -> None:
+        """A condition's row: the file's revision, and the service's (the spec a rollback
+        concerns: the one Swarm left, as PreviousSpec) in its data."""
+        service = svc if isinstance(svc, str) else svc.name
         data: dict[str, str] = {}
+        if not isinstance(svc, str):
+            rolled = obs.previous_hash if obs is not None and kind == "rolled_back" else ""
+            data["service_revision"] = (rolled or svc.spec_hash)[:12]
         if result != "firing" and service in self._carried:
             self._carried.discard(service)
             data[AFTER_RESTART] = "yes"
@@ -133,6 +205,7 @@ class SwarmConditions:
                 trigger="swarm",
                 cause=cause,
                 result="firing" if result == "firing" else "resolved",
+                revision=self.revision()[:12],
                 data=data,
             )
         )

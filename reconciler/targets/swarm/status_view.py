@@ -1,13 +1,15 @@
 """`reconciler status --target swarm`: services (desired, running, healthy, update state,
-image), then each service's tasks per node."""
+image), then each service's tasks per node, then the crash loops."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 from reconciler.core import swarm_plan as sp
 from reconciler.engine.swarm.engine import TaskCounts
 from reconciler.ops.state_store import JsonStore
+from reconciler.targets.swarm.crashloops import loops_of, status_lines
 from reconciler.targets.swarm.records import SwarmRecord
 
 
@@ -32,7 +34,9 @@ def render_status(
         healthy = c.healthy if svc.has_healthcheck else c.running
         image = ""
         update = "missing"
-        if obs is not None:
+        if obs is not None and not obs.owned_by(desired.project):
+            update = f"missing: the name is taken by service {obs.id[:12]} (not ours)"
+        elif obs is not None:
             image = obs.spec.get("TaskTemplate", {}).get("ContainerSpec", {}).get("Image", "")
             update = obs.update_state or ("in sync" if sp.drift(svc, obs) is None else "drifted")
         record = records.get(svc.name) or SwarmRecord()
@@ -50,4 +54,7 @@ def render_status(
     lines.append("")
     lines.append("TASKS PER NODE")
     lines.extend(nodes or ["  (none)"])
+    looping = status_lines(loops_of(desired.services, counts, time.time()))
+    if looping:
+        lines += ["", "CRASH LOOPS", *looping]
     return "\n".join(lines)
