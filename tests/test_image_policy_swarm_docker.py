@@ -106,3 +106,5 @@ def test_swarm_follows_a_range_and_holds_a_version_swarm_rolled_back(
     text = target.status(status_file, {})
     assert "follows" in text and "^1.0: running 1.1.0@" in text, text
     assert "newest published 2.0.0" in text and f"held 1.2.0@{v.digests['1.2.0'][:19]}" in text
+    notes = target.plan().notes  # plan says which version the policy holds, as on one host
+    assert any(f"1.2.0@{v.digests['1.2.0'][:19]} held (its rollout failed" in n for n in notes)

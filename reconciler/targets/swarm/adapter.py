@@ -41,6 +41,7 @@ from reconciler.targets.base import (
     Settings,
 )
 from reconciler.targets.decisions import Decisions
+from reconciler.targets.image_updates import policy_notes
 from reconciler.targets.swarm.conditions import SwarmConditions
 from reconciler.targets.swarm.crashloops import SwarmCrashLoops
 from reconciler.targets.swarm.events import SWARM_EVENTS, event_key
@@ -403,6 +404,8 @@ class SwarmTarget:
         the_plan, observed = self.the_plan()
         held = held_waits(self.desired, self.records)  # why, since when, what retries it
         notes = [str(n) for n in the_plan.notes if not held_note(n, held)]
+        host = self.desired.host.services if self.desired.host is not None else ()
+        notes += policy_notes(host, self.images.states)  # versions an update policy holds
         return PlanReport(
             self.desired.project,
             notes=(*map(str, held.values()), *notes),
