@@ -183,13 +183,19 @@ def test_swarm_actions_are_in_the_history(
             found = swarm_history()
             (create,) = rows(found, action="create", replica=f"{project}_web")
             assert create["trigger"] == "start" and create["target"] == "swarm"
-            (update,) = rows(found, action="rollout_step")
+            steps = rows(found, action="rollout_step")
+            assert len(steps) == 1, steps
+            (update,) = steps
             assert update["trigger"] == "file edit", update
             assert update["cause"].startswith("spec changed"), update
             assert update["duration_s"] is not None and update["result"] == "success"
-            (drift,) = rows(found, action="drift_corrected")
-            assert drift["trigger"] == "engine event"
-            assert drift["cause"] == "drift: scaled to 4 by hand", drift
+            # Under load one hand scale was put back in two updates (two rows, seen once in CI):
+            # every row says that drift, the last one worked.
+            drifts = rows(found, action="drift_corrected")
+            assert drifts and drifts[-1]["result"] == "success", drifts
+            for drift in drifts:
+                assert drift["trigger"] == "engine event", drifts
+                assert drift["cause"] == "drift: scaled to 4 by hand", drifts
         finally:
             if d is not None:
                 d.stop()

@@ -34,6 +34,9 @@ from tests.test_stack_e2e import stack_images  # noqa: F401 (a fixture)
 TEST = {"io.reconciler.test": "1"}
 
 
+pytestmark = pytest.mark.docker
+
+
 @pytest.fixture(scope="module")
 def swarm(api: docker.APIClient) -> Iterator[docker.APIClient]:
     with one_node_swarm(api):
@@ -619,6 +622,7 @@ def test_a_secret_reaches_the_task_and_rotates_when_its_file_is_rewritten(
     assert live == set(names)  # the current one and the one a rollback would need
 
 
+@pytest.mark.serial  # Swarm's own monitor judges the failing tasks: a loaded CI misleads it
 def test_a_paused_rollback_is_settled_and_a_hand_rollback_is_drift(
     swarm: docker.APIClient,
     swrite: Callable[..., Path],
@@ -631,11 +635,13 @@ def test_a_paused_rollback_is_settled_and_a_hand_rollback_is_drift(
     failing tasks are a crash loop (condition, status). Then a hand `docker service rollback`
     is drift put back (drift_corrected), not a failed update."""
     seen: list[Any] = []
-    rollback = {"monitor": "2s", "failure_action": "pause"}
+    # Monitors long enough that a task which fails at once is seen failing under a loaded CI
+    # (a 2 s window can close before the task even starts, and Swarm then calls it a success).
+    rollback = {"monitor": "10s", "failure_action": "pause"}
     first = {"update_config": {"monitor": "2s", "failure_action": "continue"}}
     worker = {
         "image": busybox_image,
-        "command": ["sh", "-c", "exit 1"],
+        "command": ["sh", "-c", "sleep 2; exit 1"],  # fails once running
         "labels": TEST,
         "deploy": {**first, "rollback_config": rollback},
     }
@@ -649,10 +655,10 @@ def test_a_paused_rollback_is_settled_and_a_hand_rollback_is_drift(
     def state() -> str:
         return str((swarm.inspect_service(name).get("UpdateStatus") or {}).get("State", ""))
 
-    failing = {"monitor": "2s", "failure_action": "rollback"}
+    failing = {"monitor": "10s", "failure_action": "rollback"}
     bad = {
         **worker,
-        "command": ["sh", "-c", "exit 2"],
+        "command": ["sh", "-c", "sleep 2; exit 2"],
         "deploy": {"update_config": failing, "rollback_config": rollback},
     }
     rec.desired = swarm_file.load(swrite({"services": {"worker": bad}}))
@@ -683,7 +689,8 @@ def test_a_paused_rollback_is_settled_and_a_hand_rollback_is_drift(
     started = [e for e in seen if e.kind == "rollout_started"]
     assert (
         started
-        and 'command ["sh", "-c", "exit 1"] -> ["sh", "-c", "exit 2"]' in started[0].data["diff"]
+        and 'command ["sh", "-c", "sleep 2; exit 1"] -> ["sh", "-c", "sleep 2; exit 2"]'
+        in started[0].data["diff"]
     )
     assert "deploy.update_config.failure_action continue -> rollback" in started[0].data["diff"]
     # An edit while the rollback is paused is pushed.

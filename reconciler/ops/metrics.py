@@ -29,6 +29,18 @@ from reconciler import __version__
 
 HEAL_REASONS = ("exited", "unhealthy", "removed", "dead", "paused", "network")
 ROLLOUT_RESULTS = ("completed", "rolled_back", "paused")
+# What starts a daemon's pass (core.events.TRIGGERS: the CLI's `manual` and `down` are not here).
+DAEMON_TRIGGERS = (
+    "start",
+    "file",
+    "signal",
+    "interval",
+    "event",
+    "requeue",
+    "backoff",
+    "image",
+    "git",
+)
 
 
 class Metrics:
@@ -57,6 +69,8 @@ class Metrics:
         self.triggers = Counter(
             "reconciler_reconcile_trigger", "What started a pass.", ["trigger"], registry=r
         )
+        for trigger in DAEMON_TRIGGERS:  # each at 0 from the start: rate() and alerts see it
+            self.triggers.labels(trigger)
         self.actions = Counter(
             "reconciler_actions", "Actions executed.", ["action", "kind", "result"], registry=r
         )
