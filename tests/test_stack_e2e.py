@@ -178,6 +178,10 @@ def prom_query(expr: str) -> list[dict[str, Any]]:
     return json.loads(body)["data"]["result"] if status == 200 else []
 
 
+# Serial: on an engine loaded by three other workers, HAProxy once saw no replica of `grafana`
+# in Docker's DNS after a scale-down (every slot MAINT) and once timed a request out; neither
+# was reproduced alone (six loaded runs, parallel drains of aliased containers). Open.
+@pytest.mark.serial
 def test_shipped_stack_end_to_end(
     api: docker.APIClient,
     stack_images: dict[str, str],
