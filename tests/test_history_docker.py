@@ -186,8 +186,9 @@ def test_swarm_actions_are_in_the_history(
             # The edit's update (on a loaded engine a resync and the service's own key once
             # both pushed it, 5 ms apart: two rows, each what was done; open, see the note).
             steps = rows(found, action="rollout_step")
-            assert steps and all(r["trigger"] == "file edit" for r in steps), steps
-            update = next(r for r in steps if r["result"] == "success")
+            edits = [r for r in steps if r["trigger"] == "file edit" and r["result"] == "success"]
+            assert edits, steps
+            update = edits[0]
             assert update["trigger"] == "file edit", update
             assert update["cause"].startswith("spec changed"), update
             assert update["duration_s"] is not None and update["result"] == "success"
