@@ -61,12 +61,12 @@ def policy_line(svc: ServiceSpec, runs: str, replicas: int, tag: Any) -> str:
     published ..., held ...` and why newer versions were skipped."""
     policy = svc.update_policy
     rule = policy.semver if policy and policy.semver else f"tag {im.tag_of(svc.image)}"
-    now = runs or _short(str(tag.get("running") or ""))  # runs: "" unless mixed
+    now = runs or short_ref(str(tag.get("running") or ""))  # runs: "" unless mixed
     line = f"  {svc.name}: follows {im.repository(svc.image)} {rule}: running {now or '-'}"
     line += f" ({replicas})" if not runs else ""
     for key in ("newest_allowed", "newest_published"):
-        line += f", {key.replace('_', ' ')} {_short(str(tag.get(key) or '-'))}"
-    held = [_short(str(h)) for h in tag.get("held") or []]
+        line += f", {key.replace('_', ' ')} {short_ref(str(tag.get(key) or '-'))}"
+    held = [short_ref(str(h)) for h in tag.get("held") or []]
     line += f", held {', '.join(held) if held else '-'}"
     for skipped in tag.get("skipped") or []:
         line += f"\n    skipped {skipped}"
@@ -75,7 +75,7 @@ def policy_line(svc: ServiceSpec, runs: str, replicas: int, tag: Any) -> str:
     return line
 
 
-def _short(ref: str) -> str:
+def short_ref(ref: str) -> str:
     """`11.6.3@sha256:abcdef012345` (a digest cut to 12 hex digits)."""
     tag, _, digest = ref.partition("@")
     return f"{tag}@{digest[:19]}" if digest else tag

@@ -17,6 +17,7 @@ from reconciler.core.desired import ServiceSpec
 from reconciler.core.events import Event, Record
 from reconciler.core.images import repository, tag_of
 from reconciler.ops.image_state import ImageRecord, ImageStates
+from reconciler.ops.status import short_ref
 
 if TYPE_CHECKING:
     from reconciler.ops.metrics import Metrics
@@ -175,18 +176,12 @@ def policy_notes(services: Iterable[ServiceSpec], states: ImageStates) -> list[s
         rec = states.get(svc.name, svc.image)
         within = svc.update_policy.semver or tag_of(svc.image)
         if rec.held:
-            refs = ", ".join(_short(ref) for ref in rec.held[-3:])
+            refs = ", ".join(short_ref(ref) for ref in rec.held[-3:])
             out.append(
                 f"service {svc.name}: {repository(svc.image)} {refs} held (its rollout failed; "
                 f"a newer version in {within} ends the hold)"
             )
         if rec.pending:
-            out.append(f"service {svc.name}: {repository(svc.image)}:{_short(rec.pending)} "
+            out.append(f"service {svc.name}: {repository(svc.image)}:{short_ref(rec.pending)} "
                        "is rolling out (taken by the update policy)")  # fmt: skip
     return out
-
-
-def _short(ref: str) -> str:
-    """`1.2.0@sha256:8d6bb93b6c04` of `1.2.0@sha256:<64 hex>`."""
-    tag, _, digest = ref.partition("@")
-    return f"{tag}@{digest[:19]}" if digest else tag
